@@ -1,0 +1,104 @@
+"""The one source of time for every decision (SPEC §5, `OUTREACH_CLOCK`).
+
+`wall` is the machine's UTC clock. `event` is the watermark of the `time` of the events
+a service has consumed: replaying a week of events takes seconds and decides exactly as
+live operation would, because every rule asks this clock, never `datetime.now()`.
+
+The event watermark never runs ahead of an input partition that still holds unread,
+possibly older events: a burst on one topic must not make another topic's events late.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from datetime import UTC, datetime
+from typing import Protocol
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Clock(Protocol):
+    """What rules may ask of time. `now()` is timezone-aware UTC and never goes backwards."""
+
+    def now(self) -> datetime: ...
+
+    def observe(self, partition: Hashable, event_time: datetime, *, caught_up: bool) -> None:
+        """Tell the clock an event of `partition` was consumed; `caught_up` says whether
+        that partition holds no more unread events."""
+
+
+class WallClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def observe(self, partition: Hashable, event_time: datetime, *, caught_up: bool) -> None:
+        return None
+
+
+class EventClock:
+    """Event-time watermark over the partitions a consumer reads."""
+
+    def __init__(self, start: datetime = EPOCH) -> None:
+        self._latest: dict[Hashable, datetime] = {}
+        self._pending: set[Hashable] = set()
+        self._now = start
+
+    def observe(self, partition: Hashable, event_time: datetime, *, caught_up: bool) -> None:
+        event_time = event_time.astimezone(UTC)
+        if event_time > self._latest.get(partition, EPOCH):
+            self._latest[partition] = event_time
+        if caught_up:
+            self._pending.discard(partition)
+        else:
+            self._pending.add(partition)
+        self._recompute()
+
+    def hold(self, partition: Hashable) -> None:
+        """A partition is known to hold unread events (e.g. just assigned with lag)."""
+        self._pending.add(partition)
+
+    def release(self, partition: Hashable) -> None:
+        """A partition was revoked or found empty: it no longer holds the watermark back."""
+        self._pending.discard(partition)
+        self._recompute()
+
+    def advance_to(self, moment: datetime) -> None:
+        """Explicitly move time forward (tests, end-of-replay flush). Never moves back."""
+        moment = moment.astimezone(UTC)
+        if moment > self._now:
+            self._now = moment
+
+    def _recompute(self) -> None:
+        if not self._latest:
+            return
+        lagging = [self._latest.get(p, self._now) for p in self._pending]
+        candidate = min(lagging) if lagging else max(self._latest.values())
+        if candidate > self._now:
+            self._now = candidate
+
+    def now(self) -> datetime:
+        return self._now
+
+
+class FixedClock:
+    """A clock tests set by hand."""
+
+    def __init__(self, moment: datetime) -> None:
+        self._now = moment.astimezone(UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def set(self, moment: datetime) -> None:
+        self._now = moment.astimezone(UTC)
+
+    def observe(self, partition: Hashable, event_time: datetime, *, caught_up: bool) -> None:
+        return None
+
+
+def clock_from_mode(mode: str) -> Clock:
+    if mode == "wall":
+        return WallClock()
+    if mode == "event":
+        return EventClock()
+    raise ValueError(f"OUTREACH_CLOCK must be 'wall' or 'event', not {mode!r}")

@@ -1,0 +1,341 @@
+"""Kafka plumbing shared by the services: producer port, dead letters, a consumer loop.
+
+The consumer loop follows arroyo's discipline: messages are handled in order per
+partition, every outcome (processed, duplicate, dead-lettered) is final before the
+offset is committed, and a message that cannot be handled goes to the service's
+dead-letter topic with its original bytes and a readable reason — it never stops the
+loop and is never lost.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from common.clock import Clock
+from common.envelope import CONTENT_TYPE_HEADER, CloudEvent, InvalidEvent
+from common.logs import get_logger
+from common.metrics import (
+    CLOCK_SECONDS,
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    EVENTS_CONSUMED,
+    EVENTS_PRODUCED,
+    LAST_INPUT_SECONDS,
+    PROCESSING_SECONDS,
+)
+from common.ops_http import Heartbeat
+
+log = get_logger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class InputMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One record a handler wants produced."""
+
+    topic: str
+    key: str
+    event: CloudEvent
+
+    def headers(self) -> Headers:
+        headers: Headers = [CONTENT_TYPE_HEADER]
+        traceparent = getattr(self.event, "traceparent", None)
+        if isinstance(traceparent, str):
+            headers.append(("traceparent", traceparent.encode()))
+        return headers
+
+
+class ProducerPort(abc.ABC):
+    """Sends records; `send` returns once the broker has acknowledged the record."""
+
+    @abc.abstractmethod
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+        """Raises on a failure the caller must not treat as delivered."""
+
+    async def emit(self, service: str, records: Sequence[Outgoing]) -> None:
+        for record in records:
+            await self.send(
+                record.topic, record.key.encode(), record.event.to_bytes(), record.headers()
+            )
+            EVENTS_PRODUCED.labels(service, record.topic, record.event.type).inc()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class RecordingProducer(ProducerPort):
+    """In-memory producer for unit tests."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes, Headers]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+        self.records.append((topic, key, value, list(headers)))
+
+    def events(self, topic: str | None = None) -> list[CloudEvent]:
+        return [CloudEvent.from_bytes(v) for t, _k, v, _h in self.records if topic in (None, t)]
+
+
+class AiokafkaProducer(ProducerPort):
+    """Idempotent aiokafka producer (acks=all), one per process."""
+
+    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+        self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self._producer: Any = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+        assert self._producer is not None, "producer not started"
+        await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+
+    async def send_many(self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]) -> None:
+        """Pipeline many sends, then wait for all acknowledgements."""
+        assert self._producer is not None, "producer not started"
+        futures = [
+            await self._producer.send(t, value=v, key=k, headers=h) for t, k, v, h in records
+        ]
+        await asyncio.gather(*futures)
+
+
+class DeadLetters:
+    """Publishes an unprocessable message to `deadletter.<service>`.
+
+    The value is the original bytes, untouched, so that `outreachctl deadletters replay`
+    can put it back on its topic; where it came from and why it failed travel in headers.
+    """
+
+    def __init__(self, producer: ProducerPort, topic: str, service: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.service = service
+
+    async def publish(self, msg: InputMessage, reason: str, code: str) -> None:
+        headers: Headers = [
+            ("dlq.original.topic", msg.topic.encode()),
+            ("dlq.original.partition", str(msg.partition).encode()),
+            ("dlq.original.offset", str(msg.offset).encode()),
+            ("dlq.reason", reason[:2000].encode()),
+            ("dlq.reason.code", code.encode()),
+            ("dlq.service", self.service.encode()),
+            ("dlq.failed_at", datetime.now(UTC).isoformat().encode()),
+        ]
+        headers += [(k, v) for k, v in msg.headers if not k.startswith("dlq.")]
+        await self.producer.send(self.topic, msg.key, msg.value or b"", headers)
+        DEAD_LETTERS.labels(self.service, msg.topic, code).inc()
+        log.warning(
+            "dead_lettered",
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            reason_code=code,
+            reason=reason,
+        )
+
+
+Handler = Callable[[InputMessage, CloudEvent], Awaitable[None]]
+
+
+class MessageProcessor:
+    """Decode → handle → (on failure) dead-letter, with metrics; one place for the policy.
+
+    `InvalidEvent` raised by decoding or by the handler is the input's fault: dead-letter.
+    Any other exception is ours (a bug, or a dependency down): it is retried a bounded
+    number of times with backoff, then dead-lettered with the error named, so that one
+    poisonous message cannot stop a partition forever.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        handler: Handler,
+        deadletters: DeadLetters,
+        clock: Clock,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+    ) -> None:
+        self.service = service
+        self.handler = handler
+        self.deadletters = deadletters
+        self.clock = clock
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    async def process(self, msg: InputMessage, *, caught_up: bool = True) -> str:
+        started = time.perf_counter()
+        LAST_INPUT_SECONDS.labels(self.service).set(time.time())
+        try:
+            event = CloudEvent.from_bytes(msg.value)
+        except InvalidEvent as exc:
+            await self._dead_letter(msg, exc.reason, exc.code)
+            return "dead_lettered"
+        self.clock.observe((msg.topic, msg.partition), event.time, caught_up=caught_up)
+        CLOCK_SECONDS.labels(self.service).set(self.clock.now().timestamp())
+        attempt = 0
+        while True:
+            try:
+                await self.handler(msg, event)
+                break
+            except InvalidEvent as exc:
+                await self._dead_letter(msg, exc.reason, exc.code)
+                return "dead_lettered"
+            except Exception as exc:
+                attempt += 1
+                if attempt > self.retries:
+                    log.exception("handler_failed", topic=msg.topic, event_id=event.id)
+                    await self._dead_letter(
+                        msg,
+                        f"handler failed {attempt} times: {type(exc).__name__}: {exc}",
+                        "handler_error",
+                    )
+                    return "dead_lettered"
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+        PROCESSING_SECONDS.labels(self.service, msg.topic).observe(time.perf_counter() - started)
+        EVENTS_CONSUMED.labels(self.service, msg.topic, "processed").inc()
+        return "processed"
+
+    async def _dead_letter(self, msg: InputMessage, reason: str, code: str) -> None:
+        EVENTS_CONSUMED.labels(self.service, msg.topic, "dead_lettered").inc()
+        await self.deadletters.publish(msg, reason, code)
+
+
+class ConsumerLoop:
+    """A plain aiokafka consumer-group loop for services that need no stream tables.
+
+    Offsets are committed only after every message of a fetched batch has a final
+    outcome (at-least-once); handlers are idempotent by event id.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Sequence[str],
+        processor: MessageProcessor,
+        heartbeat: Heartbeat,
+        client_id: str,
+        max_batch: int = 500,
+        on_idle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.group_id = group_id
+        self.topics = list(topics)
+        self.processor = processor
+        self.heartbeat = heartbeat
+        self.client_id = client_id
+        self.max_batch = max_batch
+        self.on_idle = on_idle
+        self.assigned = False
+        self._consumer: Any = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
+        loop = self
+
+        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                return None
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                loop.assigned = True
+
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=self.group_id,
+            client_id=self.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self.max_batch,
+        )
+        await self._consumer.start()
+        self._consumer.subscribe(self.topics, listener=_Listener())
+
+    def ready(self) -> bool:
+        return self.assigned
+
+    async def run(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        while not self._stopping.is_set():
+            self.heartbeat.beat()
+            batches = await consumer.getmany(timeout_ms=500, max_records=self.max_batch)
+            for tp, messages in batches.items():
+                highwater = consumer.highwater(tp)
+                for record in messages:
+                    msg = InputMessage(
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        key=record.key,
+                        value=record.value,
+                        headers=list(record.headers or []),
+                        timestamp_ms=record.timestamp,
+                    )
+                    caught_up = highwater is None or record.offset + 1 >= highwater
+                    await self.processor.process(msg, caught_up=caught_up)
+                    self.heartbeat.beat()
+            if batches:
+                await consumer.commit()
+                await self._report_lag(consumer)
+            elif self.on_idle is not None:
+                await self.on_idle()
+
+    async def _report_lag(self, consumer: Any) -> None:
+        per_topic: dict[str, int] = {}
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = await consumer.position(tp)
+            per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, highwater - position)
+        for topic, lag in per_topic.items():
+            CONSUMER_LAG.labels(self.processor.service, topic).set(lag)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._consumer is not None:
+            try:
+                await self._consumer.stop()
+            finally:
+                self._consumer = None

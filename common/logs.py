@@ -1,0 +1,99 @@
+"""JSON logs for every service, with personal data and secrets kept out.
+
+Log lines carry ids (event, incident, request, decision, customer) — never names,
+addresses, phone numbers, email addresses, message bodies or credentials. The
+redaction processor is the safety net for a careless `log.info(..., email=...)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+SENSITIVE_KEYS = frozenset(
+    {
+        "email",
+        "phone",
+        "address",
+        "to",
+        "from_",
+        "first_name",
+        "last_name",
+        "name",
+        "body",
+        "html",
+        "text",
+        "subject",
+        "password",
+        "token",
+        "auth_token",
+        "api_key",
+        "authorization",
+        "secret",
+    }
+)
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+_PHONE = re.compile(r"\+\d{8,15}")
+
+
+def redact(value: str) -> str:
+    return _PHONE.sub("[phone]", _EMAIL.sub("[email]", value))
+
+
+def _redact_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        if key.lower() in SENSITIVE_KEYS:
+            event_dict[key] = "[redacted]"
+        elif isinstance(event_dict[key], str) and key != "event":
+            event_dict[key] = redact(event_dict[key])
+    if isinstance(event_dict.get("event"), str):
+        event_dict["event"] = redact(event_dict["event"])
+    return event_dict
+
+
+def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_processor,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    # Libraries (faust, aiokafka, grpc) log through stdlib logging: render them as JSON too.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(logging.getLevelName(level.upper()), logging.INFO))
+    for noisy in ("aiokafka", "kafka", "faust", "mode", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,76 @@
+"""Prometheus metrics with one naming scheme for every service: `outreach_<thing>_<unit>`.
+
+Labels carry kinds, reasons, topics and outcomes — never ids or personal data.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "outreach_events_consumed_total",
+    "Input events consumed, by topic and outcome (processed, duplicate, dead_lettered).",
+    ["service", "topic", "outcome"],
+)
+DEAD_LETTERS = Counter(
+    "outreach_dead_letters_total",
+    "Messages sent to a dead-letter topic, by source topic and reason code.",
+    ["service", "topic", "reason"],
+)
+EVENTS_PRODUCED = Counter(
+    "outreach_events_produced_total",
+    "Events produced, by topic and CloudEvent type.",
+    ["service", "topic", "type"],
+)
+PROCESSING_SECONDS = Histogram(
+    "outreach_event_processing_seconds",
+    "Time to handle one input event, by topic.",
+    ["service", "topic"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+CLOCK_SECONDS = Gauge(
+    "outreach_clock_timestamp_seconds",
+    "The service's current time (wall clock, or event-time watermark) as a Unix timestamp.",
+    ["service"],
+)
+LAST_INPUT_SECONDS = Gauge(
+    "outreach_last_input_timestamp_seconds",
+    "Wall time at which the service last consumed an input event.",
+    ["service"],
+)
+CONSUMER_LAG = Gauge(
+    "outreach_consumer_lag_messages",
+    "Messages not yet consumed, per topic (sum over assigned partitions).",
+    ["service", "topic"],
+)
+INCIDENTS = Counter(
+    "outreach_incidents_total",
+    "Incidents emitted, by kind and transition (opened, updated, resolved).",
+    ["kind", "transition"],
+)
+REQUESTS = Counter(
+    "outreach_requests_total",
+    "Outreach requests emitted by risk_detector, by intent and message kind.",
+    ["intent", "message_kind"],
+)
+MESSAGES = Counter(
+    "outreach_messages_total",
+    "Messages by channel and status (scheduled, sent, delivered, failed, suppressed).",
+    ["channel", "status"],
+)
+SUPPRESSIONS = Counter(
+    "outreach_suppressions_total",
+    "Decisions not sent, by suppression reason.",
+    ["reason"],
+)
+PROVIDER_SECONDS = Histogram(
+    "outreach_provider_request_seconds",
+    "Latency of provider API calls, by provider and outcome.",
+    ["provider", "outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RENDER_FAILURES = Counter(
+    "outreach_template_render_failures_total",
+    "Template renders that failed, by message kind and channel.",
+    ["message_kind", "channel"],
+)

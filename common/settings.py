@@ -1,0 +1,61 @@
+"""Settings every service shares; each service's config.py extends `ServiceSettings`.
+
+All settings come from environment variables, are validated once at start-up, and a
+bad value fails with the variable's name. docs/configuration.md lists every one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.clock import Clock, clock_from_mode
+from common.topics import Topics
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092", validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    outreach_clock: Literal["wall", "event"] = Field(
+        "wall", validation_alias=_env("OUTREACH_CLOCK")
+    )
+    topic_prefix: str = Field("", validation_alias=_env("OUTREACH_TOPIC_PREFIX"))
+    topic_partitions: int = Field(4, ge=1, validation_alias=_env("OUTREACH_TOPIC_PARTITIONS"))
+    data_dir: Path = Field(Path("var"), validation_alias=_env("OUTREACH_DATA_DIR"))
+    log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+    log_format: Literal["json", "console"] = Field("json", validation_alias=_env("LOG_FORMAT"))
+    http_host: str = Field("127.0.0.1", validation_alias=_env("OUTREACH_HTTP_HOST"))
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",") if h.strip()]
+        if not hosts or any(":" not in h for h in hosts):
+            raise ValueError("KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...]")
+        return ",".join(hosts)
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def make_clock(self) -> Clock:
+        return clock_from_mode(self.outreach_clock)
+
+    def service_dir(self, service: str) -> Path:
+        path = self.data_dir / service
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def secret_value(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None

@@ -1,0 +1,68 @@
+"""Every topic the system reads or writes, in one place (docs/events.md describes each).
+
+`OUTREACH_TOPIC_PREFIX` (default empty) is prepended to every name, so that several
+isolated pipelines can share one cluster (the test suite uses a prefix per test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ORDERS = "commerce.orders"
+SHIPMENTS = "commerce.shipments"
+RETURNS = "commerce.returns"
+CUSTOMERS = "commerce.customers"
+FEEDBACK = "commerce.feedback"
+
+INCIDENTS = "outreach.incidents"
+REQUESTS = "outreach.requests"
+MESSAGES = "outreach.messages"
+OPTOUTS = "outreach.optouts"
+HANDOFFS = "support.handoffs"
+
+INPUT_TOPICS = (ORDERS, SHIPMENTS, RETURNS, CUSTOMERS, FEEDBACK)
+INTERNAL_TOPICS = (INCIDENTS, REQUESTS, OPTOUTS)
+OUTPUT_TOPICS = (MESSAGES, HANDOFFS)
+SERVICES = ("orders_watcher", "risk_detector", "outreach", "preferences")
+
+
+def deadletter_topic(service: str) -> str:
+    return f"deadletter.{service}"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    compacted: bool = False
+    retention_ms: int = 7 * 24 * 3600 * 1000
+
+
+def all_topics(prefix: str = "", partitions: int = 4) -> list[TopicSpec]:
+    """The topics `outreachctl topics create` makes (Strimzi KafkaTopics mirror this)."""
+    specs = [TopicSpec(prefix + t, partitions) for t in INPUT_TOPICS + INTERNAL_TOPICS]
+    specs += [TopicSpec(prefix + t, partitions) for t in OUTPUT_TOPICS]
+    specs += [
+        TopicSpec(prefix + deadletter_topic(s), 1, retention_ms=30 * 24 * 3600 * 1000)
+        for s in SERVICES
+    ]
+    return specs
+
+
+class Topics:
+    """Topic names with the configured prefix applied."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def __getattr__(self, name: str) -> str:
+        value = globals().get(name.upper())
+        if not isinstance(value, str):
+            raise AttributeError(name)
+        return self.prefix + value
+
+    def deadletter(self, service: str) -> str:
+        return self.prefix + deadletter_topic(service)
+
+    def unprefixed(self, topic: str) -> str:
+        return topic[len(self.prefix) :] if self.prefix and topic.startswith(self.prefix) else topic

@@ -1,0 +1,3 @@
+from services.orders_watcher.entrypoints.stream import main
+
+main()

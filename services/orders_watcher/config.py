@@ -1,0 +1,37 @@
+"""orders_watcher settings (environment variables, documented in docs/configuration.md)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from common.settings import ServiceSettings
+from services.orders_watcher.domain.rules import DetectionConfig
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERS_WATCHER_", extra="ignore")
+
+    http_port: int = 8081
+    store: str = "rocksdb://"
+    at_risk_margin_hours: float = Field(12, gt=0)
+    stall_hours: float = Field(72, gt=0)
+    stall_hours_express: float = Field(48, gt=0)
+    refund_days: float = Field(5, gt=0)
+    checkin_hours: float = Field(24, gt=0)
+    orphan_hold_minutes: float = Field(60, gt=0)
+    retention_days: float = Field(90, gt=0)
+    tick_interval_s: float = Field(1.0, gt=0)
+
+    def detection(self) -> DetectionConfig:
+        return DetectionConfig(
+            at_risk_margin=timedelta(hours=self.at_risk_margin_hours),
+            stall_after=timedelta(hours=self.stall_hours),
+            stall_after_fast=timedelta(hours=self.stall_hours_express),
+            refund_within=timedelta(days=self.refund_days),
+            checkin_after=timedelta(hours=self.checkin_hours),
+            orphan_hold=timedelta(minutes=self.orphan_hold_minutes),
+            retention=timedelta(days=self.retention_days),
+        )

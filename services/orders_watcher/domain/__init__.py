@@ -1,0 +1,1 @@
+"""Pure detection logic of orders_watcher: order state, incident rules, transitions."""

@@ -1,0 +1,528 @@
+"""Incident rules (SPEC §6), as a pure function of an order's facts and the time.
+
+`evaluate(state, now)` recomputes every incident the facts imply — open or already
+resolved — from the history sorted by event time. `transitions` compares that with
+what was already emitted and yields only the changes (opened, updated on a material
+change, resolved). Because incidents are derived from sorted facts, any arrival order
+of the same events ends in the same incidents, and a duplicate changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from services.orders_watcher.domain.model import OrderState, ShipmentState
+
+DELIVERY_KINDS = frozenset(
+    {
+        "dispatch_late",
+        "delivery_at_risk",
+        "delivery_late",
+        "shipment_stalled",
+        "delivery_failed",
+        "awaiting_pickup",
+        "carrier_exception",
+        "returned_to_sender",
+    }
+)
+CRITICAL_SUBSTATUSES = frozenset({"lost", "damaged"})
+KNOWN_SUBSTATUSES = frozenset(
+    {
+        "lost",
+        "damaged",
+        "address_issue",
+        "customs_hold",
+        "weather_delay",
+        "carrier_delay",
+        "refused",
+        "other",
+    }
+)
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Every threshold of the watcher; defaults are SPEC §6's."""
+
+    at_risk_margin: timedelta = timedelta(hours=12)
+    stall_after: timedelta = timedelta(hours=72)
+    stall_after_fast: timedelta = timedelta(hours=48)
+    fast_methods: frozenset[str] = frozenset({"express", "next_day"})
+    refund_within: timedelta = timedelta(days=5)
+    checkin_after: timedelta = timedelta(hours=24)
+    orphan_hold: timedelta = timedelta(hours=1)
+    retention: timedelta = timedelta(days=90)
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    """An incident as the facts imply it at `now`."""
+
+    incident_id: str
+    kind: str
+    severity: Literal["info", "warning", "critical"]
+    open: bool
+    explanation: str
+    evidence: tuple[str, ...]
+    material: tuple[Any, ...]
+    since: datetime | None = None
+    changed_at: datetime | None = None
+    shipment_id: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    resolution: str | None = None
+    resolved_at: datetime | None = None
+
+    def moment(self, change: str) -> datetime:
+        """When the facts say the change happened: the event time of an incident's
+        transition, independent of when the watcher noticed (replays are identical)."""
+        assert self.since is not None
+        if change == "resolved" and self.resolved_at is not None:
+            return self.resolved_at
+        if change == "updated" and self.changed_at is not None:
+            return self.changed_at
+        return self.since
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(repr(self.material).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change to announce: opened, updated, resolved, or checkin_due."""
+
+    change: Literal["opened", "updated", "resolved", "checkin_due"]
+    incident: IncidentView
+    revision: int
+
+
+def incident_id(order_id: str, kind: str, scope: str = "") -> str:
+    raw = f"{order_id}\x1f{kind}\x1f{scope}"
+    return "inc_" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _stall_threshold(state: OrderState, config: DetectionConfig) -> timedelta:
+    method = state.order.shipping_method if state.order else "standard"
+    return config.stall_after_fast if method in config.fast_methods else config.stall_after
+
+
+def evaluate(state: OrderState, now: datetime, config: DetectionConfig) -> list[IncidentView]:
+    order = state.order
+    if order is None:
+        return []
+    views: list[IncidentView] = []
+    delivered_at = state.delivered_at()
+    cancelled_at = state.cancelled_at
+    # Delay rules stop at cancellation: nothing after it is a delay, and open ones close.
+    horizon = min(x for x in (now, cancelled_at) if x is not None)
+
+    def closing() -> tuple[bool, str | None, datetime | None]:
+        """Whether a delivery incident is still open; if not, why and since when."""
+        if cancelled_at is not None and cancelled_at <= now:
+            return False, "cancelled", cancelled_at
+        if delivered_at is not None and delivered_at <= now:
+            return False, "delivered", delivered_at
+        return True, None, None
+
+    # dispatch_late: no shipment.created by promised_ship_by.
+    dispatched = state.dispatched_at()
+    late_dispatch = (dispatched is None and horizon >= order.promised_ship_by) or (
+        dispatched is not None
+        and dispatched > order.promised_ship_by
+        and (cancelled_at is None or cancelled_at > order.promised_ship_by)
+    )
+    if late_dispatch:
+        is_open, resolution, resolved_at = closing()
+        views.append(
+            IncidentView(
+                incident_id=incident_id(state.order_id, "dispatch_late"),
+                kind="dispatch_late",
+                severity="warning",
+                open=is_open,
+                resolution=resolution,
+                resolved_at=resolved_at,
+                since=order.promised_ship_by,
+                explanation=(
+                    f"Order {state.order_id} was not dispatched by the promised "
+                    f"{order.promised_ship_by:%Y-%m-%d %H:%M} UTC."
+                ),
+                evidence=(order.placed_event_id,),
+                material=(order.promised_ship_by,),
+                facts={
+                    "promised_ship_by": _iso(order.promised_ship_by),
+                    "dispatched_at": _iso(dispatched),
+                },
+            )
+        )
+
+    # delivery_at_risk: the carrier's estimate is > margin past the promise, before it breaks.
+    estimate, estimate_event = _latest_estimate(state, until=horizon)
+    promise = order.promised_delivery_by
+    if estimate is not None and estimate > promise + config.at_risk_margin:
+        if estimate_event[1] < promise:  # the slip was known while the promise still stood
+            is_open, resolution, resolved_at = closing()
+            views.append(
+                IncidentView(
+                    incident_id=incident_id(state.order_id, "delivery_at_risk"),
+                    kind="delivery_at_risk",
+                    severity="warning",
+                    open=is_open,
+                    resolution=resolution,
+                    resolved_at=resolved_at,
+                    since=max(estimate_event[1], order.placed_at),
+                    changed_at=max(estimate_event[1], order.placed_at),
+                    explanation=(
+                        f"The carrier now expects order {state.order_id} on "
+                        f"{estimate:%Y-%m-%d}, after the promised {promise:%Y-%m-%d}."
+                    ),
+                    evidence=(estimate_event[0],),
+                    material=(estimate,),
+                    facts={
+                        "promised_delivery_by": _iso(promise),
+                        "estimated_delivery_at": _iso(estimate),
+                        "delay_days": _days(estimate - promise),
+                    },
+                )
+            )
+
+    # delivery_late: not delivered at promised_delivery_by.
+    was_late = (delivered_at is None and horizon >= promise) or (
+        delivered_at is not None and delivered_at > promise
+    )
+    if was_late and not (cancelled_at is not None and cancelled_at <= promise):
+        is_open, resolution, resolved_at = closing()
+        views.append(
+            IncidentView(
+                incident_id=incident_id(state.order_id, "delivery_late"),
+                kind="delivery_late",
+                severity="warning",
+                open=is_open,
+                resolution=resolution,
+                resolved_at=resolved_at,
+                since=promise,
+                changed_at=max(promise, estimate_event[1]) if estimate else promise,
+                explanation=(
+                    f"Order {state.order_id} was not delivered by the promised "
+                    f"{promise:%Y-%m-%d %H:%M} UTC."
+                ),
+                evidence=(order.placed_event_id,) + ((estimate_event[0],) if estimate else ()),
+                material=(estimate,),
+                facts={
+                    "promised_delivery_by": _iso(promise),
+                    "estimated_delivery_at": _iso(estimate),
+                    "delay_days": _days(estimate - promise) if estimate else None,
+                },
+            )
+        )
+
+    for shipment in sorted(state.shipments.values(), key=lambda s: s.shipment_id):
+        views.extend(_shipment_incidents(state, shipment, horizon, now, config))
+
+    for ret in sorted(state.returns.values(), key=lambda r: r.return_id):
+        if ret.received_at is None:
+            continue
+        due = ret.received_at + config.refund_within
+        refunded = ret.refunded_at
+        if (refunded is None and now >= due) or (refunded is not None and refunded > due):
+            views.append(
+                IncidentView(
+                    incident_id=incident_id(state.order_id, "refund_late", ret.return_id),
+                    kind="refund_late",
+                    severity="warning",
+                    open=refunded is None or refunded > now,
+                    resolution=None if refunded is None or refunded > now else "refunded",
+                    resolved_at=refunded if refunded is not None and refunded <= now else None,
+                    since=due,
+                    explanation=(
+                        f"Return {ret.return_id} was received on {ret.received_at:%Y-%m-%d} "
+                        f"and not refunded within {config.refund_within.days} days."
+                    ),
+                    evidence=tuple(e for e in (ret.received_event_id,) if e),
+                    material=(ret.received_at,),
+                    facts={"return_id": ret.return_id, "received_at": _iso(ret.received_at)},
+                )
+            )
+    return views
+
+
+def _shipment_incidents(
+    state: OrderState,
+    shipment: ShipmentState,
+    horizon: datetime,
+    now: datetime,
+    config: DetectionConfig,
+) -> list[IncidentView]:
+    views: list[IncidentView] = []
+    checkpoints = [cp for cp in shipment.sorted_checkpoints() if cp.at <= now]
+    delivered = shipment.delivered_at()
+    delivered = delivered if delivered is not None and delivered <= now else None
+    cancelled = state.cancelled_at is not None and state.cancelled_at <= now
+    open_unless = "cancelled" if cancelled else ("delivered" if delivered else None)
+    closed_at = state.cancelled_at if cancelled else delivered
+    sid = shipment.shipment_id
+    base_facts = {
+        "shipment_id": sid,
+        "carrier": shipment.carrier,
+        "tracking_number": shipment.tracking_number,
+        "tracking_url": shipment.tracking_url,
+    }
+
+    # Status incidents raised "at once": the latest checkpoint of each kind decides.
+    status_rules = {
+        "attempt_failed": ("delivery_failed", "warning"),
+        "available_for_pickup": ("awaiting_pickup", "info"),
+        "returned_to_sender": ("returned_to_sender", "warning"),
+    }
+    for status, (kind, severity) in status_rules.items():
+        hits = [cp for cp in checkpoints if cp.status == status]
+        if not hits:
+            continue
+        last = hits[-1]
+        views.append(
+            IncidentView(
+                incident_id=incident_id(state.order_id, kind, sid),
+                kind=kind,
+                severity=severity,  # type: ignore[arg-type]
+                open=open_unless is None,
+                resolution=open_unless,
+                resolved_at=closed_at,
+                since=hits[0].at,
+                changed_at=last.at,
+                shipment_id=sid,
+                explanation=_status_explanation(kind, shipment, last.location),
+                evidence=tuple(cp.event_id for cp in hits),
+                material=tuple(cp.at for cp in hits),
+                facts={
+                    **base_facts,
+                    "status": status,
+                    "location": last.location,
+                    "checkpoint_at": _iso(last.at),
+                    "attempts": len(hits),
+                },
+            )
+        )
+
+    exceptions = [cp for cp in checkpoints if cp.status == "exception"]
+    if exceptions:
+        last = exceptions[-1]
+        substatus = last.substatus if last.substatus in KNOWN_SUBSTATUSES else "other"
+        critical = any(cp.substatus in CRITICAL_SUBSTATUSES for cp in exceptions)
+        views.append(
+            IncidentView(
+                incident_id=incident_id(state.order_id, "carrier_exception", sid),
+                kind="carrier_exception",
+                severity="critical" if critical else "warning",
+                open=open_unless is None,
+                resolution=open_unless,
+                resolved_at=closed_at,
+                since=exceptions[0].at,
+                changed_at=last.at,
+                shipment_id=sid,
+                explanation=(
+                    f"{shipment.carrier or 'The carrier'} reported a problem with parcel "
+                    f"{shipment.tracking_number or sid}: {substatus.replace('_', ' ')}."
+                ),
+                evidence=tuple(cp.event_id for cp in exceptions),
+                material=tuple((cp.at, cp.substatus) for cp in exceptions),
+                facts={
+                    **base_facts,
+                    "status": "exception",
+                    "substatus": substatus,
+                    "raw_substatus": last.substatus,
+                    "checkpoint_at": _iso(last.at),
+                },
+            )
+        )
+
+    # shipment_stalled: no tracking update for the threshold while not delivered.
+    if shipment.created_at is not None and not cancelled:
+        threshold = _stall_threshold(state, config)
+        scans = [shipment.created_at] + [cp.at for cp in checkpoints]
+        scans.sort()
+        end = delivered or horizon
+        stalls: list[datetime] = []
+        for before, after in zip(scans, [*scans[1:], end], strict=True):
+            if after - before >= threshold and before < end:
+                stalls.append(before)
+        terminal = any(cp.status == "returned_to_sender" for cp in checkpoints)
+        if stalls and not terminal:
+            last_scan = scans[-1]
+            views.append(
+                IncidentView(
+                    incident_id=incident_id(state.order_id, "shipment_stalled", sid),
+                    kind="shipment_stalled",
+                    severity="warning",
+                    open=open_unless is None,
+                    resolution=open_unless,
+                    resolved_at=closed_at,
+                    since=stalls[0] + threshold,
+                    changed_at=stalls[-1] + threshold,
+                    shipment_id=sid,
+                    explanation=(
+                        f"Parcel {shipment.tracking_number or sid} has had no tracking update "
+                        f"for {int(threshold.total_seconds() // 3600)} h "
+                        f"(last at {stalls[-1]:%Y-%m-%d %H:%M} UTC)."
+                    ),
+                    evidence=tuple(cp.event_id for cp in checkpoints[-1:]),
+                    material=tuple(stalls),
+                    facts={
+                        **base_facts,
+                        "last_update_at": _iso(last_scan),
+                        "stalled_since": _iso(stalls[-1]),
+                    },
+                )
+            )
+    return views
+
+
+def _status_explanation(kind: str, shipment: ShipmentState, location: str | None) -> str:
+    parcel = shipment.tracking_number or shipment.shipment_id
+    where = f" ({location})" if location else ""
+    if kind == "delivery_failed":
+        return f"The carrier could not deliver parcel {parcel}{where}."
+    if kind == "awaiting_pickup":
+        return f"Parcel {parcel} is waiting at a pickup point{where}."
+    return f"Parcel {parcel} is being returned to the sender{where}."
+
+
+def _latest_estimate(
+    state: OrderState, until: datetime
+) -> tuple[datetime | None, tuple[str, datetime]]:
+    """The latest carrier estimate known by `until`, and (event id, when it was said)."""
+    best: tuple[datetime, datetime, str] | None = None  # (said_at, estimate, event id)
+    for shipment in state.shipments.values():
+        if shipment.initial_estimate is not None and shipment.created_at is not None:
+            said = shipment.created_at
+            if said <= until and (best is None or said >= best[0]):
+                best = (said, shipment.initial_estimate, shipment.created_event_id or "")
+        for cp in shipment.checkpoints:
+            if cp.estimated_delivery_at is None or cp.at > until:
+                continue
+            if best is None or (cp.at, cp.event_id) >= (best[0], best[2]):
+                best = (cp.at, cp.estimated_delivery_at, cp.event_id)
+    if best is None:
+        return None, ("", until)
+    return best[1], (best[2], best[0])
+
+
+def _days(delta: timedelta) -> int:
+    return max(0, -(-int(delta.total_seconds()) // 86400))
+
+
+def transitions(state: OrderState, now: datetime, config: DetectionConfig) -> list[Transition]:
+    """The changes since what was last emitted; updates `state.emitted` accordingly."""
+    out: list[Transition] = []
+    for view in evaluate(state, now, config):
+        prior = state.emitted.get(view.incident_id)
+        if prior is None:
+            out.append(Transition("opened", view, 1))
+            state.emitted[view.incident_id] = _record(view, 1, "open")
+            if not view.open:
+                out.append(Transition("resolved", view, 2))
+                state.emitted[view.incident_id] = _record(view, 2, "resolved")
+            continue
+        if prior.status == "open" and not view.open:
+            out.append(Transition("resolved", view, prior.revision + 1))
+            state.emitted[view.incident_id] = _record(view, prior.revision + 1, "resolved")
+        elif prior.status == "open" and view.fingerprint != prior.fingerprint:
+            out.append(Transition("updated", view, prior.revision + 1))
+            state.emitted[view.incident_id] = _record(view, prior.revision + 1, "open")
+    checkin = _checkin(state, now, config)
+    if checkin is not None:
+        out.append(checkin)
+        state.checkin_emitted = True
+    return out
+
+
+def _record(view: IncidentView, revision: int, status: str) -> Any:
+    from services.orders_watcher.domain.model import EmittedIncident
+
+    return EmittedIncident(
+        kind=view.kind, revision=revision, status=status, fingerprint=view.fingerprint
+    )
+
+
+def _checkin(state: OrderState, now: datetime, config: DetectionConfig) -> Transition | None:
+    if state.checkin_emitted or state.cancelled_at is not None or state.order is None:
+        return None
+    delivered = state.delivered_at()
+    had_incident = any(e.kind in DELIVERY_KINDS for e in state.emitted.values())
+    if delivered is None or not had_incident or now < delivered + config.checkin_after:
+        return None
+    view = IncidentView(
+        incident_id=incident_id(state.order_id, "post_incident_checkin"),
+        kind="post_incident_checkin",
+        severity="info",
+        open=True,
+        since=delivered + config.checkin_after,
+        explanation=(
+            f"Order {state.order_id} arrived on {delivered:%Y-%m-%d} after an incident; "
+            "time to ask whether everything arrived well."
+        ),
+        evidence=(),
+        material=(delivered,),
+        facts={
+            "delivered_at": _iso(delivered),
+            "incidents": sorted({e.kind for e in state.emitted.values()}),
+        },
+    )
+    return Transition("checkin_due", view, 1)
+
+
+def next_deadline(state: OrderState, now: datetime, config: DetectionConfig) -> datetime | None:
+    """The next moment at which time alone (no event) could change this order's incidents.
+
+    The watcher keeps these in an index ordered by time, so a tick touches only orders
+    whose moment has come, never all open orders.
+    """
+    candidates: list[datetime] = [h.release_at for h in state.held]
+    order = state.order
+    if order is not None:
+        delivered = state.delivered_at()
+        if state.cancelled_at is None:
+            if state.dispatched_at() is None:
+                candidates.append(order.promised_ship_by)
+            if delivered is None:
+                candidates.append(order.promised_delivery_by)
+                threshold = _stall_threshold(state, config)
+                for shipment in state.shipments.values():
+                    if shipment.created_at is None or shipment.delivered_at() is not None:
+                        continue
+                    latest = max([shipment.created_at] + [c.at for c in shipment.checkpoints])
+                    candidates.append(latest + threshold)
+            elif not state.checkin_emitted:
+                candidates.append(delivered + config.checkin_after)
+        for ret in state.returns.values():
+            if ret.received_at is not None and ret.refunded_at is None:
+                candidates.append(ret.received_at + config.refund_within)
+    expiry = expires_at(state, config)
+    if expiry is not None:
+        candidates.append(expiry)
+    future = [c for c in candidates if c > now]
+    return min(future) if future else None
+
+
+def finished_at(state: OrderState) -> datetime | None:
+    """When nothing more is expected for this order (delivered/cancelled, returns settled)."""
+    if state.order is None:
+        return None
+    end = state.cancelled_at or state.delivered_at()
+    if end is None:
+        return None
+    if any(r.refunded_at is None for r in state.returns.values()):
+        return None
+    if any(e.status == "open" for e in state.emitted.values()):
+        return None
+    return max([end] + [r.refunded_at for r in state.returns.values() if r.refunded_at])
+
+
+def expires_at(state: OrderState, config: DetectionConfig) -> datetime | None:
+    done = finished_at(state)
+    return done + config.retention if done is not None else None

@@ -1,0 +1,172 @@
+"""orders_watcher's handlers: one per input, and one for the passing of time.
+
+Each takes the order's state and returns what to emit; the entrypoint loads and stores
+state and sends. Nothing here touches Kafka, the table or the clock directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from common import schemas
+from common.envelope import CloudEvent, InvalidEvent, derived_id, new_event
+from common.kafka import InputMessage, Outgoing
+from common.metrics import INCIDENTS
+from common.topics import Topics
+from services.orders_watcher.domain import facts, rules
+from services.orders_watcher.domain.model import HeldEvent, OrderState
+
+SOURCE = "/outreach/orders_watcher"
+HANDLED_TYPES = frozenset(
+    {
+        "order.placed",
+        "order.cancelled",
+        "shipment.created",
+        "shipment.tracking_updated",
+        "return.requested",
+        "return.received",
+        "return.refunded",
+    }
+)
+
+
+@dataclass
+class Outcome:
+    """What one handler call decided."""
+
+    state: OrderState | None
+    records: list[Outgoing] = field(default_factory=list)
+    dead_letters: list[tuple[HeldEvent, str]] = field(default_factory=list)
+    duplicate: bool = False
+    deadline: datetime | None = None
+
+
+class OrdersWatcher:
+    def __init__(self, config: rules.DetectionConfig, topics: Topics) -> None:
+        self.config = config
+        self.topics = topics
+
+    def order_id_of(self, msg: InputMessage, event: CloudEvent) -> str:
+        order_id = event.data.get("order_id") if isinstance(event.data, dict) else None
+        if not isinstance(order_id, str) or not order_id:
+            raise InvalidEvent(f"{event.type} has no order_id", code="bad_data")
+        return order_id
+
+    def handle_event(
+        self, state: OrderState | None, msg: InputMessage, event: CloudEvent, now: datetime
+    ) -> Outcome:
+        if event.type not in HANDLED_TYPES:
+            raise InvalidEvent(
+                f"orders_watcher does not handle {event.type!r} on {msg.topic}",
+                code="unknown_type",
+            )
+        payload = schemas.parse_input(event, self.topics.unprefixed(msg.topic))
+        order_id = self.order_id_of(msg, event)
+        state = state or OrderState(order_id=order_id)
+        if state.seen(event.id):
+            return Outcome(state=state, duplicate=True, deadline=self._deadline(state, now))
+        if isinstance(payload, schemas.OrderPlaced) and state.order is not None:
+            if state.order.customer_id != payload.customer_id:
+                raise InvalidEvent(
+                    f"order {order_id} placed again for another customer", code="conflict"
+                )
+        facts.apply(state, payload, event.id, event.time)
+        if state.order is None and facts.needs_order(payload):
+            state.held.append(
+                HeldEvent(
+                    event_id=event.id,
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    key=msg.key.decode(errors="replace") if msg.key else None,
+                    value=(msg.value or b"").decode("latin-1"),
+                    release_at=max(now, event.time) + self.config.orphan_hold,
+                )
+            )
+        if isinstance(payload, schemas.OrderPlaced):
+            state.held.clear()
+        return self._conclude(state, now)
+
+    def handle_tick(self, state: OrderState, now: datetime) -> Outcome:
+        """Time passed: release held orphans, fire deadlines, expire finished orders."""
+        outcome = Outcome(state=state)
+        if state.order is None:
+            expired = [h for h in state.held if h.release_at <= now]
+            if expired:
+                outcome.dead_letters = [
+                    (
+                        h,
+                        f"no order.placed for order {state.order_id} within "
+                        f"{self.config.orphan_hold}; event held and released",
+                    )
+                    for h in expired
+                ]
+                state.held = [h for h in state.held if h.release_at > now]
+            if not state.held:
+                outcome.state = None
+                return outcome
+        expiry = rules.expires_at(state, self.config)
+        if expiry is not None and expiry <= now:
+            outcome.state = None
+            return outcome
+        concluded = self._conclude(state, now)
+        concluded.dead_letters = outcome.dead_letters
+        return concluded
+
+    def _conclude(self, state: OrderState, now: datetime) -> Outcome:
+        records = [self._record(state, t) for t in rules.transitions(state, now, self.config)]
+        return Outcome(state=state, records=records, deadline=self._deadline(state, now))
+
+    def _deadline(self, state: OrderState, now: datetime) -> datetime | None:
+        return rules.next_deadline(state, now, self.config)
+
+    def _record(self, state: OrderState, transition: rules.Transition) -> Outgoing:
+        view = transition.incident
+        order = state.order
+        assert order is not None
+        shipment = state.shipments.get(view.shipment_id or "") if view.shipment_id else None
+        if shipment is None and state.shipments:
+            shipment = sorted(state.shipments.values(), key=lambda s: s.shipment_id)[0]
+        estimate = view.facts.get("estimated_delivery_at")
+        context = schemas.OrderContext(
+            order_id=state.order_id,
+            currency=order.currency,
+            total=order.total,
+            items=order.items,
+            shipping_method=order.shipping_method,
+            placed_at=order.placed_at,
+            promised_delivery_by=order.promised_delivery_by,
+            carrier=shipment.carrier if shipment else None,
+            tracking_number=shipment.tracking_number if shipment else None,
+            tracking_url=shipment.tracking_url if shipment else None,
+            estimated_delivery_at=estimate,
+        )
+        status = "resolved" if transition.change == "resolved" else "open"
+        moment = view.moment(transition.change)
+        incident = schemas.Incident(
+            incident_id=view.incident_id,
+            revision=transition.revision,
+            kind=view.kind,
+            severity=schemas.Severity(view.severity),
+            customer_id=order.customer_id,
+            order_id=state.order_id,
+            shipment_id=view.shipment_id,
+            status=status,
+            detected_at=view.since or moment,
+            explanation=view.explanation,
+            evidence=list(view.evidence),
+            facts=view.facts,
+            order=context,
+            resolution=view.resolution if status == "resolved" else None,
+        )
+        INCIDENTS.labels(view.kind, transition.change).inc()
+        event = new_event(
+            type=f"incident.{transition.change}",
+            source=SOURCE,
+            subject=view.incident_id,
+            id=derived_id("incident", view.incident_id, transition.revision, transition.change),
+            time=moment,
+            data=incident.model_dump(mode="json"),
+        )
+        return Outgoing(topic=self.topics.incidents, key=order.customer_id, event=event)

@@ -1,0 +1,167 @@
+"""The port to preferences: contact plans, cached and invalidated by its change stream."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from datetime import time as dtime
+from typing import Any
+
+from common.logs import get_logger
+from services.outreach.domain.decisions import ChannelOption, ContactPlan
+
+log = get_logger(__name__)
+
+
+class ContactPlans(abc.ABC):
+    """`get` returns the plan for a customer and category, or None if preferences does not
+    know the customer. Raises `PreferencesUnavailable` when it cannot be asked."""
+
+    @abc.abstractmethod
+    async def get(self, customer_id: str, category: str) -> ContactPlan | None: ...
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def ready(self) -> bool:
+        return True
+
+
+class PreferencesUnavailable(RuntimeError):
+    pass
+
+
+class StaticContactPlans(ContactPlans):
+    """A fake for unit tests: plans set by hand."""
+
+    def __init__(self, plans: dict[tuple[str, str], ContactPlan] | None = None) -> None:
+        self.plans = dict(plans or {})
+        self.calls: list[tuple[str, str]] = []
+
+    async def get(self, customer_id: str, category: str) -> ContactPlan | None:
+        self.calls.append((customer_id, category))
+        return self.plans.get((customer_id, category)) or self.plans.get((customer_id, "*"))
+
+
+def _hhmm(value: str, default: dtime) -> dtime:
+    try:
+        hours, minutes = value.split(":")
+        return dtime(int(hours), int(minutes))
+    except (ValueError, AttributeError):
+        return default
+
+
+class GrpcContactPlans(ContactPlans):
+    """Asks preferences over gRPC; keeps plans in a TTL cache that `WatchChanges` empties
+    per customer as soon as their preferences change."""
+
+    CHANNELS = {1: "email", 2: "sms", 3: "whatsapp"}
+    CATEGORIES = {"service": 1, "marketing": 2}
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = 2.0,
+        cache_ttl_s: float = 300.0,
+        token: str | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.cache_ttl_s = cache_ttl_s
+        self.token = token
+        self._cache: dict[tuple[str, str], tuple[float, ContactPlan | None]] = {}
+        self._channel: Any = None
+        self._stub: Any = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    async def start(self) -> None:
+        import grpc
+        from common.proto.outreach.preferences.v1 import preferences_pb2_grpc
+
+        self._channel = grpc.aio.insecure_channel(self.target)
+        self._stub = preferences_pb2_grpc.PreferencesServiceStub(self._channel)
+        self._watch_task = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def ready(self) -> bool:
+        import grpc
+
+        if self._channel is None:
+            return False
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout=1.0)
+            return self._channel.get_state() == grpc.ChannelConnectivity.READY
+        except TimeoutError:
+            return False
+
+    async def _watch(self) -> None:
+        from common.proto.outreach.preferences.v1 import preferences_pb2
+
+        while True:
+            try:
+                stream = self._stub.WatchChanges(preferences_pb2.WatchChangesRequest())
+                async for change in stream:
+                    for key in [k for k in self._cache if k[0] == change.customer_id]:
+                        self._cache.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the stream broke: forget everything, reconnect
+                self._cache.clear()
+                log.warning("preferences_watch_reconnect", error=type(exc).__name__)
+                await asyncio.sleep(1.0)
+
+    async def get(self, customer_id: str, category: str) -> ContactPlan | None:
+        import grpc
+        from common.proto.outreach.preferences.v1 import preferences_pb2
+
+        key = (customer_id, category)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            self.hits += 1
+            return cached[1]
+        self.misses += 1
+        try:
+            reply = await self._stub.GetContactPlan(
+                preferences_pb2.GetContactPlanRequest(
+                    customer_id=customer_id, category=self.CATEGORIES[category]
+                ),
+                timeout=self.timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise PreferencesUnavailable(f"GetContactPlan: {exc.code().name}") from exc
+        plan = self._plan(reply) if reply.known else None
+        self._cache[key] = (time.monotonic() + self.cache_ttl_s, plan)
+        return plan
+
+    def _plan(self, reply: Any) -> ContactPlan:
+        return ContactPlan(
+            customer_id=reply.customer_id,
+            known=reply.known,
+            first_name=reply.first_name,
+            locale=reply.locale or "en",
+            time_zone=reply.time_zone or "UTC",
+            quiet_start=_hhmm(reply.quiet_hours.start, dtime(21, 0)),
+            quiet_end=_hhmm(reply.quiet_hours.end, dtime(8, 0)),
+            marketing_opt_in=reply.marketing_opt_in,
+            channels=tuple(
+                ChannelOption(
+                    channel=self.CHANNELS.get(c.channel, "unknown"),
+                    address=c.address,
+                    usable=c.usable,
+                    reason=c.reason,
+                )
+                for c in reply.channels
+            ),
+        )

@@ -1,0 +1,1 @@
+"""Pure outreach logic: the decision pipeline, rendering, offers, SMS segments."""

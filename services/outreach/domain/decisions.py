@@ -1,0 +1,205 @@
+"""The decision pipeline for one outreach request (SPEC §6 "Delivery").
+
+dedupe → already resolved → paused → contact plan → consent and opt-outs → frequency
+cap → channel → quiet hours → holdout. Every step is a pure function with a named
+outcome; the first step that says no ends the pipeline with a suppression reason.
+Rendering and sending follow in the handler, and their failures are recorded there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class Suppression(StrEnum):
+    OPTED_OUT = "opted_out"
+    NO_CONTACT = "no_contact"
+    NO_CONSENT = "no_consent"
+    FREQUENCY_CAP = "frequency_cap"
+    ALREADY_RESOLVED = "already_resolved"
+    DUPLICATE = "duplicate"
+    QUIET_HOURS_EXPIRED = "quiet_hours_expired"
+    HOLDOUT = "holdout"
+    PAUSED = "paused"
+    SUPERSEDED = "superseded"
+    UNKNOWN_CUSTOMER = "unknown_customer"
+
+
+class Category(StrEnum):
+    SERVICE = "service"
+    MARKETING = "marketing"
+
+
+@dataclass(frozen=True)
+class ChannelOption:
+    channel: str  # email | sms | whatsapp
+    address: str
+    usable: bool
+    reason: str  # ok | no_contact | opted_out | no_consent | ...
+
+
+@dataclass(frozen=True)
+class ContactPlan:
+    customer_id: str
+    known: bool
+    first_name: str
+    locale: str
+    time_zone: str
+    quiet_start: time
+    quiet_end: time
+    marketing_opt_in: bool
+    channels: tuple[ChannelOption, ...]
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    cap_messages: int = 3
+    cap_window: timedelta = timedelta(days=7)
+    holdout_share: float = 0.0
+    quiet_applies_to: frozenset[str] = frozenset({"sms", "whatsapp"})
+    scheduled_expiry: timedelta = timedelta(days=2)
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the pipeline needs to know about a request (a view of OutreachRequest)."""
+
+    request_id: str
+    customer_id: str
+    intent: str
+    message_kind: str
+    severity: str
+    cause_id: str
+    offer_tier: str | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision_id: str
+    outcome: str  # "send" | "schedule" | "suppress"
+    category: Category
+    reason: Suppression | None = None
+    channel: str | None = None
+    address: str | None = None
+    send_at: datetime | None = None
+    fallbacks: tuple[ChannelOption, ...] = field(default_factory=tuple)
+    rule: str = ""
+
+
+def decision_id_for(request_id: str) -> str:
+    return "dec_" + hashlib.sha256(request_id.encode()).hexdigest()[:24]
+
+
+def category_of(request: RequestFacts) -> Category:
+    """Apologies and status updates are service messages; a check-in with an offer is
+    marketing (it needs marketing consent)."""
+    if request.intent == "check_in" and request.offer_tier:
+        return Category.MARKETING
+    return Category.SERVICE
+
+
+def in_holdout(decision_id: str, share: float) -> bool:
+    """Deterministic: the same decision is always in or out of the control group."""
+    if share <= 0:
+        return False
+    bucket = int(hashlib.sha256(f"holdout:{decision_id}".encode()).hexdigest()[:8], 16)
+    return bucket / 0xFFFFFFFF < share
+
+
+def quiet_until(moment: datetime, tz_name: str, start: time, end: time) -> datetime | None:
+    """If `moment` falls in the customer's quiet hours, the end of them (as aware UTC);
+    else None. DST is zoneinfo's business, never ours."""
+    try:
+        tz = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = ZoneInfo("UTC")
+    local = moment.astimezone(tz)
+    t = local.time()
+    quiet = (t >= start or t < end) if start > end else (start <= t < end)
+    if not quiet:
+        return None
+    day = local.date() if t < end else local.date() + timedelta(days=1)
+    wake = datetime.combine(day, end, tzinfo=tz)
+    # A wall time skipped by a DST jump normalises forward through UTC.
+    return wake.astimezone(ZoneInfo("UTC"))
+
+
+def decide(
+    request: RequestFacts,
+    *,
+    plan: ContactPlan | None,
+    already_decided: bool,
+    resolved: bool,
+    paused: bool,
+    sent_in_window: int,
+    now: datetime,
+    policy: DeliveryPolicy,
+) -> Decision:
+    did = decision_id_for(request.request_id)
+    category = category_of(request)
+
+    def suppress(reason: Suppression, rule: str) -> Decision:
+        return Decision(did, "suppress", category, reason=reason, rule=rule)
+
+    if already_decided:
+        return suppress(Suppression.DUPLICATE, "dedupe: a decision exists for this request")
+    if resolved:
+        return suppress(
+            Suppression.ALREADY_RESOLVED,
+            "already resolved: the incident closed before we reached out",
+        )
+    if paused:
+        return Decision(
+            did,
+            "schedule",
+            category,
+            send_at=None,
+            rule="paused: sending is paused; held until resumed",
+        )
+    if plan is None or not plan.known:
+        return suppress(Suppression.NO_CONTACT, "contact plan: customer unknown to preferences")
+    if category is Category.MARKETING and not plan.marketing_opt_in:
+        return suppress(Suppression.NO_CONSENT, "consent: marketing needs marketing_opt_in")
+    usable = [c for c in plan.channels if c.usable]
+    if not usable:
+        reasons = {c.reason for c in plan.channels}
+        if "opted_out" in reasons:
+            return suppress(Suppression.OPTED_OUT, "consent: every reachable channel opted out")
+        if "no_consent" in reasons:
+            return suppress(Suppression.NO_CONSENT, "consent: no channel with consent")
+        return suppress(Suppression.NO_CONTACT, "contact plan: no usable contact point")
+    if request.severity != "critical" and sent_in_window >= policy.cap_messages:
+        return suppress(
+            Suppression.FREQUENCY_CAP,
+            f"frequency cap: {sent_in_window} messages in {policy.cap_window.days} days",
+        )
+    if in_holdout(did, policy.holdout_share):
+        return suppress(Suppression.HOLDOUT, f"holdout: control group ({policy.holdout_share:.0%})")
+    first, rest = usable[0], tuple(usable[1:])
+    if first.channel in policy.quiet_applies_to:
+        wake = quiet_until(now, plan.time_zone, plan.quiet_start, plan.quiet_end)
+        if wake is not None:
+            return Decision(
+                did,
+                "schedule",
+                category,
+                channel=first.channel,
+                address=first.address,
+                send_at=wake,
+                fallbacks=rest,
+                rule=f"quiet hours: {first.channel} held until "
+                f"{plan.quiet_end:%H:%M} {plan.time_zone}",
+            )
+    return Decision(
+        did,
+        "send",
+        category,
+        channel=first.channel,
+        address=first.address,
+        fallbacks=rest,
+        rule=f"channel: {first.channel} is the first usable",
+    )

@@ -1,0 +1,3 @@
+from services.risk_detector.entrypoints.stream import main
+
+main()

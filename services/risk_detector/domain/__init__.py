@@ -1,0 +1,1 @@
+"""Pure risk logic: customer profile, churn-risk score with reasons, outreach decisions."""

@@ -1,0 +1,274 @@
+"""What the risk detector decides: that a customer should hear from us, and why.
+
+Input: the customer's profile (already updated with the new fact), the fact itself,
+and the time. Output: outreach requests and hand-offs, each with a stable id derived
+from its cause, so a replay or a redelivery never asks twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from services.risk_detector.domain.profile import HandoffMade, Profile, RequestMade
+from services.risk_detector.domain.scoring import Score, Weights, score
+
+INCIDENT_INTENTS: dict[str, str] = {
+    "dispatch_late": "apology",
+    "delivery_at_risk": "status_update",
+    "delivery_late": "apology",
+    "shipment_stalled": "status_update",
+    "delivery_failed": "status_update",
+    "awaiting_pickup": "status_update",
+    "carrier_exception": "status_update",
+    "returned_to_sender": "status_update",
+    "refund_late": "apology",
+    "post_incident_checkin": "check_in",
+}
+PRIORITY = {"critical": 90, "warning": 60, "info": 30}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Thresholds of SPEC §6 (risk), all configurable."""
+
+    checkin_score: float = 70.0
+    handoff_score: float = 85.0
+    high_value_quantile: float = 0.9
+    high_value_spend: float = 1000.0
+    serial_returns_count: int = 3
+    serial_returns_window_days: int = 90
+    checkin_quiet_days: int = 30
+    checkin_waits_for_agent: bool = True
+    weights: Weights = field(default_factory=Weights)
+
+
+@dataclass(frozen=True)
+class RequestDecision:
+    request_id: str
+    intent: str
+    message_kind: str
+    cause_type: str
+    cause_id: str
+    cause_kind: str
+    severity: str
+    priority: int
+    order_id: str | None
+    reasons: list[dict[str, Any]]
+    risk_score: float | None = None
+    offer_tier: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HandoffDecision:
+    handoff_id: str
+    score: float
+    reasons: list[dict[str, Any]]
+    order_ids: list[str]
+    summary: str
+
+
+@dataclass
+class Decisions:
+    requests: list[RequestDecision] = field(default_factory=list)
+    handoffs: list[HandoffDecision] = field(default_factory=list)
+    score: Score | None = None
+
+
+def stable_id(prefix: str, *parts: object) -> str:
+    raw = "\x1f".join(str(p) for p in parts)
+    return f"{prefix}_{hashlib.sha256(raw.encode()).hexdigest()[:24]}"
+
+
+def on_incident(profile: Profile, incident: dict[str, Any], change: str) -> list[RequestDecision]:
+    """Opened, or updated on a material change: tell the customer. Resolved: nothing here
+    (outreach itself suppresses what is not yet sent)."""
+    if change not in ("opened", "updated", "checkin_due"):
+        return []
+    kind = incident["kind"]
+    intent = INCIDENT_INTENTS.get(kind)
+    if intent is None:
+        return []
+    severity = incident["severity"]
+    if kind == "carrier_exception" and severity == "critical":
+        intent = "apology"
+    revision = int(incident.get("revision", 1))
+    cause_id = incident["incident_id"]
+    return [
+        RequestDecision(
+            request_id=stable_id("req", cause_id, revision),
+            intent=intent,
+            message_kind=kind,
+            cause_type="checkin" if change == "checkin_due" else "incident",
+            cause_id=cause_id,
+            cause_kind=kind,
+            severity=severity,
+            priority=PRIORITY.get(severity, 50),
+            order_id=incident.get("order_id"),
+            reasons=[{"code": kind, "contribution": 0.0, "detail": incident["explanation"]}],
+            context={
+                "incident": incident,
+                "order": incident.get("order"),
+                "update": change == "updated",
+            },
+        )
+    ]
+
+
+def on_return(
+    profile: Profile, ret: dict[str, Any], merchant_fault: bool, now: datetime, policy: Policy
+) -> list[RequestDecision]:
+    out: list[RequestDecision] = []
+    if merchant_fault:
+        out.append(
+            RequestDecision(
+                request_id=stable_id("req", "return", ret["return_id"]),
+                intent="apology",
+                message_kind="merchant_fault_return",
+                cause_type="return",
+                cause_id=ret["return_id"],
+                cause_kind=f"return_{ret['reason']}",
+                severity="warning",
+                priority=60,
+                order_id=ret["order_id"],
+                reasons=[
+                    {
+                        "code": "merchant_fault_return",
+                        "contribution": 0.0,
+                        "detail": f"return requested: {ret['reason']}",
+                    }
+                ],
+                context={"return": {"return_id": ret["return_id"], "reason": ret["reason"]}},
+            )
+        )
+    window = timedelta(days=policy.serial_returns_window_days)
+    recent = [r for r in profile.returns if timedelta(0) <= now - r.at <= window]
+    if len(recent) >= policy.serial_returns_count and not _recently_checked_in(
+        profile, "serial_returns", now, policy
+    ):
+        ids = sorted(r.return_id for r in recent)
+        out.append(
+            RequestDecision(
+                request_id=stable_id("req", "serial_returns", profile.customer_id, *ids),
+                intent="check_in",
+                message_kind="serial_returns",
+                cause_type="risk",
+                cause_id=stable_id("risk", profile.customer_id, "serial_returns", *ids),
+                cause_kind="serial_returns",
+                severity="info",
+                priority=40,
+                order_id=ret["order_id"],
+                reasons=[
+                    {
+                        "code": "serial_returns",
+                        "contribution": 0.0,
+                        "detail": f"{len(recent)} return requests in "
+                        f"{policy.serial_returns_window_days} days",
+                    }
+                ],
+                offer_tier="returns_goodwill" if profile.marketing_opt_in else None,
+            )
+        )
+    return out
+
+
+def on_score(
+    profile: Profile, now: datetime, policy: Policy, high_value_threshold: float | None
+) -> Decisions:
+    """Check-in at ≥ 70; hand-off at ≥ 85 for a high-value customer."""
+    current = score(profile, now, policy.weights)
+    decisions = Decisions(score=current)
+    reasons = current.reasons()
+    codes = sorted(str(r["code"]) for r in reasons)
+    spend = profile.spend(now)
+    high_value = spend >= policy.high_value_spend or (
+        high_value_threshold is not None and spend >= high_value_threshold and spend > 0
+    )
+    handoff = current.value >= policy.handoff_score and high_value
+    if handoff and not _recent_handoff(profile, now, policy):
+        orders = sorted({i.order_id for i in profile.incidents.values()})[-5:]
+        decisions.handoffs.append(
+            HandoffDecision(
+                handoff_id=stable_id("handoff", profile.customer_id, _period(now, policy), *codes),
+                score=current.value,
+                reasons=reasons,
+                order_ids=orders,
+                summary=_summary(profile, current, spend, now),
+            )
+        )
+    wants_checkin = current.value >= policy.checkin_score
+    waits = handoff and policy.checkin_waits_for_agent
+    if wants_checkin and not waits and not _recently_checked_in(profile, "churn_risk", now, policy):
+        decisions.requests.append(
+            RequestDecision(
+                request_id=stable_id(
+                    "req", "churn_risk", profile.customer_id, _period(now, policy), *codes
+                ),
+                intent="check_in",
+                message_kind="churn_risk",
+                cause_type="risk",
+                cause_id=stable_id("risk", profile.customer_id, _period(now, policy)),
+                cause_kind="churn_risk",
+                severity="info",
+                priority=50,
+                order_id=None,
+                reasons=reasons,
+                risk_score=current.value,
+                offer_tier=("high_value" if high_value else "standard")
+                if profile.marketing_opt_in
+                else None,
+            )
+        )
+    return decisions
+
+
+def _period(now: datetime, policy: Policy) -> int:
+    """The quiet-period bucket: the same reasons within one bucket give the same id."""
+    return int(now.timestamp() // (policy.checkin_quiet_days * 86400))
+
+
+def _recently_checked_in(profile: Profile, kind: str, now: datetime, policy: Policy) -> bool:
+    quiet = timedelta(days=policy.checkin_quiet_days)
+    return any(r.message_kind == kind and now - r.at < quiet for r in profile.requests)
+
+
+def _recent_handoff(profile: Profile, now: datetime, policy: Policy) -> bool:
+    quiet = timedelta(days=policy.checkin_quiet_days)
+    return any(now - h.at < quiet for h in profile.handoffs)
+
+
+def _summary(profile: Profile, current: Score, spend: float, now: datetime) -> str:
+    top = current.reasons()[:3]
+    parts = ", ".join(f"{r['detail']} ({r['contribution']:.0f} pts)" for r in top)
+    return (
+        f"Churn risk {current.value:.0f}/100 for a high-value customer "
+        f"({spend:.2f} spent in 365 days, {len(profile.orders)} orders). "
+        f"Main reasons: {parts}. Please contact them personally."
+    )
+
+
+def record_request(profile: Profile, decision: RequestDecision, now: datetime) -> None:
+    profile.requests.append(
+        RequestMade(
+            request_id=decision.request_id,
+            intent=decision.intent,
+            message_kind=decision.message_kind,
+            cause_id=decision.cause_id,
+            at=now,
+            reasons=[str(r["code"]) for r in decision.reasons],
+        )
+    )
+
+
+def record_handoff(profile: Profile, decision: HandoffDecision, now: datetime) -> None:
+    profile.handoffs.append(
+        HandoffMade(
+            handoff_id=decision.handoff_id,
+            at=now,
+            score=decision.score,
+            reasons=[str(r["code"]) for r in decision.reasons],
+        )
+    )

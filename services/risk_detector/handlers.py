@@ -1,0 +1,234 @@
+"""risk_detector's handlers: a customer's fact in, requests and hand-offs out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from common import schemas
+from common.envelope import CloudEvent, InvalidEvent, derived_id, new_event
+from common.kafka import Outgoing
+from common.metrics import REQUESTS
+from common.topics import Topics
+from services.risk_detector.domain import decisions as rules
+from services.risk_detector.domain.profile import (
+    CancellationSeen,
+    FeedbackSeen,
+    IncidentSeen,
+    OrderSeen,
+    Profile,
+    ReturnSeen,
+)
+from services.risk_detector.domain.quantile import P2Quantile
+
+SOURCE = "/outreach/risk_detector"
+CUSTOMER_HEADER = "x-outreach-customer-id"
+
+
+@dataclass
+class Outcome:
+    profile: Profile | None
+    records: list[Outgoing] = field(default_factory=list)
+    duplicate: bool = False
+    erased: bool = False
+
+
+class RiskDetector:
+    def __init__(self, policy: rules.Policy, topics: Topics) -> None:
+        self.policy = policy
+        self.topics = topics
+        self.spend_quantile = P2Quantile(policy.high_value_quantile)
+
+    def handle(self, profile: Profile | None, customer_id: str, event: CloudEvent) -> Outcome:
+        profile = profile or Profile(customer_id=customer_id)
+        if profile.seen(event.id):
+            return Outcome(profile=profile, duplicate=True)
+        now = event.time
+        profile.remember(event.id)
+        if profile.last_event_at is None or now > profile.last_event_at:
+            profile.last_event_at = now
+        decided: list[rules.RequestDecision] = []
+        handoffs: list[rules.HandoffDecision] = []
+        kind = event.type
+        if kind.startswith("incident."):
+            incident = schemas.parse_payload(event, schemas.Incident)
+            change = kind.split(".", 1)[1]
+            if change != "checkin_due":
+                profile.incidents[incident.incident_id] = IncidentSeen(
+                    incident_id=incident.incident_id,
+                    kind=incident.kind,
+                    severity=incident.severity.value,
+                    order_id=incident.order_id,
+                    at=incident.detected_at,
+                    status=incident.status,
+                    revision=incident.revision,
+                )
+            decided += rules.on_incident(profile, incident.model_dump(mode="json"), change)
+        elif kind == "customer.upserted":
+            upsert = schemas.parse_payload(event, schemas.CustomerUpserted)
+            profile.known = True
+            profile.marketing_opt_in = upsert.marketing_opt_in
+            return Outcome(profile=profile)
+        elif kind == "customer.erased":
+            return Outcome(profile=None, erased=True)
+        elif kind == "order.placed":
+            placed = schemas.parse_payload(event, schemas.OrderPlaced)
+            if all(o.order_id != placed.order_id for o in profile.orders):
+                profile.orders.append(
+                    OrderSeen(
+                        order_id=placed.order_id,
+                        at=now,
+                        total=float(placed.total),
+                        currency=placed.currency,
+                    )
+                )
+                self.spend_quantile.add(profile.spend(now))
+        elif kind == "order.cancelled":
+            cancel = schemas.parse_payload(event, schemas.OrderCancelled)
+            profile.cancellations.append(
+                CancellationSeen(order_id=cancel.order_id, at=now, by=cancel.cancelled_by)
+            )
+        elif kind == "return.requested":
+            ret = schemas.parse_payload(event, schemas.ReturnRequested)
+            fault = ret.reason in schemas.MERCHANT_FAULT_REASONS
+            if all(r.return_id != ret.return_id for r in profile.returns):
+                profile.returns.append(
+                    ReturnSeen(
+                        return_id=ret.return_id,
+                        order_id=ret.order_id,
+                        reason=ret.reason.value,
+                        merchant_fault=fault,
+                        at=now,
+                    )
+                )
+            decided += rules.on_return(
+                profile,
+                {"return_id": ret.return_id, "order_id": ret.order_id, "reason": ret.reason.value},
+                fault,
+                now,
+                self.policy,
+            )
+        elif kind == "feedback.received":
+            fb = schemas.parse_payload(event, schemas.FeedbackReceived)
+            profile.feedback.append(
+                FeedbackSeen(kind=fb.kind, score=fb.score, at=now, order_id=fb.order_id)
+            )
+        else:
+            raise InvalidEvent(f"risk_detector does not handle {kind!r}", code="unknown_type")
+
+        scored = rules.on_score(profile, now, self.policy, self.spend_quantile.value())
+        profile.last_score = scored.score.value if scored.score else 0.0
+        decided += scored.requests
+        handoffs += scored.handoffs
+        records = self._emit(profile, decided, handoffs, now, scored.score)
+        profile.prune(now)
+        return Outcome(profile=profile, records=records)
+
+    def _emit(
+        self,
+        profile: Profile,
+        decided: list[rules.RequestDecision],
+        handoffs: list[rules.HandoffDecision],
+        now: datetime,
+        current: Any,
+    ) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        made = {r.request_id for r in profile.requests}
+        for d in decided:
+            if d.request_id in made:
+                continue
+            request = schemas.OutreachRequest(
+                request_id=d.request_id,
+                customer_id=profile.customer_id,
+                order_id=d.order_id,
+                intent=schemas.Intent(d.intent),
+                message_kind=d.message_kind,
+                cause=schemas.Cause(type=d.cause_type, id=d.cause_id, kind=d.cause_kind),  # type: ignore[arg-type]
+                severity=schemas.Severity(d.severity),
+                priority=d.priority,
+                offer_tier=d.offer_tier,
+                risk_score=d.risk_score
+                if d.risk_score is not None
+                else (current.value if current else None),
+                reasons=[
+                    schemas.Reason(
+                        code=str(r["code"]),
+                        contribution=float(r["contribution"]),  # type: ignore[arg-type]
+                        detail=str(r["detail"]),
+                    )
+                    for r in d.reasons
+                ],
+                context=d.context,
+                requested_at=now,
+            )
+            rules.record_request(profile, d, now)
+            made.add(d.request_id)
+            REQUESTS.labels(d.intent, d.message_kind).inc()
+            out.append(
+                Outgoing(
+                    topic=self.topics.requests,
+                    key=profile.customer_id,
+                    event=new_event(
+                        type="outreach.request.created",
+                        source=SOURCE,
+                        subject=d.request_id,
+                        id=derived_id("request", d.request_id),
+                        time=now,
+                        data=request.model_dump(mode="json"),
+                    ),
+                )
+            )
+        for h in handoffs:
+            rules.record_handoff(profile, h, now)
+            out.append(
+                Outgoing(
+                    topic=self.topics.handoffs,
+                    key=profile.customer_id,
+                    event=new_event(
+                        type="support.handoff.requested",
+                        source=SOURCE,
+                        subject=profile.customer_id,
+                        id=derived_id("handoff", h.handoff_id),
+                        time=now,
+                        data={
+                            "handoff_id": h.handoff_id,
+                            "customer_id": profile.customer_id,
+                            "order_ids": h.order_ids,
+                            "risk_score": h.score,
+                            "reasons": h.reasons,
+                            "summary": h.summary,
+                        },
+                    ),
+                )
+            )
+        return out
+
+    def explain(self, profile: Profile, now: datetime) -> dict[str, Any]:
+        from services.risk_detector.domain.scoring import score
+
+        current = score(profile, now, self.policy.weights)
+        total = current.value or 1.0
+        return {
+            "customer_id": profile.customer_id,
+            "as_of": now.isoformat(),
+            "score": current.value,
+            "reasons": [
+                {**r, "share": round(float(r["contribution"]) / total, 3)}  # type: ignore[arg-type]
+                for r in current.reasons()
+            ],
+            "profile": {
+                "orders_365d": len([o for o in profile.orders if (now - o.at).days <= 365]),
+                "spend_365d": round(profile.spend(now), 2),
+                "usual_gap_days": (profile.usual_gap().days if profile.usual_gap() else None),
+                "incidents": [i.model_dump(mode="json") for i in profile.incidents.values()],
+                "returns": [r.model_dump(mode="json") for r in profile.returns],
+                "merchant_cancellations": [
+                    c.model_dump(mode="json") for c in profile.cancellations if c.by == "merchant"
+                ],
+                "feedback": [f.model_dump(mode="json") for f in profile.feedback],
+                "marketing_opt_in": profile.marketing_opt_in,
+            },
+            "requests": [r.model_dump(mode="json") for r in profile.requests],
+            "handoffs": [h.model_dump(mode="json") for h in profile.handoffs],
+        }

@@ -1,0 +1,145 @@
+"""The outreach decision pipeline: every suppression reason and each routing rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.outreach.domain.decisions import (
+    ChannelOption,
+    ContactPlan,
+    DeliveryPolicy,
+    RequestFacts,
+    decide,
+    in_holdout,
+    quiet_until,
+)
+
+NOON_BERLIN = datetime(2026, 3, 2, 11, 0, tzinfo=UTC)  # 12:00 in Berlin
+NIGHT_BERLIN = datetime(2026, 3, 2, 22, 30, tzinfo=UTC)  # 23:30 in Berlin
+
+
+def plan(*channels: ChannelOption, known: bool = True, opt_in: bool = True) -> ContactPlan:
+    return ContactPlan(
+        customer_id="c-1",
+        known=known,
+        first_name="Ada",
+        locale="de-DE",
+        time_zone="Europe/Berlin",
+        quiet_start=time(21),
+        quiet_end=time(8),
+        marketing_opt_in=opt_in,
+        channels=channels,
+    )
+
+
+EMAIL = ChannelOption("email", "ada@example.com", True, "ok")
+SMS = ChannelOption("sms", "+4915112345678", True, "ok")
+SMS_OPTED_OUT = ChannelOption("sms", "+4915112345678", False, "opted_out")
+EMAIL_MISSING = ChannelOption("email", "", False, "no_contact")
+
+
+def request(
+    intent: str = "apology", severity: str = "warning", offer: str | None = None, rid: str = "req-1"
+) -> RequestFacts:
+    return RequestFacts(
+        request_id=rid,
+        customer_id="c-1",
+        intent=intent,
+        message_kind="delivery_late",
+        severity=severity,
+        cause_id="inc-1",
+        offer_tier=offer,
+    )
+
+
+def run(
+    req=None,
+    p=None,
+    *,
+    decided=False,
+    resolved=False,
+    paused=False,
+    sent=0,
+    now=NOON_BERLIN,
+    policy=DeliveryPolicy(),
+):
+    return decide(
+        req or request(),
+        plan=p if p is not None else plan(EMAIL, SMS),
+        already_decided=decided,
+        resolved=resolved,
+        paused=paused,
+        sent_in_window=sent,
+        now=now,
+        policy=policy,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        (dict(decided=True), "duplicate"),
+        (dict(resolved=True), "already_resolved"),
+        (dict(p=plan(known=False)), "no_contact"),
+        (dict(p=plan(EMAIL_MISSING)), "no_contact"),
+        (dict(p=plan(SMS_OPTED_OUT)), "opted_out"),
+        (
+            dict(req=request("check_in", offer="standard"), p=plan(EMAIL, opt_in=False)),
+            "no_consent",
+        ),
+        (dict(sent=3), "frequency_cap"),
+        (dict(policy=DeliveryPolicy(holdout_share=1.0)), "holdout"),
+    ],
+)
+def test_suppression_reasons(kwargs, reason):
+    decision = run(**kwargs)
+    assert decision.outcome == "suppress"
+    assert decision.reason == reason
+    assert decision.rule
+
+
+def test_critical_incidents_bypass_the_frequency_cap():
+    assert run(req=request(severity="critical"), sent=10).outcome == "send"
+
+
+def test_first_usable_channel_in_the_customers_order_with_the_rest_as_fallbacks():
+    decision = run(p=plan(SMS_OPTED_OUT, EMAIL, SMS))
+    assert (decision.channel, [f.channel for f in decision.fallbacks]) == ("email", ["sms"])
+
+
+def test_sms_at_night_is_scheduled_for_8_local_and_email_is_not_held():
+    decision = run(p=plan(SMS, EMAIL), now=NIGHT_BERLIN)
+    assert decision.outcome == "schedule"
+    assert decision.send_at == datetime(2026, 3, 3, 7, 0, tzinfo=UTC)  # 08:00 CET
+    assert run(p=plan(EMAIL, SMS), now=NIGHT_BERLIN).outcome == "send"
+
+
+def test_paused_sending_holds_the_decision():
+    decision = run(paused=True)
+    assert decision.outcome == "schedule" and decision.send_at is None
+
+
+def test_quiet_hours_follow_dst():
+    # The night DST starts in Berlin (29 March 2026): 08:00 local is 06:00 UTC.
+    wake = quiet_until(datetime(2026, 3, 28, 23, 0, tzinfo=UTC), "Europe/Berlin", time(21), time(8))
+    assert wake == datetime(2026, 3, 29, 6, 0, tzinfo=UTC)
+    assert (
+        quiet_until(datetime(2026, 3, 29, 10, 0, tzinfo=UTC), "Europe/Berlin", time(21), time(8))
+        is None
+    )
+
+
+@given(st.text(min_size=1, max_size=30))
+def test_holdout_is_deterministic_per_decision(decision_id):
+    assert in_holdout(decision_id, 0.3) == in_holdout(decision_id, 0.3)
+    assert not in_holdout(decision_id, 0.0)
+    assert in_holdout(decision_id, 1.0)
+
+
+def test_holdout_share_is_roughly_respected():
+    inside = sum(in_holdout(f"dec-{i}", 0.1) for i in range(10_000))
+    assert 850 < inside < 1150
