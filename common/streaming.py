@@ -7,6 +7,7 @@ crashing the agent inside faust's codec.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
@@ -90,3 +91,62 @@ def caught_up(app: faust.App, msg: InputMessage) -> bool:
 
     highwater = app.consumer.highwater(TP(msg.topic, msg.partition))
     return highwater is None or msg.offset + 1 >= highwater
+
+
+def run_worker(app: faust.App, service: str, settings: ServiceSettings) -> None:
+    """Run a faust worker until SIGTERM/SIGINT, keeping our JSON logging."""
+    from common.logs import configure_logging
+
+    class _Worker(faust.Worker):  # type: ignore[misc]
+        def _setup_logging(self) -> None:
+            configure_logging(service, settings.log_level, settings.log_format)
+
+    worker = _Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False, quiet=True)
+    worker.execute_from_commandline()
+
+
+class PartitionHolds:
+    """Keeps the event clock from running ahead of assigned partitions with unread records.
+
+    After each assignment it asks the broker for every input partition's end offset and
+    our position; a partition with records still to read holds the watermark until the
+    consumer has caught up with it. Agents `await holds.ready()` before handling a record,
+    so no record is handled on a watermark that ignores a lagging partition.
+    """
+
+    def __init__(self, app: faust.App, clock: Any, topics: set[str]) -> None:
+        self.app = app
+        self.clock = clock
+        self.topics = topics
+        self._ready = asyncio.Event()
+        self._priming: asyncio.Future[None] | None = None
+        if not hasattr(clock, "hold"):
+            self._ready.set()
+
+    async def ready(self) -> None:
+        if not self._ready.is_set():
+            await self._ready.wait()
+
+    def on_revoked(self) -> None:
+        if hasattr(self.clock, "hold"):
+            self._ready.clear()
+
+    def on_assigned(self, assigned: Any) -> None:
+        if hasattr(self.clock, "hold"):
+            self._ready.clear()
+            self._priming = asyncio.ensure_future(self._prime(assigned))
+
+    async def _prime(self, assigned: Any) -> None:
+        try:
+            tps = [tp for tp in assigned if tp.topic in self.topics]
+            if tps:
+                highwaters = await self.app.consumer.highwaters(*tps)
+                for tp in tps:
+                    position = await self.app.consumer.position(tp)
+                    end = highwaters.get(tp)
+                    if end is not None and (position is None or position < end):
+                        self.clock.hold((tp.topic, tp.partition))
+                    else:
+                        self.clock.release((tp.topic, tp.partition))
+        finally:
+            self._ready.set()

@@ -28,6 +28,7 @@ DELIVERY_KINDS = frozenset(
         "returned_to_sender",
     }
 )
+RETRACTABLE = DELIVERY_KINDS | {"refund_late"}
 CRITICAL_SUBSTATUSES = frozenset({"lost", "damaged"})
 KNOWN_SUBSTATUSES = frozenset(
     {
@@ -419,7 +420,8 @@ def _days(delta: timedelta) -> int:
 def transitions(state: OrderState, now: datetime, config: DetectionConfig) -> list[Transition]:
     """The changes since what was last emitted; updates `state.emitted` accordingly."""
     out: list[Transition] = []
-    for view in evaluate(state, now, config):
+    views = evaluate(state, now, config)
+    for view in views:
         prior = state.emitted.get(view.incident_id)
         if prior is None:
             out.append(Transition("opened", view, 1))
@@ -434,6 +436,25 @@ def transitions(state: OrderState, now: datetime, config: DetectionConfig) -> li
         elif prior.status == "open" and view.fingerprint != prior.fingerprint:
             out.append(Transition("updated", view, prior.revision + 1))
             state.emitted[view.incident_id] = _record(view, prior.revision + 1, "open")
+    implied = {v.incident_id for v in views}
+    for iid, prior in sorted(state.emitted.items()):
+        if prior.status == "open" and iid not in implied and prior.kind in RETRACTABLE:
+            # A late fact (e.g. a shipment dated before the promise) shows the incident
+            # never happened: close it rather than leave it open forever.
+            view = IncidentView(
+                incident_id=iid,
+                kind=prior.kind,
+                severity="info",
+                open=False,
+                explanation="Later information shows this did not happen after all.",
+                evidence=(),
+                material=(),
+                since=now,
+                resolution="retracted",
+                resolved_at=now,
+            )
+            out.append(Transition("resolved", view, prior.revision + 1))
+            state.emitted[iid] = _record(view, prior.revision + 1, "resolved")
     checkin = _checkin(state, now, config)
     if checkin is not None:
         out.append(checkin)

@@ -11,7 +11,6 @@ to a partition whose earliest deadline is due, and the agent handles it like an 
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +24,15 @@ from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
 from common.metrics import EVENTS_CONSUMED
 from common.ops_http import Heartbeat, OpsServer
-from common.streaming import FaustProducer, caught_up, create_app, input_message, raw_topic
+from common.streaming import (
+    FaustProducer,
+    PartitionHolds,
+    caught_up,
+    create_app,
+    input_message,
+    raw_topic,
+    run_worker,
+)
 from common.topics import TopicSpec
 from services.orders_watcher.config import Settings
 from services.orders_watcher.domain.deadlines import DeadlineIndex
@@ -61,6 +68,7 @@ class WatcherRuntime:
         self.producer = FaustProducer(self.app)
         self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
         self.processor = MessageProcessor(SERVICE, self._on_event, self.deadletters, self.clock)
+        self.holds = PartitionHolds(self.app, self.clock, set(self.inputs))
         self.ops = OpsServer(
             settings.http_host,
             settings.http_port,
@@ -85,6 +93,7 @@ class WatcherRuntime:
                 if msg.topic == self.ticks_name:
                     await self._on_tick(msg.partition)
                     continue
+                await self.holds.ready()
                 await self.processor.process(msg, caught_up=caught_up(app, msg))
                 await self._request_ticks()
 
@@ -104,10 +113,12 @@ class WatcherRuntime:
             self.assigned = True
             self.index_ready = False
             self.ticks_in_flight.clear()
+            self.holds.on_assigned(assigned)
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             self.index_ready = False
             self.ticks_in_flight.clear()
+            self.holds.on_revoked()
 
         app.on_partitions_assigned.connect(on_assigned)
         app.on_partitions_revoked.connect(on_revoked)
@@ -225,10 +236,7 @@ def main() -> None:
         store=settings.store,
         started_at=datetime.now(UTC).isoformat(),
     )
-    worker = faust.Worker(
-        runtime.app, loglevel=settings.log_level.lower(), redirect_stdouts=False, quiet=True
-    )
-    worker.execute_from_commandline()
+    run_worker(runtime.app, SERVICE, settings)
 
 
-__all__ = ["WatcherRuntime", "asyncio", "main"]
+__all__ = ["WatcherRuntime", "main"]

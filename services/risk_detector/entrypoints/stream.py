@@ -21,7 +21,15 @@ from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
 from common.metrics import EVENTS_CONSUMED
 from common.ops_http import Heartbeat, OpsServer
-from common.streaming import FaustProducer, caught_up, create_app, input_message, raw_topic
+from common.streaming import (
+    FaustProducer,
+    PartitionHolds,
+    caught_up,
+    create_app,
+    input_message,
+    raw_topic,
+    run_worker,
+)
 from common.topics import TopicSpec
 from services.risk_detector.config import Settings
 from services.risk_detector.domain.profile import Profile
@@ -55,6 +63,12 @@ class RiskRuntime:
         self.assessor = MessageProcessor(
             SERVICE, self._on_customer_fact, self.deadletters, self.clock
         )
+        t = self.topics
+        self.holds = PartitionHolds(
+            self.app,
+            self.clock,
+            {t.orders, t.returns, t.incidents, t.feedback, t.customers, self.facts_name},
+        )
         self.ops = OpsServer(
             settings.http_host,
             settings.http_port,
@@ -76,6 +90,7 @@ class RiskRuntime:
             async for event in stream.events():
                 self.heartbeat.beat()
                 msg = input_message(event)
+                await self.holds.ready()
                 await self.rekeyer.process(msg, caught_up=caught_up(app, msg))
 
         @app.agent(customer_keyed, name=f"{SERVICE}.assess")
@@ -83,6 +98,7 @@ class RiskRuntime:
             async for event in stream.events():
                 self.heartbeat.beat()
                 msg = input_message(event)
+                await self.holds.ready()
                 await self.assessor.process(msg, caught_up=caught_up(app, msg))
 
         @app.timer(interval=1.0)
@@ -95,8 +111,13 @@ class RiskRuntime:
 
         async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
             self.assigned = True
+            self.holds.on_assigned(assigned)
+
+        async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+            self.holds.on_revoked()
 
         app.on_partitions_assigned.connect(on_assigned)
+        app.on_partitions_revoked.connect(on_revoked)
 
     async def _on_order_fact(self, msg: InputMessage, event: CloudEvent) -> None:
         data = event.data
@@ -181,7 +202,4 @@ def main() -> None:
     runtime = RiskRuntime(settings)
     ensure_own_topics(settings, runtime.facts_name)
     log.info("starting", clock=settings.outreach_clock, store=settings.store)
-    worker = faust.Worker(
-        runtime.app, loglevel=settings.log_level.lower(), redirect_stdouts=False, quiet=True
-    )
-    worker.execute_from_commandline()
+    run_worker(runtime.app, SERVICE, settings)

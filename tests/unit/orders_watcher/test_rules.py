@@ -289,3 +289,12 @@ def test_incident_carries_evidence_explanation_and_order_context():
     assert late.data["order"]["carrier"] == "DHL"
     assert late.data["facts"]["delay_days"] == 2
     assert late.data["order"]["estimated_delivery_at"].startswith("2026-03-06T12:00")
+
+
+def test_a_late_fact_that_disproves_an_incident_retracts_it():
+    # The shipment (dispatched at 10 h) reaches us only after the ship-by promise (24 h).
+    run = Run().feed(placed(ship_by=24), until=30)
+    assert run.kinds() == [("opened", "dispatch_late")]
+    run.feed(shipped(at=10), until=31)
+    assert run.kinds()[-1] == ("resolved", "dispatch_late")
+    assert run.emitted[-1].data["resolution"] == "retracted"

@@ -1,0 +1,9 @@
+import asyncio
+
+from common.logs import configure_logging
+from services.preferences.bootstrap import SERVICE, serve
+from services.preferences.config import Settings
+
+settings = Settings()
+configure_logging(SERVICE, settings.log_level, settings.log_format)
+asyncio.run(serve(settings))

@@ -1,0 +1,248 @@
+"""Preferences storage: SQLAlchemy 2 (async) on SQLite by default, PostgreSQL in production.
+
+The schema is owned by Alembic (services/preferences/migrations); `migrate()` upgrades to
+head at start-up. Consent records are only ever inserted. Erasure deletes the customer
+row, rewrites their consent records under a pseudonym (kept as the legal record) and
+leaves a tombstone so that a replayed upsert cannot bring the person back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime, time
+from pathlib import Path
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    delete,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.preferences.domain.model import ConsentRecord, Customer
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CustomerRow(Base):
+    __tablename__ = "customers"
+
+    customer_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    first_name: Mapped[str] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    phone: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    locale: Mapped[str] = mapped_column(String(35))
+    time_zone: Mapped[str] = mapped_column(String(64))
+    quiet_start: Mapped[str] = mapped_column(String(5), default="21:00")
+    quiet_end: Mapped[str] = mapped_column(String(5), default="08:00")
+    channel_order: Mapped[str] = mapped_column(String(64), default="email,sms,whatsapp")
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ConsentRow(Base):
+    __tablename__ = "consent_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    channel: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    category: Mapped[str] = mapped_column(String(16))
+    granted: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    evidence: Mapped[str] = mapped_column(Text, default="")
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TombstoneRow(Base):
+    __tablename__ = "tombstones"
+
+    pseudonym: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ProcessedEventRow(Base):
+    """Input event ids already applied (a redelivered event has no second effect)."""
+
+    __tablename__ = "processed_events"
+
+    event_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def async_url(url: str) -> str:
+    if url.startswith("sqlite://"):
+        return url.replace("sqlite://", "sqlite+aiosqlite://", 1)
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    return url
+
+
+def sync_url(url: str) -> str:
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def migrate(url: str) -> None:
+    """Upgrade the schema to the newest Alembic revision (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option(
+        "script_location", str(Path(__file__).resolve().parents[1] / "migrations")
+    )
+    config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+def _hhmm(t: time) -> str:
+    return f"{t.hour:02d}:{t.minute:02d}"
+
+
+def _time(text: str) -> time:
+    hours, minutes = text.split(":")
+    return time(int(hours), int(minutes))
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class PreferencesStore:
+    def __init__(self, url: str, pseudonym_salt: str) -> None:
+        self.url = url
+        self.salt = pseudonym_salt
+        self.engine: AsyncEngine = create_async_engine(async_url(url), pool_pre_ping=True)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> bool:
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+        return True
+
+    def pseudonym(self, customer_id: str) -> str:
+        return hmac.new(self.salt.encode(), customer_id.encode(), hashlib.sha256).hexdigest()
+
+    async def load(self, customer_id: str) -> Customer | None:
+        async with self.sessions() as s:
+            row = await s.get(CustomerRow, customer_id)
+            if row is None:
+                return None
+            consents = (
+                await s.execute(
+                    select(ConsentRow)
+                    .where(ConsentRow.customer_id == customer_id)
+                    .order_by(ConsentRow.id)
+                )
+            ).scalars()
+            return Customer(
+                customer_id=row.customer_id,
+                first_name=row.first_name,
+                last_name=row.last_name,
+                email=row.email,
+                phone=row.phone,
+                locale=row.locale,
+                time_zone=row.time_zone,
+                quiet_start=_time(row.quiet_start),
+                quiet_end=_time(row.quiet_end),
+                channel_order=tuple(c for c in row.channel_order.split(",") if c),
+                consents=[
+                    ConsentRecord(
+                        c.channel,
+                        c.category,
+                        c.granted,
+                        c.source,
+                        _aware(c.occurred_at),
+                        c.evidence,
+                    )
+                    for c in consents
+                ],
+                version=row.version,
+            )
+
+    async def is_erased(self, customer_id: str) -> bool:
+        async with self.sessions() as s:
+            return await s.get(TombstoneRow, self.pseudonym(customer_id)) is not None
+
+    async def seen(self, event_id: str) -> bool:
+        async with self.sessions() as s:
+            return await s.get(ProcessedEventRow, event_id) is not None
+
+    async def save(
+        self, customer: Customer, new_consents: list[ConsentRecord], event_id: str | None = None
+    ) -> int:
+        """Write the customer and append the consent records in one transaction; returns
+        the new version."""
+        now = datetime.now(UTC)
+        async with self.sessions() as s, s.begin():
+            row = await s.get(CustomerRow, customer.customer_id)
+            if row is None:
+                row = CustomerRow(customer_id=customer.customer_id, version=0)
+                s.add(row)
+            row.first_name = customer.first_name
+            row.last_name = customer.last_name
+            row.email = customer.email
+            row.phone = customer.phone
+            row.locale = customer.locale
+            row.time_zone = customer.time_zone
+            row.quiet_start = _hhmm(customer.quiet_start)
+            row.quiet_end = _hhmm(customer.quiet_end)
+            row.channel_order = ",".join(customer.channel_order)
+            row.version = (row.version or 0) + 1
+            row.updated_at = now
+            for c in new_consents:
+                s.add(
+                    ConsentRow(
+                        customer_id=customer.customer_id,
+                        channel=c.channel,
+                        category=c.category,
+                        granted=c.granted,
+                        source=c.source,
+                        occurred_at=c.occurred_at,
+                        evidence=c.evidence,
+                        recorded_at=now,
+                    )
+                )
+            if event_id is not None:
+                s.add(ProcessedEventRow(event_id=event_id, processed_at=now))
+            version = row.version
+        customer.version = version
+        return version
+
+    async def mark_processed(self, event_id: str) -> None:
+        async with self.sessions() as s, s.begin():
+            if await s.get(ProcessedEventRow, event_id) is None:
+                s.add(ProcessedEventRow(event_id=event_id, processed_at=datetime.now(UTC)))
+
+    async def erase(self, customer_id: str, event_id: str | None = None) -> bool:
+        pseudonym = self.pseudonym(customer_id)
+        now = datetime.now(UTC)
+        async with self.sessions() as s, s.begin():
+            existed = await s.get(CustomerRow, customer_id) is not None
+            await s.execute(delete(CustomerRow).where(CustomerRow.customer_id == customer_id))
+            # The consent history is the legal record: keep it, under the pseudonym only.
+            await s.execute(
+                update(ConsentRow)
+                .where(ConsentRow.customer_id == customer_id)
+                .values(customer_id=pseudonym, evidence="")
+            )
+            if await s.get(TombstoneRow, pseudonym) is None:
+                s.add(TombstoneRow(pseudonym=pseudonym, erased_at=now))
+            if event_id is not None and await s.get(ProcessedEventRow, event_id) is None:
+                s.add(ProcessedEventRow(event_id=event_id, processed_at=now))
+        return existed

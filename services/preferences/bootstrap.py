@@ -1,0 +1,127 @@
+"""Wires preferences: store, handlers, gRPC server, Kafka consumer, ops server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.admin import ensure_topics
+from common.envelope import CloudEvent
+from common.kafka import AiokafkaProducer, ConsumerLoop, DeadLetters, InputMessage, MessageProcessor
+from common.logs import get_logger
+from common.metrics import EVENTS_CONSUMED
+from common.ops_http import Heartbeat, OpsServer
+from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
+from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
+from common.topics import TopicSpec
+from services.preferences.adapters.store import PreferencesStore, migrate
+from services.preferences.config import Settings
+from services.preferences.entrypoints.grpc_api import OpsInterceptor, PreferencesServicer
+from services.preferences.handlers import ChangeFeed, Preferences
+
+SERVICE = "preferences"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PreferencesService"].full_name
+log = get_logger(__name__)
+
+
+def build_grpc_server(
+    settings: Settings, prefs: Preferences
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    token = settings.write_token.get_secret_value() if settings.write_token else None
+    server = grpc.aio.server(
+        interceptors=[OpsInterceptor(token)], options=[("grpc.so_reuseport", 0)]
+    )
+    pb_grpc.add_PreferencesServiceServicer_to_server(PreferencesServicer(prefs), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if settings.tls_cert and settings.tls_key:
+        client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    return server, health_servicer, port
+
+
+async def serve(settings: Settings) -> None:
+    url = settings.db_url()
+    await asyncio.to_thread(migrate, url)
+    store = PreferencesStore(url, settings.salt())
+    feed = ChangeFeed()
+    prefs = Preferences(store, feed, tuple(settings.default_channel_order.split(",")))
+    topics = settings.topics
+    ensure_topics(
+        settings.kafka_bootstrap_servers,
+        [
+            TopicSpec(topics.customers, settings.topic_partitions),
+            TopicSpec(topics.optouts, settings.topic_partitions),
+            TopicSpec(topics.deadletter(SERVICE), 1),
+        ],
+    )
+    clock = settings.make_clock()
+    heartbeat = Heartbeat()
+    producer = AiokafkaProducer(settings.kafka_bootstrap_servers, f"{SERVICE}")
+
+    async def handle(msg: InputMessage, event: CloudEvent) -> None:
+        if msg.topic == topics.optouts:
+            outcome = await prefs.on_optout_event(event)
+        else:
+            outcome = await prefs.on_customer_event(event)
+        if outcome != "processed":
+            EVENTS_CONSUMED.labels(SERVICE, msg.topic, outcome).inc()
+
+    processor = MessageProcessor(
+        SERVICE, handle, DeadLetters(producer, topics.deadletter(SERVICE), SERVICE), clock
+    )
+    consumer = ConsumerLoop(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"{settings.topic_prefix}{SERVICE}",
+        topics=[topics.customers, topics.optouts],
+        processor=processor,
+        heartbeat=heartbeat,
+        client_id=SERVICE,
+    )
+    server, health_servicer, port = build_grpc_server(settings, prefs)
+    ops = OpsServer(
+        settings.http_host,
+        settings.http_port,
+        heartbeat,
+        checks={"database": store.ping, "kafka_assignment": consumer.ready},
+    )
+    await producer.start()
+    await consumer.start()
+    await server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await ops.start()
+    log.info("started", grpc_port=port, http_port=ops.port, database=url.split(":", 1)[0])
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    consuming = asyncio.create_task(consumer.run())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([consuming, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if consuming.done() and consuming.exception() is not None:
+        log.error("consumer_died", error=repr(consuming.exception()))
+    await health_servicer.enter_graceful_shutdown()
+    await consumer.stop()
+    consuming.cancel()
+    await server.stop(settings.shutdown_grace_s)
+    await ops.stop()
+    await producer.stop()
+    await store.close()
+    log.info("stopped")

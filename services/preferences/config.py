@@ -1,0 +1,42 @@
+"""preferences settings (environment variables, documented in docs/configuration.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from common.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="PREFERENCES_", extra="ignore")
+
+    database_url: str | None = None
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    http_port: int = 8084
+    write_token: SecretStr | None = None
+    pseudonym_salt: SecretStr | None = None
+    default_channel_order: str = "email,sms,whatsapp"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    shutdown_grace_s: float = 10.0
+
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.service_dir('preferences') / 'preferences.db').resolve()}"
+
+    def salt(self) -> str:
+        if self.pseudonym_salt is not None:
+            return self.pseudonym_salt.get_secret_value()
+        path = self.service_dir("preferences") / ".pseudonym_salt"
+        if not path.exists():
+            import secrets
+
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()

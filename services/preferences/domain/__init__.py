@@ -1,0 +1,1 @@
+"""Pure preferences logic: validation, consent state, contact plans."""

@@ -1,0 +1,291 @@
+"""The gRPC servicer: decode the request, call the handler, encode the reply. Errors are
+status codes with details (INVALID_ARGUMENT carries google.rpc.BadRequest)."""
+
+from __future__ import annotations
+
+import time as _time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, time
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from prometheus_client import Counter, Histogram
+
+from common.logs import get_logger
+from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
+from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
+from services.preferences.domain.model import ConsentRecord, Customer, Plan, marketing_opt_in
+from services.preferences.domain.validation import FieldViolation
+from services.preferences.handlers import Preferences
+
+log = get_logger(__name__)
+RPCS = Counter(
+    "outreach_grpc_requests_total", "gRPC requests by method and status code.", ["method", "code"]
+)
+RPC_SECONDS = Histogram(
+    "outreach_grpc_request_seconds",
+    "gRPC latency by method.",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),
+)
+CHANNEL_NAMES = {pb.CHANNEL_EMAIL: "email", pb.CHANNEL_SMS: "sms", pb.CHANNEL_WHATSAPP: "whatsapp"}
+CHANNEL_ENUMS = {v: k for k, v in CHANNEL_NAMES.items()}
+CATEGORY_NAMES = {pb.CATEGORY_SERVICE: "service", pb.CATEGORY_MARKETING: "marketing"}
+WRITE_METHODS = frozenset({"UpdatePreferences", "SetOptOut", "RecordConsent", "EraseCustomer"})
+
+
+def _hhmm(t: time) -> str:
+    return f"{t.hour:02d}:{t.minute:02d}"
+
+
+def plan_message(plan: Plan) -> pb.ContactPlan:
+    return pb.ContactPlan(
+        customer_id=plan.customer_id,
+        known=plan.known,
+        first_name=plan.first_name,
+        locale=plan.locale,
+        time_zone=plan.time_zone,
+        quiet_hours=pb.QuietHours(start=_hhmm(plan.quiet_start), end=_hhmm(plan.quiet_end)),
+        marketing_opt_in=plan.marketing_opt_in,
+        version=plan.version,
+        channels=[
+            pb.ChannelOption(
+                channel=CHANNEL_ENUMS[c.channel],
+                address=c.address,
+                usable=c.usable,
+                reason=c.reason,
+            )
+            for c in plan.channels
+        ],
+    )
+
+
+def preferences_message(c: Customer) -> pb.Preferences:
+    message = pb.Preferences(
+        customer_id=c.customer_id,
+        first_name=c.first_name,
+        last_name=c.last_name or "",
+        email=c.email or "",
+        phone=c.phone or "",
+        locale=c.locale,
+        time_zone=c.time_zone,
+        quiet_hours=pb.QuietHours(start=_hhmm(c.quiet_start), end=_hhmm(c.quiet_end)),
+        channel_order=[CHANNEL_ENUMS[ch] for ch in c.channel_order if ch in CHANNEL_ENUMS],
+        marketing_opt_in=marketing_opt_in(c),
+        version=c.version,
+    )
+    from services.preferences.domain.model import opted_out
+
+    message.opted_out.extend(CHANNEL_ENUMS[ch] for ch in opted_out(c))
+    for r in c.consents:
+        consent = message.consent_history.add(
+            channel=CHANNEL_ENUMS.get(r.channel or "", pb.CHANNEL_UNSPECIFIED),
+            category=pb.CATEGORY_MARKETING if r.category == "marketing" else pb.CATEGORY_SERVICE,
+            granted=r.granted,
+            source=r.source,
+            evidence=r.evidence,
+        )
+        consent.occurred_at.FromDatetime(r.occurred_at.astimezone(UTC).replace(tzinfo=None))
+    return message
+
+
+def _bad_request(*violations: FieldViolation) -> status_pb2.Status:
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in violations
+            ]
+        )
+    )
+    return status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT,
+        message="; ".join(str(v) for v in violations),
+        details=[detail],
+    )
+
+
+class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
+    def __init__(self, prefs: Preferences) -> None:
+        self.prefs = prefs
+
+    async def _run(
+        self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        try:
+            return await call()
+        except FieldViolation as exc:
+            await context.abort_with_status(rpc_status.to_status(_bad_request(exc)))
+
+    async def _existing(
+        self, context: grpc.aio.ServicerContext, customer: Customer | None, customer_id: str
+    ) -> pb.Preferences:
+        if customer is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown customer {customer_id!r}")
+        assert customer is not None
+        return preferences_message(customer)
+
+    async def GetContactPlan(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        category = CATEGORY_NAMES.get(request.category)
+        if category is None:
+            await context.abort_with_status(
+                rpc_status.to_status(
+                    _bad_request(
+                        FieldViolation("category", "must be CATEGORY_SERVICE or CATEGORY_MARKETING")
+                    )
+                )
+            )
+        plan = await self._run(context, lambda: self.prefs.plan(request.customer_id, category))
+        return plan_message(plan)
+
+    async def GetPreferences(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        customer = await self._run(context, lambda: self.prefs.get(request.customer_id))
+        return await self._existing(context, customer, request.customer_id)
+
+    async def UpdatePreferences(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = request.preferences
+        paths = set(request.update_mask.paths)
+        allowed = {
+            "locale",
+            "time_zone",
+            "quiet_hours",
+            "quiet_hours.start",
+            "quiet_hours.end",
+            "channel_order",
+        }
+        unknown = sorted(paths - allowed)
+        if not paths or unknown:
+            await context.abort_with_status(
+                rpc_status.to_status(
+                    _bad_request(
+                        FieldViolation(
+                            "update_mask",
+                            f"must name some of {sorted(allowed)}; not {unknown or 'nothing'}",
+                        )
+                    )
+                )
+            )
+        whole_quiet = "quiet_hours" in paths
+        customer = await self._run(
+            context,
+            lambda: self.prefs.update(
+                p.customer_id,
+                locale=p.locale if "locale" in paths else None,
+                time_zone=p.time_zone if "time_zone" in paths else None,
+                quiet_start=p.quiet_hours.start
+                if whole_quiet or "quiet_hours.start" in paths
+                else None,
+                quiet_end=p.quiet_hours.end if whole_quiet or "quiet_hours.end" in paths else None,
+                channel_order=[CHANNEL_NAMES.get(c, "?") for c in p.channel_order]
+                if "channel_order" in paths
+                else None,
+            ),
+        )
+        return await self._existing(context, customer, p.customer_id)
+
+    async def SetOptOut(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        at = (
+            request.occurred_at.ToDatetime(tzinfo=UTC)
+            if request.HasField("occurred_at")
+            else datetime.now(UTC)
+        )
+        customer = await self._run(
+            context,
+            lambda: self.prefs.set_opt_out(
+                request.customer_id,
+                CHANNEL_NAMES.get(request.channel, "?"),
+                request.opted_out,
+                request.source or "grpc",
+                at,
+                request.evidence,
+            ),
+        )
+        return await self._existing(context, customer, request.customer_id)
+
+    async def RecordConsent(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        c = request.consent
+        at = (
+            c.occurred_at.ToDatetime(tzinfo=UTC) if c.HasField("occurred_at") else datetime.now(UTC)
+        )
+        record = ConsentRecord(
+            channel=CHANNEL_NAMES.get(c.channel),
+            category=CATEGORY_NAMES.get(c.category, "?"),
+            granted=c.granted,
+            source=c.source,
+            occurred_at=at,
+            evidence=c.evidence,
+        )
+        customer = await self._run(
+            context, lambda: self.prefs.record_consent(request.customer_id, record)
+        )
+        return await self._existing(context, customer, request.customer_id)
+
+    async def EraseCustomer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not request.customer_id:
+            await context.abort_with_status(
+                rpc_status.to_status(
+                    _bad_request(FieldViolation("customer_id", "must not be empty"))
+                )
+            )
+        return pb.EraseCustomerResponse(erased=await self.prefs.erase(request.customer_id))
+
+    async def WatchChanges(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for change in self.prefs.feed.subscribe():
+            yield pb.PreferenceChange(
+                customer_id=change.customer_id, version=change.version, kind=change.kind
+            )
+
+
+class OpsInterceptor(grpc.aio.ServerInterceptor):
+    """Metrics and logs per call, and the bearer token for write methods."""
+
+    def __init__(self, write_token: str | None) -> None:
+        self.write_token = write_token
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        method = details.method.rsplit("/", 1)[-1]
+        if handler is None:
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        needs_token = self.write_token and method in WRITE_METHODS
+        authorised = (
+            not needs_token or metadata.get("authorization") == f"Bearer {self.write_token}"
+        )
+
+        def wrap_unary(behaviour: Any) -> Any:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = _time.perf_counter()
+                code = "OK"
+                try:
+                    if not authorised:
+                        code = "UNAUTHENTICATED"
+                        await context.abort(
+                            grpc.StatusCode.UNAUTHENTICATED,
+                            "write methods need 'authorization: Bearer <token>'",
+                        )
+                    return await behaviour(request, context)
+                except BaseException:
+                    code = context.code().name if context.code() else "UNKNOWN"
+                    raise
+                finally:
+                    RPCS.labels(method, code).inc()
+                    RPC_SECONDS.labels(method).observe(_time.perf_counter() - started)
+
+            return wrapped
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

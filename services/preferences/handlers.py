@@ -1,0 +1,231 @@
+"""preferences' handlers: customer events, opt-out events, and the operations the gRPC
+API exposes. Validation raises `FieldViolation`; the entrypoints turn it into a dead
+letter (Kafka) or INVALID_ARGUMENT (gRPC)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import datetime, time
+
+from common import schemas
+from common.envelope import CloudEvent, InvalidEvent
+from common.logs import get_logger
+from services.preferences.adapters.store import PreferencesStore
+from services.preferences.domain import validation
+from services.preferences.domain.model import (
+    CHANNELS,
+    ConsentRecord,
+    Customer,
+    Plan,
+    consents_from_upsert,
+    contact_plan,
+)
+from services.preferences.domain.validation import FieldViolation
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Change:
+    customer_id: str
+    version: int
+    kind: str
+
+
+class ChangeFeed:
+    """In-process fan-out of changes to WatchChanges subscribers. With several replicas,
+    each streams the changes it applied itself; callers subscribe to every replica
+    through the Service's endpoints, or rely on their cache TTL (docs/preferences.md)."""
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[Change]] = set()
+
+    def publish(self, change: Change) -> None:
+        for queue in list(self._queues):
+            if queue.full():
+                queue.get_nowait()  # a slow subscriber loses the oldest, not the newest
+            queue.put_nowait(change)
+
+    async def subscribe(self) -> AsyncIterator[Change]:
+        queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=10_000)
+        self._queues.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.discard(queue)
+
+
+class Preferences:
+    def __init__(
+        self,
+        store: PreferencesStore,
+        feed: ChangeFeed,
+        default_order: tuple[str, ...] = ("email", "sms", "whatsapp"),
+    ) -> None:
+        self.store = store
+        self.feed = feed
+        self.default_order = default_order
+
+    # --- Kafka inputs --------------------------------------------------------------
+
+    async def on_customer_event(self, event: CloudEvent) -> str:
+        if await self.store.seen(event.id):
+            return "duplicate"
+        if event.type == "customer.erased":
+            erased = schemas.parse_payload(event, schemas.CustomerErased)
+            await self.erase(erased.customer_id, event_id=event.id)
+            return "erased"
+        if event.type != "customer.upserted":
+            raise InvalidEvent(f"preferences does not handle {event.type!r}", code="unknown_type")
+        upsert = schemas.parse_payload(event, schemas.CustomerUpserted)
+        if await self.store.is_erased(upsert.customer_id):
+            await self.store.mark_processed(event.id)
+            return "erased_customer_ignored"
+        try:
+            fields = dict(
+                email=validation.email(upsert.email) if upsert.email else None,
+                phone=validation.phone(upsert.phone) if upsert.phone else None,
+                locale=validation.locale(upsert.locale),
+                time_zone=validation.time_zone(upsert.timezone),
+            )
+        except FieldViolation as exc:
+            raise InvalidEvent(f"customer.upserted {exc}", code="bad_data") from exc
+        existing = await self.store.load(upsert.customer_id)
+        consents = consents_from_upsert(existing, upsert.marketing_opt_in, event.time, event.id)
+        if existing is None:
+            customer = Customer(
+                customer_id=upsert.customer_id,
+                first_name=upsert.first_name,
+                last_name=upsert.last_name,
+                channel_order=self.default_order,
+                **fields,
+            )  # type: ignore[arg-type]
+        else:
+            customer = replace(
+                existing, first_name=upsert.first_name, last_name=upsert.last_name, **fields
+            )  # type: ignore[arg-type]
+        version = await self.store.save(customer, consents, event_id=event.id)
+        self.feed.publish(Change(customer.customer_id, version, "upserted"))
+        return "processed"
+
+    async def on_optout_event(self, event: CloudEvent) -> str:
+        if await self.store.seen(event.id):
+            return "duplicate"
+        data = event.data
+        customer_id = data.get("customer_id")
+        channel = data.get("channel")
+        if not isinstance(customer_id, str) or channel not in CHANNELS:
+            raise InvalidEvent(f"{event.type} needs customer_id and a channel", code="bad_data")
+        if event.type == "contact.opted_out":
+            granted = False
+        elif event.type == "contact.opted_in":
+            granted = True
+        else:
+            raise InvalidEvent(f"preferences does not handle {event.type!r}", code="unknown_type")
+        source = str(data.get("source") or event.type)
+        await self.set_opt_out(
+            customer_id,
+            channel,
+            not granted,
+            source,
+            event.time,
+            evidence=str(data.get("evidence") or event.id),
+            event_id=event.id,
+        )
+        return "processed"
+
+    # --- operations (gRPC) ---------------------------------------------------------
+
+    async def plan(self, customer_id: str, category: str) -> Plan:
+        if not customer_id:
+            raise FieldViolation("customer_id", "must not be empty")
+        return contact_plan(await self.store.load(customer_id), customer_id, category)
+
+    async def get(self, customer_id: str) -> Customer | None:
+        if not customer_id:
+            raise FieldViolation("customer_id", "must not be empty")
+        return await self.store.load(customer_id)
+
+    async def update(
+        self,
+        customer_id: str,
+        *,
+        locale: str | None = None,
+        time_zone: str | None = None,
+        quiet_start: str | None = None,
+        quiet_end: str | None = None,
+        channel_order: list[str] | None = None,
+    ) -> Customer | None:
+        customer = await self.get(customer_id)
+        if customer is None:
+            return None
+        changes: dict[str, object] = {}
+        if locale is not None:
+            changes["locale"] = validation.locale(locale)
+        if time_zone is not None:
+            changes["time_zone"] = validation.time_zone(time_zone, "time_zone")
+        if quiet_start is not None:
+            changes["quiet_start"] = validation.hhmm(quiet_start, "quiet_hours.start")
+        if quiet_end is not None:
+            changes["quiet_end"] = validation.hhmm(quiet_end, "quiet_hours.end")
+        if channel_order is not None:
+            if len(set(channel_order)) != len(channel_order) or any(
+                c not in CHANNELS for c in channel_order
+            ):
+                raise FieldViolation(
+                    "channel_order", "channels must be distinct: email, sms, whatsapp"
+                )
+            changes["channel_order"] = tuple(channel_order)
+        updated = replace(customer, **changes)  # type: ignore[arg-type]
+        version = await self.store.save(updated, [])
+        self.feed.publish(Change(customer_id, version, "preferences"))
+        return updated
+
+    async def set_opt_out(
+        self,
+        customer_id: str,
+        channel: str,
+        opted_out: bool,
+        source: str,
+        at: datetime,
+        evidence: str = "",
+        event_id: str | None = None,
+    ) -> Customer | None:
+        if channel not in CHANNELS:
+            raise FieldViolation("channel", "must be email, sms or whatsapp")
+        customer = await self.get(customer_id)
+        if customer is None:
+            if event_id is not None:
+                await self.store.mark_processed(event_id)
+            return None
+        records = [ConsentRecord(channel, "service", not opted_out, source, at, evidence)]
+        if opted_out:  # an opt-out stops marketing on that channel too
+            records.append(ConsentRecord(channel, "marketing", False, source, at, evidence))
+        customer.consents.extend(records)
+        version = await self.store.save(customer, records, event_id=event_id)
+        self.feed.publish(Change(customer_id, version, "opt_out"))
+        return customer
+
+    async def record_consent(self, customer_id: str, record: ConsentRecord) -> Customer | None:
+        if record.category not in ("service", "marketing"):
+            raise FieldViolation("consent.category", "must be service or marketing")
+        if not record.source:
+            raise FieldViolation("consent.source", "must say where the consent came from")
+        customer = await self.get(customer_id)
+        if customer is None:
+            return None
+        customer.consents.append(record)
+        version = await self.store.save(customer, [record])
+        self.feed.publish(Change(customer_id, version, "consent"))
+        return customer
+
+    async def erase(self, customer_id: str, event_id: str | None = None) -> bool:
+        existed = await self.store.erase(customer_id, event_id=event_id)
+        self.feed.publish(Change(customer_id, 0, "erased"))
+        return existed
+
+
+__all__ = ["Change", "ChangeFeed", "Preferences", "time"]

@@ -1,0 +1,69 @@
+"""Shared fixtures: one real Kafka broker per test session, unique topics per test.
+
+If KAFKA_BOOTSTRAP_SERVERS names a reachable cluster, the tests use it; otherwise the
+project's own script starts a single-node KRaft broker on a free port of 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+
+def _reachable(bootstrap: str) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if existing and _reachable(existing):
+        yield existing
+        return
+    from deploy.kafka.local_kafka import LocalKafka
+
+    broker = LocalKafka(port=0, data_dir=str(tmp_path_factory.mktemp("kafka")))
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """Every test gets its own topics (and consumer groups) on the shared broker."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], object],
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> object:
+    """Poll `condition` until it returns something truthy, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)

@@ -1,0 +1,178 @@
+"""Runs the four services as separate processes against a real broker, for e2e tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from common.envelope import CloudEvent
+from tests.conftest import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = {
+    "preferences": "services.preferences",
+    "orders_watcher": "services.orders_watcher",
+    "risk_detector": "services.risk_detector",
+    "outreach": "services.outreach",
+}
+
+
+@dataclass
+class Stack:
+    bootstrap: str
+    prefix: str
+    data_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        self.ports.setdefault("grpc", free_port())
+        for name in MODULES:
+            self.ports.setdefault(name, free_port())
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            OUTREACH_TOPIC_PREFIX=self.prefix,
+            OUTREACH_CLOCK="event",
+            OUTREACH_DATA_DIR=str(self.data_dir),
+            LOG_LEVEL="INFO",
+            PYTHONPATH=str(ROOT),
+            PREFERENCES_GRPC_PORT=str(self.ports["grpc"]),
+            PREFERENCES_GRPC_TARGET=f"127.0.0.1:{self.ports['grpc']}",
+            PREFERENCES_HTTP_PORT=str(self.ports["preferences"]),
+            ORDERS_WATCHER_HTTP_PORT=str(self.ports["orders_watcher"]),
+            RISK_DETECTOR_HTTP_PORT=str(self.ports["risk_detector"]),
+            OUTREACH_HTTP_PORT=str(self.ports["outreach"]),
+            OUTREACH_PUBLIC_BASE_URL=f"http://127.0.0.1:{self.ports['outreach']}",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, *names: str) -> None:
+        env = self.env()
+        subprocess.run(
+            [sys.executable, "-m", "common.cli", "topics", "create"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for name in names or tuple(MODULES):
+            log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed with the process
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", MODULES[name]],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        for name in names or tuple(MODULES):
+            wait_for(lambda n=name: self.ready(n), timeout=90, message=f"{name} ready")
+
+    def log_path(self, name: str) -> Path:
+        return self.data_dir / "logs" / f"{name}.log"
+
+    def logs(self, name: str) -> str:
+        path = self.log_path(name)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def ready(self, name: str) -> bool:
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"{name} exited with {proc.returncode}:\n{self.logs(name)[-4000:]}"
+            )
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.ports[name]}/readyz", timeout=2
+            ) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def get_json(self, name: str, path: str) -> Any:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.ports[name]}{path}", timeout=5
+        ) as response:
+            return json.loads(response.read())
+
+    def metrics(self, name: str) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.ports[name]}/metrics", timeout=5
+        ) as response:
+            return str(response.read().decode())
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class Shop:
+    """Publishes input events with kafka-python, as an upstream system would."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        from kafka import KafkaProducer
+
+        self.prefix = prefix
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all")
+
+    def publish(self, topic: str, key: str, event: CloudEvent | bytes) -> None:
+        value = event if isinstance(event, bytes) else event.to_bytes()
+        self.producer.send(
+            self.prefix + topic,
+            key=key.encode(),
+            value=value,
+            headers=[("content-type", b"application/cloudevents+json")],
+        )
+        self.producer.flush()
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+class TopicReader:
+    """Reads a topic from the beginning, accumulating what arrived so far."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from kafka import KafkaConsumer
+
+        self.consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap.split(","),
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            consumer_timeout_ms=500,
+        )
+        self.records: list[Any] = []
+
+    def poll(self) -> list[Any]:
+        for records in self.consumer.poll(timeout_ms=500).values():
+            self.records.extend(records)
+        return self.records
+
+    def events(self) -> list[dict[str, Any]]:
+        return [orjson.loads(r.value) for r in self.poll()]
+
+    def close(self) -> None:
+        self.consumer.close()
