@@ -67,3 +67,8 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+from tests.doubles.fixtures import sendgrid_double, twilio_double  # noqa: E402
+
+__all__ = ["free_port", "sendgrid_double", "twilio_double", "wait_for"]

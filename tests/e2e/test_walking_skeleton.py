@@ -159,7 +159,7 @@ def test_late_delivery_reaches_the_customer_once_in_their_language_and_time_zone
         shop.publish(
             "commerce.customers",
             "c-bob",
-            customer("c-bob", "Bob", locale="en-GB", tz="Europe/London", phone="+447700900123"),
+            customer("c-bob", "Bob", locale="en-GB", tz="Europe/London", phone="+447911123456"),
         )
         wait_for(
             lambda: consumed(stack, "preferences", "commerce.customers", "processed") >= 2,
@@ -198,7 +198,7 @@ def test_late_delivery_reaches_the_customer_once_in_their_language_and_time_zone
         assert "7. März 2026" in body, body  # the new date, in Berlin, in German
         assert email_to(email) == "ada@example.com"
         assert "Bob" in sms_body(sms[0])
-        assert sms_to(sms[0]) == "+447700900123"
+        assert sms_to(sms[0]) == "+447911123456"
 
         sent = wait_for(
             lambda: (

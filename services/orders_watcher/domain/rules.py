@@ -523,11 +523,27 @@ def next_deadline(state: OrderState, now: datetime, config: DetectionConfig) -> 
         for ret in state.returns.values():
             if ret.received_at is not None and ret.refunded_at is None:
                 candidates.append(ret.received_at + config.refund_within)
+    # Facts dated after `now` (the watermark lags behind another partition) take effect
+    # when time reaches them: schedule a look at each.
+    candidates += [t for t in _fact_times(state) if t > now]
     expiry = expires_at(state, config)
     if expiry is not None:
         candidates.append(expiry)
     future = [c for c in candidates if c > now]
     return min(future) if future else None
+
+
+def _fact_times(state: OrderState) -> list[datetime]:
+    times: list[datetime] = []
+    if state.cancelled_at is not None:
+        times.append(state.cancelled_at)
+    for shipment in state.shipments.values():
+        if shipment.created_at is not None:
+            times.append(shipment.created_at)
+        times.extend(cp.at for cp in shipment.checkpoints)
+    for ret in state.returns.values():
+        times.extend(t for t in (ret.received_at, ret.refunded_at) if t is not None)
+    return times
 
 
 def finished_at(state: OrderState) -> datetime | None:

@@ -83,6 +83,7 @@ class GrpcContactPlans(ContactPlans):
 
     async def start(self) -> None:
         import grpc
+
         from common.proto.outreach.preferences.v1 import preferences_pb2_grpc
 
         self._channel = grpc.aio.insecure_channel(self.target)
@@ -124,6 +125,7 @@ class GrpcContactPlans(ContactPlans):
 
     async def get(self, customer_id: str, category: str) -> ContactPlan | None:
         import grpc
+
         from common.proto.outreach.preferences.v1 import preferences_pb2
 
         key = (customer_id, category)

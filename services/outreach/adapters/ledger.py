@@ -23,11 +23,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, func, select, update
+from sqlalchemy import JSON, Boolean, Integer, String, Text, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.outreach.adapters.db import Base
+from services.outreach.adapters.db import Base, UTCDateTime
 
 TERMINAL = frozenset({"suppressed", "sent", "delivered", "failed"})
 
@@ -53,14 +53,10 @@ class Delivery(Base):
     address: Mapped[str | None] = mapped_column(String(320), nullable=True)
     locale: Mapped[str | None] = mapped_column(String(35), nullable=True)
     time_zone: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    send_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), index=True, nullable=True
-    )
-    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    sent_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), index=True, nullable=True
-    )
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True, nullable=True)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     template_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     template_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     subject: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -86,7 +82,7 @@ class DeliveryEvent(Base):
     decision_id: Mapped[str] = mapped_column(String(64), index=True)
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
     status: Mapped[str] = mapped_column(String(16))
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     published: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
@@ -95,7 +91,7 @@ class ResolvedCause(Base):
     __tablename__ = "resolved_causes"
 
     cause_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    resolved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime] = mapped_column(UTCDateTime)
     resolution: Mapped[str] = mapped_column(String(64))
 
 

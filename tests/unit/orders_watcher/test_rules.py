@@ -298,3 +298,19 @@ def test_a_late_fact_that_disproves_an_incident_retracts_it():
     run.feed(shipped(at=10), until=31)
     assert run.kinds()[-1] == ("resolved", "dispatch_late")
     assert run.emitted[-1].data["resolution"] == "retracted"
+
+
+def test_a_fact_dated_after_the_watermark_takes_effect_when_time_reaches_it():
+    from services.orders_watcher.domain.rules import DetectionConfig, next_deadline
+    from tests.unit.orders_watcher.timeline import h, message
+
+    run = Run()
+    events = [placed(deliver_by=200), shipped(at=10), scan(at=30, status="attempt_failed")]
+    for i, event in enumerate(events):
+        # The watermark is held at 20 h by another partition while these arrive.
+        outcome = run.watcher.handle_event(run.state, message(event, i), event, h(20))
+        run.state = outcome.state
+        assert outcome.records == [] or event is not events[-1]
+    assert next_deadline(run.state, h(20), DetectionConfig()) == h(30)
+    outcome = run.watcher.handle_tick(run.state, h(30))
+    assert [r.event.data["kind"] for r in outcome.records] == ["delivery_failed"]

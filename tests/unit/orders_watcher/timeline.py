@@ -167,6 +167,7 @@ class Run:
     state: OrderState | None = None
     emitted: list[CloudEvent] = field(default_factory=list)
     deadline: datetime | None = None
+    now: datetime = T0 - timedelta(days=1)
 
     def __post_init__(self) -> None:
         self.watcher = OrdersWatcher(self.config, Topics())
@@ -179,12 +180,15 @@ class Run:
 
     def feed(self, *events: CloudEvent, until: float | None = None) -> Run:
         for i, event in enumerate(events):
-            self._advance(event.time)
-            outcome = self.watcher.handle_event(self.state, message(event, i), event, event.time)
+            # Like the event clock: time follows the events and never goes backwards.
+            self.now = max(self.now, event.time)
+            self._advance(self.now)
+            outcome = self.watcher.handle_event(self.state, message(event, i), event, self.now)
             self.state, self.deadline = outcome.state, outcome.deadline
             self.emitted += [r.event for r in outcome.records]
         if until is not None:
-            self._advance(h(until))
+            self.now = max(self.now, h(until))
+            self._advance(self.now)
         return self
 
     def kinds(self) -> list[tuple[str, str]]:

@@ -1,0 +1,3 @@
+from services.outreach.entrypoints.worker import main
+
+main()

@@ -1,0 +1,280 @@
+"""Ports to the message providers, and their adapters over the official SDKs.
+
+Contract of `MessageSender.send`: returns a `SendResult` once the provider accepted the
+message; raises `TransientProviderError` (429, 5xx, timeouts: safe to retry, with the
+provider's Retry-After when it gave one) or `PermanentProviderError` (the provider will
+never accept this message: invalid number, unsubscribed recipient, bad credentials).
+Adapters do not retry: the delivery pipeline owns retries, backoff and fallbacks.
+Nothing here logs an address or a body.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.metrics import PROVIDER_SECONDS
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    decision_id: str
+    channel: str  # email | sms | whatsapp
+    to: str
+    subject: str | None
+    html: str | None
+    text: str
+    message_kind: str
+    intent: str
+    unsubscribe_url: str | None = None
+    status_callback_url: str | None = None
+    test: bool = False
+
+
+@dataclass(frozen=True)
+class SendResult:
+    provider: str
+    provider_message_id: str
+    outbox: bool = False
+
+
+class TransientProviderError(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class PermanentProviderError(Exception):
+    def __init__(self, code: str, reason: str, *, opt_out: bool = False) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.opt_out = opt_out
+
+
+class MessageSender(abc.ABC):
+    provider: str = "unknown"
+
+    @abc.abstractmethod
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """Deliver to the provider; see the module docstring for the error contract."""
+
+
+class OutboxSender(MessageSender):
+    """No credentials: the message is rendered and recorded (by the ledger) exactly as it
+    would be sent, and nothing leaves the machine."""
+
+    provider = "outbox"
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        return SendResult(self.provider, f"outbox-{message.decision_id}", outbox=True)
+
+
+@dataclass
+class RecordingSender(MessageSender):
+    """A fake for unit tests: records messages; scripted errors come out first."""
+
+    provider: str = "recording"
+    sent: list[OutboundMessage] = field(default_factory=list)
+    errors: list[Exception] = field(default_factory=list)
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        if self.errors:
+            raise self.errors.pop(0)
+        self.sent.append(message)
+        return SendResult(self.provider, f"rec-{len(self.sent)}")
+
+
+def _retry_after(headers: Any) -> float | None:
+    if not headers:
+        return None
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+# Twilio codes that will never succeed for this recipient/sender.
+TWILIO_OPT_OUT = {21610}
+TWILIO_PERMANENT = {
+    21211,
+    21214,
+    21408,
+    21602,
+    21603,
+    21604,
+    21606,
+    21610,
+    21612,
+    21614,
+    21617,
+    21659,
+    63007,
+    63016,
+    20003,
+}
+
+
+class TwilioMessageSender(MessageSender):
+    """SMS and WhatsApp through the official twilio SDK (messages.create)."""
+
+    provider = "twilio"
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        *,
+        from_number: str | None,
+        whatsapp_from: str | None,
+        base_url: str = "https://api.twilio.com",
+        timeout_s: float = 10.0,
+    ) -> None:
+        from twilio.http.http_client import TwilioHttpClient
+        from twilio.rest import Client
+
+        class _HeaderKeepingClient(TwilioHttpClient):  # type: ignore[misc]
+            """Keeps each thread's last response headers (Retry-After on a 429)."""
+
+            local = threading.local()
+
+            def request(self, *args: Any, **kwargs: Any) -> Any:
+                response = super().request(*args, **kwargs)
+                self.local.headers = response.headers
+                return response
+
+        self.http = _HeaderKeepingClient(timeout=timeout_s)
+        self.client = Client(account_sid, auth_token, http_client=self.http)
+        self.client.api.base_url = base_url.rstrip("/")
+        self.from_number = from_number
+        self.whatsapp_from = whatsapp_from
+        self.timeout_s = timeout_s
+
+    def _create(self, message: OutboundMessage) -> str:
+        if message.channel == "whatsapp":
+            if not self.whatsapp_from:
+                raise PermanentProviderError("config", "TWILIO_WHATSAPP_FROM is not set")
+            to, sender = f"whatsapp:{message.to}", self.whatsapp_from
+            if not sender.startswith("whatsapp:"):
+                sender = f"whatsapp:{sender}"
+        else:
+            if not self.from_number:
+                raise PermanentProviderError("config", "TWILIO_FROM_NUMBER is not set")
+            to, sender = message.to, self.from_number
+        kwargs: dict[str, Any] = {"to": to, "from_": sender, "body": message.text}
+        if message.status_callback_url:
+            kwargs["status_callback"] = message.status_callback_url
+        created = self.client.messages.create(**kwargs)
+        return str(created.sid)
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        from twilio.base.exceptions import TwilioException, TwilioRestException
+
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            sid = await asyncio.wait_for(
+                asyncio.to_thread(self._create, message), self.timeout_s + 1
+            )
+            outcome = "ok"
+            return SendResult(self.provider, sid)
+        except TwilioRestException as exc:
+            code = int(exc.code) if exc.code else 0
+            if exc.status == 429 or exc.status >= 500:
+                raise TransientProviderError(
+                    f"twilio HTTP {exc.status} ({code})",
+                    retry_after=_retry_after(getattr(self.http.local, "headers", None)),
+                    status=exc.status,
+                ) from None
+            raise PermanentProviderError(
+                str(code or exc.status), str(exc.msg)[:200], opt_out=code in TWILIO_OPT_OUT
+            ) from None
+        except (TimeoutError, TwilioException, OSError) as exc:
+            raise TransientProviderError(f"twilio unreachable: {type(exc).__name__}") from None
+        finally:
+            PROVIDER_SECONDS.labels(self.provider, outcome).observe(time.perf_counter() - started)
+
+
+class SendGridEmailSender(MessageSender):
+    """Email through the official sendgrid SDK (v3 Mail Send)."""
+
+    provider = "sendgrid"
+
+    def __init__(
+        self,
+        api_key: str,
+        from_email: str,
+        *,
+        from_name: str | None = None,
+        base_url: str = "https://api.sendgrid.com",
+        unsubscribe_mailto: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        from sendgrid import SendGridAPIClient
+
+        self.client = SendGridAPIClient(api_key, host=base_url.rstrip("/"))
+        self.client.client.timeout = timeout_s
+        self.from_email = from_email
+        self.from_name = from_name
+        self.unsubscribe_mailto = unsubscribe_mailto
+        self.timeout_s = timeout_s
+
+    def build(self, message: OutboundMessage) -> Any:
+        from sendgrid.helpers.mail import Category, CustomArg, Header, Mail
+
+        mail = Mail(
+            from_email=(self.from_email, self.from_name) if self.from_name else self.from_email,
+            to_emails=message.to,
+            subject=message.subject or "",
+            plain_text_content=message.text,
+            html_content=message.html or None,
+        )
+        for category in (message.message_kind, message.intent, "test" if message.test else None):
+            if category:
+                mail.add_category(Category(category))
+        mail.add_custom_arg(CustomArg("decision_id", message.decision_id))
+        mail.add_custom_arg(CustomArg("message_kind", message.message_kind))
+        if message.unsubscribe_url:
+            targets = [f"<{message.unsubscribe_url}>"]
+            if self.unsubscribe_mailto:
+                targets.append(f"<mailto:{self.unsubscribe_mailto}>")
+            mail.add_header(Header("List-Unsubscribe", ", ".join(targets)))
+            mail.add_header(Header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        return mail
+
+    def _send(self, message: OutboundMessage) -> str:
+        response = self.client.send(self.build(message))
+        headers = response.headers or {}
+        return str(headers.get("X-Message-Id") or headers.get("x-message-id") or "")
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        from python_http_client.exceptions import HTTPError
+
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            message_id = await asyncio.wait_for(
+                asyncio.to_thread(self._send, message), self.timeout_s + 1
+            )
+            outcome = "ok"
+            return SendResult(self.provider, message_id or f"sg-{message.decision_id}")
+        except HTTPError as exc:
+            status = int(getattr(exc, "status_code", 0) or 0)
+            if status == 429 or status >= 500:
+                raise TransientProviderError(
+                    f"sendgrid HTTP {status}", retry_after=_retry_after(exc.headers), status=status
+                ) from None
+            body = (
+                exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body)
+            )
+            raise PermanentProviderError(str(status), body[:200]) from None
+        except (TimeoutError, OSError) as exc:
+            raise TransientProviderError(f"sendgrid unreachable: {type(exc).__name__}") from None
+        finally:
+            PROVIDER_SECONDS.labels(self.provider, outcome).observe(time.perf_counter() - started)

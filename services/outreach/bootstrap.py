@@ -1,0 +1,136 @@
+"""The one place that wires outreach: database, ledger, templates, preferences client,
+providers (or the outbox, without credentials) and the delivery service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+
+from common.clock import Clock
+from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - registers tables
+from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
+from services.outreach.adapters.db import create_engine, create_schema, session_factory
+from services.outreach.adapters.ledger import Ledger
+from services.outreach.adapters.providers import (
+    MessageSender,
+    OutboxSender,
+    SendGridEmailSender,
+    TwilioMessageSender,
+)
+from services.outreach.adapters.templates import TemplateCache, TemplateStore
+from services.outreach.config import Settings
+from services.outreach.domain.decisions import DeliveryPolicy
+from services.outreach.handlers import DeliveryService, Links, MessageComposer, SendingPolicy
+
+
+def build_senders(settings: Settings) -> dict[str, MessageSender]:
+    outbox = OutboxSender()
+    senders: dict[str, MessageSender] = {"email": outbox, "sms": outbox, "whatsapp": outbox}
+    if settings.sendgrid_api_key and settings.sendgrid_from_email:
+        senders["email"] = SendGridEmailSender(
+            settings.sendgrid_api_key.get_secret_value(),
+            settings.sendgrid_from_email,
+            from_name=settings.shop_name,
+            base_url=settings.sendgrid_api_base_url,
+        )
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        twilio = TwilioMessageSender(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            from_number=settings.twilio_from_number,
+            whatsapp_from=settings.twilio_whatsapp_from,
+            base_url=settings.twilio_api_base_url,
+        )
+        if settings.twilio_from_number:
+            senders["sms"] = twilio
+        if settings.twilio_whatsapp_from:
+            senders["whatsapp"] = twilio
+    return senders
+
+
+@dataclass
+class Outreach:
+    settings: Settings
+    clock: Clock
+    engine: Any
+    ledger: Ledger
+    templates: TemplateStore
+    template_cache: TemplateCache
+    plans: ContactPlans
+    senders: dict[str, MessageSender]
+    delivery: DeliveryService
+    extra_routes: list[web.RouteDef] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await create_schema(self.engine)
+        await self.templates.seed_defaults()
+        await self.template_cache.refresh(force=True)
+        await self.plans.start()
+
+    async def stop(self) -> None:
+        await self.plans.stop()
+        await self.engine.dispose()
+
+    async def database_ready(self) -> bool:
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+        return True
+
+    def routes(self) -> list[web.RouteDef]:
+        from services.outreach.entrypoints.http import routes
+
+        return routes(self) + self.extra_routes
+
+
+def build(
+    settings: Settings,
+    *,
+    plans: ContactPlans | None = None,
+    senders: dict[str, MessageSender] | None = None,
+    clock: Clock | None = None,
+) -> Outreach:
+    engine = create_engine(settings.db_url())
+    sessions = session_factory(engine)
+    ledger = Ledger(sessions)
+    store = TemplateStore(sessions)
+    cache = TemplateCache(store, settings.template_refresh_s)
+    plans = plans or GrpcContactPlans(
+        settings.preferences_grpc_target, cache_ttl_s=settings.preferences_cache_ttl_s
+    )
+    senders = senders or build_senders(settings)
+    links = Links(
+        public_base_url=settings.public_base_url.rstrip("/"),
+        support_url=settings.support_url,
+        shop_name=settings.shop_name,
+        support_email=settings.support_email,
+        support_phone=settings.support_phone,
+        unsubscribe_secret=settings.secret(settings.unsubscribe_secret, "unsubscribe"),
+    )
+    delivery = DeliveryService(
+        ledger=ledger,
+        plans=plans,
+        senders=senders,
+        renderer=MessageComposer(cache, settings.secret(settings.offer_secret, "offers")),
+        offers=None,
+        policy=DeliveryPolicy(
+            cap_messages=settings.cap_messages,
+            cap_window=timedelta(days=settings.cap_window_days),
+            holdout_share=settings.holdout_share,
+        ),
+        sending=SendingPolicy(max_attempts=settings.max_attempts),
+        links=links,
+    )
+    return Outreach(
+        settings=settings,
+        clock=clock or settings.make_clock(),
+        engine=engine,
+        ledger=ledger,
+        templates=store,
+        template_cache=cache,
+        plans=plans,
+        senders=senders,
+        delivery=delivery,
+    )

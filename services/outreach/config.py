@@ -1,0 +1,66 @@
+"""outreach settings (environment variables, documented in docs/configuration.md)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from common.settings import ServiceSettings
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="OUTREACH_", extra="ignore")
+
+    http_port: int = 8083
+    database_url: str | None = None
+    preferences_grpc_target: str = Field(
+        "localhost:50051", validation_alias=_env("PREFERENCES_GRPC_TARGET")
+    )
+    preferences_cache_ttl_s: float = 300.0
+    public_base_url: str = "http://127.0.0.1:8083"
+    unsubscribe_secret: SecretStr | None = None
+    offer_secret: SecretStr | None = None
+    cap_messages: int = Field(3, ge=0)
+    cap_window_days: float = Field(7, gt=0)
+    holdout_share: float = Field(0.0, ge=0, le=1)
+    max_attempts: int = Field(5, ge=1)
+    scheduler_interval_s: float = Field(1.0, gt=0)
+    template_refresh_s: float = Field(2.0, gt=0)
+    shop_name: str = "Example Shop"
+    support_url: str = "https://shop.example/help"
+    support_email: str = "help@shop.example"
+    support_phone: str = "+49 30 1234567"
+
+    twilio_account_sid: str | None = Field(None, validation_alias=_env("TWILIO_ACCOUNT_SID"))
+    twilio_auth_token: SecretStr | None = Field(None, validation_alias=_env("TWILIO_AUTH_TOKEN"))
+    twilio_from_number: str | None = Field(None, validation_alias=_env("TWILIO_FROM_NUMBER"))
+    twilio_whatsapp_from: str | None = Field(None, validation_alias=_env("TWILIO_WHATSAPP_FROM"))
+    twilio_api_base_url: str = Field(
+        "https://api.twilio.com", validation_alias=_env("TWILIO_API_BASE_URL")
+    )
+    sendgrid_api_key: SecretStr | None = Field(None, validation_alias=_env("SENDGRID_API_KEY"))
+    sendgrid_from_email: str | None = Field(None, validation_alias=_env("SENDGRID_FROM_EMAIL"))
+    sendgrid_api_base_url: str = Field(
+        "https://api.sendgrid.com", validation_alias=_env("SENDGRID_API_BASE_URL")
+    )
+
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.service_dir('outreach') / 'outreach.db').resolve()}"
+
+    def secret(self, value: SecretStr | None, name: str) -> str:
+        """A configured secret, or one generated once and kept in the data dir (dev only)."""
+        if value is not None:
+            return value.get_secret_value()
+        path = self.service_dir("outreach") / f".{name}"
+        if not path.exists():
+            import secrets
+
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()

@@ -1,0 +1,85 @@
+"""The template context of one message (docs/templates.md lists every variable).
+
+Built from the outreach request (incident, order, return as risk_detector passed them),
+the contact plan (first name, locale, time zone) and the offer, if any. Dates stay
+datetimes: the template filters format them in the customer's locale and time zone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+
+def _dt(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+ORDER_DATES = ("placed_at", "promised_delivery_by", "estimated_delivery_at")
+
+
+def build_context(
+    request: dict[str, Any],
+    *,
+    first_name: str,
+    locale: str,
+    timezone: str,
+    offer: dict[str, Any] | None,
+    unsubscribe_url: str,
+    support_url: str,
+    shop: dict[str, str],
+) -> dict[str, Any]:
+    ctx = request.get("context") or {}
+    incident_raw = ctx.get("incident") or None
+    order_raw = ctx.get("order") or (incident_raw or {}).get("order")
+    order: dict[str, Any] | None = None
+    if order_raw:
+        order = {
+            "order_id": order_raw.get("order_id") or request.get("order_id"),
+            "currency": order_raw.get("currency"),
+            "total": order_raw.get("total"),
+            "items": list(order_raw.get("items") or []),
+            "shipping_method": order_raw.get("shipping_method"),
+            "carrier": order_raw.get("carrier"),
+            "tracking_number": order_raw.get("tracking_number"),
+            "tracking_url": order_raw.get("tracking_url"),
+        }
+        for key in ORDER_DATES:
+            order[key] = _dt(order_raw.get(key))
+    incident: dict[str, Any] | None = None
+    if incident_raw:
+        facts = incident_raw.get("facts") or {}
+        incident = {
+            "kind": incident_raw.get("kind"),
+            "severity": incident_raw.get("severity"),
+            "explanation": incident_raw.get("explanation"),
+            "status": facts.get("status"),
+            "substatus": facts.get("substatus"),
+            "detected_at": _dt(incident_raw.get("detected_at")),
+            "delay_days": facts.get("delay_days"),
+        }
+    tracking_url = order.get("tracking_url") if order else None
+    return {
+        "customer": {"first_name": first_name, "locale": locale, "timezone": timezone},
+        "order": order,
+        "incident": incident,
+        "offer": offer,
+        "links": {
+            "unsubscribe_url": unsubscribe_url,
+            "support_url": support_url,
+            "tracking_url": tracking_url,
+        },
+        "shop": dict(shop),
+        "intent": request.get("intent"),
+        "message_kind": request.get("message_kind"),
+        "reasons": [
+            {"code": r.get("code"), "detail": r.get("detail")} for r in request.get("reasons") or []
+        ],
+    }

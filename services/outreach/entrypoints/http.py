@@ -1,0 +1,123 @@
+"""HTTP routes of the outreach worker: explain (operators), unsubscribe (customers)."""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from services.outreach.domain.unsubscribe import read_token
+
+if TYPE_CHECKING:
+    from services.outreach.bootstrap import Outreach
+
+
+def _mask(address: str | None) -> str | None:
+    if not address:
+        return address
+    if "@" in address:
+        name, _, domain = address.partition("@")
+        return f"{name[:1]}***@{domain}"
+    return f"{address[:3]}***{address[-2:]}"
+
+
+async def _explain(
+    outreach: Outreach, *, customer_id: str | None = None, order_id: str | None = None
+) -> list[dict[str, Any]]:
+    out = []
+    for row in await outreach.ledger.history(customer_id=customer_id, order_id=order_id):
+        events = await outreach.ledger.events_of(row.decision_id)
+        out.append(
+            {
+                "decision_id": row.decision_id,
+                "request_id": row.request_id,
+                "customer_id": row.customer_id,
+                "order_id": row.order_id,
+                "cause": {"type": row.cause_type, "id": row.cause_id, "kind": row.cause_kind},
+                "intent": row.intent,
+                "message_kind": row.message_kind,
+                "severity": row.severity,
+                "category": row.category,
+                "status": row.status,
+                "reason": row.reason,
+                "rule": row.rule,
+                "channel": row.channel,
+                "address": _mask(row.address),
+                "template": row.template_key,
+                "template_version": row.template_version,
+                "provider": row.provider,
+                "provider_message_id": row.provider_message_id,
+                "outbox": row.outbox,
+                "decided_at": row.decided_at.isoformat(),
+                "sent_at": row.sent_at.isoformat() if row.sent_at else None,
+                "reasons": row.request.get("reasons", []),
+                "timeline": [
+                    {
+                        "at": e.at.isoformat(),
+                        "status": e.status,
+                        **{
+                            k: v
+                            for k, v in e.payload.items()
+                            if k
+                            in (
+                                "reason",
+                                "channel",
+                                "provider_message_id",
+                                "fallback_to",
+                                "send_at",
+                                "outbox",
+                            )
+                        },
+                    }
+                    for e in events
+                ],
+            }
+        )
+    return out
+
+
+def routes(outreach: Outreach) -> list[web.RouteDef]:
+    secret = outreach.delivery.links.unsubscribe_secret
+
+    async def explain_customer(request: web.Request) -> web.Response:
+        customer_id = request.match_info["customer_id"]
+        return web.json_response(
+            {
+                "customer_id": customer_id,
+                "decisions": await _explain(outreach, customer_id=customer_id),
+            }
+        )
+
+    async def explain_order(request: web.Request) -> web.Response:
+        order_id = request.match_info["order_id"]
+        return web.json_response(
+            {"order_id": order_id, "decisions": await _explain(outreach, order_id=order_id)}
+        )
+
+    async def unsubscribe(request: web.Request) -> web.Response:
+        token = request.query.get("token", "")
+        parsed = read_token(token, secret)
+        if parsed is None:
+            return web.Response(status=400, text="This unsubscribe link is not valid.")
+        customer_id, channel, _decision = parsed
+        if request.method == "GET":
+            page = (
+                f"<!doctype html><html><body><form method='post'>"
+                f"<p>Stop messages by {html.escape(channel)}?</p>"
+                f"<button type='submit'>Unsubscribe</button></form></body></html>"
+            )
+            return web.Response(text=page, content_type="text/html")
+        if outreach.delivery.optouts is not None:
+            await outreach.delivery.optouts.opted_out(
+                customer_id, channel, "email_unsubscribe", datetime.now(UTC)
+            )
+        return web.Response(text="You are unsubscribed. We will not message you this way again.")
+
+    return [
+        web.get("/customers/{customer_id}/explain", explain_customer),
+        web.get("/orders/{order_id}/explain", explain_order),
+        web.get("/unsubscribe", unsubscribe),
+        web.post("/unsubscribe", unsubscribe),
+    ]

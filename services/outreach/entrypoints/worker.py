@@ -1,0 +1,204 @@
+"""The outreach worker: consumes requests and resolutions, runs the scheduler and the
+relay to `outreach.messages`, and serves ops + explain + webhooks over HTTP.
+
+    python -m services.outreach
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from common.admin import ensure_topics
+from common.envelope import CloudEvent
+from common.kafka import (
+    AiokafkaProducer,
+    ConsumerLoop,
+    DeadLetters,
+    InputMessage,
+    MessageProcessor,
+)
+from common.logs import configure_logging, get_logger
+from common.ops_http import Heartbeat, OpsServer
+from common.topics import TopicSpec
+from services.outreach.bootstrap import Outreach, build
+from services.outreach.config import Settings
+from services.outreach.handlers import message_event
+
+SERVICE = "outreach"
+PUBLIC_STATUSES = frozenset({"scheduled", "sent", "delivered", "failed", "suppressed"})
+log = get_logger(__name__)
+
+
+class OutreachWorker:
+    def __init__(self, settings: Settings, outreach: Outreach) -> None:
+        self.settings = settings
+        self.outreach = outreach
+        self.topics = settings.topics
+        self.clock = outreach.clock
+        self.heartbeat = Heartbeat()
+        self.producer = AiokafkaProducer(settings.kafka_bootstrap_servers, f"{SERVICE}-worker")
+        self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
+        self.processor = MessageProcessor(SERVICE, self._handle, self.deadletters, self.clock)
+        self.consumer = ConsumerLoop(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=f"{settings.topic_prefix}{SERVICE}",
+            topics=[self.topics.requests, self.topics.incidents],
+            processor=self.processor,
+            heartbeat=self.heartbeat,
+            client_id=f"{SERVICE}-worker",
+        )
+        self.ops = OpsServer(
+            settings.http_host,
+            settings.http_port,
+            self.heartbeat,
+            checks={
+                "kafka_assignment": self.consumer.ready,
+                "database": outreach.database_ready,
+                "preferences": outreach.plans.ready,
+            },
+            routes=outreach.routes(),
+        )
+        self._stop = asyncio.Event()
+        outreach.delivery.optouts = OptOutPublisher(self.producer, self.topics.optouts)
+
+    def _now(self, event: CloudEvent | None = None) -> Any:
+        # In event-clock mode a decision happens at the time of the record that caused it,
+        # so a replay decides the same whatever the interleaving of partitions.
+        if event is not None and self.settings.outreach_clock == "event":
+            return event.time
+        return self.clock.now()
+
+    async def _handle(self, msg: InputMessage, event: CloudEvent) -> None:
+        now = self._now(event)
+        if msg.topic == self.topics.incidents:
+            await self.outreach.delivery.on_incident(event, now)
+        else:
+            await self.outreach.delivery.on_request(event, now)
+
+    async def _scheduler(self) -> None:
+        while not self._stop.is_set():
+            self.heartbeat.beat()
+            try:
+                await self.outreach.delivery.send_due(self.clock.now())
+            except Exception:
+                log.exception("scheduler_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.scheduler_interval_s)
+
+    async def _relay(self) -> None:
+        """Publish ledger changes to outreach.messages (transactional outbox)."""
+        ledger = self.outreach.ledger
+        while not self._stop.is_set():
+            try:
+                rows = await ledger.unpublished()
+                public = [r for r in rows if r.status in PUBLIC_STATUSES]
+                for row in public:
+                    await self.producer.send(
+                        self.topics.messages,
+                        row.customer_id.encode(),
+                        message_event(row).to_bytes(),
+                        [("content-type", b"application/cloudevents+json")],
+                    )
+                await ledger.mark_published([r.id for r in rows])
+                if rows:
+                    continue
+            except Exception:
+                log.exception("relay_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.2)
+
+    async def run(self) -> None:
+        ensure_topics(
+            self.settings.kafka_bootstrap_servers,
+            [
+                TopicSpec(t, self.settings.topic_partitions)
+                for t in (
+                    self.topics.requests,
+                    self.topics.incidents,
+                    self.topics.messages,
+                    self.topics.optouts,
+                )
+            ]
+            + [TopicSpec(self.topics.deadletter(SERVICE), 1)],
+        )
+        await self.outreach.start()
+        await self.producer.start()
+        await self.consumer.start()
+        await self.ops.start()
+        log.info(
+            "started",
+            clock=self.settings.outreach_clock,
+            http_port=self.ops.port,
+            providers={c: type(s).__name__ for c, s in self.outreach.senders.items()},
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        tasks = [
+            asyncio.create_task(self.consumer.run()),
+            asyncio.create_task(self._scheduler()),
+            asyncio.create_task(self._relay()),
+        ]
+        stopper = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                log.error("task_died", error=repr(task.exception()))
+        self._stop.set()
+        await self.consumer.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.ops.stop()
+        await self.producer.stop()
+        await self.outreach.stop()
+        log.info("stopped")
+
+
+class OptOutPublisher:
+    """Tells preferences (via outreach.optouts) that a contact point opted out."""
+
+    def __init__(self, producer: AiokafkaProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+
+    async def opted_out(
+        self, customer_id: str, channel: str, source: str, at: Any, code: str | None = None
+    ) -> None:
+        from common.envelope import derived_id, new_event
+
+        event = new_event(
+            type="contact.opted_out",
+            source="/outreach/outreach",
+            subject=customer_id,
+            time=at,
+            id=derived_id("optout", customer_id, channel, source, at.isoformat()),
+            data={
+                "customer_id": customer_id,
+                "channel": channel,
+                "source": source,
+                "evidence": code or "",
+                "occurred_at": at.isoformat(),
+            },
+        )
+        await self.producer.send(
+            self.topic,
+            customer_id.encode(),
+            event.to_bytes(),
+            [("content-type", b"application/cloudevents+json")],
+        )
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
+    worker = OutreachWorker(settings, build(settings))
+    asyncio.run(worker.run())
+
+
+__all__ = ["OutreachWorker", "main", "web"]

@@ -1,0 +1,169 @@
+"""Twilio Programmable Messaging, as far as we use it: create and fetch a Message.
+
+Checks HTTP Basic credentials, validates like the real API (error codes 20003, 21211,
+21602, 21603, 21610, 21617, 63007) and answers with the real resource shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import threading
+import urllib.parse
+import urllib.request
+from email.utils import formatdate
+from typing import Any
+
+from tests.doubles.base import Fault, ProviderDouble, Reply
+
+E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+GSM7 = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXT = set("^{}\\[~]|€\f")
+
+
+def segments(body: str) -> int:
+    if all(c in GSM7 or c in GSM7_EXT for c in body):
+        units = sum(2 if c in GSM7_EXT else 1 for c in body)
+        return 1 if units <= 160 else -(-units // 153)
+    units = len(body.encode("utf-16-le")) // 2
+    return 1 if units <= 70 else -(-units // 67)
+
+
+class TwilioDouble(ProviderDouble):
+    def __init__(
+        self, account_sid: str | None = None, auth_token: str | None = None, latency_s: float = 0.0
+    ) -> None:
+        super().__init__(latency_s)
+        self.account_sid = account_sid or "AC" + secrets.token_hex(16)
+        self.auth_token = auth_token or secrets.token_hex(16)
+        self.opted_out: set[str] = set()
+        self._by_sid: dict[str, dict[str, Any]] = {}
+
+    def _error(self, status: int, code: int, message: str, **headers: str) -> Reply:
+        return Reply.json(
+            status,
+            {
+                "code": code,
+                "message": message,
+                "more_info": f"https://www.twilio.com/docs/errors/{code}",
+                "status": status,
+            },
+            **headers,
+        )
+
+    def fault_reply(self, fault: Fault) -> Reply:
+        extra = {"Retry-After": str(int(fault.retry_after))} if fault.retry_after else {}
+        if fault.status == 429:
+            return self._error(429, 20429, "Too Many Requests", **extra)
+        return self._error(fault.status, 20500, "Internal Server Error", **extra)
+
+    def _authorised(self, headers: dict[str, str]) -> bool:
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return headers.get("authorization") == f"Basic {expected}"
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        match = re.match(r"^/2010-04-01/Accounts/([^/]+)/Messages(?:/([^/.]+))?\.json", path)
+        if match is None:
+            return self._error(404, 20404, "The requested resource was not found")
+        if not self._authorised(headers) or match.group(1) != self.account_sid:
+            return self._error(401, 20003, "Authenticate")
+        if method == "GET" and match.group(2):
+            found = self._by_sid.get(match.group(2))
+            return Reply.json(200, found) if found else self._error(404, 20404, "Not found")
+        if method != "POST":
+            return self._error(405, 20004, "Method not allowed")
+        form = {
+            k: v[-1]
+            for k, v in urllib.parse.parse_qs(body.decode(), keep_blank_values=True).items()
+        }
+        to, sender, text = form.get("To", ""), form.get("From", ""), form.get("Body", "")
+        if not to:
+            return self._error(400, 21604, "A 'To' phone number is required.")
+        whatsapp = to.startswith("whatsapp:")
+        number = to.removeprefix("whatsapp:")
+        if not E164.match(number):
+            return self._error(400, 21211, f"Invalid 'To' Phone Number: {to}")
+        if not sender and not form.get("MessagingServiceSid"):
+            return self._error(
+                400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required"
+            )
+        if whatsapp != sender.startswith("whatsapp:"):
+            return self._error(
+                400, 63007, "Twilio could not find a Channel with the specified From address"
+            )
+        if not text and not form.get("MediaUrl"):
+            return self._error(400, 21602, "Message body is required.")
+        if len(text) > 1600:
+            return self._error(
+                400, 21617, "The concatenated message body exceeds the 1600 character limit."
+            )
+        if number in self.opted_out:
+            return self._error(400, 21610, "Attempt to send to unsubscribed recipient")
+        sid = "SM" + secrets.token_hex(16)
+        now = formatdate(usegmt=True)
+        resource = {
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": text,
+            "date_created": now,
+            "date_sent": None,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": sender,
+            "messaging_service_sid": form.get("MessagingServiceSid"),
+            "num_media": "0",
+            "num_segments": str(segments(text)),
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "queued",
+            "to": to,
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
+            "subresource_uris": {
+                "media": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}/Media.json"
+            },
+        }
+        self._by_sid[sid] = resource
+        self.record({"sid": sid, **form, "resource": resource})
+        return Reply.json(201, resource)
+
+    def deliver_status(self, sid: str, status: str = "delivered") -> int:
+        """Post a signed status callback for a message, as Twilio does; returns the HTTP
+        status our webhook answered."""
+        from twilio.request_validator import RequestValidator
+
+        message = next(m for m in self.messages if m["sid"] == sid)
+        url = message.get("StatusCallback")
+        if not url:
+            raise AssertionError(f"message {sid} has no StatusCallback")
+        params = {
+            "MessageSid": sid,
+            "MessageStatus": status,
+            "AccountSid": self.account_sid,
+            "To": message["To"],
+            "From": message.get("From", ""),
+            "ApiVersion": "2010-04-01",
+        }
+        signature = RequestValidator(self.auth_token).compute_signature(url, params)
+        request = urllib.request.Request(
+            url,
+            data=urllib.parse.urlencode(params).encode(),
+            headers={
+                "X-Twilio-Signature": signature,
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+
+__all__ = ["TwilioDouble", "segments", "threading"]
