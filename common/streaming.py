@@ -55,13 +55,13 @@ def raw_topic(app: faust.App, *names: str, **kwargs: Any) -> faust.TopicT:
     )
 
 
-def input_message(event: faust.EventT) -> InputMessage:
+def input_message(event: faust.EventT[Any]) -> InputMessage:
     message = event.message
-    headers = message.headers or []
-    if isinstance(headers, dict):
-        header_list: Headers = [(k, v) for k, v in headers.items()]
-    else:
-        header_list = [(k, v) for k, v in headers]
+    raw: Any = message.headers or []
+    pairs: list[tuple[Any, Any]] = list(raw.items() if isinstance(raw, dict) else raw)
+    header_list: Headers = [
+        (str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in pairs
+    ]
     return InputMessage(
         topic=message.topic,
         partition=message.partition,
@@ -97,7 +97,7 @@ def run_worker(app: faust.App, service: str, settings: ServiceSettings) -> None:
     """Run a faust worker until SIGTERM/SIGINT, keeping our JSON logging."""
     from common.logs import configure_logging
 
-    class _Worker(faust.Worker):  # type: ignore[misc]
+    class _Worker(faust.Worker):
         def _setup_logging(self) -> None:
             configure_logging(service, settings.log_level, settings.log_format)
 

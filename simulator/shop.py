@@ -212,7 +212,7 @@ class Shop:
             {"sku": sku, "name": name, "quantity": rnd.choice((1, 1, 1, 2)), "unit_price": price}
             for sku, name, price in lines
         ]
-        total = sum(Decimal(i["unit_price"]) * i["quantity"] for i in items)
+        total = sum((Decimal(str(i["unit_price"])) * int(i["quantity"]) for i in items), Decimal(0))
         ship_by = at + timedelta(hours={"next_day": 8, "express": 16}.get(method, 24))
         transit = {"standard": 72, "express": 24, "next_day": 16, "pickup": 72}[method]
         deliver_by = ship_by + timedelta(hours=transit)

@@ -35,7 +35,9 @@ def build_grpc_server(
     server = grpc.aio.server(
         interceptors=[OpsInterceptor(token)], options=[("grpc.so_reuseport", 0)]
     )
-    pb_grpc.add_PreferencesServiceServicer_to_server(PreferencesServicer(prefs), server)
+    pb_grpc.add_PreferencesServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        PreferencesServicer(prefs), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

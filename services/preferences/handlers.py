@@ -85,12 +85,10 @@ class Preferences:
             await self.store.mark_processed(event.id)
             return "erased_customer_ignored"
         try:
-            fields = dict(
-                email=validation.email(upsert.email) if upsert.email else None,
-                phone=validation.phone(upsert.phone) if upsert.phone else None,
-                locale=validation.locale(upsert.locale),
-                time_zone=validation.time_zone(upsert.timezone),
-            )
+            email = validation.email(upsert.email) if upsert.email else None
+            phone = validation.phone(upsert.phone) if upsert.phone else None
+            locale = validation.locale(upsert.locale)
+            time_zone = validation.time_zone(upsert.timezone)
         except FieldViolation as exc:
             raise InvalidEvent(f"customer.upserted {exc}", code="bad_data") from exc
         existing = await self.store.load(upsert.customer_id)
@@ -101,12 +99,21 @@ class Preferences:
                 first_name=upsert.first_name,
                 last_name=upsert.last_name,
                 channel_order=self.default_order,
-                **fields,
-            )  # type: ignore[arg-type]
+                email=email,
+                phone=phone,
+                locale=locale,
+                time_zone=time_zone,
+            )
         else:
             customer = replace(
-                existing, first_name=upsert.first_name, last_name=upsert.last_name, **fields
-            )  # type: ignore[arg-type]
+                existing,
+                first_name=upsert.first_name,
+                last_name=upsert.last_name,
+                email=email,
+                phone=phone,
+                locale=locale,
+                time_zone=time_zone,
+            )
         version = await self.store.save(customer, consents, event_id=event.id)
         self.feed.publish(Change(customer.customer_id, version, "upserted"))
         return "processed"

@@ -144,7 +144,7 @@ class RiskDetector:
                 order_id=d.order_id,
                 intent=schemas.Intent(d.intent),
                 message_kind=d.message_kind,
-                cause=schemas.Cause(type=d.cause_type, id=d.cause_id, kind=d.cause_kind),  # type: ignore[arg-type]
+                cause=schemas.Cause(type=d.cause_type, id=d.cause_id, kind=d.cause_kind),
                 severity=schemas.Severity(d.severity),
                 priority=d.priority,
                 offer_tier=d.offer_tier,
@@ -154,7 +154,7 @@ class RiskDetector:
                 reasons=[
                     schemas.Reason(
                         code=str(r["code"]),
-                        contribution=float(r["contribution"]),  # type: ignore[arg-type]
+                        contribution=float(r["contribution"]),
                         detail=str(r["detail"]),
                     )
                     for r in d.reasons
@@ -209,6 +209,7 @@ class RiskDetector:
 
         current = score(profile, now, self.policy.weights)
         total = current.value or 1.0
+        gap = profile.usual_gap()
         return {
             "customer_id": profile.customer_id,
             "as_of": now.isoformat(),
@@ -220,7 +221,7 @@ class RiskDetector:
             "profile": {
                 "orders_365d": len([o for o in profile.orders if (now - o.at).days <= 365]),
                 "spend_365d": round(profile.spend(now), 2),
-                "usual_gap_days": (profile.usual_gap().days if profile.usual_gap() else None),
+                "usual_gap_days": gap.days if gap is not None else None,
                 "incidents": [i.model_dump(mode="json") for i in profile.incidents.values()],
                 "returns": [r.model_dump(mode="json") for r in profile.returns],
                 "merchant_cancellations": [

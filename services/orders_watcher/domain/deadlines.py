@@ -57,7 +57,7 @@ class DeadlineIndex:
             count += 1
             yield order_id
 
-    def drop_partitions(self, keep: set[int]) -> None:
+    def drop_partitions(self, keep: frozenset[int]) -> None:
         for partition in list(self._heaps):
             if partition not in keep:
                 del self._heaps[partition]

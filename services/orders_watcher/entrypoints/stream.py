@@ -53,7 +53,9 @@ class WatcherRuntime:
         self.ticks_name = f"{self.app.conf.id}-ticks"
         self.inputs = [self.topics.orders, self.topics.shipments, self.topics.returns]
         self.source = raw_topic(self.app, *self.inputs, self.ticks_name)
-        schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
+        schema: faust.Schema[Any, Any] = faust.Schema(
+            key_type=str, key_serializer="raw", value_serializer="json"
+        )
         self.orders = self.app.Table(
             "orders", default=None, schema=schema, partitions=settings.topic_partitions
         )
@@ -86,7 +88,7 @@ class WatcherRuntime:
         app = self.app
 
         @app.agent(self.source, name=f"{SERVICE}.watch")
-        async def watch(stream: faust.StreamT) -> None:
+        async def watch(stream: faust.StreamT[Any]) -> None:
             async for event in stream.events():
                 self.heartbeat.beat()
                 msg = input_message(event)
@@ -120,11 +122,11 @@ class WatcherRuntime:
             self.ticks_in_flight.clear()
             self.holds.on_revoked()
 
-        app.on_partitions_assigned.connect(on_assigned)
-        app.on_partitions_revoked.connect(on_revoked)
+        app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
     def _recovered(self) -> bool:
-        recovery = self.app.tables.recovery
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
         return bool(recovery.completed.is_set()) if hasattr(recovery, "completed") else True
 
     def _rebuild_index(self) -> None:

@@ -87,7 +87,7 @@ class GrpcContactPlans(ContactPlans):
         from common.proto.outreach.preferences.v1 import preferences_pb2_grpc
 
         self._channel = grpc.aio.insecure_channel(self.target)
-        self._stub = preferences_pb2_grpc.PreferencesServiceStub(self._channel)
+        self._stub = preferences_pb2_grpc.PreferencesServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._watch_task = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
@@ -103,7 +103,7 @@ class GrpcContactPlans(ContactPlans):
             return False
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout=1.0)
-            return self._channel.get_state() == grpc.ChannelConnectivity.READY
+            return bool(self._channel.get_state() == grpc.ChannelConnectivity.READY)
         except TimeoutError:
             return False
 
@@ -137,7 +137,8 @@ class GrpcContactPlans(ContactPlans):
         try:
             reply = await self._stub.GetContactPlan(
                 preferences_pb2.GetContactPlanRequest(
-                    customer_id=customer_id, category=self.CATEGORIES[category]
+                    customer_id=customer_id,
+                    category=self.CATEGORIES[category],  # type: ignore[arg-type]
                 ),
                 timeout=self.timeout_s,
             )

@@ -102,7 +102,7 @@ def email_parts(body: str, language: str) -> tuple[str, str]:
 
 def default_templates() -> list[tuple[str, str, str, str | None, str | None, str]]:
     """(kind, channel, locale, subject, html, text) for every shipped default."""
-    out = []
+    out: list[tuple[str, str, str, str | None, str | None, str]] = []
     for path in sorted(DEFAULTS_DIR.glob("*.toml")):
         language = path.stem
         for kind, parts in tomllib.loads(path.read_text()).items():

@@ -141,7 +141,9 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
                     )
                 )
             )
-        plan = await self._run(context, lambda: self.prefs.plan(request.customer_id, category))
+        plan = await self._run(
+            context, lambda: self.prefs.plan(request.customer_id, category or "service")
+        )
         return plan_message(plan)
 
     async def GetPreferences(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -244,7 +246,7 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
             )
 
 
-class OpsInterceptor(grpc.aio.ServerInterceptor):
+class OpsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Metrics and logs per call, and the bearer token for write methods."""
 
     def __init__(self, write_token: str | None) -> None:

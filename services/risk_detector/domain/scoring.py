@@ -67,7 +67,7 @@ class Score:
 
 def _decay(weight: float, age: timedelta, half_life_days: float) -> float:
     days = max(0.0, age.total_seconds() / 86400)
-    return weight * 0.5 ** (days / half_life_days)
+    return float(weight * 0.5 ** (days / half_life_days))
 
 
 def score(profile: Profile, now: datetime, w: Weights = Weights()) -> Score:

@@ -48,7 +48,9 @@ class RiskRuntime:
         self.detector = RiskDetector(settings.policy(), self.topics)
         self.app = create_app(SERVICE, settings, store=settings.store)
         self.facts_name = f"{self.app.conf.id}-customer-facts"
-        schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
+        schema: faust.Schema[Any, Any] = faust.Schema(
+            key_type=str, key_serializer="raw", value_serializer="json"
+        )
         self.order_customers = self.app.Table(
             "order_customers", default=None, schema=schema, partitions=settings.topic_partitions
         )
@@ -86,7 +88,7 @@ class RiskRuntime:
         )
 
         @app.agent(order_keyed, name=f"{SERVICE}.rekey")
-        async def rekey(stream: faust.StreamT) -> None:
+        async def rekey(stream: faust.StreamT[Any]) -> None:
             async for event in stream.events():
                 self.heartbeat.beat()
                 msg = input_message(event)
@@ -94,7 +96,7 @@ class RiskRuntime:
                 await self.rekeyer.process(msg, caught_up=caught_up(app, msg))
 
         @app.agent(customer_keyed, name=f"{SERVICE}.assess")
-        async def assess(stream: faust.StreamT) -> None:
+        async def assess(stream: faust.StreamT[Any]) -> None:
             async for event in stream.events():
                 self.heartbeat.beat()
                 msg = input_message(event)
@@ -116,8 +118,8 @@ class RiskRuntime:
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             self.holds.on_revoked()
 
-        app.on_partitions_assigned.connect(on_assigned)
-        app.on_partitions_revoked.connect(on_revoked)
+        app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
     async def _on_order_fact(self, msg: InputMessage, event: CloudEvent) -> None:
         data = event.data
