@@ -1,0 +1,268 @@
+"""The outreach pipeline on a real ledger (SQLite and PostgreSQL), sending through the
+official SendGrid and Twilio SDKs to the local provider doubles."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+
+from common.envelope import new_event
+from services.outreach.adapters.contact_plans import StaticContactPlans
+from services.outreach.adapters.providers import (
+    OutboxSender,
+    SendGridEmailSender,
+    TwilioMessageSender,
+)
+from services.outreach.bootstrap import build
+from services.outreach.config import Settings
+from services.outreach.domain.decisions import ChannelOption, ContactPlan
+
+pytestmark = pytest.mark.integration
+NOON = datetime(2026, 3, 4, 11, 0, tzinfo=UTC)  # 12:00 in Berlin
+NIGHT = datetime(2026, 3, 4, 22, 30, tzinfo=UTC)  # 23:30 in Berlin
+EMAIL = ChannelOption("email", "ada@example.com", True, "ok")
+SMS = ChannelOption("sms", "+4915112345678", True, "ok")
+
+
+def plan(*channels, opt_in=False):
+    return ContactPlan(
+        customer_id="c-1",
+        known=True,
+        first_name="Ada",
+        locale="de-DE",
+        time_zone="Europe/Berlin",
+        quiet_start=time(21),
+        quiet_end=time(8),
+        marketing_opt_in=opt_in,
+        channels=channels,
+    )
+
+
+def request(
+    rid="req-1",
+    *,
+    kind="delivery_late",
+    intent="apology",
+    severity="warning",
+    cause="inc-1",
+    at=NOON,
+    offer=None,
+):
+    order = {
+        "order_id": "o-1",
+        "currency": "EUR",
+        "total": "89.90",
+        "items": [{"sku": "L", "name": "Lamp", "quantity": 1, "unit_price": "89.90"}],
+        "shipping_method": "standard",
+        "carrier": "DHL",
+        "tracking_number": "JJD1",
+        "tracking_url": "https://dhl.example/JJD1",
+        "promised_delivery_by": "2026-03-04T08:00:00+00:00",
+        "estimated_delivery_at": "2026-03-06T23:30:00+00:00",
+    }
+    incident = {
+        "incident_id": cause,
+        "kind": kind,
+        "severity": severity,
+        "explanation": "late",
+        "detected_at": at.isoformat(),
+        "facts": {"delay_days": 3},
+        "order": order,
+    }
+    return new_event(
+        type="outreach.request.created",
+        source="/t",
+        subject=rid,
+        time=at,
+        id=f"evt-{rid}",
+        data={
+            "request_id": rid,
+            "customer_id": "c-1",
+            "order_id": "o-1",
+            "intent": intent,
+            "message_kind": kind,
+            "cause": {"type": "incident", "id": cause, "kind": kind},
+            "severity": severity,
+            "priority": 60,
+            "offer_tier": offer,
+            "reasons": [{"code": kind, "contribution": 0, "detail": "late"}],
+            "context": {"incident": incident, "order": order},
+            "requested_at": at.isoformat(),
+        },
+    )
+
+
+def resolved(cause="inc-1", at=NOON):
+    return new_event(
+        type="incident.resolved",
+        source="/t",
+        subject=cause,
+        time=at,
+        id=f"res-{cause}",
+        data={
+            "incident_id": cause,
+            "revision": 2,
+            "kind": "delivery_late",
+            "severity": "warning",
+            "customer_id": "c-1",
+            "order_id": "o-1",
+            "status": "resolved",
+            "detected_at": at.isoformat(),
+            "explanation": "delivered",
+            "resolution": "delivered",
+        },
+    )
+
+
+@pytest.fixture
+async def outreach(database_url, tmp_path, twilio_double, sendgrid_double):
+    settings = Settings(
+        database_url=database_url, data_dir=tmp_path, public_base_url="http://127.0.0.1:9"
+    )
+    senders = {
+        "email": SendGridEmailSender(
+            sendgrid_double.api_key, "care@shop.example", base_url=sendgrid_double.base_url
+        ),
+        "sms": TwilioMessageSender(
+            twilio_double.account_sid,
+            twilio_double.auth_token,
+            from_number="+15005550006",
+            whatsapp_from=None,
+            base_url=twilio_double.base_url,
+        ),
+    }
+    senders["whatsapp"] = OutboxSender()
+    plans = StaticContactPlans({("c-1", "*"): plan(EMAIL, SMS)})
+    app = build(settings, plans=plans, senders=senders)
+    await app.start()
+    app.plans_fake = plans  # type: ignore[attr-defined]
+    yield app
+    await app.stop()
+
+
+async def statuses(app, rid="req-1"):
+    row = await app.ledger.by_request(rid)
+    return row, [e.status for e in await app.ledger.events_of(row.decision_id)]
+
+
+async def test_an_apology_email_through_the_sendgrid_sdk_in_german(outreach, sendgrid_double):
+    await outreach.delivery.on_request(request(), NOON)
+    row, history = await statuses(outreach)
+    assert row.status == "sent" and history == ["decided", "sending", "sent"]
+    mail = sendgrid_double.messages[0]["json"]
+    text = " ".join(c["value"] for c in mail["content"])
+    assert "Hallo Ada" in text and "Samstag, 7. März 2026" in text
+    assert mail["custom_args"]["decision_id"] == row.decision_id
+    assert mail["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert [c["type"] for c in mail["content"]] == ["text/plain", "text/html"]
+    assert row.template_version == 1 and row.provider_message_id
+
+
+async def test_the_same_request_twice_sends_one_message(outreach, sendgrid_double):
+    await outreach.delivery.on_request(request(), NOON)
+    await outreach.delivery.on_request(request(), NOON)
+    assert len(sendgrid_double.messages) == 1
+
+
+async def test_429_is_retried_later_honouring_retry_after(outreach, sendgrid_double):
+    sendgrid_double.fail_next(1, status=429, retry_after=30)
+    await outreach.delivery.on_request(request(), NOON)
+    row, _ = await statuses(outreach)
+    assert row.status == "scheduled" and row.send_at >= NOON + timedelta(seconds=30)
+    assert await outreach.delivery.send_due(NOON + timedelta(seconds=10)) == 0
+    await outreach.delivery.send_due(NOON + timedelta(minutes=1))
+    row, _ = await statuses(outreach)
+    assert row.status == "sent" and len(sendgrid_double.messages) == 1
+
+
+async def test_an_invalid_number_falls_back_to_email(outreach, twilio_double, sendgrid_double):
+    outreach.plans_fake.plans[("c-1", "*")] = plan(
+        ChannelOption("sms", "+4900000", True, "ok"), EMAIL
+    )
+    await outreach.delivery.on_request(request(), NOON)
+    row, history = await statuses(outreach)
+    assert row.status == "sent" and row.channel == "email"
+    assert "failed" in history and len(sendgrid_double.messages) == 1
+    assert twilio_double.messages == []
+
+
+async def test_an_unsubscribed_number_is_recorded_as_an_opt_out(outreach, twilio_double):
+    twilio_double.opted_out.add("+4915112345678")
+    seen = []
+
+    class Recorder:
+        async def opted_out(self, customer_id, channel, source, at, code=None):
+            seen.append((customer_id, channel, code))
+
+    outreach.delivery.optouts = Recorder()
+    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    await outreach.delivery.on_request(request(), NOON)
+    row, _ = await statuses(outreach)
+    assert row.status == "failed" and seen == [("c-1", "sms", "21610")]
+
+
+async def test_sms_at_night_waits_for_8_local_and_is_suppressed_if_resolved_meanwhile(
+    outreach, twilio_double
+):
+    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS, EMAIL)
+    await outreach.delivery.on_request(request(at=NIGHT), NIGHT)
+    row, _ = await statuses(outreach)
+    assert row.status == "scheduled" and row.send_at == datetime(2026, 3, 5, 7, 0, tzinfo=UTC)
+    await outreach.delivery.on_request(request("req-2", cause="inc-2", at=NIGHT), NIGHT)
+    await outreach.delivery.on_incident(
+        resolved("inc-1", NIGHT + timedelta(hours=2)), NIGHT + timedelta(hours=2)
+    )
+    await outreach.delivery.send_due(datetime(2026, 3, 5, 7, 0, tzinfo=UTC))
+    first, _ = await statuses(outreach)
+    second, _ = await statuses(outreach, "req-2")
+    assert (first.status, first.reason) == ("suppressed", "already_resolved")
+    assert second.status == "sent" and len(twilio_double.messages) == 1
+    assert "Ada" in twilio_double.messages[0]["Body"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (lambda o: o.plans_fake.plans.clear(), "no_contact"),
+        (
+            lambda o: o.plans_fake.plans.__setitem__(
+                ("c-1", "*"), plan(ChannelOption("sms", "+4915112345678", False, "opted_out"))
+            ),
+            "opted_out",
+        ),
+    ],
+)
+async def test_suppressions_are_recorded_with_their_reason(outreach, setup, reason):
+    setup(outreach)
+    await outreach.delivery.on_request(request(), NOON)
+    row, history = await statuses(outreach)
+    assert (row.status, row.reason, history) == ("suppressed", reason, ["suppressed"])
+
+
+async def test_marketing_check_in_needs_consent_and_offers_are_deterministic(
+    outreach, sendgrid_double
+):
+    await outreach.delivery.on_request(
+        request("req-m", kind="churn_risk", intent="check_in", offer="standard"), NOON
+    )
+    row, _ = await statuses(outreach, "req-m")
+    assert (row.status, row.reason) == ("suppressed", "no_consent")
+    outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL, opt_in=True)
+    await outreach.delivery.on_request(
+        request("req-n", kind="churn_risk", intent="check_in", offer="standard"), NOON
+    )
+    text = " ".join(c["value"] for c in sendgrid_double.messages[0]["json"]["content"])
+    assert "SORRY-" in text
+
+
+async def test_frequency_cap_three_in_seven_days_critical_bypasses(outreach, sendgrid_double):
+    for i in range(4):
+        await outreach.delivery.on_request(request(f"r{i}", cause=f"c{i}"), NOON)
+    fourth, _ = await statuses(outreach, "r3")
+    assert (fourth.status, fourth.reason) == ("suppressed", "frequency_cap")
+    await outreach.delivery.on_request(
+        request("crit", cause="cx", severity="critical", kind="carrier_exception"), NOON
+    )
+    crit, _ = await statuses(outreach, "crit")
+    assert crit.status == "sent" and len(sendgrid_double.messages) == 4
