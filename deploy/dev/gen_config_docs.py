@@ -1,0 +1,134 @@
+"""Write docs/configuration.md from the services' Settings classes (the single source).
+
+python deploy/dev/gen_config_docs.py [--check]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings
+
+from common.settings import ServiceSettings
+from services.orders_watcher.config import Settings as WatcherSettings
+from services.outreach.config import Settings as OutreachSettings
+from services.preferences.config import Settings as PreferencesSettings
+from services.risk_detector.config import Settings as RiskSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = ROOT / "docs" / "configuration.md"
+NOTES = {
+    "KAFKA_BOOTSTRAP_SERVERS": "Kafka cluster, host:port[,host:port]",
+    "OUTREACH_CLOCK": "`wall` (production) or `event` (watermark of consumed event times)",
+    "OUTREACH_TOPIC_PREFIX": "prefix for every topic and consumer group (isolated pipelines)",
+    "OUTREACH_TOPIC_PARTITIONS": "partitions of topics the services create",
+    "OUTREACH_DATA_DIR": "where embedded state lives (SQLite files, RocksDB tables, secrets)",
+    "LOG_LEVEL": "log level",
+    "LOG_FORMAT": "`json` or `console`",
+    "OUTREACH_HTTP_HOST": "address of the ops/HTTP server (0.0.0.0 in Kubernetes)",
+    "PREFERENCES_GRPC_TARGET": "where outreach finds preferences",
+    "ORDERS_WATCHER_STORE": "faust table store: `rocksdb://` (rocksdict) or `memory://`",
+    "RISK_DETECTOR_STORE": "faust table store: `rocksdb://` (rocksdict) or `memory://`",
+    "ORDERS_WATCHER_AT_RISK_MARGIN_HOURS": "delivery_at_risk when the estimate is this far past the promise",
+    "ORDERS_WATCHER_STALL_HOURS": "shipment_stalled after this long without a tracking update",
+    "ORDERS_WATCHER_STALL_HOURS_EXPRESS": "the same for express and next_day",
+    "ORDERS_WATCHER_REFUND_DAYS": "refund_late when received and not refunded within this",
+    "ORDERS_WATCHER_CHECKIN_HOURS": "post_incident_checkin this long after delivery",
+    "ORDERS_WATCHER_ORPHAN_HOLD_MINUTES": "how long a shipment/return waits for its order before it is dead-lettered",
+    "ORDERS_WATCHER_RETENTION_DAYS": "state of a finished order is dropped this long after it finished",
+    "ORDERS_WATCHER_TICK_INTERVAL_S": "how often (wall seconds) due deadlines are looked for",
+    "RISK_DETECTOR_CHECKIN_SCORE": "check-in at this churn-risk score",
+    "RISK_DETECTOR_HANDOFF_SCORE": "hand-off to a human at this score (high-value customers)",
+    "RISK_DETECTOR_HIGH_VALUE_SPEND": "365-day spend that makes a customer high-value (besides the top 10 %)",
+    "RISK_DETECTOR_CHECKIN_WAITS_FOR_AGENT": "with a hand-off, the automated check-in waits",
+    "RISK_DETECTOR_CHECKIN_QUIET_DAYS": "no new check-in for the same reasons within this",
+    "OUTREACH_DATABASE_URL": "ledger and templates: `postgresql://...`; unset → SQLite in the data dir",
+    "PREFERENCES_DATABASE_URL": "`postgresql://...`; unset → SQLite in the data dir",
+    "OUTREACH_PUBLIC_BASE_URL": "base of the links we send (unsubscribe, webhooks)",
+    "OUTREACH_CAP_MESSAGES": "frequency cap: proactive messages per customer per window",
+    "OUTREACH_CAP_WINDOW_DAYS": "frequency cap window",
+    "OUTREACH_HOLDOUT_SHARE": "share of decisions deliberately not sent (control group)",
+    "OUTREACH_MAX_ATTEMPTS": "provider attempts before a message is failed",
+    "OUTREACH_TEMPLATE_REFRESH_S": "how often workers look for newly published templates",
+    "OUTREACH_PREFERENCES_CACHE_TTL_S": "contact-plan cache lifetime (also dropped on change)",
+    "PREFERENCES_WRITE_TOKEN": "bearer token the write RPCs require (unset: no check)",
+    "PREFERENCES_PSEUDONYM_SALT": "secret for erased customers' tombstones",
+    "PREFERENCES_DEFAULT_CHANNEL_ORDER": "channel order for customers who never chose",
+}
+
+
+def env_name(cls: type[BaseSettings], name: str, field: FieldInfo) -> str:
+    alias = field.validation_alias
+    if alias is not None and hasattr(alias, "choices"):
+        return str(alias.choices[0])
+    return (cls.model_config.get("env_prefix", "") + name).upper()
+
+
+def default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if hasattr(value, "get_secret_value"):
+        return "unset"
+    return f"`{value}`"
+
+
+def table(cls: type[BaseSettings], skip: set[str]) -> list[str]:
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in cls.model_fields.items():
+        var = env_name(cls, name, field)
+        if var in skip:
+            continue
+        rows.append(f"| `{var}` | {default(field)} | {NOTES.get(var, name.replace('_', ' '))} |")
+    return rows
+
+
+def render() -> str:
+    shared = {env_name(ServiceSettings, n, f) for n, f in ServiceSettings.model_fields.items()}
+    lines = [
+        "# Configuration",
+        "",
+        "Every setting is an environment variable, validated at start-up; a bad value",
+        "stops the service with the variable's name. This page is generated from the",
+        "Settings classes by `python deploy/dev/gen_config_docs.py` (a test checks it).",
+        "",
+        "## Every service",
+        "",
+        *table(ServiceSettings, set()),
+    ]
+    for title, cls in (
+        ("orders_watcher", WatcherSettings),
+        ("risk_detector", RiskSettings),
+        ("outreach", OutreachSettings),
+        ("preferences", PreferencesSettings),
+    ):
+        lines += ["", f"## {title}", "", *table(cls, shared)]
+    lines += [
+        "",
+        "Provider credentials unset → that channel runs in outbox mode (SPEC §5).",
+        "Secrets unset (`*_SECRET`, `*_SALT`) → generated once into the data dir; set",
+        "them in production so that every replica shares them.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    text = render()
+    if "--check" in sys.argv:
+        current = TARGET.read_text() if TARGET.exists() else ""
+        if current != text:
+            print("docs/configuration.md is stale: run python deploy/dev/gen_config_docs.py")
+            return 1
+        return 0
+    TARGET.write_text(text)
+    print(f"wrote {TARGET}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
