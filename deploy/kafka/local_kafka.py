@@ -28,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-KAFKA_VERSION = "3.9.1"
+KAFKA_VERSION = "4.1.1"
 HERE = Path(__file__).resolve().parent
 
 
@@ -104,16 +104,22 @@ def _recv(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-LOG4J = """log4j.rootLogger=INFO, file
-log4j.appender.file=org.apache.log4j.RollingFileAppender
-log4j.appender.file.File={log}
-log4j.appender.file.MaxFileSize=20MB
-log4j.appender.file.MaxBackupIndex=2
-log4j.appender.file.layout=org.apache.log4j.PatternLayout
-log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
-log4j.logger.kafka=INFO
-log4j.logger.org.apache.kafka=INFO
-log4j.logger.state.change.logger=WARN
+LOG4J2 = """status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.filePattern = {log}.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.statechange.name = state.change.logger
+logger.statechange.level = warn
 """
 
 
@@ -182,7 +188,7 @@ class LocalKafka:
                 ]
             )
         )
-        (self.data_dir / "log4j.properties").write_text(LOG4J.format(log=self.log_file))
+        (self.data_dir / "log4j2.properties").write_text(LOG4J2.format(log=self.log_file))
         return props
 
     def start(self, timeout: float = 90.0) -> LocalKafka:
@@ -199,7 +205,7 @@ class LocalKafka:
             f"-Xms{self.heap}",
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
-            f"-Dlog4j.configuration=file:{self.data_dir / 'log4j.properties'}",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
             "-cp",
             classpath,
         ]
