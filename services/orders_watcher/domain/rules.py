@@ -55,6 +55,10 @@ class DetectionConfig:
     refund_within: timedelta = timedelta(days=5)
     checkin_after: timedelta = timedelta(hours=24)
     orphan_hold: timedelta = timedelta(hours=1)
+    # How late an event may arrive and still count as on time: absence rules (nothing
+    # happened by a deadline) wait this long past the deadline before they fire, so a
+    # scan that was merely delayed in transit does not raise a false alarm.
+    allowed_lateness: timedelta = timedelta(minutes=5)
     retention: timedelta = timedelta(days=90)
 
 
@@ -123,6 +127,8 @@ def evaluate(state: OrderState, now: datetime, config: DetectionConfig) -> list[
     cancelled_at = state.cancelled_at
     # Delay rules stop at cancellation: nothing after it is a delay, and open ones close.
     horizon = min(x for x in (now, cancelled_at) if x is not None)
+    # Absence is only certain once late events have had their chance to arrive.
+    settled = min(x for x in (now - config.allowed_lateness, cancelled_at) if x is not None)
 
     def closing() -> tuple[bool, str | None, datetime | None]:
         """Whether a delivery incident is still open; if not, why and since when."""
@@ -134,7 +140,7 @@ def evaluate(state: OrderState, now: datetime, config: DetectionConfig) -> list[
 
     # dispatch_late: no shipment.created by promised_ship_by.
     dispatched = state.dispatched_at()
-    late_dispatch = (dispatched is None and horizon >= order.promised_ship_by) or (
+    late_dispatch = (dispatched is None and settled >= order.promised_ship_by) or (
         dispatched is not None
         and dispatched > order.promised_ship_by
         and (cancelled_at is None or cancelled_at > order.promised_ship_by)
@@ -194,7 +200,7 @@ def evaluate(state: OrderState, now: datetime, config: DetectionConfig) -> list[
             )
 
     # delivery_late: not delivered at promised_delivery_by.
-    was_late = (delivered_at is None and horizon >= promise) or (
+    was_late = (delivered_at is None and settled >= promise) or (
         delivered_at is not None and delivered_at > promise
     )
     if was_late and not (cancelled_at is not None and cancelled_at <= promise):
@@ -224,14 +230,15 @@ def evaluate(state: OrderState, now: datetime, config: DetectionConfig) -> list[
         )
 
     for shipment in sorted(state.shipments.values(), key=lambda s: s.shipment_id):
-        views.extend(_shipment_incidents(state, shipment, horizon, now, config))
+        views.extend(_shipment_incidents(state, shipment, settled, now, config))
 
     for ret in sorted(state.returns.values(), key=lambda r: r.return_id):
         if ret.received_at is None:
             continue
         due = ret.received_at + config.refund_within
         refunded = ret.refunded_at
-        if (refunded is None and now >= due) or (refunded is not None and refunded > due):
+        settled_refund = now - config.allowed_lateness
+        if (refunded is None and settled_refund >= due) or (refunded is not None and refunded > due):
             views.append(
                 IncidentView(
                     incident_id=incident_id(state.order_id, "refund_late", ret.return_id),
@@ -475,7 +482,8 @@ def _checkin(state: OrderState, now: datetime, config: DetectionConfig) -> Trans
         return None
     delivered = state.delivered_at()
     had_incident = any(e.kind in DELIVERY_KINDS for e in state.emitted.values())
-    if delivered is None or not had_incident or now < delivered + config.checkin_after:
+    due = delivered + config.checkin_after if delivered else None
+    if delivered is None or due is None or not had_incident or now < due:
         return None
     view = IncidentView(
         incident_id=incident_id(state.order_id, "post_incident_checkin"),
@@ -503,26 +511,27 @@ def next_deadline(state: OrderState, now: datetime, config: DetectionConfig) -> 
     The watcher keeps these in an index ordered by time, so a tick touches only orders
     whose moment has come, never all open orders.
     """
+    late = config.allowed_lateness
     candidates: list[datetime] = [h.release_at for h in state.held]
     order = state.order
     if order is not None:
         delivered = state.delivered_at()
         if state.cancelled_at is None:
             if state.dispatched_at() is None:
-                candidates.append(order.promised_ship_by)
+                candidates.append(order.promised_ship_by + late)
             if delivered is None:
-                candidates.append(order.promised_delivery_by)
+                candidates.append(order.promised_delivery_by + late)
                 threshold = _stall_threshold(state, config)
                 for shipment in state.shipments.values():
                     if shipment.created_at is None or shipment.delivered_at() is not None:
                         continue
                     latest = max([shipment.created_at] + [c.at for c in shipment.checkpoints])
-                    candidates.append(latest + threshold)
+                    candidates.append(latest + threshold + late)
             elif not state.checkin_emitted:
                 candidates.append(delivered + config.checkin_after)
         for ret in state.returns.values():
             if ret.received_at is not None and ret.refunded_at is None:
-                candidates.append(ret.received_at + config.refund_within)
+                candidates.append(ret.received_at + config.refund_within + late)
     # Facts dated after `now` (the watermark lags behind another partition) take effect
     # when time reaches them: schedule a look at each.
     candidates += [t for t in _fact_times(state) if t > now]
