@@ -253,6 +253,7 @@ class ConsumerLoop:
         heartbeat: Heartbeat,
         client_id: str,
         max_batch: int = 500,
+        session_timeout_s: float = 30.0,
         on_idle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
@@ -262,6 +263,7 @@ class ConsumerLoop:
         self.heartbeat = heartbeat
         self.client_id = client_id
         self.max_batch = max_batch
+        self.session_timeout_s = session_timeout_s
         self.on_idle = on_idle
         self.assigned = False
         self._consumer: Any = None
@@ -287,6 +289,8 @@ class ConsumerLoop:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=self.max_batch,
+            session_timeout_ms=int(self.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(max(1000, self.session_timeout_s * 100)),
         )
         await self._consumer.start()
         self._consumer.subscribe(self.topics, listener=_Listener())

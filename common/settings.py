@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
     log_format: Literal["json", "console"] = Field("json", validation_alias=_env("LOG_FORMAT"))
     http_host: str = Field("127.0.0.1", validation_alias=_env("OUTREACH_HTTP_HOST"))
+    kafka_session_timeout_s: float = Field(
+        30.0, ge=6, le=300, validation_alias=_env("OUTREACH_KAFKA_SESSION_TIMEOUT_S")
+    )
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -14,7 +14,10 @@ import faust
 from yarl import URL
 
 from common.kafka import Headers, InputMessage, ProducerPort
+from common.logs import get_logger
 from common.settings import ServiceSettings
+
+log = get_logger(__name__)
 
 
 def create_app(
@@ -39,6 +42,9 @@ def create_app(
         stream_wait_empty=False,
         table_standby_replicas=0,
         autodiscover=False,
+        # How soon a dead worker's partitions move to the living (heartbeats at 1/10).
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_s / 10),
     )
     options.update(overrides)
     return faust.App(f"{settings.topic_prefix}{service}", **options)
@@ -138,15 +144,23 @@ class PartitionHolds:
 
     async def _prime(self, assigned: Any) -> None:
         try:
-            tps = [tp for tp in assigned if tp.topic in self.topics]
-            if tps:
-                highwaters = await self.app.consumer.highwaters(*tps)
-                for tp in tps:
-                    position = await self.app.consumer.position(tp)
-                    end = highwaters.get(tp)
-                    if end is not None and (position is None or position < end):
-                        self.clock.hold((tp.topic, tp.partition))
-                    else:
-                        self.clock.release((tp.topic, tp.partition))
+            await asyncio.wait_for(self._hold_lagging(assigned), timeout=10.0)
+        except TimeoutError:
+            # Positions are not known yet (e.g. during table recovery): hold nothing rather
+            # than freeze the clock; records are observed with their caught-up flag anyway.
+            log.warning("event_clock_holds_skipped", reason="offsets not available in 10s")
         finally:
             self._ready.set()
+
+    async def _hold_lagging(self, assigned: Any) -> None:
+        tps = [tp for tp in assigned if tp.topic in self.topics]
+        if not tps:
+            return
+        highwaters = await self.app.consumer.highwaters(*tps)
+        for tp in tps:
+            position = await self.app.consumer.position(tp)
+            end = highwaters.get(tp)
+            if end is not None and (position is None or position < end):
+                self.clock.hold((tp.topic, tp.partition))
+            else:
+                self.clock.release((tp.topic, tp.partition))

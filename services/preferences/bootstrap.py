@@ -94,6 +94,7 @@ async def serve(settings: Settings) -> None:
         processor=processor,
         heartbeat=heartbeat,
         client_id=SERVICE,
+        session_timeout_s=settings.kafka_session_timeout_s,
     )
     server, health_servicer, port = build_grpc_server(settings, prefs)
     ops = OpsServer(

@@ -238,7 +238,8 @@ def evaluate(state: OrderState, now: datetime, config: DetectionConfig) -> list[
         due = ret.received_at + config.refund_within
         refunded = ret.refunded_at
         settled_refund = now - config.allowed_lateness
-        if (refunded is None and settled_refund >= due) or (refunded is not None and refunded > due):
+        late = refunded > due if refunded is not None else settled_refund >= due
+        if late:
             views.append(
                 IncidentView(
                     incident_id=incident_id(state.order_id, "refund_late", ret.return_id),

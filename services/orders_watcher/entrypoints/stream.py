@@ -102,9 +102,13 @@ class WatcherRuntime:
         @app.timer(interval=self.settings.tick_interval_s)
         async def tick_timer() -> None:
             self.heartbeat.beat()
-            if not self.index_ready and self.assigned and self._recovered():
-                self._rebuild_index()
             await self._request_ticks()
+
+        @self.deadlines.on_recover
+        async def recovered() -> None:
+            # Called by faust once this table's changelog has been read back after an
+            # assignment: now (and only now) the index can be rebuilt from it.
+            self._rebuild_index()
 
         @app.task
         async def start_ops() -> None:
@@ -124,10 +128,6 @@ class WatcherRuntime:
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
-
-    def _recovered(self) -> bool:
-        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
-        return bool(recovery.completed.is_set()) if hasattr(recovery, "completed") else True
 
     def _rebuild_index(self) -> None:
         """One scan of the (small) deadline table after a rebalance, never per tick."""

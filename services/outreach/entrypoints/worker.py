@@ -51,6 +51,7 @@ class OutreachWorker:
             processor=self.processor,
             heartbeat=self.heartbeat,
             client_id=f"{SERVICE}-worker",
+            session_timeout_s=settings.kafka_session_timeout_s,
         )
         self.ops = OpsServer(
             settings.http_host,

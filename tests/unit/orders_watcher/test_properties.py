@@ -34,14 +34,29 @@ def timelines(draw: st.DrawFn) -> list[CloudEvent]:
     events = [placed(method=method, ship_by=ship_by, deliver_by=deliver_by)]
     t = draw(st.integers(30, 3600)) / 60
     events.append(shipped(at=t, estimate=t + draw(st.integers(10, 120))))
-    statuses = draw(st.lists(st.sampled_from(
-        ["in_transit", "in_transit", "out_for_delivery", "attempt_failed",
-         "available_for_pickup", "exception"]), max_size=6))
+    statuses = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "in_transit",
+                    "in_transit",
+                    "out_for_delivery",
+                    "attempt_failed",
+                    "available_for_pickup",
+                    "exception",
+                ]
+            ),
+            max_size=6,
+        )
+    )
     for status in statuses:
         t += draw(st.integers(1, 6000)) / 60  # minutes apart: scans can be close together
         estimate = t + draw(st.integers(-10, 80)) if draw(st.booleans()) else None
-        substatus = draw(st.sampled_from(["lost", "damaged", "weather_delay"])) \
-            if status == "exception" else None
+        substatus = (
+            draw(st.sampled_from(["lost", "damaged", "weather_delay"]))
+            if status == "exception"
+            else None
+        )
         events.append(scan(at=t, status=status, substatus=substatus, estimate=estimate))
     if draw(st.booleans()):
         t += draw(st.integers(1, 60))
@@ -72,8 +87,11 @@ def test_any_reordering_within_the_allowed_lateness_yields_the_same_incidents(ev
     # carry their own checkpoint time; other events arrive when they happen).
     delayed = sorted(
         events,
-        key=lambda e: e.time + timedelta(hours=rnd.uniform(0, LATENESS_H * 0.99))
-        if e.type == "shipment.tracking_updated" else e.time,
+        key=lambda e: (
+            e.time + timedelta(hours=rnd.uniform(0, LATENESS_H * 0.99))
+            if e.type == "shipment.tracking_updated"
+            else e.time
+        ),
     )
     until = horizon(events)
     assert final(delayed, until) == final(events, until)
@@ -91,6 +109,7 @@ def test_duplicates_change_nothing(events, data):
 @settings(max_examples=100, deadline=None)
 @given(st.integers(6, 30), st.integers(12, 96), st.floats(0.5, 5.9))
 def test_no_delay_incident_for_an_order_cancelled_in_time(ship_by, transit, cancel_at):
-    run = Run(config=CONFIG).feed(placed(ship_by=ship_by, deliver_by=ship_by + transit),
-                                  cancelled(at=cancel_at), until=1000)
+    run = Run(config=CONFIG).feed(
+        placed(ship_by=ship_by, deliver_by=ship_by + transit), cancelled(at=cancel_at), until=1000
+    )
     assert not {kind for kind, _ in run.final().values()} & DELAY_KINDS
