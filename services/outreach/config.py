@@ -44,6 +44,9 @@ class Settings(ServiceSettings):
     )
     sendgrid_api_key: SecretStr | None = Field(None, validation_alias=_env("SENDGRID_API_KEY"))
     sendgrid_from_email: str | None = Field(None, validation_alias=_env("SENDGRID_FROM_EMAIL"))
+    sendgrid_webhook_public_key: str | None = Field(
+        None, validation_alias=_env("SENDGRID_WEBHOOK_PUBLIC_KEY")
+    )
     sendgrid_api_base_url: str = Field(
         "https://api.sendgrid.com", validation_alias=_env("SENDGRID_API_BASE_URL")
     )

@@ -399,6 +399,32 @@ class DeliveryService:
             SUPPRESSIONS.labels(reason.value).inc()
             MESSAGES.labels(row.channel or "none", "suppressed").inc()
 
+    # --- provider feedback (webhooks) -------------------------------------------------
+
+    async def on_delivery_status(
+        self, decision_id: str, status: str, now: datetime, **detail: Any
+    ) -> bool:
+        """A provider reported the fate of a sent message: delivered or failed. Returns
+        False when the decision is unknown or already final (a repeated callback)."""
+        row = await self.ledger.get(decision_id)
+        if row is None or status not in ("delivered", "failed"):
+            return False
+        moved = await self.ledger.transition(
+            decision_id,
+            ("sent",) if status == "delivered" else ("sent", "delivered"),
+            self._event(row, status, now, **detail),
+            status=status,
+            updated_at=now,
+            reason=(str(detail.get("reason"))[:64] if status == "failed" else row.reason),
+        )
+        if moved:
+            MESSAGES.labels(row.channel or "none", status).inc()
+        return moved
+
+    async def customer_for_address(self, channel: str, address: str) -> str | None:
+        row = await self.ledger.latest_to(channel, address)
+        return row.customer_id if row is not None else None
+
     # --- records -------------------------------------------------------------------
 
     def _row(

@@ -117,6 +117,18 @@ class Ledger:
             )
             return result.scalar_one_or_none()
 
+    async def latest_to(self, channel: str, address: str) -> Delivery | None:
+        """The most recent message to this address (to map an inbound STOP to a customer)."""
+        channels = ("sms", "whatsapp") if channel in ("sms", "whatsapp") else (channel,)
+        async with self.sessions() as s:
+            result = await s.execute(
+                select(Delivery)
+                .where(Delivery.address == address, Delivery.channel.in_(channels))
+                .order_by(Delivery.decided_at.desc())
+                .limit(1)
+            )
+            return result.scalar_one_or_none()
+
     async def count_recent(self, customer_id: str, since: datetime) -> int:
         """Proactive messages to this customer since `since` (sent, or about to be)."""
         async with self.sessions() as s:

@@ -115,7 +115,10 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
             )
         return web.Response(text="You are unsubscribed. We will not message you this way again.")
 
+    from services.outreach.entrypoints.webhooks import routes as webhook_routes
+
     return [
+        *webhook_routes(outreach),
         web.get("/customers/{customer_id}/explain", explain_customer),
         web.get("/orders/{order_id}/explain", explain_order),
         web.get("/unsubscribe", unsubscribe),

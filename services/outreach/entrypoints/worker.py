@@ -194,6 +194,29 @@ class OptOutPublisher:
             [("content-type", b"application/cloudevents+json")],
         )
 
+    async def opted_in(self, customer_id: str, channel: str, source: str, at: Any) -> None:
+        from common.envelope import derived_id, new_event
+
+        event = new_event(
+            type="contact.opted_in",
+            source="/outreach/outreach",
+            subject=customer_id,
+            time=at,
+            id=derived_id("optin", customer_id, channel, source, at.isoformat()),
+            data={
+                "customer_id": customer_id,
+                "channel": channel,
+                "source": source,
+                "occurred_at": at.isoformat(),
+            },
+        )
+        await self.producer.send(
+            self.topic,
+            customer_id.encode(),
+            event.to_bytes(),
+            [("content-type", b"application/cloudevents+json")],
+        )
+
 
 def main() -> None:
     settings = Settings()
