@@ -68,7 +68,7 @@ test-e2e: venv system-deps ## end-to-end: the four services as processes on a re
 lint: venv ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy common services simulator
+	$(VENV)/bin/mypy common services simulator bench
 
 .PHONY: format
 format: venv
@@ -76,3 +76,7 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 -include mk/*.mk
+
+.PHONY: bench
+bench: venv system-deps ## benchmarks on the real local broker (figures in docs/performance.md)
+	$(PY) -m bench.watcher_throughput $(BENCH_ARGS)

@@ -74,3 +74,8 @@ RENDER_FAILURES = Counter(
     "Template renders that failed, by message kind and channel.",
     ["message_kind", "channel"],
 )
+PROVIDER_CIRCUIT_OPEN = Gauge(
+    "outreach_provider_circuit_open",
+    "1 while the circuit breaker of a provider is open (sending paused for it).",
+    ["provider"],
+)

@@ -15,6 +15,7 @@ from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPl
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.ledger import Ledger
 from services.outreach.adapters.providers import (
+    GuardedSender,
     MessageSender,
     OutboxSender,
     SendGridEmailSender,
@@ -27,22 +28,34 @@ from services.outreach.handlers import DeliveryService, Links, MessageComposer, 
 
 
 def build_senders(settings: Settings) -> dict[str, MessageSender]:
+    def guarded(sender: MessageSender) -> MessageSender:
+        return GuardedSender(
+            sender,
+            failure_threshold=settings.breaker_failures,
+            reset_after_s=settings.breaker_reset_s,
+            rate_per_s=settings.provider_rate_per_s,
+        )
+
     outbox = OutboxSender()
     senders: dict[str, MessageSender] = {"email": outbox, "sms": outbox, "whatsapp": outbox}
     if settings.sendgrid_api_key and settings.sendgrid_from_email:
-        senders["email"] = SendGridEmailSender(
-            settings.sendgrid_api_key.get_secret_value(),
-            settings.sendgrid_from_email,
-            from_name=settings.shop_name,
-            base_url=settings.sendgrid_api_base_url,
+        senders["email"] = guarded(
+            SendGridEmailSender(
+                settings.sendgrid_api_key.get_secret_value(),
+                settings.sendgrid_from_email,
+                from_name=settings.shop_name,
+                base_url=settings.sendgrid_api_base_url,
+            )
         )
     if settings.twilio_account_sid and settings.twilio_auth_token:
-        twilio = TwilioMessageSender(
-            settings.twilio_account_sid,
-            settings.twilio_auth_token.get_secret_value(),
-            from_number=settings.twilio_from_number,
-            whatsapp_from=settings.twilio_whatsapp_from,
-            base_url=settings.twilio_api_base_url,
+        twilio = guarded(
+            TwilioMessageSender(
+                settings.twilio_account_sid,
+                settings.twilio_auth_token.get_secret_value(),
+                from_number=settings.twilio_from_number,
+                whatsapp_from=settings.twilio_whatsapp_from,
+                base_url=settings.twilio_api_base_url,
+            )
         )
         if settings.twilio_from_number:
             senders["sms"] = twilio

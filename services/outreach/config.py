@@ -28,6 +28,9 @@ class Settings(ServiceSettings):
     cap_window_days: float = Field(7, gt=0)
     holdout_share: float = Field(0.0, ge=0, le=1)
     max_attempts: int = Field(5, ge=1)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_reset_s: float = Field(30.0, gt=0)
+    provider_rate_per_s: float = Field(50.0, gt=0)
     scheduler_interval_s: float = Field(1.0, gt=0)
     template_refresh_s: float = Field(2.0, gt=0)
     shop_name: str = "Example Shop"

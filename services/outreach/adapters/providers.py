@@ -278,3 +278,52 @@ class SendGridEmailSender(MessageSender):
             raise TransientProviderError(f"sendgrid unreachable: {type(exc).__name__}") from None
         finally:
             PROVIDER_SECONDS.labels(self.provider, outcome).observe(time.perf_counter() - started)
+
+
+class GuardedSender(MessageSender):
+    """Wraps a sender with a circuit breaker and a rate limit (per provider).
+
+    While the breaker is open, calls fail fast as transient (the ledger reschedules them
+    for when it may close); the rate limit waits for a token up to `max_wait_s`, then
+    reports a transient error rather than stall the consumer.
+    """
+
+    def __init__(
+        self,
+        inner: MessageSender,
+        *,
+        failure_threshold: int = 5,
+        reset_after_s: float = 30.0,
+        rate_per_s: float = 50.0,
+        max_wait_s: float = 2.0,
+    ) -> None:
+        from services.outreach.domain.guards import CircuitBreaker, TokenBucket
+
+        self.inner = inner
+        self.provider = inner.provider
+        self.breaker = CircuitBreaker(failure_threshold, reset_after_s)
+        self.bucket = TokenBucket(rate=rate_per_s, burst=max(1.0, rate_per_s))
+        self.max_wait_s = max_wait_s
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        from common.metrics import PROVIDER_CIRCUIT_OPEN
+
+        now = time.monotonic()
+        if not self.breaker.allow(now):
+            raise TransientProviderError(
+                f"{self.provider} circuit open", retry_after=self.breaker.retry_in(now)
+            )
+        wait = self.bucket.take(now)
+        if wait > self.max_wait_s:
+            raise TransientProviderError(f"{self.provider} rate limit", retry_after=wait)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        try:
+            result = await self.inner.send(message)
+        except TransientProviderError:
+            self.breaker.failure(time.monotonic())
+            PROVIDER_CIRCUIT_OPEN.labels(self.provider).set(self.breaker.state == "open")
+            raise
+        self.breaker.success()
+        PROVIDER_CIRCUIT_OPEN.labels(self.provider).set(0)
+        return result
