@@ -50,6 +50,17 @@ def create_app(
     return faust.App(f"{settings.topic_prefix}{service}", **options)
 
 
+def changelog_specs(app: faust.App, partitions: int) -> list[Any]:
+    """The changelog topics of the app's tables, created up front (compacted): a table
+    whose changelog does not exist yet at the first assignment is not recovered."""
+    from common.topics import TopicSpec
+
+    return [
+        TopicSpec(f"{app.conf.id}-{name}-changelog", partitions, compacted=True)
+        for name in app.tables
+    ]
+
+
 def raw_topic(app: faust.App, *names: str, **kwargs: Any) -> faust.TopicT:
     return app.topic(
         *names,

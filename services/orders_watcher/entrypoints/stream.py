@@ -11,6 +11,7 @@ to a partition whose earliest deadline is due, and the agent handles it like an 
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ from common.streaming import (
     FaustProducer,
     PartitionHolds,
     caught_up,
+    changelog_specs,
     create_app,
     input_message,
     raw_topic,
@@ -40,6 +42,7 @@ from services.orders_watcher.domain.model import OrderState
 from services.orders_watcher.handlers import OrdersWatcher, Outcome
 
 SERVICE = "orders_watcher"
+RECOVERY_GRACE_S = 5.0
 log = get_logger(__name__)
 
 
@@ -66,6 +69,7 @@ class WatcherRuntime:
         self.index_ready = False
         self.ticks_in_flight: set[int] = set()
         self.assigned = False
+        self.assigned_at = 0.0
         self.heartbeat = Heartbeat()
         self.producer = FaustProducer(self.app)
         self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
@@ -102,6 +106,15 @@ class WatcherRuntime:
         @app.timer(interval=self.settings.tick_interval_s)
         async def tick_timer() -> None:
             self.heartbeat.beat()
+            if (
+                not self.index_ready
+                and self.assigned
+                and time.monotonic() - self.assigned_at > RECOVERY_GRACE_S
+                and self._recovered()
+            ):
+                # Safety net: faust calls the table's recovery hook only for partitions
+                # it had to recover; with nothing to read back it may never call it.
+                self._rebuild_index()
             await self._request_ticks()
 
         @self.deadlines.on_recover
@@ -117,6 +130,7 @@ class WatcherRuntime:
 
         async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
             self.assigned = True
+            self.assigned_at = time.monotonic()
             self.index_ready = False
             self.ticks_in_flight.clear()
             self.holds.on_assigned(assigned)
@@ -128,6 +142,10 @@ class WatcherRuntime:
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    def _recovered(self) -> bool:
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        return bool(recovery.completed.is_set())
 
     def _rebuild_index(self) -> None:
         """One scan of the (small) deadline table after a rebalance, never per tick."""
@@ -210,7 +228,7 @@ class WatcherRuntime:
         self.index.set(order_id, partition, at)
 
 
-def ensure_own_topics(settings: Settings, ticks_name: str) -> None:
+def ensure_own_topics(settings: Settings, ticks_name: str, app: faust.App) -> None:
     specs = [
         TopicSpec(t, settings.topic_partitions)
         for t in (
@@ -224,6 +242,7 @@ def ensure_own_topics(settings: Settings, ticks_name: str) -> None:
     specs.append(
         TopicSpec(settings.topics.deadletter(SERVICE), 1, retention_ms=30 * 24 * 3600 * 1000)
     )
+    specs += changelog_specs(app, settings.topic_partitions)
     ensure_topics(settings.kafka_bootstrap_servers, specs)
 
 
@@ -231,7 +250,7 @@ def main() -> None:
     settings = Settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     runtime = WatcherRuntime(settings)
-    ensure_own_topics(settings, runtime.ticks_name)
+    ensure_own_topics(settings, runtime.ticks_name, runtime.app)
     log.info(
         "starting",
         clock=settings.outreach_clock,

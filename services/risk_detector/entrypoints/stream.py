@@ -25,6 +25,7 @@ from common.streaming import (
     FaustProducer,
     PartitionHolds,
     caught_up,
+    changelog_specs,
     create_app,
     input_message,
     raw_topic,
@@ -179,7 +180,7 @@ def _customer_of(msg: InputMessage, event: CloudEvent) -> str:
     raise InvalidEvent(f"{event.type} names no customer", code="bad_data")
 
 
-def ensure_own_topics(settings: Settings, facts_name: str) -> None:
+def ensure_own_topics(settings: Settings, facts_name: str, app: faust.App) -> None:
     t = settings.topics
     specs = [
         TopicSpec(name, settings.topic_partitions)
@@ -195,6 +196,7 @@ def ensure_own_topics(settings: Settings, facts_name: str) -> None:
         )
     ]
     specs.append(TopicSpec(t.deadletter(SERVICE), 1, retention_ms=30 * 24 * 3600 * 1000))
+    specs += changelog_specs(app, settings.topic_partitions)
     ensure_topics(settings.kafka_bootstrap_servers, specs)
 
 
@@ -202,6 +204,6 @@ def main() -> None:
     settings = Settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     runtime = RiskRuntime(settings)
-    ensure_own_topics(settings, runtime.facts_name)
+    ensure_own_topics(settings, runtime.facts_name, runtime.app)
     log.info("starting", clock=settings.outreach_clock, store=settings.store)
     run_worker(runtime.app, SERVICE, settings)
