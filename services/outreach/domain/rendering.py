@@ -121,7 +121,7 @@ def render_part(
         raise RenderError(f"unknown variable: {exc.message}", part=part) from None
     except SecurityError as exc:
         raise RenderError(f"not allowed in a template: {exc}", part=part) from None
-    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+    except Exception as exc:  # any other failure of template code is the template's
         raise RenderError(f"{type(exc).__name__}: {exc}", part=part) from None
 
 

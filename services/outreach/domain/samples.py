@@ -1,0 +1,97 @@
+"""Realistic sample cases for previews and template checks (the studio's preview data)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+
+def _base(first_name: str = "Ada") -> dict[str, Any]:
+    return {
+        "customer": {"first_name": first_name, "locale": "en", "timezone": "Europe/Berlin"},
+        "order": {
+            "order_id": "ord-2026-004217",
+            "currency": "EUR",
+            "total": "89.90",
+            "items": [
+                {
+                    "sku": "LAMP-OAK-01",
+                    "name": "Oak reading lamp",
+                    "quantity": 1,
+                    "unit_price": "89.90",
+                }
+            ],
+            "shipping_method": "standard",
+            "carrier": "DHL",
+            "tracking_number": "JJD014600003828475",
+            "tracking_url": "https://www.dhl.de/de/privatkunden/pakete-empfangen/"
+            "verfolgen.html?piececode=JJD014600003828475",
+            "placed_at": datetime(2026, 3, 2, 9, 15, tzinfo=UTC),
+            "promised_delivery_by": datetime(2026, 3, 5, 18, 0, tzinfo=UTC),
+            "estimated_delivery_at": datetime(2026, 3, 7, 12, 0, tzinfo=UTC),
+        },
+        "incident": {
+            "kind": "delivery_late",
+            "severity": "warning",
+            "explanation": "Order ord-2026-004217 was not delivered by the promise.",
+            "status": "in_transit",
+            "substatus": None,
+            "detected_at": datetime(2026, 3, 5, 18, 0, tzinfo=UTC),
+            "delay_days": 2,
+        },
+        "offer": None,
+        "links": {
+            "unsubscribe_url": "https://shop.example/unsubscribe?token=sample",
+            "support_url": "https://shop.example/help",
+            "tracking_url": "https://www.dhl.de/verfolgen?piececode=JJD014600003828475",
+        },
+        "shop": {
+            "name": "Example Shop",
+            "support_email": "help@shop.example",
+            "support_phone": "+49 30 1234567",
+        },
+        "intent": "apology",
+        "message_kind": "delivery_late",
+        "reasons": [{"code": "delivery_late", "detail": "2 days late"}],
+    }
+
+
+def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
+    """Named cases: a delay of 2 days, a lost parcel, a serial returner with an offer."""
+    delay = _base()
+    delay["message_kind"] = message_kind
+    delay["incident"] = {**delay["incident"], "kind": message_kind}
+    lost = _base("Jürgen")
+    lost["message_kind"] = message_kind
+    lost["incident"] = {
+        **lost["incident"],
+        "kind": message_kind,
+        "severity": "critical",
+        "status": "exception",
+        "substatus": "lost",
+    }
+    lost["offer"] = {
+        "code": "SORRY-7KQ2-MX9P",
+        "kind": "percent",
+        "value": "15",
+        "currency": None,
+        "expires_at": datetime(2026, 4, 5, tzinfo=UTC),
+    }
+    returner = _base("Zoé")
+    returner.update(
+        message_kind=message_kind,
+        intent="check_in",
+        order=None,
+        incident=None,
+        offer={
+            "code": "THANKS-3HQ8-PL2D",
+            "kind": "amount",
+            "value": "10.00",
+            "currency": "EUR",
+            "expires_at": datetime(2026, 4, 5, tzinfo=UTC),
+        },
+    )
+    cases = {"delay of 2 days": delay, "lost parcel with an offer": lost}
+    if message_kind in ("serial_returns", "churn_risk", "merchant_fault_return"):
+        cases["serial returner with an offer"] = returner
+    return cases
