@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from common.metrics import PROVIDER_SECONDS
 
@@ -43,18 +46,44 @@ class SendResult:
 
 
 class TransientProviderError(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None):
+    """Safe to try again later: 429, 5xx, timeouts, connection failures.
+
+    `retry_after` is the provider's Retry-After in seconds when it sent one.
+    `maybe_sent` is True when the request may have reached the provider (a read timeout,
+    a 5xx): neither SDK takes an idempotency key, so a retry can duplicate the message."""
+
+    def __init__(
+        self,
+        reason: str,
+        retry_after: float | None = None,
+        status: int | None = None,
+        *,
+        maybe_sent: bool = False,
+    ):
         super().__init__(reason)
         self.retry_after = retry_after
         self.status = status
+        self.maybe_sent = maybe_sent
 
 
 class PermanentProviderError(Exception):
-    def __init__(self, code: str, reason: str, *, opt_out: bool = False) -> None:
+    """The provider will never accept this message as it is.
+
+    `code` is the provider's error code (Twilio's 21211, SendGrid's HTTP status, or
+    "config"); `category` groups them: auth (bad credentials: every message will fail,
+    stop sending), opt_out (the recipient unsubscribed: record the opt-out), recipient
+    (invalid or unreachable address: try the next channel), content (the message is
+    rejected), config (our sender setup), rejected (anything else). `reason` never
+    contains the recipient's address."""
+
+    def __init__(
+        self, code: str, reason: str, *, opt_out: bool = False, category: str = "rejected"
+    ) -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
         self.opt_out = opt_out
+        self.category = "opt_out" if opt_out else category
 
 
 class MessageSender(abc.ABC):
@@ -100,8 +129,47 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
+_EMAIL = re.compile(r"[^\s@'\"<>]+@[^\s@'\"<>]+")
+_PHONE = re.compile(r"(?:whatsapp:)?\+?\d[\d ()-]{6,}\d")
+
+
+def scrub(reason: str, address: str | None = None) -> str:
+    """Provider error texts quote the recipient ("Invalid 'To' Phone Number: +49...");
+    errors are logged and stored, addresses must not be."""
+    if address:
+        reason = reason.replace(address, "<recipient>")
+    reason = _EMAIL.sub("<email>", reason)
+    return _PHONE.sub("<number>", reason)[:200]
+
+
+def with_decision_id(url: str, decision_id: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if query.get("decision_id") == decision_id:
+        return url
+    query["decision_id"] = decision_id
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 # Twilio codes that will never succeed for this recipient/sender.
 TWILIO_OPT_OUT = {21610}
+TWILIO_CATEGORY = {
+    20003: "auth",
+    20005: "auth",
+    21211: "recipient",
+    21214: "recipient",
+    21408: "recipient",
+    21612: "recipient",
+    21614: "recipient",
+    63016: "recipient",
+    21602: "content",
+    21617: "content",
+    21603: "config",
+    21604: "recipient",
+    21606: "config",
+    21659: "config",
+    63007: "config",
+}
 TWILIO_PERMANENT = {
     21211,
     21214,
@@ -149,7 +217,11 @@ class TwilioMessageSender(MessageSender):
                 self.local.headers = response.headers
                 return response
 
-        self.http = _HeaderKeepingClient(timeout=timeout_s)
+        # The SDK logs requests at INFO; keep its logger quiet so no address or body
+        # can reach the logs whatever the root level.
+        quiet = logging.getLogger("outreach.twilio_sdk")
+        quiet.setLevel(logging.WARNING)
+        self.http = _HeaderKeepingClient(timeout=timeout_s, logger=quiet)
         self.client = Client(account_sid, auth_token, http_client=self.http)
         self.client.api.base_url = base_url.rstrip("/")
         self.from_number = from_number
@@ -159,18 +231,31 @@ class TwilioMessageSender(MessageSender):
     def _create(self, message: OutboundMessage) -> str:
         if message.channel == "whatsapp":
             if not self.whatsapp_from:
-                raise PermanentProviderError("config", "TWILIO_WHATSAPP_FROM is not set")
+                raise PermanentProviderError(
+                    "config", "TWILIO_WHATSAPP_FROM is not set", category="config"
+                )
             to, sender = f"whatsapp:{message.to}", self.whatsapp_from
             if not sender.startswith("whatsapp:"):
                 sender = f"whatsapp:{sender}"
         else:
             if not self.from_number:
-                raise PermanentProviderError("config", "TWILIO_FROM_NUMBER is not set")
+                raise PermanentProviderError(
+                    "config", "TWILIO_FROM_NUMBER is not set", category="config"
+                )
             to, sender = message.to, self.from_number
         kwargs: dict[str, Any] = {"to": to, "from_": sender, "body": message.text}
         if message.status_callback_url:
-            kwargs["status_callback"] = message.status_callback_url
-        created = self.client.messages.create(**kwargs)
+            kwargs["status_callback"] = with_decision_id(
+                message.status_callback_url, message.decision_id
+            )
+        from twilio.base.exceptions import TwilioRestException
+
+        try:
+            created = self.client.messages.create(**kwargs)
+        except TwilioRestException as exc:
+            # The response headers live in this worker thread; carry Retry-After out.
+            exc.retry_after = _retry_after(getattr(self.http.local, "headers", None))
+            raise
         return str(created.sid)
 
     async def send(self, message: OutboundMessage) -> SendResult:
@@ -189,14 +274,23 @@ class TwilioMessageSender(MessageSender):
             if exc.status == 429 or exc.status >= 500:
                 raise TransientProviderError(
                     f"twilio HTTP {exc.status} ({code})",
-                    retry_after=_retry_after(getattr(self.http.local, "headers", None)),
+                    retry_after=getattr(exc, "retry_after", None),
                     status=exc.status,
+                    maybe_sent=exc.status >= 500,
                 ) from None
+            category = TWILIO_CATEGORY.get(code) or ("auth" if exc.status in (401, 403) else "")
             raise PermanentProviderError(
-                str(code or exc.status), str(exc.msg)[:200], opt_out=code in TWILIO_OPT_OUT
+                str(code or exc.status),
+                scrub(str(exc.msg), message.to),
+                opt_out=code in TWILIO_OPT_OUT,
+                category=category or "rejected",
             ) from None
+        except PermanentProviderError:
+            raise
         except (TimeoutError, TwilioException, OSError) as exc:
-            raise TransientProviderError(f"twilio unreachable: {type(exc).__name__}") from None
+            raise TransientProviderError(
+                f"twilio unreachable: {type(exc).__name__}", maybe_sent=_maybe_sent(exc)
+            ) from None
         finally:
             PROVIDER_SECONDS.labels(self.provider, outcome).observe(time.perf_counter() - started)
 
@@ -218,6 +312,8 @@ class SendGridEmailSender(MessageSender):
     ) -> None:
         from sendgrid import SendGridAPIClient
 
+        # python_http_client logs whole payloads (addresses, bodies) at DEBUG.
+        logging.getLogger("python_http_client.client").setLevel(logging.INFO)
         self.client = SendGridAPIClient(api_key, host=base_url.rstrip("/"))
         self.client.client.timeout = timeout_s
         self.from_email = from_email
@@ -249,7 +345,14 @@ class SendGridEmailSender(MessageSender):
         return mail
 
     def _send(self, message: OutboundMessage) -> str:
-        response = self.client.send(self.build(message))
+        try:
+            mail = self.build(message).get()  # the request JSON
+        except (KeyError, ValueError, TypeError, AttributeError):
+            # The SDK's helper refuses some addresses before any request is made.
+            raise PermanentProviderError(
+                "invalid_request", "the SendGrid helper refused the message", category="recipient"
+            ) from None
+        response = self.client.send(mail)
         headers = response.headers or {}
         return str(headers.get("X-Message-Id") or headers.get("x-message-id") or "")
 
@@ -264,20 +367,38 @@ class SendGridEmailSender(MessageSender):
             )
             outcome = "ok"
             return SendResult(self.provider, message_id or f"sg-{message.decision_id}")
+        except PermanentProviderError:
+            raise
         except HTTPError as exc:
             status = int(getattr(exc, "status_code", 0) or 0)
             if status == 429 or status >= 500:
                 raise TransientProviderError(
-                    f"sendgrid HTTP {status}", retry_after=_retry_after(exc.headers), status=status
+                    f"sendgrid HTTP {status}",
+                    retry_after=_retry_after(exc.headers),
+                    status=status,
+                    maybe_sent=status >= 500,
                 ) from None
             body = (
                 exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body)
             )
-            raise PermanentProviderError(str(status), body[:200]) from None
+            category = {401: "auth", 403: "auth", 413: "content"}.get(status, "rejected")
+            raise PermanentProviderError(
+                str(status), scrub(body, message.to), category=category
+            ) from None
         except (TimeoutError, OSError) as exc:
-            raise TransientProviderError(f"sendgrid unreachable: {type(exc).__name__}") from None
+            raise TransientProviderError(
+                f"sendgrid unreachable: {type(exc).__name__}", maybe_sent=_maybe_sent(exc)
+            ) from None
         finally:
             PROVIDER_SECONDS.labels(self.provider, outcome).observe(time.perf_counter() - started)
+
+
+def _maybe_sent(exc: BaseException) -> bool:
+    """A refused or unresolvable connection never reached the provider; a timeout or a
+    connection dropped mid-request may have."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    never = ("refused", "name or service", "nodename", "no route", "unreachable")
+    return not any(word in text for word in never)
 
 
 class GuardedSender(MessageSender):

@@ -1,48 +1,50 @@
 """The versioned template store (in the outreach database) and the cache workers read.
 
 Every template is (message_kind, channel, locale) with numbered versions: drafts,
-published ones (all kept), archived ones. The defaults in services/outreach/templates/
-are seeded as version 1, published by "system", when a key has no version yet. Workers
-read through `TemplateCache`, which reloads when the store's revision (the highest
-version id) changes — checked at most every `refresh_s` seconds, so a publish in the
-studio reaches running workers within seconds, without a restart.
+published ones (all kept, the highest serves) and archived ones (never served). The
+defaults in services/outreach/templates/ are seeded as version 1, published by
+"system", for keys that have no version yet. Every change bumps one revision counter
+(table `template_revision`), in the same transaction; workers read through
+`TemplateCache`, which compares that counter at most every `refresh_s` seconds and
+reloads when it moved — a publish in the studio reaches running workers within seconds,
+without a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from sqlalchemy import Integer, String, Text, UniqueConstraint, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.outreach.adapters.db import Base, UTCDateTime
-from services.outreach.domain.rendering import TemplateSource, locale_chain
+from services.outreach.domain.rendering import (
+    CHANNELS,
+    Problem,
+    RenderedMessage,
+    RenderError,
+    TemplateSource,
+    locale_chain,
+    render,
+    validate_template,
+)
+
+log = logging.getLogger(__name__)
 
 DEFAULTS_DIR = Path(__file__).resolve().parents[1] / "templates"
-CHANNELS = ("email", "sms", "whatsapp")
-
-FOOTERS = {
-    "en": (
-        "You receive this message about your order with {{ shop.name }}.",
-        "Unsubscribe",
-        "Help",
-    ),
-    "de": (
-        "Sie erhalten diese Nachricht zu Ihrer Bestellung bei {{ shop.name }}.",
-        "Abmelden",
-        "Hilfe",
-    ),
-    "fr": (
-        "Vous recevez ce message au sujet de votre commande chez {{ shop.name }}.",
-        "Se désabonner",
-        "Aide",
-    ),
-}
+SYSTEM = "system"
+STATUSES = ("draft", "published", "archived")
 
 
 class TemplateVersion(Base):
@@ -75,119 +77,208 @@ class TemplateVersion(Base):
         )
 
 
-def email_parts(body: str, language: str) -> tuple[str, str]:
-    """HTML and text parts of a default email from its paragraphs, inside our layout."""
-    note, unsubscribe, help_ = FOOTERS.get(language, FOOTERS["en"])
-    paragraphs = [p.strip() for p in body.strip().split("\n\n") if p.strip()]
-    html_body = "\n".join(f"<p>{p}</p>" for p in paragraphs)
-    html = (
-        '<!doctype html>\n<html><body style="margin:0;padding:24px;background:#f6f6f4;'
-        'font-family:Helvetica,Arial,sans-serif;color:#222;line-height:1.5">\n'
-        '<div style="max-width:560px;margin:auto;background:#fff;padding:28px;border-radius:8px">\n'
-        f"{html_body}\n"
-        '<p style="margin-top:28px">{{ shop.name }}</p>\n</div>\n'
-        '<p style="max-width:560px;margin:16px auto;font-size:12px;color:#777">'
-        f'{note} <a href="{{{{ links.support_url }}}}">{help_}</a> · '
-        f'<a href="{{{{ links.unsubscribe_url }}}}">{unsubscribe}</a></p>\n'
-        "</body></html>"
-    )
-    text = (
-        "\n\n".join(paragraphs)
-        + "\n\n{{ shop.name }}\n\n--\n"
-        + note
-        + f"\n{help_}: {{{{ links.support_url }}}}\n{unsubscribe}: {{{{ links.unsubscribe_url }}}}"
-    )
-    return html, text
+class TemplateRevision(Base):
+    """One row whose value moves with every change to `template_versions`: the cheap
+    question a worker asks every couple of seconds."""
+
+    __tablename__ = "template_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
 
 
-def default_templates() -> list[tuple[str, str, str, str | None, str | None, str]]:
-    """(kind, channel, locale, subject, html, text) for every shipped default."""
-    out: list[tuple[str, str, str, str | None, str | None, str]] = []
+class PublishRejected(Exception):
+    """Publishing refused: the version has errors (syntax, unknown variables, sandbox,
+    fails to render for a sample case)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{p.part} {p.line or ''}: {p.message}" for p in problems))
+        self.problems = problems
+
+
+# --- the shipped defaults ---------------------------------------------------------------
+
+
+class DefaultTemplate(NamedTuple):
+    message_kind: str
+    channel: str
+    locale: str
+    subject: str | None
+    html: str | None
+    text: str
+
+
+def _paragraphs(body: str) -> list[str]:
+    return [p.strip() for p in body.strip().split("\n\n") if p.strip()]
+
+
+def _fill(layout: str, pieces: Mapping[str, str]) -> str:
+    for name, value in pieces.items():
+        layout = layout.replace(f"[[{name}]]", value)
+    return layout
+
+
+def email_parts(
+    body: str, layout: Mapping[str, str], *, tracking: bool, lang: str
+) -> tuple[str, str]:
+    """The HTML and text parts of a default email: the kind's paragraphs inside the
+    layout files (_layout.html, _layout.txt) with the locale's [_layout] pieces:
+    greeting, tracking button, offer, how to reach a person, signature, footer."""
+    paragraphs = _paragraphs(body)
+    pieces = {k: v.strip() for k, v in layout.items()}
+    track = {"track": pieces["track"]}
+    html_pieces = {k: v.replace("\n", "<br>\n") for k, v in pieces.items()}
+    html = _fill(
+        _layout_file("_layout.html"),
+        {
+            "lang": lang,
+            "paragraphs": "\n".join(f"<p>{p}</p>" for p in paragraphs),
+            "tracking": _fill(_layout_file("_tracking.html"), track) if tracking else "",
+            **html_pieces,
+        },
+    )
+    text = _fill(
+        _layout_file("_layout.txt"),
+        {
+            "paragraphs": "\n\n".join(paragraphs),
+            "tracking": _fill(_layout_file("_tracking.txt"), track) if tracking else "",
+            **pieces,
+        },
+    )
+    return html.strip(), text.strip()
+
+
+def _layout_file(name: str) -> str:
+    return (DEFAULTS_DIR / name).read_text(encoding="utf-8").strip()
+
+
+@lru_cache(maxsize=1)
+def default_templates() -> tuple[DefaultTemplate, ...]:
+    """Every shipped default: (kind, channel, locale, subject, html, text)."""
+    out: list[DefaultTemplate] = []
     for path in sorted(DEFAULTS_DIR.glob("*.toml")):
-        language = path.stem
-        for kind, parts in tomllib.loads(path.read_text()).items():
-            html, text = email_parts(parts["body"], language)
-            out.append((kind, "email", language, parts["subject"].strip(), html, text))
-            out.append((kind, "sms", language, None, None, parts["sms"].strip()))
-            out.append((kind, "whatsapp", language, None, None, parts["sms"].strip()))
-    return out
+        lang = path.stem
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        layout = data.pop("_layout")
+        for kind, parts in data.items():
+            tracking = bool(parts.get("tracking"))
+            html, text = email_parts(parts["body"], layout, tracking=tracking, lang=lang)
+            sms = parts["sms"].strip()
+            whatsapp = parts.get("whatsapp", sms).strip()
+            out.append(DefaultTemplate(kind, "email", lang, parts["subject"].strip(), html, text))
+            out.append(DefaultTemplate(kind, "sms", lang, None, None, sms))
+            out.append(DefaultTemplate(kind, "whatsapp", lang, None, None, whatsapp))
+    return tuple(out)
 
 
-@dataclass
-class Published:
-    id: int
-    source: TemplateSource
+# --- the store ----------------------------------------------------------------------------
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _same(row: TemplateVersion, default: DefaultTemplate) -> bool:
+    return (row.subject, row.html, row.text) == (default.subject, default.html, default.text)
 
 
 class TemplateStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self.sessions = sessions
+    """Versions of every template. Every write bumps the revision in its transaction."""
 
-    async def seed_defaults(self) -> int:
-        """Publish the shipped defaults for keys that have no version yet (idempotent)."""
-        now = datetime.now(UTC)
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        now: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.sessions = sessions
+        self.now = now
+
+    # -- revision --
+
+    @staticmethod
+    async def _bump(s: AsyncSession) -> None:
+        result = await s.execute(
+            update(TemplateRevision)
+            .where(TemplateRevision.id == 1)
+            .values(value=TemplateRevision.value + 1)
+        )
+        if getattr(result, "rowcount", 0) == 0:
+            s.add(TemplateRevision(id=1, value=1))
+
+    async def revision(self) -> int:
+        """Moves whenever a version is added, published or archived."""
+        async with self.sessions() as s:
+            value = (
+                await s.execute(select(TemplateRevision.value).where(TemplateRevision.id == 1))
+            ).scalar_one_or_none()
+            return int(value or 0)
+
+    # -- seeding --
+
+    async def seed_defaults(self, *, upgrade: bool = True) -> int:
+        """Publish the shipped defaults for keys that have no version yet (idempotent,
+        safe when several workers start at once). With `upgrade`, a key nobody but
+        "system" ever wrote also gets a changed shipped default as a new version, so a
+        release's better wording reaches existing databases; a key a person has edited
+        is never touched. Returns the number of versions added."""
+        for attempt in range(3):
+            try:
+                return await self._seed(upgrade)
+            except IntegrityError:  # another worker seeded the same key at the same time
+                if attempt == 2:
+                    raise
+        return 0
+
+    async def _seed(self, upgrade: bool) -> int:
+        now = self.now()
         added = 0
         async with self.sessions() as s, s.begin():
-            existing = {
-                (k, c, loc)
-                for k, c, loc in (
-                    await s.execute(
-                        select(
-                            TemplateVersion.message_kind,
-                            TemplateVersion.channel,
-                            TemplateVersion.locale,
-                        ).distinct()
-                    )
-                ).all()
-            }
-            for kind, channel, locale, subject, html, text in default_templates():
-                if (kind, channel, locale) in existing:
-                    continue
+            rows = (await s.execute(select(TemplateVersion))).scalars().all()
+            by_key: dict[tuple[str, str, str], list[TemplateVersion]] = {}
+            for row in rows:
+                by_key.setdefault((row.message_kind, row.channel, row.locale), []).append(row)
+            for default in default_templates():
+                key = (default.message_kind, default.channel, default.locale)
+                versions = sorted(by_key.get(key, []), key=lambda r: r.version)
+                if versions:
+                    if not upgrade or any(v.author != SYSTEM for v in versions):
+                        continue
+                    published = [v for v in versions if v.status == "published"]
+                    if published and _same(published[-1], default):
+                        continue
+                    message, number = "shipped default updated", versions[-1].version + 1
+                else:
+                    message, number = "shipped default", 1
                 s.add(
                     TemplateVersion(
-                        message_kind=kind,
-                        channel=channel,
-                        locale=locale,
-                        version=1,
+                        message_kind=default.message_kind,
+                        channel=default.channel,
+                        locale=default.locale,
+                        version=number,
                         status="published",
-                        subject=subject,
-                        html=html,
-                        text=text,
-                        author="system",
-                        message="shipped default",
+                        subject=default.subject,
+                        html=default.html,
+                        text=default.text,
+                        author=SYSTEM,
+                        message=message,
                         created_at=now,
                         published_at=now,
                     )
                 )
                 added += 1
+            if added:
+                await self._bump(s)
         return added
 
-    async def revision(self) -> str:
-        """Changes whenever a version is added, published or archived."""
-        async with self.sessions() as s:
-            row = (
-                await s.execute(
-                    select(
-                        func.max(TemplateVersion.id),
-                        func.max(TemplateVersion.published_at),
-                        func.count().filter(TemplateVersion.status == "published"),
-                    )
-                )
-            ).one()
-            return f"{row[0]}:{row[1]}:{row[2]}"
+    # -- reading --
 
-    async def published(self) -> list[TemplateVersion]:
+    async def get(self, version_id: int) -> TemplateVersion | None:
         async with self.sessions() as s:
-            rows = (
-                await s.execute(
-                    select(TemplateVersion)
-                    .where(TemplateVersion.status == "published")
-                    .order_by(TemplateVersion.version)
-                )
-            ).scalars()
-            return list(rows)
+            return await s.get(TemplateVersion, version_id)
 
     async def versions(self, kind: str, channel: str, locale: str) -> list[TemplateVersion]:
+        """Every version of one key, oldest first (drafts and archived ones included)."""
         async with self.sessions() as s:
             rows = (
                 await s.execute(
@@ -202,6 +293,42 @@ class TemplateStore:
             ).scalars()
             return list(rows)
 
+    async def published(self) -> list[TemplateVersion]:
+        """Every published version of every key."""
+        async with self.sessions() as s:
+            rows = (
+                await s.execute(
+                    select(TemplateVersion)
+                    .where(TemplateVersion.status == "published")
+                    .order_by(TemplateVersion.version)
+                )
+            ).scalars()
+            return list(rows)
+
+    async def latest_published(self, kind: str, channel: str, locale: str) -> TemplateSource | None:
+        """The serving version, for the first locale of the chain (de-AT → de → en) that
+        has a published one."""
+        async with self.sessions() as s:
+            for tag in locale_chain(locale):
+                row = (
+                    await s.execute(
+                        select(TemplateVersion)
+                        .where(
+                            TemplateVersion.message_kind == kind,
+                            TemplateVersion.channel == channel,
+                            TemplateVersion.locale == tag,
+                            TemplateVersion.status == "published",
+                        )
+                        .order_by(TemplateVersion.version.desc())
+                        .limit(1)
+                    )
+                ).scalar_one_or_none()
+                if row is not None:
+                    return row.source()
+        return None
+
+    # -- writing --
+
     async def save_draft(
         self,
         kind: str,
@@ -213,6 +340,35 @@ class TemplateStore:
         text: str,
         author: str,
     ) -> TemplateVersion:
+        """A new draft version (the next number for its key)."""
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}")
+        if channel == "email" and not (subject and html):
+            raise ValueError("an email template needs a subject and an HTML part")
+        for attempt in range(3):
+            try:
+                return await self._add(
+                    kind, channel, locale, subject=subject, html=html, text=text, author=author
+                )
+            except IntegrityError:  # two editors saved the same key at once: next number
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _add(
+        self,
+        kind: str,
+        channel: str,
+        locale: str,
+        *,
+        subject: str | None,
+        html: str | None,
+        text: str,
+        author: str,
+        status: str = "draft",
+        message: str = "",
+    ) -> TemplateVersion:
+        now = self.now()
         async with self.sessions() as s, s.begin():
             latest = (
                 await s.execute(
@@ -228,74 +384,144 @@ class TemplateStore:
                 channel=channel,
                 locale=locale,
                 version=int(latest) + 1,
-                status="draft",
-                subject=subject,
-                html=html,
+                status=status,
+                subject=subject if channel == "email" else None,
+                html=html if channel == "email" else None,
                 text=text,
                 author=author,
-                created_at=datetime.now(UTC),
+                message=message,
+                created_at=now,
+                published_at=now if status == "published" else None,
             )
             s.add(row)
+            await self._bump(s)
         return row
 
-    async def publish(self, version_id: int, *, author: str, message: str) -> TemplateVersion:
+    async def publish(
+        self,
+        version_id: int,
+        *,
+        author: str,
+        message: str,
+        samples: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> TemplateVersion:
+        """Publish a draft (or re-publish an archived version). With `samples`, refuses
+        (PublishRejected) a version that has errors against them. Publishing a
+        published version changes nothing."""
+        row = await self.get(version_id)
+        if row is None:
+            raise KeyError(version_id)
+        if row.status == "published":
+            return row
+        if samples is not None:
+            errors = [p for p in validate_template(row.source(), samples) if p.severity == "error"]
+            if errors:
+                raise PublishRejected(errors)
         async with self.sessions() as s, s.begin():
             row = await s.get(TemplateVersion, version_id)
-            if row is None:
-                raise KeyError(version_id)
+            assert row is not None
             row.status = "published"
-            row.published_at = datetime.now(UTC)
+            row.published_at = self.now()
+            row.author = author  # who published it: the one answerable for what serves
             row.message = message
-            row.author = author
+            await self._bump(s)
         return row
 
     async def rollback(
         self, kind: str, channel: str, locale: str, to_version: int, *, author: str
     ) -> TemplateVersion:
-        """Publish a copy of an earlier version as a new version."""
+        """Publish a copy of an earlier version as a new version: history only grows,
+        and what served when stays answerable."""
         versions = await self.versions(kind, channel, locale)
         old = next((v for v in versions if v.version == to_version), None)
         if old is None:
             raise KeyError(to_version)
-        draft = await self.save_draft(
-            kind, channel, locale, subject=old.subject, html=old.html, text=old.text, author=author
-        )
-        return await self.publish(
-            draft.id, author=author, message=f"rollback to version {to_version}"
+        return await self._add(
+            kind,
+            channel,
+            locale,
+            subject=old.subject,
+            html=old.html,
+            text=old.text,
+            author=author,
+            status="published",
+            message=f"rollback to version {to_version}",
         )
 
     async def archive(self, version_id: int) -> None:
+        """Stop serving a version (the previous published one serves again)."""
         async with self.sessions() as s, s.begin():
             await s.execute(
                 update(TemplateVersion)
                 .where(TemplateVersion.id == version_id)
                 .values(status="archived")
             )
+            await self._bump(s)
+
+
+# --- the cache workers read ---------------------------------------------------------------
+
+
+@dataclass
+class GoodRender:
+    """The newest published version that rendered, and the failures of newer ones."""
+
+    template: TemplateSource
+    rendered: RenderedMessage
+    failures: list[tuple[TemplateSource, RenderError]] = field(default_factory=list)
 
 
 class TemplateCache:
-    """Published templates in memory, reloaded when the store's revision moves."""
+    """Published templates in memory, reloaded when the store's revision moves.
 
-    def __init__(self, store: TemplateStore, refresh_s: float = 2.0) -> None:
+    The revision is asked at most every `refresh_s` seconds (OUTREACH_TEMPLATE_REFRESH_S).
+    If the database cannot be read, the templates already loaded keep serving."""
+
+    def __init__(
+        self,
+        store: TemplateStore,
+        refresh_s: float = 2.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.refresh_s = refresh_s
-        self._revision = ""
-        self._checked = 0.0
+        self.clock = clock
+        self.revision: int | None = None
+        self.reloads = 0
+        self._checked: float | None = None
+        self._lock = asyncio.Lock()
         self._by_key: dict[tuple[str, str, str], list[TemplateSource]] = {}
 
     async def refresh(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked < self.refresh_s:
+        now = self.clock()
+        if not force and self._checked is not None and now - self._checked < self.refresh_s:
             return
-        self._checked = now
-        revision = await self.store.revision()
-        if revision == self._revision:
-            return
-        by_key: dict[tuple[str, str, str], list[TemplateSource]] = {}
-        for row in await self.store.published():
-            by_key.setdefault((row.message_kind, row.channel, row.locale), []).append(row.source())
-        self._by_key = by_key
-        self._revision = revision
+        async with self._lock:
+            if not force and self._checked is not None and now - self._checked < self.refresh_s:
+                return  # another task refreshed while this one waited
+            try:
+                revision = await self.store.revision()
+                if revision == self.revision:
+                    self._checked = now
+                    return
+                by_key: dict[tuple[str, str, str], list[TemplateSource]] = {}
+                for row in await self.store.published():
+                    by_key.setdefault((row.message_kind, row.channel, row.locale), []).append(
+                        row.source()
+                    )
+            except Exception:
+                if self.revision is None:
+                    raise
+                log.warning("template_refresh_failed", exc_info=True)
+                self._checked = now
+                return
+            for versions in by_key.values():
+                versions.sort(key=lambda v: -v.version)
+            self._by_key = by_key
+            self.revision = revision
+            self.reloads += 1
+            self._checked = now
 
     async def candidates(self, kind: str, channel: str, locale: str) -> list[TemplateSource]:
         """Published versions for the first locale of the fallback chain that has any,
@@ -304,5 +530,36 @@ class TemplateCache:
         for tag in locale_chain(locale):
             versions = self._by_key.get((kind, channel, tag))
             if versions:
-                return sorted(versions, key=lambda v: -v.version)
+                return list(versions)
         return []
+
+    async def latest_published(self, kind: str, channel: str, locale: str) -> TemplateSource | None:
+        found = await self.candidates(kind, channel, locale)
+        return found[0] if found else None
+
+    async def last_good(
+        self,
+        kind: str,
+        channel: str,
+        locale: str,
+        context: Mapping[str, Any],
+        *,
+        timezone: str,
+    ) -> GoodRender:
+        """Render with the newest published version that renders; newer ones that fail
+        are returned in `failures` (count and alert on them). RenderError when none
+        renders, or no template exists for the key and its fallbacks."""
+        candidates = await self.candidates(kind, channel, locale)
+        if not candidates:
+            raise RenderError(
+                f"no published template for {kind}/{channel}/{locale} (nor its fallbacks)"
+            )
+        failures: list[tuple[TemplateSource, RenderError]] = []
+        for template in candidates:
+            try:
+                rendered = render(template, context, locale=locale, timezone=timezone)
+            except RenderError as exc:
+                failures.append((template, exc))
+                continue
+            return GoodRender(template, rendered, failures)
+        raise failures[0][1]

@@ -30,8 +30,7 @@ def test_renders_for_every_sample_case(template):
         rendered = render(source, context, locale=locale, timezone="Europe/Berlin")
         if channel == "email":
             assert (
-                (rendered.subject
-                and "unsubscribe" in rendered.html.lower())
+                (rendered.subject and "unsubscribe" in rendered.html.lower())
                 or "abmelden" in rendered.html.lower()
                 or "désabonner" in rendered.html.lower()
             )
