@@ -1,0 +1,55 @@
+{{- define "po.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "po.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "po.secretName" -}}
+{{- default (printf "%s-secrets" (include "po.fullname" .)) .Values.secrets.name -}}
+{{- end -}}
+
+{{/* Labels shared by every object of the release. */}}
+{{- define "po.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "po.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: proactive-outreach
+{{- end -}}
+
+{{/* Selector of the whole release (every service's pods). */}}
+{{- define "po.releaseSelector" -}}
+app.kubernetes.io/name: {{ include "po.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Selector of one component; call with (dict "root" $ "component" $name). */}}
+{{- define "po.selectorLabels" -}}
+{{ include "po.releaseSelector" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "po.componentFullname" -}}
+{{- printf "%s-%s" (include "po.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "po.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* A Kubernetes object name from a topic name (no underscores, lower case). */}}
+{{- define "po.topicObjectName" -}}
+{{- . | lower | replace "_" "-" | trunc 63 | trimSuffix "-" | trimSuffix "." -}}
+{{- end -}}

@@ -1,0 +1,411 @@
+"""The deployment artefacts: alert rules (promtool), dashboard, and the Helm chart.
+
+Tools come from `make deploy-tools` (a prerequisite of `make test`): helm, kubeconform and
+yq built from the Go module proxy into $OUTREACH_CACHE_DIR/bin, Kubernetes' JSON schemas
+generated from its OpenAPI document; promtool is the Debian package. A test that lacks
+its tool is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.metrics import MetricWrapperBase
+
+import common.metrics as metrics_module
+from common.topics import all_topics
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+MONITORING = ROOT / "deploy" / "monitoring"
+CHART = ROOT / "deploy" / "helm" / "proactive-outreach"
+CACHE = Path(os.environ.get("OUTREACH_CACHE_DIR", Path.home() / ".cache" / "proactive-outreach"))
+K8S_VERSION = "v1.31.4"  # as mk/deploy.mk
+SECRET_ENV = {
+    "TWILIO_AUTH_TOKEN",
+    "SENDGRID_API_KEY",
+    "PREFERENCES_WRITE_TOKEN",
+    "OUTREACH_UNSUBSCRIBE_SECRET",
+    "OUTREACH_OFFER_SECRET",
+    "PREFERENCES_PSEUDONYM_SALT",
+    "OUTREACH_DATABASE_URL",
+    "PREFERENCES_DATABASE_URL",
+}
+OPS_PORTS = {"orders-watcher": 8081, "risk-detector": 8082, "outreach": 8083, "preferences": 8084}
+
+
+def _tool(name: str) -> str:
+    for candidate in (CACHE / "bin" / name, shutil.which(name)):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    pytest.skip(f"{name} not installed (make deploy-tools)")
+
+
+def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+# --- alert rules ---------------------------------------------------------------------
+
+
+def test_promtool_check_rules() -> None:
+    promtool = _tool("promtool")
+    out = _run(promtool, "check", "rules", str(MONITORING / "alerts.yaml")).stdout
+    assert "SUCCESS" in out
+
+
+def test_promtool_unit_tests_prove_each_alert() -> None:
+    promtool = _tool("promtool")
+    out = _run(promtool, "test", "rules", "alerts_test.yaml", cwd=MONITORING).stdout
+    assert "SUCCESS" in out
+    # every alert has a firing case and a silent case in the unit tests
+    alerts = set(re.findall(r"^\s*- alert: (\w+)", (MONITORING / "alerts.yaml").read_text(), re.M))
+    tests = (MONITORING / "alerts_test.yaml").read_text()
+    assert alerts
+    for alert in alerts:
+        blocks = re.findall(
+            rf"alertname: {alert}\n\s*exp_alerts:(.*?)(?=\n\s*- eval_time|\n\s*- interval|\Z)",
+            tests,
+            re.S,
+        )
+        assert any(b.strip().startswith("[]") for b in blocks), (
+            f"{alert}: no case where it stays silent"
+        )
+        assert any("exp_labels" in b for b in blocks), f"{alert}: no case where it fires"
+
+
+def _known_series() -> set[str]:
+    names: set[str] = {"up"}
+    for metric in vars(metrics_module).values():
+        if not isinstance(metric, MetricWrapperBase):
+            continue
+        base, kind = metric._name, metric._type
+        if kind == "counter":
+            names |= {f"{base}_total", f"{base}_created"}
+        elif kind == "histogram":
+            names |= {f"{base}_bucket", f"{base}_count", f"{base}_sum", f"{base}_created"}
+        else:
+            names.add(base)
+    return names
+
+
+def _dashboard_exprs() -> list[str]:
+    dash = json.loads((MONITORING / "dashboard.json").read_text())
+    exprs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("expr", "definition", "query") and isinstance(value, str):
+                    exprs.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(dash)
+    return exprs
+
+
+def _alert_exprs() -> list[str]:
+    """The `expr:` of every rule: one line, or the `|` block indented below it."""
+    text = (MONITORING / "alerts.yaml").read_text()
+    pattern = r"^\s*expr: (?:\|\n((?:\s{10,}.*\n)+)|(.*))$"
+    return [block or line for block, line in re.findall(pattern, text, re.M)]
+
+
+@pytest.mark.parametrize("source", ["alerts", "dashboard"])
+def test_rules_and_dashboard_use_only_exported_metrics(source: str) -> None:
+    exprs = _alert_exprs() if source == "alerts" else _dashboard_exprs()
+    assert exprs, f"no expressions found in {source}"
+    known = _known_series()
+    used = {name for expr in exprs for name in re.findall(r"\boutreach_[a-z_]+", expr)}
+    assert used, f"{source} references no outreach_* metric"
+    unknown = used - known
+    assert not unknown, f"{source} uses metrics common/metrics.py does not export: {unknown}"
+
+
+def test_alerts_have_severity_summary_description_runbook() -> None:
+    text = (MONITORING / "alerts.yaml").read_text()
+    rules = re.split(r"\n\s*- alert: ", text)[1:]
+    assert len(rules) >= 6
+    for rule in rules:
+        name = rule.split("\n", 1)[0].strip()
+        assert re.search(r"severity: (warning|critical|info)", rule), name
+        for key in ("summary:", "description:"):
+            assert key in rule, f"{name}: no {key}"
+        assert f"runbook_url: docs/operations.md#{name.lower()}" in rule, name
+    for metric in (
+        "outreach_dead_letters_total",
+        "outreach_consumer_lag_messages",
+        'outreach_provider_request_seconds_count{outcome="error"}',
+        "outreach_template_render_failures_total",
+        "outreach_last_input_timestamp_seconds",
+        "outreach_suppressions_total",
+    ):
+        assert metric in text, f"no alert on {metric}"
+
+
+def test_dashboard_has_the_panels() -> None:
+    dash = json.loads((MONITORING / "dashboard.json").read_text())
+    exprs = " ".join(_dashboard_exprs())
+    for metric in (
+        "outreach_events_consumed_total",
+        "outreach_dead_letters_total",
+        "outreach_incidents_total",
+        "outreach_requests_total",
+        "outreach_messages_total",
+        "outreach_suppressions_total",
+        "outreach_provider_request_seconds_bucket",
+        "outreach_consumer_lag_messages",
+        "outreach_template_render_failures_total",
+    ):
+        assert metric in exprs, f"no panel on {metric}"
+    assert "histogram_quantile(0.99" in exprs
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_dockerfile_is_multi_stage_locked_and_non_root() -> None:
+    text = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
+    assert len(re.findall(r"^FROM ", text, re.M)) == 2
+    assert "uv sync --frozen --no-dev" in text
+    assert "COPY --from=builder /opt/venv /opt/venv" in text
+    for src in ("common/", "services/", "simulator/", "protos/"):
+        assert f"COPY {src} {src}" in text
+    assert re.search(r"^USER 10001:10001$", text, re.M)
+    assert text.rstrip().splitlines()[-1].startswith("CMD [")
+
+
+# --- Helm chart ----------------------------------------------------------------------
+
+
+@cache
+def _render(*sets: str) -> list[dict[str, Any]]:
+    helm, yq = _tool("helm"), _tool("yq")
+    args = [helm, "template", "po", str(CHART), "--kube-version", K8S_VERSION.lstrip("v")]
+    for s in sets:
+        args += ["--set", s]
+    manifests = _run(*args).stdout
+    proc = subprocess.run(
+        [yq, "eval-all", "-o=json", "-I=0", "[.]"],
+        input=manifests,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [d for d in json.loads(proc.stdout) if d]
+
+
+def _kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _component(doc: dict[str, Any]) -> str:
+    return str(doc["metadata"]["labels"]["app.kubernetes.io/component"])
+
+
+def test_helm_lint() -> None:
+    helm = _tool("helm")
+    for extra in ([], ["--set", "keda.enabled=true,strimzi.enabled=false"]):
+        _run(helm, "lint", str(CHART), "--kube-version", K8S_VERSION.lstrip("v"), *extra)
+
+
+def test_every_deployment_is_probed_limited_and_locked_down() -> None:
+    docs = _render()
+    deployments = _kind(docs, "Deployment")
+    assert {_component(d) for d in deployments} == set(OPS_PORTS)
+    for dep in deployments:
+        name = _component(dep)
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10001
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for c in pod["containers"]:
+            assert c["command"] == ["python", "-m", f"services.{name.replace('-', '_')}"]
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", name
+            for section in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][section]), (name, section)
+            ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            assert ports["http"] == OPS_PORTS[name]
+            ready = c["readinessProbe"]["httpGet"]
+            assert ready["path"] == "/readyz" and ready["port"] == "http", name
+            live = c["livenessProbe"]
+            if name == "preferences":
+                assert ports["grpc"] == 50051
+                assert live["grpc"]["port"] == 50051
+            else:
+                assert live["httpGet"]["path"] == "/livez" and live["httpGet"]["port"] == "http"
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            assert {"/data", "/tmp"} <= set(mounts), name
+            for path in ("/data", "/tmp"):
+                assert "emptyDir" in volumes[mounts[path]], (name, path)
+            for env in c.get("env", []):
+                assert env["name"] in SECRET_ENV, f"{name}: plain env {env['name']}"
+                assert "secretKeyRef" in env["valueFrom"], env
+
+
+def test_config_and_secrets() -> None:
+    docs = _render()
+    config_doc = (ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", config_doc, re.M))
+    config: dict[str, str] = {}
+    for cm in _kind(docs, "ConfigMap"):
+        if "grafana_dashboard" in cm["metadata"]["labels"]:
+            continue
+        data = cm.get("data", {})
+        leaked = set(data) & SECRET_ENV
+        assert not leaked, f"secrets in ConfigMap {cm['metadata']['name']}: {leaked}"
+        undocumented = set(data) - documented
+        assert not undocumented, f"settings not in docs/configuration.md: {undocumented}"
+        config.update(data)
+    assert config["OUTREACH_HTTP_HOST"] == "0.0.0.0"
+    assert config["PREFERENCES_GRPC_HOST"] == "0.0.0.0"
+    assert config["OUTREACH_DATA_DIR"] == "/data"
+    assert config["PREFERENCES_GRPC_TARGET"] == "po-proactive-outreach-preferences:50051"
+    refs = {
+        env["name"]
+        for dep in _kind(docs, "Deployment")
+        for c in dep["spec"]["template"]["spec"]["containers"]
+        for env in c.get("env", [])
+    }
+    assert refs == SECRET_ENV
+
+
+def test_services_pdbs_hpas_networkpolicies() -> None:
+    docs = _render()
+    services = {_component(s): s for s in _kind(docs, "Service")}
+    assert set(services) == set(OPS_PORTS)
+    for name, svc in services.items():
+        assert svc["spec"]["type"] == "ClusterIP"
+        ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+        assert ports["http"] == OPS_PORTS[name]
+    assert {p["name"]: p["port"] for p in services["preferences"]["spec"]["ports"]} == {
+        "http": 8084,
+        "grpc": 50051,
+    }
+    assert {_component(p) for p in _kind(docs, "PodDisruptionBudget")} == set(OPS_PORTS)
+    hpas = _kind(docs, "HorizontalPodAutoscaler")
+    assert {_component(h) for h in hpas} == set(OPS_PORTS)
+    assert all(h["apiVersion"] == "autoscaling/v2" for h in hpas)
+    assert not _kind(docs, "ScaledObject")  # KEDA is opt-in
+
+    policies = {p["metadata"]["name"]: p["spec"] for p in _kind(docs, "NetworkPolicy")}
+    deny = policies["po-proactive-outreach-default-deny-ingress"]
+    assert deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+    grpc = policies["po-proactive-outreach-preferences-allow-outreach-grpc"]
+    assert grpc["ingress"][0]["ports"] == [{"port": 50051, "protocol": "TCP"}]
+    assert (
+        grpc["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        == "outreach"
+    )
+    assert "po-proactive-outreach-outreach-allow-webhooks" in policies
+    for name in OPS_PORTS:
+        mon = policies[f"po-proactive-outreach-{name}-allow-monitoring"]
+        assert mon["ingress"][0]["ports"][0]["port"] == OPS_PORTS[name]
+        assert "namespaceSelector" in mon["ingress"][0]["from"][0]
+
+
+def test_keda_replaces_the_hpa_of_lag_scaled_services() -> None:
+    docs = _render("keda.enabled=true")
+    scaled = {_component(s): s for s in _kind(docs, "ScaledObject")}
+    assert set(scaled) == {"orders-watcher", "risk-detector", "outreach"}
+    for name, obj in scaled.items():
+        assert obj["apiVersion"] == "keda.sh/v1alpha1"
+        triggers = obj["spec"]["triggers"]
+        assert triggers and all(t["type"] == "kafka" for t in triggers)
+        assert {t["metadata"]["consumerGroup"] for t in triggers} == {name.replace("-", "_")}
+    assert {_component(h) for h in _kind(docs, "HorizontalPodAutoscaler")} == {"preferences"}
+    for dep in _kind(docs, "Deployment"):
+        assert "replicas" not in dep["spec"]  # the autoscaler owns it
+
+
+def test_kafka_topics_mirror_common_topics() -> None:
+    docs = _render()
+    topics = {t["spec"]["topicName"]: t for t in _kind(docs, "KafkaTopic")}
+    specs = {s.name: s for s in all_topics()}
+    assert set(topics) == set(specs)
+    for name, spec in specs.items():
+        t = topics[name]
+        assert t["apiVersion"] in ("kafka.strimzi.io/v1", "kafka.strimzi.io/v1beta2")
+        assert "strimzi.io/cluster" in t["metadata"]["labels"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", t["metadata"]["name"])
+        assert t["spec"]["partitions"] == spec.partitions, name
+        assert int(t["spec"]["config"]["retention.ms"]) == spec.retention_ms, name
+        policy = "compact" if spec.compacted else "delete"
+        assert t["spec"]["config"]["cleanup.policy"] == policy, name
+    assert not _kind(_render("strimzi.enabled=false"), "KafkaTopic")
+
+
+def test_monitoring_objects_carry_the_one_source() -> None:
+    docs = _render()
+    rule = _kind(docs, "PrometheusRule")
+    assert len(rule) == 1 and rule[0]["apiVersion"] == "monitoring.coreos.com/v1"
+    yq = _tool("yq")
+    source = json.loads(_run(yq, "-o=json", "-I=0", ".", str(MONITORING / "alerts.yaml")).stdout)
+    assert rule[0]["spec"]["groups"] == source["groups"]
+    monitors = _kind(docs, "ServiceMonitor")
+    assert len(monitors) == 1
+    assert monitors[0]["spec"]["endpoints"][0]["port"] == "http"
+    assert monitors[0]["spec"]["endpoints"][0]["path"] == "/metrics"
+    dashboards = [
+        c
+        for c in _kind(docs, "ConfigMap")
+        if c["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
+    assert len(dashboards) == 1
+    (content,) = dashboards[0]["data"].values()
+    assert json.loads(content) == json.loads((MONITORING / "dashboard.json").read_text())
+
+
+def test_manifests_validate_offline_against_kubernetes_schemas(tmp_path: Path) -> None:
+    kubeconform = _tool("kubeconform")
+    schemas = CACHE / "k8s-schemas" / K8S_VERSION
+    if not (schemas / ".done").exists():
+        pytest.skip(f"no Kubernetes schemas in {schemas} (make deploy-tools)")
+    helm = _tool("helm")
+    for i, extra in enumerate(([], ["--set", "keda.enabled=true"])):
+        rendered = tmp_path / f"rendered-{i}.yaml"
+        rendered.write_text(
+            _run(
+                helm,
+                "template",
+                "po",
+                str(CHART),
+                "--kube-version",
+                K8S_VERSION.lstrip("v"),
+                *extra,
+            ).stdout
+        )
+        out = _run(
+            kubeconform,
+            "-strict",
+            "-summary",
+            "-skip",
+            "KafkaTopic,ServiceMonitor,PrometheusRule,ScaledObject",
+            "-schema-location",
+            str(schemas) + "/{{.ResourceKind}}{{.KindSuffix}}.json",
+            str(rendered),
+        ).stdout
+        assert "Invalid: 0, Errors: 0" in out, out
+        assert re.search(r"Valid: [1-9]", out), out
