@@ -98,17 +98,24 @@ def run_watcher(bootstrap: str, prefix: str, total: int, timeout: float) -> floa
         stderr=subprocess.DEVNULL,
     )
     try:
-        return _measure(lambda: consumed(port), total, timeout)
+        return _measure(lambda: consumed(port), total, timeout, proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
 
 
-def _measure(progress: Callable[[], float], total: int, timeout: float) -> float:
+def _measure(
+    progress: Callable[[], float],
+    total: int,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> float:
     deadline = time.monotonic() + timeout
     start = None
     last = 0.0
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the consumer exited with {proc.returncode}")
         done = progress()
         if done > 0 and start is None:
             start, first = time.monotonic(), done
@@ -138,7 +145,7 @@ async def serve():
 async def passthrough(stream):
     async for _ in stream:
         seen.inc()
-sys.argv = ["bare", "worker", "-l", "warning"]
+sys.argv = ["bare", "worker", "-l", "warn"]
 app.main()
 """
 
@@ -154,7 +161,7 @@ def run_bare(bootstrap: str, prefix: str, total: int, timeout: float) -> float:
         stderr=subprocess.DEVNULL,
     )
     try:
-        return _measure(lambda: consumed(port), total, timeout)
+        return _measure(lambda: consumed(port), total, timeout, proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
