@@ -39,7 +39,7 @@ kafka-down: ## stop the local Kafka started by kafka-up
 	$(PY) deploy/kafka/local_kafka.py down
 
 .PHONY: run
-run: venv system-deps ## the whole pipeline locally: Kafka, four services, simulated shop
+run: venv system-deps studio-assets ## the whole pipeline locally: Kafka, four services, simulated shop
 	$(PY) -m deploy.local.run
 
 .PHONY: simulate
@@ -47,7 +47,7 @@ simulate: venv ## publish a simulated shop to $$KAFKA_BOOTSTRAP_SERVERS
 	$(PY) -m simulator $(SIMULATE_ARGS)
 
 .PHONY: test
-test: venv system-deps ## every test: lint, unit, integration (real Kafka, PostgreSQL), e2e
+test: venv system-deps studio-assets ## every test: lint, unit, integration (real Kafka, PostgreSQL), e2e
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory check-protos
 	$(PYTEST) $(PYTEST_FLAGS) tests

@@ -79,3 +79,17 @@ PROVIDER_CIRCUIT_OPEN = Gauge(
     "1 while the circuit breaker of a provider is open (sending paused for it).",
     ["provider"],
 )
+TEMPLATE_REVISION = Gauge(
+    "outreach_template_revision",
+    "Revision of the template store this worker serves (moves when a studio user publishes)",
+)
+STUDIO_ACTIONS = Counter(
+    "outreach_studio_actions_total",
+    "Changes made in the template studio",
+    ["action"],
+)
+STUDIO_LOGIN_FAILURES = Counter(
+    "outreach_studio_login_failures_total",
+    "Failed studio sign-ins (wrong password, unknown user, throttled)",
+    ["reason"],
+)

@@ -56,12 +56,16 @@ class OpsServer:
 
     def app(self) -> web.Application:
         app = web.Application()
+        self.add_routes_to(app)
+        app.add_routes(self._routes)
+        return app
+
+    def add_routes_to(self, app: web.Application) -> None:
+        """The ops routes on an application of the service's own (the studio's)."""
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/healthz", self._readyz)
-        app.add_routes(self._routes)
-        return app
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)

@@ -11,6 +11,7 @@ command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || need+=(golang-go
 if [ "${OUTREACH_BROWSER_TESTS:-1}" = "1" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 [ ${#need[@]} -eq 0 ] && exit 0

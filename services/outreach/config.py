@@ -38,6 +38,18 @@ class Settings(ServiceSettings):
     support_email: str = "help@shop.example"
     support_phone: str = "+49 30 1234567"
 
+    # The template studio (python -m services.outreach.studio), see docs/studio.md.
+    studio_port: int = 8084
+    studio_secure_cookies: bool = False
+    studio_session_hours: float = Field(12.0, gt=0)
+    studio_login_attempts: int = Field(5, ge=1)
+    studio_login_window_s: float = Field(300.0, gt=0)
+    studio_trusted_user_header: str | None = None
+    studio_trusted_role_header: str | None = None
+    studio_trusted_default_role: str = "viewer"
+    studio_trusted_proxies: str = "127.0.0.1/32,::1/128"
+    studio_test_sends_per_hour: int = Field(20, ge=0)
+
     twilio_account_sid: str | None = Field(None, validation_alias=_env("TWILIO_ACCOUNT_SID"))
     twilio_auth_token: SecretStr | None = Field(None, validation_alias=_env("TWILIO_AUTH_TOKEN"))
     twilio_from_number: str | None = Field(None, validation_alias=_env("TWILIO_FROM_NUMBER"))

@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from common.metrics import TEMPLATE_REVISION
 from services.outreach.adapters.db import Base, UTCDateTime
 from services.outreach.domain.rendering import (
     CHANNELS,
@@ -293,6 +294,11 @@ class TemplateStore:
             ).scalars()
             return list(rows)
 
+    async def all_versions(self) -> list[TemplateVersion]:
+        """Every version of every key (the studio's list)."""
+        async with self.sessions() as s:
+            return list((await s.execute(select(TemplateVersion))).scalars())
+
     async def published(self) -> list[TemplateVersion]:
         """Every published version of every key."""
         async with self.sessions() as s:
@@ -521,6 +527,7 @@ class TemplateCache:
             self._by_key = by_key
             self.revision = revision
             self.reloads += 1
+            TEMPLATE_REVISION.set(revision)
             self._checked = now
 
     async def candidates(self, kind: str, channel: str, locale: str) -> list[TemplateSource]:

@@ -1,0 +1,171 @@
+"""The template studio: serve it, or manage its users.
+
+    python -m services.outreach.studio                      serve on OUTREACH_STUDIO_PORT
+    python -m services.outreach.studio users add NAME --role admin   (asks for a password)
+    python -m services.outreach.studio users add NAME --role editor --password-stdin
+    python -m services.outreach.studio users set NAME [--role R] [--password-stdin]
+                                                         [--disable | --enable]
+    python -m services.outreach.studio users list
+
+There is no default account: the first admin is created with `users add`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import signal
+import sys
+from datetime import timedelta
+
+from aiohttp import web
+
+from common.logs import configure_logging, get_logger
+from common.ops_http import Heartbeat, OpsServer
+from services.outreach.adapters import ledger as _ledger  # noqa: F401 - registers tables
+from services.outreach.adapters.db import create_engine, create_schema, session_factory
+from services.outreach.adapters.ledger import Ledger
+from services.outreach.adapters.templates import TemplateStore
+from services.outreach.bootstrap import build_senders
+from services.outreach.config import Settings
+from services.outreach.studio.accounts import ROLES, AccountError, Accounts
+from services.outreach.studio.app import Studio, create_app
+from services.outreach.studio.security import LoginThrottle
+
+log = get_logger(__name__)
+
+
+def build_studio(settings: Settings) -> tuple[Studio, object]:
+    engine = create_engine(settings.db_url())
+    sessions = session_factory(engine)
+    studio = Studio(
+        settings=settings,
+        store=TemplateStore(sessions),
+        ledger=Ledger(sessions),
+        accounts=Accounts(
+            sessions, session_lifetime=timedelta(hours=settings.studio_session_hours)
+        ),
+        senders=build_senders(settings),
+        throttle=LoginThrottle(settings.studio_login_attempts, settings.studio_login_window_s),
+    )
+    return studio, engine
+
+
+async def serve(settings: Settings) -> None:
+    studio, engine = build_studio(settings)
+    await create_schema(engine)  # type: ignore[arg-type]
+    await studio.store.seed_defaults()
+    heartbeat = Heartbeat()
+
+    async def database() -> bool:
+        return await studio.store.revision() >= 0
+
+    ops = OpsServer(settings.http_host, settings.studio_port, heartbeat, {"database": database})
+    app = create_app(studio, ops.add_routes_to)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.studio_port)
+    await site.start()
+    log.info(
+        "studio_started",
+        url=f"http://{settings.http_host}:{settings.studio_port}/",
+        users=len(await studio.accounts.users()),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set():
+            heartbeat.beat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=5)
+    finally:
+        await runner.cleanup()
+        await engine.dispose()  # type: ignore[attr-defined]
+        log.info("studio_stopped")
+
+
+def _password(args: argparse.Namespace, *, required: bool) -> str | None:
+    if args.password_stdin:
+        value = sys.stdin.readline().rstrip("\n")
+        if not value:
+            raise AccountError("no password on standard input")
+        return value
+    if not required:
+        return None
+    if not sys.stdin.isatty():
+        raise AccountError("no terminal to ask for a password: use --password-stdin")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Again: "):
+        raise AccountError("the two passwords differ")
+    return first
+
+
+async def users(settings: Settings, args: argparse.Namespace) -> int:
+    studio, engine = build_studio(settings)
+    await create_schema(engine)  # type: ignore[arg-type]
+    accounts = studio.accounts
+    try:
+        if args.action == "list":
+            for user in await accounts.users():
+                state = "disabled" if user.disabled else "active"
+                login = user.last_login_at.isoformat() if user.last_login_at else "never"
+                kind = "local" if user.password_hash else "sso"
+                print(f"{user.username}\t{user.role}\t{state}\t{kind}\tlast sign-in {login}")
+        elif args.action == "add":
+            await accounts.create_user(args.name, _password(args, required=True), args.role)
+            print(f"user {args.name} created with role {args.role}")
+        elif args.action == "set":
+            disabled = True if args.disable else (False if args.enable else None)
+            await accounts.update_user(
+                args.name,
+                role=args.role,
+                password=_password(args, required=False),
+                disabled=disabled,
+            )
+            print(f"user {args.name} changed")
+    except AccountError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await engine.dispose()  # type: ignore[attr-defined]
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m services.outreach.studio", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("serve", help="serve the studio (the default)")
+    u = sub.add_parser("users", help="manage studio users")
+    usub = u.add_subparsers(dest="action", required=True)
+    usub.add_parser("list", help="every user with role and state")
+    add = usub.add_parser("add", help="create a user (asks for the password)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=ROLES, required=True)
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    change = usub.add_parser("set", help="change role, password or state")
+    change.add_argument("name")
+    change.add_argument("--role", choices=ROLES)
+    change.add_argument("--password-stdin", action="store_true")
+    state = change.add_mutually_exclusive_group()
+    state.add_argument("--disable", action="store_true")
+    state.add_argument("--enable", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings()
+    configure_logging("outreach-studio", settings.log_level, settings.log_format)
+    if args.command == "users":
+        return asyncio.run(users(settings, args))
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
