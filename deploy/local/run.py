@@ -25,6 +25,7 @@ SERVICES = [
     ("orders_watcher", "services.orders_watcher", 8081),
     ("risk_detector", "services.risk_detector", 8082),
     ("outreach", "services.outreach", 8083),
+    ("studio", "services.outreach.studio", 8085),
 ]
 
 
@@ -149,7 +150,9 @@ def main() -> None:
             f"started simulator       pid {sim.pid:<7d} {args.speed:.0f}x speed, "
             f"{args.rate:.0f} orders/h, log {logs / 'simulator.log'}"
         )
-        print(f"\noutbox (SQLite ledger): {data_dir / 'outreach' / 'outreach.db'}")
+        studio_sign_in = studio_admin(env, data_dir)
+        print(f"\ntemplate studio:        http://127.0.0.1:8085/  {studio_sign_in}")
+        print(f"outbox (SQLite ledger): {data_dir / 'outreach' / 'outreach.db'}")
         print("explain a customer:     .venv/bin/outreachctl explain <customer_id>")
         print("Ctrl-C stops everything.\n", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -158,6 +161,28 @@ def main() -> None:
         pass
     finally:
         stop()
+
+
+def studio_admin(env: dict[str, str], data_dir: Path) -> str:
+    """A local admin for the studio of this dev data dir, with a password generated on
+    the first run (kept, readable only by you, beside the dev database). Production
+    admins are created with `python -m services.outreach.studio users add`."""
+    import secrets
+
+    keep = data_dir / "outreach" / ".studio-admin-password"
+    if not keep.exists():
+        password = secrets.token_urlsafe(12)
+        done = subprocess.run(
+            [sys.executable, "-m", "services.outreach.studio", "users", "add", "admin",
+             "--role", "admin", "--password-stdin"],
+            env=env, cwd=ROOT, input=password, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            return f"(no admin created: {done.stderr.strip()})"
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        keep.touch(mode=0o600)
+        keep.write_text(password)
+    return f"sign in as admin / {keep.read_text().strip()}  (kept in {keep})"
 
 
 def watch(bootstrap: str, children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:

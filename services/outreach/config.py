@@ -39,7 +39,7 @@ class Settings(ServiceSettings):
     support_phone: str = "+49 30 1234567"
 
     # The template studio (python -m services.outreach.studio), see docs/studio.md.
-    studio_port: int = 8084
+    studio_port: int = 8085
     studio_secure_cookies: bool = False
     studio_session_hours: float = Field(12.0, gt=0)
     studio_login_attempts: int = Field(5, ge=1)

@@ -24,7 +24,9 @@ MODULES = {
     "orders_watcher": "services.orders_watcher",
     "risk_detector": "services.risk_detector",
     "outreach": "services.outreach",
+    "studio": "services.outreach.studio",
 }
+PIPELINE = ("preferences", "orders_watcher", "risk_detector", "outreach")
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Stack:
             ORDERS_WATCHER_HTTP_PORT=str(self.ports["orders_watcher"]),
             RISK_DETECTOR_HTTP_PORT=str(self.ports["risk_detector"]),
             OUTREACH_HTTP_PORT=str(self.ports["outreach"]),
+            OUTREACH_STUDIO_PORT=str(self.ports["studio"]),
             OUTREACH_PUBLIC_BASE_URL=f"http://127.0.0.1:{self.ports['outreach']}",
         )
         env.update(self.extra_env)
@@ -69,7 +72,7 @@ class Stack:
             capture_output=True,
         )
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        for name in names or tuple(MODULES):
+        for name in names or PIPELINE:
             log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed with the process
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", MODULES[name]],
@@ -79,7 +82,7 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        for name in names or tuple(MODULES):
+        for name in names or PIPELINE:
             wait_for(lambda n=name: self.ready(n), timeout=90, message=f"{name} ready")
 
     def log_path(self, name: str) -> Path:

@@ -7,10 +7,12 @@ SQLite (a file under the data dir) by default, PostgreSQL in production through
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -69,6 +71,16 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables (every table module must be imported first)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    """Create missing tables (every table module must be imported first). Processes
+    sharing a database (workers, the studio) may start at once: a table another one
+    created between the check and the CREATE is not an error, the check runs again."""
+    for attempt in range(5):
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.create_all)
+            return
+        except DBAPIError as exc:
+            reason = str(exc.orig).lower()
+            if attempt == 4 or not ("exist" in reason or "duplicate" in reason):
+                raise
+            await asyncio.sleep(0.1 * (attempt + 1))

@@ -113,6 +113,19 @@ class OutreachWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.2)
 
+    async def _templates(self) -> None:
+        """Keep the published templates fresh even while no message is being rendered,
+        so a publish in the studio is served (and visible in
+        `outreach_template_revision`) within OUTREACH_TEMPLATE_REFRESH_S."""
+        cache = self.outreach.template_cache
+        while not self._stop.is_set():
+            try:
+                await cache.refresh()
+            except Exception:
+                log.exception("template_refresh_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), cache.refresh_s)
+
     async def run(self) -> None:
         ensure_topics(
             self.settings.kafka_bootstrap_servers,
@@ -144,6 +157,7 @@ class OutreachWorker:
             asyncio.create_task(self.consumer.run()),
             asyncio.create_task(self._scheduler()),
             asyncio.create_task(self._relay()),
+            asyncio.create_task(self._templates()),
         ]
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
