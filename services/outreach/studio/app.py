@@ -69,6 +69,11 @@ FLASH = {
 }
 
 
+USER = web.RequestKey("user", SignedIn)
+NEW_SESSION = web.RequestKey("new_session", SignedIn)  # opened by the trusted proxy
+TYPED_USERNAME = web.RequestKey("typed_username", str)  # kept in the form after a failure
+
+
 @dataclass
 class Studio:
     settings: Settings
@@ -101,7 +106,7 @@ class Studio:
     def page(
         self, request: web.Request, name: str, status: int = 200, **context: Any
     ) -> web.Response:
-        user = request.get("user")
+        user = request.get(USER)
         flash = FLASH.get(request.query.get("flash", ""))
         body = self.pages.get_template(name).render(
             user=user, csrf=user.csrf_token if user else "", flash=flash, path=request.path,
@@ -131,7 +136,7 @@ class Studio:
             return current
         user = await self.accounts.sso_user(name, role)
         session = await self.accounts.start_session(user.username)
-        request["new_session"] = session
+        request[NEW_SESSION] = session
         return session
 
 
@@ -173,7 +178,7 @@ def auth_middleware(studio: Studio) -> Any:
             if request.method in UNSAFE_METHODS or request.path.startswith("/api/"):
                 return studio.error(request, 401, "Signed out", "Please sign in again.")
             raise web.HTTPSeeOther(f"/login?next={request.path_qs}")
-        request["user"] = user
+        request[USER] = user
         if request.method in UNSAFE_METHODS and not await csrf_ok(request, user):
             log.warning("studio_csrf_refused", user=user.username, path=request.path)
             return studio.error(
@@ -183,9 +188,14 @@ def auth_middleware(studio: Studio) -> Any:
                 "This form was not sent from the studio, or it is too old. "
                 "Reload the page and try again.",
             )
-        response = await handler(request)
-        new = request.get("new_session")
-        if isinstance(new, SignedIn) and new.token:
+        new = request.get(NEW_SESSION)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # redirects too carry the new session's cookie
+            if new is not None and new.token:
+                exc.set_cookie(SESSION_COOKIE, new.token, **cookie_flags(studio.settings))
+            raise
+        if new is not None and new.token:
             response.set_cookie(SESSION_COOKIE, new.token, **cookie_flags(studio.settings))
         return response
 
@@ -203,7 +213,7 @@ async def csrf_ok(request: web.Request, user: SignedIn) -> bool:
 
 
 def current_user(request: web.Request) -> SignedIn:
-    user = request.get("user")
+    user = request.get(USER)
     assert isinstance(user, SignedIn)
     return user
 
@@ -278,7 +288,7 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
             login_csrf=token,
             error=error,
             next=safe_next(request.query.get("next")),
-            username=request.get("username", ""),
+            username=request.get(TYPED_USERNAME, ""),
         )
         flags = cookie_flags(studio.settings) | {"samesite": "Strict"}
         response.set_cookie(LOGIN_COOKIE, token, max_age=3600, **flags)
@@ -298,7 +308,7 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
             )
         username = str(form.get("username", "")).strip()
         password = str(form.get("password", ""))
-        request["username"] = username
+        request[TYPED_USERNAME] = username
         user_key, address_key = username.lower(), str(request.remote)
         wait = max(studio.throttle.wait_s(user_key), studio.address_throttle.wait_s(address_key))
         if wait > 0:
