@@ -40,7 +40,20 @@ SECRET_ENV = {
     "OUTREACH_DATABASE_URL",
     "PREFERENCES_DATABASE_URL",
 }
-OPS_PORTS = {"orders-watcher": 8081, "risk-detector": 8082, "outreach": 8083, "preferences": 8084}
+OPS_PORTS = {
+    "orders-watcher": 8081,
+    "risk-detector": 8082,
+    "outreach": 8083,
+    "preferences": 8084,
+    "studio": 8085,
+}
+MODULES = {
+    "orders-watcher": "services.orders_watcher",
+    "risk-detector": "services.risk_detector",
+    "outreach": "services.outreach",
+    "preferences": "services.preferences",
+    "studio": "services.outreach.studio",
+}
 
 
 def _tool(name: str) -> str:
@@ -181,7 +194,8 @@ def test_dashboard_has_the_panels() -> None:
 def test_dockerfile_is_multi_stage_locked_and_non_root() -> None:
     text = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
-    assert len(re.findall(r"^FROM ", text, re.M)) == 2
+    assert len(re.findall(r"^FROM ", text, re.M)) == 3  # assets (node), builder, runtime
+    assert "npm ci" in text and "COPY --from=assets" in text
     assert "uv sync --frozen --no-dev" in text
     assert "COPY --from=builder /opt/venv /opt/venv" in text
     for src in ("common/", "services/", "simulator/", "protos/"):
@@ -237,7 +251,7 @@ def test_every_deployment_is_probed_limited_and_locked_down() -> None:
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         volumes = {v["name"]: v for v in pod["volumes"]}
         for c in pod["containers"]:
-            assert c["command"] == ["python", "-m", f"services.{name.replace('-', '_')}"]
+            assert c["command"] == ["python", "-m", MODULES[name]]
             sc = c["securityContext"]
             assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001, name
             assert sc["readOnlyRootFilesystem"] is True, name
@@ -320,6 +334,7 @@ def test_services_pdbs_hpas_networkpolicies() -> None:
         == "outreach"
     )
     assert "po-proactive-outreach-outreach-allow-webhooks" in policies
+    assert "po-proactive-outreach-studio-allow-users" in policies
     for name in OPS_PORTS:
         mon = policies[f"po-proactive-outreach-{name}-allow-monitoring"]
         assert mon["ingress"][0]["ports"][0]["port"] == OPS_PORTS[name]
@@ -335,7 +350,10 @@ def test_keda_replaces_the_hpa_of_lag_scaled_services() -> None:
         triggers = obj["spec"]["triggers"]
         assert triggers and all(t["type"] == "kafka" for t in triggers)
         assert {t["metadata"]["consumerGroup"] for t in triggers} == {name.replace("-", "_")}
-    assert {_component(h) for h in _kind(docs, "HorizontalPodAutoscaler")} == {"preferences"}
+    assert {_component(h) for h in _kind(docs, "HorizontalPodAutoscaler")} == {
+        "preferences",
+        "studio",
+    }
     for dep in _kind(docs, "Deployment"):
         assert "replicas" not in dep["spec"]  # the autoscaler owns it
 
