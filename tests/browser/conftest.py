@@ -150,8 +150,11 @@ def studio(
         s.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium per module, never per session: Playwright's sync API keeps an event
+    loop running in this thread while it is open, and pytest-asyncio cannot start its own
+    loop for the async tests collected after it until that loop is closed."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
