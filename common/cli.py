@@ -131,6 +131,52 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator_request(url: str, body: dict[str, Any] | None = None) -> Any:
+    """GET (or POST a JSON body to) an operator endpoint with OUTREACH_OPERATOR_TOKEN."""
+    import os
+
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get("OUTREACH_OPERATOR_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise SystemExit(f"error: HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
+    except OSError as exc:
+        raise SystemExit(f"error: outreach not reachable at {url}: {exc}") from None
+
+
+def _actor(args: argparse.Namespace) -> str:
+    import getpass
+
+    return str(args.actor or getpass.getuser())
+
+
+def cmd_sending(args: argparse.Namespace) -> int:
+    base = f"{args.outreach_url}/ops/sending"
+    if args.action == "status":
+        state = _operator_request(base)
+    elif args.action == "pause":
+        state = _operator_request(
+            f"{base}/pause", {"scope": args.scope, "reason": args.reason, "actor": _actor(args)}
+        )
+    else:
+        state = _operator_request(
+            f"{base}/resume",
+            {"scope": args.scope, "ramp_minutes": args.ramp_minutes, "actor": _actor(args)},
+        )
+    paused = ", ".join(f"{p['scope']} (since {p['changed_at']}, {p['actor']}: {p['reason']})"
+                       for p in state["paused"]) or "nothing"  # fmt: skip
+    print(f"paused: {paused}")
+    if args.json:
+        print(json.dumps(state, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="outreachctl",
@@ -158,6 +204,33 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--risk-url", default="http://127.0.0.1:8082")
     explain.add_argument("--outreach-url", default="http://127.0.0.1:8083")
     explain.set_defaults(func=cmd_explain)
+    send = sub.add_parser(
+        "sending", help="the kill switch: pause or resume sending (all, or one intent)"
+    )
+    send_sub = send.add_subparsers(dest="action", required=True)
+    for action in ("status", "pause", "resume"):
+        cmd = send_sub.add_parser(action)
+        cmd.add_argument("--outreach-url", default="http://127.0.0.1:8083")
+        cmd.add_argument("--json", action="store_true", help="print the whole state")
+        if action != "status":
+            cmd.add_argument(
+                "--intent",
+                dest="scope",
+                default="all",
+                choices=["all", "apology", "status_update", "check_in"],
+                help="pause/resume one intent only (default: all sending)",
+            )
+            cmd.add_argument("--actor", help="who (default: your user name)")
+        if action == "pause":
+            cmd.add_argument("--reason", required=True, help="why: shown to everyone, audited")
+        if action == "resume":
+            cmd.add_argument(
+                "--ramp-minutes",
+                type=float,
+                default=None,
+                help="release the held backlog over this long (default: the worker's setting)",
+            )
+        cmd.set_defaults(func=cmd_sending)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

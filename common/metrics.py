@@ -81,15 +81,20 @@ PROVIDER_CIRCUIT_OPEN = Gauge(
 )
 TEMPLATE_REVISION = Gauge(
     "outreach_template_revision",
-    "Revision of the template store this worker serves (moves when a studio user publishes)",
+    "Revision of the template store this worker serves (moves when a studio user publishes).",
 )
 STUDIO_ACTIONS = Counter(
     "outreach_studio_actions_total",
-    "Changes made in the template studio",
+    "Changes made in the template studio.",
     ["action"],
 )
 STUDIO_LOGIN_FAILURES = Counter(
     "outreach_studio_login_failures_total",
-    "Failed studio sign-ins (wrong password, unknown user, throttled)",
+    "Failed studio sign-ins (wrong password, unknown user, throttled).",
     ["reason"],
+)
+SENDING_PAUSED = Gauge(
+    "outreach_sending_paused",
+    "1 while sending is paused by the kill switch, by scope (all or an intent).",
+    ["scope"],
 )

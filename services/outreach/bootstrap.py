@@ -12,6 +12,7 @@ from aiohttp import web
 from common.clock import Clock
 from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - registers tables
 from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
+from services.outreach.adapters.controls import ControlsWatcher, SendingControls
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.ledger import Ledger
 from services.outreach.adapters.providers import (
@@ -75,12 +76,15 @@ class Outreach:
     plans: ContactPlans
     senders: dict[str, MessageSender]
     delivery: DeliveryService
+    controls: SendingControls
+    controls_watcher: ControlsWatcher
     extra_routes: list[web.RouteDef] = field(default_factory=list)
 
     async def start(self) -> None:
         await create_schema(self.engine)
         await self.templates.seed_defaults()
         await self.template_cache.refresh(force=True)
+        await self.controls_watcher.refresh()  # a pause holds from the first message on
         await self.plans.start()
 
     async def stop(self) -> None:
@@ -136,7 +140,12 @@ def build(
         sending=SendingPolicy(max_attempts=settings.max_attempts),
         links=links,
     )
+    controls = SendingControls(sessions)
     return Outreach(
+        controls=controls,
+        controls_watcher=ControlsWatcher(
+            controls, delivery.paused, full_rate_per_s=settings.provider_rate_per_s
+        ),
         settings=settings,
         clock=clock or settings.make_clock(),
         engine=engine,

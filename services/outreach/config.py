@@ -33,6 +33,9 @@ class Settings(ServiceSettings):
     provider_rate_per_s: float = Field(50.0, gt=0)
     scheduler_interval_s: float = Field(1.0, gt=0)
     template_refresh_s: float = Field(2.0, gt=0)
+    controls_refresh_s: float = Field(1.0, gt=0)
+    resume_ramp_minutes: float = Field(10.0, ge=0)
+    operator_token: SecretStr | None = None
     shop_name: str = "Example Shop"
     support_url: str = "https://shop.example/help"
     support_email: str = "help@shop.example"

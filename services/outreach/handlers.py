@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common import schemas
@@ -27,6 +28,7 @@ from services.outreach.adapters.providers import (
 )
 from services.outreach.domain import decisions as pipeline
 from services.outreach.domain.decisions import ChannelOption, ContactPlan, DeliveryPolicy
+from services.outreach.domain.ramp import Paused
 from services.outreach.domain.rendering import RenderError
 
 log = get_logger(__name__)
@@ -51,17 +53,6 @@ class Links:
     unsubscribe_secret: str = ""
 
 
-@dataclass
-class Paused:
-    """Kill switch state: global and per intent (kept current by the control loop)."""
-
-    all: bool = False
-    intents: set[str] = field(default_factory=set)
-
-    def applies(self, intent: str) -> bool:
-        return self.all or intent in self.intents
-
-
 class DeliveryService:
     def __init__(
         self,
@@ -76,6 +67,7 @@ class DeliveryService:
         links: Links,
         optouts: Any = None,
         paused: Paused | None = None,
+        wall: Callable[[], datetime] | None = None,
     ) -> None:
         self.ledger = ledger
         self.plans = plans
@@ -87,6 +79,9 @@ class DeliveryService:
         self.links = links
         self.optouts = optouts
         self.paused = paused or Paused()
+        # Operators pause and resume in wall time, whatever clock decides (a replay in
+        # event time still ramps in real seconds).
+        self.wall = wall or (lambda: datetime.now(UTC))
 
     # --- inputs --------------------------------------------------------------------
 
@@ -166,6 +161,7 @@ class DeliveryService:
         rows = await self.ledger.due(now)
         if not self.paused.all:
             rows += [r for r in await self.ledger.held() if not self.paused.applies(r.intent)]
+        rows = self._within_ramp(rows, self.wall())
         for row in rows:
             if self.paused.applies(row.intent):
                 continue
@@ -191,6 +187,23 @@ class DeliveryService:
                 row.status = "decided"
                 await self._deliver(row, now)
         return len(rows)
+
+    def _within_ramp(self, rows: list[Delivery], now: datetime) -> list[Delivery]:
+        """After a resume with a ramp, release the held backlog gradually: each ramp's
+        budget limits how many of its rows go in this round; the rest wait their turn."""
+        out: list[Delivery] = []
+        wanted: dict[int, list[Delivery]] = {}
+        budgets = {}
+        for row in rows:
+            budget = self.paused.ramping(row.intent, now)
+            if budget is None:
+                out.append(row)
+                continue
+            budgets[id(budget)] = budget
+            wanted.setdefault(id(budget), []).append(row)
+        for key, waiting in wanted.items():
+            out.extend(waiting[: budgets[key].take(now, len(waiting))])
+        return out
 
     async def _redecide(self, row: Delivery, now: datetime) -> None:
         request = schemas.OutreachRequest.model_validate(row.request)

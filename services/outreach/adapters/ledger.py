@@ -147,6 +147,7 @@ class Ledger:
                 .where(
                     Delivery.customer_id == customer_id,
                     Delivery.status == "scheduled",
+                    Delivery.channel.is_not(None),  # held by a pause: not decided yet
                     Delivery.decided_at >= since,
                 )
             )

@@ -1,13 +1,18 @@
-"""HTTP routes of the outreach worker: explain (operators), unsubscribe (customers)."""
+"""HTTP routes of the outreach worker: explain and the kill switch (operators),
+unsubscribe (customers)."""
 
 from __future__ import annotations
 
+import hmac
 import html
+import ipaddress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from services.outreach.adapters.controls import ControlError
+from services.outreach.domain.ramp import GLOBAL
 from services.outreach.domain.unsubscribe import read_token
 
 if TYPE_CHECKING:
@@ -78,8 +83,68 @@ async def _explain(
     return out
 
 
+def _operator_allowed(request: web.Request, token: str | None) -> bool:
+    """A bearer token when OUTREACH_OPERATOR_TOKEN is set; else only loopback callers
+    (a developer machine), since this port also serves the public webhooks."""
+    if token:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return bool(sent) and hmac.compare_digest(sent, token)
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
 def routes(outreach: Outreach) -> list[web.RouteDef]:
     secret = outreach.delivery.links.unsubscribe_secret
+    settings = outreach.settings
+    token = settings.operator_token.get_secret_value() if settings.operator_token else None
+
+    async def sending_state() -> dict[str, Any]:
+        return {
+            "paused": [s.as_json() for s in await outreach.controls.state() if s.paused],
+            "controls": [s.as_json() for s in await outreach.controls.state()],
+            "history": [
+                {
+                    "at": h.at.isoformat(),
+                    "scope": h.scope,
+                    "action": h.action,
+                    "actor": h.actor,
+                    "reason": h.reason,
+                    "ramp_minutes": h.ramp_minutes,
+                }
+                for h in await outreach.controls.history(20)
+            ],
+        }
+
+    async def sending(request: web.Request) -> web.Response:
+        if not _operator_allowed(request, token):
+            return web.json_response({"error": "operator token required"}, status=401)
+        if request.method == "GET":
+            return web.json_response(await sending_state())
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "the body must be JSON"}, status=400)
+        action = request.match_info["action"]
+        scope = str(body.get("scope") or GLOBAL)
+        actor = str(body.get("actor") or "")
+        try:
+            if action == "pause":
+                await outreach.controls.pause(
+                    scope, actor=actor, reason=str(body.get("reason", ""))
+                )
+            else:
+                ramp = body.get("ramp_minutes")
+                await outreach.controls.resume(
+                    scope,
+                    actor=actor,
+                    ramp_minutes=settings.resume_ramp_minutes if ramp is None else float(ramp),
+                )
+        except (ControlError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        await outreach.controls_watcher.refresh()  # this worker at once, the others within 1 s
+        return web.json_response(await sending_state())
 
     async def explain_customer(request: web.Request) -> web.Response:
         customer_id = request.match_info["customer_id"]
@@ -121,6 +186,8 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
         *webhook_routes(outreach),
         web.get("/customers/{customer_id}/explain", explain_customer),
         web.get("/orders/{order_id}/explain", explain_order),
+        web.get("/ops/sending", sending),
+        web.post("/ops/sending/{action:pause|resume}", sending),
         web.get("/unsubscribe", unsubscribe),
         web.post("/unsubscribe", unsubscribe),
     ]

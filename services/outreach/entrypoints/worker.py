@@ -126,6 +126,16 @@ class OutreachWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), cache.refresh_s)
 
+    async def _controls(self) -> None:
+        """Obey the kill switch: every worker reads it every OUTREACH_CONTROLS_REFRESH_S."""
+        while not self._stop.is_set():
+            try:
+                await self.outreach.controls_watcher.refresh()
+            except Exception:
+                log.exception("controls_refresh_failed")  # the last known state holds
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.controls_refresh_s)
+
     async def run(self) -> None:
         ensure_topics(
             self.settings.kafka_bootstrap_servers,
@@ -158,6 +168,7 @@ class OutreachWorker:
             asyncio.create_task(self._scheduler()),
             asyncio.create_task(self._relay()),
             asyncio.create_task(self._templates()),
+            asyncio.create_task(self._controls()),
         ]
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

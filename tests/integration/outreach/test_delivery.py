@@ -266,3 +266,104 @@ async def test_frequency_cap_three_in_seven_days_critical_bypasses(outreach, sen
     )
     crit, _ = await statuses(outreach, "crit")
     assert crit.status == "sent" and len(sendgrid_double.messages) == 4
+
+
+# --- the kill switch ------------------------------------------------------------------
+
+
+async def test_a_pause_holds_decisions_and_a_resume_with_a_ramp_releases_them_gradually(
+    outreach, twilio_double, sendgrid_double
+):
+    wall = [datetime(2026, 11, 1, 12, 0, tzinfo=UTC)]
+    outreach.delivery.wall = lambda: wall[0]
+    outreach.controls.now = lambda: wall[0]
+    watcher = outreach.controls_watcher
+    watcher.full_rate_per_s = 0.5  # a floor of 0.05/s: easy to count
+
+    await outreach.controls.pause("all", actor="oncall", reason="provider incident")
+    await watcher.refresh()
+    for i in range(3):  # the frequency cap's worth: held rows must not count against it
+        await outreach.delivery.on_request(
+            request(f"req-{i}", cause=f"inc-{i}"), NOON + timedelta(minutes=i)
+        )
+    rows = await outreach.ledger.history(customer_id="c-1")
+    assert {r.status for r in rows} == {"scheduled"} and len(rows) == 3
+    assert all(r.rule.startswith("paused") and r.send_at is None for r in rows)
+    await outreach.delivery.send_due(NOON + timedelta(minutes=5))
+    assert not sendgrid_double.messages  # still held
+
+    await outreach.controls.resume("all", actor="oncall", ramp_minutes=10)
+    await watcher.refresh()
+    await outreach.delivery.send_due(NOON + timedelta(minutes=6))
+    assert len(sendgrid_double.messages) == 1  # the ramp starts with one
+    await outreach.delivery.send_due(NOON + timedelta(minutes=6))
+    assert len(sendgrid_double.messages) == 1  # nothing earned yet
+    wall[0] += timedelta(minutes=11)  # the ramp is over: the rest goes
+    await outreach.delivery.send_due(NOON + timedelta(minutes=7))
+    assert len(sendgrid_double.messages) == 3
+    history = await outreach.controls.history()
+    assert [(h.action, h.actor) for h in history] == [("resume", "oncall"), ("pause", "oncall")]
+
+
+async def test_pausing_one_intent_leaves_the_others_sending(outreach, sendgrid_double):
+    await outreach.controls.pause("check_in", actor="marketing", reason="offer typo")
+    await outreach.controls_watcher.refresh()
+    await outreach.delivery.on_request(
+        request("req-c", kind="churn_risk", intent="check_in", cause="risk-1"), NOON
+    )
+    await outreach.delivery.on_request(request("req-a", cause="inc-a"), NOON)
+    by_request = {r.request_id: r for r in await outreach.ledger.history(customer_id="c-1")}
+    held = by_request["req-c"]
+    assert held.status == "scheduled" and held.send_at is None and held.rule.startswith("paused")
+    assert by_request["req-a"].status == "sent"
+    assert len(sendgrid_double.messages) == 1
+
+
+async def test_the_operator_endpoint_needs_the_token_and_audits_who(
+    database_url, tmp_path, monkeypatch, capsys
+):
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from common.cli import main as outreachctl
+
+    settings = Settings(database_url=database_url, data_dir=tmp_path, operator_token="s3cret-token")
+    app = build(settings, plans=StaticContactPlans({}), senders={"email": OutboxSender()})
+    await app.start()
+    web_app = web.Application()
+    web_app.add_routes(app.routes())
+    client = TestClient(TestServer(web_app))
+    await client.start_server()
+    try:
+        body = {"scope": "all", "reason": "incident 42", "actor": "ana"}
+        assert (await client.post("/ops/sending/pause", json=body)).status == 401
+        auth = {"Authorization": "Bearer s3cret-token"}
+        done = await client.post("/ops/sending/pause", json=body, headers=auth)
+        assert done.status == 200
+        state = await done.json()
+        assert state["paused"][0]["scope"] == "all" and state["paused"][0]["actor"] == "ana"
+        assert app.delivery.paused.all  # this worker obeys at once
+        missing = await client.post("/ops/sending/pause", json={"actor": "ana"}, headers=auth)
+        assert missing.status == 400 and "why" in (await missing.json())["error"]
+        url = f"http://127.0.0.1:{client.port}"
+        with pytest.raises(SystemExit, match="401"):  # outreachctl without the token
+            await asyncio.to_thread(outreachctl, ["sending", "status", "--outreach-url", url])
+        monkeypatch.setenv("OUTREACH_OPERATOR_TOKEN", "s3cret-token")
+        capsys.readouterr()
+        await asyncio.to_thread(outreachctl, ["sending", "status", "--outreach-url", url])
+        printed = capsys.readouterr().out
+        assert printed.startswith("paused: all (since") and "ana: incident 42" in printed
+        await asyncio.to_thread(
+            outreachctl,
+            ["sending", "resume", "--outreach-url", url, "--actor", "bo", "--ramp-minutes", "0"],
+        )
+        assert "paused: nothing" in capsys.readouterr().out
+        resumed = await client.get("/ops/sending", headers=auth)
+        assert (await resumed.json())["history"][0]["actor"] == "bo"
+        await app.controls_watcher.refresh()
+        assert not app.delivery.paused.all
+    finally:
+        await client.close()
+        await app.stop()
