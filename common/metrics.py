@@ -98,3 +98,8 @@ SENDING_PAUSED = Gauge(
     "1 while sending is paused by the kill switch, by scope (all or an intent).",
     ["scope"],
 )
+LEDGER_DELIVERIES = Gauge(
+    "outreach_ledger_deliveries",
+    "Decisions in the delivery ledger by state (held: scheduled by a pause, no time yet).",
+    ["status"],
+)

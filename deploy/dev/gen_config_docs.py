@@ -53,6 +53,7 @@ NOTES = {
     "OUTREACH_MAX_ATTEMPTS": "provider attempts before a message is failed",
     "OUTREACH_TEMPLATE_REFRESH_S": "how often workers look for newly published templates",
     "OUTREACH_CONTROLS_REFRESH_S": "how often workers read the kill switch (pause/resume)",
+    "OUTREACH_LEDGER_METRICS_S": "how often a worker counts the ledger by state (outreach_ledger_deliveries)",
     "OUTREACH_RESUME_RAMP_MINUTES": "default ramp after a resume: the held backlog climbs from 10 % to the full rate",
     "OUTREACH_OPERATOR_TOKEN": "bearer token of /ops/sending (pause/resume); unset → loopback callers only",
     "OUTREACH_STUDIO_PORT": "port of the template studio (its own process)",

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from common.clock import Clock
+from common.metrics import RENDER_FAILURES, SUPPRESSIONS
 from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - registers tables
 from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
 from services.outreach.adapters.controls import ControlsWatcher, SendingControls
@@ -24,8 +25,19 @@ from services.outreach.adapters.providers import (
 )
 from services.outreach.adapters.templates import TemplateCache, TemplateStore
 from services.outreach.config import Settings
-from services.outreach.domain.decisions import DeliveryPolicy
+from services.outreach.domain.decisions import DeliveryPolicy, Suppression
+from services.outreach.domain.rendering import CHANNELS, MESSAGE_KINDS
 from services.outreach.handlers import DeliveryService, Links, MessageComposer, SendingPolicy
+
+
+def export_zero_series() -> None:
+    """Every series an alert or panel reads exists from the start, at 0: `increase()`
+    over a counter that first appears at 1 would miss that first failure."""
+    for reason in Suppression:
+        SUPPRESSIONS.labels(reason.value)
+    for kind in MESSAGE_KINDS:
+        for channel in CHANNELS:
+            RENDER_FAILURES.labels(kind, channel)
 
 
 def build_senders(settings: Settings) -> dict[str, MessageSender]:
@@ -141,6 +153,7 @@ def build(
         links=links,
     )
     controls = SendingControls(sessions)
+    export_zero_series()
     return Outreach(
         controls=controls,
         controls_watcher=ControlsWatcher(

@@ -34,6 +34,7 @@ class Settings(ServiceSettings):
     scheduler_interval_s: float = Field(1.0, gt=0)
     template_refresh_s: float = Field(2.0, gt=0)
     controls_refresh_s: float = Field(1.0, gt=0)
+    ledger_metrics_s: float = Field(30.0, gt=0)
     resume_ramp_minutes: float = Field(10.0, ge=0)
     operator_token: SecretStr | None = None
     shop_name: str = "Example Shop"

@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.envelope import new_event
 from tests.conftest import wait_for
 from tests.e2e.stack import Shop, Stack, TopicReader
+from tests.monitoring import alert_expressions, dashboard_expressions, metrics_named
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -251,10 +253,27 @@ def test_late_delivery_reaches_the_customer_once_in_their_language_and_time_zone
         assert headers["dlq.reason.code"] == "not_json"
         assert "not JSON" in headers["dlq.reason"]
         assert dead[0].value == b'{"specversion": "1.0", "id": 42'
+
+        # Every series an alert or a dashboard panel reads is exported by a running
+        # service: scraped from the four of them here, not assumed from the code.
+        scraped: set[str] = set()
+        for service in ("orders_watcher", "risk_detector", "outreach", "preferences"):
+            scraped |= sampled_series(stack.metrics(service))
+        used = metrics_named(alert_expressions() + dashboard_expressions())
+        assert not used - scraped, f"no service exports {sorted(used - scraped)}"
     finally:
         shop.close()
         messages.close()
         deadletters.close()
+
+
+def sampled_series(exposition: str) -> set[str]:
+    """The series names with at least one sample in a Prometheus exposition."""
+    return {
+        sample.name
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
 
 
 def publish_in_time_order(shop: Shop, events: list[Any]) -> None:

@@ -22,6 +22,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import common.metrics as metrics_module
 from common.topics import all_topics
+from tests.monitoring import alert_expressions, dashboard_expressions, metrics_named
 
 pytestmark = pytest.mark.integration
 
@@ -114,38 +115,12 @@ def _known_series() -> set[str]:
     return names
 
 
-def _dashboard_exprs() -> list[str]:
-    dash = json.loads((MONITORING / "dashboard.json").read_text())
-    exprs: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("expr", "definition", "query") and isinstance(value, str):
-                    exprs.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(dash)
-    return exprs
-
-
-def _alert_exprs() -> list[str]:
-    """The `expr:` of every rule: one line, or the `|` block indented below it."""
-    text = (MONITORING / "alerts.yaml").read_text()
-    pattern = r"^\s*expr: (?:\|\n((?:\s{10,}.*\n)+)|(.*))$"
-    return [block or line for block, line in re.findall(pattern, text, re.M)]
-
-
 @pytest.mark.parametrize("source", ["alerts", "dashboard"])
 def test_rules_and_dashboard_use_only_exported_metrics(source: str) -> None:
-    exprs = _alert_exprs() if source == "alerts" else _dashboard_exprs()
+    exprs = alert_expressions() if source == "alerts" else dashboard_expressions()
     assert exprs, f"no expressions found in {source}"
     known = _known_series()
-    used = {name for expr in exprs for name in re.findall(r"\boutreach_[a-z_]+", expr)}
+    used = metrics_named(exprs)
     assert used, f"{source} references no outreach_* metric"
     unknown = used - known
     assert not unknown, f"{source} uses metrics common/metrics.py does not export: {unknown}"
@@ -174,7 +149,7 @@ def test_alerts_have_severity_summary_description_runbook() -> None:
 
 def test_dashboard_has_the_panels() -> None:
     dash = json.loads((MONITORING / "dashboard.json").read_text())
-    exprs = " ".join(_dashboard_exprs())
+    exprs = " ".join(dashboard_expressions())
     for metric in (
         "outreach_events_consumed_total",
         "outreach_dead_letters_total",

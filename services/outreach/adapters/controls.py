@@ -150,6 +150,8 @@ class ControlsWatcher:
         self.paused = paused
         self.full_rate_per_s = full_rate_per_s
         self._seen: dict[str, tuple[bool, datetime]] = {}  # scope → the last state applied
+        for scope in SCOPES:
+            SENDING_PAUSED.labels(scope).set(0)
 
     async def refresh(self) -> None:
         states = await self.controls.state()

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from services.outreach.adapters.db import Base, UTCDateTime
 
 TERMINAL = frozenset({"suppressed", "sent", "delivered", "failed"})
+STATES = ("decided", "scheduled", "sending", *sorted(TERMINAL))
 
 
 class Delivery(Base):
@@ -152,6 +153,21 @@ class Ledger:
                 )
             )
             return int(sent.scalar_one()) + int(pending.scalar_one())
+
+    async def count_by_status(self) -> dict[str, int]:
+        """Rows per state (for `outreach_ledger_deliveries`); every state is present,
+        and scheduled rows held by a pause are counted apart as `held`."""
+        async with self.sessions() as s:
+            rows = await s.execute(
+                select(Delivery.status, Delivery.send_at.is_(None), func.count()).group_by(
+                    Delivery.status, Delivery.send_at.is_(None)
+                )
+            )
+            counts = dict.fromkeys((*STATES, "held"), 0)
+            for status, no_time, count in rows:
+                key = "held" if status == "scheduled" and no_time else status
+                counts[key] = counts.get(key, 0) + int(count)
+            return counts
 
     async def is_resolved(self, cause_id: str) -> bool:
         async with self.sessions() as s:

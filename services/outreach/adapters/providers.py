@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from common.metrics import PROVIDER_SECONDS
+from common.metrics import PROVIDER_CIRCUIT_OPEN, PROVIDER_SECONDS
 
 
 @dataclass(frozen=True)
@@ -425,9 +425,9 @@ class GuardedSender(MessageSender):
         self.breaker = CircuitBreaker(failure_threshold, reset_after_s)
         self.bucket = TokenBucket(rate=rate_per_s, burst=max(1.0, rate_per_s))
         self.max_wait_s = max_wait_s
+        PROVIDER_CIRCUIT_OPEN.labels(self.provider).set(0)
 
     async def send(self, message: OutboundMessage) -> SendResult:
-        from common.metrics import PROVIDER_CIRCUIT_OPEN
 
         now = time.monotonic()
         if not self.breaker.allow(now):

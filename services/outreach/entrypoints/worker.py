@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from common.kafka import (
     MessageProcessor,
 )
 from common.logs import configure_logging, get_logger
+from common.metrics import LEDGER_DELIVERIES
 from common.ops_http import Heartbeat, OpsServer
 from common.topics import TopicSpec
 from services.outreach.bootstrap import Outreach, build
@@ -113,28 +115,20 @@ class OutreachWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.2)
 
-    async def _templates(self) -> None:
-        """Keep the published templates fresh even while no message is being rendered,
-        so a publish in the studio is served (and visible in
-        `outreach_template_revision`) within OUTREACH_TEMPLATE_REFRESH_S."""
-        cache = self.outreach.template_cache
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
+        """Run `job` every `seconds` until stopped; a failure is logged and the last
+        known state holds until the next round."""
         while not self._stop.is_set():
             try:
-                await cache.refresh()
+                await job()
             except Exception:
-                log.exception("template_refresh_failed")
+                log.exception(f"{name}_failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), cache.refresh_s)
+                await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def _controls(self) -> None:
-        """Obey the kill switch: every worker reads it every OUTREACH_CONTROLS_REFRESH_S."""
-        while not self._stop.is_set():
-            try:
-                await self.outreach.controls_watcher.refresh()
-            except Exception:
-                log.exception("controls_refresh_failed")  # the last known state holds
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.controls_refresh_s)
+    async def _ledger_gauge(self) -> None:
+        for status, count in (await self.outreach.ledger.count_by_status()).items():
+            LEDGER_DELIVERIES.labels(status).set(count)
 
     async def run(self) -> None:
         ensure_topics(
@@ -163,12 +157,27 @@ class OutreachWorker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        cache = self.outreach.template_cache
         tasks = [
             asyncio.create_task(self.consumer.run()),
             asyncio.create_task(self._scheduler()),
             asyncio.create_task(self._relay()),
-            asyncio.create_task(self._templates()),
-            asyncio.create_task(self._controls()),
+            # Published templates stay fresh even while nothing is rendered, so a publish
+            # in the studio is served within OUTREACH_TEMPLATE_REFRESH_S.
+            asyncio.create_task(
+                self._every(cache.refresh_s, cache.refresh, "template_refresh"),
+            ),
+            # The kill switch: every worker reads it every OUTREACH_CONTROLS_REFRESH_S.
+            asyncio.create_task(
+                self._every(
+                    self.settings.controls_refresh_s,
+                    self.outreach.controls_watcher.refresh,
+                    "controls_refresh",
+                )
+            ),
+            asyncio.create_task(
+                self._every(self.settings.ledger_metrics_s, self._ledger_gauge, "ledger_gauge")
+            ),
         ]
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

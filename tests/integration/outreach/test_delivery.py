@@ -289,6 +289,8 @@ async def test_a_pause_holds_decisions_and_a_resume_with_a_ramp_releases_them_gr
     rows = await outreach.ledger.history(customer_id="c-1")
     assert {r.status for r in rows} == {"scheduled"} and len(rows) == 3
     assert all(r.rule.startswith("paused") and r.send_at is None for r in rows)
+    counts = await outreach.ledger.count_by_status()
+    assert counts["held"] == 3 and counts["scheduled"] == 0 and counts["sent"] == 0
     await outreach.delivery.send_due(NOON + timedelta(minutes=5))
     assert not sendgrid_double.messages  # still held
 
@@ -301,6 +303,8 @@ async def test_a_pause_holds_decisions_and_a_resume_with_a_ramp_releases_them_gr
     wall[0] += timedelta(minutes=11)  # the ramp is over: the rest goes
     await outreach.delivery.send_due(NOON + timedelta(minutes=7))
     assert len(sendgrid_double.messages) == 3
+    counts = await outreach.ledger.count_by_status()
+    assert (counts["held"], counts["sent"]) == (0, 3)
     history = await outreach.controls.history()
     assert [(h.action, h.actor) for h in history] == [("resume", "oncall"), ("pause", "oncall")]
 
