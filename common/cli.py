@@ -3,6 +3,9 @@
 outreachctl topics create            create every topic (partitions, retention, DLQs)
 outreachctl deadletters list SERVICE  list dead letters with their reasons
 outreachctl deadletters replay SERVICE [--offset N]   put them back on their topic
+outreachctl deadletters purge SERVICE [--before-offset N] [--older-than-days D] --yes
+outreachctl templates export|import ...   the studio's templates as one JSON document
+outreachctl sending status|pause|resume   the kill switch
 outreachctl explain CUSTOMER_ID      why did (or didn't) we message this person?
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -108,6 +112,48 @@ def cmd_deadletters_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deadletters_purge(args: argparse.Namespace) -> int:
+    """Delete dead letters for good (Kafka DeleteRecords): all of them, those before an
+    offset (e.g. the ones just replayed), or those older than some days."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    settings = _settings()
+    servers = settings.kafka_bootstrap_servers.split(",")
+    topic = settings.topics.deadletter(args.service)
+    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            print(f"error: no topic {topic}", file=sys.stderr)
+            return 1
+        start, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+        cut = dict(end)
+        if args.before_offset is not None:
+            cut = {tp: min(args.before_offset, end[tp]) for tp in tps}
+        if args.older_than_days is not None:
+            moment_ms = int((time.time() - args.older_than_days * 86400) * 1000)
+            found = consumer.offsets_for_times(dict.fromkeys(tps, moment_ms))
+            cut = {tp: min(cut[tp], found[tp].offset if found[tp] else end[tp]) for tp in tps}
+    finally:
+        consumer.close()
+    doomed = {tp: cut[tp] for tp in tps if cut[tp] > start[tp]}
+    count = sum(cut[tp] - start[tp] for tp in doomed)
+    if not doomed:
+        print("nothing to purge")
+        return 0
+    if not args.yes:
+        print(f"would delete {count} dead letter(s) of {topic} for good; add --yes to do it")
+        return 1
+    admin = KafkaAdminClient(bootstrap_servers=servers)
+    try:
+        admin.delete_records(doomed, timeout_ms=30_000)
+    finally:
+        admin.close()
+    print(f"purged {count} dead letter(s) of {topic}")
+    return 0
+
+
 def _get_json(url: str) -> Any:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -177,6 +223,14 @@ def cmd_sending(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_templates(args: argparse.Namespace) -> int:
+    """Runs in the outreach studio's own command (its settings, its database)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "services.outreach.studio", "templates", *args.rest]
+    return subprocess.run(command, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="outreachctl",
@@ -199,6 +253,19 @@ def main(argv: list[str] | None = None) -> int:
     dl_replay.add_argument("service", choices=SERVICES)
     dl_replay.add_argument("--offset", type=int, default=None)
     dl_replay.set_defaults(func=cmd_deadletters_replay)
+    dl_purge = dl.add_parser("purge", help="delete dead letters for good (asks for --yes)")
+    dl_purge.add_argument("service", choices=SERVICES)
+    dl_purge.add_argument("--before-offset", type=int, help="only those before this offset")
+    dl_purge.add_argument("--older-than-days", type=float, help="only those older than this")
+    dl_purge.add_argument("--yes", action="store_true", help="really delete them")
+    dl_purge.set_defaults(func=cmd_deadletters_purge)
+    tpl = sub.add_parser(
+        "templates",
+        help="export/import templates (see `outreachctl templates export|import --help`)",
+        add_help=False,
+    )
+    tpl.add_argument("rest", nargs=argparse.REMAINDER)
+    tpl.set_defaults(func=cmd_templates)
     explain = sub.add_parser("explain")
     explain.add_argument("customer_id")
     explain.add_argument("--risk-url", default="http://127.0.0.1:8082")

@@ -6,6 +6,9 @@
     python -m services.outreach.studio users set NAME [--role R] [--password-stdin]
                                                          [--disable | --enable]
     python -m services.outreach.studio users list
+    python -m services.outreach.studio templates export [--out FILE] [--drafts]
+    python -m services.outreach.studio templates import FILE --as NAME [--publish]
+                                                         [--message M] [--dry-run]
 
 There is no default account: the first admin is created with `users add`.
 """
@@ -16,9 +19,12 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import json
 import signal
 import sys
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -30,9 +36,16 @@ from services.outreach.adapters.ledger import Ledger
 from services.outreach.adapters.templates import TemplateStore
 from services.outreach.bootstrap import build_senders
 from services.outreach.config import Settings
-from services.outreach.studio.accounts import ROLES, AccountError, Accounts
+from services.outreach.studio.accounts import ROLES, AccountError, Accounts, role_at_least
 from services.outreach.studio.app import Studio, create_app
 from services.outreach.studio.security import LoginThrottle
+from services.outreach.studio.transfer import (
+    ImportReport,
+    TransferError,
+    export_document,
+    import_document,
+    parse_document,
+)
 
 log = get_logger(__name__)
 
@@ -135,6 +148,64 @@ async def users(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def export_templates(settings: Settings, *, drafts: bool) -> dict[str, Any]:
+    studio, engine = build_studio(settings)
+    await create_schema(engine)  # type: ignore[arg-type]
+    await studio.store.seed_defaults()
+    try:
+        return export_document(await studio.store.all_versions(), drafts=drafts)
+    finally:
+        await engine.dispose()  # type: ignore[attr-defined]
+
+
+async def import_templates(
+    settings: Settings, args: argparse.Namespace, entries: list[dict[str, Any]]
+) -> ImportReport:
+    studio, engine = build_studio(settings)
+    await create_schema(engine)  # type: ignore[arg-type]
+    await studio.store.seed_defaults()
+    try:
+        user = next((u for u in await studio.accounts.users() if u.username == args.author), None)
+        needed = "publisher" if args.publish else "editor"
+        if user is None or user.disabled or not role_at_least(user.role, needed):
+            raise TransferError(f"--as must name an active studio user with the {needed} role")
+        return await import_document(
+            studio.store,
+            studio.accounts,
+            entries,
+            author=user.username,
+            publish=args.publish,
+            message=args.message,
+            dry_run=args.dry_run,
+        )
+    finally:
+        await engine.dispose()  # type: ignore[attr-defined]
+
+
+def templates(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        if args.action == "export":
+            doc = asyncio.run(export_templates(settings, drafts=args.drafts))
+            text = json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+            if args.out in (None, "-"):
+                sys.stdout.write(text)
+            else:
+                Path(args.out).write_text(text, encoding="utf-8")
+                print(f"{len(doc['templates'])} template(s) written to {args.out}", file=sys.stderr)
+            return 0
+        raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+        report = asyncio.run(import_templates(settings, args, parse_document(raw)))
+    except (TransferError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    verb = "would be " if args.dry_run else ""
+    print(f"{len(report.unchanged)} unchanged, {len(report.drafted)} {verb}saved as drafts, "
+          f"{len(report.published)} {verb}published, {len(report.rejected)} rejected")  # fmt: skip
+    for key, problems in sorted(report.rejected.items()):
+        print(f"rejected {key}: " + "; ".join(problems), file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m services.outreach.studio", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -154,6 +225,17 @@ def parser() -> argparse.ArgumentParser:
     state = change.add_mutually_exclusive_group()
     state.add_argument("--disable", action="store_true")
     state.add_argument("--enable", action="store_true")
+    t = sub.add_parser("templates", help="export or import templates as one JSON document")
+    tsub = t.add_subparsers(dest="action", required=True)
+    exp = tsub.add_parser("export", help="the serving version of every template")
+    exp.add_argument("--out", help="file to write (default: standard output)")
+    exp.add_argument("--drafts", action="store_true", help="also the newest unpublished drafts")
+    imp = tsub.add_parser("import", help="new drafts (or published versions) from an export")
+    imp.add_argument("file", help="the export to read ('-' for standard input)")
+    imp.add_argument("--as", dest="author", required=True, help="the studio user answerable")
+    imp.add_argument("--publish", action="store_true", help="publish what passes the checks")
+    imp.add_argument("--message", default="imported", help="the publish message")
+    imp.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
     return p
 
 
@@ -163,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("outreach-studio", settings.log_level, settings.log_format)
     if args.command == "users":
         return asyncio.run(users(settings, args))
+    if args.command == "templates":
+        return templates(settings, args)
     asyncio.run(serve(settings))
     return 0
 
