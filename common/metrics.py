@@ -103,3 +103,8 @@ LEDGER_DELIVERIES = Gauge(
     "Decisions in the delivery ledger by state (held: scheduled by a pause, no time yet).",
     ["status"],
 )
+IN_DOUBT = Counter(
+    "outreach_in_doubt_sends_total",
+    "Sends left in doubt by a crash, settled by asking the provider (found, absent, unknown).",
+    ["channel", "outcome"],
+)

@@ -53,6 +53,8 @@ NOTES = {
     "OUTREACH_MAX_ATTEMPTS": "provider attempts before a message is failed",
     "OUTREACH_TEMPLATE_REFRESH_S": "how often workers look for newly published templates",
     "OUTREACH_CONTROLS_REFRESH_S": "how often workers read the kill switch (pause/resume)",
+    "OUTREACH_IN_DOUBT_AFTER_S": "a send still unanswered after this long was left by a dead process: ask the provider (longer than any provider call)",
+    "OUTREACH_IN_DOUBT_CHECK_S": "how often a worker looks for sends left in doubt",
     "OUTREACH_LEDGER_METRICS_S": "how often a worker counts the ledger by state (outreach_ledger_deliveries)",
     "OUTREACH_RESUME_RAMP_MINUTES": "default ramp after a resume: the held backlog climbs from 10 % to the full rate",
     "OUTREACH_OPERATOR_TOKEN": "bearer token of /ops/sending (pause/resume); unset → loopback callers only",

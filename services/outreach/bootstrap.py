@@ -149,7 +149,13 @@ def build(
             cap_window=timedelta(days=settings.cap_window_days),
             holdout_share=settings.holdout_share,
         ),
-        sending=SendingPolicy(max_attempts=settings.max_attempts),
+        sending=SendingPolicy(
+            max_attempts=settings.max_attempts,
+            in_doubt_after=timedelta(seconds=settings.in_doubt_after_s),
+            confirmed_by_events=frozenset(
+                {"email"} if settings.sendgrid_webhook_public_key else ()
+            ),
+        ),
         links=links,
     )
     controls = SendingControls(sessions)

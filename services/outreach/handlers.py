@@ -16,11 +16,13 @@ from typing import Any
 
 from common import schemas
 from common.envelope import CloudEvent, InvalidEvent, derived_id, new_event
+from common.failpoints import failpoint
 from common.logs import get_logger
-from common.metrics import MESSAGES, RENDER_FAILURES, SUPPRESSIONS
+from common.metrics import IN_DOUBT, MESSAGES, RENDER_FAILURES, SUPPRESSIONS
 from services.outreach.adapters.contact_plans import ContactPlans, PreferencesUnavailable
 from services.outreach.adapters.ledger import Delivery, DeliveryEvent, Ledger
 from services.outreach.adapters.providers import (
+    ABSENT,
     MessageSender,
     OutboundMessage,
     PermanentProviderError,
@@ -40,7 +42,12 @@ class SendingPolicy:
     max_attempts: int = 5
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 300.0
+    # Longer than any provider call can take (the SDK timeouts are 10 s), so a row still
+    # in `sending` after it was left by a process that died.
     in_doubt_after: timedelta = timedelta(minutes=10)
+    # Channels whose provider confirms every accepted message by a signed event (email,
+    # when SENDGRID_WEBHOOK_PUBLIC_KEY is set): no event by `in_doubt_after` = not sent.
+    confirmed_by_events: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -283,19 +290,8 @@ class DeliveryService:
         if not claimed:
             return
         sender = self.senders[row.channel]
-        message = OutboundMessage(
-            decision_id=row.decision_id,
-            channel=row.channel,
-            to=row.address,
-            subject=rendered.subject,
-            html=rendered.html,
-            text=rendered.text,
-            message_kind=row.message_kind,
-            intent=row.intent,
-            unsubscribe_url=self._unsubscribe_url(row),
-            status_callback_url=f"{self.links.public_base_url}/webhooks/twilio/status"
-            f"?decision_id={row.decision_id}",
-        )
+        message = self._message(row, rendered.subject, rendered.html, rendered.text)
+        failpoint("outreach.before_provider_call")
         try:
             result = await sender.send(message)
         except TransientProviderError as exc:
@@ -304,6 +300,7 @@ class DeliveryService:
         except PermanentProviderError as exc:
             await self._on_permanent(row, exc, now)
             return
+        failpoint("outreach.after_provider_call")
         sent = await self.ledger.transition(
             row.decision_id,
             ("sending",),
@@ -326,6 +323,85 @@ class DeliveryService:
         )
         if sent:
             MESSAGES.labels(row.channel, "sent").inc()
+            failpoint("outreach.after_ledger_sent")
+
+    def _message(
+        self, row: Delivery, subject: str | None, html: str | None, text: str
+    ) -> OutboundMessage:
+        assert row.channel is not None and row.address is not None
+        return OutboundMessage(
+            decision_id=row.decision_id,
+            channel=row.channel,
+            to=row.address,
+            subject=subject,
+            html=html,
+            text=text,
+            message_kind=row.message_kind,
+            intent=row.intent,
+            unsubscribe_url=self._unsubscribe_url(row),
+            status_callback_url=f"{self.links.public_base_url}/webhooks/twilio/status"
+            f"?decision_id={row.decision_id}",
+        )
+
+    # --- in doubt --------------------------------------------------------------------
+
+    async def reconcile_in_doubt(self, now: datetime) -> int:
+        """Rows left in `sending` longer than any provider call takes: the process that
+        claimed them died between the provider call and recording its answer. Ask the
+        provider instead of sending blindly again: found → sent; certainly absent →
+        send now; the provider cannot say → for email, SendGrid's signed events would
+        have confirmed it by now when they are configured (absent), else `failed` with
+        reason in_doubt for a person to look at. Returns how many were settled."""
+        settled = 0
+        for row in await self.ledger.in_doubt(now - self.sending.in_doubt_after):
+            if row.channel is None or row.address is None:
+                continue
+            message = self._message(row, row.subject, row.body_html, row.body_text or "")
+            claimed_at = row.updated_at or now
+            lookup = await self.senders[row.channel].find_sent(message, claimed_at)
+            if lookup.state == "unknown" and row.channel in self.sending.confirmed_by_events:
+                lookup = ABSENT
+            if lookup.state == "found":
+                moved = await self.ledger.transition(
+                    row.decision_id,
+                    ("sending",),
+                    self._event(
+                        row, "sent", now,
+                        provider_message_id=lookup.provider_message_id, reconciled=True,
+                    ),
+                    status="sent",
+                    provider=self.senders[row.channel].provider,
+                    provider_message_id=lookup.provider_message_id,
+                    sent_at=claimed_at,
+                    updated_at=now,
+                )  # fmt: skip
+                if moved:
+                    MESSAGES.labels(row.channel, "sent").inc()
+            elif lookup.state == "absent":
+                moved = await self.ledger.transition(
+                    row.decision_id,
+                    ("sending",),
+                    None,
+                    status="decided",
+                    updated_at=now,
+                    last_error="in doubt: not at the provider; sending again",
+                )
+                if moved:
+                    refreshed = await self.ledger.get(row.decision_id)
+                    if refreshed is not None:
+                        await self._deliver(refreshed, now)
+            else:
+                await self._fail(
+                    row,
+                    "in_doubt: the provider cannot tell whether it was sent",
+                    now,
+                    expected=("sending",),
+                )
+                moved = True
+            IN_DOUBT.labels(row.channel, lookup.state).inc()
+            log.warning("in_doubt_reconciled", decision_id=row.decision_id, outcome=lookup.state)
+            settled += int(moved)
+        return settled
 
     async def _retry_later(self, row: Delivery, exc: TransientProviderError, now: datetime) -> None:
         attempt = row.attempts + 1
@@ -420,18 +496,32 @@ class DeliveryService:
         """A provider reported the fate of a sent message: delivered or failed. Returns
         False when the decision is unknown or already final (a repeated callback)."""
         row = await self.ledger.get(decision_id)
-        if row is None or status not in ("delivered", "failed"):
+        if row is None or status not in ("accepted", "delivered", "failed"):
             return False
+        # A report for a row still `sending` is proof the provider took it: the process
+        # that sent it died before recording the answer (it is no longer in doubt).
+        expected = {
+            "accepted": ("sending",),
+            "delivered": ("sending", "sent"),
+            "failed": ("sending", "sent", "delivered"),
+        }[status]
+        values: dict[str, Any] = {}
+        if row.status == "sending":
+            values = {
+                "sent_at": row.updated_at or now,
+                "provider_message_id": detail.get("provider_message_id"),
+            }
         moved = await self.ledger.transition(
             decision_id,
-            ("sent",) if status == "delivered" else ("sent", "delivered"),
-            self._event(row, status, now, **detail),
-            status=status,
+            expected,
+            self._event(row, "sent" if status == "accepted" else status, now, **detail),
+            status="sent" if status == "accepted" else status,
             updated_at=now,
             reason=(str(detail.get("reason"))[:64] if status == "failed" else row.reason),
+            **values,
         )
         if moved:
-            MESSAGES.labels(row.channel or "none", status).inc()
+            MESSAGES.labels(row.channel or "none", "sent" if status == "accepted" else status).inc()
         return moved
 
     async def customer_for_address(self, channel: str, address: str) -> str | None:

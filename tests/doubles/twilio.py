@@ -74,6 +74,8 @@ class TwilioDouble(ProviderDouble):
         if method == "GET" and match.group(2):
             found = self._by_sid.get(match.group(2))
             return Reply.json(200, found) if found else self._error(404, 20404, "Not found")
+        if method == "GET":
+            return self._list(path)
         if method != "POST":
             return self._error(405, 20004, "Method not allowed")
         form = {
@@ -132,6 +134,33 @@ class TwilioDouble(ProviderDouble):
         self._by_sid[sid] = resource
         self.record({"sid": sid, **form, "resource": resource})
         return Reply.json(201, resource)
+
+    def _list(self, path: str) -> Reply:
+        """GET .../Messages.json?To=&From=&PageSize=: newest first, one page."""
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query))
+        size = min(int(query.get("PageSize", 50)), 1000)
+        with self._lock:
+            rows = list(self._by_sid.values())
+        rows = [
+            r
+            for r in reversed(rows)
+            if query.get("To", r["to"]) == r["to"] and query.get("From", r["from"]) == r["from"]
+        ][:size]
+        uri = path.split("?", 1)[0]
+        return Reply.json(
+            200,
+            {
+                "messages": rows,
+                "end": max(len(rows) - 1, 0),
+                "first_page_uri": uri,
+                "next_page_uri": None,
+                "previous_page_uri": None,
+                "page": 0,
+                "page_size": size,
+                "start": 0,
+                "uri": path,
+            },
+        )
 
     def deliver_status(self, sid: str, status: str = "delivered") -> int:
         """Post a signed status callback for a message, as Twilio does; returns the HTTP

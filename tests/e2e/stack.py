@@ -71,19 +71,24 @@ class Stack:
             check=True,
             capture_output=True,
         )
-        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         for name in names or PIPELINE:
-            log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed with the process
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", MODULES[name]],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            self.launch(name)
         for name in names or PIPELINE:
             wait_for(lambda n=name: self.ready(n), timeout=90, message=f"{name} ready")
+
+    def launch(self, name: str, **overrides: str) -> subprocess.Popen[bytes]:
+        """Start one service (again), with extra environment for this process only."""
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", MODULES[name]],
+            env=self.env() | overrides,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self.procs[name]
 
     def log_path(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"

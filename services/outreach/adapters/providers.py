@@ -17,10 +17,14 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from common.metrics import PROVIDER_CIRCUIT_OPEN, PROVIDER_SECONDS
+
+LOOKUP_SKEW = timedelta(minutes=2)  # our clock against the provider's
+LOOKUP_LIMIT = 50  # the newest messages to one number we look through
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,23 @@ class SendResult:
     provider: str
     provider_message_id: str
     outbox: bool = False
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Whether the provider holds a message we may or may not have sent (a crash, or a
+    timeout, between our call and our record of its answer)."""
+
+    state: str  # found | absent | unknown
+    provider_message_id: str | None = None
+
+    @classmethod
+    def found(cls, provider_message_id: str) -> Lookup:
+        return cls("found", provider_message_id)
+
+
+ABSENT = Lookup("absent")
+UNKNOWN = Lookup("unknown")
 
 
 class TransientProviderError(Exception):
@@ -93,6 +114,11 @@ class MessageSender(abc.ABC):
     async def send(self, message: OutboundMessage) -> SendResult:
         """Deliver to the provider; see the module docstring for the error contract."""
 
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> Lookup:
+        """Did the provider accept `message` (claimed for sending at `since`)? `absent`
+        only when the provider can say so for certain; `unknown` when it cannot."""
+        return UNKNOWN
+
 
 class OutboxSender(MessageSender):
     """No credentials: the message is rendered and recorded (by the ledger) exactly as it
@@ -102,6 +128,9 @@ class OutboxSender(MessageSender):
 
     async def send(self, message: OutboundMessage) -> SendResult:
         return SendResult(self.provider, f"outbox-{message.decision_id}", outbox=True)
+
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> Lookup:
+        return ABSENT  # nothing left the machine: recording it again is harmless
 
 
 @dataclass
@@ -117,6 +146,12 @@ class RecordingSender(MessageSender):
             raise self.errors.pop(0)
         self.sent.append(message)
         return SendResult(self.provider, f"rec-{len(self.sent)}")
+
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> Lookup:
+        for i, sent in enumerate(self.sent, 1):
+            if sent.decision_id == message.decision_id:
+                return Lookup.found(f"rec-{i}")
+        return ABSENT
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -228,7 +263,8 @@ class TwilioMessageSender(MessageSender):
         self.whatsapp_from = whatsapp_from
         self.timeout_s = timeout_s
 
-    def _create(self, message: OutboundMessage) -> str:
+    def _addresses(self, message: OutboundMessage) -> tuple[str, str]:
+        """(to, from) as Twilio writes them, `whatsapp:` prefixes included."""
         if message.channel == "whatsapp":
             if not self.whatsapp_from:
                 raise PermanentProviderError(
@@ -243,6 +279,10 @@ class TwilioMessageSender(MessageSender):
                     "config", "TWILIO_FROM_NUMBER is not set", category="config"
                 )
             to, sender = message.to, self.from_number
+        return to, sender
+
+    def _create(self, message: OutboundMessage) -> str:
+        to, sender = self._addresses(message)
         kwargs: dict[str, Any] = {"to": to, "from_": sender, "body": message.text}
         if message.status_callback_url:
             kwargs["status_callback"] = with_decision_id(
@@ -293,6 +333,32 @@ class TwilioMessageSender(MessageSender):
             ) from None
         finally:
             PROVIDER_SECONDS.labels(self.provider, outcome).observe(time.perf_counter() - started)
+
+    def _find(self, message: OutboundMessage, since: datetime) -> Lookup:
+        to, sender = self._addresses(message)
+        earliest = since - LOOKUP_SKEW
+        for found in self.client.messages.list(to=to, from_=sender, limit=LOOKUP_LIMIT):
+            created = found.date_created
+            if created is not None and created.tzinfo is None:
+                created = created.replace(tzinfo=UTC)
+            if found.body == message.text and (created is None or created >= earliest):
+                return Lookup.found(str(found.sid))
+        return ABSENT
+
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> Lookup:
+        """Twilio lists the messages to a number from ours: the same body, created since
+        we claimed the send, is ours (bodies carry the decision's own offer code and
+        names; two identical bodies to one person within minutes are ours twice)."""
+        from twilio.base.exceptions import TwilioException
+
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._find, message, since), self.timeout_s + 1
+            )
+        except PermanentProviderError:
+            return UNKNOWN
+        except (TimeoutError, TwilioException, OSError):
+            return UNKNOWN  # ask again on the next round
 
 
 class SendGridEmailSender(MessageSender):
@@ -448,3 +514,6 @@ class GuardedSender(MessageSender):
         self.breaker.success()
         PROVIDER_CIRCUIT_OPEN.labels(self.provider).set(0)
         return result
+
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> Lookup:
+        return await self.inner.find_sent(message, since)

@@ -60,7 +60,11 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
         decision_id = request.query.get("decision_id", "")
         status = params.get("MessageStatus", "")
         now = datetime.now(UTC)
-        if status == "delivered":
+        if status in ("queued", "sending", "sent", "accepted", "scheduled"):
+            await delivery.on_delivery_status(
+                decision_id, "accepted", now, provider_message_id=params.get("MessageSid")
+            )
+        elif status == "delivered":
             await delivery.on_delivery_status(
                 decision_id, "delivered", now, provider_message_id=params.get("MessageSid")
             )
@@ -128,7 +132,11 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
         for event in events if isinstance(events, list) else []:
             kind = str(event.get("event", ""))
             decision_id = str(event.get("decision_id", ""))
-            if kind == "delivered":
+            if kind in ("processed", "deferred"):
+                await delivery.on_delivery_status(
+                    decision_id, "accepted", now, provider_message_id=event.get("sg_message_id")
+                )
+            elif kind == "delivered":
                 await delivery.on_delivery_status(
                     decision_id, "delivered", now, provider_message_id=event.get("sg_message_id")
                 )

@@ -178,6 +178,14 @@ class OutreachWorker:
             asyncio.create_task(
                 self._every(self.settings.ledger_metrics_s, self._ledger_gauge, "ledger_gauge")
             ),
+            # Sends a dead process left in doubt: settled by asking the provider.
+            asyncio.create_task(
+                self._every(
+                    self.settings.in_doubt_check_s,
+                    lambda: self.outreach.delivery.reconcile_in_doubt(self.clock.now()),
+                    "in_doubt_check",
+                )
+            ),
         ]
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
