@@ -1,6 +1,7 @@
 """JSON logs for every service, with personal data and secrets kept out.
 
-Log lines carry ids (event, incident, request, decision, customer) — never names,
+Log lines carry ids (event, incident, request, decision, customer; trace and span
+when tracing is on, so a log line leads to its trace) — never names,
 addresses, phone numbers, email addresses, message bodies or credentials. The
 redaction processor is the safety net for a careless `log.info(..., email=...)`.
 """
@@ -14,6 +15,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 SENSITIVE_KEYS = frozenset(
     {
@@ -58,6 +60,17 @@ def _redact_processor(
     return event_dict
 
 
+def _trace_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """trace_id and span_id of the current span (only inside one: tracing is on)."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
 def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -66,6 +79,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _trace_processor,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact_processor,
