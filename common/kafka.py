@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from common import tracing
 from common.clock import Clock
 from common.envelope import CONTENT_TYPE_HEADER, CloudEvent, InvalidEvent
-from common.logs import get_logger
+from common.logs import get_logger, handling
 from common.metrics import (
     CLOCK_SECONDS,
     CONSUMER_LAG,
@@ -220,10 +218,7 @@ class MessageProcessor:
         self.clock.observe((msg.topic, msg.partition), event.time, caught_up=caught_up)
         CLOCK_SECONDS.labels(self.service).set(self.clock.now().timestamp())
         # Every log line of the handling names the event (and, with tracing, the span).
-        with (
-            structlog.contextvars.bound_contextvars(event_id=event.id, event_type=event.type),
-            tracing.consuming(self.service, msg, event) as span,
-        ):
+        with handling(event.id, event.type), tracing.consuming(self.service, msg, event) as span:
             result = await self._handle(msg, event)
             tracing.outcome(span, result, None if result == "processed" else result)
         if result == "processed":

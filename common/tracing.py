@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -214,15 +214,23 @@ def _event_attributes(event: CloudEvent) -> dict[str, Any]:
 # --- Kafka -----------------------------------------------------------------------------
 
 
-@contextmanager
-def consuming(service: str, msg: InputMessage, event: CloudEvent | None) -> Iterator[Any]:
+_NO_SPAN: AbstractContextManager[Any] = nullcontext(None)
+
+
+def consuming(
+    service: str, msg: InputMessage, event: CloudEvent | None
+) -> AbstractContextManager[Any]:
     """A CONSUMER span around the handling of one record, child of the record's context.
 
     Yields the span (None when tracing is off).
     """
     if not _state.enabled:
-        yield None
-        return
+        return _NO_SPAN
+    return _consuming(service, msg, event)
+
+
+@contextmanager
+def _consuming(service: str, msg: InputMessage, event: CloudEvent | None) -> Iterator[Any]:
     attributes: dict[str, Any] = {
         "messaging.system": "kafka",
         "messaging.operation.type": "process",
@@ -252,8 +260,7 @@ def outcome(span: Any, result: str, error: str | None = None) -> None:
         span.set_status(Status(StatusCode.ERROR, error))
 
 
-@contextmanager
-def producing(topic: str, event: CloudEvent) -> Iterator[CloudEvent]:
+def producing(topic: str, event: CloudEvent) -> AbstractContextManager[CloudEvent]:
     """A PRODUCER span for one record; yields the event carrying that span's context.
 
     The parent is the current span (the record being handled), or, outside any span, the
@@ -261,8 +268,12 @@ def producing(topic: str, event: CloudEvent) -> Iterator[CloudEvent]:
     When tracing is off the event is yielded untouched.
     """
     if not _state.enabled:
-        yield event
-        return
+        return nullcontext(event)
+    return _producing(topic, event)
+
+
+@contextmanager
+def _producing(topic: str, event: CloudEvent) -> Iterator[CloudEvent]:
     parent: Context | None = None
     if not trace.get_current_span().get_span_context().is_valid:
         parent = _context_from(_event_fields(event))
