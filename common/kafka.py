@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from common import tracing
 from common.clock import Clock
 from common.envelope import CONTENT_TYPE_HEADER, CloudEvent, InvalidEvent
-from common.logs import get_logger
+from common.logs import get_logger, handling
 from common.metrics import (
     CLOCK_SECONDS,
     CONSUMER_LAG,
@@ -56,10 +57,13 @@ class Outgoing:
     event: CloudEvent
 
     def headers(self) -> Headers:
+        """content-type, and the event's trace context (CloudEvents distributed-tracing
+        extension) copied to Kafka headers, where consumers look first."""
         headers: Headers = [CONTENT_TYPE_HEADER]
-        traceparent = getattr(self.event, "traceparent", None)
-        if isinstance(traceparent, str):
-            headers.append(("traceparent", traceparent.encode()))
+        for name in tracing.TRACE_FIELDS:
+            value = getattr(self.event, name, None)
+            if isinstance(value, str):
+                headers.append((name, value.encode()))
         return headers
 
 
@@ -72,9 +76,12 @@ class ProducerPort(abc.ABC):
 
     async def emit(self, service: str, records: Sequence[Outgoing]) -> None:
         for record in records:
-            await self.send(
-                record.topic, record.key.encode(), record.event.to_bytes(), record.headers()
-            )
+            with tracing.producing(record.topic, record.event) as event:
+                if event is not record.event:
+                    record = Outgoing(record.topic, record.key, event)
+                await self.send(
+                    record.topic, record.key.encode(), record.event.to_bytes(), record.headers()
+                )
             EVENTS_PRODUCED.labels(service, record.topic, record.event.type).inc()
 
     async def start(self) -> None:
@@ -204,15 +211,29 @@ class MessageProcessor:
         try:
             event = CloudEvent.from_bytes(msg.value)
         except InvalidEvent as exc:
-            await self._dead_letter(msg, exc.reason, exc.code)
+            with tracing.consuming(self.service, msg, None) as span:
+                tracing.outcome(span, "dead_lettered", exc.code)
+                await self._dead_letter(msg, exc.reason, exc.code)
             return "dead_lettered"
         self.clock.observe((msg.topic, msg.partition), event.time, caught_up=caught_up)
         CLOCK_SECONDS.labels(self.service).set(self.clock.now().timestamp())
+        # Every log line of the handling names the event (and, with tracing, the span).
+        with handling(event.id, event.type), tracing.consuming(self.service, msg, event) as span:
+            result = await self._handle(msg, event)
+            tracing.outcome(span, result, None if result == "processed" else result)
+        if result == "processed":
+            PROCESSING_SECONDS.labels(self.service, msg.topic).observe(
+                time.perf_counter() - started
+            )
+            EVENTS_CONSUMED.labels(self.service, msg.topic, "processed").inc()
+        return result
+
+    async def _handle(self, msg: InputMessage, event: CloudEvent) -> str:
         attempt = 0
         while True:
             try:
                 await self.handler(msg, event)
-                break
+                return "processed"
             except InvalidEvent as exc:
                 await self._dead_letter(msg, exc.reason, exc.code)
                 return "dead_lettered"
@@ -227,9 +248,6 @@ class MessageProcessor:
                     )
                     return "dead_lettered"
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-        PROCESSING_SECONDS.labels(self.service, msg.topic).observe(time.perf_counter() - started)
-        EVENTS_CONSUMED.labels(self.service, msg.topic, "processed").inc()
-        return "processed"
 
     async def _dead_letter(self, msg: InputMessage, reason: str, code: str) -> None:
         EVENTS_CONSUMED.labels(self.service, msg.topic, "dead_lettered").inc()

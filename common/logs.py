@@ -1,6 +1,7 @@
 """JSON logs for every service, with personal data and secrets kept out.
 
-Log lines carry ids (event, incident, request, decision, customer) — never names,
+Log lines carry ids (event, incident, request, decision, customer; trace and span
+when tracing is on, so a log line leads to its trace) — never names,
 addresses, phone numbers, email addresses, message bodies or credentials. The
 redaction processor is the safety net for a careless `log.info(..., email=...)`.
 """
@@ -11,9 +12,11 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 SENSITIVE_KEYS = frozenset(
     {
@@ -58,6 +61,41 @@ def _redact_processor(
     return event_dict
 
 
+_handling: ContextVar[tuple[str, str] | None] = ContextVar("outreach_handling", default=None)
+
+
+class handling:
+    """Names the event being handled in every log line written meanwhile (a plain
+    ContextVar: structlog's bound_contextvars costs ~15 µs per event, this ~1)."""
+
+    __slots__ = ("_ids", "_token")
+
+    def __init__(self, event_id: str, event_type: str) -> None:
+        self._ids = (event_id, event_type)
+
+    def __enter__(self) -> None:
+        self._token = _handling.set(self._ids)
+
+    def __exit__(self, *_exc: object) -> None:
+        _handling.reset(self._token)
+
+
+def _event_and_trace_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """event_id/event_type of the event being handled; trace_id and span_id of the
+    current span (only inside one: tracing is on)."""
+    ids = _handling.get()
+    if ids is not None:
+        event_dict.setdefault("event_id", ids[0])
+        event_dict.setdefault("event_type", ids[1])
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
 def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -66,6 +104,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _event_and_trace_processor,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact_processor,

@@ -38,6 +38,7 @@ class ServiceSettings(BaseSettings):
     kafka_session_timeout_s: float = Field(
         30.0, ge=6, le=300, validation_alias=_env("OUTREACH_KAFKA_SESSION_TIMEOUT_S")
     )
+    tracing_enabled: bool = Field(False, validation_alias=_env("OUTREACH_TRACING_ENABLED"))
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -53,6 +54,13 @@ class ServiceSettings(BaseSettings):
 
     def make_clock(self) -> Clock:
         return clock_from_mode(self.outreach_clock)
+
+    def configure_tracing(self, service: str) -> bool:
+        """OpenTelemetry for this process (common.tracing); returns whether it is on.
+        Raises ValueError naming the variable when an OTEL_* value is bad."""
+        from common.tracing import configure_tracing
+
+        return configure_tracing(service, self.tracing_enabled)
 
     def service_dir(self, service: str) -> Path:
         path = self.data_dir / service

@@ -12,6 +12,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 from common.settings import ServiceSettings
+from common.tracing import OTEL_ENVIRONMENT
 from services.orders_watcher.config import Settings as WatcherSettings
 from services.outreach.config import Settings as OutreachSettings
 from services.preferences.config import Settings as PreferencesSettings
@@ -28,6 +29,7 @@ NOTES = {
     "LOG_LEVEL": "log level",
     "LOG_FORMAT": "`json` or `console`",
     "OUTREACH_HTTP_HOST": "address of the ops/HTTP server (0.0.0.0 in Kubernetes)",
+    "OUTREACH_TRACING_ENABLED": "OpenTelemetry traces over OTLP/HTTP (the `OTEL_*` variables below); off → no spans, no cost",
     "PREFERENCES_GRPC_TARGET": "where outreach finds preferences",
     "ORDERS_WATCHER_STORE": "faust table store: `rocksdb://` (rocksdict) or `memory://`",
     "RISK_DETECTOR_STORE": "faust table store: `rocksdb://` (rocksdict) or `memory://`",
@@ -123,6 +125,16 @@ def render() -> str:
         ("preferences", PreferencesSettings),
     ):
         lines += ["", f"## {title}", "", *table(cls, shared)]
+    lines += [
+        "",
+        "## Tracing (OpenTelemetry's standard variables)",
+        "",
+        "Read by every service when `OUTREACH_TRACING_ENABLED=true` (docs/operations.md, Tracing).",
+        "",
+        "| variable | default | meaning |",
+        "| --- | --- | --- |",
+        *(f"| `{name}` | {value} | {meaning} |" for name, value, meaning in OTEL_ENVIRONMENT),
+    ]
     lines += [
         "",
         "Provider credentials unset → that channel runs in outbox mode (SPEC §5).",

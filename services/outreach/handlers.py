@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common import schemas
+from common import schemas, tracing
 from common.envelope import CloudEvent, InvalidEvent, derived_id, new_event
 from common.failpoints import failpoint
 from common.logs import get_logger
@@ -33,6 +33,8 @@ from services.outreach.domain.decisions import ChannelOption, ContactPlan, Deliv
 from services.outreach.domain.ramp import Paused
 from services.outreach.domain.rendering import RenderError
 
+# Key of a ledger change's payload holding the trace context (never published as data).
+TRACE_KEY = "_trace"
 log = get_logger(__name__)
 SOURCE = "/outreach/outreach"
 
@@ -564,6 +566,8 @@ class DeliveryService:
             request={
                 **request.model_dump(mode="json"),
                 "first_name": plan.first_name if plan else "",
+                # The request's trace, for changes made later (a scheduled send at 08:00).
+                **tracing.current_trace_fields(),
             },
             outbox=False,
         )
@@ -588,6 +592,13 @@ class DeliveryService:
             if value is not None:
                 data[key] = value.value if hasattr(value, "value") else value
         event_id = derived_id("message", row.decision_id, status, seq, data.get("channel"))
+        trace_fields = tracing.current_trace_fields() or {
+            k: v for k in tracing.TRACE_FIELDS if isinstance(v := row.request.get(k), str)
+        }
+        if trace_fields:
+            # Kept with the change so the relay's message event joins the request's trace;
+            # message_event moves it out of `data` into the event's extension.
+            data[TRACE_KEY] = trace_fields
         return DeliveryEvent(
             event_id=event_id,
             decision_id=row.decision_id,
@@ -608,14 +619,21 @@ class DeliveryService:
 
 
 def message_event(row: DeliveryEvent) -> CloudEvent:
-    """The `outreach.messages` CloudEvent for one ledger event (SPEC §4)."""
+    """The `outreach.messages` CloudEvent for one ledger event (SPEC §4); with tracing on
+    it carries the trace of the request that caused the change."""
+    data = dict(row.payload)
+    trace_fields = data.pop(TRACE_KEY, None)
+    extensions: dict[str, str] = {}
+    if isinstance(trace_fields, dict) and tracing.enabled():
+        extensions = {k: v for k, v in trace_fields.items() if k in tracing.TRACE_FIELDS}
     return new_event(
         type=f"outreach.message.{row.status}",
         source=SOURCE,
         subject=row.decision_id,
         id=row.event_id,
         time=row.at,
-        data=row.payload,
+        data=data,
+        **extensions,
     )
 
 

@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common import tracing
 from common.admin import ensure_topics
 from common.envelope import CloudEvent
 from common.kafka import AiokafkaProducer, ConsumerLoop, DeadLetters, InputMessage, MessageProcessor
@@ -33,7 +34,8 @@ def build_grpc_server(
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     token = settings.write_token.get_secret_value() if settings.write_token else None
     server = grpc.aio.server(
-        interceptors=[OpsInterceptor(token)], options=[("grpc.so_reuseport", 0)]
+        interceptors=[*tracing.grpc_server_interceptors(), OpsInterceptor(token)],
+        options=[("grpc.so_reuseport", 0)],
     )
     pb_grpc.add_PreferencesServiceServicer_to_server(  # type: ignore[no-untyped-call]
         PreferencesServicer(prefs), server

@@ -249,6 +249,7 @@ def ensure_own_topics(settings: Settings, ticks_name: str, app: faust.App) -> No
 def main() -> None:
     settings = Settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
+    settings.configure_tracing(SERVICE)
     runtime = WatcherRuntime(settings)
     ensure_own_topics(settings, runtime.ticks_name, runtime.app)
     log.info(

@@ -8,6 +8,7 @@ import time
 from datetime import time as dtime
 from typing import Any
 
+from common import tracing
 from common.logs import get_logger
 from services.outreach.domain.decisions import ChannelOption, ContactPlan
 
@@ -86,7 +87,9 @@ class GrpcContactPlans(ContactPlans):
 
         from common.proto.outreach.preferences.v1 import preferences_pb2_grpc
 
-        self._channel = grpc.aio.insecure_channel(self.target)
+        self._channel = grpc.aio.insecure_channel(
+            self.target, interceptors=tracing.grpc_client_interceptors()
+        )
         self._stub = preferences_pb2_grpc.PreferencesServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._watch_task = asyncio.create_task(self._watch())
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common import tracing
 from common.admin import ensure_topics
 from common.envelope import CloudEvent
 from common.kafka import (
@@ -22,6 +23,7 @@ from common.kafka import (
     DeadLetters,
     InputMessage,
     MessageProcessor,
+    Outgoing,
 )
 from common.logs import configure_logging, get_logger
 from common.metrics import LEDGER_DELIVERIES
@@ -101,12 +103,12 @@ class OutreachWorker:
                 rows = await ledger.unpublished()
                 public = [r for r in rows if r.status in PUBLIC_STATUSES]
                 for row in public:
-                    await self.producer.send(
-                        self.topics.messages,
-                        row.customer_id.encode(),
-                        message_event(row).to_bytes(),
-                        [("content-type", b"application/cloudevents+json")],
-                    )
+                    topic = self.topics.messages
+                    with tracing.producing(topic, message_event(row)) as event:
+                        record = Outgoing(topic, row.customer_id, event)
+                        await self.producer.send(
+                            topic, record.key.encode(), event.to_bytes(), record.headers()
+                        )
                 await ledger.mark_published([r.id for r in rows])
                 if rows:
                     continue
@@ -263,6 +265,7 @@ class OptOutPublisher:
 def main() -> None:
     settings = Settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
+    settings.configure_tracing(SERVICE)
     worker = OutreachWorker(settings, build(settings))
     asyncio.run(worker.run())
 

@@ -14,6 +14,7 @@ from typing import Any
 import faust
 from aiohttp import web
 
+from common import tracing
 from common.admin import ensure_topics
 from common.clock import Clock
 from common.envelope import CloudEvent, InvalidEvent
@@ -140,6 +141,7 @@ class RiskRuntime:
             return
         headers = [(k, v) for k, v in msg.headers if k != CUSTOMER_HEADER]
         headers.append((CUSTOMER_HEADER, customer_id.encode()))
+        headers = tracing.with_trace_headers(headers)
         await self.producer.send(self.facts_name, customer_id.encode(), msg.value or b"", headers)
 
     async def _on_customer_fact(self, msg: InputMessage, event: CloudEvent) -> None:
@@ -203,6 +205,7 @@ def ensure_own_topics(settings: Settings, facts_name: str, app: faust.App) -> No
 def main() -> None:
     settings = Settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
+    settings.configure_tracing(SERVICE)
     runtime = RiskRuntime(settings)
     ensure_own_topics(settings, runtime.facts_name, runtime.app)
     log.info("starting", clock=settings.outreach_clock, store=settings.store)
