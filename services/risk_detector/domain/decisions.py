@@ -220,9 +220,27 @@ def on_score(
                 offer_tier=("high_value" if high_value else "standard")
                 if profile.marketing_opt_in
                 else None,
+                context=_rhythm_context(profile, now, current),
             )
         )
     return decisions
+
+
+def _rhythm_context(profile: Profile, now: datetime, current: Score) -> dict[str, Any]:
+    """What a check-in template needs to speak about a lapse in ordering."""
+    gap = profile.usual_gap()
+    last = profile.last_order_at()
+    if gap is None or last is None:
+        return {}
+    if not any(c.code == "falling_order_rhythm" for c in current.contributions):
+        return {}
+    return {
+        "order_rhythm": {
+            "last_order_at": last.isoformat(),
+            "usual_gap_days": round(gap.total_seconds() / 86400, 1),
+            "days_without_order": (now - last).days,
+        }
+    }
 
 
 def _period(now: datetime, policy: Policy) -> int:
