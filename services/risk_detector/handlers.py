@@ -196,6 +196,7 @@ class RiskDetector:
         for d in decided:
             if d.request_id in made:
                 continue
+            at = d.at or now
             request = schemas.OutreachRequest(
                 request_id=d.request_id,
                 customer_id=profile.customer_id,
@@ -206,9 +207,7 @@ class RiskDetector:
                 severity=schemas.Severity(d.severity),
                 priority=d.priority,
                 offer_tier=d.offer_tier,
-                risk_score=d.risk_score
-                if d.risk_score is not None
-                else (current.value if current else None),
+                risk_score=self._risk_score(profile, d, current),
                 reasons=[
                     schemas.Reason(
                         code=str(r["code"]),
@@ -218,9 +217,9 @@ class RiskDetector:
                     for r in d.reasons
                 ],
                 context=d.context,
-                requested_at=now,
+                requested_at=at,
             )
-            rules.record_request(profile, d, now)
+            rules.record_request(profile, d, at)
             made.add(d.request_id)
             REQUESTS.labels(d.intent, d.message_kind).inc()
             out.append(
@@ -232,7 +231,7 @@ class RiskDetector:
                         source=SOURCE,
                         subject=d.request_id,
                         id=derived_id("request", d.request_id),
-                        time=now,
+                        time=at,
                         data=request.model_dump(mode="json"),
                     ),
                 )
@@ -261,6 +260,15 @@ class RiskDetector:
                 )
             )
         return out
+
+    def _risk_score(self, profile: Profile, d: rules.RequestDecision, current: Any) -> float | None:
+        if d.risk_score is not None:
+            return d.risk_score
+        if d.at is not None:  # a decision as of its own moment is scored as of it, too
+            from services.risk_detector.domain.scoring import score
+
+            return score(profile, d.at, self.policy.weights).value
+        return current.value if current else None
 
     def explain(self, profile: Profile, now: datetime) -> dict[str, Any]:
         from services.risk_detector.domain.scoring import score

@@ -192,3 +192,15 @@ def test_the_quantile_tracks_the_top_ten_percent_without_a_sort():
     exact = sorted(values)[int(0.9 * len(values))]
     assert abs((estimate.value() or 0) - exact) < 30
     assert T0 < LAPSE_CHECK
+
+
+def test_serial_returns_are_noticed_whatever_order_the_return_requests_arrive_in():
+    returns = [e for e in history() if e[2].type == "return.requested"]
+    seen = set()
+    for permutation in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+        detector = RiskDetector(Policy(), Topics())
+        out, _ = feed(detector, [returns[i] for i in permutation])
+        checkins = [r.event for r in out if r.event.data["message_kind"] == "serial_returns"]
+        assert len(checkins) == 1
+        seen.add(checkins[0].to_bytes())
+    assert len(seen) == 1
