@@ -46,6 +46,7 @@ NOTES = {
     "RISK_DETECTOR_HIGH_VALUE_SPEND": "365-day spend that makes a customer high-value (besides the top 10 %)",
     "RISK_DETECTOR_CHECKIN_WAITS_FOR_AGENT": "with a hand-off, the automated check-in waits",
     "RISK_DETECTOR_CHECKIN_QUIET_DAYS": "no new check-in for the same reasons within this",
+    "RISK_DETECTOR_TICK_INTERVAL_S": "how often (wall seconds) due rhythm checks (silence since the last order) are looked for",
     "OUTREACH_DATABASE_URL": "ledger and templates: `postgresql://...`; unset → SQLite in the data dir",
     "PREFERENCES_DATABASE_URL": "`postgresql://...`; unset → SQLite in the data dir",
     "OUTREACH_PUBLIC_BASE_URL": "base of the links we send (unsubscribe, webhooks)",

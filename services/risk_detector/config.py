@@ -21,6 +21,7 @@ class Settings(ServiceSettings):
     serial_returns_window_days: int = Field(90, ge=1)
     checkin_quiet_days: int = Field(30, ge=1)
     checkin_waits_for_agent: bool = True
+    tick_interval_s: float = Field(1.0, gt=0)
 
     def policy(self) -> Policy:
         return Policy(

@@ -21,6 +21,7 @@ from services.risk_detector.domain.profile import (
     ReturnSeen,
 )
 from services.risk_detector.domain.quantile import P2Quantile
+from services.risk_detector.domain.rhythm import due_rhythm_checks, next_rhythm_check
 
 SOURCE = "/outreach/risk_detector"
 CUSTOMER_HEADER = "x-outreach-customer-id"
@@ -32,25 +33,49 @@ class Outcome:
     records: list[Outgoing] = field(default_factory=list)
     duplicate: bool = False
     erased: bool = False
+    # The next moment the silence since the last order must be looked at (None: none).
+    rhythm_due: datetime | None = None
+    # The spend quantile estimate took a new sample (the caller persists it).
+    quantile_changed: bool = False
 
 
 class RiskDetector:
     def __init__(self, policy: rules.Policy, topics: Topics) -> None:
         self.policy = policy
         self.topics = topics
-        self.spend_quantile = P2Quantile(policy.high_value_quantile)
+        # Used when the caller keeps no estimate of its own (the stream keeps one per
+        # partition, in a changelogged table).
+        self.spend_quantile = self.new_quantile()
 
-    def handle(self, profile: Profile | None, customer_id: str, event: CloudEvent) -> Outcome:
+    def new_quantile(self) -> P2Quantile:
+        return P2Quantile(self.policy.high_value_quantile)
+
+    def handle(
+        self,
+        profile: Profile | None,
+        customer_id: str,
+        event: CloudEvent,
+        quantile: P2Quantile | None = None,
+    ) -> Outcome:
+        """One fact about the customer. `quantile` is the running estimate of 365-day spend
+        this customer is compared with (and which a new order feeds)."""
+        spend = quantile if quantile is not None else self.spend_quantile
         profile = profile or Profile(customer_id=customer_id)
         if profile.seen(event.id):
             return Outcome(profile=profile, duplicate=True)
         now = event.time
+        kind = event.type
+        if kind == "customer.erased":
+            return Outcome(profile=None, erased=True)
+        # Silence that had already passed before this fact is judged first, each rhythm
+        # check as of its own moment: the same decisions whether or not a tick came first.
+        early = self.check_rhythm(profile, now, spend)
         profile.remember(event.id)
         if profile.last_event_at is None or now > profile.last_event_at:
             profile.last_event_at = now
         decided: list[rules.RequestDecision] = []
         handoffs: list[rules.HandoffDecision] = []
-        kind = event.type
+        sampled = False
         if kind.startswith("incident."):
             incident = schemas.parse_payload(event, schemas.Incident)
             change = kind.split(".", 1)[1]
@@ -69,9 +94,11 @@ class RiskDetector:
             upsert = schemas.parse_payload(event, schemas.CustomerUpserted)
             profile.known = True
             profile.marketing_opt_in = upsert.marketing_opt_in
-            return Outcome(profile=profile)
-        elif kind == "customer.erased":
-            return Outcome(profile=None, erased=True)
+            return Outcome(
+                profile=profile,
+                records=early,
+                rhythm_due=next_rhythm_check(profile, self.policy.weights),
+            )
         elif kind == "order.placed":
             placed = schemas.parse_payload(event, schemas.OrderPlaced)
             if all(o.order_id != placed.order_id for o in profile.orders):
@@ -83,7 +110,8 @@ class RiskDetector:
                         currency=placed.currency,
                     )
                 )
-                self.spend_quantile.add(profile.spend(now))
+                spend.add(profile.spend(now))
+                sampled = True
         elif kind == "order.cancelled":
             cancel = schemas.parse_payload(event, schemas.OrderCancelled)
             profile.cancellations.append(
@@ -117,13 +145,43 @@ class RiskDetector:
         else:
             raise InvalidEvent(f"risk_detector does not handle {kind!r}", code="unknown_type")
 
-        scored = rules.on_score(profile, now, self.policy, self.spend_quantile.value())
+        scored = rules.on_score(profile, now, self.policy, spend.value())
         profile.last_score = scored.score.value if scored.score else 0.0
         decided += scored.requests
         handoffs += scored.handoffs
-        records = self._emit(profile, decided, handoffs, now, scored.score)
+        records = early + self._emit(profile, decided, handoffs, now, scored.score)
         profile.prune(now)
-        return Outcome(profile=profile, records=records)
+        return Outcome(
+            profile=profile,
+            records=records,
+            rhythm_due=next_rhythm_check(profile, self.policy.weights),
+            quantile_changed=sampled,
+        )
+
+    def handle_tick(
+        self, profile: Profile, now: datetime, quantile: P2Quantile | None = None
+    ) -> Outcome:
+        """Time passed with no fact about the customer: make the rhythm checks now due."""
+        spend = quantile if quantile is not None else self.spend_quantile
+        records = self.check_rhythm(profile, now, spend)
+        if profile.rhythm_checked_at is not None:
+            profile.prune(profile.rhythm_checked_at)
+        return Outcome(
+            profile=profile,
+            records=records,
+            rhythm_due=next_rhythm_check(profile, self.policy.weights),
+        )
+
+    def check_rhythm(self, profile: Profile, until: datetime, spend: P2Quantile) -> list[Outgoing]:
+        """Re-score the customer at every rhythm check due by `until`, as of that moment:
+        a check-in or hand-off exactly as any other fact would have raised it."""
+        out: list[Outgoing] = []
+        for at in due_rhythm_checks(profile, until, self.policy.weights):
+            scored = rules.on_score(profile, at, self.policy, spend.value())
+            profile.last_score = scored.score.value if scored.score else 0.0
+            out += self._emit(profile, scored.requests, scored.handoffs, at, scored.score)
+            profile.rhythm_checked_at = at
+        return out
 
     def _emit(
         self,
@@ -138,6 +196,7 @@ class RiskDetector:
         for d in decided:
             if d.request_id in made:
                 continue
+            at = d.at or now
             request = schemas.OutreachRequest(
                 request_id=d.request_id,
                 customer_id=profile.customer_id,
@@ -148,9 +207,7 @@ class RiskDetector:
                 severity=schemas.Severity(d.severity),
                 priority=d.priority,
                 offer_tier=d.offer_tier,
-                risk_score=d.risk_score
-                if d.risk_score is not None
-                else (current.value if current else None),
+                risk_score=self._risk_score(profile, d, current),
                 reasons=[
                     schemas.Reason(
                         code=str(r["code"]),
@@ -160,9 +217,9 @@ class RiskDetector:
                     for r in d.reasons
                 ],
                 context=d.context,
-                requested_at=now,
+                requested_at=at,
             )
-            rules.record_request(profile, d, now)
+            rules.record_request(profile, d, at)
             made.add(d.request_id)
             REQUESTS.labels(d.intent, d.message_kind).inc()
             out.append(
@@ -174,7 +231,7 @@ class RiskDetector:
                         source=SOURCE,
                         subject=d.request_id,
                         id=derived_id("request", d.request_id),
-                        time=now,
+                        time=at,
                         data=request.model_dump(mode="json"),
                     ),
                 )
@@ -203,6 +260,15 @@ class RiskDetector:
                 )
             )
         return out
+
+    def _risk_score(self, profile: Profile, d: rules.RequestDecision, current: Any) -> float | None:
+        if d.risk_score is not None:
+            return d.risk_score
+        if d.at is not None:  # a decision as of its own moment is scored as of it, too
+            from services.risk_detector.domain.scoring import score
+
+            return score(profile, d.at, self.policy.weights).value
+        return current.value if current else None
 
     def explain(self, profile: Profile, now: datetime) -> dict[str, Any]:
         from services.risk_detector.domain.scoring import score

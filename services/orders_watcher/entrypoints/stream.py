@@ -11,15 +11,14 @@ to a partition whose earliest deadline is due, and the agent handles it like an 
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
-import orjson
 
 from common.admin import ensure_topics
 from common.clock import Clock
+from common.deadlines import DeadlineSchedule
 from common.envelope import CloudEvent
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
@@ -37,12 +36,10 @@ from common.streaming import (
 )
 from common.topics import TopicSpec
 from services.orders_watcher.config import Settings
-from services.orders_watcher.domain.deadlines import DeadlineIndex
 from services.orders_watcher.domain.model import OrderState
 from services.orders_watcher.handlers import OrdersWatcher, Outcome
 
 SERVICE = "orders_watcher"
-RECOVERY_GRACE_S = 5.0
 log = get_logger(__name__)
 
 
@@ -65,11 +62,8 @@ class WatcherRuntime:
         self.deadlines = self.app.Table(
             "order_deadlines", default=None, schema=schema, partitions=settings.topic_partitions
         )
-        self.index = DeadlineIndex()
-        self.index_ready = False
-        self.ticks_in_flight: set[int] = set()
+        self.schedule = DeadlineSchedule(self.app, self.deadlines, self.ticks_name)
         self.assigned = False
-        self.assigned_at = 0.0
         self.heartbeat = Heartbeat()
         self.producer = FaustProducer(self.app)
         self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
@@ -81,7 +75,7 @@ class WatcherRuntime:
             self.heartbeat,
             checks={
                 "kafka_assignment": lambda: self.assigned,
-                "tables_recovered": lambda: self.index_ready,
+                "tables_recovered": lambda: self.schedule.ready,
             },
         )
         self._wire()
@@ -106,22 +100,8 @@ class WatcherRuntime:
         @app.timer(interval=self.settings.tick_interval_s)
         async def tick_timer() -> None:
             self.heartbeat.beat()
-            if (
-                not self.index_ready
-                and self.assigned
-                and time.monotonic() - self.assigned_at > RECOVERY_GRACE_S
-                and self._recovered()
-            ):
-                # Safety net: faust calls the table's recovery hook only for partitions
-                # it had to recover; with nothing to read back it may never call it.
-                self._rebuild_index()
+            self.schedule.check_recovered()
             await self._request_ticks()
-
-        @self.deadlines.on_recover
-        async def recovered() -> None:
-            # Called by faust once this table's changelog has been read back after an
-            # assignment: now (and only now) the index can be rebuilt from it.
-            self._rebuild_index()
 
         @app.task
         async def start_ops() -> None:
@@ -130,49 +110,18 @@ class WatcherRuntime:
 
         async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
             self.assigned = True
-            self.assigned_at = time.monotonic()
-            self.index_ready = False
-            self.ticks_in_flight.clear()
+            self.schedule.on_assigned()
             self.holds.on_assigned(assigned)
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
-            self.index_ready = False
-            self.ticks_in_flight.clear()
+            self.schedule.on_revoked()
             self.holds.on_revoked()
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
-    def _recovered(self) -> bool:
-        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
-        return bool(recovery.completed.is_set())
-
-    def _rebuild_index(self) -> None:
-        """One scan of the (small) deadline table after a rebalance, never per tick."""
-        self.index.clear()
-        for key, entry in self.deadlines.items():
-            order_id = key.decode() if isinstance(key, bytes) else key
-            if entry:
-                self.index.set(order_id, int(entry["p"]), float(entry["at"]))
-        self.index_ready = True
-        log.info("deadline_index_rebuilt", orders=len(self.index))
-
     async def _request_ticks(self) -> None:
-        if not self.index_ready:
-            return
-        now = self.clock.now().timestamp()
-        for partition in self.index.partitions_due(now):
-            if partition in self.ticks_in_flight:
-                continue
-            self.ticks_in_flight.add(partition)
-            await self.app.producer.send_and_wait(
-                self.ticks_name,
-                None,
-                orjson.dumps({"at": now}),
-                partition=partition,
-                timestamp=None,
-                headers=None,
-            )
+        await self.schedule.request_ticks(self.clock.now().timestamp())
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -186,14 +135,11 @@ class WatcherRuntime:
         await self._apply(order_id, msg.partition, outcome)
 
     async def _on_tick(self, partition: int) -> None:
-        self.ticks_in_flight.discard(partition)
-        if not self.index_ready:
-            return
         now = self.clock.now()
-        for order_id in list(self.index.pop_due(partition, now.timestamp())):
+        for order_id in self.schedule.due(partition, now.timestamp()):
             state = self._load(order_id)
             if state is None:
-                self.deadlines.pop(order_id, None)
+                self.schedule.schedule(order_id, partition, None)
                 continue
             await self._apply(order_id, partition, self.handler.handle_tick(state, now))
 
@@ -214,18 +160,11 @@ class WatcherRuntime:
             await self.deadletters.publish(original, reason, "orphan_expired")
         if outcome.state is None:
             self.orders.pop(order_id, None)
-            self.deadlines.pop(order_id, None)
-            self.index.set(order_id, partition, None)
+            self.schedule.schedule(order_id, partition, None)
             return
         self.orders[order_id] = outcome.state.model_dump(mode="json")
         at = outcome.deadline.timestamp() if outcome.deadline else None
-        previous = self.deadlines.get(order_id)
-        if at is None:
-            if previous is not None:
-                self.deadlines.pop(order_id, None)
-        elif previous is None or previous.get("at") != at:
-            self.deadlines[order_id] = {"at": at, "p": partition}
-        self.index.set(order_id, partition, at)
+        self.schedule.schedule(order_id, partition, at)
 
 
 def ensure_own_topics(settings: Settings, ticks_name: str, app: faust.App) -> None:

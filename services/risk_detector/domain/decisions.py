@@ -60,6 +60,8 @@ class RequestDecision:
     risk_score: float | None = None
     offer_tier: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    # The moment the decision belongs to, when it is not the handled fact's time.
+    at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -144,10 +146,13 @@ def on_return(
                 context={"return": {"return_id": ret["return_id"], "reason": ret["reason"]}},
             )
         )
+    # Judged as of the latest return known, not the fact at hand: return requests reach
+    # us through differently ordered partitions, and the check-in must not depend on that.
     window = timedelta(days=policy.serial_returns_window_days)
-    recent = [r for r in profile.returns if timedelta(0) <= now - r.at <= window]
+    latest = max((r.at for r in profile.returns), default=now)
+    recent = [r for r in profile.returns if timedelta(0) <= latest - r.at <= window]
     if len(recent) >= policy.serial_returns_count and not _recently_checked_in(
-        profile, "serial_returns", now, policy
+        profile, "serial_returns", latest, policy
     ):
         ids = sorted(r.return_id for r in recent)
         out.append(
@@ -160,7 +165,7 @@ def on_return(
                 cause_kind="serial_returns",
                 severity="info",
                 priority=40,
-                order_id=ret["order_id"],
+                order_id=max(recent, key=lambda r: (r.at, r.return_id)).order_id,
                 reasons=[
                     {
                         "code": "serial_returns",
@@ -170,6 +175,7 @@ def on_return(
                     }
                 ],
                 offer_tier="returns_goodwill" if profile.marketing_opt_in else None,
+                at=latest,
             )
         )
     return out
@@ -220,9 +226,27 @@ def on_score(
                 offer_tier=("high_value" if high_value else "standard")
                 if profile.marketing_opt_in
                 else None,
+                context=_rhythm_context(profile, now, current),
             )
         )
     return decisions
+
+
+def _rhythm_context(profile: Profile, now: datetime, current: Score) -> dict[str, Any]:
+    """What a check-in template needs to speak about a lapse in ordering."""
+    gap = profile.usual_gap()
+    last = profile.last_order_at()
+    if gap is None or last is None:
+        return {}
+    if not any(c.code == "falling_order_rhythm" for c in current.contributions):
+        return {}
+    return {
+        "order_rhythm": {
+            "last_order_at": last.isoformat(),
+            "usual_gap_days": round(gap.total_seconds() / 86400, 1),
+            "days_without_order": (now - last).days,
+        }
+    }
 
 
 def _period(now: datetime, policy: Policy) -> int:

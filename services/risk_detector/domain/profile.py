@@ -80,6 +80,8 @@ class Profile(_M):
     seen_event_ids: list[str] = Field(default_factory=list)
     last_score: float = 0.0
     last_event_at: datetime | None = None
+    # The latest rhythm check already made (domain/rhythm.py): each is made once.
+    rhythm_checked_at: datetime | None = None
 
     def seen(self, event_id: str) -> bool:
         return event_id in self.seen_event_ids

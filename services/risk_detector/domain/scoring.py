@@ -156,12 +156,3 @@ def falling_rhythm(profile: Profile, now: datetime, w: Weights = Weights()) -> C
         f"no order for {overdue.days} days (usually every {gap.days} days)",
         last + 2 * gap,
     )
-
-
-def rhythm_deadline(profile: Profile) -> datetime | None:
-    """When the absence of an order would start to count (for the deadline index)."""
-    gap = profile.usual_gap()
-    last = profile.last_order_at()
-    if gap is None or last is None:
-        return None
-    return last + 2 * gap

@@ -5,10 +5,20 @@ order's customer in the `order_customers` table and forwards the facts the profi
 needs, unchanged, to `<group>-customer-facts` keyed by customer_id. `assess` reads
 every customer-keyed topic (incidents, feedback, customers and those facts) into the
 `profiles` table and emits outreach requests and hand-offs.
+
+Time without facts (a customer who stops ordering) reaches `assess` as tick records on
+`<group>-ticks`, as in orders_watcher (common.deadlines): `rhythm_deadlines` holds each
+customer's next rhythm check, the index over it is rebuilt after every assignment. A
+tick is only sent for a moment that no order fact still on its way from `rekey` to
+`assess` could precede, so a replay judges silence on the same facts as the live run.
+
+`spend_quantiles` keeps the running P² estimate of 365-day spend, one per partition
+(keyed by the partition number), so the high-value test survives restarts.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -17,6 +27,7 @@ from aiohttp import web
 from common import tracing
 from common.admin import ensure_topics
 from common.clock import Clock
+from common.deadlines import DeadlineIndex, DeadlineSchedule
 from common.envelope import CloudEvent, InvalidEvent
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
@@ -35,7 +46,8 @@ from common.streaming import (
 from common.topics import TopicSpec
 from services.risk_detector.config import Settings
 from services.risk_detector.domain.profile import Profile
-from services.risk_detector.handlers import CUSTOMER_HEADER, RiskDetector
+from services.risk_detector.domain.quantile import P2Quantile
+from services.risk_detector.handlers import CUSTOMER_HEADER, Outcome, RiskDetector
 
 SERVICE = "risk_detector"
 FORWARDED = frozenset({"order.placed", "order.cancelled", "return.requested"})
@@ -50,6 +62,7 @@ class RiskRuntime:
         self.detector = RiskDetector(settings.policy(), self.topics)
         self.app = create_app(SERVICE, settings, store=settings.store)
         self.facts_name = f"{self.app.conf.id}-customer-facts"
+        self.ticks_name = f"{self.app.conf.id}-ticks"
         schema: faust.Schema[Any, Any] = faust.Schema(
             key_type=str, key_serializer="raw", value_serializer="json"
         )
@@ -59,6 +72,17 @@ class RiskRuntime:
         self.profiles = self.app.Table(
             "profiles", default=None, schema=schema, partitions=settings.topic_partitions
         )
+        self.rhythm_deadlines = self.app.Table(
+            "rhythm_deadlines", default=None, schema=schema, partitions=settings.topic_partitions
+        )
+        self.spend_quantiles = self.app.Table(
+            "spend_quantiles", default=None, schema=schema, partitions=settings.topic_partitions
+        )
+        self.schedule = DeadlineSchedule(self.app, self.rhythm_deadlines, self.ticks_name)
+        self.quantiles: dict[int, P2Quantile] = {}
+        # Order facts sent by `rekey` to a facts partition of this worker and not yet
+        # handled by `assess`, by event id, at their event time.
+        self.facts_in_flight = DeadlineIndex()
         self.heartbeat = Heartbeat()
         self.assigned = False
         self.producer = FaustProducer(self.app)
@@ -77,7 +101,10 @@ class RiskRuntime:
             settings.http_host,
             settings.http_port,
             self.heartbeat,
-            checks={"kafka_assignment": lambda: self.assigned},
+            checks={
+                "kafka_assignment": lambda: self.assigned,
+                "tables_recovered": lambda: self.schedule.ready,
+            },
             routes=[web.get("/customers/{customer_id}/explain", self._explain)],
         )
         self._wire()
@@ -86,7 +113,12 @@ class RiskRuntime:
         app = self.app
         order_keyed = raw_topic(app, self.topics.orders, self.topics.returns)
         customer_keyed = raw_topic(
-            app, self.topics.incidents, self.topics.feedback, self.topics.customers, self.facts_name
+            app,
+            self.topics.incidents,
+            self.topics.feedback,
+            self.topics.customers,
+            self.facts_name,
+            self.ticks_name,
         )
 
         @app.agent(order_keyed, name=f"{SERVICE}.rekey")
@@ -102,12 +134,18 @@ class RiskRuntime:
             async for event in stream.events():
                 self.heartbeat.beat()
                 msg = input_message(event)
+                if msg.topic == self.ticks_name:
+                    await self._on_tick(msg.partition)
+                    continue
                 await self.holds.ready()
                 await self.assessor.process(msg, caught_up=caught_up(app, msg))
+                await self._request_ticks()
 
-        @app.timer(interval=1.0)
-        async def beat() -> None:
+        @app.timer(interval=self.settings.tick_interval_s)
+        async def tick_timer() -> None:
             self.heartbeat.beat()
+            self.schedule.check_recovered()
+            await self._request_ticks()
 
         @app.task
         async def start_ops() -> None:
@@ -115,9 +153,15 @@ class RiskRuntime:
 
         async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
             self.assigned = True
+            self.schedule.on_assigned()
+            self.quantiles.clear()
+            self.facts_in_flight.clear()
             self.holds.on_assigned(assigned)
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+            self.schedule.on_revoked()
+            self.quantiles.clear()
+            self.facts_in_flight.clear()
             self.holds.on_revoked()
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
@@ -142,21 +186,81 @@ class RiskRuntime:
         headers = [(k, v) for k, v in msg.headers if k != CUSTOMER_HEADER]
         headers.append((CUSTOMER_HEADER, customer_id.encode()))
         headers = tracing.with_trace_headers(headers)
-        await self.producer.send(self.facts_name, customer_id.encode(), msg.value or b"", headers)
+        key = customer_id.encode()
+        # The partition the default partitioner would pick, chosen explicitly so that we
+        # know whether our own `assess` will read it (and must wait for it before ticks).
+        partition = customer_partition(key, self.settings.topic_partitions)
+        if self._assigned_here(self.facts_name, partition):
+            self.facts_in_flight.set(event.id, 0, event.time.timestamp())
+        await self.app.producer.send_and_wait(
+            self.facts_name,
+            key,
+            msg.value or b"",
+            partition=partition,
+            timestamp=None,
+            headers=headers,
+        )
+
+    def _assigned_here(self, topic: str, partition: int) -> bool:
+        from faust.types import TP
+
+        return TP(topic, partition) in self.app.consumer.assignment()
+
+    def _horizon(self) -> datetime:
+        """How far silence may be judged: the clock, but never past an order fact still
+        on its way from `rekey` to `assess` (it could end the silence)."""
+        now = self.clock.now()
+        waiting = self.facts_in_flight.earliest(0)
+        if waiting is not None:
+            now = min(now, datetime.fromtimestamp(waiting, UTC))
+        return now
+
+    async def _request_ticks(self) -> None:
+        await self.schedule.request_ticks(self._horizon().timestamp())
+
+    def _quantile(self, partition: int) -> P2Quantile:
+        estimate = self.quantiles.get(partition)
+        if estimate is None:
+            raw = self.spend_quantiles.get(str(partition))
+            estimate = P2Quantile.from_dict(raw) if raw else self.detector.new_quantile()
+            self.quantiles[partition] = estimate
+        return estimate
 
     async def _on_customer_fact(self, msg: InputMessage, event: CloudEvent) -> None:
+        if msg.topic == self.facts_name:
+            self.facts_in_flight.set(event.id, 0, None)
         customer_id = _customer_of(msg, event)
         raw = self.profiles.get(customer_id)
         profile = Profile.model_validate(raw) if raw else None
-        outcome = self.detector.handle(profile, customer_id, event)
+        quantile = self._quantile(msg.partition)
+        outcome = self.detector.handle(profile, customer_id, event, quantile)
         if outcome.duplicate:
             EVENTS_CONSUMED.labels(SERVICE, msg.topic, "duplicate").inc()
             return
+        await self._apply(customer_id, msg.partition, outcome)
+        if outcome.quantile_changed:
+            self.spend_quantiles[str(msg.partition)] = quantile.to_dict()
+
+    async def _on_tick(self, partition: int) -> None:
+        horizon = self._horizon()
+        for customer_id in self.schedule.due(partition, horizon.timestamp()):
+            raw = self.profiles.get(customer_id)
+            if not raw:
+                self.schedule.schedule(customer_id, partition, None)
+                continue
+            profile = Profile.model_validate(raw)
+            outcome = self.detector.handle_tick(profile, horizon, self._quantile(partition))
+            await self._apply(customer_id, partition, outcome)
+
+    async def _apply(self, customer_id: str, partition: int, outcome: Outcome) -> None:
         await self.producer.emit(SERVICE, outcome.records)
         if outcome.profile is None:
             self.profiles.pop(customer_id, None)
-        else:
-            self.profiles[customer_id] = outcome.profile.model_dump(mode="json")
+            self.schedule.schedule(customer_id, partition, None)
+            return
+        self.profiles[customer_id] = outcome.profile.model_dump(mode="json")
+        due = outcome.rhythm_due.timestamp() if outcome.rhythm_due else None
+        self.schedule.schedule(customer_id, partition, due)
 
     async def _explain(self, request: web.Request) -> web.Response:
         customer_id = request.match_info["customer_id"]
@@ -182,7 +286,15 @@ def _customer_of(msg: InputMessage, event: CloudEvent) -> str:
     raise InvalidEvent(f"{event.type} names no customer", code="bad_data")
 
 
-def ensure_own_topics(settings: Settings, facts_name: str, app: faust.App) -> None:
+def customer_partition(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2), the one upstream producers use for the
+    customer-keyed topics, so a customer's facts share their partition number."""
+    from kafka.partitioner.default import murmur2
+
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
+def ensure_own_topics(settings: Settings, facts_name: str, ticks_name: str, app: faust.App) -> None:
     t = settings.topics
     specs = [
         TopicSpec(name, settings.topic_partitions)
@@ -197,6 +309,7 @@ def ensure_own_topics(settings: Settings, facts_name: str, app: faust.App) -> No
             facts_name,
         )
     ]
+    specs.append(TopicSpec(ticks_name, settings.topic_partitions, retention_ms=3600_000))
     specs.append(TopicSpec(t.deadletter(SERVICE), 1, retention_ms=30 * 24 * 3600 * 1000))
     specs += changelog_specs(app, settings.topic_partitions)
     ensure_topics(settings.kafka_bootstrap_servers, specs)
@@ -207,6 +320,6 @@ def main() -> None:
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     settings.configure_tracing(SERVICE)
     runtime = RiskRuntime(settings)
-    ensure_own_topics(settings, runtime.facts_name, runtime.app)
+    ensure_own_topics(settings, runtime.facts_name, runtime.ticks_name, runtime.app)
     log.info("starting", clock=settings.outreach_clock, store=settings.store)
     run_worker(runtime.app, SERVICE, settings)

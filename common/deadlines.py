@@ -1,0 +1,182 @@
+"""Deadlines in event time: act on the *absence* of events (shared by the stream services).
+
+Two parts:
+
+- `DeadlineIndex`, pure: the next moment each key needs attention, a heap per partition,
+  so a tick costs the number of due keys (times log n), never the number of keys.
+- `DeadlineSchedule`, the faust glue: the index is a cache of a changelogged table
+  (key → {"at": epoch seconds, "p": partition}) and is rebuilt from it after every
+  assignment. Faust only lets a table change inside stream iteration (the changelog
+  partition comes from the current event), so the passing of time reaches the owning
+  agent as *tick* records on a ticks topic, one partition per input partition: whoever
+  notices that a partition's earliest deadline is due sends it a tick, and the agent
+  handles the tick like an event and asks `due()` which keys to act on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from common.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class DeadlineIndex:
+    def __init__(self) -> None:
+        self._heaps: dict[int, list[tuple[float, str]]] = {}
+        self._current: dict[str, tuple[float, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+    def get(self, key: str) -> float | None:
+        current = self._current.get(key)
+        return current[0] if current else None
+
+    def set(self, key: str, partition: int, at: float | None) -> None:
+        """Schedule (or reschedule, or with None cancel) the key's next moment."""
+        if at is None:
+            self._current.pop(key, None)
+            return
+        if self._current.get(key) == (at, partition):
+            return
+        self._current[key] = (at, partition)
+        heapq.heappush(self._heaps.setdefault(partition, []), (at, key))
+
+    def earliest(self, partition: int) -> float | None:
+        heap = self._heaps.get(partition)
+        while heap:
+            at, key = heap[0]
+            if self._current.get(key) == (at, partition):
+                return at
+            heapq.heappop(heap)  # stale entry: rescheduled or cancelled since
+        return None
+
+    def partitions_due(self, now: float) -> list[int]:
+        due = []
+        for partition in list(self._heaps):
+            at = self.earliest(partition)
+            if at is not None and at <= now:
+                due.append(partition)
+        return due
+
+    def pop_due(self, partition: int, now: float, limit: int = 10_000) -> Iterator[str]:
+        """Yield (and unschedule) up to `limit` keys of `partition` due by `now`."""
+        count = 0
+        while count < limit:
+            at = self.earliest(partition)
+            if at is None or at > now:
+                return
+            _, key = heapq.heappop(self._heaps[partition])
+            del self._current[key]
+            count += 1
+            yield key
+
+    def drop_partitions(self, keep: frozenset[int]) -> None:
+        for partition in list(self._heaps):
+            if partition not in keep:
+                del self._heaps[partition]
+        self._current = {k: v for k, v in self._current.items() if v[1] in keep}
+
+    def clear(self) -> None:
+        self._heaps.clear()
+        self._current.clear()
+
+
+class DeadlineSchedule:
+    """A changelogged deadline table, its in-memory index, and the ticks that fire it.
+
+    Contract: `schedule()` and `due()` are called only from the agent that consumes the
+    ticks topic together with the keys' own partitions (table writes need the current
+    event); `request_ticks()` may be called from anywhere (a timer, after an event).
+    Until the table is recovered after an assignment, nothing is due and no tick is sent.
+    """
+
+    def __init__(self, app: Any, table: Any, ticks_topic: str, *, recovery_grace_s: float = 5.0):
+        self.app = app
+        self.table = table
+        self.ticks_topic = ticks_topic
+        self.recovery_grace_s = recovery_grace_s
+        self.index = DeadlineIndex()
+        self.ready = False
+        self._assigned_at: float | None = None
+        self._ticks_in_flight: set[int] = set()
+
+        async def recovered() -> None:
+            # Called by faust once the table's changelog has been read back after an
+            # assignment: now (and only now) the index can be rebuilt from it.
+            self.rebuild()
+
+        table.on_recover(recovered)
+
+    def on_assigned(self) -> None:
+        self._assigned_at = time.monotonic()
+        self.ready = False
+        self._ticks_in_flight.clear()
+
+    def on_revoked(self) -> None:
+        self.ready = False
+        self._ticks_in_flight.clear()
+
+    def rebuild(self) -> None:
+        """One scan of the (small) deadline table after a rebalance, never per tick."""
+        self.index.clear()
+        for key, entry in self.table.items():
+            name = key.decode() if isinstance(key, bytes) else key
+            if entry:
+                self.index.set(name, int(entry["p"]), float(entry["at"]))
+        self.ready = True
+        log.info("deadline_index_rebuilt", table=self.table.name, keys=len(self.index))
+
+    def check_recovered(self) -> None:
+        """Safety net for a timer: faust calls the recovery hook only for partitions it had
+        to recover; with nothing to read back it may never call it."""
+        if (
+            not self.ready
+            and self._assigned_at is not None
+            and time.monotonic() - self._assigned_at > self.recovery_grace_s
+            and bool(self.app.tables.recovery.completed.is_set())
+        ):
+            self.rebuild()
+
+    async def request_ticks(self, now: float) -> None:
+        """Send one tick to every partition whose earliest deadline is at or before `now`
+        (none while a tick for that partition is still on its way)."""
+        if not self.ready:
+            return
+        for partition in self.index.partitions_due(now):
+            if partition in self._ticks_in_flight:
+                continue
+            self._ticks_in_flight.add(partition)
+            await self.app.producer.send_and_wait(
+                self.ticks_topic,
+                None,
+                orjson.dumps({"at": now}),
+                partition=partition,
+                timestamp=None,
+                headers=None,
+            )
+
+    def due(self, partition: int, now: float) -> list[str]:
+        """On a tick of `partition`: the keys due by `now`, unscheduled from the index (the
+        caller reschedules or cancels each, which also updates the table)."""
+        self._ticks_in_flight.discard(partition)
+        if not self.ready:
+            return []
+        return list(self.index.pop_due(partition, now))
+
+    def schedule(self, key: str, partition: int, at: float | None) -> None:
+        """Set (or with None cancel) the key's deadline; the table is written only on change."""
+        previous = self.table.get(key)
+        if at is None:
+            if previous is not None:
+                self.table.pop(key, None)
+        elif previous is None or previous.get("at") != at or previous.get("p") != partition:
+            self.table[key] = {"at": at, "p": partition}
+        self.index.set(key, partition, at)

@@ -1,0 +1,204 @@
+"""risk_detector as a real process on the real broker: from incidents, returns, orders and
+feedback to outreach requests and hand-offs — a rhythm check-in fired by the absence of
+orders across a restart (state recovered from the changelogs only), and a replay in
+event-clock mode into a fresh app giving byte-for-byte the same output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from common.admin import ensure_topics
+from common.topics import INCIDENTS, INPUT_TOPICS, TopicSpec
+from tests.conftest import free_port, wait_for
+from tests.risk_scenario import LAPSE_CHECK, at, history
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+ROOT = Path(__file__).resolve().parents[3]
+PARTITIONS = 4
+PACE_S = 0.03  # between published events: the app reads roughly as the shop writes
+
+
+class Detector:
+    """One risk_detector process (event clock, in-memory tables: a restart with a fresh
+    data dir has nothing but the changelog topics to recover from)."""
+
+    def __init__(self, bootstrap: str, prefix: str, tmp: Path, name: str) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        env = dict(
+            os.environ,
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            OUTREACH_TOPIC_PREFIX=prefix,
+            OUTREACH_TOPIC_PARTITIONS=str(PARTITIONS),
+            OUTREACH_CLOCK="event",
+            OUTREACH_DATA_DIR=str(tmp / name),
+            OUTREACH_HTTP_HOST="127.0.0.1",
+            OUTREACH_KAFKA_SESSION_TIMEOUT_S="8",
+            RISK_DETECTOR_HTTP_PORT=str(self.port),
+            RISK_DETECTOR_STORE="memory://",
+            RISK_DETECTOR_TICK_INTERVAL_S="0.5",
+            PYTHONPATH=str(ROOT),
+        )
+        self.log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.risk_detector"],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def get(self, path: str) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return orjson.loads(r.read())
+        except (OSError, ValueError):
+            return None
+
+    def explain(self, customer: str) -> dict:
+        return self.get(f"/customers/{customer}/explain") or {}
+
+    def wait_ready(self) -> None:
+        """Assigned and its tables recovered (so it reads as the shop writes)."""
+        wait_for(lambda: self.get("/readyz"), timeout=60, message="risk_detector ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def create_inputs(bootstrap: str, prefix: str) -> None:
+    names = [*INPUT_TOPICS, INCIDENTS]
+    ensure_topics(bootstrap, [TopicSpec(prefix + t, PARTITIONS) for t in names])
+
+
+def publish(bootstrap: str, prefix: str, events: list) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all")
+    try:
+        for topic, key, event in events:
+            producer.send(
+                prefix + topic,
+                key=key.encode(),
+                value=event.to_bytes(),
+                headers=[("content-type", b"application/cloudevents+json")],
+            )
+            producer.flush()
+            time.sleep(PACE_S)
+    finally:
+        producer.close()
+
+
+def outputs(bootstrap: str, prefix: str, expect: int, quiet_s: float = 4.0, timeout: float = 60):
+    """Requests and hand-offs, once at least `expect` arrived and `quiet_s` passed with
+    nothing new: {event id: event bytes} (a redelivered record has the same bytes)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        prefix + "outreach.requests",
+        prefix + "support.handoffs",
+        bootstrap_servers=bootstrap.split(","),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    found: dict[str, bytes] = {}
+    last_new = time.monotonic()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            fresh = [r for rs in consumer.poll(timeout_ms=300).values() for r in rs]
+            for record in fresh:
+                event_id = orjson.loads(record.value)["id"]
+                assert found.get(event_id, record.value) == record.value, "one id, two events"
+                found[event_id] = record.value
+            if fresh:
+                last_new = time.monotonic()
+            elif len(found) >= expect and time.monotonic() - last_new > quiet_s:
+                break
+    finally:
+        consumer.close()
+    return found
+
+
+EXPECTED = 8  # 3 lost-parcel messages, 2 apologies, serial returns, the lapse, the hand-off
+
+
+def test_incidents_returns_and_silence_become_requests_and_a_replay_repeats_them_exactly(
+    kafka_bootstrap, tmp_path
+):
+    events = history()
+    split = at(21.5)  # after c-lapse's last fact: after the restart only time passes for it
+    before = [e for e in events if e[2].time < split]
+    after = [e for e in events if e[2].time >= split]
+
+    # Live: phase one, a restart with nothing local (tables from changelogs), phase two.
+    prefix = f"rl{os.getpid()}."
+    create_inputs(kafka_bootstrap, prefix)
+    first = Detector(kafka_bootstrap, prefix, tmp_path, "live-1")
+    try:
+        first.wait_ready()
+        publish(kafka_bootstrap, prefix, before)
+
+        def lapse_known() -> bool:
+            profile = first.explain("c-lapse").get("profile", {})
+            return len(profile.get("feedback", [])) == 2 and profile.get("usual_gap_days") == 5
+
+        wait_for(lapse_known, timeout=60, message="all of c-lapse's facts handled")
+    finally:
+        first.stop()
+    second = Detector(kafka_bootstrap, prefix, tmp_path, "live-2")
+    try:
+        second.wait_ready()
+        publish(kafka_bootstrap, prefix, after)
+        live = outputs(kafka_bootstrap, prefix, EXPECTED)
+    finally:
+        second.stop()
+
+    decided = [orjson.loads(v) for v in live.values()]
+    by_kind: dict[str, list[dict]] = {}
+    for event in decided:
+        by_kind.setdefault(event["data"].get("message_kind", event["type"]), []).append(event)
+    assert sorted((k, len(v)) for k, v in by_kind.items()) == [
+        ("carrier_exception", 3),
+        ("churn_risk", 1),
+        ("merchant_fault_return", 2),
+        ("serial_returns", 1),
+        ("support.handoff.requested", 1),
+    ], sorted(by_kind)
+    lapse = by_kind["churn_risk"][0]
+    assert lapse["data"]["customer_id"] == "c-lapse"
+    assert lapse["time"] == LAPSE_CHECK.isoformat().replace("+00:00", "Z")
+    assert "falling_order_rhythm" in {r["code"] for r in lapse["data"]["reasons"]}
+    handoff = by_kind["support.handoff.requested"][0]["data"]
+    assert handoff["customer_id"] == "c-vip" and handoff["risk_score"] >= 85
+    assert {e["data"]["customer_id"] for e in by_kind["serial_returns"]} == {"c-return"}
+
+    # Replay: the same input into a fresh app (fresh topics, fresh data dir), in one go.
+    prefix = f"rr{os.getpid()}."
+    create_inputs(kafka_bootstrap, prefix)
+    replay = Detector(kafka_bootstrap, prefix, tmp_path, "replay")
+    try:
+        replay.wait_ready()
+        publish(kafka_bootstrap, prefix, events)
+        again = outputs(kafka_bootstrap, prefix, EXPECTED)
+    finally:
+        replay.stop()
+    assert again == live
