@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -259,6 +260,11 @@ class ConsumerLoop:
 
     Offsets are committed only after every message of a fetched batch has a final
     outcome (at-least-once); handlers are idempotent by event id.
+
+    With `concurrency` > 1 a batch is handled in that many lanes at once, each message
+    in the lane its key hashes to: records with the same key (a customer) keep their
+    order, the others overlap their waits (a provider call, a database commit). The
+    batch is still committed only when every lane is done.
     """
 
     def __init__(
@@ -273,7 +279,9 @@ class ConsumerLoop:
         max_batch: int = 500,
         session_timeout_s: float = 30.0,
         on_idle: Callable[[], Awaitable[None]] | None = None,
+        concurrency: int = 1,
     ) -> None:
+        self.concurrency = max(1, concurrency)
         self.bootstrap_servers = bootstrap_servers
         self.group_id = group_id
         self.topics = list(topics)
@@ -322,6 +330,7 @@ class ConsumerLoop:
         while not self._stopping.is_set():
             self.heartbeat.beat()
             batches = await consumer.getmany(timeout_ms=500, max_records=self.max_batch)
+            lanes: dict[int, list[tuple[InputMessage, bool]]] = {}
             for tp, messages in batches.items():
                 highwater = consumer.highwater(tp)
                 for record in messages:
@@ -335,13 +344,24 @@ class ConsumerLoop:
                         timestamp_ms=record.timestamp,
                     )
                     caught_up = highwater is None or record.offset + 1 >= highwater
-                    await self.processor.process(msg, caught_up=caught_up)
-                    self.heartbeat.beat()
+                    lane = zlib.crc32(record.key or b"") % self.concurrency
+                    lanes.setdefault(lane, []).append((msg, caught_up))
+            outcomes = await asyncio.gather(
+                *(self._lane(items) for items in lanes.values()), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome  # nothing committed: the batch comes again
             if batches:
                 await consumer.commit()
                 await self._report_lag(consumer)
             elif self.on_idle is not None:
                 await self.on_idle()
+
+    async def _lane(self, items: list[tuple[InputMessage, bool]]) -> None:
+        for msg, caught_up in items:
+            await self.processor.process(msg, caught_up=caught_up)
+            self.heartbeat.beat()
 
     async def _report_lag(self, consumer: Any) -> None:
         per_topic: dict[str, int] = {}

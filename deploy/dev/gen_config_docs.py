@@ -56,6 +56,7 @@ NOTES = {
     "OUTREACH_MAX_ATTEMPTS": "provider attempts before a message is failed",
     "OUTREACH_TEMPLATE_REFRESH_S": "how often workers look for newly published templates",
     "OUTREACH_CONTROLS_REFRESH_S": "how often workers read the kill switch (pause/resume)",
+    "OUTREACH_CONCURRENCY": "requests a worker handles at once (in lanes by customer: one customer's stay in order)",
     "OUTREACH_IN_DOUBT_AFTER_S": "a send still unanswered after this long was left by a dead process: ask the provider (longer than any provider call)",
     "OUTREACH_IN_DOUBT_CHECK_S": "how often a worker looks for sends left in doubt",
     "OUTREACH_LEDGER_METRICS_S": "how often a worker counts the ledger by state (outreach_ledger_deliveries)",

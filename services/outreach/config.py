@@ -28,6 +28,7 @@ class Settings(ServiceSettings):
     cap_window_days: float = Field(7, gt=0)
     holdout_share: float = Field(0.0, ge=0, le=1)
     max_attempts: int = Field(5, ge=1)
+    concurrency: int = Field(16, ge=1, le=256)
     in_doubt_after_s: float = Field(600.0, gt=0)
     in_doubt_check_s: float = Field(30.0, gt=0)
     breaker_failures: int = Field(5, ge=1)

@@ -56,6 +56,7 @@ class OutreachWorker:
             heartbeat=self.heartbeat,
             client_id=f"{SERVICE}-worker",
             session_timeout_s=settings.kafka_session_timeout_s,
+            concurrency=settings.concurrency,
         )
         self.ops = OpsServer(
             settings.http_host,
