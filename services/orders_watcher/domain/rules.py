@@ -170,7 +170,9 @@ def evaluate(state: OrderState, now: datetime, config: DetectionConfig) -> list[
         )
 
     # delivery_at_risk: the carrier's estimate is > margin past the promise, before it breaks.
-    estimate, estimate_event = _latest_estimate(state, until=horizon)
+    # Judged on the estimates that have settled: a later scan may still arrive within the
+    # allowed lateness and replace it, and arrival order must not decide the incident.
+    estimate, estimate_event = _latest_estimate(state, until=min(horizon, settled))
     promise = order.promised_delivery_by
     if estimate is not None and estimate > promise + config.at_risk_margin:
         if estimate_event[1] < promise:  # the slip was known while the promise still stood
@@ -534,13 +536,24 @@ def next_deadline(state: OrderState, now: datetime, config: DetectionConfig) -> 
             if ret.received_at is not None and ret.refunded_at is None:
                 candidates.append(ret.received_at + config.refund_within + late)
     # Facts dated after `now` (the watermark lags behind another partition) take effect
-    # when time reaches them: schedule a look at each.
+    # when time reaches them, and a carrier estimate once it has settled: a look at each.
     candidates += [t for t in _fact_times(state) if t > now]
+    candidates += [t + late for t in _estimate_times(state) if t + late > now]
     expiry = expires_at(state, config)
     if expiry is not None:
         candidates.append(expiry)
     future = [c for c in candidates if c > now]
     return min(future) if future else None
+
+
+def _estimate_times(state: OrderState) -> list[datetime]:
+    """When each carrier estimate was said (shipment created, tracking scans)."""
+    times: list[datetime] = []
+    for shipment in state.shipments.values():
+        if shipment.initial_estimate is not None and shipment.created_at is not None:
+            times.append(shipment.created_at)
+        times.extend(cp.at for cp in shipment.checkpoints if cp.estimated_delivery_at)
+    return times
 
 
 def _fact_times(state: OrderState) -> list[datetime]:
