@@ -80,3 +80,4 @@ format: venv
 .PHONY: bench
 bench: venv system-deps ## benchmarks on the real local broker (figures in docs/performance.md)
 	$(PY) -m bench.watcher_throughput $(BENCH_ARGS)
+	$(MAKE) --no-print-directory bench-preferences
