@@ -314,6 +314,10 @@ def test_grpcurl_lists_and_describes_the_service_through_reflection(plaintext_se
     described = ok(grpcurl("-plaintext", target(plaintext_server), "describe", SERVICE))
     assert "rpc GetContactPlan ( .outreach.preferences.v1.GetContactPlanRequest )" in described
     assert "returns ( stream .outreach.preferences.v1.PreferenceChange )" in described
+    method = ok(
+        grpcurl("-plaintext", target(plaintext_server), "describe", f"{SERVICE}.GetContactPlan")
+    )
+    assert "is a method" in method
 
     message = ok(
         grpcurl(
@@ -324,6 +328,21 @@ def test_grpcurl_lists_and_describes_the_service_through_reflection(plaintext_se
         )
     )
     assert "repeated .outreach.preferences.v1.ChannelOption channels = 8;" in message
+
+
+async def test_reflection_finds_the_file_of_a_method_as_ghz_asks_for_it(plaintext_server):
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async def ask() -> Any:
+        for symbol in (f"{SERVICE}.GetContactPlan", f"{SERVICE}.NoSuchMethod"):
+            yield reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+
+    async with grpc.aio.insecure_channel(target(plaintext_server)) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        found, missing = [r async for r in stub.ServerReflectionInfo(ask(), timeout=5)]
+    assert found.file_descriptor_response.file_descriptor_proto
+    assert missing.error_response.error_code == 5  # NOT_FOUND
 
 
 @needs_grpcurl
