@@ -4,14 +4,16 @@ holding N customers, and the hit rate of outreach's contact-plan cache.
 1. The project's own PostgreSQL (deploy/postgres/local_postgres.py, a throwaway cluster on
    127.0.0.1) gets the Alembic schema and N customers by COPY (a third with a marketing
    consent record, so plans read both tables as in production).
-2. `python -m services.preferences` runs against it (and a Kafka broker, which it needs to
+2. Where a call's time goes: the service's store path one call at a time, next to one
+   joined SELECT with and without SQLAlchemy's pool pre-ping (levers, not the service).
+3. `python -m services.preferences` runs against it (and a Kafka broker, which it needs to
    start: KAFKA_BOOTSTRAP_SERVERS if reachable, else the project's local broker).
-3. ghz (built by `make grpc-tools`) calls GetContactPlan for random customer ids through
+4. ghz (built by `make grpc-tools`) calls GetContactPlan for random customer ids through
    server reflection: a short warm-up, then an open run (as fast as it goes, fixed
    concurrency) and a run at the target rate (2,000 calls/s) whose p99 is the figure the
    target is about, and one at half the open run's rate (latency below saturation);
    each bounded by --duration.
-4. outreach's real client (GrpcContactPlans, with its WatchChanges subscription) serves a
+5. outreach's real client (GrpcContactPlans, with its WatchChanges subscription) serves a
    simulated request stream while preferences changes under it; hit rate, invalidations
    and how fast they arrive are reported.
 
@@ -130,6 +132,77 @@ def load_customers(url: str, count: int, batch: int = 50_000) -> float:
         conn.execute("VACUUM ANALYZE customers")
         conn.execute("VACUUM ANALYZE consent_records")
     return time.monotonic() - started
+
+
+# --- where a call's time goes in the store ---------------------------------------------
+
+
+async def store_costs(url: str, customers: int, calls: int = 2000) -> dict[str, Any]:
+    """Wall and CPU time per contact plan, one call at a time, in this process: the
+    service's own path (Preferences.plan: ORM session, two SELECTs, pool pre-ping) next to
+    one joined Core SELECT with and without the pre-ping. Levers, not the service."""
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from services.preferences.adapters.store import (
+        ConsentRow,
+        CustomerRow,
+        PreferencesStore,
+        async_url,
+    )
+    from services.preferences.handlers import ChangeFeed, Preferences
+
+    rng = random.Random(3)
+    ids = [f"c-{rng.randrange(customers)}" for _ in range(calls)]
+    costs: dict[str, Any] = {}
+
+    async def timed(label: str, call: Any) -> None:
+        for cid in ids[:100]:
+            await call(cid)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for cid in ids:
+            await call(cid)
+        costs[label] = {
+            "wall_ms": (time.perf_counter() - wall) / calls * 1000,
+            "cpu_ms": (time.process_time() - cpu) / calls * 1000,
+        }
+        print(
+            f"  store, one at a time: {label:32s} wall {costs[label]['wall_ms']:.2f} ms"
+            f"  cpu {costs[label]['cpu_ms']:.2f} ms per plan",
+            flush=True,
+        )
+
+    store = PreferencesStore(url, "bench")
+    prefs = Preferences(store, ChangeFeed())
+    try:
+        await timed("Preferences.plan (the service)", lambda cid: prefs.plan(cid, "service"))
+    finally:
+        await store.close()
+    joined = (
+        select(
+            CustomerRow.__table__,
+            ConsentRow.channel,
+            ConsentRow.category,
+            ConsentRow.granted,
+            ConsentRow.source,
+            ConsentRow.occurred_at,
+        )
+        .outerjoin(ConsentRow, ConsentRow.customer_id == CustomerRow.customer_id)
+        .order_by(ConsentRow.id)
+    )
+    for pre_ping in (True, False):
+        engine = create_async_engine(async_url(url), pool_pre_ping=pre_ping)
+
+        async def core(cid: str, engine: Any = engine) -> Any:
+            async with engine.connect() as conn:
+                result = await conn.execute(joined.where(CustomerRow.customer_id == cid))
+                return result.all()
+
+        try:
+            await timed(f"one joined SELECT, pre-ping {'on' if pre_ping else 'off'}", core)
+        finally:
+            await engine.dispose()
+    return costs
 
 
 # --- the preferences process ----------------------------------------------------------
@@ -453,6 +526,7 @@ def main() -> int:
         seconds = load_customers(url, args.customers)
         results["load_seconds"] = seconds
         print(f"  loaded {args.customers} customers by COPY in {seconds:.1f} s", flush=True)
+        results["store_costs"] = asyncio.run(store_costs(url, args.customers))
 
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if not bootstrap:
