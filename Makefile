@@ -81,3 +81,4 @@ format: venv
 bench: venv system-deps ## benchmarks on the real local broker (figures in docs/performance.md)
 	$(PY) -m bench.watcher_throughput $(BENCH_ARGS)
 	$(PY) -m bench.outreach_delivery $(BENCH_OUTREACH_ARGS)
+	$(MAKE) --no-print-directory bench-preferences

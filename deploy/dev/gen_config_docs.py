@@ -76,6 +76,14 @@ NOTES = {
     "PREFERENCES_WRITE_TOKEN": "bearer token the write RPCs require (unset: no check)",
     "PREFERENCES_PSEUDONYM_SALT": "secret for erased customers' tombstones",
     "PREFERENCES_DEFAULT_CHANNEL_ORDER": "channel order for customers who never chose",
+    "PREFERENCES_TLS_CERT": "PEM certificate (chain) of the gRPC server; with `_KEY` the server speaks TLS only",
+    "PREFERENCES_TLS_KEY": "PEM private key of that certificate",
+    "PREFERENCES_TLS_CLIENT_CA": "mTLS: PEM CA bundle; clients must present a certificate it signed",
+    "OUTREACH_PREFERENCES_TLS": "TLS to preferences with the system's roots (implied by the `_TLS_CA`/`_TLS_CERT` settings)",
+    "OUTREACH_PREFERENCES_TLS_CA": "PEM CA bundle that signs preferences' certificate (turns TLS on)",
+    "OUTREACH_PREFERENCES_TLS_CERT": "outreach's client certificate, when preferences requires mTLS",
+    "OUTREACH_PREFERENCES_TLS_KEY": "private key of that client certificate",
+    "OUTREACH_PREFERENCES_TLS_SERVER_NAME": "name checked against preferences' certificate instead of the target's host",
 }
 
 

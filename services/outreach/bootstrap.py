@@ -127,7 +127,9 @@ def build(
     store = TemplateStore(sessions)
     cache = TemplateCache(store, settings.template_refresh_s)
     plans = plans or GrpcContactPlans(
-        settings.preferences_grpc_target, cache_ttl_s=settings.preferences_cache_ttl_s
+        settings.preferences_grpc_target,
+        cache_ttl_s=settings.preferences_cache_ttl_s,
+        tls=settings.preferences_channel_tls(),
     )
     senders = senders or build_senders(settings)
     links = Links(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
+from services.outreach.adapters.contact_plans import PreferencesTls
 
 
 def _env(name: str) -> AliasChoices:
@@ -21,6 +22,13 @@ class Settings(ServiceSettings):
         "localhost:50051", validation_alias=_env("PREFERENCES_GRPC_TARGET")
     )
     preferences_cache_ttl_s: float = 300.0
+    # TLS to preferences (docs/operations.md, "preferences over gRPC"): on when
+    # preferences_tls is true or a CA is given; cert + key add a client certificate (mTLS).
+    preferences_tls: bool = False
+    preferences_tls_ca: FilePath | None = None
+    preferences_tls_cert: FilePath | None = None
+    preferences_tls_key: FilePath | None = None
+    preferences_tls_server_name: str | None = None
     public_base_url: str = "http://127.0.0.1:8083"
     unsubscribe_secret: SecretStr | None = None
     offer_secret: SecretStr | None = None
@@ -72,6 +80,26 @@ class Settings(ServiceSettings):
     sendgrid_api_base_url: str = Field(
         "https://api.sendgrid.com", validation_alias=_env("SENDGRID_API_BASE_URL")
     )
+
+    @model_validator(mode="after")
+    def _preferences_tls_complete(self) -> Settings:
+        if (self.preferences_tls_cert is None) != (self.preferences_tls_key is None):
+            raise ValueError(
+                "OUTREACH_PREFERENCES_TLS_CERT and OUTREACH_PREFERENCES_TLS_KEY go together"
+            )
+        return self
+
+    def preferences_channel_tls(self) -> PreferencesTls | None:
+        """How outreach secures its channel to preferences; None for plaintext."""
+        wanted = self.preferences_tls or self.preferences_tls_ca or self.preferences_tls_cert
+        if not wanted:
+            return None
+        return PreferencesTls(
+            ca=self.preferences_tls_ca,
+            cert=self.preferences_tls_cert,
+            key=self.preferences_tls_key,
+            server_name=self.preferences_tls_server_name,
+        )
 
     def db_url(self) -> str:
         if self.database_url:

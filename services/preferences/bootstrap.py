@@ -6,6 +6,7 @@ import asyncio
 import signal
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -21,7 +22,11 @@ from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from common.topics import TopicSpec
 from services.preferences.adapters.store import PreferencesStore, migrate
 from services.preferences.config import Settings
-from services.preferences.entrypoints.grpc_api import OpsInterceptor, PreferencesServicer
+from services.preferences.entrypoints.grpc_api import (
+    OpsInterceptor,
+    PreferencesServicer,
+    ReflectionDescriptors,
+)
 from services.preferences.handlers import ChangeFeed, Preferences
 
 SERVICE = "preferences"
@@ -43,7 +48,9 @@ def build_grpc_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
+        pool=ReflectionDescriptors(descriptor_pool.Default()),
     )
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     if settings.tls_cert and settings.tls_key:

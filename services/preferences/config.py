@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pydantic import SecretStr
+from pydantic import FilePath, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
@@ -20,10 +18,21 @@ class Settings(ServiceSettings):
     write_token: SecretStr | None = None
     pseudonym_salt: SecretStr | None = None
     default_channel_order: str = "email,sms,whatsapp"
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
+    tls_client_ca: FilePath | None = None
     shutdown_grace_s: float = 10.0
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        # Half a TLS configuration must not quietly serve plaintext.
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("PREFERENCES_TLS_CERT and PREFERENCES_TLS_KEY go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError(
+                "PREFERENCES_TLS_CLIENT_CA (mTLS) needs PREFERENCES_TLS_CERT and _KEY as well"
+            )
+        return self
 
     def db_url(self) -> str:
         if self.database_url:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import time as dtime
+from pathlib import Path
 from typing import Any
 
 from common import tracing
@@ -56,6 +58,32 @@ def _hhmm(value: str, default: dtime) -> dtime:
         return default
 
 
+@dataclass(frozen=True)
+class PreferencesTls:
+    """TLS towards preferences. `ca` is the PEM bundle that signs preferences' certificate
+    (None: the system's roots); `cert` + `key` are outreach's own certificate when
+    preferences asks for one (mTLS); `server_name` overrides the name checked against
+    preferences' certificate (when the target is an address the certificate does not
+    name)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> Any:
+        import grpc
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes() if self.ca else None,
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
 class GrpcContactPlans(ContactPlans):
     """Asks preferences over gRPC; keeps plans in a TTL cache that `WatchChanges` empties
     per customer as soon as their preferences change."""
@@ -70,8 +98,10 @@ class GrpcContactPlans(ContactPlans):
         timeout_s: float = 2.0,
         cache_ttl_s: float = 300.0,
         token: str | None = None,
+        tls: PreferencesTls | None = None,
     ) -> None:
         self.target = target
+        self.tls = tls
         self.timeout_s = timeout_s
         self.cache_ttl_s = cache_ttl_s
         self.token = token
@@ -87,9 +117,16 @@ class GrpcContactPlans(ContactPlans):
 
         from common.proto.outreach.preferences.v1 import preferences_pb2_grpc
 
-        self._channel = grpc.aio.insecure_channel(
-            self.target, interceptors=tracing.grpc_client_interceptors()
-        )
+        interceptors = tracing.grpc_client_interceptors()
+        if self.tls is None:
+            self._channel = grpc.aio.insecure_channel(self.target, interceptors=interceptors)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                self.target,
+                self.tls.credentials(),
+                options=self.tls.options(),
+                interceptors=interceptors,
+            )
         self._stub = preferences_pb2_grpc.PreferencesServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._watch_task = asyncio.create_task(self._watch())
 

@@ -246,6 +246,34 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
             )
 
 
+class ReflectionDescriptors:
+    """The descriptor pool server reflection answers from, finding methods too.
+
+    The reflection protocol resolves `<package>.<service>.<method>` in
+    file_containing_symbol; Python's (upb) pool knows services and types only, so a
+    client that asks by method (ghz, bojand/ghz#419) got "Symbol not found" while
+    grpcurl, which asks by service, worked. Everything else goes to the wrapped pool."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, name: str) -> Any:
+        try:
+            return self._pool.FindFileContainingSymbol(name)
+        except KeyError:
+            service, _, method = name.rpartition(".")
+            try:
+                descriptor = self._pool.FindServiceByName(service)
+            except KeyError:
+                descriptor = None
+            if descriptor is None or method not in descriptor.methods_by_name:
+                raise
+            return descriptor.file
+
+
 class OpsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Metrics and logs per call, and the bearer token for write methods."""
 
