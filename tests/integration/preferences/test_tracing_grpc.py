@@ -91,7 +91,7 @@ async def test_client_and_server_spans_join_the_trace_of_the_record_being_handle
         await plans.stop()
 
     assert plan is not None and plan.known
-    finished = spans.get_finished_spans()
+    finished = await finished_spans(spans, {SpanKind.CONSUMER, SpanKind.CLIENT, SpanKind.SERVER})
     consumer = next(s for s in finished if s.kind == SpanKind.CONSUMER)
     client = next(s for s in finished if s.kind == SpanKind.CLIENT)
     server = next(s for s in finished if s.kind == SpanKind.SERVER)
@@ -110,6 +110,16 @@ async def test_client_and_server_spans_join_the_trace_of_the_record_being_handle
         assert "c-1" not in str(dict(span.attributes))  # no customer data in spans
 
 
+async def finished_spans(spans: InMemorySpanExporter, kinds: set[SpanKind]) -> list:
+    """The finished spans once one of each kind is there (at most 5 s)."""
+    for _ in range(100):
+        finished = spans.get_finished_spans()
+        if kinds <= {s.kind for s in finished}:
+            return list(finished)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no finished span of each kind {kinds}: {finished}")
+
+
 async def test_a_failed_call_is_an_error_on_both_sides(spans, preferences_target):
     import grpc
 
@@ -124,7 +134,9 @@ async def test_a_failed_call_is_an_error_on_both_sides(spans, preferences_target
         await stub.GetContactPlan(pb.GetContactPlanRequest(customer_id=""), timeout=2)
     await channel.close()
 
-    finished = spans.get_finished_spans()
+    # The server ends its span as it sends the error: that can come just after the
+    # client saw it.
+    finished = await finished_spans(spans, {SpanKind.CLIENT, SpanKind.SERVER})
     client = next(s for s in finished if s.kind == SpanKind.CLIENT)
     server = next(s for s in finished if s.kind == SpanKind.SERVER)
     assert client.context.trace_id == server.context.trace_id
