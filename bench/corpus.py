@@ -40,8 +40,9 @@ def _record(topic: str, key: bytes, value: bytes) -> Record:
     return Record(topic, key, value, event["id"], event["data"]["order_id"], moment)
 
 
-def base_story(cache_dir: Path, hours: float = 6.0) -> list[Record]:
-    """The simulated story (~25k input events for 6 h of orders), cached as a pickle."""
+def base_story(cache_dir: Path, hours: float = 3.0) -> list[Record]:
+    """The simulated story (~12k input events for 3 h of orders, 600 an hour, each
+    played out to its end over about three weeks of event time), cached as a pickle."""
     path = cache_dir / f"bench-story-seed{SEED}-{hours:g}h.pickle"
     if path.exists():
         with path.open("rb") as handle:
@@ -110,6 +111,20 @@ class Corpus:
                 self._pos = 0
                 self._lap += 1
         return out
+
+    def laps_for(self, count: float) -> int:
+        """How many whole laps come closest to `count` records (at least one)."""
+        return max(1, round(count / len(self.base)))
+
+    def take_laps(self, laps: int) -> list[Record]:
+        """The next `laps` whole laps, starting at a lap boundary (the rest of a lap
+        already begun is skipped). A lap holds every event of every order of the story,
+        so whole laps carry the event mix of a shop in steady state; a slice of one does
+        not (a lap begins with placements and ends with deliveries and refunds)."""
+        if self._pos:
+            self._pos = 0
+            self._lap += 1
+        return self.take(laps * len(self.base))
 
     def __iter__(self) -> Iterator[Record]:
         while True:

@@ -125,16 +125,19 @@ async def run_handwritten() -> None:
         heartbeat_interval_ms=3_000,
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=5
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
     )
     _serve_metrics()
     await producer.start()
     await consumer.start()
-    pending: list[Any] = []
+    pending: list[Outgoing] = []
 
     def apply(order_id: str, partition: int, outcome: Outcome) -> None:
         for record in outcome.records:
-            pending.append(send(record))
+            pending.append(record)
         if outcome.state is None:
             states.pop(order_id, None)
             index.set(order_id, partition, None)
@@ -143,8 +146,8 @@ async def run_handwritten() -> None:
         at = outcome.deadline.timestamp() if outcome.deadline else None
         index.set(order_id, partition, at)
 
-    def send(record: Outgoing) -> Any:
-        return producer.send(
+    async def send(record: Outgoing) -> Any:
+        return await producer.send(
             record.topic,
             record.event.to_bytes(),
             key=record.key.encode(),
@@ -180,7 +183,10 @@ async def run_handwritten() -> None:
                     if state is not None:
                         apply(order_id, partition, watcher.handle_tick(state, now))
             if pending:
-                delivered = await asyncio.gather(*pending)
+                # One send at a time (each only appends to a batch and returns a future),
+                # then one wait for all acks: thousands of concurrent sends would all
+                # wake up on every drained batch.
+                delivered = [await send(record) for record in pending]
                 pending.clear()
                 await asyncio.gather(*delivered)
             if batches:
