@@ -3,7 +3,7 @@ pass-through agent, (b) a naive table-per-event faust agent and (c) a hand-writt
 aiokafka consumer with the same rules on in-memory state (bench/stages.py).
 
     python -m bench.watcher_throughput [--quick] [--stages bare,watcher,naive,handwritten,state]
-        [--backlog 20000] [--trial-s 15] [--max-trials 4] [--latency-s 30] [--orders 100000]
+        [--backlog 25000] [--trial-s 15] [--max-trials 5] [--latency-s 30] [--orders 100000]
         [--kafka-port 29392] [--timeout 600] [--stall-s 60] [--json results.json]
 
 Per stage, in one consumer process:
@@ -630,7 +630,7 @@ def write_changelogs(bootstrap: str, prefix: str, templates: list[bytes], count:
     """N open orders straight into the watcher's two changelog topics (what N events
     would have written), keys `bench-<i>`; deadlines far in the future (no tick fires)."""
     import orjson
-    from kafka import KafkaProducer
+    from aiokafka import AIOKafkaProducer
 
     from common.admin import ensure_topics
     from common.topics import TopicSpec
@@ -640,30 +640,31 @@ def write_changelogs(bootstrap: str, prefix: str, templates: list[bytes], count:
     ensure_topics(
         bootstrap, [TopicSpec(t, PARTITIONS, compacted=True) for t in (orders, deadlines)]
     )
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap.split(","),
-        acks=1,
-        linger_ms=20,
-        batch_size=256 * 1024,
-        compression_type=None,
-    )
-    started = time.monotonic()
     far = time.time() + 10 * 365 * 86400
-    for i in range(count):
-        template = templates[i % len(templates)]
-        old = orjson.loads(template)["order_id"].encode()
-        name = b"bench-%d" % i
-        key = b'"%s"' % name  # the tables' keys are JSON strings in the changelog
-        partition = i % PARTITIONS
-        producer.send(orders, key=key, value=template.replace(old, name), partition=partition)
-        producer.send(
-            deadlines,
-            key=key,
-            value=orjson.dumps({"at": far + i, "p": partition}),
-            partition=partition,
+    ids = [orjson.loads(t)["order_id"].encode() for t in templates]
+
+    async def write() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=256 * 1024
         )
-    producer.flush(timeout=600)
-    producer.close()
+        await producer.start()
+        try:
+            for i in range(count):
+                template, old = templates[i % len(templates)], ids[i % len(templates)]
+                name = b"bench-%d" % i
+                key = b'"%s"' % name  # the tables' keys are JSON strings in the changelog
+                partition = i % PARTITIONS
+                value = orjson.dumps({"at": far + i, "p": partition})
+                await producer.send(
+                    orders, key=key, value=template.replace(old, name), partition=partition
+                )
+                await producer.send(deadlines, key=key, value=value, partition=partition)
+            await asyncio.wait_for(producer.flush(), 600)
+        finally:
+            await producer.stop()
+
+    started = time.monotonic()
+    asyncio.run(write())
     return time.monotonic() - started
 
 
@@ -816,7 +817,7 @@ def main() -> int:
         default=[100_000],  # 1M is the target; ~10 min of recovery on 2 cores, so opt-in
         help="open orders for the memory/recovery runs (comma-separated; empty: skip)",
     )
-    parser.add_argument("--max-trials", type=int, default=4, help="open-loop trials per stage")
+    parser.add_argument("--max-trials", type=int, default=5, help="open-loop trials per stage")
     parser.add_argument("--timeout", type=float, default=600, help="per phase, seconds")
     parser.add_argument("--stall-s", type=float, default=60)
     parser.add_argument("--kafka-port", type=int, default=29392)
