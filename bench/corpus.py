@@ -1,0 +1,131 @@
+"""The benchmark's input: the simulated shop's order, shipment and return events.
+
+One complete simulated story (every order played out to its end) is generated once and
+cached. Longer loads repeat it in *laps*: lap k renames every id (`ord-99-0002001` →
+`ord-99-0002001.k`) and shifts every timestamp by k times the story's span, so that each
+lap is a new set of orders that continues the previous one in event time (the watcher's
+event clock moves forward, no event is a duplicate of an earlier lap's).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+INPUTS = ("commerce.orders", "commerce.shipments", "commerce.returns")
+SEED = 99
+_ID = re.compile(rb"\b([a-z]+-%d-\d{7})\b" % SEED)
+_TIME = re.compile(rb'"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)(Z|[+-]\d\d:\d\d)"')
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str  # without the run's prefix
+    key: bytes
+    value: bytes
+    event_id: str
+    order_id: str
+    time: float  # the event's `time`, Unix seconds
+
+
+def _record(topic: str, key: bytes, value: bytes) -> Record:
+    event = orjson.loads(value)
+    moment = datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
+    return Record(topic, key, value, event["id"], event["data"]["order_id"], moment)
+
+
+def base_story(cache_dir: Path, hours: float = 3.0) -> list[Record]:
+    """The simulated story (~12k input events for 3 h of orders, 600 an hour, each
+    played out to its end over about three weeks of event time), cached as a pickle."""
+    path = cache_dir / f"bench-story-seed{SEED}-{hours:g}h.pickle"
+    if path.exists():
+        with path.open("rb") as handle:
+            cached: list[Record] = pickle.load(handle)
+        return cached
+    from simulator.shop import Config, Shop
+
+    config = Config(seed=SEED, customers=2000, orders_per_hour=600, duration=timedelta(hours=hours))
+    records = [
+        _record(e.topic, e.key.encode(), e.value())
+        for e in Shop(config).events()
+        if e.topic in INPUTS and e.event is not None
+    ]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as handle:
+        pickle.dump(records, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    partial.rename(path)
+    return records
+
+
+class Corpus:
+    """An endless, deterministic stream of laps of the base story."""
+
+    def __init__(self, base: list[Record]) -> None:
+        self.base = base
+        first = min(r.time for r in base)
+        last = max(r.time for r in base)
+        self.span = timedelta(seconds=last - first + 3600)
+        self._lap = 0
+        self._pos = 0
+
+    def _transform(self, record: Record, lap: int) -> Record:
+        if lap == 0:
+            return record
+        suffix = b".%d" % lap
+        shift = self.span * lap
+
+        def rename(match: re.Match[bytes]) -> bytes:
+            return match.group(1) + suffix
+
+        def move(match: re.Match[bytes]) -> bytes:
+            zone = match.group(2)
+            moment = datetime.fromisoformat(match.group(1).decode()).replace(tzinfo=UTC) + shift
+            text = moment.replace(tzinfo=None).isoformat(timespec="microseconds")
+            return b'"' + text.encode() + zone + b'"'
+
+        value = _TIME.sub(move, _ID.sub(rename, record.value))
+        return Record(
+            record.topic,
+            _ID.sub(rename, record.key),
+            value,
+            record.event_id + f".{lap}",
+            record.order_id + f".{lap}",
+            record.time + shift.total_seconds(),
+        )
+
+    def take(self, count: int) -> list[Record]:
+        """The next `count` records of the stream."""
+        out: list[Record] = []
+        while len(out) < count:
+            chunk = self.base[self._pos : self._pos + count - len(out)]
+            out += [self._transform(r, self._lap) for r in chunk]
+            self._pos += len(chunk)
+            if self._pos >= len(self.base):
+                self._pos = 0
+                self._lap += 1
+        return out
+
+    def laps_for(self, count: float) -> int:
+        """How many whole laps come closest to `count` records (at least one)."""
+        return max(1, round(count / len(self.base)))
+
+    def take_laps(self, laps: int) -> list[Record]:
+        """The next `laps` whole laps, starting at a lap boundary (the rest of a lap
+        already begun is skipped). A lap holds every event of every order of the story,
+        so whole laps carry the event mix of a shop in steady state; a slice of one does
+        not (a lap begins with placements and ends with deliveries and refunds)."""
+        if self._pos:
+            self._pos = 0
+            self._lap += 1
+        return self.take(laps * len(self.base))
+
+    def __iter__(self) -> Iterator[Record]:
+        while True:
+            yield from self.take(1000)
