@@ -96,11 +96,11 @@ async def run_handwritten() -> None:
 
     from common.admin import ensure_topics
     from common.clock import EventClock
+    from common.deadlines import DeadlineIndex
     from common.envelope import CloudEvent, InvalidEvent
     from common.kafka import InputMessage, Outgoing
     from common.metrics import EVENTS_CONSUMED
     from common.topics import all_topics
-    from services.orders_watcher.domain.deadlines import DeadlineIndex
     from services.orders_watcher.domain.model import OrderState
     from services.orders_watcher.domain.rules import DetectionConfig
     from services.orders_watcher.handlers import OrdersWatcher, Outcome
