@@ -170,12 +170,19 @@ def evaluate(state: OrderState, now: datetime, config: DetectionConfig) -> list[
         )
 
     # delivery_at_risk: the carrier's estimate is > margin past the promise, before it breaks.
-    # Judged on the estimates that have settled: a later scan may still arrive within the
-    # allowed lateness and replace it, and arrival order must not decide the incident.
-    estimate, estimate_event = _latest_estimate(state, until=min(horizon, settled))
+    # Whether it exists is judged on the estimates that have settled: a later scan may
+    # still arrive within the allowed lateness and replace it, and arrival order must not
+    # decide the incident. What it (and delivery_late) says is the newest estimate known.
+    settled_estimate, settled_event = _latest_estimate(state, until=min(horizon, settled))
+    estimate, estimate_event = _latest_estimate(state, until=horizon)
     promise = order.promised_delivery_by
-    if estimate is not None and estimate > promise + config.at_risk_margin:
-        if estimate_event[1] < promise:  # the slip was known while the promise still stood
+    if (
+        settled_estimate is not None
+        and settled_estimate > promise + config.at_risk_margin
+        and estimate is not None
+        and estimate > promise + config.at_risk_margin
+    ):
+        if settled_event[1] < promise:  # the slip was known while the promise still stood
             is_open, resolution, resolved_at = closing()
             views.append(
                 IncidentView(
