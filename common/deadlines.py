@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -89,20 +89,43 @@ class DeadlineIndex:
         self._current.clear()
 
 
+class InputGate(Protocol):
+    """Whether a partition's input has been read (common.streaming.InputProgress)."""
+
+    def caught_up(self, partition: int) -> bool: ...
+
+    async def confirm(self, partition: int) -> bool: ...
+
+    def lag(self, partition: int) -> object: ...
+
+
 class DeadlineSchedule:
     """A changelogged deadline table, its in-memory index, and the ticks that fire it.
 
     Contract: `schedule()` and `due()` are called only from the agent that consumes the
     ticks topic together with the keys' own partitions (table writes need the current
     event); `request_ticks()` may be called from anywhere (a timer, after an event).
-    Until the table is recovered after an assignment, nothing is due and no tick is sent.
+    Until the table is recovered after an assignment, nothing is due and no tick is sent;
+    nor for a partition whose input `gate` says is not read yet (confirmed with the broker
+    before a tick is sent): its deadlines wait until the backlog is read.
     """
 
-    def __init__(self, app: Any, table: Any, ticks_topic: str, *, recovery_grace_s: float = 5.0):
+    def __init__(
+        self,
+        app: Any,
+        table: Any,
+        ticks_topic: str,
+        *,
+        recovery_grace_s: float = 5.0,
+        gate: InputGate | None = None,
+    ):
         self.app = app
         self.table = table
         self.ticks_topic = ticks_topic
         self.recovery_grace_s = recovery_grace_s
+        self.gate = gate
+        self.wait_warning_s = 30.0
+        self._waiting_since: dict[int, float] = {}
         self.index = DeadlineIndex()
         self.ready = False
         self._assigned_at: float | None = None
@@ -151,9 +174,12 @@ class DeadlineSchedule:
         if not self.ready:
             return
         for partition in self.index.partitions_due(now):
-            if partition in self._ticks_in_flight:
+            if partition in self._ticks_in_flight or not self._input_read(partition):
                 continue
             self._ticks_in_flight.add(partition)
+            if self.gate is not None and not await self.gate.confirm(partition):
+                self._ticks_in_flight.discard(partition)
+                continue
             await self.app.producer.send_and_wait(
                 self.ticks_topic,
                 None,
@@ -163,11 +189,28 @@ class DeadlineSchedule:
                 headers=None,
             )
 
+    def _input_read(self, partition: int) -> bool:
+        """Whether the partition's input is read; says so in the log when its deadlines
+        have waited for the backlog longer than `wait_warning_s` (once per wait)."""
+        if self.gate is None or self.gate.caught_up(partition):
+            self._waiting_since.pop(partition, None)
+            return True
+        since = self._waiting_since.setdefault(partition, time.monotonic())
+        if since > 0 and time.monotonic() - since > self.wait_warning_s:
+            log.warning(
+                "deadlines_wait_for_input",
+                partition=partition,
+                waited_s=round(time.monotonic() - since, 1),
+                lag=self.gate.lag(partition),
+            )
+            self._waiting_since[partition] = -1.0  # said once for this wait
+        return False
+
     def due(self, partition: int, now: float) -> list[str]:
         """On a tick of `partition`: the keys due by `now`, unscheduled from the index (the
         caller reschedules or cancels each, which also updates the table)."""
         self._ticks_in_flight.discard(partition)
-        if not self.ready:
+        if not self.ready or not self._input_read(partition):
             return []
         return list(self.index.pop_due(partition, now))
 

@@ -8,6 +8,7 @@ crashing the agent inside faust's codec.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 import faust
@@ -175,3 +176,128 @@ class PartitionHolds:
                 self.clock.hold((tp.topic, tp.partition))
             else:
                 self.clock.release((tp.topic, tp.partition))
+
+
+class InputProgress:
+    """Whether a worker has read what the broker holds of its input partitions.
+
+    Absence ("nothing came by the deadline") may only be judged on a partition whose
+    records up to now have been read: a backlog taken over in a rebalance, or left by a
+    restart, is otherwise mistaken for silence (a parcel judged stalled while its
+    delivery scan waits unread). On the wall clock a service asks `caught_up(p)` before
+    it acts on partition p's deadlines; the event clock needs no such gate, its time
+    never runs ahead of unread records (PartitionHolds).
+
+    Events of a partition that is not caught up are judged at that partition's own time
+    (`time_of`): the event time reached on its lagging inputs, never the wall clock's,
+    so a record read late is judged as it would have been when it came.
+
+    A partition is caught up when, for each input topic, the last record handled is the
+    last the broker holds: as the consumer's newest fetch saw it (its highwater), and,
+    before deadlines act on it, as the broker says now (`confirm`: a fetch may be
+    seconds old when the partition was paused for flow control). Before the first record handled
+    since an assignment, reading starts at the group's committed offset, which faust
+    learns when it seeks after recovery (until then, an older and lower value: the gate
+    errs on the side of waiting).
+    """
+
+    def __init__(self, app: faust.App, topics: set[str], *, upstream: frozenset[str] = frozenset()):
+        """`topics` are co-partitioned with the state; every assigned partition of an
+        `upstream` topic (one repartitioned on its way in) counts for every partition."""
+        self.app = app
+        self.topics = topics | upstream
+        self.upstream = upstream
+        self._assigned: list[Any] = []
+        self._handled: dict[tuple[str, int], int] = {}
+        self._times: dict[tuple[str, int], datetime] = {}
+        self._ends: dict[tuple[str, int], int] = {}
+
+    def on_assigned(self, assigned: Any) -> None:
+        self._assigned = [tp for tp in assigned if tp.topic in self.topics]
+        self._handled = {}
+        self._times = {}
+        self._ends = {}
+
+    def on_revoked(self) -> None:
+        self.on_assigned(())
+
+    def observe(self, msg: InputMessage, event_time: datetime) -> None:
+        """The record being handled is dated `event_time` (before `handled`)."""
+        key = (msg.topic, msg.partition)
+        previous = self._times.get(key)
+        if previous is None or event_time > previous:
+            self._times[key] = event_time
+
+    def time_of(self, partition: int, now: datetime, at_least: datetime | None = None) -> datetime:
+        """The time partition `partition` is judged at: `now` once it is caught up, else
+        the earliest event time reached on its lagging inputs (those read at all), but
+        not before `at_least` (the record being handled: its own facts count at once)."""
+        reached = [
+            self._times[(tp.topic, tp.partition)]
+            for tp in self._assigned
+            if tp.partition == partition
+            and (tp.topic, tp.partition) in self._times
+            and not self._read_up(tp)
+        ]
+        judged = min([now, *reached])
+        return judged if at_least is None or at_least <= judged else min(now, at_least)
+
+    def handled(self, msg: InputMessage) -> None:
+        key = (msg.topic, msg.partition)
+        if msg.offset > self._handled.get(key, -1):
+            self._handled[key] = msg.offset
+
+    def _next_to_read(self, tp: Any) -> int | None:
+        handled = self._handled.get((tp.topic, tp.partition))
+        if handled is not None:
+            return handled + 1
+        committed: dict[Any, int | None] = getattr(self.app.consumer, "_committed_offset", {})
+        return committed.get(tp)
+
+    def _highwater(self, tp: Any) -> int | None:
+        fetched = self.app.consumer.highwater(tp)
+        told = self._ends.get((tp.topic, tp.partition))
+        known = [x for x in (fetched, told) if x is not None]
+        return max(known) if known else None
+
+    def _read_up(self, tp: Any) -> bool:
+        highwater = self._highwater(tp)
+        if highwater is None:
+            return False  # not fetched since the assignment
+        if highwater == 0:
+            return True  # an empty partition
+        next_offset = self._next_to_read(tp)
+        return next_offset is not None and next_offset >= highwater
+
+    def _inputs_of(self, partition: int) -> list[Any]:
+        return [
+            tp for tp in self._assigned if tp.partition == partition or tp.topic in self.upstream
+        ]
+
+    def caught_up(self, partition: int) -> bool:
+        return all(self._read_up(tp) for tp in self._inputs_of(partition))
+
+    async def confirm(self, partition: int) -> bool:
+        """`caught_up`, checked against the end offsets the broker reports now."""
+        tps = self._inputs_of(partition)
+        if not self.caught_up(partition):
+            return False
+        if not tps:
+            return True
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 5.0)
+        except Exception as exc:  # the broker did not answer: ask again on the next tick
+            log.warning("input_end_offsets_unknown", partition=partition, error=repr(exc))
+            return False
+        for tp, end in ends.items():
+            key = (tp.topic, tp.partition)
+            if end is not None and end > self._ends.get(key, -1):
+                self._ends[key] = end
+        return self.caught_up(partition)
+
+    def lag(self, partition: int) -> dict[str, list[int | None]]:
+        """`topic:partition` → [next offset to read, highwater] of each input of the partition."""
+        return {
+            f"{tp.topic}:{tp.partition}": [self._next_to_read(tp), self._highwater(tp)]
+            for tp in self._inputs_of(partition)
+        }

@@ -39,6 +39,10 @@ NOTES = {
     "ORDERS_WATCHER_REFUND_DAYS": "refund_late when received and not refunded within this",
     "ORDERS_WATCHER_CHECKIN_HOURS": "post_incident_checkin this long after delivery",
     "ORDERS_WATCHER_ORPHAN_HOLD_MINUTES": "how long a shipment/return waits for its order before it is dead-lettered",
+    "ORDERS_WATCHER_ALLOWED_LATENESS_S": (
+        "how late an event may arrive and still count: absence rules fire this long after"
+        " their deadline"
+    ),
     "ORDERS_WATCHER_RETENTION_DAYS": "state of a finished order is dropped this long after it finished",
     "ORDERS_WATCHER_TICK_INTERVAL_S": "how often (wall seconds) due deadlines are looked for",
     "RISK_DETECTOR_CHECKIN_SCORE": "check-in at this churn-risk score",

@@ -22,6 +22,7 @@ class Settings(ServiceSettings):
     refund_days: float = Field(5, gt=0)
     checkin_hours: float = Field(24, gt=0)
     orphan_hold_minutes: float = Field(60, gt=0)
+    allowed_lateness_s: float = Field(300, ge=0)
     retention_days: float = Field(90, gt=0)
     tick_interval_s: float = Field(1.0, gt=0)
 
@@ -33,5 +34,6 @@ class Settings(ServiceSettings):
             refund_within=timedelta(days=self.refund_days),
             checkin_after=timedelta(hours=self.checkin_hours),
             orphan_hold=timedelta(minutes=self.orphan_hold_minutes),
+            allowed_lateness=timedelta(seconds=self.allowed_lateness_s),
             retention=timedelta(days=self.retention_days),
         )

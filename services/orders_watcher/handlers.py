@@ -12,12 +12,14 @@ from datetime import datetime
 from common import schemas
 from common.envelope import CloudEvent, InvalidEvent, derived_id, new_event
 from common.kafka import InputMessage, Outgoing
+from common.logs import get_logger
 from common.metrics import INCIDENTS
 from common.topics import Topics
 from services.orders_watcher.domain import facts, rules
 from services.orders_watcher.domain.model import HeldEvent, OrderState
 
 SOURCE = "/outreach/orders_watcher"
+log = get_logger(__name__)
 HANDLED_TYPES = frozenset(
     {
         "order.placed",
@@ -115,6 +117,7 @@ class OrdersWatcher:
         return concluded
 
     def _conclude(self, state: OrderState, now: datetime) -> Outcome:
+        now = state.judged_at = state.judging_at(now)
         records = [self._record(state, t) for t in rules.transitions(state, now, self.config)]
         return Outcome(state=state, records=records, deadline=self._deadline(state, now))
 
@@ -161,6 +164,15 @@ class OrdersWatcher:
             resolution=view.resolution if status == "resolved" else None,
         )
         INCIDENTS.labels(view.kind, transition.change).inc()
+        log.info(
+            "incident",
+            change=transition.change,
+            kind=view.kind,
+            incident_id=view.incident_id,
+            revision=transition.revision,
+            order_id=state.order_id,
+            judged_at=state.judged_at.isoformat() if state.judged_at else None,
+        )
         event = new_event(
             type=f"incident.{transition.change}",
             source=SOURCE,

@@ -114,6 +114,14 @@ class OrderState(_State):
     checkin_emitted: bool = False
     held: list[HeldEvent] = Field(default_factory=list)
     last_event_at: datetime | None = None
+    # The latest time the order was judged at. It is never judged at an earlier time
+    # again (a worker reading a backlog judges at the backlog's time, which may lie
+    # before what the previous owner already concluded): that could retract what was
+    # rightly emitted.
+    judged_at: datetime | None = None
+
+    def judging_at(self, now: datetime) -> datetime:
+        return now if self.judged_at is None or now >= self.judged_at else self.judged_at
 
     def seen(self, event_id: str) -> bool:
         return event_id in self.seen_event_ids

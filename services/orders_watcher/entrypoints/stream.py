@@ -17,7 +17,7 @@ from typing import Any
 import faust
 
 from common.admin import ensure_topics
-from common.clock import Clock
+from common.clock import Clock, WallClock
 from common.deadlines import DeadlineSchedule
 from common.envelope import CloudEvent
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
@@ -26,6 +26,7 @@ from common.metrics import EVENTS_CONSUMED
 from common.ops_http import Heartbeat, OpsServer
 from common.streaming import (
     FaustProducer,
+    InputProgress,
     PartitionHolds,
     caught_up,
     changelog_specs,
@@ -62,7 +63,15 @@ class WatcherRuntime:
         self.deadlines = self.app.Table(
             "order_deadlines", default=None, schema=schema, partitions=settings.topic_partitions
         )
-        self.schedule = DeadlineSchedule(self.app, self.deadlines, self.ticks_name)
+        # On the wall clock, a partition's deadlines wait until its backlog is read.
+        self.wall_clock = isinstance(self.clock, WallClock)
+        self.progress = InputProgress(self.app, set(self.inputs))
+        self.schedule = DeadlineSchedule(
+            self.app,
+            self.deadlines,
+            self.ticks_name,
+            gate=self.progress if self.wall_clock else None,
+        )
         self.assigned = False
         self.heartbeat = Heartbeat()
         self.producer = FaustProducer(self.app)
@@ -95,6 +104,7 @@ class WatcherRuntime:
                     continue
                 await self.holds.ready()
                 await self.processor.process(msg, caught_up=caught_up(app, msg))
+                self.progress.handled(msg)
                 await self._request_ticks()
 
         @app.timer(interval=self.settings.tick_interval_s)
@@ -112,10 +122,12 @@ class WatcherRuntime:
             self.assigned = True
             self.schedule.on_assigned()
             self.holds.on_assigned(assigned)
+            self.progress.on_assigned(assigned)
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             self.schedule.on_revoked()
             self.holds.on_revoked()
+            self.progress.on_revoked()
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
@@ -128,7 +140,14 @@ class WatcherRuntime:
     async def _on_event(self, msg: InputMessage, event: CloudEvent) -> None:
         order_id = self.handler.order_id_of(msg, event)
         state = self._load(order_id)
-        outcome = self.handler.handle_event(state, msg, event, self.clock.now())
+        now = self.clock.now()
+        if self.wall_clock:
+            # A record read late (a backlog after a rebalance or a restart) is judged at
+            # its own partition's time (its successors may still be unread), not at a
+            # wall-clock moment they passed.
+            self.progress.observe(msg, event.time)
+            now = self.progress.time_of(msg.partition, now, at_least=event.time)
+        outcome = self.handler.handle_event(state, msg, event, now)
         if outcome.duplicate:
             EVENTS_CONSUMED.labels(SERVICE, msg.topic, "duplicate").inc()
             return

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from common import tracing
 from common.admin import ensure_topics
-from common.clock import Clock
+from common.clock import Clock, WallClock
 from common.deadlines import DeadlineIndex, DeadlineSchedule
 from common.envelope import CloudEvent, InvalidEvent
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
@@ -35,6 +35,7 @@ from common.metrics import EVENTS_CONSUMED
 from common.ops_http import Heartbeat, OpsServer
 from common.streaming import (
     FaustProducer,
+    InputProgress,
     PartitionHolds,
     caught_up,
     changelog_specs,
@@ -78,7 +79,19 @@ class RiskRuntime:
         self.spend_quantiles = self.app.Table(
             "spend_quantiles", default=None, schema=schema, partitions=settings.topic_partitions
         )
-        self.schedule = DeadlineSchedule(self.app, self.rhythm_deadlines, self.ticks_name)
+        # On the wall clock, silence is judged only once the input is read: the order
+        # facts of this worker's order partitions and the customer partition's own.
+        self.progress = InputProgress(
+            self.app,
+            {self.facts_name},
+            upstream=frozenset({settings.topics.orders, settings.topics.returns}),
+        )
+        self.schedule = DeadlineSchedule(
+            self.app,
+            self.rhythm_deadlines,
+            self.ticks_name,
+            gate=self.progress if isinstance(self.clock, WallClock) else None,
+        )
         self.quantiles: dict[int, P2Quantile] = {}
         # Order facts sent by `rekey` to a facts partition of this worker and not yet
         # handled by `assess`, by event id, at their event time.
@@ -128,6 +141,7 @@ class RiskRuntime:
                 msg = input_message(event)
                 await self.holds.ready()
                 await self.rekeyer.process(msg, caught_up=caught_up(app, msg))
+                self.progress.handled(msg)
 
         @app.agent(customer_keyed, name=f"{SERVICE}.assess")
         async def assess(stream: faust.StreamT[Any]) -> None:
@@ -139,6 +153,7 @@ class RiskRuntime:
                     continue
                 await self.holds.ready()
                 await self.assessor.process(msg, caught_up=caught_up(app, msg))
+                self.progress.handled(msg)
                 await self._request_ticks()
 
         @app.timer(interval=self.settings.tick_interval_s)
@@ -157,12 +172,14 @@ class RiskRuntime:
             self.quantiles.clear()
             self.facts_in_flight.clear()
             self.holds.on_assigned(assigned)
+            self.progress.on_assigned(assigned)
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             self.schedule.on_revoked()
             self.quantiles.clear()
             self.facts_in_flight.clear()
             self.holds.on_revoked()
+            self.progress.on_revoked()
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]

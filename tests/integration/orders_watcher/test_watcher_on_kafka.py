@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class Watchers:
         tmp.mkdir(parents=True, exist_ok=True)
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, **overrides: str) -> subprocess.Popen[bytes]:
         env = dict(
             os.environ,
             KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
@@ -60,6 +61,7 @@ class Watchers:
             ORDERS_WATCHER_HTTP_PORT=str(free_port()),
             OUTREACH_KAFKA_SESSION_TIMEOUT_S="8",
         )
+        env.update(overrides)
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.orders_watcher"],
@@ -83,8 +85,15 @@ class Watchers:
                 proc.kill()
 
 
-def incidents(bootstrap: str, topic: str, quiet_s: float = 6.0, timeout: float = 150) -> list:
-    """Everything on the incidents topic once it has been quiet for `quiet_s` seconds."""
+def incidents(
+    bootstrap: str,
+    topic: str,
+    quiet_s: float = 6.0,
+    timeout: float = 150,
+    enough: Callable[[list[dict]], bool] = bool,
+) -> list[dict]:
+    """Everything on the incidents topic once `enough` of it is there (by default: any)
+    and nothing new came for `quiet_s` seconds, or at `timeout`."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
@@ -94,21 +103,21 @@ def incidents(bootstrap: str, topic: str, quiet_s: float = 6.0, timeout: float =
         enable_auto_commit=False,
         group_id=None,
     )
-    records: list = []
+    events: list[dict] = []
     last_new = time.monotonic()
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=500)
-            fresh = [r for rs in batch.values() for r in rs]
+            batch = consumer.poll(timeout_ms=300)
+            fresh = [orjson.loads(r.value) for rs in batch.values() for r in rs]
             if fresh:
-                records += fresh
+                events += fresh
                 last_new = time.monotonic()
-            elif records and time.monotonic() - last_new > quiet_s:
+            elif enough(events) and time.monotonic() - last_new > quiet_s:
                 break
     finally:
         consumer.close()
-    return [orjson.loads(r.value) for r in records]
+    return events
 
 
 @pytest.fixture

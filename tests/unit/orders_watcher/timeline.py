@@ -21,8 +21,11 @@ TOPIC_OF = {
 }
 
 
-def h(hours: float) -> datetime:
-    return T0 + timedelta(hours=hours)
+Moment = float | datetime  # hours after T0, or an absolute time
+
+
+def h(moment: Moment) -> datetime:
+    return moment if isinstance(moment, datetime) else T0 + timedelta(hours=moment)
 
 
 def iso(moment: datetime) -> str:
@@ -33,9 +36,9 @@ def placed(
     order_id: str = "o-1",
     *,
     method: str = "standard",
-    ship_by: float = 24,
-    deliver_by: float = 72,
-    at: float = 0,
+    ship_by: Moment = 24,
+    deliver_by: Moment = 72,
+    at: Moment = 0,
     items: list[tuple[str, int]] | None = None,
 ) -> CloudEvent:
     items = items or [("sku-1", 1)]
@@ -60,7 +63,7 @@ def placed(
     )
 
 
-def cancelled(order_id: str = "o-1", *, at: float, by: str = "customer") -> CloudEvent:
+def cancelled(order_id: str = "o-1", *, at: Moment, by: str = "customer") -> CloudEvent:
     return _event(
         "order.cancelled",
         order_id,
@@ -72,9 +75,9 @@ def cancelled(order_id: str = "o-1", *, at: float, by: str = "customer") -> Clou
 def shipped(
     order_id: str = "o-1",
     *,
-    at: float,
+    at: Moment,
     shipment_id: str = "s-1",
-    estimate: float | None = None,
+    estimate: Moment | None = None,
     items: list[tuple[str, int]] | None = None,
 ) -> CloudEvent:
     items = items or [("sku-1", 1)]
@@ -94,12 +97,12 @@ def shipped(
 def scan(
     order_id: str = "o-1",
     *,
-    at: float,
+    at: Moment,
     status: str,
     shipment_id: str = "s-1",
     substatus: str | None = None,
-    estimate: float | None = None,
-    arrives: float | None = None,
+    estimate: Moment | None = None,
+    arrives: Moment | None = None,
 ) -> CloudEvent:
     data: dict[str, Any] = {
         "shipment_id": shipment_id,
@@ -121,7 +124,7 @@ def scan(
 
 
 def return_event(
-    kind: str, order_id: str = "o-1", *, at: float, return_id: str = "r-1"
+    kind: str, order_id: str = "o-1", *, at: Moment, return_id: str = "r-1"
 ) -> CloudEvent:
     data: dict[str, Any] = {"return_id": return_id, "order_id": order_id}
     if kind == "requested":
@@ -136,7 +139,7 @@ def return_event(
 
 
 def _event(
-    type_: str, order_id: str, at: float, data: dict[str, Any], suffix: str = ""
+    type_: str, order_id: str, at: Moment, data: dict[str, Any], suffix: str = ""
 ) -> CloudEvent:
     return new_event(
         type=type_,

@@ -1,0 +1,164 @@
+"""The deadline index and schedule (common/deadlines.py) and the input-progress gate
+(common/streaming.InputProgress) that keeps absence from being judged on a backlog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+from common.deadlines import DeadlineIndex, DeadlineSchedule
+from common.kafka import InputMessage
+from common.streaming import InputProgress
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+def test_the_index_yields_due_keys_by_partition_in_time_order_and_forgets_stale_entries():
+    index = DeadlineIndex()
+    index.set("a", 0, 30.0)
+    index.set("b", 0, 10.0)
+    index.set("c", 1, 20.0)
+    index.set("a", 0, 5.0)  # rescheduled earlier: the 30.0 entry is stale
+    index.set("b", 0, None)  # cancelled
+    assert index.partitions_due(15.0) == [0]
+    assert list(index.pop_due(0, 100.0)) == ["a"]
+    assert index.partitions_due(100.0) == [1]
+    assert len(index) == 1
+
+
+class FakeTable(dict[str, Any]):
+    name = "deadlines"
+
+    def on_recover(self, callback: Any) -> None:
+        self.recover = callback
+
+
+@dataclass
+class FakeProducer:
+    sent: list[int] = field(default_factory=list)
+
+    async def send_and_wait(self, topic: str, key: Any, value: bytes, **kw: Any) -> None:
+        self.sent.append(kw["partition"])
+
+
+@dataclass
+class FakeApp:
+    producer: FakeProducer = field(default_factory=FakeProducer)
+
+
+@dataclass
+class FakeGate:
+    lagging: set[int] = field(default_factory=set)
+    stale: set[int] = field(default_factory=set)  # looks read, the broker says otherwise
+
+    def caught_up(self, partition: int) -> bool:
+        return partition not in self.lagging
+
+    async def confirm(self, partition: int) -> bool:
+        if partition in self.stale:
+            self.lagging.add(partition)
+        return self.caught_up(partition)
+
+    def lag(self, partition: int) -> object:
+        return {}
+
+
+async def test_a_partition_with_unread_input_gets_no_tick_and_no_due_keys():
+    app, gate = FakeApp(), FakeGate(lagging={1}, stale={2})
+    schedule = DeadlineSchedule(app, FakeTable(), "ticks", gate=gate)
+    schedule.rebuild()
+    for partition in (0, 1, 2):
+        schedule.schedule(f"o-{partition}", partition, 10.0)
+    await schedule.request_ticks(20.0)
+    assert app.producer.sent == [0]
+    assert schedule.due(1, 20.0) == []  # a tick that arrives anyway acts on nothing
+    assert schedule.due(0, 20.0) == ["o-0"]
+    gate.lagging.clear()  # the backlog has been read: the deadlines are still there
+    gate.stale.clear()
+    await schedule.request_ticks(20.0)
+    assert app.producer.sent == [0, 1, 2]
+    assert schedule.due(1, 20.0) == ["o-1"]
+
+
+class FakeConsumer:
+    def __init__(self, committed: dict[TP, int], highwaters: dict[TP, int | None]) -> None:
+        self._committed_offset, self.fetched = committed, highwaters
+        self.broker_ends: dict[TP, int] = {}
+
+    def highwater(self, tp: TP) -> int | None:
+        return self.fetched.get(tp)
+
+    async def highwaters(self, *tps: TP) -> dict[TP, int | None]:
+        return {tp: self.broker_ends.get(tp, self.fetched.get(tp)) for tp in tps}
+
+
+def message(topic: str, partition: int, offset: int) -> InputMessage:
+    return InputMessage(topic=topic, partition=partition, offset=offset, key=None, value=b"")
+
+
+async def test_input_progress_is_caught_up_once_every_topic_of_the_partition_is_read():
+    orders, shipments, returns = TP("orders", 0), TP("shipments", 0), TP("returns", 0)
+    consumer = FakeConsumer({orders: 5}, {orders: 8, shipments: None, returns: 0})
+    app = SimpleNamespace(consumer=consumer)
+    progress = InputProgress(app, {"orders", "shipments", "returns"})  # type: ignore[arg-type]
+    progress.on_assigned([orders, shipments, returns, TP("ticks", 0)])
+    assert not progress.caught_up(0)  # orders: committed 5, 8 on the broker
+    for offset in (5, 6, 7):
+        progress.handled(message("orders", 0, offset))
+    assert not progress.caught_up(0)  # shipments: not fetched yet
+    consumer.fetched[shipments] = 3
+    consumer._committed_offset[shipments] = 3  # read to its end by the previous owner
+    assert progress.caught_up(0)  # and returns is empty
+    consumer.fetched[orders] = 9  # a new record arrived
+    assert not progress.caught_up(0)
+    progress.handled(message("orders", 0, 8))
+    assert progress.caught_up(0)
+    assert await progress.confirm(0)
+    consumer.broker_ends[orders] = 12  # the fetch is stale: the broker holds more
+    assert progress.caught_up(0)
+    assert not await progress.confirm(0)
+    assert not progress.caught_up(0)  # and it stays known
+    progress.on_revoked()
+    assert progress.caught_up(0)  # nothing assigned: nothing to wait for
+
+
+def test_a_lagging_partition_is_judged_at_the_time_its_lagging_inputs_reached():
+    orders, shipments = TP("orders", 0), TP("shipments", 0)
+    consumer = FakeConsumer({orders: 0, shipments: 0}, {orders: 2, shipments: 10})
+    app = SimpleNamespace(consumer=consumer)
+    progress = InputProgress(app, {"orders", "shipments"})  # type: ignore[arg-type]
+    progress.on_assigned([orders, shipments])
+    wall = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    for offset, minutes in ((0, 10), (1, 50)):
+        progress.observe(message("orders", 0, offset), wall - timedelta(minutes=minutes))
+        progress.handled(message("orders", 0, offset))
+    # orders is read to its end (its older record does not pull the time back);
+    # shipments is not, and has reached 09:00.
+    progress.observe(message("shipments", 0, 0), wall - timedelta(hours=3))
+    assert progress.time_of(0, wall) == wall - timedelta(hours=3)
+    # ... yet the record being handled counts at its own time
+    at_two = wall - timedelta(hours=2)
+    assert progress.time_of(0, wall, at_least=at_two) == at_two
+    assert progress.time_of(0, wall, at_least=wall + timedelta(hours=1)) == wall
+    for offset in range(10):
+        progress.handled(message("shipments", 0, offset))
+    assert progress.time_of(0, wall) == wall
+
+
+async def test_upstream_topics_count_for_every_partition():
+    """risk_detector: a customer partition also waits for the order partitions this worker
+    reads, whose facts are repartitioned to every customer partition."""
+    facts0, facts1, orders3 = TP("facts", 0), TP("facts", 1), TP("orders", 3)
+    consumer = FakeConsumer({facts0: 4, facts1: 2, orders3: 7}, {facts0: 4, facts1: 2, orders3: 9})
+    app = SimpleNamespace(consumer=consumer)
+    progress = InputProgress(app, {"facts"}, upstream=frozenset({"orders"}))  # type: ignore[arg-type]
+    progress.on_assigned([facts0, facts1, orders3])
+    assert not progress.caught_up(0) and not progress.caught_up(1)
+    progress.handled(message("orders", 3, 8))
+    assert progress.caught_up(0) and progress.caught_up(1)
+    assert set(progress.lag(1)) == {"facts:1", "orders:3"}
