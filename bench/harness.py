@@ -148,6 +148,14 @@ class Consumer:
                 out[topic] = out.get(topic, 0) + int(float(value))
         return out
 
+    def outcomes(self) -> dict[str, int]:
+        """Every outcome the service counted (processed, duplicate, dead_lettered, ...)."""
+        out: dict[str, int] = {}
+        for labels, value in _METRIC.findall(self.metrics() or ""):
+            outcome = dict(_LABEL.findall(labels)).get("outcome", "")
+            out[outcome] = out.get(outcome, 0) + int(float(value))
+        return out
+
     def progress(self) -> int:
         """Records handled, over every topic it reads (-1: no answer)."""
         counts = self.consumed()
