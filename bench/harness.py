@@ -8,6 +8,7 @@ bench/risk_throughput.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -206,20 +207,29 @@ class Consumer:
 
 
 class Sampler(threading.Thread):
-    """Samples a consumer's progress every `every` seconds in the background."""
+    """Samples a consumer's progress every `every` seconds in the background, and with
+    `rss_every` its resident memory (MiB) with the progress at that moment."""
 
-    def __init__(self, consumer: Consumer, every: float = 0.25) -> None:
+    def __init__(self, consumer: Consumer, every: float = 0.25, rss_every: float = 0.0) -> None:
         super().__init__(daemon=True)
         self.consumer = consumer
         self.every = every
+        self.rss_every = rss_every
         self.samples: list[tuple[float, int]] = []
+        self.rss: list[tuple[float, int, float]] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
+        next_rss = 0.0
         while not self._halt.is_set():
             done = self.consumer.progress()
+            now = time.monotonic()
             if done >= 0:
-                self.samples.append((time.monotonic(), done))
+                self.samples.append((now, done))
+                if self.rss_every and now >= next_rss and self.consumer.proc.poll() is None:
+                    with contextlib.suppress(OSError):
+                        self.rss.append((now, done, rss_mib(self.consumer.proc.pid)[0]))
+                    next_rss = now + self.rss_every
             self._halt.wait(self.every)
 
     def latest(self) -> int:

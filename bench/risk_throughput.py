@@ -413,7 +413,7 @@ def measure(
         flush=True,
     )
     warm = service("warm", bootstrap, prefix, workdir, data_dir=cold.data_dir)
-    sampler = Sampler(warm, every=0.2)
+    sampler = Sampler(warm, every=0.2, rss_every=2.0)
     try:
         ready = warm.wait_ready(args.timeout, "restart on its own data dir")
         rss_ready, _ = rss_mib(warm.proc.pid)
@@ -427,6 +427,7 @@ def measure(
         started = time.monotonic()
         wait_progress(warm, sampler, load.sent_units, args.timeout, args.stall_s, "drain")
         rate = drain_rate(sampler.samples, load.sent_units) / per_event
+        rss_drained, peak_drained = rss_mib(warm.proc.pid)
         consumed = warm.consumed() or {}
         out["drain"] = {
             "events": len(backlog),
@@ -437,12 +438,15 @@ def measure(
             "requests": requests_emitted(warm),
             "consumed": consumed,
             "outcomes": warm.outcomes(),
+            "rss_mib": rss_drained,
+            "peak_rss_mib": peak_drained,
             "load": load_average(),
         }
         print(
             f"  drain: {len(backlog)} events ({load.sent_units} with the re-keyed order facts) "
             f"at {rate:.0f} ev/s (10-95 %), all in {out['drain']['whole_s']:.0f}s; "
-            f"{out['drain']['requests']} outreach requests (load {load_average()})",
+            f"{out['drain']['requests']} outreach requests; RSS {rss_drained:.0f} MiB "
+            f"(load {load_average()})",
             flush=True,
         )
 
@@ -464,6 +468,7 @@ def measure(
             "events": load.sent,
             "story_position": stream.position / copies,
             "story_steady": base.steady,
+            "rss_series": [(round(t - started, 1), done, rss) for t, done, rss in sampler.rss],
             "load": load_average(),
         }
     finally:
@@ -494,6 +499,11 @@ def report(out: dict[str, Any]) -> None:
         print(
             f"{'restart on its own data dir (RSS at ready)':44s} {warm['ready_s']:7.1f}s "
             f"{warm['rss_at_ready_mib']:5.0f} MiB"
+        )
+        drain = out["drain"]
+        print(
+            f"{'after the drain':44s} {'':8s} {drain['rss_mib']:5.0f} MiB "
+            f"{drain['peak_rss_mib']:5.0f} MiB"
         )
         print(
             f"{'after drain and open loop':44s} {'':8s} {after['rss_mib']:5.0f} MiB "
