@@ -77,8 +77,14 @@ format: venv
 
 -include mk/*.mk
 
+# Arguments per benchmark, e.g. BENCH_RISK_ARGS=--quick (risk_detector, 10k customers).
+BENCH_ARGS ?=
+BENCH_OUTREACH_ARGS ?=
+BENCH_RISK_ARGS ?=
+
 .PHONY: bench
 bench: venv system-deps ## benchmarks on the real local broker (figures in docs/performance.md)
 	$(PY) -m bench.watcher_throughput $(BENCH_ARGS)
 	$(PY) -m bench.outreach_delivery $(BENCH_OUTREACH_ARGS)
+	$(PY) -m bench.risk_throughput $(BENCH_RISK_ARGS)
 	$(MAKE) --no-print-directory bench-preferences

@@ -31,14 +31,9 @@ import json
 import os
 import re
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,291 +42,48 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aiokafka.errors import KafkaTimeoutError  # noqa: E402
-
 from bench.corpus import INPUTS, Corpus, Record, base_story  # noqa: E402
+from bench.harness import (  # noqa: E402
+    PARTITIONS,
+    BenchError,
+    Consumer,
+    Load,
+    Sampler,
+    Trial,
+    dir_mib,
+    drain_rate,
+    exit_on_sigterm,
+    find_sustainable,
+    load_average,
+    open_loop_trial,
+    rss_mib,
+    wait_progress,
+)
 
-PARTITIONS = 4
 STAGES = ("bare", "watcher", "naive", "handwritten")
 STATE = "state"  # the pseudo-stage: the watcher's memory per open order and recovery time
-FIRST_STEP = 0.9  # the first open-loop trial runs at this share of the drain rate
-STEP_DOWN = 0.85  # the next trial runs at most at this share of the previous one
-MIN_RATE = 10.0
-_METRIC = re.compile(r"^outreach_events_consumed_total\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mib(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process in MiB."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+def stage_consumer(
+    stage: str, bootstrap: str, prefix: str, workdir: Path, log_level: str = "WARNING"
+) -> Consumer:
+    """The watcher itself, or one of the comparison consumers of bench/stages.py."""
+    if stage == "watcher":
+        command = [sys.executable, "-m", "services.orders_watcher"]
+    else:
+        command = [sys.executable, "-m", "bench.stages", stage]
+    return Consumer(
+        stage,
+        command,
+        bootstrap,
+        prefix,
+        workdir,
+        port_env="ORDERS_WATCHER_HTTP_PORT",
+        log_level=log_level,
     )
-    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
-
-
-def dir_mib(path: Path) -> float:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
-
-
-# --- consumers ---------------------------------------------------------------------------
-
-
-class Consumer:
-    """One consumer process under test, with its progress read from its /metrics."""
-
-    def __init__(
-        self, stage: str, bootstrap: str, prefix: str, workdir: Path, log_level: str = "WARNING"
-    ) -> None:
-        self.stage = stage
-        self.port = free_port()
-        self.data_dir = workdir / f"{stage}-data"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / f"{stage}.log"
-        env = dict(
-            os.environ,
-            PYTHONPATH=str(ROOT),
-            BOOTSTRAP=bootstrap,
-            PREFIX=prefix,
-            PORT=str(self.port),
-            DATA_DIR=str(self.data_dir),
-            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-            OUTREACH_TOPIC_PREFIX=prefix,
-            OUTREACH_CLOCK="event",
-            OUTREACH_DATA_DIR=str(self.data_dir),
-            OUTREACH_TOPIC_PARTITIONS=str(PARTITIONS),
-            ORDERS_WATCHER_HTTP_PORT=str(self.port),
-            LOG_LEVEL=log_level,
-            LOG_FORMAT="console",
-        )
-        if stage == "watcher":
-            cmd = [sys.executable, "-m", "services.orders_watcher"]
-        else:
-            cmd = [sys.executable, "-m", "bench.stages", stage]
-        self.started = time.monotonic()
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def metrics(self) -> str | None:
-        try:
-            url = f"http://127.0.0.1:{self.port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return str(response.read().decode())
-        except OSError:
-            return None
-
-    def progress(self) -> int:
-        """Input records handled (processed + dead-lettered). The watcher also counts a
-        duplicate as outcome="duplicate" *and* "processed", so "duplicate" is left out."""
-        text = self.metrics()
-        if text is None:
-            return -1
-        total = 0.0
-        for labels, value in _METRIC.findall(text):
-            if 'outcome="duplicate"' not in labels:
-                total += float(value)
-        return int(total)
-
-    def ready(self) -> bool:
-        try:
-            url = f"http://127.0.0.1:{self.port}/readyz"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(
-                f"{self.stage} exited with code {self.proc.returncode}:\n{self.log_tail()}"
-            )
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(text[-lines:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-class Sampler(threading.Thread):
-    """Samples a consumer's progress every `every` seconds in the background."""
-
-    def __init__(self, consumer: Consumer, every: float = 0.25) -> None:
-        super().__init__(daemon=True)
-        self.consumer = consumer
-        self.every = every
-        self.samples: list[tuple[float, int]] = []
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            done = self.consumer.progress()
-            if done >= 0:
-                self.samples.append((time.monotonic(), done))
-            self._halt.wait(self.every)
-
-    def latest(self) -> int:
-        return self.samples[-1][1] if self.samples else 0
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
-
-
-def wait_progress(
-    consumer: Consumer, sampler: Sampler, target: int, timeout: float, stall_s: float, what: str
-) -> None:
-    """Wait until the consumer has handled `target` records; fail fast when it stalls."""
-    deadline = time.monotonic() + timeout
-    last, last_change = -1, time.monotonic()
-    while True:
-        consumer.check_alive()
-        done = sampler.latest()
-        now = time.monotonic()
-        if done >= target:
-            return
-        if done != last:
-            last, last_change = done, now
-        if now - last_change > stall_s:
-            raise BenchError(
-                f"{consumer.stage}: {what} stalled at {done}/{target} records for {stall_s:.0f}s"
-                f" (load {load_average()}):\n{consumer.log_tail()}"
-            )
-        if now > deadline:
-            raise BenchError(
-                f"{consumer.stage}: {what} not done within {timeout:.0f}s ({done}/{target}, "
-                f"load {load_average()}):\n{consumer.log_tail()}"
-            )
-        time.sleep(0.1)
-
-
-# --- load ---------------------------------------------------------------------------------
-
-
-class Load:
-    """Publishes corpus records to a run's topics: all at once, or paced at a fixed rate.
-
-    aiokafka on a private event loop: on two cores the generator competes with the
-    consumer under test, and aiokafka costs about a quarter of kafka-python per record.
-    """
-
-    def __init__(self, bootstrap: str, prefix: str) -> None:
-        from aiokafka import AIOKafkaProducer
-
-        from common.admin import ensure_topics
-        from common.topics import TopicSpec
-
-        self.prefix = prefix
-        ensure_topics(bootstrap, [TopicSpec(prefix + t, PARTITIONS) for t in INPUTS])
-        self.loop = asyncio.new_event_loop()
-
-        async def start() -> AIOKafkaProducer:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=64 * 1024
-            )
-            await producer.start()
-            return producer
-
-        self.producer = self.loop.run_until_complete(start())
-        self.sent = 0
-
-    async def _send(self, record: Record) -> None:
-        while True:
-            try:
-                await self.producer.send(
-                    self.prefix + record.topic, key=record.key, value=record.value
-                )
-                return
-            except KafkaTimeoutError:
-                await asyncio.sleep(0.01)  # the accumulator is full: wait for the broker
-
-    def backlog(self, records: list[Record]) -> None:
-        async def run() -> None:
-            for record in records:
-                await self._send(record)
-            await asyncio.wait_for(self.producer.flush(), 120)
-
-        self.loop.run_until_complete(run())
-        self.sent += len(records)
-
-    def paced(self, records: list[Record], rate: float) -> tuple[list[float], float]:
-        """Publish at `rate` records/s (open loop: the consumer does not slow it down).
-        Returns each record's send time (monotonic) and the achieved rate."""
-
-        async def run() -> tuple[list[float], float]:
-            times: list[float] = []
-            start = time.monotonic()
-            deadline = start + len(records) / rate * 1.5 + 5
-            sent = 0
-            while sent < len(records):
-                now = time.monotonic()
-                if now > deadline:
-                    raise BenchError(
-                        f"the load generator could not keep {rate:.0f}/s "
-                        f"({sent}/{len(records)} sent, load {load_average()})"
-                    )
-                due = min(len(records), int((now - start) * rate) + 1)
-                while sent < due:
-                    await self._send(records[sent])
-                    times.append(now)
-                    sent += 1
-                await asyncio.sleep(0.002)
-            achieved = sent / (time.monotonic() - start)
-            await asyncio.wait_for(self.producer.flush(), 60)
-            return times, achieved
-
-        times, achieved = self.loop.run_until_complete(run())
-        self.sent += len(records)
-        return times, achieved
-
-    def close(self) -> None:
-        try:
-            self.loop.run_until_complete(asyncio.wait_for(self.producer.stop(), 10))
-        finally:
-            self.loop.close()
 
 
 # --- one stage ----------------------------------------------------------------------------
-
-
-@dataclass
-class Trial:
-    rate: float
-    events: int
-    seconds: float
-    achieved: float
-    consumed: float
-    lag_end: int
-    lag_max: int
-    lag_slope: float
-    sustainable: bool
-    load: str
 
 
 @dataclass
@@ -344,133 +96,38 @@ class StageResult:
     latency: dict[str, Any] = field(default_factory=dict)
 
 
-def _slope(points: list[tuple[float, float]]) -> float:
-    if len(points) < 3:
-        return 0.0
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
-
-
-def open_loop_trial(
-    load: Load,
-    consumer: Consumer,
-    sampler: Sampler,
-    corpus: Corpus,
-    rate: float,
-    seconds: float,
-    stall_s: float,
-    drain_rate: float,
-) -> tuple[Trial, list[Record], list[float]]:
-    records = corpus.take_laps(corpus.laps_for(rate * seconds))
-    base = load.sent
-    start = time.monotonic()
-    times, achieved = load.paced(records, rate)
-    end = time.monotonic()
-    lags: list[tuple[float, float]] = []
-    window: list[tuple[float, int]] = []
-    for t, done in list(sampler.samples):
-        if start <= t <= end:
-            produced = base + bisect_left(times, t)
-            lags.append((t - start, produced - done))
-            window.append((t, done))
-    # What the consumer got through while loaded: its capacity when it fell behind.
-    consumed = (
-        (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
-        if len(window) >= 2 and window[-1][0] > window[0][0]
-        else 0.0
-    )
-    lag_end = int(lags[-1][1]) if lags else load.sent - sampler.latest()
-    lag_max = int(max((lag for _, lag in lags), default=lag_end))
-    slope = _slope([p for p in lags if p[0] >= (end - start) / 2])
-    # Judged on the rate actually sent (the generator shares the 2 cores): flat (at the
-    # end at most 2 s of input behind, not growing over the second half) and bounded
-    # (never more than 5 s of input behind).
-    sustainable = (
-        lag_end <= max(2 * achieved, 50)
-        and slope <= 0.05 * achieved
-        and lag_max <= max(5 * achieved, 100)
-    )
-    trial = Trial(
-        rate,
-        len(records),
-        end - start,
-        achieved,
-        consumed,
-        lag_end,
-        lag_max,
-        slope,
-        sustainable,
-        load_average(),
-    )
-    # Let it catch up before the next trial: the backlog left is at most one trial's load,
-    # read at the drain rate; a stall fails fast anyway.
-    backlog = max(0, load.sent - sampler.latest())
-    wait_progress(
-        consumer, sampler, load.sent, 30 + 3 * backlog / max(drain_rate, 1.0), stall_s, "catch-up"
-    )
-    return trial, records, times
-
-
 def measure_stage(
     stage: str, bootstrap: str, stamp: str, corpus: Corpus, args: argparse.Namespace
 ) -> StageResult:
     prefix = f"bench{stamp}{stage}."
     workdir = Path(args.workdir)
     result = StageResult(stage)
-    load = Load(bootstrap, prefix)
+    load = Load(bootstrap, prefix, INPUTS)
     backlog = corpus.take_laps(corpus.laps_for(args.backlog))
     load.backlog(backlog)
-    consumer = Consumer(stage, bootstrap, prefix, workdir)
+    consumer = stage_consumer(stage, bootstrap, prefix, workdir)
     sampler = Sampler(consumer, every=0.1)
     sampler.start()
     try:
         wait_progress(consumer, sampler, len(backlog), args.timeout, args.stall_s, "drain")
-        lo, hi = 0.10 * len(backlog), 0.95 * len(backlog)
-        window = [(t, d) for t, d in sampler.samples if lo <= d <= hi]
-        if len(window) < 2:
-            window = [(t, d) for t, d in sampler.samples if d > 0]
-        (t0, d0), (t1, d1) = window[0], window[-1]
-        result.drain_rate = (d1 - d0) / (t1 - t0) if t1 > t0 else float("nan")
+        result.drain_rate = drain_rate(sampler.samples, len(backlog))
         result.drain_load = load_average()
         print(
             f"  {stage}: drained {len(backlog)} in backlog at {result.drain_rate:.0f} ev/s "
             f"(load {result.drain_load})",
             flush=True,
         )
-        # Step down geometrically from just under the drain rate until a trial is
-        # sustainable; with a trial to spare, try once halfway back up to the last failure.
-        rate = max(MIN_RATE, FIRST_STEP * result.drain_rate)
-        failed: float | None = None  # the lowest rate found not sustainable
-        refined = False
-        for _ in range(args.max_trials):
-            trial, _, _ = open_loop_trial(
-                load, consumer, sampler, corpus, rate, args.trial_s, args.stall_s, result.drain_rate
+
+        def trial_at(rate: float) -> Trial:
+            records = corpus.take_laps(corpus.laps_for(rate * args.trial_s))
+            trial, _ = open_loop_trial(
+                load, consumer, sampler, records, rate, args.stall_s, result.drain_rate
             )
-            result.trials.append(trial)
-            verdict = "sustainable" if trial.sustainable else "NOT sustainable"
-            print(
-                f"  {stage}: open loop {rate:.0f}/s, {trial.events} events in "
-                f"{trial.seconds:.0f}s (sent {trial.achieved:.0f}/s, consumed "
-                f"{trial.consumed:.0f}/s): lag end {trial.lag_end}, max {trial.lag_max}, slope "
-                f"{trial.lag_slope:+.1f}/s -> {verdict} (load {trial.load})",
-                flush=True,
-            )
-            if trial.sustainable:
-                result.sustainable = max(result.sustainable, trial.achieved)
-                if failed is None or refined:
-                    break
-                refined = True
-                rate = (rate + failed) / 2
-            elif result.sustainable:
-                break  # the refinement failed: keep the sustainable rate found
-            else:
-                failed = rate
-                rate = max(MIN_RATE, STEP_DOWN * rate)
-        if not result.sustainable:
-            print(f"  {stage}: no sustainable rate in {args.max_trials} trials", flush=True)
+            return trial
+
+        result.sustainable, result.trials = find_sustainable(
+            trial_at, result.drain_rate, args.max_trials, stage
+        )
         if stage == "watcher" and result.sustainable and args.latency_s > 0:
             result.latency = measure_latency(
                 load, consumer, sampler, corpus, bootstrap, prefix, result.sustainable / 2, args
@@ -512,9 +169,8 @@ def measure_latency(
     for tp in tps:
         reader.position(tp)
     wall_minus_mono = time.time() - time.monotonic()
-    trial, records, times = open_loop_trial(
-        load, consumer, sampler, corpus, rate, args.latency_s, args.stall_s, 2 * rate
-    )
+    records = corpus.take_laps(corpus.laps_for(rate * args.latency_s))
+    trial, times = open_loop_trial(load, consumer, sampler, records, rate, args.stall_s, 2 * rate)
     incidents: list[tuple[float, dict[str, Any]]] = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -679,7 +335,7 @@ def recovery_run(
 ) -> dict[str, Any]:
     """Start a watcher and time it until ready (tables recovered, deadline index rebuilt)."""
     # INFO, so that the log says how many orders the deadline index was rebuilt with.
-    consumer = Consumer("watcher", bootstrap, prefix, workdir / label, log_level="INFO")
+    consumer = stage_consumer("watcher", bootstrap, prefix, workdir / label, log_level="INFO")
     if data_dir is not None:
         shutil.rmtree(consumer.data_dir)
         shutil.copytree(data_dir, consumer.data_dir)
@@ -799,10 +455,6 @@ def report(results: dict[str, StageResult], state: dict[str, Any] | None) -> Non
             )
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stages", default=",".join((*STAGES, STATE)))
@@ -838,7 +490,7 @@ def main() -> int:
         parser.error(f"unknown stages {sorted(unknown)}")
     # SIGTERM unwinds like Ctrl-C, so that the `finally` blocks stop the broker and the
     # consumer processes this run started.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_on_sigterm()
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="outreach-bench-")
     from deploy.kafka.local_kafka import LocalKafka, cache_dir
 
