@@ -255,6 +255,42 @@ def test_every_deployment_is_probed_limited_and_locked_down() -> None:
                 assert "secretKeyRef" in env["valueFrom"], env
 
 
+def test_preferences_tls_mounts_the_secret_and_probes_liveness_over_http() -> None:
+    def preferences(*sets: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        docs = _render(*sets)
+        (deployment,) = [d for d in _kind(docs, "Deployment") if _component(d) == "preferences"]
+        (config,) = [
+            d
+            for d in _kind(docs, "ConfigMap")
+            if d["metadata"]["labels"].get("app.kubernetes.io/component") == "preferences"
+        ]
+        return deployment, config
+
+    plain, plain_config = preferences()
+    (container,) = plain["spec"]["template"]["spec"]["containers"]
+    assert "grpc" in container["livenessProbe"]
+    assert "PREFERENCES_TLS_CERT" not in plain_config["data"]
+
+    tls, tls_config = preferences(
+        "services.preferences.tls.enabled=true",
+        "services.preferences.tls.secretName=preferences-tls",
+        "services.preferences.tls.clientCA=true",
+    )
+    pod = tls["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert {
+        "name": "tls",
+        "secret": {"secretName": "preferences-tls", "defaultMode": 0o440},
+    } in pod["volumes"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["tls"]["mountPath"] == "/etc/preferences/tls" and mounts["tls"]["readOnly"]
+    data = tls_config["data"]
+    assert data["PREFERENCES_TLS_CERT"] == "/etc/preferences/tls/tls.crt"
+    assert data["PREFERENCES_TLS_KEY"] == "/etc/preferences/tls/tls.key"
+    assert data["PREFERENCES_TLS_CLIENT_CA"] == "/etc/preferences/tls/ca.crt"
+
+
 def test_config_and_secrets() -> None:
     docs = _render()
     config_doc = (ROOT / "docs" / "configuration.md").read_text()
