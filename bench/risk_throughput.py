@@ -185,12 +185,11 @@ def write_changelogs(
                         await send("rhythm_deadlines", key, _json({"at": t.rhythm_at, "p": p}), p)
                 for order_id, customer_id in base.orders:
                     order = renamed(order_id, k)
-                    await send(
-                        "order_customers",
-                        _json(order),
-                        _json(renamed(customer_id, k)),
-                        _partition(order),
-                    )
+                    p = _partition(order)
+                    # As the service stores it: the customer, the order's latest fact
+                    # (here: the end of the history) and the partition.
+                    entry = {"c": renamed(customer_id, k), "at": base.split.timestamp(), "p": p}
+                    await send("order_customers", _json(order), _json(entry), p)
             for p, estimate in estimates.items():
                 await send("spend_quantiles", _json(str(p)), _json(estimate.to_dict()), p)
             await asyncio.wait_for(producer.flush(), 600)

@@ -48,6 +48,10 @@ INCIDENTS = Counter(
     "Incidents emitted, by kind and transition (opened, updated, resolved).",
     ["kind", "transition"],
 )
+ORDERS_FORGOTTEN = Counter(
+    "outreach_risk_orders_forgotten_total",
+    "Orders whose customer risk_detector stopped remembering (RISK_DETECTOR_ORDER_MEMORY_DAYS).",
+)
 REQUESTS = Counter(
     "outreach_requests_total",
     "Outreach requests emitted by risk_detector, by intent and message kind.",

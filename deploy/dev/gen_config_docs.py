@@ -46,6 +46,10 @@ NOTES = {
     "ORDERS_WATCHER_RETENTION_DAYS": "state of a finished order is dropped this long after it finished",
     "ORDERS_WATCHER_TICK_INTERVAL_S": "how often (wall seconds) due deadlines are looked for",
     "RISK_DETECTOR_CHECKIN_SCORE": "check-in at this churn-risk score",
+    "RISK_DETECTOR_ORDER_MEMORY_DAYS": (
+        "how long risk_detector remembers an order's customer after the order's latest fact"
+        " (to re-key facts that do not name the customer, e.g. order.cancelled)"
+    ),
     "RISK_DETECTOR_HANDOFF_SCORE": "hand-off to a human at this score (high-value customers)",
     "RISK_DETECTOR_HIGH_VALUE_SPEND": "365-day spend that makes a customer high-value (besides the top 10 %)",
     "RISK_DETECTOR_CHECKIN_WAITS_FOR_AGENT": "with a hand-off, the automated check-in waits",

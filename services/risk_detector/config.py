@@ -22,6 +22,7 @@ class Settings(ServiceSettings):
     checkin_quiet_days: int = Field(30, ge=1)
     checkin_waits_for_agent: bool = True
     tick_interval_s: float = Field(1.0, gt=0)
+    order_memory_days: float = Field(365, gt=0)
 
     def policy(self) -> Policy:
         return Policy(

@@ -31,7 +31,7 @@ from common.deadlines import DeadlineIndex, DeadlineSchedule
 from common.envelope import CloudEvent, InvalidEvent
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
-from common.metrics import EVENTS_CONSUMED
+from common.metrics import EVENTS_CONSUMED, ORDERS_FORGOTTEN
 from common.ops_http import Heartbeat, OpsServer
 from common.streaming import (
     FaustProducer,
@@ -64,6 +64,9 @@ class RiskRuntime:
         self.app = create_app(SERVICE, settings, store=settings.store)
         self.facts_name = f"{self.app.conf.id}-customer-facts"
         self.ticks_name = f"{self.app.conf.id}-ticks"
+        # An erased customer's orders, keyed and partitioned like the order topics, so
+        # that `rekey` forgets them in `order_customers` (which `assess` cannot write).
+        self.forget_name = forget_topic(self.app)
         schema: faust.Schema[Any, Any] = faust.Schema(
             key_type=str, key_serializer="raw", value_serializer="json"
         )
@@ -92,6 +95,13 @@ class RiskRuntime:
             self.ticks_name,
             gate=self.progress if isinstance(self.clock, WallClock) else None,
         )
+        # `order_customers` entries expire `order_memory_days` after the order's latest
+        # fact: an index of expiry moments per partition, rebuilt from the table after an
+        # assignment, pruned a few keys at a time by `rekey` (a table changes only while
+        # a record of the same partition is handled).
+        self.order_memory_s = settings.order_memory_days * 86400
+        self.order_expiry = DeadlineIndex()
+        self.order_expiry_ready = False
         self.quantiles: dict[int, P2Quantile] = {}
         # Order facts sent by `rekey` to a facts partition of this worker and not yet
         # handled by `assess`, by event id, at their event time.
@@ -124,7 +134,7 @@ class RiskRuntime:
 
     def _wire(self) -> None:
         app = self.app
-        order_keyed = raw_topic(app, self.topics.orders, self.topics.returns)
+        order_keyed = raw_topic(app, self.topics.orders, self.topics.returns, self.forget_name)
         customer_keyed = raw_topic(
             app,
             self.topics.incidents,
@@ -139,6 +149,9 @@ class RiskRuntime:
             async for event in stream.events():
                 self.heartbeat.beat()
                 msg = input_message(event)
+                if msg.topic == self.forget_name:
+                    self._forget_order(msg)
+                    continue
                 await self.holds.ready()
                 await self.rekeyer.process(msg, caught_up=caught_up(app, msg))
                 self.progress.handled(msg)
@@ -160,6 +173,10 @@ class RiskRuntime:
         async def tick_timer() -> None:
             self.heartbeat.beat()
             self.schedule.check_recovered()
+            if self.schedule.ready and not self.order_expiry_ready:
+                # Tables recover together: the deadline table's readiness says the order
+                # table is back too.
+                self._rebuild_order_expiry()
             await self._request_ticks()
 
         @app.task
@@ -173,6 +190,8 @@ class RiskRuntime:
             self.facts_in_flight.clear()
             self.holds.on_assigned(assigned)
             self.progress.on_assigned(assigned)
+            self.order_expiry_ready = False
+            self.order_expiry.clear()
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             self.schedule.on_revoked()
@@ -180,6 +199,8 @@ class RiskRuntime:
             self.facts_in_flight.clear()
             self.holds.on_revoked()
             self.progress.on_revoked()
+            self.order_expiry_ready = False
+            self.order_expiry.clear()
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
@@ -191,10 +212,12 @@ class RiskRuntime:
             raise InvalidEvent(f"{event.type} has no order_id", code="bad_data")
         customer_id = data.get("customer_id")
         if isinstance(customer_id, str) and customer_id:
-            if self.order_customers.get(order_id) != customer_id:
-                self.order_customers[order_id] = customer_id
+            self._remember_order(order_id, customer_id, msg.partition, event.time)
         else:
-            customer_id = self.order_customers.get(order_id)
+            customer_id = self._customer_of_order(order_id)
+            if customer_id:
+                self._remember_order(order_id, customer_id, msg.partition, event.time)
+        self._forget_expired_orders(msg.partition)
         if event.type not in FORWARDED:
             return
         if not customer_id:
@@ -217,6 +240,70 @@ class RiskRuntime:
             timestamp=None,
             headers=headers,
         )
+
+    def _forget_order(self, msg: InputMessage) -> None:
+        order_id = (msg.key or b"").decode(errors="replace")
+        if order_id and self.order_customers.get(order_id) is not None:
+            self.order_customers.pop(order_id, None)
+            self.order_expiry.set(order_id, msg.partition, None)
+            ORDERS_FORGOTTEN.inc()
+
+    async def _forget_orders_of(self, profile: Profile) -> None:
+        """Before an erased customer's profile goes: tell `rekey` to forget their orders."""
+        for order_id in sorted({o.order_id for o in profile.orders}):
+            key = order_id.encode()
+            await self.app.producer.send_and_wait(
+                self.forget_name,
+                key,
+                b"",
+                partition=customer_partition(key, self.settings.topic_partitions),
+                timestamp=None,
+                headers=None,
+            )
+
+    def _customer_of_order(self, order_id: str) -> str | None:
+        entry = self.order_customers.get(order_id)
+        if isinstance(entry, dict):
+            return str(entry["c"])
+        return entry if isinstance(entry, str) else None  # written before expiry existed
+
+    def _remember_order(
+        self, order_id: str, customer_id: str, partition: int, at: datetime
+    ) -> None:
+        """Remember (or refresh) the order's customer; the table is written when the
+        customer changes or the order's latest fact moved by more than a day."""
+        moment = at.timestamp()
+        entry = self.order_customers.get(order_id)
+        last = entry.get("at", 0.0) if isinstance(entry, dict) else None
+        if (
+            not isinstance(entry, dict)
+            or entry.get("c") != customer_id
+            or last is None
+            or moment > last + 86400
+        ):
+            self.order_customers[order_id] = {"c": customer_id, "at": moment, "p": partition}
+            last = moment
+        self.order_expiry.set(order_id, partition, max(last, moment) + self.order_memory_s)
+
+    def _forget_expired_orders(self, partition: int, limit: int = 8) -> None:
+        if not self.order_expiry_ready:
+            return
+        now = self.clock.now().timestamp()
+        for order_id in self.order_expiry.pop_due(partition, now, limit):
+            entry = self.order_customers.get(order_id)
+            if isinstance(entry, dict) and float(entry["at"]) + self.order_memory_s <= now:
+                self.order_customers.pop(order_id, None)
+                ORDERS_FORGOTTEN.inc()
+
+    def _rebuild_order_expiry(self) -> None:
+        self.order_expiry.clear()
+        for key, entry in self.order_customers.items():
+            if isinstance(entry, dict):
+                order_id = key.decode() if isinstance(key, bytes) else key
+                at = float(entry["at"]) + self.order_memory_s
+                self.order_expiry.set(order_id, int(entry["p"]), at)
+        self.order_expiry_ready = True
+        log.info("order_memory_rebuilt", orders=len(self.order_expiry))
 
     def _assigned_here(self, topic: str, partition: int) -> bool:
         from faust.types import TP
@@ -254,6 +341,8 @@ class RiskRuntime:
         if outcome.duplicate:
             EVENTS_CONSUMED.labels(SERVICE, msg.topic, "duplicate").inc()
             return
+        if outcome.erased and profile is not None:
+            await self._forget_orders_of(profile)
         await self._apply(customer_id, msg.partition, outcome)
         if outcome.quantile_changed:
             self.spend_quantiles[str(msg.partition)] = quantile.to_dict()
@@ -311,6 +400,10 @@ def customer_partition(key: bytes, partitions: int) -> int:
     return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
+def forget_topic(app: faust.App) -> str:
+    return f"{app.conf.id}-order-forget"
+
+
 def ensure_own_topics(settings: Settings, facts_name: str, ticks_name: str, app: faust.App) -> None:
     t = settings.topics
     specs = [
@@ -327,6 +420,9 @@ def ensure_own_topics(settings: Settings, facts_name: str, ticks_name: str, app:
         )
     ]
     specs.append(TopicSpec(ticks_name, settings.topic_partitions, retention_ms=3600_000))
+    specs.append(
+        TopicSpec(forget_topic(app), settings.topic_partitions, retention_ms=7 * 24 * 3600_000)
+    )
     specs.append(TopicSpec(t.deadletter(SERVICE), 1, retention_ms=30 * 24 * 3600 * 1000))
     specs += changelog_specs(app, settings.topic_partitions)
     ensure_topics(settings.kafka_bootstrap_servers, specs)

@@ -11,13 +11,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import orjson
 import pytest
 
 from common.admin import ensure_topics
-from common.topics import INCIDENTS, INPUT_TOPICS, TopicSpec
+from common.envelope import CloudEvent, new_event
+from common.topics import CUSTOMERS, INCIDENTS, INPUT_TOPICS, TopicSpec
 from tests.conftest import free_port, wait_for
 from tests.risk_scenario import LAPSE_CHECK, at, history
 
@@ -25,6 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parents[3]
 PARTITIONS = 4
 PACE_S = 0.03  # between published events: the app reads roughly as the shop writes
+ORDER_MEMORY_DAYS = 7
 
 
 class Detector:
@@ -46,6 +49,8 @@ class Detector:
             RISK_DETECTOR_HTTP_PORT=str(self.port),
             RISK_DETECTOR_STORE="memory://",
             RISK_DETECTOR_TICK_INTERVAL_S="0.5",
+            # Short enough that the history's early orders are forgotten by its end.
+            RISK_DETECTOR_ORDER_MEMORY_DAYS=str(ORDER_MEMORY_DAYS),
             PYTHONPATH=str(ROOT),
         )
         self.log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115
@@ -104,6 +109,27 @@ def publish(bootstrap: str, prefix: str, events: list) -> None:
             time.sleep(PACE_S)
     finally:
         producer.close()
+
+
+def changelog(bootstrap: str, prefix: str, table: str) -> list[tuple[str, dict | None]]:
+    """(key, value) of every record of a risk_detector table's changelog, in order."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        f"{prefix}risk_detector-{table}-changelog",
+        bootstrap_servers=bootstrap.split(","),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=3000,
+    )
+    try:
+        return [
+            (r.key.decode(), orjson.loads(r.value) if r.value is not None else None)
+            for r in consumer
+        ]
+    finally:
+        consumer.close()
 
 
 def outputs(bootstrap: str, prefix: str, expect: int, quiet_s: float = 4.0, timeout: float = 60):
@@ -199,6 +225,58 @@ def test_incidents_returns_and_silence_become_requests_and_a_replay_repeats_them
         replay.wait_ready()
         publish(kafka_bootstrap, prefix, events)
         again = outputs(kafka_bootstrap, prefix, EXPECTED)
+        # Erasure: c-clock (ordering to the end, so remembered) vanishes from the profiles
+        # and from the order -> customer memory, which another agent keeps.
+        known = order_memory(kafka_bootstrap, prefix)[0]
+        assert any(v["c"] == "c-clock" for v in known.values())
+        end = max(e[2].time for e in events)
+        publish(kafka_bootstrap, prefix, [erased("c-clock", end)])
+        wait_for(
+            lambda: not replay.explain("c-clock").get("profile"),
+            timeout=30,
+            message="c-clock's profile erased",
+        )
+        wait_for(
+            lambda: all(
+                v["c"] != "c-clock" for v in order_memory(kafka_bootstrap, prefix)[0].values()
+            ),
+            timeout=30,
+            message="c-clock's orders forgotten",
+        )
     finally:
         replay.stop()
     assert again == live
+
+    # The order -> customer memory forgot the orders whose latest fact is more than
+    # ORDER_MEMORY_DAYS behind the stream's time (tombstones on its changelog), and no other.
+    remembered, forgotten = order_memory(kafka_bootstrap, prefix)
+    expired = {k: v for k, v in forgotten.items() if v["c"] != "c-clock"}
+    assert expired, "no order was forgotten"
+    assert all(v["at"] + ORDER_MEMORY_DAYS * 86400 <= end.timestamp() for v in expired.values())
+    assert all(v["c"].startswith("c-") for v in remembered.values())
+
+
+def erased(customer: str, moment: datetime) -> tuple[str, str, CloudEvent]:
+    event = new_event(
+        type="customer.erased",
+        source="/shop/customers",
+        subject=customer,
+        id=f"erase-{customer}",
+        time=moment,
+        data={"customer_id": customer},
+    )
+    return CUSTOMERS, customer, event
+
+
+def order_memory(bootstrap: str, prefix: str) -> tuple[dict[str, dict], dict[str, dict]]:
+    """risk_detector's `order_customers` as its changelog says: (remembered, forgotten)
+    order id -> last value written."""
+    remembered: dict[str, dict] = {}
+    forgotten: dict[str, dict] = {}
+    for key, value in changelog(bootstrap, prefix, "order_customers"):
+        if value is None:
+            if key in remembered:
+                forgotten[key] = remembered.pop(key)
+        else:
+            remembered[key] = value
+    return remembered, forgotten
