@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 from aiokafka.errors import KafkaTimeoutError
 
+from tests.conftest import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
 FIRST_STEP = 0.9  # the first open-loop trial runs at this share of the drain rate
@@ -183,6 +185,20 @@ class Consumer:
             time.sleep(0.1)
         return time.monotonic() - self.started
 
+    def settled_rss(self, settle_s: float = 3.0) -> tuple[float, float]:
+        """(RSS, peak RSS) in MiB, read `settle_s` after now: a fixed pause on purpose, so
+        that the allocations of a recovery that just finished have settled (there is no
+        event to wait for: the process is idle and its memory still moving)."""
+        time.sleep(settle_s)
+        self.check_alive()
+        return rss_mib(self.proc.pid)
+
+    def index_keys(self, table: str) -> int | None:
+        """How many keys the deadline index over `table` was last rebuilt with (its log)."""
+        log = self.log_path.read_text(errors="replace")
+        found = re.findall(rf"deadline_index_rebuilt\s+keys=(\d+).*table={table}\b", log)
+        return int(found[-1]) if found else None
+
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise BenchError(
@@ -197,13 +213,7 @@ class Consumer:
         return "\n".join(text[-lines:])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 class Sampler(threading.Thread):

@@ -83,7 +83,6 @@ SERVICE = "risk_detector"
 TABLES = ("profiles", "rhythm_deadlines", "order_customers", "spend_quantiles")
 EXPLAIN_SAMPLES = 12
 DOMAIN_EVENTS = 10_000  # inputs timed in-process (no Kafka), from the start of the backlog
-SETTLE_S = 3.0  # after ready, before RSS is read: let the allocations of recovery settle
 
 
 def service(
@@ -101,18 +100,6 @@ def service(
         log_level="INFO",
         data_dir=data_dir,
     )
-
-
-def settled_rss(consumer: Consumer) -> tuple[float, float]:
-    time.sleep(SETTLE_S)
-    consumer.check_alive()
-    return rss_mib(consumer.proc.pid)
-
-
-def indexed(consumer: Consumer) -> int | None:
-    log = consumer.log_path.read_text(errors="replace")
-    found = re.findall(r"deadline_index_rebuilt\s+keys=(\d+).*table=rhythm_deadlines", log)
-    return int(found[-1]) if found else None
 
 
 # --- the tables, straight into the changelogs ----------------------------------------------
@@ -336,7 +323,7 @@ def measure(
     empty = service("empty", bootstrap, f"bench{stamp}riskempty.", workdir)
     try:
         ready = empty.wait_ready(args.timeout, "empty service")
-        rss, peak = settled_rss(empty)
+        rss, peak = empty.settled_rss()
         out["empty"] = {
             "ready_s": ready,
             "rss_mib": rss,
@@ -366,8 +353,8 @@ def measure(
     try:
         ready = cold.wait_ready(args.timeout, f"recovery of {copies * BASE_CUSTOMERS} customers")
         recovered_load = load_average()
-        rss, peak = settled_rss(cold)
-        keys = indexed(cold)
+        rss, peak = cold.settled_rss()
+        keys = cold.index_keys("rhythm_deadlines")
         if keys != written["rhythm_keys"]:
             raise BenchError(
                 f"the rhythm index was rebuilt with {keys} keys, {written['rhythm_keys']} "
@@ -458,7 +445,7 @@ def measure(
         if args.max_trials > 0:
             sustainable, trials = find_sustainable(trial_at, rate, args.max_trials, SERVICE)
         out["open_loop"] = {"sustainable": sustainable, "trials": [asdict(t) for t in trials]}
-        rss, peak = settled_rss(warm)
+        rss, peak = warm.settled_rss()
         out["after_load"] = {
             "rss_mib": rss,
             "peak_rss_mib": peak,

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -56,7 +55,6 @@ from bench.harness import (  # noqa: E402
     find_sustainable,
     load_average,
     open_loop_trial,
-    rss_mib,
     wait_progress,
 )
 
@@ -340,23 +338,12 @@ def recovery_run(
         shutil.rmtree(consumer.data_dir)
         shutil.copytree(data_dir, consumer.data_dir)
     try:
-        deadline = time.monotonic() + timeout
-        while not consumer.ready():
-            consumer.check_alive()
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"watcher did not recover {count} orders within {timeout:.0f}s "
-                    f"(load {load_average()}):\n{consumer.log_tail()}"
-                )
-            time.sleep(0.1)
-        seconds = time.monotonic() - consumer.started
-        log = consumer.log_path.read_text(errors="replace")
-        found = re.findall(r"deadline_index_rebuilt.*?orders=(\d+)", log)
-        time.sleep(3)  # let allocations settle after the rebuild
-        rss, peak = rss_mib(consumer.proc.pid)
+        seconds = consumer.wait_ready(timeout, f"recovery of {count} orders")
+        indexed = consumer.index_keys("order_deadlines")
+        rss, peak = consumer.settled_rss()
         return {
             "orders": count,
-            "indexed": int(found[-1]) if found else None,
+            "indexed": indexed,
             "ready_s": seconds,
             "rss_mib": rss,
             "peak_rss_mib": peak,

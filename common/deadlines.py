@@ -128,6 +128,7 @@ class DeadlineSchedule:
         self._waiting_since: dict[int, float] = {}
         self.index = DeadlineIndex()
         self.ready = False
+        self._settled = False  # rebuilt once more after the whole recovery completed
         self._assigned_at: float | None = None
         self._ticks_in_flight: set[int] = set()
 
@@ -141,6 +142,7 @@ class DeadlineSchedule:
     def on_assigned(self) -> None:
         self._assigned_at = time.monotonic()
         self.ready = False
+        self._settled = False
         self._ticks_in_flight.clear()
 
     def on_revoked(self) -> None:
@@ -158,15 +160,20 @@ class DeadlineSchedule:
         log.info("deadline_index_rebuilt", table=self.table.name, keys=len(self.index))
 
     def check_recovered(self) -> None:
-        """Safety net for a timer: faust calls the recovery hook only for partitions it had
-        to recover; with nothing to read back it may never call it."""
+        """Safety net for a timer, once per assignment after recovery has completed: faust
+        calls the recovery hook only for partitions it had to recover (with nothing to read
+        back it may never call it), and possibly before all of them are back."""
         if (
-            not self.ready
+            not self._settled
             and self._assigned_at is not None
             and time.monotonic() - self._assigned_at > self.recovery_grace_s
             and bool(self.app.tables.recovery.completed.is_set())
         ):
+            # Also when the hook did fire: it may have fired before every newly assigned
+            # partition was back (seen as deadlines missing after a takeover). The table
+            # has every key the index should hold, so one more scan settles it.
             self.rebuild()
+            self._settled = True
 
     async def request_ticks(self, now: float) -> None:
         """Send one tick to every partition whose earliest deadline is at or before `now`

@@ -7,11 +7,14 @@ project's own script starts a single-node KRaft broker on a free port of 127.0.0
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +26,24 @@ def _reachable(bootstrap: str) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture
+def spans() -> Iterator[Any]:
+    """OpenTelemetry on for one test, every finished span kept in memory (the exporter)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from common import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.enable(provider)
+    yield exporter
+    tracing.disable()
+    provider.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +124,17 @@ def wait_for(
         time.sleep(interval)
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM one process we started, SIGKILL it if it is not gone within `grace_s`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 from tests.doubles.fixtures import sendgrid_double, twilio_double  # noqa: E402
 
-__all__ = ["free_port", "sendgrid_double", "twilio_double", "wait_for"]
+__all__ = ["free_port", "sendgrid_double", "stop_process", "twilio_double", "wait_for"]

@@ -35,17 +35,6 @@ UPSTREAM_SPAN = "00f067aa0ba902b7"
 UPSTREAM = f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"
 
 
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.enable(provider)
-    yield exporter
-    tracing.disable()
-    provider.shutdown()
-
-
 def incident(event_id: str = "evt-1", **extensions: str) -> CloudEvent:
     return new_event(
         type="incident.opened",

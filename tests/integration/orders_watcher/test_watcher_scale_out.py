@@ -179,8 +179,9 @@ def test_a_worker_joining_then_killed_mid_stream_loses_and_invents_no_incident(
         time.sleep(max(0.0, (base - datetime.now(UTC)).total_seconds()))
         feed = TimedPublisher(kafka_bootstrap, topic_prefix, plan)
         feed.start()
-        # A second worker joins mid-stream: the group rebalances and splits the partitions.
-        time.sleep(4)
+        # A second worker joins mid-stream (once the first has handled the stream's first
+        # 30 orders): the group rebalances and splits the partitions.
+        wait_for(lambda: consumed(first_port) >= 60, timeout=60, interval=0.2)
         second = watchers.start("w2", ORDERS_WATCHER_HTTP_PORT=str(second_port), **SETTINGS)
         wait_for(lambda: consumed(second_port) >= 60, timeout=90, interval=0.2)
         # ... and is killed without warning while the stream and its deadlines run on.

@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from common import tracing
 from services.outreach.adapters.contact_plans import StaticContactPlans
 from services.outreach.adapters.providers import OutboxSender
 from services.outreach.bootstrap import build
@@ -28,17 +23,6 @@ pytestmark = pytest.mark.integration
 UPSTREAM_TRACE = "5b8aa5a2d2c872e8321cf37308d69df2"
 UPSTREAM_SPAN = "051581bf3cb55c13"
 UPSTREAM = f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.enable(provider)
-    yield exporter
-    tracing.disable()
-    provider.shutdown()
 
 
 async def until(condition, within: float, what: str):

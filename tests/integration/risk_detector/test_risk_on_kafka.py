@@ -6,7 +6,6 @@ event-clock mode into a fresh app giving byte-for-byte the same output."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 from common.admin import ensure_topics
 from common.envelope import CloudEvent, new_event
 from common.topics import CUSTOMERS, INCIDENTS, INPUT_TOPICS, TopicSpec
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, stop_process, wait_for
 from tests.risk_scenario import LAPSE_CHECK, at, history
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -78,13 +77,7 @@ class Detector:
         wait_for(lambda: self.get("/readyz"), timeout=60, message="risk_detector ready")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.log.close()
 
 
