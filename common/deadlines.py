@@ -221,6 +221,11 @@ class DeadlineSchedule:
             return []
         return list(self.index.pop_due(partition, now))
 
+    def plan(self, key: str, partition: int, at: float | None) -> None:
+        """Set (or with None cancel) the key's deadline in the index only: for a batch whose
+        table writes wait until its outputs are delivered (then `schedule`)."""
+        self.index.set(key, partition, at)
+
     def schedule(self, key: str, partition: int, at: float | None) -> None:
         """Set (or with None cancel) the key's deadline; the table is written only on change."""
         previous = self.table.get(key)

@@ -75,14 +75,30 @@ class ProducerPort(abc.ABC):
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
         """Raises on a failure the caller must not treat as delivered."""
 
-    async def emit(self, service: str, records: Sequence[Outgoing]) -> None:
+    async def send_soon(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> Awaitable[Any]:
+        """Hand the record over and return what completes on the broker's acknowledgement
+        (raising if it failed), so that many records share one wait. This default
+        waits at once; producers that can pipeline override it."""
+        await self.send(topic, key, value, headers)
+        return _acknowledged()
+
+    async def emit(
+        self, service: str, records: Sequence[Outgoing], acks: list[Awaitable[Any]] | None = None
+    ) -> None:
+        """Produce the records in order, each under its PRODUCER span. Without `acks`,
+        return once all are acknowledged; with it, append each record's acknowledgement
+        to `acks` for the caller to await before it acts on their delivery."""
         for record in records:
             with tracing.producing(record.topic, record.event) as event:
                 if event is not record.event:
                     record = Outgoing(record.topic, record.key, event)
-                await self.send(
-                    record.topic, record.key.encode(), record.event.to_bytes(), record.headers()
-                )
+                key, value = record.key.encode(), record.event.to_bytes()
+                if acks is None:
+                    await self.send(record.topic, key, value, record.headers())
+                else:
+                    acks.append(await self.send_soon(record.topic, key, value, record.headers()))
             EVENTS_PRODUCED.labels(service, record.topic, record.event.type).inc()
 
     async def start(self) -> None:
@@ -90,6 +106,12 @@ class ProducerPort(abc.ABC):
 
     async def stop(self) -> None:
         return None
+
+
+def _acknowledged() -> asyncio.Future[None]:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 class RecordingProducer(ProducerPort):
@@ -133,6 +155,15 @@ class AiokafkaProducer(ProducerPort):
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
         assert self._producer is not None, "producer not started"
         await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+
+    async def send_soon(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> Awaitable[Any]:
+        assert self._producer is not None, "producer not started"
+        ack: Awaitable[Any] = await self._producer.send(
+            topic, value=value, key=key, headers=headers
+        )
+        return ack
 
     async def send_many(self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]) -> None:
         """Pipeline many sends, then wait for all acknowledgements."""

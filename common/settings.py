@@ -39,6 +39,10 @@ class ServiceSettings(BaseSettings):
         30.0, ge=6, le=300, validation_alias=_env("OUTREACH_KAFKA_SESSION_TIMEOUT_S")
     )
     tracing_enabled: bool = Field(False, validation_alias=_env("OUTREACH_TRACING_ENABLED"))
+    # The stream services' (faust) event loop; the others run on asyncio's own.
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "uvloop", validation_alias=_env("OUTREACH_EVENT_LOOP")
+    )
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

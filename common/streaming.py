@@ -8,10 +8,14 @@ crashing the agent inside faust's codec.
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 from yarl import URL
 
 from common.kafka import Headers, InputMessage, ProducerPort
@@ -102,6 +106,29 @@ class FaustProducer(ProducerPort):
             topic, key, value, partition=None, timestamp=None, headers=headers
         )
 
+    async def send_soon(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> Awaitable[Any]:
+        return await self.app.producer.send(
+            topic, key, value, partition=None, timestamp=None, headers=headers
+        )
+
+
+@contextmanager
+def as_current(event: faust.EventT[Any]) -> Iterator[None]:
+    """Make `event` faust's current event while the block runs.
+
+    Faust reads a table key from, and writes its changelog to, the partition of the
+    current event. Inside `stream.take_events()` the agent has no current event (the
+    stream is drained in another task), and a batch mixes partitions: each table access
+    must name the event whose partition the key belongs to.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
 
 def caught_up(app: faust.App, msg: InputMessage) -> bool:
     """Whether the message's partition holds nothing more to read (for the event clock)."""
@@ -109,6 +136,14 @@ def caught_up(app: faust.App, msg: InputMessage) -> bool:
 
     highwater = app.consumer.highwater(TP(msg.topic, msg.partition))
     return highwater is None or msg.offset + 1 >= highwater
+
+
+def use_event_loop(name: str) -> None:
+    """Select the event loop implementation; call before the faust app is created."""
+    if name == "uvloop":
+        import mode.loop
+
+        mode.loop.use("uvloop")
 
 
 def run_worker(app: faust.App, service: str, settings: ServiceSettings) -> None:

@@ -30,6 +30,7 @@ NOTES = {
     "LOG_FORMAT": "`json` or `console`",
     "OUTREACH_HTTP_HOST": "address of the ops/HTTP server (0.0.0.0 in Kubernetes)",
     "OUTREACH_TRACING_ENABLED": "OpenTelemetry traces over OTLP/HTTP (the `OTEL_*` variables below); off → no spans, no cost",
+    "OUTREACH_EVENT_LOOP": "event loop of the stream services (orders_watcher, risk_detector): `uvloop` or `asyncio`",
     "PREFERENCES_GRPC_TARGET": "where outreach finds preferences",
     "ORDERS_WATCHER_STORE": "faust table store: `rocksdb://` (rocksdict) or `memory://`",
     "RISK_DETECTOR_STORE": "faust table store: `rocksdb://` (rocksdict) or `memory://`",
@@ -45,6 +46,17 @@ NOTES = {
     ),
     "ORDERS_WATCHER_RETENTION_DAYS": "state of a finished order is dropped this long after it finished",
     "ORDERS_WATCHER_TICK_INTERVAL_S": "how often (wall seconds) due deadlines are looked for",
+    "ORDERS_WATCHER_BATCH_MAX": (
+        "records handled as one batch: their outputs are acknowledged together, then each"
+        " changed order is written once"
+    ),
+    "ORDERS_WATCHER_BATCH_WINDOW_S": (
+        "how long a batch waits to fill up (adds at most this to detection latency)"
+    ),
+    "ORDERS_WATCHER_PRODUCER_LINGER_S": (
+        "how long the producer gathers records into one request (outputs of a batch are"
+        " acknowledged together)"
+    ),
     "RISK_DETECTOR_CHECKIN_SCORE": "check-in at this churn-risk score",
     "RISK_DETECTOR_ORDER_MEMORY_DAYS": (
         "how long risk_detector remembers an order's customer after the order's latest fact"

@@ -25,6 +25,11 @@ class Settings(ServiceSettings):
     allowed_lateness_s: float = Field(300, ge=0)
     retention_days: float = Field(90, gt=0)
     tick_interval_s: float = Field(1.0, gt=0)
+    # Records handled per batch (outputs acknowledged once, states written once per
+    # batch), and how long a batch waits to fill up.
+    batch_max: int = Field(200, ge=1)
+    batch_window_s: float = Field(0.01, gt=0)
+    producer_linger_s: float = Field(0.005, ge=0)
 
     def detection(self) -> DetectionConfig:
         return DetectionConfig(

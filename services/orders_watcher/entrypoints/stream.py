@@ -11,8 +11,13 @@ to a partition whose earliest deadline is due, and the agent handles it like an 
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
@@ -28,20 +33,44 @@ from common.streaming import (
     FaustProducer,
     InputProgress,
     PartitionHolds,
+    as_current,
     caught_up,
     changelog_specs,
     create_app,
     input_message,
     raw_topic,
     run_worker,
+    use_event_loop,
 )
 from common.topics import TopicSpec
 from services.orders_watcher.config import Settings
-from services.orders_watcher.domain.model import OrderState
+from services.orders_watcher.domain.model import HeldEvent, OrderState
 from services.orders_watcher.handlers import OrdersWatcher, Outcome
 
 SERVICE = "orders_watcher"
+EXIT_FATAL = 70  # EX_SOFTWARE: the worker must not go on
 log = get_logger(__name__)
+
+
+@dataclass
+class _Touched:
+    """An order the batch changed: its newest state in table form (None: drop it), its
+    partition, an input event of that partition (faust writes the changelog partition of
+    the current event) and its next deadline."""
+
+    value: bytes | None
+    partition: int
+    anchor: faust.EventT[Any]
+    deadline: float | None
+
+
+@dataclass
+class _Batch:
+    """What a batch of records decided, held until its outputs are delivered."""
+
+    touched: dict[str, _Touched] = field(default_factory=dict)
+    acks: list[Awaitable[Any]] = field(default_factory=list)
+    dead_letters: list[tuple[HeldEvent, str]] = field(default_factory=list)
 
 
 class WatcherRuntime:
@@ -50,15 +79,31 @@ class WatcherRuntime:
         self.clock = clock or settings.make_clock()
         self.topics = settings.topics
         self.handler = OrdersWatcher(settings.detection(), self.topics)
-        self.app = create_app(SERVICE, settings, store=settings.store)
+        # A rebalance waits for the batch in hand (its records are unacked until its
+        # states are written): no batch straddles a revocation.
+        # Outputs and changelog records are not awaited one by one: a few ms of linger
+        # lets the producer send them in fewer, larger requests.
+        self.app = create_app(
+            SERVICE,
+            settings,
+            store=settings.store,
+            stream_wait_empty=True,
+            producer_linger=settings.producer_linger_s,
+        )
         self.ticks_name = f"{self.app.conf.id}-ticks"
         self.inputs = [self.topics.orders, self.topics.shipments, self.topics.returns]
         self.source = raw_topic(self.app, *self.inputs, self.ticks_name)
         schema: faust.Schema[Any, Any] = faust.Schema(
             key_type=str, key_serializer="raw", value_serializer="json"
         )
+        # Order states are JSON we encode and decode ourselves (pydantic, in one pass):
+        # value_type=bytes makes faust store and changelog them as they are.
         self.orders = self.app.Table(
-            "orders", default=None, schema=schema, partitions=settings.topic_partitions
+            "orders",
+            default=None,
+            schema=schema,
+            value_type=bytes,
+            partitions=settings.topic_partitions,
         )
         self.deadlines = self.app.Table(
             "order_deadlines", default=None, schema=schema, partitions=settings.topic_partitions
@@ -78,6 +123,9 @@ class WatcherRuntime:
         self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
         self.processor = MessageProcessor(SERVICE, self._on_event, self.deadletters, self.clock)
         self.holds = PartitionHolds(self.app, self.clock, set(self.inputs))
+        # The batch being handled and the input record the processor is handling.
+        self._batch = _Batch()
+        self._record: faust.EventT[Any] | None = None
         self.ops = OpsServer(
             settings.http_host,
             settings.http_port,
@@ -96,16 +144,18 @@ class WatcherRuntime:
 
         @app.agent(self.source, name=f"{SERVICE}.watch")
         async def watch(stream: faust.StreamT[Any]) -> None:
-            async for event in stream.events():
-                self.heartbeat.beat()
-                msg = input_message(event)
-                if msg.topic == self.ticks_name:
-                    await self._on_tick(msg.partition)
-                    continue
-                await self.holds.ready()
-                await self.processor.process(msg, caught_up=caught_up(app, msg))
-                self.progress.handled(msg)
-                await self._request_ticks()
+            # Faust acks a batch's records once this body is done with it, and commits
+            # their offsets only after flushing the producer (the changelog writes).
+            batches = stream.take_events(  # type: ignore[attr-defined]  # not in StreamT
+                self.settings.batch_max, within=self.settings.batch_window_s
+            )
+            async for events in batches:
+                try:
+                    await self._on_batch(events)
+                except Exception as exc:
+                    # Not the input's fault (the processor dead-letters those): the table
+                    # or the producer failed. Leaving this body would ack the batch.
+                    fatal("batch_failed", exc)
 
         @app.timer(interval=self.settings.tick_interval_s)
         async def tick_timer() -> None:
@@ -135,9 +185,51 @@ class WatcherRuntime:
     async def _request_ticks(self) -> None:
         await self.schedule.request_ticks(self.clock.now().timestamp())
 
+    # --- a batch -----------------------------------------------------------------------
+
+    async def _on_batch(self, events: Sequence[faust.EventT[Any]]) -> None:
+        """Handle the records in order, each order's state carried from record to record
+        in memory; then wait once for every output to be acknowledged, and only then
+        write the changed states (one table write per order per batch). A crash before
+        the writes re-reads the batch from the last commit and emits the same records
+        again under the same ids (downstream dedupes by id); it cannot record as emitted
+        what never reached the broker."""
+        batch = self._batch = _Batch()
+        for event in events:
+            self.heartbeat.beat()
+            msg = input_message(event)
+            with as_current(event):
+                if msg.topic == self.ticks_name:
+                    await self._on_tick(event, msg.partition)
+                    continue
+                await self.holds.ready()
+                self._record = event
+                await self.processor.process(msg, caught_up=caught_up(self.app, msg))
+                self.progress.handled(msg)
+        self._record = None
+        await self._write(batch)
+        await self._request_ticks()
+
+    async def _write(self, batch: _Batch) -> None:
+        if batch.acks:
+            results = await asyncio.gather(*batch.acks, return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                fatal("outputs_undelivered", failed[0], count=len(failed))
+        for held, reason in batch.dead_letters:
+            await self.deadletters.publish(_original(held), reason, "orphan_expired")
+        for order_id, touched in batch.touched.items():
+            with as_current(touched.anchor):
+                if touched.value is None:
+                    self.orders.pop(order_id, None)
+                else:
+                    self.orders[order_id] = touched.value
+                self.schedule.schedule(order_id, touched.partition, touched.deadline)
+
     # --- handlers ----------------------------------------------------------------------
 
     async def _on_event(self, msg: InputMessage, event: CloudEvent) -> None:
+        assert self._record is not None
         order_id = self.handler.order_id_of(msg, event)
         state = self._load(order_id)
         now = self.clock.now()
@@ -151,39 +243,57 @@ class WatcherRuntime:
         if outcome.duplicate:
             EVENTS_CONSUMED.labels(SERVICE, msg.topic, "duplicate").inc()
             return
-        await self._apply(order_id, msg.partition, outcome)
+        await self._stage(order_id, msg.partition, self._record, outcome)
 
-    async def _on_tick(self, partition: int) -> None:
+    async def _on_tick(self, tick: faust.EventT[Any], partition: int) -> None:
         now = self.clock.now()
         for order_id in self.schedule.due(partition, now.timestamp()):
             state = self._load(order_id)
-            if state is None:
-                self.schedule.schedule(order_id, partition, None)
-                continue
-            await self._apply(order_id, partition, self.handler.handle_tick(state, now))
+            outcome = Outcome(state=None) if state is None else self.handler.handle_tick(state, now)
+            await self._stage(order_id, partition, tick, outcome)
 
     def _load(self, order_id: str) -> OrderState | None:
-        raw = self.orders.get(order_id)
-        return OrderState.model_validate(raw) if raw else None
+        touched = self._batch.touched.get(order_id)
+        raw = touched.value if touched is not None else self.orders.get(order_id)
+        return OrderState.model_validate_json(raw) if raw else None
 
-    async def _apply(self, order_id: str, partition: int, outcome: Outcome) -> None:
-        await self.producer.emit(SERVICE, outcome.records)
-        for held, reason in outcome.dead_letters:
-            original = InputMessage(
-                topic=held.topic,
-                partition=held.partition,
-                offset=held.offset,
-                key=held.key.encode() if held.key else None,
-                value=held.value.encode("latin-1"),
-            )
-            await self.deadletters.publish(original, reason, "orphan_expired")
+    async def _stage(
+        self, order_id: str, partition: int, anchor: faust.EventT[Any], outcome: Outcome
+    ) -> None:
+        """Send the outcome's records (acknowledged before the batch is written) and keep
+        the order's new state for the batch."""
+        batch = self._batch
+        await self.producer.emit(SERVICE, outcome.records, acks=batch.acks)
+        batch.dead_letters += outcome.dead_letters
         if outcome.state is None:
-            self.orders.pop(order_id, None)
-            self.schedule.schedule(order_id, partition, None)
-            return
-        self.orders[order_id] = outcome.state.model_dump(mode="json")
-        at = outcome.deadline.timestamp() if outcome.deadline else None
-        self.schedule.schedule(order_id, partition, at)
+            value, at = None, None
+        else:
+            value = outcome.state.model_dump_json().encode()
+            at = outcome.deadline.timestamp() if outcome.deadline else None
+        batch.touched[order_id] = _Touched(value, partition, anchor, at)
+        self.schedule.plan(order_id, partition, at)
+
+
+def _original(held: HeldEvent) -> InputMessage:
+    """The input record a held event came in, as it was."""
+    return InputMessage(
+        topic=held.topic,
+        partition=held.partition,
+        offset=held.offset,
+        key=held.key.encode() if held.key else None,
+        value=held.value.encode("latin-1"),
+    )
+
+
+def fatal(what: str, error: BaseException, **fields: Any) -> NoReturn:
+    """A batch that cannot be completed (outputs the producer gave up on after its own
+    retries, a table that failed) must not count as handled: exit at once, before faust
+    acks the batch and commits its offsets. The supervisor restarts the worker, which
+    handles the batch again from the last commit."""
+    log.critical(what, error=repr(error), exit_code=EXIT_FATAL, **fields)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FATAL)
 
 
 def ensure_own_topics(settings: Settings, ticks_name: str, app: faust.App) -> None:
@@ -208,6 +318,7 @@ def main() -> None:
     settings = Settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     settings.configure_tracing(SERVICE)
+    use_event_loop(settings.event_loop)
     runtime = WatcherRuntime(settings)
     ensure_own_topics(settings, runtime.ticks_name, runtime.app)
     log.info(

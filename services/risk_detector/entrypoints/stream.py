@@ -43,6 +43,7 @@ from common.streaming import (
     input_message,
     raw_topic,
     run_worker,
+    use_event_loop,
 )
 from common.topics import TopicSpec
 from services.risk_detector.config import Settings
@@ -432,6 +433,7 @@ def main() -> None:
     settings = Settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     settings.configure_tracing(SERVICE)
+    use_event_loop(settings.event_loop)
     runtime = RiskRuntime(settings)
     ensure_own_topics(settings, runtime.facts_name, runtime.ticks_name, runtime.app)
     log.info("starting", clock=settings.outreach_clock, store=settings.store)
