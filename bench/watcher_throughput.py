@@ -281,19 +281,17 @@ def open_order_states(base: list[Record]) -> list[bytes]:
 
 
 def write_changelogs(bootstrap: str, prefix: str, templates: list[bytes], count: int) -> float:
-    """N open orders straight into the watcher's two changelog topics (what N events
-    would have written), keys `bench-<i>`; deadlines far in the future (no tick fires)."""
+    """N open orders straight into the watcher's changelog topic (what N events would
+    have written), keys `bench-<i>`; deadlines far in the future (no tick fires)."""
     import orjson
     from aiokafka import AIOKafkaProducer
 
     from common.admin import ensure_topics
     from common.topics import TopicSpec
+    from services.orders_watcher.adapters import order_table
 
-    group = f"{prefix}orders_watcher"
-    orders, deadlines = f"{group}-orders-changelog", f"{group}-order_deadlines-changelog"
-    ensure_topics(
-        bootstrap, [TopicSpec(t, PARTITIONS, compacted=True) for t in (orders, deadlines)]
-    )
+    orders = f"{prefix}orders_watcher-orders-changelog"
+    ensure_topics(bootstrap, [TopicSpec(orders, PARTITIONS, compacted=True)])
     far = time.time() + 10 * 365 * 86400
     ids = [orjson.loads(t)["order_id"].encode() for t in templates]
 
@@ -308,11 +306,8 @@ def write_changelogs(bootstrap: str, prefix: str, templates: list[bytes], count:
                 name = b"bench-%d" % i
                 key = b'"%s"' % name  # the tables' keys are JSON strings in the changelog
                 partition = i % PARTITIONS
-                value = orjson.dumps({"at": far + i, "p": partition})
-                await producer.send(
-                    orders, key=key, value=template.replace(old, name), partition=partition
-                )
-                await producer.send(deadlines, key=key, value=value, partition=partition)
+                value = order_table.encode(template.replace(old, name), (far + i, partition))
+                await producer.send(orders, key=key, value=value, partition=partition)
             await asyncio.wait_for(producer.flush(), 600)
         finally:
             await producer.stop()
@@ -339,7 +334,7 @@ def recovery_run(
         shutil.copytree(data_dir, consumer.data_dir)
     try:
         seconds = consumer.wait_ready(timeout, f"recovery of {count} orders")
-        indexed = consumer.index_keys("order_deadlines")
+        indexed = consumer.index_keys("orders")
         rss, peak = consumer.settled_rss()
         return {
             "orders": count,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import orjson
@@ -118,9 +118,15 @@ class DeadlineSchedule:
         *,
         recovery_grace_s: float = 5.0,
         gate: InputGate | None = None,
+        entry: Callable[[Any], tuple[float, int] | None] | None = None,
     ):
+        """`table` holds {"at": epoch seconds, "p": partition} per key, written by
+        `schedule`; or, with `entry` (value -> (at, partition) or None), a table whose
+        values carry the deadline among other things: its owner writes it and keeps the
+        index in step with `plan`."""
         self.app = app
         self.table = table
+        self.entry = entry or _entry
         self.ticks_topic = ticks_topic
         self.recovery_grace_s = recovery_grace_s
         self.gate = gate
@@ -152,10 +158,11 @@ class DeadlineSchedule:
     def rebuild(self) -> None:
         """One scan of the (small) deadline table after a rebalance, never per tick."""
         self.index.clear()
-        for key, entry in self.table.items():
-            name = key.decode() if isinstance(key, bytes) else key
-            if entry:
-                self.index.set(name, int(entry["p"]), float(entry["at"]))
+        for key, value in self.table.items():
+            found = self.entry(value) if value else None
+            if found is not None:
+                name = key.decode() if isinstance(key, bytes) else key
+                self.index.set(name, found[1], found[0])
         self.ready = True
         log.info("deadline_index_rebuilt", table=self.table.name, keys=len(self.index))
 
@@ -187,7 +194,9 @@ class DeadlineSchedule:
             if self.gate is not None and not await self.gate.confirm(partition):
                 self._ticks_in_flight.discard(partition)
                 continue
-            await self.app.producer.send_and_wait(
+            # Not awaited: a tick is a hint, and the agent that asks has records to handle.
+            # One that fails lets the partition be ticked again.
+            ack = await self.app.producer.send(
                 self.ticks_topic,
                 None,
                 orjson.dumps({"at": now}),
@@ -195,6 +204,13 @@ class DeadlineSchedule:
                 timestamp=None,
                 headers=None,
             )
+            ack.add_done_callback(lambda done, p=partition: self._tick_sent(p, done))
+
+    def _tick_sent(self, partition: int, done: Any) -> None:
+        error = None if done.cancelled() else done.exception()
+        if done.cancelled() or error is not None:
+            self._ticks_in_flight.discard(partition)
+            log.warning("tick_not_sent", partition=partition, error=repr(error))
 
     def _input_read(self, partition: int) -> bool:
         """Whether the partition's input is read; says so in the log when its deadlines
@@ -235,3 +251,7 @@ class DeadlineSchedule:
         elif previous is None or previous.get("at") != at or previous.get("p") != partition:
             self.table[key] = {"at": at, "p": partition}
         self.index.set(key, partition, at)
+
+
+def _entry(value: Any) -> tuple[float, int] | None:
+    return (float(value["at"]), int(value["p"])) if value else None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -42,8 +43,16 @@ class FakeTable(dict[str, Any]):
 class FakeProducer:
     sent: list[int] = field(default_factory=list)
 
-    async def send_and_wait(self, topic: str, key: Any, value: bytes, **kw: Any) -> None:
+    fail: bool = False
+
+    async def send(self, topic: str, key: Any, value: bytes, **kw: Any) -> asyncio.Future[None]:
         self.sent.append(kw["partition"])
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.fail:
+            ack.set_exception(ConnectionError("broker gone"))
+        else:
+            ack.set_result(None)
+        return ack
 
 
 @dataclass
@@ -83,6 +92,24 @@ async def test_a_partition_with_unread_input_gets_no_tick_and_no_due_keys():
     await schedule.request_ticks(20.0)
     assert app.producer.sent == [0, 1, 2]
     assert schedule.due(1, 20.0) == ["o-1"]
+
+
+async def test_one_tick_per_partition_is_in_flight_and_a_failed_one_is_sent_again():
+    app = FakeApp()
+    schedule = DeadlineSchedule(app, FakeTable(), "ticks")
+    schedule.rebuild()
+    schedule.schedule("o-0", 0, 10.0)
+    await schedule.request_ticks(20.0)
+    await schedule.request_ticks(20.0)  # the first is on its way: no second one
+    assert app.producer.sent == [0]
+    assert schedule.due(0, 20.0) == ["o-0"]  # it arrived
+    schedule.schedule("o-0", 0, 30.0)
+    app.producer.fail = True
+    await schedule.request_ticks(40.0)
+    await asyncio.sleep(0)  # the failed acknowledgement's callback
+    app.producer.fail = False
+    await schedule.request_ticks(40.0)
+    assert app.producer.sent == [0, 0, 0]
 
 
 class FakeConsumer:

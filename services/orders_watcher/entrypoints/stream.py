@@ -1,12 +1,15 @@
-"""The faust worker of orders_watcher: thin glue between Kafka, the tables and handlers.
+"""The faust worker of orders_watcher: thin glue between Kafka, the table and handlers.
 
-Tables: `orders` (order_id → state JSON) and `order_deadlines` (order_id → next moment
-and partition), both with changelogs. The deadline index in memory is rebuilt from
-`order_deadlines` after each rebalance. Faust only lets a table change inside stream
-iteration (the changelog partition comes from the current event), so the passing of
-time reaches the agent as *tick* records on `<group>-ticks`, one partition per input
-partition: the timer (wall clock) or the event watermark (event clock) sends a tick
-to a partition whose earliest deadline is due, and the agent handles it like an event.
+One table, `orders` (order_id → the order's state and its next deadline, one JSON value:
+adapters/order_table.py), with a changelog. The deadline index in memory is rebuilt
+from it after each rebalance. Faust only lets a table change inside stream iteration
+(the changelog partition comes from the current event), so the passing of time reaches
+the agent as *tick* records on `<group>-ticks`, one partition per input partition: the
+timer (wall clock) or the event watermark (event clock) sends a tick to a partition
+whose earliest deadline is due, and the agent handles it like an event.
+
+Records are handled in batches (`stream.take_events`); see `_on_batch` for what a
+batch promises.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from common.streaming import (
     use_event_loop,
 )
 from common.topics import TopicSpec
+from services.orders_watcher.adapters import order_table
 from services.orders_watcher.config import Settings
 from services.orders_watcher.domain.model import HeldEvent, OrderState
 from services.orders_watcher.handlers import OrdersWatcher, Outcome
@@ -54,14 +58,12 @@ log = get_logger(__name__)
 
 @dataclass
 class _Touched:
-    """An order the batch changed: its newest state in table form (None: drop it), its
-    partition, an input event of that partition (faust writes the changelog partition of
-    the current event) and its next deadline."""
+    """An order the batch changed: its table value (None: drop it), its partition, and
+    an input record of that partition (faust writes to the current record's partition)."""
 
     value: bytes | None
     partition: int
     anchor: faust.EventT[Any]
-    deadline: float | None
 
 
 @dataclass
@@ -93,29 +95,24 @@ class WatcherRuntime:
         self.ticks_name = f"{self.app.conf.id}-ticks"
         self.inputs = [self.topics.orders, self.topics.shipments, self.topics.returns]
         self.source = raw_topic(self.app, *self.inputs, self.ticks_name)
-        schema: faust.Schema[Any, Any] = faust.Schema(
-            key_type=str, key_serializer="raw", value_serializer="json"
-        )
-        # Order states are JSON we encode and decode ourselves (pydantic, in one pass):
-        # value_type=bytes makes faust store and changelog them as they are.
+        # Values are bytes we encode and decode ourselves (value_type=bytes: faust stores
+        # and changelogs them as they are).
         self.orders = self.app.Table(
             "orders",
             default=None,
-            schema=schema,
+            schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
             value_type=bytes,
             partitions=settings.topic_partitions,
-        )
-        self.deadlines = self.app.Table(
-            "order_deadlines", default=None, schema=schema, partitions=settings.topic_partitions
         )
         # On the wall clock, a partition's deadlines wait until its backlog is read.
         self.wall_clock = isinstance(self.clock, WallClock)
         self.progress = InputProgress(self.app, set(self.inputs))
         self.schedule = DeadlineSchedule(
             self.app,
-            self.deadlines,
+            self.orders,
             self.ticks_name,
             gate=self.progress if self.wall_clock else None,
+            entry=order_table.deadline_of,
         )
         self.assigned = False
         self.heartbeat = Heartbeat()
@@ -224,7 +221,6 @@ class WatcherRuntime:
                     self.orders.pop(order_id, None)
                 else:
                     self.orders[order_id] = touched.value
-                self.schedule.schedule(order_id, touched.partition, touched.deadline)
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -254,8 +250,8 @@ class WatcherRuntime:
 
     def _load(self, order_id: str) -> OrderState | None:
         touched = self._batch.touched.get(order_id)
-        raw = touched.value if touched is not None else self.orders.get(order_id)
-        return OrderState.model_validate_json(raw) if raw else None
+        value = touched.value if touched is not None else self.orders.get(order_id)
+        return OrderState.model_validate_json(order_table.state_of(value)) if value else None
 
     async def _stage(
         self, order_id: str, partition: int, anchor: faust.EventT[Any], outcome: Outcome
@@ -265,12 +261,12 @@ class WatcherRuntime:
         batch = self._batch
         await self.producer.emit(SERVICE, outcome.records, acks=batch.acks)
         batch.dead_letters += outcome.dead_letters
-        if outcome.state is None:
-            value, at = None, None
-        else:
-            value = outcome.state.model_dump_json().encode()
+        value, at = None, None
+        if outcome.state is not None:
             at = outcome.deadline.timestamp() if outcome.deadline else None
-        batch.touched[order_id] = _Touched(value, partition, anchor, at)
+            state_json = outcome.state.model_dump_json().encode()
+            value = order_table.encode(state_json, None if at is None else (at, partition))
+        batch.touched[order_id] = _Touched(value, partition, anchor)
         self.schedule.plan(order_id, partition, at)
 
 
