@@ -197,7 +197,10 @@ async def run_handwritten() -> None:
 
 
 def main() -> None:
+    from common.streaming import use_event_loop
+
     stage = sys.argv[1]
+    use_event_loop(_settings().event_loop)  # the loop the services run on (OUTREACH_EVENT_LOOP)
     if stage in ("bare", "naive"):
         run_faust(stage)
     elif stage == "handwritten":
