@@ -156,7 +156,7 @@ class DeadlineSchedule:
         self._ticks_in_flight.clear()
 
     def rebuild(self) -> None:
-        """One scan of the (small) deadline table after a rebalance, never per tick."""
+        """One scan of the table after a rebalance, never per tick."""
         self.index.clear()
         for key, value in self.table.items():
             found = self.entry(value) if value else None
@@ -238,8 +238,8 @@ class DeadlineSchedule:
         return list(self.index.pop_due(partition, now))
 
     def plan(self, key: str, partition: int, at: float | None) -> None:
-        """Set (or with None cancel) the key's deadline in the index only: for a batch whose
-        table writes wait until its outputs are delivered (then `schedule`)."""
+        """Set (or with None cancel) the key's deadline in the index only: for a table
+        whose owner writes the deadline itself, inside its own values (`entry`)."""
         self.index.set(key, partition, at)
 
     def schedule(self, key: str, partition: int, at: float | None) -> None:

@@ -165,14 +165,6 @@ class AiokafkaProducer(ProducerPort):
         )
         return ack
 
-    async def send_many(self, records: Sequence[tuple[str, bytes | None, bytes, Headers]]) -> None:
-        """Pipeline many sends, then wait for all acknowledgements."""
-        assert self._producer is not None, "producer not started"
-        futures = [
-            await self._producer.send(t, value=v, key=k, headers=h) for t, k, v, h in records
-        ]
-        await asyncio.gather(*futures)
-
 
 class DeadLetters:
     """Publishes an unprocessable message to `deadletter.<service>`.

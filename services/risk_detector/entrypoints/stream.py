@@ -211,13 +211,12 @@ class RiskRuntime:
         order_id = data.get("order_id")
         if not isinstance(order_id, str):
             raise InvalidEvent(f"{event.type} has no order_id", code="bad_data")
+        entry = self.order_customers.get(order_id)
         customer_id = data.get("customer_id")
-        if isinstance(customer_id, str) and customer_id:
-            self._remember_order(order_id, customer_id, msg.partition, event.time)
-        else:
-            customer_id = self._customer_of_order(order_id)
-            if customer_id:
-                self._remember_order(order_id, customer_id, msg.partition, event.time)
+        if not (isinstance(customer_id, str) and customer_id):
+            customer_id = _remembered_customer(entry)
+        if customer_id:
+            self._remember_order(order_id, entry, customer_id, msg.partition, event.time)
         self._forget_expired_orders(msg.partition)
         if event.type not in FORWARDED:
             return
@@ -262,19 +261,13 @@ class RiskRuntime:
                 headers=None,
             )
 
-    def _customer_of_order(self, order_id: str) -> str | None:
-        entry = self.order_customers.get(order_id)
-        if isinstance(entry, dict):
-            return str(entry["c"])
-        return entry if isinstance(entry, str) else None  # written before expiry existed
-
     def _remember_order(
-        self, order_id: str, customer_id: str, partition: int, at: datetime
+        self, order_id: str, entry: Any, customer_id: str, partition: int, at: datetime
     ) -> None:
-        """Remember (or refresh) the order's customer; the table is written when the
-        customer changes or the order's latest fact moved by more than a day."""
+        """Remember (or refresh) the order's customer (`entry`: what the table holds now);
+        the table is written when the customer changes or the order's latest fact moved by
+        more than a day."""
         moment = at.timestamp()
-        entry = self.order_customers.get(order_id)
         last = entry.get("at", 0.0) if isinstance(entry, dict) else None
         if (
             not isinstance(entry, dict)
@@ -399,6 +392,13 @@ def customer_partition(key: bytes, partitions: int) -> int:
     from kafka.partitioner.default import murmur2
 
     return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
+def _remembered_customer(entry: Any) -> str | None:
+    """The customer an `order_customers` entry names."""
+    if isinstance(entry, dict):
+        return str(entry["c"])
+    return entry if isinstance(entry, str) else None  # written before expiry existed
 
 
 def forget_topic(app: faust.App) -> str:
