@@ -8,21 +8,29 @@ leaves a tombstone so that a replayed upsert cannot bring the person back.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, time
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     Boolean,
     DateTime,
     Integer,
+    Select,
     String,
     Text,
+    bindparam,
     delete,
+    make_url,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -121,8 +129,116 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _load_query() -> Select[Any]:
+    """A customer row joined with their consent records, oldest first (none: one row of
+    NULLs on the consent side; an unknown customer: no rows)."""
+    customer, consent = CustomerRow.__table__.c, ConsentRow.__table__.c
+    return (
+        select(
+            *customer,
+            consent.id.label("consent_id"),
+            consent.channel.label("consent_channel"),
+            consent.category,
+            consent.granted,
+            consent.source,
+            consent.occurred_at,
+            consent.evidence,
+        )
+        .select_from(
+            CustomerRow.__table__.outerjoin(
+                ConsentRow.__table__, consent.customer_id == customer.customer_id
+            )
+        )
+        .where(customer.customer_id == bindparam("customer_id"))
+        .order_by(consent.id)
+    )
+
+
+def _customer(rows: Sequence[Mapping[str, Any]]) -> Customer | None:
+    if not rows:
+        return None
+    row = rows[0]
+    return Customer(
+        customer_id=row["customer_id"],
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        email=row["email"],
+        phone=row["phone"],
+        locale=row["locale"],
+        time_zone=row["time_zone"],
+        quiet_start=_time(row["quiet_start"]),
+        quiet_end=_time(row["quiet_end"]),
+        channel_order=tuple(c for c in row["channel_order"].split(",") if c),
+        consents=[
+            ConsentRecord(
+                r["consent_channel"],
+                r["category"],
+                r["granted"],
+                r["source"],
+                _aware(r["occurred_at"]),
+                r["evidence"],
+            )
+            for r in rows
+            if r["consent_id"] is not None
+        ],
+        version=row["version"],
+    )
+
+
+_DISCONNECTS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    OSError,
+)
+
+
+async def _keep_session(connection: Any) -> None:
+    """The read pool's connections only ever run one autocommit SELECT: no session state
+    to reset on release, so no reset query (a round trip per call otherwise)."""
+
+
+class _PostgresReads:
+    """GetContactPlan's read on PostgreSQL through asyncpg itself: its own small pool,
+    the statement compiled once from the SQLAlchemy query and prepared per connection.
+    Writes stay on SQLAlchemy (one transaction each, far rarer than reads)."""
+
+    def __init__(self, url: str, max_size: int) -> None:
+        self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self.max_size = max_size
+        self.sql = str(_load_query().compile(dialect=PGDialect_asyncpg()))  # type: ignore[no-untyped-call]
+        self._pool: Any = None
+        self._opening = asyncio.Lock()
+
+    async def pool(self) -> Any:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self.dsn, min_size=1, max_size=self.max_size, reset=_keep_session
+                    )
+        return self._pool
+
+    async def load(self, customer_id: str) -> list[Any]:
+        pool = await self.pool()
+        for attempt in (1, 2):
+            try:
+                async with pool.acquire() as conn:
+                    return list(await conn.fetch(self.sql, customer_id))
+            except _DISCONNECTS:
+                # A pooled connection found dead (the database restarted, an operator
+                # ended the session): the pool replaces it; the read is tried once more.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+
 class PreferencesStore:
-    def __init__(self, url: str, pseudonym_salt: str) -> None:
+    def __init__(self, url: str, pseudonym_salt: str, read_pool_size: int = 10) -> None:
         self.url = url
         self.salt = pseudonym_salt
         # No pre-ping (a round trip before every checkout, ~40 % of a GetContactPlan's
@@ -130,8 +246,16 @@ class PreferencesStore:
         # connection found dead; a write on one fails and is retried by its caller.
         self.engine: AsyncEngine = create_async_engine(async_url(url), pool_recycle=1800)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._load_query = _load_query()
+        self._pg = (
+            _PostgresReads(url, max_size=read_pool_size)
+            if self.engine.dialect.name == "postgresql"
+            else None
+        )
 
     async def close(self) -> None:
+        if self._pg is not None:
+            await self._pg.close()
         await self.engine.dispose()
 
     async def ping(self) -> bool:
@@ -143,66 +267,23 @@ class PreferencesStore:
         return hmac.new(self.salt.encode(), customer_id.encode(), hashlib.sha256).hexdigest()
 
     async def load(self, customer_id: str) -> Customer | None:
-        """The customer with their consent history, in one round trip (the hot path of
-        GetContactPlan: one joined Core SELECT, no ORM session)."""
-        customer, consent = CustomerRow.__table__.c, ConsentRow.__table__.c
-        query = (
-            select(
-                *customer,
-                consent.id.label("consent_id"),
-                consent.channel.label("consent_channel"),
-                consent.category,
-                consent.granted,
-                consent.source,
-                consent.occurred_at,
-                consent.evidence,
-            )
-            .select_from(
-                CustomerRow.__table__.outerjoin(
-                    ConsentRow.__table__, consent.customer_id == customer.customer_id
-                )
-            )
-            .where(customer.customer_id == customer_id)
-            .order_by(consent.id)
-        )
+        """The customer with their consent history, in one round trip: the hot path of
+        GetContactPlan. On PostgreSQL it goes straight to asyncpg (a prepared statement,
+        no SQLAlchemy: a third of the CPU); elsewhere one joined Core SELECT."""
+        if self._pg is not None:
+            return _customer(await self._pg.load(customer_id))
         for attempt in (1, 2):
             try:
                 async with self.engine.connect() as conn:
-                    rows = (await conn.execute(query)).all()
+                    result = await conn.execute(self._load_query, {"customer_id": customer_id})
+                    rows = [row._mapping for row in result]
                 break
             except DBAPIError as exc:
                 # Without a pre-ping a pooled connection may be dead (the database
                 # restarted): it is dropped from the pool, and the read is tried once more.
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
-        if not rows:
-            return None
-        row = rows[0]
-        return Customer(
-            customer_id=row.customer_id,
-            first_name=row.first_name,
-            last_name=row.last_name,
-            email=row.email,
-            phone=row.phone,
-            locale=row.locale,
-            time_zone=row.time_zone,
-            quiet_start=_time(row.quiet_start),
-            quiet_end=_time(row.quiet_end),
-            channel_order=tuple(c for c in row.channel_order.split(",") if c),
-            consents=[
-                ConsentRecord(
-                    r.consent_channel,
-                    r.category,
-                    r.granted,
-                    r.source,
-                    _aware(r.occurred_at),
-                    r.evidence,
-                )
-                for r in rows
-                if r.consent_id is not None
-            ],
-            version=row.version,
-        )
+        return _customer(rows)
 
     async def is_erased(self, customer_id: str) -> bool:
         async with self.sessions() as s:

@@ -279,43 +279,53 @@ class OpsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, write_token: str | None) -> None:
         self.write_token = write_token
+        # method path -> (the handler wrapped, the wrapper): built once per method, not
+        # per call (unless an interceptor before this one hands out new handlers).
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
-        method = details.method.rsplit("/", 1)[-1]
-        if handler is None:
+        if handler is None or handler.unary_unary is None:
             return handler
-        metadata = dict(details.invocation_metadata or ())
-        needs_token = self.write_token and method in WRITE_METHODS
-        authorised = (
-            not needs_token or metadata.get("authorization") == f"Bearer {self.write_token}"
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._observed(details.method.rsplit("/", 1)[-1], handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
         )
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
 
-        def wrap_unary(behaviour: Any) -> Any:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = _time.perf_counter()
-                code = "OK"
-                try:
-                    if not authorised:
-                        code = "UNAUTHENTICATED"
-                        await context.abort(
-                            grpc.StatusCode.UNAUTHENTICATED,
-                            "write methods need 'authorization: Bearer <token>'",
-                        )
-                    return await behaviour(request, context)
-                except BaseException:
-                    code = context.code().name if context.code() else "UNKNOWN"
-                    raise
-                finally:
-                    RPCS.labels(method, code).inc()
-                    RPC_SECONDS.labels(method).observe(_time.perf_counter() - started)
+    def _observed(self, method: str, behaviour: Any) -> Any:
+        needs = (
+            f"Bearer {self.write_token}" if self.write_token and method in WRITE_METHODS else None
+        )
+        ok, seconds = RPCS.labels(method, "OK"), RPC_SECONDS.labels(method)
 
-            return wrapped
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = _time.perf_counter()
+            code = "OK"
+            try:
+                if needs is not None and _authorization(context) != needs:
+                    await context.abort(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        "write methods need 'authorization: Bearer <token>'",
+                    )
+                return await behaviour(request, context)
+            except BaseException:
+                code = context.code().name if context.code() else "UNKNOWN"
+                raise
+            finally:
+                (ok if code == "OK" else RPCS.labels(method, code)).inc()
+                seconds.observe(_time.perf_counter() - started)
 
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return observed
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return str(value)
+    return None
