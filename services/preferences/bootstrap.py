@@ -20,14 +20,15 @@ from common.ops_http import Heartbeat, OpsServer
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from common.topics import TopicSpec
-from services.preferences.adapters.store import PreferencesStore, migrate
+from services.preferences.adapters.change_feed import ChangeFeed, PostgresChangeFeed
+from services.preferences.adapters.store import PreferencesStore, migrate, postgres_dsn
 from services.preferences.config import Settings
 from services.preferences.entrypoints.grpc_api import (
     OpsInterceptor,
     PreferencesServicer,
     ReflectionDescriptors,
 )
-from services.preferences.handlers import ChangeFeed, Preferences
+from services.preferences.handlers import Preferences
 
 SERVICE = "preferences"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PreferencesService"].full_name
@@ -66,11 +67,19 @@ def build_grpc_server(
     return server, health_servicer, port
 
 
+def change_feed(store: PreferencesStore) -> ChangeFeed:
+    """Every replica's changes from PostgreSQL; this process's own with SQLite."""
+    if store.engine.dialect.name == "postgresql":
+        return PostgresChangeFeed(postgres_dsn(store.url))
+    return ChangeFeed()
+
+
 async def serve(settings: Settings) -> None:
     url = settings.db_url()
     await asyncio.to_thread(migrate, url)
     store = PreferencesStore(url, settings.salt())
-    feed = ChangeFeed()
+    feed = change_feed(store)
+    await feed.start()
     prefs = Preferences(store, feed, tuple(settings.default_channel_order.split(",")))
     topics = settings.topics
     ensure_topics(
@@ -110,7 +119,11 @@ async def serve(settings: Settings) -> None:
         settings.http_host,
         settings.http_port,
         heartbeat,
-        checks={"database": store.ping, "kafka_assignment": consumer.ready},
+        checks={
+            "database": store.ping,
+            "kafka_assignment": consumer.ready,
+            "change_feed": lambda: feed.live,
+        },
     )
     await producer.start()
     await consumer.start()
@@ -135,5 +148,6 @@ async def serve(settings: Settings) -> None:
     await server.stop(settings.shutdown_grace_s)
     await ops.stop()
     await producer.stop()
+    await feed.stop()
     await store.close()
     log.info("stopped")

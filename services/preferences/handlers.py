@@ -4,14 +4,13 @@ letter (Kafka) or INVALID_ARGUMENT (gRPC)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, time
 
 from common import schemas
 from common.envelope import CloudEvent, InvalidEvent
 from common.logs import get_logger
+from services.preferences.adapters.change_feed import Change, ChangeFeed
 from services.preferences.adapters.store import PreferencesStore
 from services.preferences.domain import validation
 from services.preferences.domain.model import (
@@ -25,37 +24,6 @@ from services.preferences.domain.model import (
 from services.preferences.domain.validation import FieldViolation
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class Change:
-    customer_id: str
-    version: int
-    kind: str
-
-
-class ChangeFeed:
-    """In-process fan-out of changes to WatchChanges subscribers. With several replicas,
-    each streams the changes it applied itself; callers subscribe to every replica
-    through the Service's endpoints, or rely on their cache TTL (docs/preferences.md)."""
-
-    def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[Change]] = set()
-
-    def publish(self, change: Change) -> None:
-        for queue in list(self._queues):
-            if queue.full():
-                queue.get_nowait()  # a slow subscriber loses the oldest, not the newest
-            queue.put_nowait(change)
-
-    async def subscribe(self) -> AsyncIterator[Change]:
-        queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=10_000)
-        self._queues.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.discard(queue)
 
 
 class Preferences:
@@ -114,8 +82,9 @@ class Preferences:
                 locale=locale,
                 time_zone=time_zone,
             )
-        version = await self.store.save(customer, consents, event_id=event.id)
-        self.feed.publish(Change(customer.customer_id, version, "upserted"))
+        self.feed.publish(
+            await self.store.save(customer, consents, event_id=event.id, kind="upserted")
+        )
         return "processed"
 
     async def on_optout_event(self, event: CloudEvent) -> str:
@@ -187,8 +156,7 @@ class Preferences:
                 )
             changes["channel_order"] = tuple(channel_order)
         updated = replace(customer, **changes)  # type: ignore[arg-type]
-        version = await self.store.save(updated, [])
-        self.feed.publish(Change(customer_id, version, "preferences"))
+        self.feed.publish(await self.store.save(updated, [], kind="preferences"))
         return updated
 
     async def set_opt_out(
@@ -212,8 +180,9 @@ class Preferences:
         if opted_out:  # an opt-out stops marketing on that channel too
             records.append(ConsentRecord(channel, "marketing", False, source, at, evidence))
         customer.consents.extend(records)
-        version = await self.store.save(customer, records, event_id=event_id)
-        self.feed.publish(Change(customer_id, version, "opt_out"))
+        self.feed.publish(
+            await self.store.save(customer, records, event_id=event_id, kind="opt_out")
+        )
         return customer
 
     async def record_consent(self, customer_id: str, record: ConsentRecord) -> Customer | None:
@@ -225,8 +194,7 @@ class Preferences:
         if customer is None:
             return None
         customer.consents.append(record)
-        version = await self.store.save(customer, [record])
-        self.feed.publish(Change(customer_id, version, "consent"))
+        self.feed.publish(await self.store.save(customer, [record], kind="consent"))
         return customer
 
     async def erase(self, customer_id: str, event_id: str | None = None) -> bool:
@@ -235,4 +203,4 @@ class Preferences:
         return existed
 
 
-__all__ = ["Change", "ChangeFeed", "Preferences", "time"]
+__all__ = ["Preferences", "time"]

@@ -26,15 +26,22 @@ from sqlalchemy import (
     Text,
     bindparam,
     delete,
+    func,
     make_url,
     select,
     update,
 )
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.preferences.adapters.change_feed import NOTIFY_CHANNEL, Change
 from services.preferences.domain.model import ConsentRecord, Customer
 
 
@@ -193,6 +200,11 @@ _DISCONNECTS = (
 )
 
 
+def postgres_dsn(url: str) -> str:
+    """The database URL as asyncpg takes it (no SQLAlchemy driver suffix)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(False)
+
+
 async def _keep_session(connection: Any) -> None:
     """The read pool's connections only ever run one autocommit SELECT: no session state
     to reset on release, so no reset query (a round trip per call otherwise)."""
@@ -204,7 +216,7 @@ class _PostgresReads:
     Writes stay on SQLAlchemy (one transaction each, far rarer than reads)."""
 
     def __init__(self, url: str, max_size: int) -> None:
-        self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self.dsn = postgres_dsn(url)
         self.max_size = max_size
         self.sql = str(_load_query().compile(dialect=PGDialect_asyncpg()))  # type: ignore[no-untyped-call]
         self._pool: Any = None
@@ -294,10 +306,15 @@ class PreferencesStore:
             return await s.get(ProcessedEventRow, event_id) is not None
 
     async def save(
-        self, customer: Customer, new_consents: list[ConsentRecord], event_id: str | None = None
-    ) -> int:
+        self,
+        customer: Customer,
+        new_consents: list[ConsentRecord],
+        event_id: str | None = None,
+        kind: str = "upserted",
+    ) -> Change:
         """Write the customer and append the consent records in one transaction; returns
-        the new version."""
+        the change (new version, `kind`). On PostgreSQL the transaction also announces it
+        to every process's change feed."""
         now = datetime.now(UTC)
         async with self.sessions() as s, s.begin():
             row = await s.get(CustomerRow, customer.customer_id)
@@ -330,9 +347,10 @@ class PreferencesStore:
                 )
             if event_id is not None:
                 s.add(ProcessedEventRow(event_id=event_id, processed_at=now))
-            version = row.version
-        customer.version = version
-        return version
+            change = Change(customer.customer_id, row.version, kind)
+            await self._announce(s, change)
+        customer.version = change.version
+        return change
 
     async def mark_processed(self, event_id: str) -> None:
         async with self.sessions() as s, s.begin():
@@ -355,4 +373,10 @@ class PreferencesStore:
                 s.add(TombstoneRow(pseudonym=pseudonym, erased_at=now))
             if event_id is not None and await s.get(ProcessedEventRow, event_id) is None:
                 s.add(ProcessedEventRow(event_id=event_id, processed_at=now))
+            await self._announce(s, Change(customer_id, 0, "erased"))
         return existed
+
+    async def _announce(self, session: AsyncSession, change: Change) -> None:
+        """NOTIFY inside the write's transaction: heard on commit, never for a rollback."""
+        if self._pg is not None:
+            await session.execute(select(func.pg_notify(NOTIFY_CHANNEL, change.payload())))

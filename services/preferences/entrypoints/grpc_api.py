@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 from common.logs import get_logger
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
+from services.preferences.adapters.change_feed import FeedInterrupted
 from services.preferences.domain.model import ConsentRecord, Customer, Plan, marketing_opt_in
 from services.preferences.domain.validation import FieldViolation
 from services.preferences.handlers import Preferences
@@ -240,10 +241,23 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
     async def WatchChanges(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for change in self.prefs.feed.subscribe():
-            yield pb.PreferenceChange(
-                customer_id=change.customer_id, version=change.version, kind=change.kind
-            )
+        # Registered before the initial metadata goes out: a caller that has seen the
+        # metadata misses no change committed after it. A subscription that may have
+        # missed one ends UNAVAILABLE, and the caller forgets what it cached.
+        try:
+            subscription = self.prefs.feed.subscribe()
+        except FeedInterrupted as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        try:
+            await context.send_initial_metadata(())
+            async for change in subscription:
+                yield pb.PreferenceChange(
+                    customer_id=change.customer_id, version=change.version, kind=change.kind
+                )
+        except FeedInterrupted as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        finally:
+            subscription.close()
 
 
 class ReflectionDescriptors:

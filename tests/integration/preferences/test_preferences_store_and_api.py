@@ -16,9 +16,9 @@ from common.envelope import InvalidEvent, new_event
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from services.preferences.adapters.store import PreferencesStore, migrate
-from services.preferences.bootstrap import SERVICE_NAME, build_grpc_server
+from services.preferences.bootstrap import SERVICE_NAME, build_grpc_server, change_feed
 from services.preferences.config import Settings
-from services.preferences.handlers import ChangeFeed, Preferences
+from services.preferences.handlers import Preferences
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -61,7 +61,10 @@ def optout(cid="c-1", channel="sms", hours=1.0, kind="contact.opted_out"):
 async def prefs(database_url):
     await asyncio.to_thread(migrate, database_url)
     store = PreferencesStore(database_url, "salt")
-    yield Preferences(store, ChangeFeed())
+    feed = change_feed(store)  # PostgreSQL: heard through LISTEN/NOTIFY
+    await feed.start()
+    yield Preferences(store, feed)
+    await feed.stop()
     await store.close()
 
 

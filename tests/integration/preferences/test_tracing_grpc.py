@@ -15,10 +15,11 @@ from common import tracing
 from common.envelope import new_event
 from common.kafka import InputMessage
 from services.outreach.adapters.contact_plans import GrpcContactPlans
+from services.preferences.adapters.change_feed import ChangeFeed
 from services.preferences.adapters.store import PreferencesStore, migrate
 from services.preferences.bootstrap import build_grpc_server
 from services.preferences.config import Settings
-from services.preferences.handlers import ChangeFeed, Preferences
+from services.preferences.handlers import Preferences
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
