@@ -28,6 +28,11 @@ PROCESSING_SECONDS = Histogram(
     ["service", "topic"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+PLAN_CACHE = Counter(
+    "outreach_contact_plan_cache_total",
+    "outreach's contact-plan lookups, by result (hit: served from its cache, miss: asked).",
+    ["result"],
+)
 CLOCK_SECONDS = Gauge(
     "outreach_clock_timestamp_seconds",
     "The service's current time (wall clock, or event-time watermark) as a Unix timestamp.",

@@ -129,6 +129,7 @@ def build(
     plans = plans or GrpcContactPlans(
         settings.preferences_grpc_target,
         cache_ttl_s=settings.preferences_cache_ttl_s,
+        max_entries=settings.preferences_cache_max_entries,
         tls=settings.preferences_channel_tls(),
     )
     senders = senders or build_senders(settings)

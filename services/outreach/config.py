@@ -22,6 +22,7 @@ class Settings(ServiceSettings):
         "localhost:50051", validation_alias=_env("PREFERENCES_GRPC_TARGET")
     )
     preferences_cache_ttl_s: float = 300.0
+    preferences_cache_max_entries: int = Field(100_000, ge=0)
     # TLS to preferences (docs/operations.md, "preferences over gRPC"): on when
     # preferences_tls is true or a CA is given; cert + key add a client certificate (mTLS).
     preferences_tls: bool = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import time as dtime
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from common import tracing
 from common.logs import get_logger
+from common.metrics import PLAN_CACHE
 from services.outreach.domain.decisions import ChannelOption, ContactPlan
 
 log = get_logger(__name__)
@@ -85,8 +87,16 @@ class PreferencesTls:
 
 
 class GrpcContactPlans(ContactPlans):
-    """Asks preferences over gRPC; keeps plans in a TTL cache that `WatchChanges` empties
-    per customer as soon as their preferences change."""
+    """Asks preferences over gRPC and caches plans, trusting a cached plan only as long
+    as preferences' `WatchChanges` stream would have said that it changed.
+
+    - Plans are cached only while the stream is established (its initial metadata seen:
+      preferences has registered the subscription); when it breaks, the whole cache
+      goes and nothing is cached until it is back.
+    - A change drops the customer's plans. A plan whose reply raced a change to that
+      customer (or a restart of the stream) is returned but not cached.
+    - At most `max_entries` plans (least recently used go first), each for `cache_ttl_s`.
+    """
 
     CHANNELS = {1: "email", 2: "sms", 3: "whatsapp"}
     CATEGORIES = {"service": 1, "marketing": 2}
@@ -97,18 +107,27 @@ class GrpcContactPlans(ContactPlans):
         *,
         timeout_s: float = 2.0,
         cache_ttl_s: float = 300.0,
+        max_entries: int = 100_000,
         token: str | None = None,
         tls: PreferencesTls | None = None,
+        retry_s: float = 1.0,
     ) -> None:
         self.target = target
         self.tls = tls
         self.timeout_s = timeout_s
         self.cache_ttl_s = cache_ttl_s
+        self.max_entries = max_entries
         self.token = token
-        self._cache: dict[tuple[str, str], tuple[float, ContactPlan | None]] = {}
+        self.retry_s = retry_s
+        self._cache: OrderedDict[tuple[str, str], tuple[float, ContactPlan | None]] = OrderedDict()
         self._channel: Any = None
         self._stub: Any = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._watching = asyncio.Event()
+        self._stream_generation = 0  # bumped whenever the stream starts or breaks
+        self._changes = 0  # changes heard so far
+        self._changed_during_calls: dict[str, int] = {}  # customer -> `_changes` then
+        self._in_flight = 0
         self.hits = 0
         self.misses = 0
 
@@ -153,15 +172,42 @@ class GrpcContactPlans(ContactPlans):
         while True:
             try:
                 stream = self._stub.WatchChanges(preferences_pb2.WatchChangesRequest())
+                await stream.initial_metadata()
+                self._stream_generation += 1
+                self._watching.set()
                 async for change in stream:
-                    for key in [k for k in self._cache if k[0] == change.customer_id]:
-                        self._cache.pop(key, None)
+                    self._forget(change.customer_id)
+                reason = "ended"
             except asyncio.CancelledError:
+                self._lose_stream()
                 raise
-            except Exception as exc:  # the stream broke: forget everything, reconnect
-                self._cache.clear()
-                log.warning("preferences_watch_reconnect", error=type(exc).__name__)
-                await asyncio.sleep(1.0)
+            except Exception as exc:
+                reason = type(exc).__name__
+            # Changes may have gone unheard: forget everything, cache nothing until the
+            # stream is back.
+            self._lose_stream()
+            log.warning("preferences_watch_reconnect", error=reason)
+            await asyncio.sleep(self.retry_s)
+
+    @property
+    def watching(self) -> bool:
+        """The change stream is established: plans are being cached."""
+        return self._watching.is_set()
+
+    async def until_watching(self) -> None:
+        await self._watching.wait()
+
+    def _lose_stream(self) -> None:
+        self._watching.clear()
+        self._stream_generation += 1
+        self._cache.clear()
+
+    def _forget(self, customer_id: str) -> None:
+        self._changes += 1
+        if self._in_flight:
+            self._changed_during_calls[customer_id] = self._changes
+        for category in self.CATEGORIES:
+            self._cache.pop((customer_id, category), None)
 
     async def get(self, customer_id: str, category: str) -> ContactPlan | None:
         import grpc
@@ -170,10 +216,17 @@ class GrpcContactPlans(ContactPlans):
 
         key = (customer_id, category)
         cached = self._cache.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            self.hits += 1
-            return cached[1]
+        if cached is not None:
+            if cached[0] > time.monotonic():
+                self._cache.move_to_end(key)
+                self.hits += 1
+                PLAN_CACHE.labels("hit").inc()
+                return cached[1]
+            del self._cache[key]
         self.misses += 1
+        PLAN_CACHE.labels("miss").inc()
+        generation, changes = self._stream_generation, self._changes
+        self._in_flight += 1
         try:
             reply = await self._stub.GetContactPlan(
                 preferences_pb2.GetContactPlanRequest(
@@ -184,8 +237,21 @@ class GrpcContactPlans(ContactPlans):
             )
         except grpc.aio.AioRpcError as exc:
             raise PreferencesUnavailable(f"GetContactPlan: {exc.code().name}") from exc
+        finally:
+            self._in_flight -= 1
+            raced = self._changed_during_calls.get(customer_id, changes) > changes
+            if not self._in_flight:
+                self._changed_during_calls.clear()
         plan = self._plan(reply) if reply.known else None
-        self._cache[key] = (time.monotonic() + self.cache_ttl_s, plan)
+        if (
+            self.watching
+            and self.cache_ttl_s > 0
+            and self._stream_generation == generation
+            and not raced
+        ):
+            self._cache[key] = (time.monotonic() + self.cache_ttl_s, plan)
+            if len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
         return plan
 
     def _plan(self, reply: Any) -> ContactPlan:
