@@ -4,8 +4,9 @@ holding N customers, and the hit rate of outreach's contact-plan cache.
 1. The project's own PostgreSQL (deploy/postgres/local_postgres.py, a throwaway cluster on
    127.0.0.1) gets the Alembic schema and N customers by COPY (a third with a marketing
    consent record, so plans read both tables as in production).
-2. Where a call's time goes: the service's store path one call at a time, next to one
-   joined SELECT with and without SQLAlchemy's pool pre-ping (levers, not the service).
+2. Where a call's time goes: the service's store path one call at a time (asyncpg on
+   PostgreSQL), next to the same joined SELECT through SQLAlchemy Core with and without
+   its pool pre-ping (levers, not the service).
 3. `python -m services.preferences` runs against it (and a Kafka broker, which it needs to
    start: KAFKA_BOOTSTRAP_SERVERS if reachable, else the project's local broker).
 4. ghz (built by `make grpc-tools`) calls GetContactPlan for random customer ids through
@@ -140,8 +141,9 @@ def load_customers(url: str, count: int, batch: int = 50_000) -> float:
 
 async def store_costs(url: str, customers: int, calls: int = 2000) -> dict[str, Any]:
     """Wall and CPU time per contact plan, one call at a time, in this process: the
-    service's own path (Preferences.plan: ORM session, two SELECTs, pool pre-ping) next to
-    one joined Core SELECT with and without the pre-ping. Levers, not the service."""
+    service's own path (Preferences.plan: one prepared SELECT through asyncpg) next to the
+    joined SELECT through SQLAlchemy Core with and without the pre-ping. Levers, not the
+    service."""
     from sqlalchemy import select
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -201,7 +203,7 @@ async def store_costs(url: str, customers: int, calls: int = 2000) -> dict[str, 
                 return result.all()
 
         try:
-            await timed(f"one joined SELECT, pre-ping {'on' if pre_ping else 'off'}", core)
+            await timed(f"SQLAlchemy Core SELECT, pre-ping {'on' if pre_ping else 'off'}", core)
         finally:
             await engine.dispose()
     return costs
