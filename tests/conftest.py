@@ -86,13 +86,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The same test on the embedded default (SQLite) and on PostgreSQL (a fresh database)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
+    return str(request.getfixturevalue("postgres_database_url"))
+
+
+@pytest.fixture
+def postgres_database_url(postgres_server_url: str) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
     import psycopg
 
-    base = request.getfixturevalue("postgres_server_url")
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base, autocommit=True) as conn:
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return base.rsplit("/", 1)[0] + "/" + name
+    return postgres_server_url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture

@@ -5,13 +5,11 @@ subscriber whose feed lost the database is told so instead of missing changes.""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import asyncpg
 import grpc
 import pytest
 
-from common.envelope import new_event
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from services.preferences.adapters.change_feed import (
@@ -24,41 +22,15 @@ from services.preferences.bootstrap import build_grpc_server
 from services.preferences.config import Settings
 from services.preferences.domain.model import ConsentRecord
 from services.preferences.handlers import Preferences
+from tests.integration.preferences.events import T0, customer_upserted
 
 pytestmark = pytest.mark.integration
-T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
-
-
-def upsert(cid: str):
-    return new_event(
-        type="customer.upserted",
-        source="/t",
-        subject=cid,
-        time=T0,
-        id=f"up-{cid}",
-        data={
-            "customer_id": cid,
-            "first_name": "Ada",
-            "email": "ada@example.com",
-            "locale": "de-DE",
-            "timezone": "Europe/Berlin",
-            "marketing_opt_in": False,
-        },
-    )
 
 
 @pytest.fixture
-def pg_url(postgres_server_url):
-    import uuid
-
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = postgres_server_url.rsplit("/", 1)[0] + "/" + name
-    migrate(url)
-    return url
+def pg_url(postgres_database_url):
+    migrate(postgres_database_url)
+    return postgres_database_url
 
 
 @pytest.fixture
@@ -84,7 +56,7 @@ async def test_every_process_hears_every_committed_change(two_processes):
     a, b = two_processes
     on_a, on_b = a.feed.subscribe(), b.feed.subscribe()
 
-    await a.on_customer_event(upsert("c-1"))  # written by process A
+    await a.on_customer_event(customer_upserted("c-1"))  # written by process A
     for subscription in (on_a, on_b):
         change = await next_change(subscription)
         assert (change.customer_id, change.version, change.kind) == ("c-1", 1, "upserted")
@@ -102,7 +74,7 @@ async def test_every_process_hears_every_committed_change(two_processes):
 
 async def test_a_failed_write_announces_nothing(two_processes, monkeypatch):
     a, b = two_processes
-    await a.on_customer_event(upsert("c-1"))
+    await a.on_customer_event(customer_upserted("c-1"))
     on_b = b.feed.subscribe()
 
     original = a.store._announce
@@ -150,7 +122,7 @@ async def test_losing_the_database_ends_subscriptions_then_the_feed_comes_back(
         assert asyncio.get_running_loop().time() < deadline, "the feed did not reconnect"
         await asyncio.sleep(0.05)
     again = feed.subscribe()
-    await a.on_customer_event(upsert("c-9"))
+    await a.on_customer_event(customer_upserted("c-9"))
     assert (await next_change(again)).customer_id == "c-9"
 
 
@@ -163,7 +135,7 @@ async def test_watch_changes_ends_unavailable_when_the_feed_is_lost(two_processe
         stub = pb_grpc.PreferencesServiceStub(channel)
         watch = stub.WatchChanges(pb.WatchChangesRequest())
         await asyncio.wait_for(watch.initial_metadata(), 5)  # subscribed from here on
-        await b.on_customer_event(upsert("c-2"))  # another process's write
+        await b.on_customer_event(customer_upserted("c-2"))  # another process's write
         change = await asyncio.wait_for(watch.read(), 5)
         assert (change.customer_id, change.kind) == ("c-2", "upserted")
 

@@ -5,38 +5,18 @@ changed."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import pytest
 
-from common.envelope import new_event
 from services.outreach.adapters.contact_plans import GrpcContactPlans
 from services.preferences.adapters.change_feed import ChangeFeed
 from services.preferences.adapters.store import PreferencesStore, migrate
 from services.preferences.bootstrap import build_grpc_server
 from services.preferences.config import Settings
 from services.preferences.handlers import Preferences
+from tests.integration.preferences.events import customer_upserted
 
 pytestmark = pytest.mark.integration
-T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
-
-
-def upsert(cid: str):
-    return new_event(
-        type="customer.upserted",
-        source="/t",
-        subject=cid,
-        time=T0,
-        id=f"up-{cid}",
-        data={
-            "customer_id": cid,
-            "first_name": "Ada",
-            "email": "ada@example.com",
-            "locale": "de-DE",
-            "timezone": "Europe/Berlin",
-            "marketing_opt_in": False,
-        },
-    )
 
 
 async def until(condition, within=5.0, message="condition"):
@@ -53,7 +33,7 @@ async def service(tmp_path):
     store = PreferencesStore(url, "salt")
     prefs = Preferences(store, ChangeFeed())
     for cid in ("c-1", "c-2"):
-        await prefs.on_customer_event(upsert(cid))
+        await prefs.on_customer_event(customer_upserted(cid))
     server, _, port = build_grpc_server(Settings(grpc_port=0, data_dir=tmp_path), prefs)
     await server.start()
     plans = GrpcContactPlans(f"127.0.0.1:{port}", cache_ttl_s=300, max_entries=3, retry_s=0.05)
