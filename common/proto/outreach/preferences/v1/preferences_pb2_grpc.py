@@ -117,7 +117,11 @@ class PreferencesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchChanges(self, request, context):
-        """A change notice per customer whose preferences changed, for callers' caches.
+        """A change notice per customer whose preferences changed, for callers' caches: every
+        replica's changes, in commit order. The initial metadata means subscribed (nothing
+        committed later is missed); the stream ending (UNAVAILABLE: the subscriber fell
+        behind, or the server lost its change source) means changes may have been missed,
+        so drop everything cached and subscribe again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
