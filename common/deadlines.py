@@ -229,13 +229,16 @@ class DeadlineSchedule:
             self._waiting_since[partition] = -1.0  # said once for this wait
         return False
 
-    def due(self, partition: int, now: float) -> list[str]:
-        """On a tick of `partition`: the keys due by `now`, unscheduled from the index (the
-        caller reschedules or cancels each, which also updates the table)."""
+    def due(self, partition: int, now: float, limit: int = 10_000) -> list[str]:
+        """On a tick of `partition`: up to `limit` keys due by `now`, earliest first,
+        unscheduled from the index (the caller reschedules or cancels each, which also
+        updates the table). Keys still due after that get the next tick, which the next
+        `request_ticks` sends: a wave of deadlines is handled in slices, with the input
+        records that arrive meanwhile in between."""
         self._ticks_in_flight.discard(partition)
         if not self.ready or not self._input_read(partition):
             return []
-        return list(self.index.pop_due(partition, now))
+        return list(self.index.pop_due(partition, now, limit))
 
     def plan(self, key: str, partition: int, at: float | None) -> None:
         """Set (or with None cancel) the key's deadline in the index only: for a table

@@ -46,6 +46,10 @@ NOTES = {
     ),
     "ORDERS_WATCHER_RETENTION_DAYS": "state of a finished order is dropped this long after it finished",
     "ORDERS_WATCHER_TICK_INTERVAL_S": "how often (wall seconds) due deadlines are looked for",
+    "ORDERS_WATCHER_TICK_MAX_DUE": (
+        "due orders handled per tick of a partition; the rest get the next tick, with input"
+        " records in between"
+    ),
     "ORDERS_WATCHER_BATCH_MAX": (
         "records handled as one batch: their outputs are acknowledged together, then each"
         " changed order is written once"
@@ -93,6 +97,9 @@ NOTES = {
     "OUTREACH_STUDIO_TRUSTED_PROXIES": "SSO mode: addresses (CIDR) whose headers are believed",
     "OUTREACH_STUDIO_TEST_SENDS_PER_HOUR": "test sends per studio user per hour",
     "OUTREACH_PREFERENCES_CACHE_TTL_S": "contact-plan cache lifetime (also dropped on change)",
+    "OUTREACH_PREFERENCES_CACHE_MAX_ENTRIES": (
+        "contact plans cached at most (least recently used dropped first; 0: no cache)"
+    ),
     "PREFERENCES_WRITE_TOKEN": "bearer token the write RPCs require (unset: no check)",
     "PREFERENCES_PSEUDONYM_SALT": "secret for erased customers' tombstones",
     "PREFERENCES_DEFAULT_CHANNEL_ORDER": "channel order for customers who never chose",

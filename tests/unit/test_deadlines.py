@@ -112,6 +112,22 @@ async def test_one_tick_per_partition_is_in_flight_and_a_failed_one_is_sent_agai
     assert app.producer.sent == [0, 0, 0]
 
 
+async def test_a_wave_of_deadlines_is_handled_in_slices_one_tick_each():
+    app = FakeApp()
+    schedule = DeadlineSchedule(app, FakeTable(), "ticks")
+    schedule.rebuild()
+    for n in range(7):
+        schedule.schedule(f"o-{n}", 0, 10.0 + n)
+    await schedule.request_ticks(20.0)
+    assert schedule.due(0, 20.0, limit=3) == ["o-0", "o-1", "o-2"]  # earliest first
+    await schedule.request_ticks(20.0)  # still due: another tick
+    assert schedule.due(0, 20.0, limit=3) == ["o-3", "o-4", "o-5"]
+    await schedule.request_ticks(20.0)
+    assert schedule.due(0, 20.0, limit=3) == ["o-6"]
+    await schedule.request_ticks(20.0)  # nothing due any more: no tick
+    assert app.producer.sent == [0, 0, 0]
+
+
 class FakeConsumer:
     def __init__(self, committed: dict[TP, int], highwaters: dict[TP, int | None]) -> None:
         self._committed_offset, self.fetched = committed, highwaters

@@ -243,7 +243,7 @@ class WatcherRuntime:
 
     async def _on_tick(self, tick: faust.EventT[Any], partition: int) -> None:
         now = self.clock.now()
-        for order_id in self.schedule.due(partition, now.timestamp()):
+        for order_id in self.schedule.due(partition, now.timestamp(), self.settings.tick_max_due):
             state = self._load(order_id)
             outcome = Outcome(state=None) if state is None else self.handler.handle_tick(state, now)
             await self._stage(order_id, partition, tick, outcome)
