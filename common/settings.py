@@ -39,6 +39,12 @@ class ServiceSettings(BaseSettings):
         30.0, ge=6, le=300, validation_alias=_env("OUTREACH_KAFKA_SESSION_TIMEOUT_S")
     )
     tracing_enabled: bool = Field(False, validation_alias=_env("OUTREACH_TRACING_ENABLED"))
+    # Bytes a stream service's consumer asks per partition and fetch. Faust's default
+    # (1 MiB, ~700 order states) made changelog recovery wait on fetches: 8 MiB recovers
+    # twice as fast for ~60 MiB more RSS (docs/performance.md, "Recovery").
+    consumer_max_fetch_bytes: int = Field(
+        8 * 1024 * 1024, ge=64 * 1024, validation_alias=_env("OUTREACH_CONSUMER_MAX_FETCH_BYTES")
+    )
     # The stream services' (faust) event loop; the others run on asyncio's own.
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "uvloop", validation_alias=_env("OUTREACH_EVENT_LOOP")

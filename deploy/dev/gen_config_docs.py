@@ -29,6 +29,10 @@ NOTES = {
     "LOG_LEVEL": "log level",
     "LOG_FORMAT": "`json` or `console`",
     "OUTREACH_HTTP_HOST": "address of the ops/HTTP server (0.0.0.0 in Kubernetes)",
+    "OUTREACH_CONSUMER_MAX_FETCH_BYTES": (
+        "bytes the stream services' consumers fetch per partition at once (faust's default"
+        " 1 MiB halved changelog recovery speed)"
+    ),
     "OUTREACH_TRACING_ENABLED": "OpenTelemetry traces over OTLP/HTTP (the `OTEL_*` variables below); off → no spans, no cost",
     "OUTREACH_EVENT_LOOP": "event loop of the stream services (orders_watcher, risk_detector): `uvloop` or `asyncio`",
     "PREFERENCES_GRPC_TARGET": "where outreach finds preferences",
