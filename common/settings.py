@@ -45,6 +45,13 @@ class ServiceSettings(BaseSettings):
     consumer_max_fetch_bytes: int = Field(
         8 * 1024 * 1024, ge=64 * 1024, validation_alias=_env("OUTREACH_CONSUMER_MAX_FETCH_BYTES")
     )
+    # Table recovery copies a changelog partition into RocksDB in bulk when at least this
+    # many records are to be read, before faust's own record-by-record pass
+    # (common/recovery.py; docs/performance.md, "Recovery").
+    bulk_recovery: bool = Field(True, validation_alias=_env("OUTREACH_BULK_RECOVERY"))
+    bulk_recovery_min_records: int = Field(
+        5_000, ge=1, validation_alias=_env("OUTREACH_BULK_RECOVERY_MIN_RECORDS")
+    )
     # The stream services' (faust) event loop; the others run on asyncio's own.
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "uvloop", validation_alias=_env("OUTREACH_EVENT_LOOP")

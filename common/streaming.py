@@ -20,6 +20,7 @@ from yarl import URL
 
 from common.kafka import Headers, InputMessage, ProducerPort
 from common.logs import get_logger
+from common.recovery import table_manager
 from common.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -51,6 +52,10 @@ def create_app(
         # How soon a dead worker's partitions move to the living (heartbeats at 1/10).
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_s / 10),
+        # Changelogs are read in bulk into RocksDB before faust's own recovery pass.
+        TableManager=table_manager(
+            settings.bulk_recovery_min_records if settings.bulk_recovery else None
+        ),
     )
     options.update(overrides)
     return faust.App(f"{settings.topic_prefix}{service}", **options)
