@@ -33,6 +33,19 @@ NOTES = {
         "bytes the stream services' consumers fetch per partition at once (faust's default"
         " 1 MiB halved changelog recovery speed)"
     ),
+    "OUTREACH_BULK_RECOVERY": (
+        "copy changelog partitions straight into RocksDB when a table is recovered, before"
+        " faust's own pass (`false`: faust alone)"
+    ),
+    "OUTREACH_BULK_RECOVERY_MIN_RECORDS": (
+        "a partition with at least this many changelog records to read is copied in bulk"
+    ),
+    "OUTREACH_ROCKSDB_WRITE_BUFFER_BYTES": (
+        "RocksDB memtable size per table partition (up to three; faust's default 64 MiB)"
+    ),
+    "OUTREACH_ROCKSDB_BLOCK_CACHE_BYTES": (
+        "RocksDB block cache per table partition (faust's default 2 GiB)"
+    ),
     "OUTREACH_TRACING_ENABLED": "OpenTelemetry traces over OTLP/HTTP (the `OTEL_*` variables below); off → no spans, no cost",
     "OUTREACH_EVENT_LOOP": "event loop of the stream services (orders_watcher, risk_detector): `uvloop` or `asyncio`",
     "PREFERENCES_GRPC_TARGET": "where outreach finds preferences",

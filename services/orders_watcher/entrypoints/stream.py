@@ -103,6 +103,7 @@ class WatcherRuntime:
             schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
             value_type=bytes,
             partitions=settings.topic_partitions,
+            options=settings.table_options(),
         )
         # On the wall clock, a partition's deadlines wait until its backlog is read.
         self.wall_clock = isinstance(self.clock, WallClock)

@@ -72,16 +72,32 @@ class RiskRuntime:
             key_type=str, key_serializer="raw", value_serializer="json"
         )
         self.order_customers = self.app.Table(
-            "order_customers", default=None, schema=schema, partitions=settings.topic_partitions
+            "order_customers",
+            default=None,
+            schema=schema,
+            partitions=settings.topic_partitions,
+            options=settings.table_options(),
         )
         self.profiles = self.app.Table(
-            "profiles", default=None, schema=schema, partitions=settings.topic_partitions
+            "profiles",
+            default=None,
+            schema=schema,
+            partitions=settings.topic_partitions,
+            options=settings.table_options(),
         )
         self.rhythm_deadlines = self.app.Table(
-            "rhythm_deadlines", default=None, schema=schema, partitions=settings.topic_partitions
+            "rhythm_deadlines",
+            default=None,
+            schema=schema,
+            partitions=settings.topic_partitions,
+            options=settings.table_options(),
         )
         self.spend_quantiles = self.app.Table(
-            "spend_quantiles", default=None, schema=schema, partitions=settings.topic_partitions
+            "spend_quantiles",
+            default=None,
+            schema=schema,
+            partitions=settings.topic_partitions,
+            options=settings.table_options(),
         )
         # On the wall clock, silence is judged only once the input is read: the order
         # facts of this worker's order partitions and the customer partition's own.
