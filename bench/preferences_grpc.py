@@ -305,6 +305,7 @@ def run_ghz(
     duration: str,
     concurrency: int,
     connections: int,
+    cpus: int = 0,
     rate: int | None = None,
 ) -> dict[str, Any]:
     """One ghz run over server reflection; the report as ghz's JSON."""
@@ -334,6 +335,8 @@ def run_ghz(
     ]
     if rate:
         args += ["-r", str(rate)]
+    if cpus:
+        args += ["--cpus", str(cpus)]
     result = subprocess.run(
         [*args, target],
         capture_output=True,
@@ -509,6 +512,13 @@ def main() -> int:
     parser.add_argument("--warmup", default="5s")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--connections", type=int, default=2)
+    parser.add_argument(
+        "--ghz-cpus",
+        type=int,
+        default=1,
+        help="ghz's GOMAXPROCS (0: all cores); on 2 cores shared with the server, one "
+        "leaves the server the most (docs/performance-preferences.md, run 6)",
+    )
     parser.add_argument("--rate", type=int, default=TARGET_RPS, help="the fixed-rate run")
     parser.add_argument("--ghz", default=shutil.which("ghz") or "ghz")
     parser.add_argument("--postgres-url", default=os.environ.get("OUTREACH_BENCH_POSTGRES_URL"))
@@ -550,7 +560,11 @@ def main() -> int:
         server = PreferencesProcess(url, bootstrap, work)
         server.wait_ready()
 
-        common = {"concurrency": args.concurrency, "connections": args.connections}
+        common = {
+            "concurrency": args.concurrency,
+            "connections": args.connections,
+            "cpus": args.ghz_cpus,
+        }
         measure("warm-up", server, args.ghz, args.customers, duration=args.warmup, **common)
         results["loads"].append(load_line("before the runs"))
         results["open"] = measure(

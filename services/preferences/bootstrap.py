@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from common import tracing
 from common.admin import ensure_topics
 from common.envelope import CloudEvent
+from common.heap import freeze_startup_objects
 from common.kafka import AiokafkaProducer, ConsumerLoop, DeadLetters, InputMessage, MessageProcessor
 from common.logs import get_logger
 from common.metrics import EVENTS_CONSUMED
@@ -131,7 +132,14 @@ async def serve(settings: Settings) -> None:
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await ops.start()
-    log.info("started", grpc_port=port, http_port=ops.port, database=url.split(":", 1)[0])
+    frozen = freeze_startup_objects()
+    log.info(
+        "started",
+        grpc_port=port,
+        http_port=ops.port,
+        database=url.split(":", 1)[0],
+        gc_frozen_objects=frozen,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
