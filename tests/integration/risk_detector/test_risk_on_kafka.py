@@ -238,7 +238,10 @@ def test_incidents_returns_and_silence_become_requests_and_a_replay_repeats_them
         )
     finally:
         replay.stop()
-    assert again == live
+    for key in sorted(live.keys() | again.keys()):
+        if live.get(key) != again.get(key):
+            print(f"differs: {key}\n  live:   {live.get(key)!r}\n  replay: {again.get(key)!r}")
+    assert again == live, "the replay's outputs differ from the live run's (printed above)"
 
     # The order -> customer memory forgot the orders whose latest fact is more than
     # ORDER_MEMORY_DAYS behind the stream's time (tombstones on its changelog), and no other.
