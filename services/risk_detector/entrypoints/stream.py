@@ -71,34 +71,22 @@ class RiskRuntime:
         schema: faust.Schema[Any, Any] = faust.Schema(
             key_type=str, key_serializer="raw", value_serializer="json"
         )
-        self.order_customers = self.app.Table(
-            "order_customers",
-            default=None,
-            schema=schema,
-            partitions=settings.topic_partitions,
-            options=settings.table_options(),
-        )
-        self.profiles = self.app.Table(
-            "profiles",
-            default=None,
-            schema=schema,
-            partitions=settings.topic_partitions,
-            options=settings.table_options(),
-        )
-        self.rhythm_deadlines = self.app.Table(
-            "rhythm_deadlines",
-            default=None,
-            schema=schema,
-            partitions=settings.topic_partitions,
-            options=settings.table_options(),
-        )
-        self.spend_quantiles = self.app.Table(
-            "spend_quantiles",
-            default=None,
-            schema=schema,
-            partitions=settings.topic_partitions,
-            options=settings.table_options(),
-        )
+
+        def table(name: str) -> Any:
+            # JSON values keyed by a string, one partition per input partition, the
+            # RocksDB sizes from the settings.
+            return self.app.Table(
+                name,
+                default=None,
+                schema=schema,
+                partitions=settings.topic_partitions,
+                options=settings.table_options(),
+            )
+
+        self.order_customers = table("order_customers")
+        self.profiles = table("profiles")
+        self.rhythm_deadlines = table("rhythm_deadlines")
+        self.spend_quantiles = table("spend_quantiles")
         # On the wall clock, silence is judged only once the input is read: the order
         # facts of this worker's order partitions and the customer partition's own.
         self.progress = InputProgress(
