@@ -49,6 +49,21 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def cpu_probe_ms(rounds: int = 5) -> float:
+    """Milliseconds one core takes for a fixed pure-Python loop (best of `rounds`): how
+    fast this machine is today. The same kind of 2-core VM runs at different speeds on
+    different days, so figures of runs on different days compare only with this beside
+    them."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

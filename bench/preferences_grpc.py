@@ -8,7 +8,9 @@ holding N customers, and the hit rate of outreach's contact-plan cache.
    PostgreSQL), next to the same joined SELECT through SQLAlchemy Core with and without
    its pool pre-ping (levers, not the service).
 3. `python -m services.preferences` runs against it (and a Kafka broker, which it needs to
-   start: KAFKA_BOOTSTRAP_SERVERS if reachable, else the project's local broker).
+   start: KAFKA_BOOTSTRAP_SERVERS if reachable, else the project's local broker): one
+   process (with `--replicas 1,2`, then two replicas sharing the gRPC port through
+   PREFERENCES_GRPC_REUSE_PORT; each set of runs below against each).
 4. ghz (built by `make grpc-tools`) calls GetContactPlan for random customer ids through
    server reflection: a short warm-up, then an open run (as fast as it goes, fixed
    concurrency) and a run at the target rate (2,000 calls/s) whose p99 is the figure the
@@ -47,6 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import cpu_probe_ms  # noqa: E402
 from tests.conftest import stop_process  # noqa: E402
 
 SERVICE = "outreach.preferences.v1.PreferencesService"
@@ -71,7 +74,12 @@ def free_port() -> int:
 
 def machine() -> dict[str, Any]:
     free = subprocess.run(["free", "-g"], capture_output=True, text=True, check=False).stdout
-    return {"nproc": os.cpu_count(), "free_g": free.strip(), "load": os.getloadavg()}
+    return {
+        "nproc": os.cpu_count(),
+        "free_g": free.strip(),
+        "load": os.getloadavg(),
+        "cpu_probe_ms": cpu_probe_ms(),
+    }
 
 
 def load_line(label: str) -> dict[str, Any]:
@@ -214,16 +222,26 @@ async def store_costs(url: str, customers: int, calls: int = 2000) -> dict[str, 
 
 
 class PreferencesProcess:
-    def __init__(self, database_url: str, bootstrap: str, data_dir: Path) -> None:
-        self.grpc_port = free_port()
+    def __init__(
+        self,
+        database_url: str,
+        bootstrap: str,
+        data_dir: Path,
+        *,
+        grpc_port: int | None = None,
+        reuse_port: bool = False,
+        topic_prefix: str | None = None,
+    ) -> None:
+        self.grpc_port = grpc_port or free_port()
         self.http_port = free_port()
         self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir / "preferences.log"
         env = dict(os.environ)
         env.update(
             PYTHONPATH=str(ROOT),
             KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-            OUTREACH_TOPIC_PREFIX=f"bench{int(time.time())}.",
+            OUTREACH_TOPIC_PREFIX=topic_prefix or f"bench{int(time.time())}.",
             OUTREACH_TOPIC_PARTITIONS="1",
             OUTREACH_DATA_DIR=str(data_dir),
             OUTREACH_HTTP_HOST="127.0.0.1",
@@ -232,6 +250,7 @@ class PreferencesProcess:
             PREFERENCES_GRPC_PORT=str(self.grpc_port),
             PREFERENCES_HTTP_PORT=str(self.http_port),
             PREFERENCES_WRITE_TOKEN=TOKEN,
+            PREFERENCES_GRPC_REUSE_PORT="true" if reuse_port else "false",
         )
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -270,6 +289,46 @@ class PreferencesProcess:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+class PreferencesReplicas:
+    """`count` preferences processes on one gRPC port (PREFERENCES_GRPC_REUSE_PORT: the
+    kernel hands each new connection to one of them), as replicas behind a Kubernetes
+    Service would share the load; one consumer group, one database."""
+
+    def __init__(self, database_url: str, bootstrap: str, data_dir: Path, count: int) -> None:
+        port = free_port()
+        prefix = f"bench{int(time.time())}r{count}."
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.processes: list[PreferencesProcess] = []
+        try:
+            for i in range(count):
+                self.processes.append(
+                    PreferencesProcess(
+                        database_url,
+                        bootstrap,
+                        data_dir / f"replica-{i}",
+                        grpc_port=port,
+                        reuse_port=count > 1,
+                        topic_prefix=prefix,
+                    )
+                )
+        except BaseException:
+            self.stop()
+            raise
+        self.target = f"127.0.0.1:{port}"
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        for process in self.processes:
+            process.wait_ready(timeout)
+
+    def cpu_seconds(self) -> float:
+        return sum(p.cpu_seconds() for p in self.processes)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
 
 
 # --- ghz --------------------------------------------------------------------------------
@@ -370,7 +429,7 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(
-    label: str, server: PreferencesProcess, ghz: str, customers: int, **kwargs: Any
+    label: str, server: PreferencesReplicas, ghz: str, customers: int, **kwargs: Any
 ) -> dict[str, Any]:
     # distinct random customers per run, enough that a run does not cycle through them
     # (at most 300,000: ids repeat only in runs longer than that many calls)
@@ -393,6 +452,45 @@ def measure(
         f"  server {figures['server_cores_busy']:.2f} cores",
         flush=True,
     )
+    return figures
+
+
+def service_runs(
+    server: PreferencesReplicas, count: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Warm-up, open, the target rate, half the open rate: one set of runs against
+    `count` replicas. Replicas sharing a port get their connections from the kernel by a
+    hash, so ghz opens more of them (--shared-port-connections) for an even spread."""
+    connections = args.connections if count == 1 else args.shared_port_connections
+    common = {"concurrency": args.concurrency, "connections": connections, "cpus": args.ghz_cpus}
+    print(f"  {count} replica(s), {connections} connection(s):", flush=True)
+    figures: dict[str, Any] = {"replicas": count, "connections": connections}
+    measure("warm-up", server, args.ghz, args.customers, duration=args.warmup, **common)
+    figures["load_before"] = load_line("before the runs")
+    figures["open"] = measure(
+        "open (max)", server, args.ghz, args.customers, duration=args.duration, **common
+    )
+    figures["fixed"] = measure(
+        f"fixed {args.rate}/s",
+        server,
+        args.ghz,
+        args.customers,
+        duration=args.duration,
+        rate=args.rate,
+        **common,
+    )
+    # the latency a caller sees below saturation: half of what the open run reached
+    half = max(1, int(figures["open"]["calls_per_s"] / 2))
+    figures["half"] = measure(
+        f"fixed {half}/s (half)",
+        server,
+        args.ghz,
+        args.customers,
+        duration=args.duration,
+        rate=half,
+        **common,
+    )
+    figures["load_after"] = load_line("after the runs")
     return figures
 
 
@@ -511,7 +609,21 @@ def main() -> int:
     parser.add_argument("--duration", default="30s", help="each measured ghz run (ghz -z)")
     parser.add_argument("--warmup", default="5s")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--connections", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=2, help="ghz's, to one replica")
+    parser.add_argument(
+        "--shared-port-connections",
+        type=int,
+        default=16,
+        help="ghz's, to several replicas on one port (the kernel spreads connections, not calls)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=[1],
+        help="comma-separated, e.g. 1,2: a set of runs against each count of replicas "
+        "sharing the gRPC port (on 2 cores a second one adds ~15 %%: docs/performance-"
+        "preferences.md, run 7)",
+    )
     parser.add_argument(
         "--ghz-cpus",
         type=int,
@@ -529,6 +641,8 @@ def main() -> int:
     parser.add_argument("--cache-time-limit", type=float, default=90.0)
     parser.add_argument("--output", default=str(ROOT / "var" / "bench" / "preferences_grpc.json"))
     args = parser.parse_args()
+    if not args.replicas or min(args.replicas) < 1:
+        parser.error("--replicas needs at least one count, each at least 1")
     if not Path(args.ghz).exists() and shutil.which(args.ghz) is None:
         print(f"ghz not found ({args.ghz}): `make grpc-tools` builds it", file=sys.stderr)
         return 2
@@ -537,8 +651,11 @@ def main() -> int:
     from deploy.postgres.local_postgres import LocalPostgres
     from services.preferences.adapters.store import migrate
 
-    results: dict[str, Any] = {"machine": machine(), "args": vars(args), "loads": []}
-    print(f"preferences gRPC benchmark: {args.customers} customers, {os.cpu_count()} cores")
+    results: dict[str, Any] = {"machine": machine(), "args": vars(args), "loads": [], "runs": []}
+    print(
+        f"preferences gRPC benchmark: {args.customers} customers, {os.cpu_count()} cores, "
+        f"cpu probe {results['machine']['cpu_probe_ms']:.0f} ms"
+    )
     results["loads"].append(load_line("at start"))
     work = Path(tempfile.mkdtemp(prefix="outreach-prefs-bench-"))
     postgres = broker = server = None
@@ -557,40 +674,15 @@ def main() -> int:
         if not bootstrap:
             broker = LocalKafka(port=0, data_dir=str(work / "kafka")).start()
             bootstrap = broker.bootstrap
-        server = PreferencesProcess(url, bootstrap, work)
-        server.wait_ready()
-
-        common = {
-            "concurrency": args.concurrency,
-            "connections": args.connections,
-            "cpus": args.ghz_cpus,
-        }
-        measure("warm-up", server, args.ghz, args.customers, duration=args.warmup, **common)
-        results["loads"].append(load_line("before the runs"))
-        results["open"] = measure(
-            "open (max)", server, args.ghz, args.customers, duration=args.duration, **common
-        )
-        results["fixed"] = measure(
-            f"fixed {args.rate}/s",
-            server,
-            args.ghz,
-            args.customers,
-            duration=args.duration,
-            rate=args.rate,
-            **common,
-        )
-        # the latency a caller sees below saturation: half of what the open run reached
-        half = max(1, int(results["open"]["calls_per_s"] / 2))
-        results["half"] = measure(
-            f"fixed {half}/s (half)",
-            server,
-            args.ghz,
-            args.customers,
-            duration=args.duration,
-            rate=half,
-            **common,
-        )
-        results["loads"].append(load_line("after the runs"))
+        for count in args.replicas:
+            if server is not None:  # the previous set's replicas
+                server.stop()
+            server = PreferencesReplicas(url, bootstrap, work / f"replicas-{count}", count)
+            server.wait_ready()
+            results["runs"].append(service_runs(server, count, args))
+        assert server is not None
+        # outreach's cache against the last set's replicas (its change stream comes from
+        # whichever replica a subscription lands on; changes reach it through PostgreSQL)
         cache = asyncio.run(
             cache_workload(
                 server.target,
@@ -620,19 +712,24 @@ def main() -> int:
             postgres.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    fixed = results["fixed"]
-    meets = (
-        results["open"]["calls_per_s"] >= TARGET_RPS
-        and fixed["p99_ms"] < TARGET_P99_MS
-        and fixed["error_rate"] == 0
-    )
-    results["target"] = {"calls_per_s": TARGET_RPS, "p99_ms": TARGET_P99_MS, "met": meets}
-    print(
-        f"\ntarget ≥ {TARGET_RPS} calls/s with p99 < {TARGET_P99_MS:.0f} ms: "
-        f"{'met' if meets else 'NOT met'} (open {results['open']['calls_per_s']:.0f} calls/s; "
-        f"p99 at {args.rate}/s offered {fixed['p99_ms']:.1f} ms, achieved "
-        f"{fixed['calls_per_s']:.0f} calls/s)"
-    )
+    print(f"\ntarget ≥ {TARGET_RPS} calls/s with p99 < {TARGET_P99_MS:.0f} ms:")
+    for figures in results["runs"]:
+        fixed, opened = figures["fixed"], figures["open"]
+        figures["target_met"] = (
+            opened["calls_per_s"] >= TARGET_RPS
+            and fixed["p99_ms"] < TARGET_P99_MS
+            and fixed["error_rate"] == 0
+        )
+        print(
+            f"  {figures['replicas']} replica(s): {'met' if figures['target_met'] else 'NOT met'}"
+            f" (open {opened['calls_per_s']:.0f} calls/s; p99 at {args.rate}/s offered "
+            f"{fixed['p99_ms']:.1f} ms, achieved {fixed['calls_per_s']:.0f} calls/s)"
+        )
+    results["target"] = {
+        "calls_per_s": TARGET_RPS,
+        "p99_ms": TARGET_P99_MS,
+        "met_with_replicas": [f["replicas"] for f in results["runs"] if f["target_met"]],
+    }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2, default=str))

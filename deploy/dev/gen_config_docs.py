@@ -117,6 +117,7 @@ NOTES = {
     "OUTREACH_PREFERENCES_CACHE_MAX_ENTRIES": (
         "contact plans cached at most (least recently used dropped first; 0: no cache)"
     ),
+    "PREFERENCES_GRPC_REUSE_PORT": "replicas on one host share the gRPC port (SO_REUSEPORT; off: a taken port fails the start)",
     "PREFERENCES_WRITE_TOKEN": "bearer token the write RPCs require (unset: no check)",
     "PREFERENCES_PSEUDONYM_SALT": "secret for erased customers' tombstones",
     "PREFERENCES_DEFAULT_CHANNEL_ORDER": "channel order for customers who never chose",

@@ -42,7 +42,7 @@ def build_grpc_server(
     token = settings.write_token.get_secret_value() if settings.write_token else None
     server = grpc.aio.server(
         interceptors=[*tracing.grpc_server_interceptors(), OpsInterceptor(token)],
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 1 if settings.grpc_reuse_port else 0)],
     )
     pb_grpc.add_PreferencesServiceServicer_to_server(  # type: ignore[no-untyped-call]
         PreferencesServicer(prefs), server

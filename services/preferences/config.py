@@ -14,6 +14,10 @@ class Settings(ServiceSettings):
     database_url: str | None = None
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
+    # Several replicas on one host share the gRPC port (SO_REUSEPORT: the kernel spreads
+    # connections over them). Off by default, so that a second process on a taken port
+    # fails loudly instead of quietly taking half the connections.
+    grpc_reuse_port: bool = False
     http_port: int = 8084
     write_token: SecretStr | None = None
     pseudonym_salt: SecretStr | None = None
