@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import cpu_probe_ms  # noqa: E402
 from common.envelope import CloudEvent, new_event  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 from tests.doubles.sendgrid import SendGridDouble  # noqa: E402
@@ -282,8 +283,8 @@ def main() -> int:
                 d.stop()
             if broker is not None:
                 broker.stop()
-    print(f"\noutreach end to end, {os.cpu_count()} cores, ledger "
-          f"{'PostgreSQL' if args.database_url else 'SQLite'}, provider latency "
+    print(f"\noutreach end to end, {os.cpu_count()} cores (cpu probe {cpu_probe_ms():.0f} ms), "
+          f"ledger {'PostgreSQL' if args.database_url else 'SQLite'}, provider latency "
           f"{args.provider_latency_ms:.0f} ms:")  # fmt: skip
     print(f"  drain: {args.requests} requests published in {published:.1f} s, "
           f"{drain:.0f} decisions+sends/s")  # fmt: skip

@@ -58,6 +58,7 @@ from bench.harness import (  # noqa: E402
     Load,
     Sampler,
     Trial,
+    cpu_probe_ms,
     dir_mib,
     drain_rate,
     exit_on_sigterm,
@@ -552,7 +553,11 @@ def main() -> int:
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="outreach-risk-bench-")
     from deploy.kafka.local_kafka import LocalKafka, cache_dir
 
-    print(f"machine: {os.cpu_count()} cores, load average {load_average()}", flush=True)
+    probe = cpu_probe_ms()
+    print(
+        f"machine: {os.cpu_count()} cores, load average {load_average()}, cpu probe {probe:.0f} ms",
+        flush=True,
+    )
     started = time.monotonic()
     base = story(cache_dir() / "bench")
     copies = copies_of(args.customers)
@@ -569,7 +574,11 @@ def main() -> int:
         bootstrap = broker.bootstrap
         print(f"kafka: {bootstrap} (pid {broker.proc.pid if broker.proc else '?'})", flush=True)
     stamp = str(int(time.time()))
-    out: dict[str, Any] = {"cores": os.cpu_count(), "load_at_start": load_average()}
+    out: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "cpu_probe_ms": probe,
+        "load_at_start": load_average(),
+    }
     try:
         out.update(measure(bootstrap, stamp, base, copies, args))
     except BenchError as exc:

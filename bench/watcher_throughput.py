@@ -51,6 +51,7 @@ from bench.harness import (  # noqa: E402
     Load,
     Sampler,
     Trial,
+    cpu_probe_ms,
     dir_mib,
     drain_rate,
     exit_on_sigterm,
@@ -488,7 +489,11 @@ def main() -> int:
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="outreach-bench-")
     from deploy.kafka.local_kafka import LocalKafka, cache_dir
 
-    print(f"machine: {os.cpu_count()} cores, load average {load_average()}", flush=True)
+    probe = cpu_probe_ms()
+    print(
+        f"machine: {os.cpu_count()} cores, load average {load_average()}, cpu probe {probe:.0f} ms",
+        flush=True,
+    )
     base = base_story(cache_dir() / "bench")
     corpus = Corpus(base)
     print(f"corpus: {len(base)} events per lap; work dir {args.workdir}", flush=True)
@@ -519,6 +524,7 @@ def main() -> int:
                 json.dumps(
                     {
                         "cores": os.cpu_count(),
+                        "cpu_probe_ms": probe,
                         "stages": {k: asdict(v) for k, v in results.items()},
                         "state": state,
                     },
