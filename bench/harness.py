@@ -36,6 +36,7 @@ STEP_DOWN = 0.85  # the next trial runs at most at this share of the previous on
 MIN_RATE = 10.0
 _METRIC = re.compile(r"^outreach_events_consumed_total\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
+_OVERDUE = re.compile(r"^outreach_deadlines_overdue\{[^}]*\} ([0-9.e+-]+)$", re.MULTILINE)
 # A record counts once it has its final outcome. Services count some records twice
 # (a duplicate or an order of unknown customer also as "processed"): those labels are left out.
 _FINAL = ("processed", "dead_lettered")
@@ -179,6 +180,12 @@ class Consumer:
         counts = self.consumed()
         return -1 if counts is None else sum(counts.values())
 
+    def overdue(self) -> int | None:
+        """Deadlines the consumer's clock has passed and it has not handled yet (None: it
+        reports none, as the comparison stages, or did not answer)."""
+        found = _OVERDUE.findall(self.metrics() or "")
+        return int(sum(float(v) for v in found)) if found else None
+
     def ready(self) -> bool:
         try:
             url = f"http://127.0.0.1:{self.port}/readyz"
@@ -290,6 +297,25 @@ def wait_progress(
                 f"load {load_average()}):\n{consumer.log_tail()}"
             )
         time.sleep(0.1)
+
+
+def wait_deadlines(consumer: Consumer, timeout: float, what: str) -> tuple[int, float]:
+    """Wait until the consumer has handled every deadline its clock has passed: input
+    read is not work done while ticks still wait behind it (at once for a consumer with
+    no deadlines). Returns (overdue when called, seconds it took)."""
+    started = time.monotonic()
+    first = consumer.overdue()
+    left = first
+    while left:
+        consumer.check_alive()
+        if time.monotonic() - started > timeout:
+            raise BenchError(
+                f"{consumer.stage}: {what}: {left} deadlines still overdue after "
+                f"{timeout:.0f}s (load {load_average()}):\n{consumer.log_tail()}"
+            )
+        time.sleep(0.1)
+        left = consumer.overdue()
+    return first or 0, time.monotonic() - started
 
 
 def drain_rate(samples: list[tuple[float, int]], total: int) -> float:
@@ -431,6 +457,9 @@ class Trial:
     lag_slope: float
     sustainable: bool
     load: str
+    # Deadlines overdue once the trial's input was read, and the seconds until handled.
+    overdue_end: int = 0
+    deadlines_s: float = 0.0
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -510,6 +539,12 @@ def open_loop_trial(
         stall_s,
         "catch-up",
     )
+    # ...and the deadlines its clock passed meanwhile: time is input too. Sustainable
+    # also means at most 2 s of them left once the input is read.
+    trial.overdue_end, trial.deadlines_s = wait_deadlines(
+        consumer, 30 + 3 * trial.seconds, "catch-up"
+    )
+    trial.sustainable = trial.sustainable and trial.deadlines_s <= 2.0
     return trial, times
 
 
@@ -528,11 +563,16 @@ def find_sustainable(
         trial = run_trial(rate)
         trials.append(trial)
         verdict = "sustainable" if trial.sustainable else "NOT sustainable"
+        deadlines = (
+            f", then {trial.overdue_end} deadlines overdue, handled in {trial.deadlines_s:.1f}s"
+            if trial.overdue_end
+            else ""
+        )
         print(
             f"  {label}: open loop {rate:.0f}/s, {trial.events} events in "
             f"{trial.seconds:.0f}s (sent {trial.achieved:.0f}/s, consumed "
             f"{trial.consumed:.0f}/s): lag end {trial.lag_end}, max {trial.lag_max}, slope "
-            f"{trial.lag_slope:+.1f}/s -> {verdict} (load {trial.load})",
+            f"{trial.lag_slope:+.1f}/s{deadlines} -> {verdict} (load {trial.load})",
             flush=True,
         )
         if trial.sustainable:

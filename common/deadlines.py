@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import orjson
 
 from common.logs import get_logger
+from common.metrics import DEADLINE_LAG_SECONDS, DEADLINES_OVERDUE
 
 log = get_logger(__name__)
 
@@ -57,6 +58,24 @@ class DeadlineIndex:
                 return at
             heapq.heappop(heap)  # stale entry: rescheduled or cancelled since
         return None
+
+    def overdue(self, now: float) -> tuple[int, float | None]:
+        """(how many keys are due by `now`, the earliest of their moments). Walks only the
+        heaps' entries at or before `now` (a heap's children are never earlier than their
+        parent), so it costs the number of due and stale entries, not of all keys."""
+        count, earliest = 0, None
+        for partition, heap in self._heaps.items():
+            pending = [0] if heap else []
+            while pending:
+                i = pending.pop()
+                at, key = heap[i]
+                if at > now:
+                    continue
+                if self._current.get(key) == (at, partition):
+                    count += 1
+                    earliest = at if earliest is None else min(earliest, at)
+                pending += [c for c in (2 * i + 1, 2 * i + 2) if c < len(heap)]
+        return count, earliest
 
     def partitions_due(self, now: float) -> list[int]:
         due = []
@@ -144,6 +163,19 @@ class DeadlineSchedule:
             self.rebuild()
 
         table.on_recover(recovered)
+
+    def export_metrics(self, service: str, now: Callable[[], float]) -> None:
+        """Report the deadlines that have passed (by the service's clock, `now`) and are not
+        handled yet, and how far behind the earliest of them is, whenever metrics are read:
+        a service that keeps up shows 0; one that falls behind on the passing of time (its
+        ticks wait behind a backlog of input) shows how much."""
+
+        def overdue() -> tuple[int, float]:
+            count, earliest = self.index.overdue(now())
+            return count, (now() - earliest) if earliest is not None else 0.0
+
+        DEADLINES_OVERDUE.labels(service).set_function(lambda: overdue()[0])
+        DEADLINE_LAG_SECONDS.labels(service).set_function(lambda: overdue()[1])
 
     def on_assigned(self) -> None:
         self._assigned_at = time.monotonic()

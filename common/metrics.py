@@ -48,6 +48,16 @@ CONSUMER_LAG = Gauge(
     "Messages not yet consumed, per topic (sum over assigned partitions).",
     ["service", "topic"],
 )
+DEADLINES_OVERDUE = Gauge(
+    "outreach_deadlines_overdue",
+    "Keys whose deadline the service's clock has passed and that are not handled yet.",
+    ["service"],
+)
+DEADLINE_LAG_SECONDS = Gauge(
+    "outreach_deadline_lag_seconds",
+    "How far the service's clock is past the earliest unhandled deadline (0: none overdue).",
+    ["service"],
+)
 INCIDENTS = Counter(
     "outreach_incidents_total",
     "Incidents emitted, by kind and transition (opened, updated, resolved).",

@@ -32,6 +32,39 @@ def test_the_index_yields_due_keys_by_partition_in_time_order_and_forgets_stale_
     assert len(index) == 1
 
 
+def test_overdue_counts_the_keys_due_by_now_and_the_earliest_of_them_across_partitions():
+    index = DeadlineIndex()
+    for n in range(50):
+        index.set(f"k-{n}", n % 3, 100.0 + n)
+    index.set("k-0", 0, 500.0)  # rescheduled later: its 100.0 entry is stale, not due
+    index.set("k-1", 1, None)  # cancelled
+    assert index.overdue(99.0) == (0, None)
+    assert index.overdue(110.0) == (9, 102.0)  # k-2 .. k-10
+    assert index.overdue(1000.0) == (49, 102.0)  # all but the cancelled one
+    list(index.pop_due(2, 1000.0))  # partition 2 (k-2, k-5, .. k-47) handled
+    assert index.overdue(1000.0) == (49 - 16, 103.0)
+
+
+def test_the_schedule_reports_overdue_deadlines_in_its_metrics():
+    from prometheus_client import REGISTRY
+
+    clock = {"now": 0.0}
+    schedule = DeadlineSchedule(FakeApp(), FakeTable(), "ticks")
+    schedule.export_metrics("test_service", lambda: clock["now"])
+    schedule.rebuild()
+    schedule.schedule("o-1", 0, 10.0)
+    schedule.schedule("o-2", 1, 25.0)
+
+    def read(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"service": "test_service"})
+
+    assert (read("outreach_deadlines_overdue"), read("outreach_deadline_lag_seconds")) == (0, 0)
+    clock["now"] = 30.0
+    assert (read("outreach_deadlines_overdue"), read("outreach_deadline_lag_seconds")) == (2, 20)
+    schedule.due(0, 30.0)
+    assert (read("outreach_deadlines_overdue"), read("outreach_deadline_lag_seconds")) == (1, 5)
+
+
 class FakeTable(dict[str, Any]):
     name = "deadlines"
 

@@ -115,6 +115,7 @@ class WatcherRuntime:
             gate=self.progress if self.wall_clock else None,
             entry=order_table.deadline_of,
         )
+        self.schedule.export_metrics(SERVICE, lambda: self.clock.now().timestamp())
         self.assigned = False
         self.heartbeat = Heartbeat()
         self.producer = FaustProducer(self.app)

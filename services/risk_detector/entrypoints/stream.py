@@ -100,6 +100,7 @@ class RiskRuntime:
             self.ticks_name,
             gate=self.progress if isinstance(self.clock, WallClock) else None,
         )
+        self.schedule.export_metrics(SERVICE, lambda: self._horizon().timestamp())
         # `order_customers` entries expire `order_memory_days` after the order's latest
         # fact: an index of expiry moments per partition, rebuilt from the table after an
         # assignment, pruned a few keys at a time by `rekey` (a table changes only while
