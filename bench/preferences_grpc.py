@@ -465,31 +465,18 @@ def service_runs(
     common = {"concurrency": args.concurrency, "connections": connections, "cpus": args.ghz_cpus}
     print(f"  {count} replica(s), {connections} connection(s):", flush=True)
     figures: dict[str, Any] = {"replicas": count, "connections": connections}
-    measure("warm-up", server, args.ghz, args.customers, duration=args.warmup, **common)
+
+    def run(label: str, **kwargs: Any) -> dict[str, Any]:
+        kwargs.setdefault("duration", args.duration)
+        return measure(label, server, args.ghz, args.customers, **common, **kwargs)
+
+    run("warm-up", duration=args.warmup)
     figures["load_before"] = load_line("before the runs")
-    figures["open"] = measure(
-        "open (max)", server, args.ghz, args.customers, duration=args.duration, **common
-    )
-    figures["fixed"] = measure(
-        f"fixed {args.rate}/s",
-        server,
-        args.ghz,
-        args.customers,
-        duration=args.duration,
-        rate=args.rate,
-        **common,
-    )
+    figures["open"] = run("open (max)")
+    figures["fixed"] = run(f"fixed {args.rate}/s", rate=args.rate)
     # the latency a caller sees below saturation: half of what the open run reached
     half = max(1, int(figures["open"]["calls_per_s"] / 2))
-    figures["half"] = measure(
-        f"fixed {half}/s (half)",
-        server,
-        args.ghz,
-        args.customers,
-        duration=args.duration,
-        rate=half,
-        **common,
-    )
+    figures["half"] = run(f"fixed {half}/s (half)", rate=half)
     figures["load_after"] = load_line("after the runs")
     return figures
 
