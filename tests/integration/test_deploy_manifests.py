@@ -141,6 +141,7 @@ def test_alerts_have_severity_summary_description_runbook() -> None:
         "outreach_consumer_lag_messages",
         'outreach_provider_request_seconds_count{outcome="error"}',
         "outreach_template_render_failures_total",
+        "outreach_deadline_lag_seconds",
         "outreach_last_input_timestamp_seconds",
         "outreach_suppressions_total",
     ):
@@ -160,6 +161,7 @@ def test_dashboard_has_the_panels() -> None:
         "outreach_provider_request_seconds_bucket",
         "outreach_consumer_lag_messages",
         "outreach_template_render_failures_total",
+        "outreach_deadline_lag_seconds",
     ):
         assert metric in exprs, f"no panel on {metric}"
     assert "histogram_quantile(0.99" in exprs
