@@ -40,9 +40,18 @@ def _record(topic: str, key: bytes, value: bytes) -> Record:
     return Record(topic, key, value, event["id"], event["data"]["order_id"], moment)
 
 
-def base_story(cache_dir: Path, hours: float = 3.0) -> list[Record]:
-    """The simulated story (~12k input events for 3 h of orders, 600 an hour, each
-    played out to its end over about three weeks of event time), cached as a pickle."""
+# Stories (hours of orders, orders an hour): the same 1,800 orders placed in a burst of
+# 3 hours (the default, and every run up to J), or spread evenly over three weeks, as a
+# shop in steady state places them. A burst lap's tail passes three weeks of event time in
+# few events, so many orders' deadlines come due between two records: waves of deadline
+# work that a steady lap spreads out.
+STORIES = {"burst": (3.0, 600.0), "steady": (504.0, 600.0 * 3 / 504)}
+
+
+def base_story(cache_dir: Path, story: str = "burst") -> list[Record]:
+    """The simulated story (~12k input events: 1,800 orders, each played out to its end
+    over about three weeks of event time), cached as a pickle."""
+    hours, per_hour = STORIES[story]
     path = cache_dir / f"bench-story-seed{SEED}-{hours:g}h.pickle"
     if path.exists():
         with path.open("rb") as handle:
@@ -50,7 +59,9 @@ def base_story(cache_dir: Path, hours: float = 3.0) -> list[Record]:
         return cached
     from simulator.shop import Config, Shop
 
-    config = Config(seed=SEED, customers=2000, orders_per_hour=600, duration=timedelta(hours=hours))
+    config = Config(
+        seed=SEED, customers=2000, orders_per_hour=per_hour, duration=timedelta(hours=hours)
+    )
     records = [
         _record(e.topic, e.key.encode(), e.value())
         for e in Shop(config).events()
