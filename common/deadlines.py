@@ -32,6 +32,7 @@ class DeadlineIndex:
     def __init__(self) -> None:
         self._heaps: dict[int, list[tuple[float, str]]] = {}
         self._current: dict[str, tuple[float, int]] = {}
+        self.version = 0  # moves with every change of what is scheduled
 
     def __len__(self) -> int:
         return len(self._current)
@@ -43,10 +44,12 @@ class DeadlineIndex:
     def set(self, key: str, partition: int, at: float | None) -> None:
         """Schedule (or reschedule, or with None cancel) the key's next moment."""
         if at is None:
-            self._current.pop(key, None)
+            if self._current.pop(key, None) is not None:
+                self.version += 1
             return
         if self._current.get(key) == (at, partition):
             return
+        self.version += 1
         self._current[key] = (at, partition)
         heapq.heappush(self._heaps.setdefault(partition, []), (at, key))
 
@@ -59,21 +62,25 @@ class DeadlineIndex:
             heapq.heappop(heap)  # stale entry: rescheduled or cancelled since
         return None
 
-    def overdue(self, now: float) -> tuple[int, float | None]:
-        """(how many keys are due by `now`, the earliest of their moments). Walks only the
-        heaps' entries at or before `now` (a heap's children are never earlier than their
-        parent), so it costs the number of due and stale entries, not of all keys."""
+    def overdue(self, now: float, limit: int = 100_000) -> tuple[int, float | None]:
+        """(how many keys are due by `now`, counted up to `limit`; the earliest of their
+        moments). Walks only the heaps' entries at or before `now` (a heap's children are
+        never earlier than their parent), so it costs the due and stale entries, not all
+        keys, and at most about `limit` of them."""
         count, earliest = 0, None
         for partition, heap in self._heaps.items():
-            pending = [0] if heap else []
-            while pending:
+            first = self.earliest(partition)
+            if first is None or first > now:
+                continue
+            earliest = first if earliest is None else min(earliest, first)
+            pending = [0]
+            while pending and count < limit:
                 i = pending.pop()
                 at, key = heap[i]
                 if at > now:
                     continue
                 if self._current.get(key) == (at, partition):
                     count += 1
-                    earliest = at if earliest is None else min(earliest, at)
                 pending += [c for c in (2 * i + 1, 2 * i + 2) if c < len(heap)]
         return count, earliest
 
@@ -94,16 +101,19 @@ class DeadlineIndex:
                 return
             _, key = heapq.heappop(self._heaps[partition])
             del self._current[key]
+            self.version += 1
             count += 1
             yield key
 
     def drop_partitions(self, keep: frozenset[int]) -> None:
+        self.version += 1
         for partition in list(self._heaps):
             if partition not in keep:
                 del self._heaps[partition]
         self._current = {k: v for k, v in self._current.items() if v[1] in keep}
 
     def clear(self) -> None:
+        self.version += 1
         self._heaps.clear()
         self._current.clear()
 
@@ -170,9 +180,18 @@ class DeadlineSchedule:
         a service that keeps up shows 0; one that falls behind on the passing of time (its
         ticks wait behind a backlog of input) shows how much."""
 
+        cached: dict[tuple[int, float], tuple[int, float]] = {}
+
         def overdue() -> tuple[int, float]:
-            count, earliest = self.index.overdue(now())
-            return count, (now() - earliest) if earliest is not None else 0.0
+            # One walk per change of the index or the clock serves both gauges (and
+            # frequent scrapes of an event-time clock that stands still).
+            moment = now()
+            key = (self.index.version, moment)
+            if key not in cached:
+                count, earliest = self.index.overdue(moment)
+                cached.clear()
+                cached[key] = (count, moment - earliest if earliest is not None else 0.0)
+            return cached[key]
 
         DEADLINES_OVERDUE.labels(service).set_function(lambda: overdue()[0])
         DEADLINE_LAG_SECONDS.labels(service).set_function(lambda: overdue()[1])

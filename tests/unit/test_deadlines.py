@@ -41,6 +41,7 @@ def test_overdue_counts_the_keys_due_by_now_and_the_earliest_of_them_across_part
     assert index.overdue(99.0) == (0, None)
     assert index.overdue(110.0) == (9, 102.0)  # k-2 .. k-10
     assert index.overdue(1000.0) == (49, 102.0)  # all but the cancelled one
+    assert index.overdue(1000.0, limit=5) == (5, 102.0)  # counted up to the limit
     list(index.pop_due(2, 1000.0))  # partition 2 (k-2, k-5, .. k-47) handled
     assert index.overdue(1000.0) == (49 - 16, 103.0)
 
