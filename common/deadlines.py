@@ -166,6 +166,9 @@ class DeadlineSchedule:
         self._settled = False  # rebuilt once more after the whole recovery completed
         self._assigned_at: float | None = None
         self._ticks_in_flight: set[int] = set()
+        # Deadlines `plan`ned whose table values the owner has not written yet (`written`
+        # says when it has): a rebuild from the table in between must not undo them.
+        self._unwritten: dict[str, tuple[int, float | None]] = {}
 
         async def recovered() -> None:
             # Called by faust once the table's changelog has been read back after an
@@ -205,6 +208,8 @@ class DeadlineSchedule:
     def on_revoked(self) -> None:
         self.ready = False
         self._ticks_in_flight.clear()
+        # A rebalance waits for the batch in hand, whose states are written by then.
+        self._unwritten.clear()
 
     def rebuild(self) -> None:
         """One scan of the table after a rebalance, never per tick."""
@@ -214,6 +219,8 @@ class DeadlineSchedule:
             if found is not None:
                 name = key.decode() if isinstance(key, bytes) else key
                 self.index.set(name, found[1], found[0])
+        for name, (partition, at) in self._unwritten.items():
+            self.index.set(name, partition, at)
         self.ready = True
         log.info("deadline_index_rebuilt", table=self.table.name, keys=len(self.index))
 
@@ -293,8 +300,16 @@ class DeadlineSchedule:
 
     def plan(self, key: str, partition: int, at: float | None) -> None:
         """Set (or with None cancel) the key's deadline in the index only: for a table
-        whose owner writes the deadline itself, inside its own values (`entry`)."""
+        whose owner writes the deadline itself, inside its own values (`entry`), and
+        calls `written` once it has."""
         self.index.set(key, partition, at)
+        self._unwritten[key] = (partition, at)
+
+    def written(self) -> None:
+        """The owner has written every planned deadline into its table values: a rebuild
+        may take them from there (until then it re-applies the plans after its scan: a
+        timer's rebuild can come while a batch waits for its outputs, before its writes)."""
+        self._unwritten.clear()
 
     def schedule(self, key: str, partition: int, at: float | None) -> None:
         """Set (or with None cancel) the key's deadline; the table is written only on change."""

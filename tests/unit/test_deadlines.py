@@ -162,6 +162,25 @@ async def test_a_wave_of_deadlines_is_handled_in_slices_one_tick_each():
     assert app.producer.sent == [0, 0, 0]
 
 
+def test_a_rebuild_while_planned_deadlines_wait_for_their_table_write_keeps_them():
+    # The watcher plans an order's deadline as it decides, and writes the order's table
+    # value (which carries it) only once the batch's outputs are acknowledged; a timer's
+    # rebuild in between used to take the old value from the table: a check-in lost.
+    table = FakeTable({"o-1": {"at": 10.0, "p": 0}})
+    schedule = DeadlineSchedule(FakeApp(), table, "ticks", entry=lambda v: (v["at"], v["p"]))
+    schedule.rebuild()
+    schedule.plan("o-1", 0, 50.0)  # decided, not written
+    schedule.plan("o-2", 1, 60.0)
+    schedule.rebuild()
+    assert (schedule.index.get("o-1"), schedule.index.get("o-2")) == (50.0, 60.0)
+    table["o-1"] = {"at": 50.0, "p": 0}
+    table["o-2"] = {"at": 60.0, "p": 1}
+    schedule.written()
+    table["o-2"] = {"at": 70.0, "p": 1}  # a later batch's, already written
+    schedule.rebuild()
+    assert (schedule.index.get("o-1"), schedule.index.get("o-2")) == (50.0, 70.0)
+
+
 class FakeConsumer:
     def __init__(self, committed: dict[TP, int], highwaters: dict[TP, int | None]) -> None:
         self._committed_offset, self.fetched = committed, highwaters

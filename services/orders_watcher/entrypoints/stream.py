@@ -223,6 +223,7 @@ class WatcherRuntime:
                     self.orders.pop(order_id, None)
                 else:
                     self.orders[order_id] = touched.value
+        self.schedule.written()
 
     # --- handlers ----------------------------------------------------------------------
 
