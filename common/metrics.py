@@ -28,6 +28,20 @@ PROCESSING_SECONDS = Histogram(
     ["service", "topic"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+INPUT_GAPS = Counter(
+    "outreach_input_offset_gaps_total",
+    "Offsets an input partition's records jumped over (the consumer skipped records), by "
+    "outcome: rewound (sent back to read them) or absent (not on the broker: "
+    "transaction markers, compaction).",
+    ["service", "topic", "outcome"],
+)
+INPUT_DEFERRED = Counter(
+    "outreach_input_records_deferred_total",
+    "Input records left unhandled and unacknowledged, to be read again: before_seek "
+    "(fetched after a rebalance before the seek to the committed offset), after_gap "
+    "(behind a gap being re-read).",
+    ["service", "topic", "reason"],
+)
 PLAN_CACHE = Counter(
     "outreach_contact_plan_cache_total",
     "outreach's contact-plan lookups, by result (hit: served from its cache, miss: asked).",

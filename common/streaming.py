@@ -11,15 +11,18 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import faust
 from faust.streams import _current_event
+from faust.types import TP
 from yarl import URL
 
 from common.kafka import Headers, InputMessage, ProducerPort
 from common.logs import get_logger
+from common.metrics import INPUT_DEFERRED, INPUT_GAPS
 from common.recovery import table_manager
 from common.settings import ServiceSettings
 
@@ -219,6 +222,28 @@ class PartitionHolds:
                 self.clock.release((tp.topic, tp.partition))
 
 
+@dataclass
+class _Rewind:
+    """A gap being re-read on one input partition: from `expected`, found at `trigger`."""
+
+    expected: int
+    trigger: int
+    seeks: int = 0
+    restarted_at: int | None = None
+
+
+#: A gap's outcome → its log event and level.
+_GAP_LOGS = {
+    "rewound": ("input_offsets_skipped", "warning"),
+    "absent": ("input_offsets_absent", "info"),
+    "unrecovered": ("input_offsets_not_recovered", "error"),
+}
+
+
+def _tp(msg: InputMessage) -> TP:
+    return TP(msg.topic, msg.partition)
+
+
 class InputProgress:
     """Whether a worker has read what the broker holds of its input partitions.
 
@@ -236,28 +261,157 @@ class InputProgress:
     A partition is caught up when, for each input topic, the last record handled is the
     last the broker holds: as the consumer's newest fetch saw it (its highwater), and,
     before deadlines act on it, as the broker says now (`confirm`: a fetch may be
-    seconds old when the partition was paused for flow control). Before the first record handled
-    since an assignment, reading starts at the group's committed offset, which faust
-    learns when it seeks after recovery (until then, an older and lower value: the gate
-    errs on the side of waiting).
+    seconds old when the partition was paused for flow control). Before the first record
+    handled since an assignment, reading starts at the group's committed offset, which
+    faust learns when it seeks after recovery (until then, an older and lower value: the
+    gate errs on the side of waiting).
+
+    It also makes sure every record is handled, once, in offset order from the
+    committed offset (`admit`): after a rebalance faust can hand over records fetched
+    before its seek to the committed offset, re-read records it handed over already, or
+    jump over some and count them as done. A service asks `admit` before it handles an
+    input record.
     """
 
-    def __init__(self, app: faust.App, topics: set[str], *, upstream: frozenset[str] = frozenset()):
+    #: Seeks back to one gap's first offset before it is taken as missing for good (each
+    #: record fetched before a seek may need one: bounded by what faust buffers).
+    max_rewind_seeks = 10_000
+
+    def __init__(
+        self,
+        app: faust.App,
+        topics: set[str],
+        *,
+        upstream: frozenset[str] = frozenset(),
+        also_admit: frozenset[str] = frozenset(),
+        service: str = "unknown",
+    ):
         """`topics` are co-partitioned with the state; every assigned partition of an
-        `upstream` topic (one repartitioned on its way in) counts for every partition."""
+        `upstream` topic (one repartitioned on its way in) counts for every partition.
+        Records of `also_admit` topics go through `admit` too, without counting for
+        whether a partition is read up."""
         self.app = app
         self.topics = topics | upstream
         self.upstream = upstream
+        self.admitted = self.topics | also_admit
+        self.service = service
         self._assigned: list[Any] = []
         self._handled: dict[tuple[str, int], int] = {}
         self._times: dict[tuple[str, int], datetime] = {}
         self._ends: dict[tuple[str, int], int] = {}
+        self._next: dict[tuple[str, int], int] = {}
+        self._rewinds: dict[tuple[str, int], _Rewind] = {}
 
     def on_assigned(self, assigned: Any) -> None:
         self._assigned = [tp for tp in assigned if tp.topic in self.topics]
         self._handled = {}
         self._times = {}
         self._ends = {}
+        self._next = {}
+        self._rewinds = {}
+
+    # --- admission: every record of an assigned partition, in offset order -------------
+
+    async def admit(self, event: faust.EventT[Any], msg: InputMessage) -> bool:
+        """Whether to handle this input record now. No: a record fetched after a
+        rebalance before faust's seek to the committed offset (the fetcher may have
+        started anywhere), a record handled already, and a record after a gap, i.e.
+        offsets the consumer skipped (seen after rebalances: faust's fetcher drops
+        records it had read before a seek, and then counts the gap as done). For a gap the
+        consumer is sent back to its first offset, and records are let through again from
+        there. A record not admitted is left unacknowledged, so that its offset is not
+        committed before it has been read again and handled."""
+        if msg.topic not in self.admitted:
+            return True
+        if not getattr(self.app.tables, "actives_ready", True):
+            return self._defer(event, msg, "before_seek")
+        key = (msg.topic, msg.partition)
+        expected = self._next.get(key)
+        if expected is None:
+            committed = getattr(self.app.consumer, "_committed_offset", {}).get(_tp(msg))
+            expected = msg.offset if committed is None else committed
+        if msg.offset < expected:
+            # Read and handled before (a seek back re-reads from an earlier offset).
+            self._leave_unacked(event)
+            return False
+        rewind = self._rewinds.get(key)
+        if msg.offset > expected:
+            if rewind is None:
+                self._rewinds[key] = _Rewind(expected, msg.offset)
+                self._report("rewound", msg, expected)
+                await self._seek_back(msg, expected)
+                return self._defer(event, msg, "after_gap")
+            if not await self._absent(rewind, msg):
+                return self._defer(event, msg, "after_gap")
+        if rewind is not None:
+            del self._rewinds[key]
+        self._next[key] = msg.offset + 1
+        return True
+
+    async def _absent(self, rewind: _Rewind, msg: InputMessage) -> bool:
+        """While re-reading a gap: whether the offsets up to this record are not on the
+        broker (so the gap is real and the record may be handled). A record past the one
+        that revealed the gap was fetched before the seek; if the fetcher has read past
+        the gap's start again meanwhile (faust would then drop the re-read records as
+        seen), the seek is repeated."""
+        if msg.offset > rewind.trigger:
+            read_offset = getattr(self.app.consumer, "_read_offset", {}).get(_tp(msg))
+            if read_offset is None or read_offset > rewind.trigger:
+                return await self._seek_again(rewind, msg)
+            return False
+        # The re-read began past the gap's start. Twice in a row, after two seeks: then
+        # those offsets are not there (a transaction marker, compaction).
+        if rewind.restarted_at == msg.offset:
+            self._report("absent", msg, rewind.expected)
+            return True
+        rewind.restarted_at = rewind.trigger = msg.offset
+        return await self._seek_again(rewind, msg)
+
+    async def _seek_again(self, rewind: _Rewind, msg: InputMessage) -> bool:
+        rewind.seeks += 1
+        if rewind.seeks > self.max_rewind_seeks:
+            self._report("unrecovered", msg, rewind.expected)
+            return True
+        await self._seek_back(msg, rewind.expected)
+        return False
+
+    def _report(self, outcome: str, msg: InputMessage, first: int) -> None:
+        """Log and count what became of a gap: offsets `first` up to before `msg`'s."""
+        event, level = _GAP_LOGS[outcome]
+        getattr(log, level)(
+            event, topic=msg.topic, partition=msg.partition, offsets=f"{first}..{msg.offset - 1}"
+        )
+        INPUT_GAPS.labels(self.service, msg.topic, outcome).inc()
+
+    async def _seek_back(self, msg: InputMessage, offset: int) -> None:
+        tp = _tp(msg)
+        consumer: Any = self.app.consumer
+        gaps = getattr(consumer, "_gap", None)
+        if gaps is not None and tp in gaps:
+            # Faust counted the skipped offsets as done (for compacted topics): not these.
+            gaps[tp].chop(offset, msg.offset)
+        try:
+            await consumer.seek(tp, offset)
+        except Exception as exc:  # no longer assigned: the next owner reads from the commit
+            log.warning(
+                "input_seek_failed", topic=msg.topic, partition=msg.partition, error=repr(exc)
+            )
+
+    def _defer(self, event: faust.EventT[Any], msg: InputMessage, reason: str) -> bool:
+        INPUT_DEFERRED.labels(self.service, msg.topic, reason).inc()
+        self._leave_unacked(event)
+        return False
+
+    def _leave_unacked(self, event: faust.EventT[Any]) -> None:
+        """Keep faust from counting the record as done: a message already marked acked is
+        not acknowledged to the consumer again, so its offset holds the commit back."""
+        message: Any = event.message
+        message.acked = True
+        unacked = getattr(self.app.consumer, "_unacked_messages", None)
+        if unacked is not None:
+            unacked.discard(message)
+
+    # --- progress ------------------------------------------------------------------------
 
     def on_revoked(self) -> None:
         self.on_assigned(())

@@ -107,7 +107,7 @@ class WatcherRuntime:
         )
         # On the wall clock, a partition's deadlines wait until its backlog is read.
         self.wall_clock = isinstance(self.clock, WallClock)
-        self.progress = InputProgress(self.app, set(self.inputs))
+        self.progress = InputProgress(self.app, set(self.inputs), service=SERVICE)
         self.schedule = DeadlineSchedule(
             self.app,
             self.orders,
@@ -201,6 +201,8 @@ class WatcherRuntime:
                 if msg.topic == self.ticks_name:
                     await self._on_tick(event, msg.partition)
                     continue
+                if not await self.progress.admit(event, msg):
+                    continue  # read again later, or read already
                 await self.holds.ready()
                 self._record = event
                 await self.processor.process(msg, caught_up=caught_up(self.app, msg))

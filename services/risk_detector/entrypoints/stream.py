@@ -93,6 +93,10 @@ class RiskRuntime:
             self.app,
             {self.facts_name},
             upstream=frozenset({settings.topics.orders, settings.topics.returns}),
+            also_admit=frozenset(
+                {settings.topics.incidents, settings.topics.feedback, settings.topics.customers}
+            ),
+            service=SERVICE,
         )
         self.schedule = DeadlineSchedule(
             self.app,
@@ -158,6 +162,8 @@ class RiskRuntime:
                 if msg.topic == self.forget_name:
                     self._forget_order(msg)
                     continue
+                if not await self.progress.admit(event, msg):
+                    continue  # read again later, or read already
                 await self.holds.ready()
                 await self.rekeyer.process(msg, caught_up=caught_up(app, msg))
                 self.progress.handled(msg)
@@ -169,6 +175,8 @@ class RiskRuntime:
                 msg = input_message(event)
                 if msg.topic == self.ticks_name:
                     await self._on_tick(msg.partition)
+                    continue
+                if not await self.progress.admit(event, msg):
                     continue
                 await self.holds.ready()
                 await self.assessor.process(msg, caught_up=caught_up(app, msg))
