@@ -304,6 +304,10 @@ class InputProgress:
 
     def on_assigned(self, assigned: Any) -> None:
         self._assigned = [tp for tp in assigned if tp.topic in self.topics]
+        for topic in {tp.topic for tp in assigned if tp.topic in self.admitted}:
+            # Exported at 0 from the start: a gap's alert reads an existing series.
+            for outcome in _GAP_LOGS:
+                INPUT_GAPS.labels(self.service, topic, outcome)
         self._handled = {}
         self._times = {}
         self._ends = {}

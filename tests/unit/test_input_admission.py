@@ -132,6 +132,14 @@ async def test_offsets_the_broker_does_not_hold_are_accepted_after_a_second_look
     assert gaps("absent") == before + 1
 
 
+def test_every_gap_outcome_is_exported_at_zero_once_a_topic_is_assigned() -> None:
+    worker = Worker(committed=5)
+    assert worker.progress.admitted == {SHIPMENTS}
+    for outcome in ("rewound", "absent", "unrecovered"):
+        labels = {"service": "test_admission", "topic": SHIPMENTS, "outcome": outcome}
+        assert REGISTRY.get_sample_value("outreach_input_offset_gaps_total", labels) is not None
+
+
 async def test_a_partition_without_a_commit_starts_at_its_first_record() -> None:
     worker = Worker(committed=None)
     await worker.feed(0, 1, 2)
