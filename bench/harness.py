@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -100,7 +101,8 @@ class Consumer:
 
     `command` runs with the project's settings in its environment (broker, topic prefix,
     event clock, data dir) and its ops port in `port_env`; `data_dir` reuses the data
-    dir another process left (a restart), default a new one under `workdir`.
+    dir another process left (a restart), default a new, empty one under `workdir` (a
+    reused `--workdir` must not hand a fresh broker the stores of an earlier run).
     """
 
     def __init__(
@@ -117,7 +119,10 @@ class Consumer:
     ) -> None:
         self.stage = name
         self.port = free_port()
-        self.data_dir = data_dir or workdir / f"{name}-data"
+        if data_dir is None:
+            data_dir = workdir / f"{name}-data"
+            shutil.rmtree(data_dir, ignore_errors=True)
+        self.data_dir = data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"{name}.log"
