@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -22,21 +23,20 @@ from pydantic import (
 
 from common.envelope import CloudEvent, InvalidEvent, describe_validation_error
 
-Money = Annotated[Decimal, Field(max_digits=18, decimal_places=4)]
+
+def _decimal_string(value: Any) -> Any:
+    # SPEC §3: amounts are decimal strings. A float would silently lose cents.
+    if isinstance(value, float):
+        raise ValueError("amounts must be decimal strings, not JSON numbers")
+    return value
+
+
+Money = Annotated[Decimal, BeforeValidator(_decimal_string), Field(max_digits=18, decimal_places=4)]
 Identifier = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _amounts_are_strings(cls, value: Any, info: Any) -> Any:
-        # SPEC §3: amounts are decimal strings. A float would silently lose cents.
-        name = info.field_name or ""
-        if name in {"total", "unit_price", "amount"} and isinstance(value, float):
-            raise ValueError("amounts must be decimal strings, not JSON numbers")
-        return value
 
 
 # ---- commerce.orders -------------------------------------------------------------------

@@ -118,8 +118,9 @@ class OrdersWatcher:
 
     def _conclude(self, state: OrderState, now: datetime) -> Outcome:
         now = state.judged_at = state.judging_at(now)
-        records = [self._record(state, t) for t in rules.transitions(state, now, self.config)]
-        return Outcome(state=state, records=records, deadline=self._deadline(state, now))
+        changes, deadline = rules.conclude(state, now, self.config)
+        records = [self._record(state, t) for t in changes]
+        return Outcome(state=state, records=records, deadline=deadline)
 
     def _deadline(self, state: OrderState, now: datetime) -> datetime | None:
         return rules.next_deadline(state, now, self.config)

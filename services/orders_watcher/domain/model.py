@@ -37,25 +37,29 @@ class ShipmentState(_State):
     initial_estimate: datetime | None = None
     checkpoints: list[Checkpoint] = Field(default_factory=list)
 
+    # The history in event order is (at, event_id); the three questions below are
+    # answered in one pass each, without sorting (the rules ask them many times).
+
     def sorted_checkpoints(self) -> list[Checkpoint]:
-        return sorted(self.checkpoints, key=lambda c: (c.at, c.event_id))
+        return sorted(self.checkpoints, key=_event_order)
 
     def delivered_at(self) -> datetime | None:
-        for cp in self.sorted_checkpoints():
-            if cp.status == "delivered":
-                return cp.at
-        return None
+        """The first delivery scan's time."""
+        times = [cp.at for cp in self.checkpoints if cp.status == "delivered"]
+        return min(times) if times else None
 
     def latest_estimate(self) -> datetime | None:
-        estimate = self.initial_estimate
-        for cp in self.sorted_checkpoints():
-            if cp.estimated_delivery_at is not None:
-                estimate = cp.estimated_delivery_at
-        return estimate
+        said = [cp for cp in self.checkpoints if cp.estimated_delivery_at is not None]
+        if not said:
+            return self.initial_estimate
+        return max(said, key=_event_order).estimated_delivery_at
 
     def latest(self) -> Checkpoint | None:
-        cps = self.sorted_checkpoints()
-        return cps[-1] if cps else None
+        return max(self.checkpoints, key=_event_order) if self.checkpoints else None
+
+
+def _event_order(cp: Checkpoint) -> tuple[datetime, str]:
+    return cp.at, cp.event_id
 
 
 class ReturnState(_State):
@@ -145,26 +149,27 @@ class OrderState(_State):
         """When every ordered item had been delivered (several shipments may share them)."""
         if self.order is None or not self.shipments:
             return None
-        ordered: dict[str, int] = {}
-        for item in self.order.items:
-            ordered[item["sku"]] = ordered.get(item["sku"], 0) + int(item["quantity"])
         delivered: dict[str, int] = {}
         moments: list[datetime] = []
+        # A shipment whose items we never learned counts as the whole order.
+        unknown_items = False
         for shipment in self.shipments.values():
             at = shipment.delivered_at()
             if at is None:
                 continue
             moments.append(at)
+            unknown_items = unknown_items or not shipment.items
             for sku, qty in shipment.items.items():
                 delivered[sku] = delivered.get(sku, 0) + qty
         if not moments:
             return None
-        complete = all(delivered.get(sku, 0) >= qty for sku, qty in ordered.items())
-        # A shipment whose items we never learned counts as the whole order.
-        unknown_items = any(
-            not s.items and s.delivered_at() is not None for s in self.shipments.values()
-        )
-        return max(moments) if complete or unknown_items else None
+        if not unknown_items:
+            ordered: dict[str, int] = {}
+            for item in self.order.items:
+                ordered[item["sku"]] = ordered.get(item["sku"], 0) + int(item["quantity"])
+            if any(delivered.get(sku, 0) < qty for sku, qty in ordered.items()):
+                return None
+        return max(moments)
 
     def dispatched_at(self) -> datetime | None:
         times = [s.created_at for s in self.shipments.values() if s.created_at is not None]

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from services.orders_watcher.domain.model import OrderState, ShipmentState
+from services.orders_watcher.domain.model import (
+    Checkpoint,
+    EmittedIncident,
+    OrderState,
+    ShipmentState,
+)
 
 DELIVERY_KINDS = frozenset(
     {
@@ -30,6 +35,12 @@ DELIVERY_KINDS = frozenset(
 )
 RETRACTABLE = DELIVERY_KINDS | {"refund_late"}
 CRITICAL_SUBSTATUSES = frozenset({"lost", "damaged"})
+# Tracking statuses that raise an incident at once: status -> (kind, severity).
+STATUS_RULES: dict[str, tuple[str, Literal["info", "warning", "critical"]]] = {
+    "attempt_failed": ("delivery_failed", "warning"),
+    "available_for_pickup": ("awaiting_pickup", "info"),
+    "returned_to_sender": ("returned_to_sender", "warning"),
+}
 KNOWN_SUBSTATUSES = frozenset(
     {
         "lost",
@@ -119,11 +130,16 @@ def _stall_threshold(state: OrderState, config: DetectionConfig) -> timedelta:
 
 
 def evaluate(state: OrderState, now: datetime, config: DetectionConfig) -> list[IncidentView]:
+    return _evaluate(state, now, config, state.delivered_at())
+
+
+def _evaluate(
+    state: OrderState, now: datetime, config: DetectionConfig, delivered_at: datetime | None
+) -> list[IncidentView]:
     order = state.order
     if order is None:
         return []
     views: list[IncidentView] = []
-    delivered_at = state.delivered_at()
     cancelled_at = state.cancelled_at
     # Delay rules stop at cancellation: nothing after it is a delay, and open ones close.
     horizon = min(x for x in (now, cancelled_at) if x is not None)
@@ -292,14 +308,13 @@ def _shipment_incidents(
         "tracking_url": shipment.tracking_url,
     }
 
+    by_status: dict[str, list[Checkpoint]] = {}
+    for cp in checkpoints:
+        by_status.setdefault(cp.status, []).append(cp)
+
     # Status incidents raised "at once": the latest checkpoint of each kind decides.
-    status_rules = {
-        "attempt_failed": ("delivery_failed", "warning"),
-        "available_for_pickup": ("awaiting_pickup", "info"),
-        "returned_to_sender": ("returned_to_sender", "warning"),
-    }
-    for status, (kind, severity) in status_rules.items():
-        hits = [cp for cp in checkpoints if cp.status == status]
+    for status, (kind, severity) in STATUS_RULES.items():
+        hits = by_status.get(status)
         if not hits:
             continue
         last = hits[-1]
@@ -307,7 +322,7 @@ def _shipment_incidents(
             IncidentView(
                 incident_id=incident_id(state.order_id, kind, sid),
                 kind=kind,
-                severity=severity,  # type: ignore[arg-type]
+                severity=severity,
                 open=open_unless is None,
                 resolution=open_unless,
                 resolved_at=closed_at,
@@ -327,7 +342,7 @@ def _shipment_incidents(
             )
         )
 
-    exceptions = [cp for cp in checkpoints if cp.status == "exception"]
+    exceptions = by_status.get("exception")
     if exceptions:
         last = exceptions[-1]
         substatus = last.substatus if last.substatus in KNOWN_SUBSTATUSES else "other"
@@ -369,7 +384,7 @@ def _shipment_incidents(
         for before, after in zip(scans, [*scans[1:], end], strict=True):
             if after - before >= threshold and before < end:
                 stalls.append(before)
-        terminal = any(cp.status == "returned_to_sender" for cp in checkpoints)
+        terminal = "returned_to_sender" in by_status
         if stalls and not terminal:
             last_scan = scans[-1]
             views.append(
@@ -434,10 +449,26 @@ def _days(delta: timedelta) -> int:
     return max(0, -(-int(delta.total_seconds()) // 86400))
 
 
+def conclude(
+    state: OrderState, now: datetime, config: DetectionConfig
+) -> tuple[list[Transition], datetime | None]:
+    """`transitions` and then `next_deadline`, with what both derive from the facts
+    (when the order was delivered) derived once."""
+    delivered = state.delivered_at()
+    changes = _transitions(state, now, config, delivered)
+    return changes, _next_deadline(state, now, config, delivered)
+
+
 def transitions(state: OrderState, now: datetime, config: DetectionConfig) -> list[Transition]:
     """The changes since what was last emitted; updates `state.emitted` accordingly."""
+    return _transitions(state, now, config, state.delivered_at())
+
+
+def _transitions(
+    state: OrderState, now: datetime, config: DetectionConfig, delivered: datetime | None
+) -> list[Transition]:
     out: list[Transition] = []
-    views = evaluate(state, now, config)
+    views = _evaluate(state, now, config, delivered)
     for view in views:
         prior = state.emitted.get(view.incident_id)
         if prior is None:
@@ -472,25 +503,24 @@ def transitions(state: OrderState, now: datetime, config: DetectionConfig) -> li
             )
             out.append(Transition("resolved", view, prior.revision + 1))
             state.emitted[iid] = _record(view, prior.revision + 1, "resolved")
-    checkin = _checkin(state, now, config)
+    checkin = _checkin(state, now, config, delivered)
     if checkin is not None:
         out.append(checkin)
         state.checkin_emitted = True
     return out
 
 
-def _record(view: IncidentView, revision: int, status: str) -> Any:
-    from services.orders_watcher.domain.model import EmittedIncident
-
+def _record(view: IncidentView, revision: int, status: str) -> EmittedIncident:
     return EmittedIncident(
         kind=view.kind, revision=revision, status=status, fingerprint=view.fingerprint
     )
 
 
-def _checkin(state: OrderState, now: datetime, config: DetectionConfig) -> Transition | None:
+def _checkin(
+    state: OrderState, now: datetime, config: DetectionConfig, delivered: datetime | None
+) -> Transition | None:
     if state.checkin_emitted or state.cancelled_at is not None or state.order is None:
         return None
-    delivered = state.delivered_at()
     had_incident = any(e.kind in DELIVERY_KINDS for e in state.emitted.values())
     due = delivered + config.checkin_after if delivered else None
     if delivered is None or due is None or not had_incident or now < due:
@@ -521,66 +551,67 @@ def next_deadline(state: OrderState, now: datetime, config: DetectionConfig) -> 
     The watcher keeps these in an index ordered by time, so a tick touches only orders
     whose moment has come, never all open orders.
     """
+    return _next_deadline(state, now, config, state.delivered_at())
+
+
+def _next_deadline(
+    state: OrderState, now: datetime, config: DetectionConfig, delivered: datetime | None
+) -> datetime | None:
     late = config.allowed_lateness
     candidates: list[datetime] = [h.release_at for h in state.held]
     order = state.order
-    if order is not None:
-        delivered = state.delivered_at()
-        if state.cancelled_at is None:
-            if state.dispatched_at() is None:
-                candidates.append(order.promised_ship_by + late)
-            if delivered is None:
-                candidates.append(order.promised_delivery_by + late)
-                threshold = _stall_threshold(state, config)
-                for shipment in state.shipments.values():
-                    if shipment.created_at is None or shipment.delivered_at() is not None:
-                        continue
-                    latest = max([shipment.created_at] + [c.at for c in shipment.checkpoints])
-                    candidates.append(latest + threshold + late)
-            elif not state.checkin_emitted:
-                candidates.append(delivered + config.checkin_after)
-        for ret in state.returns.values():
-            if ret.received_at is not None and ret.refunded_at is None:
-                candidates.append(ret.received_at + config.refund_within + late)
+    waiting = order is not None and state.cancelled_at is None
+    if order is not None and waiting:
+        if delivered is None:
+            candidates.append(order.promised_delivery_by + late)
+        elif not state.checkin_emitted:
+            candidates.append(delivered + config.checkin_after)
     # Facts dated after `now` (the watermark lags behind another partition) take effect
     # when time reaches them, and a carrier estimate once it has settled: a look at each.
-    candidates += [t for t in _fact_times(state) if t > now]
-    candidates += [t + late for t in _estimate_times(state) if t + late > now]
-    expiry = expires_at(state, config)
+    facts: list[datetime] = []
+    estimates: list[datetime] = []  # when each carrier estimate was said
+    if state.cancelled_at is not None:
+        facts.append(state.cancelled_at)
+    dispatched = False
+    threshold = _stall_threshold(state, config)
+    for shipment in state.shipments.values():
+        scans = [cp.at for cp in shipment.checkpoints]
+        facts += scans
+        estimates += [cp.at for cp in shipment.checkpoints if cp.estimated_delivery_at]
+        created = shipment.created_at
+        if created is None:
+            continue
+        dispatched = True
+        facts.append(created)
+        if shipment.initial_estimate is not None:
+            estimates.append(created)
+        if waiting and delivered is None and shipment.delivered_at() is None:
+            # shipment_stalled: the next scan is due within the threshold.
+            candidates.append(max([created, *scans]) + threshold + late)
+    if order is not None and waiting and not dispatched:
+        candidates.append(order.promised_ship_by + late)
+    for ret in state.returns.values():
+        if ret.received_at is not None and ret.refunded_at is None and order is not None:
+            candidates.append(ret.received_at + config.refund_within + late)
+        facts += [t for t in (ret.received_at, ret.refunded_at) if t is not None]
+    candidates += facts
+    candidates += [t + late for t in estimates]
+    expiry = _expires_at(state, config, delivered)
     if expiry is not None:
         candidates.append(expiry)
     future = [c for c in candidates if c > now]
     return min(future) if future else None
 
 
-def _estimate_times(state: OrderState) -> list[datetime]:
-    """When each carrier estimate was said (shipment created, tracking scans)."""
-    times: list[datetime] = []
-    for shipment in state.shipments.values():
-        if shipment.initial_estimate is not None and shipment.created_at is not None:
-            times.append(shipment.created_at)
-        times.extend(cp.at for cp in shipment.checkpoints if cp.estimated_delivery_at)
-    return times
-
-
-def _fact_times(state: OrderState) -> list[datetime]:
-    times: list[datetime] = []
-    if state.cancelled_at is not None:
-        times.append(state.cancelled_at)
-    for shipment in state.shipments.values():
-        if shipment.created_at is not None:
-            times.append(shipment.created_at)
-        times.extend(cp.at for cp in shipment.checkpoints)
-    for ret in state.returns.values():
-        times.extend(t for t in (ret.received_at, ret.refunded_at) if t is not None)
-    return times
-
-
 def finished_at(state: OrderState) -> datetime | None:
     """When nothing more is expected for this order (delivered/cancelled, returns settled)."""
+    return _finished_at(state, state.delivered_at())
+
+
+def _finished_at(state: OrderState, delivered: datetime | None) -> datetime | None:
     if state.order is None:
         return None
-    end = state.cancelled_at or state.delivered_at()
+    end = state.cancelled_at or delivered
     if end is None:
         return None
     if any(r.refunded_at is None for r in state.returns.values()):
@@ -591,5 +622,11 @@ def finished_at(state: OrderState) -> datetime | None:
 
 
 def expires_at(state: OrderState, config: DetectionConfig) -> datetime | None:
-    done = finished_at(state)
+    return _expires_at(state, config, state.delivered_at())
+
+
+def _expires_at(
+    state: OrderState, config: DetectionConfig, delivered: datetime | None
+) -> datetime | None:
+    done = _finished_at(state, delivered)
     return done + config.retention if done is not None else None
