@@ -47,6 +47,12 @@ PLAN_CACHE = Counter(
     "outreach's contact-plan lookups, by result (hit: served from its cache, miss: asked).",
     ["result"],
 )
+STATE_CACHE = Counter(
+    "outreach_state_cache_total",
+    "Reads of a key's state by result (hit: decoded state kept in memory, miss: read and "
+    "parsed from the table).",
+    ["service", "result"],
+)
 CLOCK_SECONDS = Gauge(
     "outreach_clock_timestamp_seconds",
     "The service's current time (wall clock, or event-time watermark) as a Unix timestamp.",

@@ -74,6 +74,10 @@ NOTES = {
     "ORDERS_WATCHER_BATCH_WINDOW_S": (
         "how long a batch waits to fill up (adds at most this to detection latency)"
     ),
+    "ORDERS_WATCHER_STATE_CACHE_MAX": (
+        "decoded states of recently handled orders kept in memory (the next record of the"
+        " same order skips the table read and the parse); 0: off"
+    ),
     "ORDERS_WATCHER_PRODUCER_LINGER_S": (
         "how long the producer gathers records into one request (outputs of a batch are"
         " acknowledged together)"

@@ -33,6 +33,8 @@ class Settings(ServiceSettings):
     batch_max: int = Field(200, ge=1)
     batch_window_s: float = Field(0.01, gt=0)
     producer_linger_s: float = Field(0.005, ge=0)
+    # Decoded states of recently handled orders, kept in memory (adapters/state_cache.py).
+    state_cache_max: int = Field(10_000, ge=0)
 
     def detection(self) -> DetectionConfig:
         return DetectionConfig(

@@ -47,6 +47,7 @@ from common.streaming import (
 )
 from common.topics import TopicSpec
 from services.orders_watcher.adapters import order_table
+from services.orders_watcher.adapters.state_cache import StateCache
 from services.orders_watcher.config import Settings
 from services.orders_watcher.domain.model import HeldEvent, OrderState
 from services.orders_watcher.handlers import OrdersWatcher, Outcome
@@ -58,12 +59,14 @@ log = get_logger(__name__)
 
 @dataclass
 class _Touched:
-    """An order the batch changed: its table value (None: drop it), its partition, and
-    an input record of that partition (faust writes to the current record's partition)."""
+    """An order the batch changed: its table value (None: drop it), its partition, an
+    input record of that partition (faust writes to the current record's partition), and
+    the decoded state of `value` while no handler has taken it."""
 
     value: bytes | None
     partition: int
     anchor: faust.EventT[Any]
+    state: OrderState | None
 
 
 @dataclass
@@ -105,6 +108,7 @@ class WatcherRuntime:
             partitions=settings.topic_partitions,
             options=settings.table_options(),
         )
+        self.states = StateCache(settings.state_cache_max, SERVICE)
         # On the wall clock, a partition's deadlines wait until its backlog is read.
         self.wall_clock = isinstance(self.clock, WallClock)
         self.progress = InputProgress(self.app, set(self.inputs), service=SERVICE)
@@ -169,11 +173,14 @@ class WatcherRuntime:
 
         async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
             self.assigned = True
+            self.states.clear()
             self.schedule.on_assigned()
             self.holds.on_assigned(assigned)
             self.progress.on_assigned(assigned)
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+            # Another worker may write these orders now: the table, not memory, is right.
+            self.states.clear()
             self.schedule.on_revoked()
             self.holds.on_revoked()
             self.progress.on_revoked()
@@ -225,6 +232,10 @@ class WatcherRuntime:
                     self.orders.pop(order_id, None)
                 else:
                     self.orders[order_id] = touched.value
+            if touched.state is None:
+                self.states.discard(order_id)
+            else:
+                self.states.put(order_id, touched.state)
         self.schedule.written()
 
     # --- handlers ----------------------------------------------------------------------
@@ -254,8 +265,18 @@ class WatcherRuntime:
             await self._stage(order_id, partition, tick, outcome)
 
     def _load(self, order_id: str) -> OrderState | None:
+        """The order's state, for a handler to change: the batch's own, else the cache's,
+        else the table's. What is handed out is taken out of the batch or the cache until
+        it is staged again (see adapters/state_cache.py)."""
         touched = self._batch.touched.get(order_id)
-        value = touched.value if touched is not None else self.orders.get(order_id)
+        if touched is not None:
+            state, touched.state = touched.state, None
+            value = touched.value
+        else:
+            state = self.states.take(order_id)
+            value = None if state is not None else self.orders.get(order_id)
+        if state is not None:
+            return state
         return OrderState.model_validate_json(order_table.state_of(value)) if value else None
 
     async def _stage(
@@ -271,7 +292,7 @@ class WatcherRuntime:
             at = outcome.deadline.timestamp() if outcome.deadline else None
             state_json = outcome.state.model_dump_json().encode()
             value = order_table.encode(state_json, None if at is None else (at, partition))
-        batch.touched[order_id] = _Touched(value, partition, anchor)
+        batch.touched[order_id] = _Touched(value, partition, anchor, outcome.state)
         self.schedule.plan(order_id, partition, at)
 
 

@@ -1,0 +1,124 @@
+"""Decoded states kept between batches: right as long as the table is, never a copy a
+failed handler changed, and forgotten on every rebalance."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from common.metrics import STATE_CACHE
+from services.orders_watcher.adapters import order_table
+from services.orders_watcher.adapters.state_cache import StateCache
+from services.orders_watcher.config import Settings
+from services.orders_watcher.domain.model import OrderState
+from services.orders_watcher.entrypoints import stream
+from services.orders_watcher.handlers import Outcome
+
+
+def state(order_id: str) -> OrderState:
+    return OrderState(order_id=order_id)
+
+
+def test_take_hands_a_state_out_once_and_counts_hits_and_misses():
+    cache = StateCache(10, "test_cache")
+    hits = STATE_CACHE.labels("test_cache", "hit")
+    misses = STATE_CACHE.labels("test_cache", "miss")
+    before = (hits._value.get(), misses._value.get())
+    cache.put("o-1", one := state("o-1"))
+    assert cache.take("o-1") is one
+    assert cache.take("o-1") is None  # taken: a second reader goes to the table
+    assert (hits._value.get() - before[0], misses._value.get() - before[1]) == (1, 1)
+
+
+def test_the_least_recently_put_goes_first_and_zero_capacity_keeps_nothing():
+    cache = StateCache(2, "test_cache")
+    for order_id in ("a", "b", "a", "c"):  # a is put again after b: b is the oldest
+        cache.put(order_id, state(order_id))
+    assert len(cache) == 2
+    assert cache.take("b") is None
+    assert cache.take("a") is not None and cache.take("c") is not None
+    off = StateCache(0, "test_cache")
+    off.put("a", state("a"))
+    assert len(off) == 0
+
+
+class Table(dict[str, bytes]):
+    """The orders table as the runtime uses it; counts reads."""
+
+    reads = 0
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.reads += 1
+        return super().get(key, default)
+
+
+@pytest.fixture
+def runtime(monkeypatch: pytest.MonkeyPatch) -> stream.WatcherRuntime:
+    monkeypatch.setenv("ORDERS_WATCHER_STORE", "memory://")
+    monkeypatch.setenv("ORDERS_WATCHER_STATE_CACHE_MAX", "100")
+    runtime = stream.WatcherRuntime(Settings())
+    runtime.orders = Table()  # type: ignore[assignment]
+    runtime.orders["o-1"] = order_table.encode(state("o-1").model_dump_json().encode(), None)
+    return runtime
+
+
+class Record:
+    """Stands in for the faust event a table write is anchored to."""
+
+
+def handled(runtime: stream.WatcherRuntime, order_id: str) -> OrderState:
+    """One record's round: load, change, stage, write the batch."""
+    runtime._batch = stream._Batch()
+    loaded = runtime._load(order_id)
+    assert loaded is not None
+    loaded.remember(f"e-{len(loaded.seen_event_ids)}")
+    asyncio.run(runtime._stage(order_id, 0, Record(), Outcome(state=loaded)))  # type: ignore[arg-type]
+    asyncio.run(runtime._write(runtime._batch))
+    return loaded
+
+
+def test_the_next_batch_gets_the_written_state_without_reading_the_table(runtime):
+    first = handled(runtime, "o-1")
+    reads = runtime.orders.reads
+    second = handled(runtime, "o-1")
+    assert second is first and second.seen_event_ids == ["e-0", "e-1"]
+    assert runtime.orders.reads == reads
+    stored = runtime.orders["o-1"]
+    assert OrderState.model_validate_json(order_table.state_of(stored)) == second
+
+
+def test_a_state_a_handler_failed_on_is_read_again_from_the_table(runtime):
+    handled(runtime, "o-1")
+    runtime._batch = stream._Batch()
+    taken = runtime._load("o-1")
+    assert taken is not None
+    taken.remember("e-half-way")  # the handler fails here: nothing is staged
+    again = runtime._load("o-1")
+    assert again is not taken and again is not None
+    assert again.seen_event_ids == ["e-0"]
+
+
+def test_within_a_batch_a_failed_handler_leaves_the_staged_value_not_its_changes(runtime):
+    runtime._batch = stream._Batch()
+    loaded = runtime._load("o-1")
+    assert loaded is not None
+    loaded.remember("e-0")
+    asyncio.run(runtime._stage("o-1", 0, Record(), Outcome(state=loaded)))  # type: ignore[arg-type]
+    taken = runtime._load("o-1")
+    assert taken is loaded  # the batch's own state, no parse
+    taken.remember("e-half-way")  # fails: not staged
+    again = runtime._load("o-1")
+    assert again is not None and again.seen_event_ids == ["e-0"]
+
+
+def test_a_rebalance_forgets_every_state(runtime):
+    handled(runtime, "o-1")
+    assert len(runtime.states) == 1
+    asyncio.run(runtime.app.on_partitions_revoked.send(revoked=set()))
+    assert len(runtime.states) == 0
+    reads = runtime.orders.reads
+    runtime._batch = stream._Batch()
+    assert runtime._load("o-1") is not None
+    assert runtime.orders.reads == reads + 1
