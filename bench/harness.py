@@ -37,6 +37,7 @@ STEP_DOWN = 0.85  # the next trial runs at most at this share of the previous on
 MIN_RATE = 10.0
 _METRIC = re.compile(r"^outreach_events_consumed_total\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
+_STATE_CACHE = re.compile(r"^outreach_state_cache_total\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
 _OVERDUE = re.compile(r"^outreach_deadlines_overdue\{[^}]*\} ([0-9.e+-]+)$", re.MULTILINE)
 # A record counts once it has its final outcome. Services count some records twice
 # (a duplicate or an order of unknown customer also as "processed"): those labels are left out.
@@ -78,6 +79,12 @@ def rss_mib(pid: int) -> tuple[float, float]:
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
     return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def dir_mib(path: Path) -> float:
@@ -191,6 +198,15 @@ class Consumer:
         found = _OVERDUE.findall(self.metrics() or "")
         return int(sum(float(v) for v in found)) if found else None
 
+    def state_cache_hits(self) -> float | None:
+        """The share of state reads served from memory so far (None: no such cache)."""
+        counts = {
+            dict(_LABEL.findall(labels)).get("result"): float(value)
+            for labels, value in _STATE_CACHE.findall(self.metrics() or "")
+        }
+        total = sum(counts.values())
+        return counts.get("hit", 0.0) / total if total else None
+
     def ready(self) -> bool:
         try:
             url = f"http://127.0.0.1:{self.port}/readyz"
@@ -244,8 +260,9 @@ class Consumer:
 
 
 class Sampler(threading.Thread):
-    """Samples a consumer's progress every `every` seconds in the background, and with
-    `rss_every` its resident memory (MiB) with the progress at that moment."""
+    """Samples a consumer's progress and CPU time every `every` seconds in the
+    background, and with `rss_every` its resident memory (MiB) with the progress at that
+    moment."""
 
     def __init__(self, consumer: Consumer, every: float = 0.25, rss_every: float = 0.0) -> None:
         super().__init__(daemon=True)
@@ -254,6 +271,7 @@ class Sampler(threading.Thread):
         self.rss_every = rss_every
         self.samples: list[tuple[float, int]] = []
         self.rss: list[tuple[float, int, float]] = []
+        self.cpu: list[tuple[int, float]] = []  # (records handled, CPU seconds)
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -263,6 +281,8 @@ class Sampler(threading.Thread):
             now = time.monotonic()
             if done >= 0:
                 self.samples.append((now, done))
+                with contextlib.suppress(OSError):
+                    self.cpu.append((done, cpu_seconds(self.consumer.proc.pid)))
                 if self.rss_every and now >= next_rss and self.consumer.proc.poll() is None:
                     with contextlib.suppress(OSError):
                         self.rss.append((now, done, rss_mib(self.consumer.proc.pid)[0]))
@@ -323,16 +343,31 @@ def wait_deadlines(consumer: Consumer, timeout: float, what: str) -> tuple[int, 
     return first or 0, time.monotonic() - started
 
 
-def drain_rate(samples: list[tuple[float, int]], total: int) -> float:
-    """Records/s between 10 % and 95 % of a backlog of `total` (start-up excluded)."""
+def _drain_window(samples: list[tuple[float, int]], total: int) -> list[tuple[float, int]]:
     lo, hi = 0.10 * total, 0.95 * total
     window = [(t, d) for t, d in samples if lo <= d <= hi]
-    if len(window) < 2:
-        window = [(t, d) for t, d in samples if d > 0]
+    return window if len(window) >= 2 else [(t, d) for t, d in samples if d > 0]
+
+
+def drain_rate(samples: list[tuple[float, int]], total: int) -> float:
+    """Records/s between 10 % and 95 % of a backlog of `total` (start-up excluded)."""
+    window = _drain_window(samples, total)
     if len(window) < 2:
         return float("nan")
     (t0, d0), (t1, d1) = window[0], window[-1]
     return (d1 - d0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+def drain_cpu_us(cpu: list[tuple[int, float]], total: int) -> float:
+    """The consumer's CPU time per record (µs) over the same part of the backlog as
+    `drain_rate`: what the consumer itself costs, less sensitive than the rate to what
+    else runs on the machine (the broker, the load generator, other work)."""
+    window = [(float(s), d) for d, s in cpu]
+    window = _drain_window(window, total)
+    if len(window) < 2:
+        return float("nan")
+    (s0, d0), (s1, d1) = window[0], window[-1]
+    return (s1 - s0) / (d1 - d0) * 1e6 if d1 > d0 else float("nan")
 
 
 # --- load ---------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from bench.harness import (  # noqa: E402
     Trial,
     cpu_probe_ms,
     dir_mib,
+    drain_cpu_us,
     drain_rate,
     exit_on_sigterm,
     find_sustainable,
@@ -99,6 +100,8 @@ class StageResult:
     drain_overdue: int = 0  # deadlines overdue once the backlog's input was read
     drain_deadlines_s: float = 0.0  # the seconds until they were handled
     drain_with_deadlines: float = 0.0  # the backlog over the time of input and deadlines
+    drain_cache_hits: float | None = None  # share of state reads served from memory
+    drain_cpu_us: float = 0.0  # the consumer's CPU time per record while draining
     sustainable: float = 0.0
     trials: list[Trial] = field(default_factory=list)
     latency: dict[str, Any] = field(default_factory=dict)
@@ -129,6 +132,13 @@ def measure_stage(
         result.drain_with_deadlines = len(backlog) / (
             len(backlog) / max(result.drain_rate, 1.0) + result.drain_deadlines_s
         )
+        result.drain_cache_hits = consumer.state_cache_hits()
+        result.drain_cpu_us = drain_cpu_us(sampler.cpu, len(backlog))
+        cache = (
+            f", state cache hits {result.drain_cache_hits:.1%}"
+            if result.drain_cache_hits is not None
+            else ""
+        )
         deadlines = (
             f"; then {result.drain_overdue} deadlines overdue, handled in "
             f"{result.drain_deadlines_s:.1f}s: {result.drain_with_deadlines:.0f} ev/s with them"
@@ -137,7 +147,8 @@ def measure_stage(
         )
         print(
             f"  {stage}: drained {len(backlog)} in backlog at {result.drain_rate:.0f} ev/s"
-            f"{deadlines} (load {result.drain_load})",
+            f" ({result.drain_cpu_us:.0f} µs CPU a record)"
+            f"{deadlines}{cache} (load {result.drain_load})",
             flush=True,
         )
 

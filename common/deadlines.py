@@ -2,8 +2,9 @@
 
 Two parts:
 
-- `DeadlineIndex`, pure: the next moment each key needs attention, a heap per partition,
-  so a tick costs the number of due keys (times log n), never the number of keys.
+- `DeadlineIndex`, pure: the next moment each key needs attention, a sorted list per
+  partition, so a tick costs the number of due keys (times log n), never the number of
+  keys.
 - `DeadlineSchedule`, the faust glue: the index is a cache of a changelogged table
   (key → {"at": epoch seconds, "p": partition}) and is rebuilt from it after every
   assignment. Faust only lets a table change inside stream iteration (the changelog
@@ -15,12 +16,13 @@ Two parts:
 
 from __future__ import annotations
 
-import heapq
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import orjson
+from sortedcontainers import SortedList
 
 from common.logs import get_logger
 from common.metrics import DEADLINE_LAG_SECONDS, DEADLINES_OVERDUE
@@ -29,8 +31,13 @@ log = get_logger(__name__)
 
 
 class DeadlineIndex:
+    """The next moment each key needs attention, in one time-ordered list per partition
+    (sortedcontainers): the keys due by a moment are a prefix of their partition's list,
+    so a tick costs the due keys (times log n), counting the overdue costs log n, and
+    rescheduling a key replaces its entry (nothing stale is left behind)."""
+
     def __init__(self) -> None:
-        self._heaps: dict[int, list[tuple[float, str]]] = {}
+        self._lists: dict[int, SortedList] = {}
         self._current: dict[str, tuple[float, int]] = {}
         self.version = 0  # moves with every change of what is scheduled
 
@@ -43,63 +50,62 @@ class DeadlineIndex:
 
     def set(self, key: str, partition: int, at: float | None) -> None:
         """Schedule (or reschedule, or with None cancel) the key's next moment."""
-        if at is None:
-            if self._current.pop(key, None) is not None:
-                self.version += 1
+        current = self._current.get(key)
+        if current is None and at is None:
             return
-        if self._current.get(key) == (at, partition):
-            return
+        if current is not None:
+            if current == (at, partition):
+                return
+            self._lists[current[1]].remove((current[0], key))
         self.version += 1
+        if at is None:
+            del self._current[key]
+            return
         self._current[key] = (at, partition)
-        heapq.heappush(self._heaps.setdefault(partition, []), (at, key))
+        entries = self._lists.get(partition)
+        if entries is None:
+            entries = self._lists[partition] = SortedList()
+        entries.add((at, key))
+
+    def replace(self, entries: Iterable[tuple[str, int, float]]) -> None:
+        """Everything at once, (key, partition, moment) each, the last of a key winning:
+        one sort instead of a insertion per key (the rebuild after a rebalance)."""
+        self.clear()
+        current = self._current
+        for key, partition, at in entries:
+            current[key] = (at, partition)
+        by_partition: dict[int, list[tuple[float, str]]] = {}
+        for key, (at, partition) in current.items():
+            by_partition.setdefault(partition, []).append((at, key))
+        for partition, items in by_partition.items():
+            self._lists[partition] = SortedList(items)
 
     def earliest(self, partition: int) -> float | None:
-        heap = self._heaps.get(partition)
-        while heap:
-            at, key = heap[0]
-            if self._current.get(key) == (at, partition):
-                return at
-            heapq.heappop(heap)  # stale entry: rescheduled or cancelled since
-        return None
+        entries = self._lists.get(partition)
+        return entries[0][0] if entries else None
 
     def overdue(self, now: float, limit: int = 100_000) -> tuple[int, float | None]:
-        """(how many keys are due by `now`, counted up to `limit`; the earliest of their
-        moments). Walks only the heaps' entries at or before `now` (a heap's children are
-        never earlier than their parent), so it costs the due and stale entries, not all
-        keys, and at most about `limit` of them."""
+        """(how many keys are due by `now`, at most `limit`; the earliest of their
+        moments): a binary search per partition, whatever the number of keys."""
         count, earliest = 0, None
-        for partition, heap in self._heaps.items():
-            first = self.earliest(partition)
-            if first is None or first > now:
+        after_now = (math.nextafter(now, math.inf),)  # sorts after every (now, key)
+        for entries in self._lists.values():
+            if not entries or entries[0][0] > now:
                 continue
+            first = entries[0][0]
             earliest = first if earliest is None else min(earliest, first)
-            pending = [0]
-            while pending and count < limit:
-                i = pending.pop()
-                at, key = heap[i]
-                if at > now:
-                    continue
-                if self._current.get(key) == (at, partition):
-                    count += 1
-                pending += [c for c in (2 * i + 1, 2 * i + 2) if c < len(heap)]
-        return count, earliest
+            count += entries.bisect_left(after_now)
+        return min(count, limit), earliest
 
     def partitions_due(self, now: float) -> list[int]:
-        due = []
-        for partition in list(self._heaps):
-            at = self.earliest(partition)
-            if at is not None and at <= now:
-                due.append(partition)
-        return due
+        return [p for p, entries in self._lists.items() if entries and entries[0][0] <= now]
 
     def pop_due(self, partition: int, now: float, limit: int = 10_000) -> Iterator[str]:
         """Yield (and unschedule) up to `limit` keys of `partition` due by `now`."""
+        entries = self._lists.get(partition)
         count = 0
-        while count < limit:
-            at = self.earliest(partition)
-            if at is None or at > now:
-                return
-            _, key = heapq.heappop(self._heaps[partition])
+        while entries and count < limit and entries[0][0] <= now:
+            _, key = entries.pop(0)
             del self._current[key]
             self.version += 1
             count += 1
@@ -107,14 +113,14 @@ class DeadlineIndex:
 
     def drop_partitions(self, keep: frozenset[int]) -> None:
         self.version += 1
-        for partition in list(self._heaps):
+        for partition in list(self._lists):
             if partition not in keep:
-                del self._heaps[partition]
+                del self._lists[partition]
         self._current = {k: v for k, v in self._current.items() if v[1] in keep}
 
     def clear(self) -> None:
         self.version += 1
-        self._heaps.clear()
+        self._lists.clear()
         self._current.clear()
 
 
@@ -213,12 +219,15 @@ class DeadlineSchedule:
 
     def rebuild(self) -> None:
         """One scan of the table after a rebalance, never per tick."""
-        self.index.clear()
-        for key, value in self.table.items():
-            found = self.entry(value) if value else None
-            if found is not None:
-                name = key.decode() if isinstance(key, bytes) else key
-                self.index.set(name, found[1], found[0])
+
+        def scheduled() -> Iterator[tuple[str, int, float]]:
+            for key, value in self.table.items():
+                found = self.entry(value) if value else None
+                if found is not None:
+                    name = key.decode() if isinstance(key, bytes) else key
+                    yield name, found[1], found[0]
+
+        self.index.replace(scheduled())
         for name, (partition, at) in self._unwritten.items():
             self.index.set(name, partition, at)
         self.ready = True

@@ -9,6 +9,9 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from common.deadlines import DeadlineIndex, DeadlineSchedule
 from common.kafka import InputMessage
 from common.streaming import InputProgress
@@ -44,6 +47,51 @@ def test_overdue_counts_the_keys_due_by_now_and_the_earliest_of_them_across_part
     assert index.overdue(1000.0, limit=5) == (5, 102.0)  # counted up to the limit
     list(index.pop_due(2, 1000.0))  # partition 2 (k-2, k-5, .. k-47) handled
     assert index.overdue(1000.0) == (49 - 16, 103.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("abcdefgh"),
+            st.integers(0, 2),
+            st.one_of(st.none(), st.integers(0, 40).map(float)),
+        ),
+        max_size=60,
+    ),
+    st.integers(0, 45).map(float),
+)
+def test_the_index_agrees_with_a_plain_dict_of_the_latest_moments(ops, now):
+    index, model = DeadlineIndex(), {}
+    for key, partition, at in ops:
+        index.set(key, partition, at)
+        if at is None:
+            model.pop(key, None)
+        else:
+            model[key] = (at, partition)
+    bulk = DeadlineIndex()
+    bulk.replace((k, p, at) for k, (at, p) in model.items())
+    due = {k: v for k, v in model.items() if v[0] <= now}
+    expected = (len(due), min((v[0] for v in due.values()), default=None))
+    for candidate in (index, bulk):
+        assert len(candidate) == len(model)
+        assert candidate.overdue(now) == expected
+        assert sorted(candidate.partitions_due(now)) == sorted({p for _, p in due.values()})
+        for partition in range(3):
+            mine = sorted((at, k) for k, (at, p) in model.items() if p == partition)
+            assert candidate.earliest(partition) == (mine[0][0] if mine else None)
+            popped = list(candidate.pop_due(partition, now))
+            assert popped == [k for at, k in mine if at <= now]
+        assert len(candidate) == len(model) - len(due)
+
+
+def test_only_the_latest_moment_of_a_key_rescheduled_many_times_counts():
+    index = DeadlineIndex()
+    for n in range(1000):
+        index.set("k", 0, float(n % 7))
+    assert index.overdue(10.0) == (1, 5.0)  # 999 % 7
+    assert list(index.pop_due(0, 10.0)) == ["k"]
+    assert index.earliest(0) is None
 
 
 def test_the_schedule_reports_overdue_deadlines_in_its_metrics():
