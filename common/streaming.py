@@ -104,6 +104,9 @@ def input_message(event: faust.EventT[Any]) -> InputMessage:
     )
 
 
+_background: set[asyncio.Future[Any]] = set()  # tasks kept alive until done
+
+
 class FaustProducer(ProducerPort):
     """Sends through the faust app's own producer (flushed before every offset commit)."""
 
@@ -121,6 +124,19 @@ class FaustProducer(ProducerPort):
         return await self.app.producer.send(
             topic, key, value, partition=None, timestamp=None, headers=headers
         )
+
+    def send_now(self) -> None:
+        """Send what was handed over without waiting out the linger: for a caller about
+        to wait for those records' acknowledgements, the linger is pure delay. (aiokafka
+        has no public call for it; `flush_for_commit` closes the batches being filled and
+        wakes the sender. Without it, nothing happens: the linger then runs its course.)"""
+        client = getattr(self.app.producer, "_producer", None)
+        accumulator = getattr(client, "_message_accumulator", None)
+        flush = getattr(accumulator, "flush_for_commit", None)
+        if flush is not None:
+            task = asyncio.ensure_future(flush())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
 
 
 @contextmanager

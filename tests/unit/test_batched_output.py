@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -89,3 +90,34 @@ def test_a_batch_that_cannot_complete_exits_before_faust_can_ack_it(monkeypatch)
     with pytest.raises(SystemExit):
         stream.fatal("outputs_undelivered", RuntimeError("broker gone"), count=2)
     assert codes == [stream.EXIT_FATAL]
+
+
+class Accumulator:
+    def __init__(self) -> None:
+        self.flushed = 0
+
+    async def flush_for_commit(self) -> None:
+        self.flushed += 1
+
+
+async def test_send_now_closes_the_lingering_batches_of_the_apps_producer() -> None:
+    from common.streaming import FaustProducer
+
+    accumulator = Accumulator()
+    app = SimpleNamespace(
+        producer=SimpleNamespace(_producer=SimpleNamespace(_message_accumulator=accumulator))
+    )
+    FaustProducer(app).send_now()  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert accumulator.flushed == 1
+    FaustProducer(SimpleNamespace(producer=SimpleNamespace(_producer=None))).send_now()  # type: ignore[arg-type]
+
+
+async def test_the_producer_internals_send_now_relies_on_are_there() -> None:
+    # send_now degrades to waiting out the linger if these move: pin them.
+    from aiokafka import AIOKafkaProducer
+    from faust.transport.drivers.aiokafka import Producer
+
+    assert "_producer" in Producer.__annotations__
+    client = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9")
+    assert callable(client._message_accumulator.flush_for_commit)

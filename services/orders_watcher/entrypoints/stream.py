@@ -220,6 +220,7 @@ class WatcherRuntime:
 
     async def _write(self, batch: _Batch) -> None:
         if batch.acks:
+            self.producer.send_now()
             results = await asyncio.gather(*batch.acks, return_exceptions=True)
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
