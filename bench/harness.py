@@ -35,10 +35,8 @@ PARTITIONS = 4
 FIRST_STEP = 0.9  # the first open-loop trial runs at this share of the drain rate
 STEP_DOWN = 0.85  # the next trial runs at most at this share of the previous one
 MIN_RATE = 10.0
-_METRIC = re.compile(r"^outreach_events_consumed_total\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
+_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} ([0-9.e+-]+)$", re.MULTILINE)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
-_STATE_CACHE = re.compile(r"^outreach_state_cache_total\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
-_OVERDUE = re.compile(r"^outreach_deadlines_overdue\{[^}]*\} ([0-9.e+-]+)$", re.MULTILINE)
 # A record counts once it has its final outcome. Services count some records twice
 # (a duplicate or an order of unknown customer also as "processed"): those labels are left out.
 _FINAL = ("processed", "dead_lettered")
@@ -166,14 +164,22 @@ class Consumer:
     def metrics(self) -> str | None:
         return self._get("/metrics")
 
+    def series(self, name: str, text: str | None = None) -> list[tuple[dict[str, str], float]]:
+        """Every sample of the metric `name` (from `text`, else a fresh scrape)."""
+        text = self.metrics() if text is None else text
+        return [
+            (dict(_LABEL.findall(labels)), float(value))
+            for metric, labels, value in _SAMPLE.findall(text or "")
+            if metric == name
+        ]
+
     def consumed(self) -> dict[str, int] | None:
         """Records with their final outcome (processed or dead-lettered), by topic."""
         text = self.metrics()
         if text is None:
             return None
         out: dict[str, int] = {}
-        for labels, value in _METRIC.findall(text):
-            named = dict(_LABEL.findall(labels))
+        for named, value in self.series("outreach_events_consumed_total", text):
             if named.get("outcome") in _FINAL:
                 topic = named.get("topic", "")
                 out[topic] = out.get(topic, 0) + int(float(value))
@@ -182,8 +188,8 @@ class Consumer:
     def outcomes(self) -> dict[str, int]:
         """Every outcome the service counted (processed, duplicate, dead_lettered, ...)."""
         out: dict[str, int] = {}
-        for labels, value in _METRIC.findall(self.metrics() or ""):
-            outcome = dict(_LABEL.findall(labels)).get("outcome", "")
+        for named, value in self.series("outreach_events_consumed_total"):
+            outcome = named.get("outcome", "")
             out[outcome] = out.get(outcome, 0) + int(float(value))
         return out
 
@@ -195,15 +201,12 @@ class Consumer:
     def overdue(self) -> int | None:
         """Deadlines the consumer's clock has passed and it has not handled yet (None: it
         reports none, as the comparison stages, or did not answer)."""
-        found = _OVERDUE.findall(self.metrics() or "")
-        return int(sum(float(v) for v in found)) if found else None
+        found = self.series("outreach_deadlines_overdue")
+        return int(sum(v for _, v in found)) if found else None
 
     def state_cache_hits(self) -> float | None:
         """The share of state reads served from memory so far (None: no such cache)."""
-        counts = {
-            dict(_LABEL.findall(labels)).get("result"): float(value)
-            for labels, value in _STATE_CACHE.findall(self.metrics() or "")
-        }
+        counts = {named.get("result"): v for named, v in self.series("outreach_state_cache_total")}
         total = sum(counts.values())
         return counts.get("hit", 0.0) / total if total else None
 
@@ -271,7 +274,7 @@ class Sampler(threading.Thread):
         self.rss_every = rss_every
         self.samples: list[tuple[float, int]] = []
         self.rss: list[tuple[float, int, float]] = []
-        self.cpu: list[tuple[int, float]] = []  # (records handled, CPU seconds)
+        self.cpu: list[tuple[float, int]] = []  # (CPU seconds, records handled)
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -282,7 +285,7 @@ class Sampler(threading.Thread):
             if done >= 0:
                 self.samples.append((now, done))
                 with contextlib.suppress(OSError):
-                    self.cpu.append((done, cpu_seconds(self.consumer.proc.pid)))
+                    self.cpu.append((cpu_seconds(self.consumer.proc.pid), done))
                 if self.rss_every and now >= next_rss and self.consumer.proc.poll() is None:
                     with contextlib.suppress(OSError):
                         self.rss.append((now, done, rss_mib(self.consumer.proc.pid)[0]))
@@ -358,12 +361,11 @@ def drain_rate(samples: list[tuple[float, int]], total: int) -> float:
     return (d1 - d0) / (t1 - t0) if t1 > t0 else float("nan")
 
 
-def drain_cpu_us(cpu: list[tuple[int, float]], total: int) -> float:
+def drain_cpu_us(cpu: list[tuple[float, int]], total: int) -> float:
     """The consumer's CPU time per record (µs) over the same part of the backlog as
     `drain_rate`: what the consumer itself costs, less sensitive than the rate to what
     else runs on the machine (the broker, the load generator, other work)."""
-    window = [(float(s), d) for d, s in cpu]
-    window = _drain_window(window, total)
+    window = _drain_window(cpu, total)
     if len(window) < 2:
         return float("nan")
     (s0, d0), (s1, d1) = window[0], window[-1]

@@ -1,10 +1,11 @@
 """Incident rules (SPEC §6), as a pure function of an order's facts and the time.
 
 `evaluate(state, now)` recomputes every incident the facts imply — open or already
-resolved — from the history sorted by event time. `transitions` compares that with
+resolved — from the history sorted by event time. `conclude` compares that with
 what was already emitted and yields only the changes (opened, updated on a material
-change, resolved). Because incidents are derived from sorted facts, any arrival order
-of the same events ends in the same incidents, and a duplicate changes nothing.
+change, resolved), and the order's next deadline. Because incidents are derived from
+sorted facts, any arrival order of the same events ends in the same incidents, and a
+duplicate changes nothing.
 """
 
 from __future__ import annotations
@@ -452,16 +453,11 @@ def _days(delta: timedelta) -> int:
 def conclude(
     state: OrderState, now: datetime, config: DetectionConfig
 ) -> tuple[list[Transition], datetime | None]:
-    """`transitions` and then `next_deadline`, with what both derive from the facts
-    (when the order was delivered) derived once."""
+    """The changes since what was last emitted (updating `state.emitted` accordingly),
+    and then `next_deadline`, with when the order was delivered derived once for both."""
     delivered = state.delivered_at()
     changes = _transitions(state, now, config, delivered)
     return changes, _next_deadline(state, now, config, delivered)
-
-
-def transitions(state: OrderState, now: datetime, config: DetectionConfig) -> list[Transition]:
-    """The changes since what was last emitted; updates `state.emitted` accordingly."""
-    return _transitions(state, now, config, state.delivered_at())
 
 
 def _transitions(
@@ -560,10 +556,10 @@ def _next_deadline(
     late = config.allowed_lateness
     candidates: list[datetime] = [h.release_at for h in state.held]
     order = state.order
-    waiting = order is not None and state.cancelled_at is None
-    if order is not None and waiting:
+    waiting = order if state.cancelled_at is None else None  # an order still under way
+    if waiting is not None:
         if delivered is None:
-            candidates.append(order.promised_delivery_by + late)
+            candidates.append(waiting.promised_delivery_by + late)
         elif not state.checkin_emitted:
             candidates.append(delivered + config.checkin_after)
     # Facts dated after `now` (the watermark lags behind another partition) take effect
@@ -585,11 +581,11 @@ def _next_deadline(
         facts.append(created)
         if shipment.initial_estimate is not None:
             estimates.append(created)
-        if waiting and delivered is None and shipment.delivered_at() is None:
+        if waiting is not None and delivered is None and shipment.delivered_at() is None:
             # shipment_stalled: the next scan is due within the threshold.
             candidates.append(max([created, *scans]) + threshold + late)
-    if order is not None and waiting and not dispatched:
-        candidates.append(order.promised_ship_by + late)
+    if waiting is not None and not dispatched:
+        candidates.append(waiting.promised_ship_by + late)
     for ret in state.returns.values():
         if ret.received_at is not None and ret.refunded_at is None and order is not None:
             candidates.append(ret.received_at + config.refund_within + late)
@@ -603,12 +599,8 @@ def _next_deadline(
     return min(future) if future else None
 
 
-def finished_at(state: OrderState) -> datetime | None:
-    """When nothing more is expected for this order (delivered/cancelled, returns settled)."""
-    return _finished_at(state, state.delivered_at())
-
-
 def _finished_at(state: OrderState, delivered: datetime | None) -> datetime | None:
+    """When nothing more is expected for this order (delivered/cancelled, returns settled)."""
     if state.order is None:
         return None
     end = state.cancelled_at or delivered
