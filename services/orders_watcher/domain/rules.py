@@ -131,7 +131,14 @@ def _stall_threshold(state: OrderState, config: DetectionConfig) -> timedelta:
 
 
 def evaluate(state: OrderState, now: datetime, config: DetectionConfig) -> list[IncidentView]:
-    return _evaluate(state, now, config, state.delivered_at())
+    return _evaluate(state, now, config, _known(state.delivered_at(), now))
+
+
+def _known(moment: datetime | None, now: datetime) -> datetime | None:
+    """A fact's moment if it has happened by `now`. Facts dated later (read while an
+    event clock waits for a lagging partition) take effect when time reaches them: an
+    order delivered tomorrow is not delivered yet, late or not."""
+    return moment if moment is not None and moment <= now else None
 
 
 def _evaluate(
@@ -156,7 +163,7 @@ def _evaluate(
         return True, None, None
 
     # dispatch_late: no shipment.created by promised_ship_by.
-    dispatched = state.dispatched_at()
+    dispatched = _known(state.dispatched_at(), now)
     late_dispatch = (dispatched is None and settled >= order.promised_ship_by) or (
         dispatched is not None
         and dispatched > order.promised_ship_by
@@ -259,10 +266,11 @@ def _evaluate(
         views.extend(_shipment_incidents(state, shipment, settled, now, config))
 
     for ret in sorted(state.returns.values(), key=lambda r: r.return_id):
-        if ret.received_at is None:
+        if _known(ret.received_at, now) is None:
             continue
+        assert ret.received_at is not None
         due = ret.received_at + config.refund_within
-        refunded = ret.refunded_at
+        refunded = _known(ret.refunded_at, now)
         settled_refund = now - config.allowed_lateness
         late = refunded > due if refunded is not None else settled_refund >= due
         if late:
@@ -455,7 +463,7 @@ def conclude(
 ) -> tuple[list[Transition], datetime | None]:
     """The changes since what was last emitted (updating `state.emitted` accordingly),
     and then `next_deadline`, with when the order was delivered derived once for both."""
-    delivered = state.delivered_at()
+    delivered = _known(state.delivered_at(), now)
     changes = _transitions(state, now, config, delivered)
     return changes, _next_deadline(state, now, config, delivered)
 
@@ -547,7 +555,7 @@ def next_deadline(state: OrderState, now: datetime, config: DetectionConfig) -> 
     The watcher keeps these in an index ordered by time, so a tick touches only orders
     whose moment has come, never all open orders.
     """
-    return _next_deadline(state, now, config, state.delivered_at())
+    return _next_deadline(state, now, config, _known(state.delivered_at(), now))
 
 
 def _next_deadline(
@@ -577,17 +585,23 @@ def _next_deadline(
         created = shipment.created_at
         if created is None:
             continue
-        dispatched = True
+        dispatched = dispatched or created <= now
         facts.append(created)
         if shipment.initial_estimate is not None:
             estimates.append(created)
-        if waiting is not None and delivered is None and shipment.delivered_at() is None:
-            # shipment_stalled: the next scan is due within the threshold.
-            candidates.append(max([created, *scans]) + threshold + late)
+        if (
+            waiting is not None
+            and delivered is None
+            and _known(shipment.delivered_at(), now) is None
+        ):
+            # shipment_stalled: the next scan is due within the threshold of the last
+            # one that has happened.
+            candidates.append(max([created, *(t for t in scans if t <= now)]) + threshold + late)
     if waiting is not None and not dispatched:
         candidates.append(waiting.promised_ship_by + late)
     for ret in state.returns.values():
-        if ret.received_at is not None and ret.refunded_at is None and order is not None:
+        refunded = _known(ret.refunded_at, now)
+        if ret.received_at is not None and refunded is None and order is not None:
             candidates.append(ret.received_at + config.refund_within + late)
         facts += [t for t in (ret.received_at, ret.refunded_at) if t is not None]
     candidates += facts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from common.envelope import CloudEvent
 from tests.unit.orders_watcher.timeline import (
     Run,
     cancelled,
@@ -314,3 +315,54 @@ def test_a_fact_dated_after_the_watermark_takes_effect_when_time_reaches_it():
     assert next_deadline(run.state, h(20), DetectionConfig()) == h(30)
     outcome = run.watcher.handle_tick(run.state, h(30))
     assert [r.event.data["kind"] for r in outcome.records] == ["delivery_failed"]
+
+
+def _held_at(watermark: float, *events: CloudEvent) -> Run:
+    """Feed events while the watermark is held at `watermark` hours (another partition
+    lags), then let time run through every deadline the watcher asks for."""
+    from tests.unit.orders_watcher.timeline import h, message
+
+    run = Run()
+    for i, event in enumerate(events):
+        outcome = run.watcher.handle_event(run.state, message(event, i), event, h(watermark))
+        run.state, run.deadline = outcome.state, outcome.deadline
+        run.emitted += [r.event for r in outcome.records]
+    return run
+
+
+def test_a_delivery_dated_after_the_promise_does_not_count_before_its_time():
+    # Read while the watermark is at 20 h: at 20 h the order is neither delivered nor
+    # late. The promise (72 h) breaks first, then the delivery (90 h) resolves it.
+    run = _held_at(
+        20,
+        placed(deliver_by=72),
+        shipped(at=10),
+        scan(at=30, status="in_transit"),
+        scan(at=90, status="delivered"),
+    )
+    assert run.kinds() == []
+    run.feed(until=80)
+    assert run.kinds() == [("opened", "delivery_late")]
+    assert run.emitted[-1].time.isoformat().startswith("2026-03-05T08:00")  # the promise
+    run.feed(until=120)
+    assert run.kinds()[1] == ("resolved", "delivery_late")
+
+
+def test_a_dispatch_and_a_refund_dated_later_wait_for_their_time_too():
+    dispatched_late = _held_at(5, placed(ship_by=24), shipped(at=30))
+    assert dispatched_late.kinds() == []
+    dispatched_late.feed(until=26)
+    assert dispatched_late.kinds() == [("opened", "dispatch_late")]
+
+    refunded_late = _held_at(
+        5,
+        placed(),
+        shipped(at=10),
+        scan(at=40, status="delivered"),
+        return_event("received", at=50),
+        return_event("refunded", at=50 + 24 * 7),
+    )
+    assert refunded_late.kinds() == []
+    refunded_late.feed(until=50 + 24 * 6)
+    assert ("opened", "refund_late") in refunded_late.kinds()
+    assert ("resolved", "refund_late") not in refunded_late.kinds()
