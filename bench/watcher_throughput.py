@@ -293,13 +293,11 @@ def print_latency(lat: dict[str, Any]) -> None:
 def open_order_states(base: list[Record]) -> list[bytes]:
     """Real states of open orders: the base story run through the watcher's rules up to
     its middle, where orders are in every stage of their life (serialized like the table)."""
-    import orjson
-
     from common.clock import EventClock
     from common.envelope import CloudEvent, InvalidEvent
     from common.kafka import InputMessage
     from common.topics import Topics
-    from services.orders_watcher.domain.model import OrderState
+    from services.orders_watcher.domain.model import OrderState, encode_state
     from services.orders_watcher.domain.rules import DetectionConfig
     from services.orders_watcher.handlers import OrdersWatcher
 
@@ -318,7 +316,7 @@ def open_order_states(base: list[Record]) -> list[bytes]:
         if outcome.state is not None:
             states[record.order_id] = outcome.state
         (open_.add if outcome.deadline else open_.discard)(record.order_id)
-    return [orjson.dumps(states[o].model_dump(mode="json")) for o in sorted(open_)]
+    return [encode_state(states[o]) for o in sorted(open_)]
 
 
 def write_changelogs(bootstrap: str, prefix: str, templates: list[bytes], count: int) -> float:

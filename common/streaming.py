@@ -87,7 +87,11 @@ def raw_topic(app: faust.App, *names: str, **kwargs: Any) -> faust.TopicT:
 
 
 def input_message(event: faust.EventT[Any]) -> InputMessage:
-    message = event.message
+    return input_message_of(event.message)
+
+
+def input_message_of(message: Any) -> InputMessage:
+    """A consumed record (faust's consumer message) as the handlers see it."""
     raw: Any = message.headers or []
     pairs: list[tuple[Any, Any]] = list(raw.items() if isinstance(raw, dict) else raw)
     header_list: Headers = [
@@ -332,7 +336,7 @@ class InputProgress:
 
     # --- admission: every record of an assigned partition, in offset order -------------
 
-    async def admit(self, event: faust.EventT[Any], msg: InputMessage) -> bool:
+    async def admit(self, message: Any, msg: InputMessage) -> bool:
         """Whether to handle this input record now. No: a record fetched after a
         rebalance before faust's seek to the committed offset (the fetcher may have
         started anywhere), a record handled already, and a record after a gap, i.e.
@@ -344,7 +348,7 @@ class InputProgress:
         if msg.topic not in self.admitted:
             return True
         if not getattr(self.app.tables, "actives_ready", True):
-            return self._defer(event, msg, "before_seek")
+            return self._defer(message, msg, "before_seek")
         key = (msg.topic, msg.partition)
         expected = self._next.get(key)
         if expected is None:
@@ -352,7 +356,7 @@ class InputProgress:
             expected = msg.offset if committed is None else committed
         if msg.offset < expected:
             # Read and handled before (a seek back re-reads from an earlier offset).
-            self._leave_unacked(event)
+            self._leave_unacked(message)
             return False
         rewind = self._rewinds.get(key)
         if msg.offset > expected:
@@ -360,9 +364,9 @@ class InputProgress:
                 self._rewinds[key] = _Rewind(expected, msg.offset)
                 self._report("rewound", msg, expected)
                 await self._seek_back(msg, expected)
-                return self._defer(event, msg, "after_gap")
+                return self._defer(message, msg, "after_gap")
             if not await self._absent(rewind, msg):
-                return self._defer(event, msg, "after_gap")
+                return self._defer(message, msg, "after_gap")
         if rewind is not None:
             del self._rewinds[key]
         self._next[key] = msg.offset + 1
@@ -417,15 +421,14 @@ class InputProgress:
                 "input_seek_failed", topic=msg.topic, partition=msg.partition, error=repr(exc)
             )
 
-    def _defer(self, event: faust.EventT[Any], msg: InputMessage, reason: str) -> bool:
+    def _defer(self, message: Any, msg: InputMessage, reason: str) -> bool:
         INPUT_DEFERRED.labels(self.service, msg.topic, reason).inc()
-        self._leave_unacked(event)
+        self._leave_unacked(message)
         return False
 
-    def _leave_unacked(self, event: faust.EventT[Any]) -> None:
+    def _leave_unacked(self, message: Any) -> None:
         """Keep faust from counting the record as done: a message already marked acked is
         not acknowledged to the consumer again, so its offset holds the commit back."""
-        message: Any = event.message
         message.acked = True
         unacked = getattr(self.app.consumer, "_unacked_messages", None)
         if unacked is not None:

@@ -68,11 +68,9 @@ NOTES = {
         " records in between"
     ),
     "ORDERS_WATCHER_BATCH_MAX": (
-        "records handled as one batch: their outputs are acknowledged together, then each"
-        " changed order is written once"
-    ),
-    "ORDERS_WATCHER_BATCH_WINDOW_S": (
-        "how long a batch waits to fill up (adds at most this to detection latency)"
+        "at most this many records handled as one batch (a batch is what one fetch"
+        " brought): their outputs are acknowledged together, then each changed order is"
+        " written once"
     ),
     "ORDERS_WATCHER_STATE_CACHE_MAX": (
         "decoded states of recently handled orders kept in memory (the next record of the"

@@ -29,9 +29,8 @@ class Settings(ServiceSettings):
     # records are not held up behind a whole wave of deadlines.
     tick_max_due: int = Field(25, ge=1)
     # Records handled per batch (outputs acknowledged once, states written once per
-    # batch), and how long a batch waits to fill up.
-    batch_max: int = Field(200, ge=1)
-    batch_window_s: float = Field(0.01, gt=0)
+    # batch); a batch is what one fetch brought, in chunks of at most this.
+    batch_max: int = Field(500, ge=1)
     producer_linger_s: float = Field(0.005, ge=0)
     # Decoded states of recently handled orders, kept in memory (adapters/state_cache.py).
     state_cache_max: int = Field(10_000, ge=0)

@@ -60,7 +60,7 @@ class Worker:
             message = Message(offset)
             self.consumer._unacked_messages.add(message)
             msg = InputMessage(topic=SHIPMENTS, partition=0, offset=offset, key=None, value=b"")
-            if await self.progress.admit(SimpleNamespace(message=message), msg):  # type: ignore[arg-type]
+            if await self.progress.admit(message, msg):
                 self.handled.append(offset)
                 self.progress.handled(msg)
             else:

@@ -3,6 +3,12 @@
 The state records *facts* (what the shop and the carrier said, with their times); the
 incidents are derived from those facts by `rules.evaluate`, so that the order in which
 the facts arrived cannot change what is detected.
+
+The classes are msgspec structs: the rules read and change them on every record, and
+a state is parsed and written as JSON whenever it leaves memory, so their cost is per
+record (pydantic models cost about ten times as much for both). `encode_state` and
+`decode_state` are the state's JSON form; it is the one pydantic models wrote before
+(same field names, RFC 3339 times, unknown fields ignored), so stored states still load.
 """
 
 from __future__ import annotations
@@ -10,14 +16,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
+from msgspec import field
 
 
-class _State(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _State(msgspec.Struct, kw_only=True):
+    pass
 
 
-class Checkpoint(_State):
+class Checkpoint(_State, kw_only=True):
     at: datetime
     status: str
     substatus: str | None = None
@@ -26,16 +33,16 @@ class Checkpoint(_State):
     event_id: str
 
 
-class ShipmentState(_State):
+class ShipmentState(_State, kw_only=True):
     shipment_id: str
     created_at: datetime | None = None
     created_event_id: str | None = None
     carrier: str | None = None
     tracking_number: str | None = None
     tracking_url: str | None = None
-    items: dict[str, int] = Field(default_factory=dict)
+    items: dict[str, int] = field(default_factory=dict)
     initial_estimate: datetime | None = None
-    checkpoints: list[Checkpoint] = Field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
     # The history in event order is (at, event_id); the three questions below are
     # answered in one pass each, without sorting (the rules ask them many times).
@@ -62,7 +69,7 @@ def _event_order(cp: Checkpoint) -> tuple[datetime, str]:
     return cp.at, cp.event_id
 
 
-class ReturnState(_State):
+class ReturnState(_State, kw_only=True):
     return_id: str
     requested_at: datetime | None = None
     received_at: datetime | None = None
@@ -72,7 +79,7 @@ class ReturnState(_State):
     reason: str | None = None
 
 
-class OrderFacts(_State):
+class OrderFacts(_State, kw_only=True):
     customer_id: str
     placed_at: datetime
     placed_event_id: str
@@ -84,7 +91,7 @@ class OrderFacts(_State):
     promised_delivery_by: datetime
 
 
-class EmittedIncident(_State):
+class EmittedIncident(_State, kw_only=True):
     """What we last told downstream about one incident (to emit only transitions)."""
 
     kind: str
@@ -93,7 +100,7 @@ class EmittedIncident(_State):
     fingerprint: str
 
 
-class HeldEvent(_State):
+class HeldEvent(_State, kw_only=True):
     """An event that arrived before its order: kept until `release_at`, then dead-lettered."""
 
     event_id: str
@@ -105,18 +112,18 @@ class HeldEvent(_State):
     release_at: datetime
 
 
-class OrderState(_State):
+class OrderState(_State, kw_only=True):
     order_id: str
     order: OrderFacts | None = None
     cancelled_at: datetime | None = None
     cancelled_by: str | None = None
     cancelled_event_id: str | None = None
-    shipments: dict[str, ShipmentState] = Field(default_factory=dict)
-    returns: dict[str, ReturnState] = Field(default_factory=dict)
-    seen_event_ids: list[str] = Field(default_factory=list)
-    emitted: dict[str, EmittedIncident] = Field(default_factory=dict)
+    shipments: dict[str, ShipmentState] = field(default_factory=dict)
+    returns: dict[str, ReturnState] = field(default_factory=dict)
+    seen_event_ids: list[str] = field(default_factory=list)
+    emitted: dict[str, EmittedIncident] = field(default_factory=dict)
     checkin_emitted: bool = False
-    held: list[HeldEvent] = Field(default_factory=list)
+    held: list[HeldEvent] = field(default_factory=list)
     last_event_at: datetime | None = None
     # The latest time the order was judged at. It is never judged at an earlier time
     # again (a worker reading a backlog judges at the backlog's time, which may lie
@@ -174,3 +181,18 @@ class OrderState(_State):
     def dispatched_at(self) -> datetime | None:
         times = [s.created_at for s in self.shipments.values() if s.created_at is not None]
         return min(times) if times else None
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(OrderState)
+
+
+def encode_state(state: OrderState) -> bytes:
+    """The state's JSON (as stored in the `orders` table)."""
+    return _ENCODER.encode(state)
+
+
+def decode_state(raw: bytes) -> OrderState:
+    """A state from its JSON; raises msgspec.ValidationError (a ValueError) if it is not
+    one."""
+    return _DECODER.decode(raw)

@@ -2,14 +2,15 @@
 
 One table, `orders` (order_id → the order's state and its next deadline, one JSON value:
 adapters/order_table.py), with a changelog. The deadline index in memory is rebuilt
-from it after each rebalance. Faust only lets a table change inside stream iteration
-(the changelog partition comes from the current event), so the passing of time reaches
-the agent as *tick* records on `<group>-ticks`, one partition per input partition: the
-timer (wall clock) or the event watermark (event clock) sends a tick to a partition
-whose earliest deadline is due, and the agent handles it like an event.
+from it after each rebalance. The passing of time reaches the worker as *tick* records
+on `<group>-ticks`, one partition per input partition: the timer (wall clock) or the
+event watermark (event clock) sends a tick to a partition whose earliest deadline is
+due, and the worker handles it in turn with that partition's input records.
 
-Records are handled in batches (`stream.take_events`); see `_on_batch` for what a
-batch promises.
+Records come a fetched batch at a time (common/batched_input.py), not through a faust
+agent: faust's per-record delivery cost more than the rules. The table is read and
+written by partition (common/tables.py), each changed order once per batch; see
+`_handle_batch` for what a batch promises.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -25,6 +26,7 @@ from typing import Any, NoReturn
 import faust
 
 from common.admin import ensure_topics
+from common.batched_input import deliver_in_batches
 from common.clock import Clock, WallClock
 from common.deadlines import DeadlineSchedule
 from common.envelope import CloudEvent
@@ -36,20 +38,19 @@ from common.streaming import (
     FaustProducer,
     InputProgress,
     PartitionHolds,
-    as_current,
-    caught_up,
     changelog_specs,
     create_app,
-    input_message,
+    input_message_of,
     raw_topic,
     run_worker,
     use_event_loop,
 )
+from common.tables import PartitionedTable
 from common.topics import TopicSpec
 from services.orders_watcher.adapters import order_table
 from services.orders_watcher.adapters.state_cache import StateCache
 from services.orders_watcher.config import Settings
-from services.orders_watcher.domain.model import HeldEvent, OrderState
+from services.orders_watcher.domain.model import HeldEvent, OrderState, decode_state, encode_state
 from services.orders_watcher.handlers import OrdersWatcher, Outcome
 
 SERVICE = "orders_watcher"
@@ -59,13 +60,11 @@ log = get_logger(__name__)
 
 @dataclass
 class _Touched:
-    """An order the batch changed: its table value (None: drop it), its partition, an
-    input record of that partition (faust writes to the current record's partition), and
+    """An order the batch changed: its table value (None: drop it), its partition, and
     the decoded state of `value` while no handler has taken it."""
 
     value: bytes | None
     partition: int
-    anchor: faust.EventT[Any]
     state: OrderState | None
 
 
@@ -108,6 +107,7 @@ class WatcherRuntime:
             partitions=settings.topic_partitions,
             options=settings.table_options(),
         )
+        self.table = PartitionedTable(self.app, self.orders)
         self.states = StateCache(settings.state_cache_max, SERVICE)
         # On the wall clock, a partition's deadlines wait until its backlog is read.
         self.wall_clock = isinstance(self.clock, WallClock)
@@ -126,9 +126,8 @@ class WatcherRuntime:
         self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
         self.processor = MessageProcessor(SERVICE, self._on_event, self.deadletters, self.clock)
         self.holds = PartitionHolds(self.app, self.clock, set(self.inputs))
-        # The batch being handled and the input record the processor is handling.
+        # The batch being handled.
         self._batch = _Batch()
-        self._record: faust.EventT[Any] | None = None
         self.ops = OpsServer(
             settings.http_host,
             settings.http_port,
@@ -144,21 +143,7 @@ class WatcherRuntime:
 
     def _wire(self) -> None:
         app = self.app
-
-        @app.agent(self.source, name=f"{SERVICE}.watch")
-        async def watch(stream: faust.StreamT[Any]) -> None:
-            # Faust acks a batch's records once this body is done with it, and commits
-            # their offsets only after flushing the producer (the changelog writes).
-            batches = stream.take_events(  # type: ignore[attr-defined]  # not in StreamT
-                self.settings.batch_max, within=self.settings.batch_window_s
-            )
-            async for events in batches:
-                try:
-                    await self._on_batch(events)
-                except Exception as exc:
-                    # Not the input's fault (the processor dead-letters those): the table
-                    # or the producer failed. Leaving this body would ack the batch.
-                    fatal("batch_failed", exc)
+        deliver_in_batches(app, self.source, self._on_batch, max_records=self.settings.batch_max)
 
         @app.timer(interval=self.settings.tick_interval_s)
         async def tick_timer() -> None:
@@ -181,6 +166,7 @@ class WatcherRuntime:
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             # Another worker may write these orders now: the table, not memory, is right.
             self.states.clear()
+            self.table.forget()
             self.schedule.on_revoked()
             self.holds.on_revoked()
             self.progress.on_revoked()
@@ -193,7 +179,15 @@ class WatcherRuntime:
 
     # --- a batch -----------------------------------------------------------------------
 
-    async def _on_batch(self, events: Sequence[faust.EventT[Any]]) -> None:
+    async def _on_batch(self, messages: list[Any]) -> None:
+        try:
+            await self._handle_batch(messages)
+        except Exception as exc:
+            # Not the input's fault (the processor dead-letters those): the table or the
+            # producer failed. Returning would let the batch's records be acknowledged.
+            fatal("batch_failed", exc)
+
+    async def _handle_batch(self, messages: list[Any]) -> None:
         """Handle the records in order, each order's state carried from record to record
         in memory; then wait once for every output to be acknowledged, and only then
         write the changed states (one table write per order per batch). A crash before
@@ -201,20 +195,21 @@ class WatcherRuntime:
         again under the same ids (downstream dedupes by id); it cannot record as emitted
         what never reached the broker."""
         batch = self._batch = _Batch()
-        for event in events:
-            self.heartbeat.beat()
-            msg = input_message(event)
-            with as_current(event):
-                if msg.topic == self.ticks_name:
-                    await self._on_tick(event, msg.partition)
-                    continue
-                if not await self.progress.admit(event, msg):
-                    continue  # read again later, or read already
-                await self.holds.ready()
-                self._record = event
-                await self.processor.process(msg, caught_up=caught_up(self.app, msg))
-                self.progress.handled(msg)
-        self._record = None
+        self.heartbeat.beat()
+        highwater = self.app.consumer.highwater
+        for message in messages:
+            msg = input_message_of(message)
+            if msg.topic == self.ticks_name:
+                await self._on_tick(msg.partition)
+                continue
+            if not await self.progress.admit(message, msg):
+                continue  # read again later, or read already
+            await self.holds.ready()
+            # Whether the partition holds nothing more to read (for the event clock): as
+            # the consumer knows it now, not when the batch was fetched.
+            end = highwater(message.tp)
+            await self.processor.process(msg, caught_up=end is None or msg.offset + 1 >= end)
+            self.progress.handled(msg)
         await self._write(batch)
         await self._request_ticks()
 
@@ -227,24 +222,22 @@ class WatcherRuntime:
                 fatal("outputs_undelivered", failed[0], count=len(failed))
         for held, reason in batch.dead_letters:
             await self.deadletters.publish(_original(held), reason, "orphan_expired")
+        by_partition: dict[int, list[tuple[str, bytes | None]]] = {}
         for order_id, touched in batch.touched.items():
-            with as_current(touched.anchor):
-                if touched.value is None:
-                    self.orders.pop(order_id, None)
-                else:
-                    self.orders[order_id] = touched.value
+            by_partition.setdefault(touched.partition, []).append((order_id, touched.value))
             if touched.state is None:
                 self.states.discard(order_id)
             else:
                 self.states.put(order_id, touched.state)
+        for partition, changes in by_partition.items():
+            await self.table.write(partition, changes)
         self.schedule.written()
 
     # --- handlers ----------------------------------------------------------------------
 
     async def _on_event(self, msg: InputMessage, event: CloudEvent) -> None:
-        assert self._record is not None
         order_id = self.handler.order_id_of(msg, event)
-        state = self._load(order_id)
+        state = self._load(order_id, msg.partition)
         now = self.clock.now()
         if self.wall_clock:
             # A record read late (a backlog after a rebalance or a restart) is judged at
@@ -256,16 +249,16 @@ class WatcherRuntime:
         if outcome.duplicate:
             EVENTS_CONSUMED.labels(SERVICE, msg.topic, "duplicate").inc()
             return
-        await self._stage(order_id, msg.partition, self._record, outcome)
+        await self._stage(order_id, msg.partition, outcome)
 
-    async def _on_tick(self, tick: faust.EventT[Any], partition: int) -> None:
+    async def _on_tick(self, partition: int) -> None:
         now = self.clock.now()
         for order_id in self.schedule.due(partition, now.timestamp(), self.settings.tick_max_due):
-            state = self._load(order_id)
+            state = self._load(order_id, partition)
             outcome = Outcome(state=None) if state is None else self.handler.handle_tick(state, now)
-            await self._stage(order_id, partition, tick, outcome)
+            await self._stage(order_id, partition, outcome)
 
-    def _load(self, order_id: str) -> OrderState | None:
+    def _load(self, order_id: str, partition: int) -> OrderState | None:
         """The order's state, for a handler to change: the batch's own, else the cache's,
         else the table's. What is handed out is taken out of the batch or the cache until
         it is staged again (see adapters/state_cache.py)."""
@@ -275,14 +268,12 @@ class WatcherRuntime:
             value = touched.value
         else:
             state = self.states.take(order_id)
-            value = None if state is not None else self.orders.get(order_id)
+            value = None if state is not None else self.table.get(partition, order_id)
         if state is not None:
             return state
-        return OrderState.model_validate_json(order_table.state_of(value)) if value else None
+        return decode_state(order_table.state_of(value)) if value else None
 
-    async def _stage(
-        self, order_id: str, partition: int, anchor: faust.EventT[Any], outcome: Outcome
-    ) -> None:
+    async def _stage(self, order_id: str, partition: int, outcome: Outcome) -> None:
         """Send the outcome's records (acknowledged before the batch is written) and keep
         the order's new state for the batch."""
         batch = self._batch
@@ -291,9 +282,9 @@ class WatcherRuntime:
         value, at = None, None
         if outcome.state is not None:
             at = outcome.deadline.timestamp() if outcome.deadline else None
-            state_json = outcome.state.model_dump_json().encode()
+            state_json = encode_state(outcome.state)
             value = order_table.encode(state_json, None if at is None else (at, partition))
-        batch.touched[order_id] = _Touched(value, partition, anchor, outcome.state)
+        batch.touched[order_id] = _Touched(value, partition, outcome.state)
         self.schedule.plan(order_id, partition, at)
 
 

@@ -162,7 +162,7 @@ class RiskRuntime:
                 if msg.topic == self.forget_name:
                     self._forget_order(msg)
                     continue
-                if not await self.progress.admit(event, msg):
+                if not await self.progress.admit(event.message, msg):
                     continue  # read again later, or read already
                 await self.holds.ready()
                 await self.rekeyer.process(msg, caught_up=caught_up(app, msg))
@@ -176,7 +176,7 @@ class RiskRuntime:
                 if msg.topic == self.ticks_name:
                     await self._on_tick(msg.partition)
                     continue
-                if not await self.progress.admit(event, msg):
+                if not await self.progress.admit(event.message, msg):
                     continue
                 await self.holds.ready()
                 await self.assessor.process(msg, caught_up=caught_up(app, msg))

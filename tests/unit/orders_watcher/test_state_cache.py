@@ -12,7 +12,7 @@ from common.metrics import STATE_CACHE
 from services.orders_watcher.adapters import order_table
 from services.orders_watcher.adapters.state_cache import StateCache
 from services.orders_watcher.config import Settings
-from services.orders_watcher.domain.model import OrderState
+from services.orders_watcher.domain.model import OrderState, decode_state, encode_state
 from services.orders_watcher.entrypoints import stream
 from services.orders_watcher.handlers import Outcome
 
@@ -44,14 +44,28 @@ def test_the_least_recently_put_goes_first_and_zero_capacity_keeps_nothing():
     assert len(off) == 0
 
 
-class Table(dict[str, bytes]):
-    """The orders table as the runtime uses it; counts reads."""
+class Table:
+    """The orders table as the runtime uses it (common.tables.PartitionedTable); counts
+    reads."""
 
-    reads = 0
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.reads = 0
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, partition: int, key: str) -> bytes | None:
         self.reads += 1
-        return super().get(key, default)
+        return self.values.get(key)
+
+    async def write(self, partition: int, changes: list[tuple[str, bytes | None]]) -> list[Any]:
+        for key, value in changes:
+            if value is None:
+                self.values.pop(key, None)
+            else:
+                self.values[key] = value
+        return []
+
+    def forget(self) -> None:
+        return None
 
 
 @pytest.fixture
@@ -59,57 +73,53 @@ def runtime(monkeypatch: pytest.MonkeyPatch) -> stream.WatcherRuntime:
     monkeypatch.setenv("ORDERS_WATCHER_STORE", "memory://")
     monkeypatch.setenv("ORDERS_WATCHER_STATE_CACHE_MAX", "100")
     runtime = stream.WatcherRuntime(Settings())
-    runtime.orders = Table()  # type: ignore[assignment]
-    runtime.orders["o-1"] = order_table.encode(state("o-1").model_dump_json().encode(), None)
+    runtime.table = table = Table()  # type: ignore[assignment]
+    table.values["o-1"] = order_table.encode(encode_state(state("o-1")), None)
     return runtime
-
-
-class Record:
-    """Stands in for the faust event a table write is anchored to."""
 
 
 def handled(runtime: stream.WatcherRuntime, order_id: str) -> OrderState:
     """One record's round: load, change, stage, write the batch."""
     runtime._batch = stream._Batch()
-    loaded = runtime._load(order_id)
+    loaded = runtime._load(order_id, 0)
     assert loaded is not None
     loaded.remember(f"e-{len(loaded.seen_event_ids)}")
-    asyncio.run(runtime._stage(order_id, 0, Record(), Outcome(state=loaded)))  # type: ignore[arg-type]
+    asyncio.run(runtime._stage(order_id, 0, Outcome(state=loaded)))
     asyncio.run(runtime._write(runtime._batch))
     return loaded
 
 
 def test_the_next_batch_gets_the_written_state_without_reading_the_table(runtime):
     first = handled(runtime, "o-1")
-    reads = runtime.orders.reads
+    reads = runtime.table.reads
     second = handled(runtime, "o-1")
     assert second is first and second.seen_event_ids == ["e-0", "e-1"]
-    assert runtime.orders.reads == reads
-    stored = runtime.orders["o-1"]
-    assert OrderState.model_validate_json(order_table.state_of(stored)) == second
+    assert runtime.table.reads == reads
+    stored = runtime.table.values["o-1"]
+    assert decode_state(order_table.state_of(stored)) == second
 
 
 def test_a_state_a_handler_failed_on_is_read_again_from_the_table(runtime):
     handled(runtime, "o-1")
     runtime._batch = stream._Batch()
-    taken = runtime._load("o-1")
+    taken = runtime._load("o-1", 0)
     assert taken is not None
     taken.remember("e-half-way")  # the handler fails here: nothing is staged
-    again = runtime._load("o-1")
+    again = runtime._load("o-1", 0)
     assert again is not taken and again is not None
     assert again.seen_event_ids == ["e-0"]
 
 
 def test_within_a_batch_a_failed_handler_leaves_the_staged_value_not_its_changes(runtime):
     runtime._batch = stream._Batch()
-    loaded = runtime._load("o-1")
+    loaded = runtime._load("o-1", 0)
     assert loaded is not None
     loaded.remember("e-0")
-    asyncio.run(runtime._stage("o-1", 0, Record(), Outcome(state=loaded)))  # type: ignore[arg-type]
-    taken = runtime._load("o-1")
+    asyncio.run(runtime._stage("o-1", 0, Outcome(state=loaded)))
+    taken = runtime._load("o-1", 0)
     assert taken is loaded  # the batch's own state, no parse
     taken.remember("e-half-way")  # fails: not staged
-    again = runtime._load("o-1")
+    again = runtime._load("o-1", 0)
     assert again is not None and again.seen_event_ids == ["e-0"]
 
 
@@ -118,7 +128,7 @@ def test_a_rebalance_forgets_every_state(runtime):
     assert len(runtime.states) == 1
     asyncio.run(runtime.app.on_partitions_revoked.send(revoked=set()))
     assert len(runtime.states) == 0
-    reads = runtime.orders.reads
+    reads = runtime.table.reads
     runtime._batch = stream._Batch()
-    assert runtime._load("o-1") is not None
-    assert runtime.orders.reads == reads + 1
+    assert runtime._load("o-1", 0) is not None
+    assert runtime.table.reads == reads + 1

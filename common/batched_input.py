@@ -1,0 +1,162 @@
+"""Input records handed to a stream service a fetch at a time, not one by one.
+
+Faust delivers each record through its consumer's drain loop (two tasks per record),
+the conductor, a channel queue, a stream and an event object: about 90 µs a record on
+the benchmark's machine, most of what a faust agent costs however little it does
+(docs/performance.md). A service that handles records in batches anyway (orders_watcher)
+needs none of that. `deliver_in_batches` gives the app a consumer whose drain loop
+hands the records of the named topics to one coroutine, a fetched batch at a time;
+records of every other topic (table changelogs during recovery, other agents' topics)
+take faust's usual path.
+
+What stays faust's: the consumer group and its rebalances, the assignment of table
+partitions with their input partitions, recovery, flow control, offset commits. The
+batch keeps faust's bookkeeping: each record is tracked before the handler sees it (a
+rebalance waits for it: `stream_wait_empty`) and acknowledged after the handler
+returns, unless the handler marked it acked itself to keep its offset from being
+committed (common.streaming.InputProgress leaves records it will read again that
+way). A batch fetched while the flow stopped or the generation changed is dropped
+whole, as faust drops the rest of such a fetch: the partitions' owners read those
+records again from the committed offsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.types import TP
+
+from common.logs import get_logger
+
+log = get_logger(__name__)
+
+#: The handler of a batch: faust's consumer messages, in offset order per partition.
+BatchHandler = Callable[[list[Any]], Awaitable[None]]
+
+
+def deliver_in_batches(
+    app: faust.App, topic: faust.TopicT, handler: BatchHandler, *, max_records: int = 500
+) -> None:
+    """Subscribe the app to `topic` and hand its records to `handler` a fetch at a time,
+    in batches of at most `max_records`. Call before the app's consumer is created (at
+    wiring, before the worker starts).
+
+    A fetch is split into batches after faust's scheduler has put it in order (round
+    robin over the partitions), not limited when fetched: a fetch limited in records
+    comes from one partition first, and an event clock holding back for the others
+    would judge a whole batch at a standstill."""
+    topics = frozenset(topic.topics)
+    base: Any = app.transport.Consumer
+
+    class BatchingConsumer(_BatchDrain, base):  # type: ignore[misc]
+        batch_topics = topics
+        batch_handler = staticmethod(handler)
+        batch_max = max_records
+
+    app.transport.Consumer = BatchingConsumer  # type: ignore[misc]
+    app.topics.add(topic)
+
+
+class _BatchDrain:
+    """The drain loop of faust's consumer (faust.transport.consumer.Consumer), with the
+    records of `batch_topics` collected per fetch and handed over at once."""
+
+    batch_topics: frozenset[str] = frozenset()
+    batch_handler: BatchHandler
+    batch_max: int = 500
+
+    async def _drain_messages(self: Any, fetcher: Any) -> None:
+        callback = self.callback
+        consumer_stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        read_offset = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        batch_topics = self.batch_topics
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records, active = await self._wait_next_records(1.0)
+                await self.sleep(0)
+                if not records or self.should_stop:
+                    self.diag.unset_flag(CONSUMER_FETCHING)
+                    continue
+                if not self.flow_active:
+                    # As faust's getmany: what was fetched while the flow stopped is read
+                    # again from the committed offsets.
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:
+                        log.warning("seek_when_flow_stopped_failed", error=repr(exc))
+                    self.diag.unset_flag(CONSUMER_FETCHING)
+                    continue
+                generation = self.app.consumer_generation_id
+                batch: list[Any] = []
+                reached: dict[TP, int] = {}
+                buffered = self._buffered_partitions
+                for tp, record in self.scheduler.iterate(records):
+                    if not self._current(generation):
+                        break
+                    if active is not None and tp not in active and tp not in buffered:
+                        continue
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    message = self._to_message(tp, record)
+                    offset = message.offset
+                    if tp.topic in batch_topics:
+                        r_offset = reached.get(tp, read_offset[tp])
+                        if r_offset is not None and offset < r_offset:
+                            continue  # faust's rule: an offset before the read one is seen
+                        if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        batch.append(message)
+                        reached[tp] = offset
+                        if len(batch) >= self.batch_max:
+                            if not self._current(generation):
+                                break
+                            await self._deliver(batch, reached)
+                            batch, reached = [], {}
+                        continue
+                    # Faust's own path, record by record (as its drain loop does it).
+                    r_offset = read_offset[tp]
+                    if r_offset is None or offset >= r_offset:
+                        gap = offset - (r_offset or 0)
+                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        await self._maybe_commit()
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                        read_offset[tp] = offset
+                if batch and self._current(generation):
+                    await self._deliver(batch, reached)
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                log.info("consumer_stopped")
+                return
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _current(self: Any, generation: int) -> bool:
+        """Whether records fetched in `generation` may still be handled."""
+        return bool(self.flow_active) and self.app.consumer_generation_id == generation
+
+    async def _deliver(self: Any, batch: list[Any], reached: dict[TP, int]) -> None:
+        self._read_offset.update(reached)
+        for message in batch:
+            self.track_message(message)
+        await self.batch_handler(batch)
+        ack = self.ack
+        for message in batch:
+            ack(message)  # a no-op for what the handler marked acked (kept back)
+        await self._maybe_commit()
+
+    async def _maybe_commit(self: Any) -> None:
+        commit_every = self._commit_every
+        if commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            await self.commit()
+
+
+__all__ = ["BatchHandler", "deliver_in_batches"]
