@@ -228,10 +228,24 @@ class MessageProcessor:
         self.clock = clock
         self.retries = retries
         self.backoff_s = backoff_s
+        # Metric children looked up once: `labels()` costs more than the update itself,
+        # and this runs for every record.
+        self._last_input = LAST_INPUT_SECONDS.labels(service)
+        self._clock_now = CLOCK_SECONDS.labels(service)
+        self._per_topic: dict[str, tuple[Any, Any]] = {}
+
+    def _topic_metrics(self, topic: str) -> tuple[Any, Any]:
+        found = self._per_topic.get(topic)
+        if found is None:
+            found = self._per_topic[topic] = (
+                PROCESSING_SECONDS.labels(self.service, topic),
+                EVENTS_CONSUMED.labels(self.service, topic, "processed"),
+            )
+        return found
 
     async def process(self, msg: InputMessage, *, caught_up: bool = True) -> str:
         started = time.perf_counter()
-        LAST_INPUT_SECONDS.labels(self.service).set(time.time())
+        self._last_input.set(time.time())
         try:
             event = CloudEvent.from_bytes(msg.value)
         except InvalidEvent as exc:
@@ -239,17 +253,17 @@ class MessageProcessor:
                 tracing.outcome(span, "dead_lettered", exc.code)
                 await self._dead_letter(msg, exc.reason, exc.code)
             return "dead_lettered"
-        self.clock.observe((msg.topic, msg.partition), event.time, caught_up=caught_up)
-        CLOCK_SECONDS.labels(self.service).set(self.clock.now().timestamp())
+        clock = self.clock
+        clock.observe((msg.topic, msg.partition), event.time, caught_up=caught_up)
+        self._clock_now.set(clock.now().timestamp())
         # Every log line of the handling names the event (and, with tracing, the span).
         with handling(event.id, event.type), tracing.consuming(self.service, msg, event) as span:
             result = await self._handle(msg, event)
             tracing.outcome(span, result, None if result == "processed" else result)
         if result == "processed":
-            PROCESSING_SECONDS.labels(self.service, msg.topic).observe(
-                time.perf_counter() - started
-            )
-            EVENTS_CONSUMED.labels(self.service, msg.topic, "processed").inc()
+            seconds, processed = self._topic_metrics(msg.topic)
+            seconds.observe(time.perf_counter() - started)
+            processed.inc()
         return result
 
     async def _handle(self, msg: InputMessage, event: CloudEvent) -> str:

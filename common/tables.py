@@ -68,34 +68,27 @@ class PartitionedTable:
         """Put (or with None delete) each key's value in the store and its changelog.
         Returns the changelog records' acknowledgements; the changelog offset is persisted
         on its own once they (and every earlier write of the partition) are in."""
-        changes = list(changes)
-        if not changes:
+        encoded = [(key, self.key_bytes(key), value) for key, value in changes]
+        if not encoded:
             return []
-        self._apply(partition, changes)
+        self._apply(partition, encoded)
         acks: list[Awaitable[Any]] = []
-        producer = self.app.producer
-        for key, value in changes:
+        send = self.app.producer.send
+        topic = self.changelog
+        for _, key, value in encoded:
             acks.append(
-                await producer.send(
-                    self.changelog,
-                    self.key_bytes(key),
-                    value,
-                    partition=partition,
-                    timestamp=None,
-                    headers=None,
-                )
+                await send(topic, key, value, partition=partition, timestamp=None, headers=None)
             )
         self._persist_when_sent(partition, acks)
         return acks
 
-    def _apply(self, partition: int, changes: list[Change]) -> None:
+    def _apply(self, partition: int, changes: list[tuple[str, bytes, bytes | None]]) -> None:
         store = self._store
         if self._rocksdb():
             from rocksdict import WriteBatch
 
             batch = WriteBatch(raw_mode=True)
-            for key, value in changes:
-                encoded = store._encode_key(key)
+            for _, encoded, value in changes:
                 if value is None:
                     batch.delete(encoded)
                 else:
@@ -103,7 +96,7 @@ class PartitionedTable:
             store._db_for_partition(partition).write(batch)
             return
         # faust's memory store keeps decoded keys and values, and each key's partition.
-        for key, value in changes:
+        for key, _, value in changes:
             if value is None:
                 store.data.pop(key, None)
                 store._key_partition.pop(key, None)
