@@ -66,7 +66,7 @@ def apply(state: OrderState, payload: Any, event_id: str, event_time: datetime) 
             shipment.initial_estimate = payload.estimated_delivery_at
         case schemas.ShipmentTrackingUpdated():
             shipment = state.shipment(payload.shipment_id)
-            shipment.checkpoints.append(
+            shipment.add(
                 Checkpoint(
                     at=payload.checkpoint_at,
                     status=payload.status.value,

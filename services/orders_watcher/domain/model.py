@@ -13,6 +13,7 @@ record (pydantic models cost about ten times as much for both). `encode_state` a
 
 from __future__ import annotations
 
+from bisect import insort
 from datetime import datetime
 from typing import Any
 
@@ -44,25 +45,22 @@ class ShipmentState(_State, kw_only=True):
     initial_estimate: datetime | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
 
-    # The history in event order is (at, event_id); the three questions below are
-    # answered in one pass each, without sorting (the rules ask them many times).
+    # Checkpoints are kept in event order, (at, event_id), whatever order they came in:
+    # the rules read them in that order on every record.
 
-    def sorted_checkpoints(self) -> list[Checkpoint]:
-        return sorted(self.checkpoints, key=_event_order)
+    def __post_init__(self) -> None:
+        # A state stored before the order was kept holds them in arrival order.
+        self.checkpoints.sort(key=_event_order)
+
+    def add(self, checkpoint: Checkpoint) -> None:
+        insort(self.checkpoints, checkpoint, key=_event_order)
 
     def delivered_at(self) -> datetime | None:
         """The first delivery scan's time."""
-        times = [cp.at for cp in self.checkpoints if cp.status == "delivered"]
-        return min(times) if times else None
-
-    def latest_estimate(self) -> datetime | None:
-        said = [cp for cp in self.checkpoints if cp.estimated_delivery_at is not None]
-        if not said:
-            return self.initial_estimate
-        return max(said, key=_event_order).estimated_delivery_at
-
-    def latest(self) -> Checkpoint | None:
-        return max(self.checkpoints, key=_event_order) if self.checkpoints else None
+        for cp in self.checkpoints:
+            if cp.status == "delivered":
+                return cp.at
+        return None
 
 
 def _event_order(cp: Checkpoint) -> tuple[datetime, str]:

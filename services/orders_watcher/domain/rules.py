@@ -150,9 +150,11 @@ def _evaluate(
     views: list[IncidentView] = []
     cancelled_at = state.cancelled_at
     # Delay rules stop at cancellation: nothing after it is a delay, and open ones close.
-    horizon = min(x for x in (now, cancelled_at) if x is not None)
+    horizon = now if cancelled_at is None or now <= cancelled_at else cancelled_at
     # Absence is only certain once late events have had their chance to arrive.
-    settled = min(x for x in (now - config.allowed_lateness, cancelled_at) if x is not None)
+    settled = now - config.allowed_lateness
+    if cancelled_at is not None and cancelled_at < settled:
+        settled = cancelled_at
 
     def closing() -> tuple[bool, str | None, datetime | None]:
         """Whether a delivery incident is still open; if not, why and since when."""
@@ -197,8 +199,9 @@ def _evaluate(
     # Whether it exists is judged on the estimates that have settled: a later scan may
     # still arrive within the allowed lateness and replace it, and arrival order must not
     # decide the incident. What it (and delivery_late) says is the newest estimate known.
-    settled_estimate, settled_event = _latest_estimate(state, until=min(horizon, settled))
-    estimate, estimate_event = _latest_estimate(state, until=horizon)
+    (settled_estimate, settled_event), (estimate, estimate_event) = _latest_estimates(
+        state, settled, horizon
+    )
     promise = order.promised_delivery_by
     if (
         settled_estimate is not None
@@ -303,9 +306,10 @@ def _shipment_incidents(
     config: DetectionConfig,
 ) -> list[IncidentView]:
     views: list[IncidentView] = []
-    checkpoints = [cp for cp in shipment.sorted_checkpoints() if cp.at <= now]
-    delivered = shipment.delivered_at()
-    delivered = delivered if delivered is not None and delivered <= now else None
+    checkpoints = shipment.checkpoints  # in event order
+    if checkpoints and checkpoints[-1].at > now:
+        checkpoints = [cp for cp in checkpoints if cp.at <= now]
+    delivered = _known(shipment.delivered_at(), now)
     cancelled = state.cancelled_at is not None and state.cancelled_at <= now
     open_unless = "cancelled" if cancelled else ("delivered" if delivered else None)
     closed_at = state.cancelled_at if cancelled else delivered
@@ -319,7 +323,11 @@ def _shipment_incidents(
 
     by_status: dict[str, list[Checkpoint]] = {}
     for cp in checkpoints:
-        by_status.setdefault(cp.status, []).append(cp)
+        hits = by_status.get(cp.status)
+        if hits is None:
+            by_status[cp.status] = [cp]
+        else:
+            hits.append(cp)
 
     # Status incidents raised "at once": the latest checkpoint of each kind decides.
     for status, (kind, severity) in STATUS_RULES.items():
@@ -434,24 +442,35 @@ def _status_explanation(kind: str, shipment: ShipmentState, location: str | None
     return f"Parcel {parcel} is being returned to the sender{where}."
 
 
-def _latest_estimate(
-    state: OrderState, until: datetime
-) -> tuple[datetime | None, tuple[str, datetime]]:
-    """The latest carrier estimate known by `until`, and (event id, when it was said)."""
-    best: tuple[datetime, datetime, str] | None = None  # (said_at, estimate, event id)
+def _latest_estimates(
+    state: OrderState, settled: datetime, horizon: datetime
+) -> tuple[
+    tuple[datetime | None, tuple[str, datetime]], tuple[datetime | None, tuple[str, datetime]]
+]:
+    """The latest carrier estimate known by `settled` and by `horizon` (settled <= horizon),
+    each with (event id, when it was said): one pass for both."""
+    early: tuple[datetime, datetime, str] | None = None  # (said_at, estimate, event id)
+    best: tuple[datetime, datetime, str] | None = None
     for shipment in state.shipments.values():
         if shipment.initial_estimate is not None and shipment.created_at is not None:
             said = shipment.created_at
-            if said <= until and (best is None or said >= best[0]):
-                best = (said, shipment.initial_estimate, shipment.created_event_id or "")
+            if said <= horizon:
+                candidate = (said, shipment.initial_estimate, shipment.created_event_id or "")
+                if best is None or said >= best[0]:
+                    best = candidate
+                if said <= settled and (early is None or said >= early[0]):
+                    early = candidate
         for cp in shipment.checkpoints:
-            if cp.estimated_delivery_at is None or cp.at > until:
+            if cp.estimated_delivery_at is None or cp.at > horizon:
                 continue
             if best is None or (cp.at, cp.event_id) >= (best[0], best[2]):
                 best = (cp.at, cp.estimated_delivery_at, cp.event_id)
-    if best is None:
-        return None, ("", until)
-    return best[1], (best[2], best[0])
+            if cp.at <= settled and (early is None or (cp.at, cp.event_id) >= (early[0], early[2])):
+                early = (cp.at, cp.estimated_delivery_at, cp.event_id)
+    return (
+        (None, ("", settled)) if early is None else (early[1], (early[2], early[0])),
+        (None, ("", horizon)) if best is None else (best[1], (best[2], best[0])),
+    )
 
 
 def _days(delta: timedelta) -> int:
@@ -489,24 +508,29 @@ def _transitions(
             out.append(Transition("updated", view, prior.revision + 1))
             state.emitted[view.incident_id] = _record(view, prior.revision + 1, "open")
     implied = {v.incident_id for v in views}
-    for iid, prior in sorted(state.emitted.items()):
-        if prior.status == "open" and iid not in implied and prior.kind in RETRACTABLE:
-            # A late fact (e.g. a shipment dated before the promise) shows the incident
-            # never happened: close it rather than leave it open forever.
-            view = IncidentView(
-                incident_id=iid,
-                kind=prior.kind,
-                severity="info",
-                open=False,
-                explanation="Later information shows this did not happen after all.",
-                evidence=(),
-                material=(),
-                since=now,
-                resolution="retracted",
-                resolved_at=now,
-            )
-            out.append(Transition("resolved", view, prior.revision + 1))
-            state.emitted[iid] = _record(view, prior.revision + 1, "resolved")
+    retracted = [
+        iid
+        for iid, prior in state.emitted.items()
+        if prior.status == "open" and iid not in implied and prior.kind in RETRACTABLE
+    ]
+    for iid in sorted(retracted):
+        prior = state.emitted[iid]
+        # A late fact (e.g. a shipment dated before the promise) shows the incident
+        # never happened: close it rather than leave it open forever.
+        view = IncidentView(
+            incident_id=iid,
+            kind=prior.kind,
+            severity="info",
+            open=False,
+            explanation="Later information shows this did not happen after all.",
+            evidence=(),
+            material=(),
+            since=now,
+            resolution="retracted",
+            resolved_at=now,
+        )
+        out.append(Transition("resolved", view, prior.revision + 1))
+        state.emitted[iid] = _record(view, prior.revision + 1, "resolved")
     checkin = _checkin(state, now, config, delivered)
     if checkin is not None:
         out.append(checkin)
@@ -572,45 +596,49 @@ def _next_deadline(
             candidates.append(delivered + config.checkin_after)
     # Facts dated after `now` (the watermark lags behind another partition) take effect
     # when time reaches them, and a carrier estimate once it has settled: a look at each.
-    facts: list[datetime] = []
-    estimates: list[datetime] = []  # when each carrier estimate was said
+    # Checkpoints are in event order: the first one after `now` is the only fact of a
+    # shipment that can come first.
     if state.cancelled_at is not None:
-        facts.append(state.cancelled_at)
+        candidates.append(state.cancelled_at)
     dispatched = False
     threshold = _stall_threshold(state, config)
+    stall_watch = waiting is not None and delivered is None
     for shipment in state.shipments.values():
-        scans = [cp.at for cp in shipment.checkpoints]
-        facts += scans
-        estimates += [cp.at for cp in shipment.checkpoints if cp.estimated_delivery_at]
+        last_scan: datetime | None = None
+        for cp in shipment.checkpoints:
+            at = cp.at
+            if at > now:
+                candidates.append(at)
+                break
+            if cp.estimated_delivery_at is not None:
+                candidates.append(at + late)
+            last_scan = at
         created = shipment.created_at
         if created is None:
             continue
         dispatched = dispatched or created <= now
-        facts.append(created)
+        candidates.append(created)
         if shipment.initial_estimate is not None:
-            estimates.append(created)
-        if (
-            waiting is not None
-            and delivered is None
-            and _known(shipment.delivered_at(), now) is None
-        ):
+            candidates.append(created + late)
+        if stall_watch and _known(shipment.delivered_at(), now) is None:
             # shipment_stalled: the next scan is due within the threshold of the last
             # one that has happened.
-            candidates.append(max([created, *(t for t in scans if t <= now)]) + threshold + late)
+            since = created if last_scan is None or created > last_scan else last_scan
+            candidates.append(since + threshold + late)
     if waiting is not None and not dispatched:
         candidates.append(waiting.promised_ship_by + late)
     for ret in state.returns.values():
         refunded = _known(ret.refunded_at, now)
         if ret.received_at is not None and refunded is None and order is not None:
             candidates.append(ret.received_at + config.refund_within + late)
-        facts += [t for t in (ret.received_at, ret.refunded_at) if t is not None]
-    candidates += facts
-    candidates += [t + late for t in estimates]
+        if ret.received_at is not None:
+            candidates.append(ret.received_at)
+        if ret.refunded_at is not None:
+            candidates.append(ret.refunded_at)
     expiry = _expires_at(state, config, delivered)
     if expiry is not None:
         candidates.append(expiry)
-    future = [c for c in candidates if c > now]
-    return min(future) if future else None
+    return min((c for c in candidates if c > now), default=None)
 
 
 def _finished_at(state: OrderState, delivered: datetime | None) -> datetime | None:
