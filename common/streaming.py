@@ -46,6 +46,7 @@ def create_app(
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=settings.consumer_max_fetch_bytes,
+        producer_max_batch_size=settings.producer_max_batch_bytes,
         producer_acks=-1,
         broker_commit_every=200,
         broker_commit_interval=1.0,

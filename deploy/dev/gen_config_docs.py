@@ -33,6 +33,10 @@ NOTES = {
         "bytes the stream services' consumers fetch per partition at once (faust's default"
         " 1 MiB halved changelog recovery speed)"
     ),
+    "OUTREACH_PRODUCER_MAX_BATCH_BYTES": (
+        "bytes the stream services' producers put in one batch per partition (faust's"
+        " default 16 KiB sent the watcher's table writes in many small requests)"
+    ),
     "OUTREACH_BULK_RECOVERY": (
         "copy changelog partitions straight into RocksDB when a table is recovered, before"
         " faust's own pass (`false`: faust alone)"
