@@ -549,9 +549,8 @@ def _checkin(
 ) -> Transition | None:
     if state.checkin_emitted or state.cancelled_at is not None or state.order is None:
         return None
-    had_incident = any(e.kind in DELIVERY_KINDS for e in state.emitted.values())
     due = delivered + config.checkin_after if delivered else None
-    if delivered is None or due is None or not had_incident or now < due:
+    if delivered is None or due is None or now < due or not _had_delivery_incident(state):
         return None
     view = IncidentView(
         incident_id=incident_id(state.order_id, "post_incident_checkin"),
@@ -573,6 +572,10 @@ def _checkin(
     return Transition("checkin_due", view, 1)
 
 
+def _had_delivery_incident(state: OrderState) -> bool:
+    return any(e.kind in DELIVERY_KINDS for e in state.emitted.values())
+
+
 def next_deadline(state: OrderState, now: datetime, config: DetectionConfig) -> datetime | None:
     """The next moment at which time alone (no event) could change this order's incidents.
 
@@ -592,17 +595,22 @@ def _next_deadline(
     if waiting is not None:
         if delivered is None:
             candidates.append(waiting.promised_delivery_by + late)
-        elif not state.checkin_emitted:
+        elif not state.checkin_emitted and _had_delivery_incident(state):
             candidates.append(delivered + config.checkin_after)
     # Facts dated after `now` (the watermark lags behind another partition) take effect
     # when time reaches them, and a carrier estimate once it has settled: a look at each.
     # Checkpoints are in event order: the first one after `now` is the only fact of a
-    # shipment that can come first.
+    # shipment that can come first. A settling estimate matters only to
+    # delivery_at_risk, which needs an estimate past the promise and its margin: while
+    # none known is, the look is skipped (most estimates are on time).
     if state.cancelled_at is not None:
         candidates.append(state.cancelled_at)
     dispatched = False
     threshold = _stall_threshold(state, config)
     stall_watch = waiting is not None and delivered is None
+    settling: list[datetime] = []
+    at_risk_after = order.promised_delivery_by + config.at_risk_margin if order else None
+    slipped = False  # an estimate known by now lies past the promise and its margin
     for shipment in state.shipments.values():
         last_scan: datetime | None = None
         for cp in shipment.checkpoints:
@@ -610,16 +618,22 @@ def _next_deadline(
             if at > now:
                 candidates.append(at)
                 break
-            if cp.estimated_delivery_at is not None:
-                candidates.append(at + late)
+            estimate = cp.estimated_delivery_at
+            if estimate is not None:
+                settling.append(at + late)
+                slipped = slipped or (at_risk_after is not None and estimate > at_risk_after)
             last_scan = at
         created = shipment.created_at
         if created is None:
             continue
         dispatched = dispatched or created <= now
         candidates.append(created)
-        if shipment.initial_estimate is not None:
-            candidates.append(created + late)
+        estimate = shipment.initial_estimate
+        if estimate is not None:
+            settling.append(created + late)
+            slipped = slipped or (
+                at_risk_after is not None and created <= now and estimate > at_risk_after
+            )
         if stall_watch and _known(shipment.delivered_at(), now) is None:
             # shipment_stalled: the next scan is due within the threshold of the last
             # one that has happened.
@@ -635,6 +649,8 @@ def _next_deadline(
             candidates.append(ret.received_at)
         if ret.refunded_at is not None:
             candidates.append(ret.refunded_at)
+    if slipped:
+        candidates += settling
     expiry = _expires_at(state, config, delivered)
     if expiry is not None:
         candidates.append(expiry)
