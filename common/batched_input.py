@@ -9,6 +9,10 @@ hands the records of the named topics to one coroutine, a fetched batch at a tim
 records of every other topic (table changelogs during recovery, other agents' topics)
 take faust's usual path.
 
+The handler is also called with no records when a fetch brings none (at least every
+`idle_s`), so that it can act on the passing of time; it returns whether it has such
+work left, and then the next fetch does not wait for records.
+
 What stays faust's: the consumer group and its rebalances, the assignment of table
 partitions with their input partitions, recovery, flow control, offset commits. The
 batch keeps faust's bookkeeping: each record is tracked before the handler sees it (a
@@ -33,12 +37,18 @@ from common.logs import get_logger
 
 log = get_logger(__name__)
 
-#: The handler of a batch: faust's consumer messages, in offset order per partition.
-BatchHandler = Callable[[list[Any]], Awaitable[None]]
+#: The handler of a batch: faust's consumer messages, in offset order per partition (none
+#: when idle). Returns whether it has work left that should not wait for records.
+BatchHandler = Callable[[list[Any]], Awaitable[bool]]
 
 
 def deliver_in_batches(
-    app: faust.App, topic: faust.TopicT, handler: BatchHandler, *, max_records: int = 500
+    app: faust.App,
+    topic: faust.TopicT,
+    handler: BatchHandler,
+    *,
+    max_records: int = 500,
+    idle_s: float = 1.0,
 ) -> None:
     """Subscribe the app to `topic` and hand its records to `handler` a fetch at a time,
     in batches of at most `max_records`. Call before the app's consumer is created (at
@@ -55,6 +65,7 @@ def deliver_in_batches(
         batch_topics = topics
         batch_handler = staticmethod(handler)
         batch_max = max_records
+        batch_idle_s = idle_s
 
     app.transport.Consumer = BatchingConsumer  # type: ignore[misc]
     app.topics.add(topic)
@@ -67,6 +78,8 @@ class _BatchDrain:
     batch_topics: frozenset[str] = frozenset()
     batch_handler: BatchHandler
     batch_max: int = 500
+    batch_idle_s: float = 1.0
+    _pending = False  # the handler has work left that should not wait for records
 
     async def _drain_messages(self: Any, fetcher: Any) -> None:
         callback = self.callback
@@ -78,10 +91,15 @@ class _BatchDrain:
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                records, active = await self._wait_next_records(1.0)
+                wait = 0.0 if self._pending else self.batch_idle_s
+                records, active = await self._wait_next_records(wait)
                 await self.sleep(0)
-                if not records or self.should_stop:
+                if self.should_stop:
+                    continue
+                if not records:
                     self.diag.unset_flag(CONSUMER_FETCHING)
+                    if self.flow_active:
+                        self._pending = await self.batch_handler([])
                     continue
                 if not self.flow_active:
                     # As faust's getmany: what was fetched while the flow stopped is read
@@ -146,7 +164,7 @@ class _BatchDrain:
         self._read_offset.update(reached)
         for message in batch:
             self.track_message(message)
-        await self.batch_handler(batch)
+        self._pending = await self.batch_handler(batch)
         ack = self.ack
         for message in batch:
             ack(message)  # a no-op for what the handler marked acked (kept back)

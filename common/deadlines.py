@@ -8,10 +8,12 @@ Two parts:
 - `DeadlineSchedule`, the faust glue: the index is a cache of a changelogged table
   (key → {"at": epoch seconds, "p": partition}) and is rebuilt from it after every
   assignment. Faust only lets a table change inside stream iteration (the changelog
-  partition comes from the current event), so the passing of time reaches the owning
-  agent as *tick* records on a ticks topic, one partition per input partition: whoever
+  partition comes from the current event), so for an agent the passing of time arrives
+  as *tick* records on a ticks topic, one partition per input partition: whoever
   notices that a partition's earliest deadline is due sends it a tick, and the agent
-  handles the tick like an event and asks `due()` which keys to act on.
+  handles the tick like an event and asks `due()` which keys to act on. A service that
+  writes its table by partition itself (common/tables.py) needs no ticks: it asks
+  `due()` between its records and when idle, after `input_confirmed()`.
 """
 
 from __future__ import annotations
@@ -139,7 +141,8 @@ class DeadlineSchedule:
 
     Contract: `schedule()` and `due()` are called only from the agent that consumes the
     ticks topic together with the keys' own partitions (table writes need the current
-    event); `request_ticks()` may be called from anywhere (a timer, after an event).
+    event), or from the one task that handles the keys' partitions; `request_ticks()`
+    may be called from anywhere (a timer, after an event).
     Until the table is recovered after an assignment, nothing is due and no tick is sent;
     nor for a partition whose input `gate` says is not read yet (confirmed with the broker
     before a tick is sent): its deadlines wait until the backlog is read.
@@ -149,7 +152,7 @@ class DeadlineSchedule:
         self,
         app: Any,
         table: Any,
-        ticks_topic: str,
+        ticks_topic: str | None,
         *,
         recovery_grace_s: float = 5.0,
         gate: InputGate | None = None,
@@ -166,6 +169,10 @@ class DeadlineSchedule:
         self.recovery_grace_s = recovery_grace_s
         self.gate = gate
         self.wait_warning_s = 30.0
+        # How long the broker's word that a partition's input is read holds
+        # (`input_confirmed`), so that it is asked at most that often per partition.
+        self.confirm_interval_s = 1.0
+        self._confirmed: dict[int, tuple[float, bool]] = {}
         self._waiting_since: dict[int, float] = {}
         self.index = DeadlineIndex()
         self.ready = False
@@ -210,10 +217,12 @@ class DeadlineSchedule:
         self.ready = False
         self._settled = False
         self._ticks_in_flight.clear()
+        self._confirmed.clear()
 
     def on_revoked(self) -> None:
         self.ready = False
         self._ticks_in_flight.clear()
+        self._confirmed.clear()
         # A rebalance waits for the batch in hand, whose states are written by then.
         self._unwritten.clear()
 
@@ -252,7 +261,7 @@ class DeadlineSchedule:
     async def request_ticks(self, now: float) -> None:
         """Send one tick to every partition whose earliest deadline is at or before `now`
         (none while a tick for that partition is still on its way)."""
-        if not self.ready:
+        if not self.ready or self.ticks_topic is None:
             return
         for partition in self.index.partitions_due(now):
             if partition in self._ticks_in_flight or not self._input_read(partition):
@@ -272,6 +281,27 @@ class DeadlineSchedule:
                 headers=None,
             )
             ack.add_done_callback(lambda done, p=partition: self._tick_sent(p, done))
+
+    def partitions_due(self, now: float) -> list[int]:
+        """The partitions with keys due by `now` (none until the index is rebuilt)."""
+        return self.index.partitions_due(now) if self.ready else []
+
+    async def input_confirmed(self, partition: int) -> bool:
+        """Whether the partition's input is read, as the broker says (for a service that
+        acts on due keys itself, between its records, rather than through ticks): the
+        local view first, then the broker's end offsets, asked at most once per
+        `confirm_interval_s` per partition (the answer holds that long)."""
+        if self.gate is None:
+            return True
+        if not self._input_read(partition):
+            return False
+        now = time.monotonic()
+        checked = self._confirmed.get(partition)
+        if checked is not None and now - checked[0] < self.confirm_interval_s:
+            return checked[1]
+        confirmed = await self.gate.confirm(partition)
+        self._confirmed[partition] = (time.monotonic(), confirmed)
+        return confirmed
 
     def _tick_sent(self, partition: int, done: Any) -> None:
         error = None if done.cancelled() else done.exception()

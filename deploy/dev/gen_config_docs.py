@@ -66,10 +66,12 @@ NOTES = {
         " their deadline"
     ),
     "ORDERS_WATCHER_RETENTION_DAYS": "state of a finished order is dropped this long after it finished",
-    "ORDERS_WATCHER_TICK_INTERVAL_S": "how often (wall seconds) due deadlines are looked for",
+    "ORDERS_WATCHER_TICK_INTERVAL_S": (
+        "how often (wall seconds) due deadlines are looked for when no record comes (between"
+        " records they are looked for at once)"
+    ),
     "ORDERS_WATCHER_TICK_MAX_DUE": (
-        "due orders handled per tick of a partition; the rest get the next tick, with input"
-        " records in between"
+        "due orders of a partition handled before the next input record; the rest after it"
     ),
     "ORDERS_WATCHER_BATCH_MAX": (
         "at most this many records handled as one batch (a batch is what one fetch"

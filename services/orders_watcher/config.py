@@ -25,8 +25,8 @@ class Settings(ServiceSettings):
     allowed_lateness_s: float = Field(300, ge=0)
     retention_days: float = Field(90, gt=0)
     tick_interval_s: float = Field(1.0, gt=0)
-    # Due orders handled per tick of a partition; more due get the next tick, so input
-    # records are not held up behind a whole wave of deadlines.
+    # Due orders of a partition handled before the next input record; more due come after
+    # it, so input records are not held up behind a whole wave of deadlines.
     tick_max_due: int = Field(25, ge=1)
     # Records handled per batch (outputs acknowledged once, states written once per
     # batch); a batch is what one fetch brought, in chunks of at most this.

@@ -43,6 +43,8 @@ class Consumer(_BatchDrain):
         self.tracked: list[Any] = []
         self.acked: list[Any] = []
         self.gaps: list[tuple[TP, int, int]] = []
+        self.idle = 0
+        self.waits: list[float] = []
         self.app = SimpleNamespace(
             consumer_generation_id=1,
             topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
@@ -64,7 +66,8 @@ class Consumer(_BatchDrain):
                 except StopIteration:
                     del iterators[tp]
 
-    async def _wait_next_records(self, _seconds: float) -> Any:
+    async def _wait_next_records(self, seconds: float) -> Any:
+        self.waits.append(seconds)
         if not self.fetches:
             self._stopped.set()
             return {}, None
@@ -109,8 +112,12 @@ class Consumer(_BatchDrain):
 
 
 async def drain(consumer: Consumer) -> None:
-    async def handler(batch: list[Any]) -> None:
-        consumer.handled.append([(m.topic, m.offset) for m in batch])
+    async def handler(batch: list[Any]) -> bool:
+        if batch:
+            consumer.handled.append([(m.topic, m.offset) for m in batch])
+        else:
+            consumer.idle += 1
+        return False
 
     consumer.batch_handler = handler  # type: ignore[assignment]
     await consumer._drain_messages(SimpleNamespace(_stopped=asyncio.Event()))
@@ -142,8 +149,10 @@ async def test_what_the_handler_kept_back_is_not_acknowledged() -> None:
     a = TP(INPUT, 0)
     consumer = Consumer([{a: [0, 1]}], [])
 
-    async def handler(batch: list[Any]) -> None:
-        batch[1].acked = True  # as InputProgress does for a record it will read again
+    async def handler(batch: list[Any]) -> bool:
+        if batch:
+            batch[1].acked = True  # as InputProgress does for a record it will read again
+        return False
 
     consumer.batch_handler = handler  # type: ignore[assignment]
     await consumer._drain_messages(SimpleNamespace(_stopped=asyncio.Event()))
@@ -175,3 +184,19 @@ async def test_a_fetch_while_the_flow_is_stopped_seeks_back_to_the_commit() -> N
     await drain(consumer)
     assert consumer.handled == [] and consumer.seeked
     assert consumer._read_offset[a] is None
+
+
+async def test_with_no_records_the_handler_is_called_idle_and_work_left_skips_the_wait() -> None:
+    a = TP(INPUT, 0)
+    consumer = Consumer([{a: [0]}, {}, {}, {a: [1]}], [])
+    calls: list[int] = []
+
+    async def handler(batch: list[Any]) -> bool:
+        calls.append(len(batch))
+        return len(calls) == 2  # the first idle call has work left, once
+
+    consumer.batch_handler = handler  # type: ignore[assignment]
+    consumer.batch_idle_s = 0.25
+    await consumer._drain_messages(SimpleNamespace(_stopped=asyncio.Event()))
+    assert calls[:4] == [1, 0, 0, 1]
+    assert consumer.waits[:4] == [0.25, 0.25, 0.0, 0.25]

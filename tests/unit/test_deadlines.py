@@ -306,3 +306,38 @@ async def test_upstream_topics_count_for_every_partition():
     progress.handled(message("orders", 3, 8))
     assert progress.caught_up(0) and progress.caught_up(1)
     assert set(progress.lag(1)) == {"facts:1", "orders:3"}
+
+
+async def test_input_confirmed_asks_the_broker_at_most_once_per_interval():
+    class CountingGate(FakeGate):
+        asked = 0
+
+        async def confirm(self, partition: int) -> bool:
+            self.asked += 1
+            return await super().confirm(partition)
+
+    gate = CountingGate(lagging={1}, stale={2})
+    schedule = DeadlineSchedule(FakeApp(), FakeTable(), None, gate=gate)
+    schedule.confirm_interval_s = 60.0
+    assert await schedule.input_confirmed(0) and await schedule.input_confirmed(0)
+    assert gate.asked == 1  # the broker's answer holds for the interval
+    assert not await schedule.input_confirmed(1)  # unread locally: the broker is not asked
+    assert gate.asked == 1
+    assert not await schedule.input_confirmed(2)  # looked read, the broker says otherwise
+    schedule.on_assigned()  # a rebalance forgets every answer
+    gate.lagging.clear()
+    gate.stale.clear()
+    assert await schedule.input_confirmed(2)
+    assert gate.asked == 3
+    assert await DeadlineSchedule(FakeApp(), FakeTable(), None).input_confirmed(5)  # no gate
+
+
+async def test_without_a_ticks_topic_no_tick_is_sent():
+    app = FakeApp()
+    schedule = DeadlineSchedule(app, FakeTable(), None)
+    schedule.rebuild()
+    schedule.schedule("o-0", 0, 10.0)
+    await schedule.request_ticks(20.0)
+    assert app.producer.sent == []
+    assert schedule.partitions_due(20.0) == [0]
+    assert schedule.due(0, 20.0) == ["o-0"]

@@ -2,15 +2,14 @@
 
 One table, `orders` (order_id → the order's state and its next deadline, one JSON value:
 adapters/order_table.py), with a changelog. The deadline index in memory is rebuilt
-from it after each rebalance. The passing of time reaches the worker as *tick* records
-on `<group>-ticks`, one partition per input partition: the timer (wall clock) or the
-event watermark (event clock) sends a tick to a partition whose earliest deadline is
-due, and the worker handles it in turn with that partition's input records.
+from it after each rebalance.
 
 Records come a fetched batch at a time (common/batched_input.py), not through a faust
 agent: faust's per-record delivery cost more than the rules. The table is read and
 written by partition (common/tables.py), each changed order once per batch; see
-`_handle_batch` for what a batch promises.
+`_handle_batch` for what a batch promises. So the passing of time needs no tick records
+either: the worker acts on due deadlines in the same loop, between records (as soon as
+the clock has passed one) and when no record comes (every `tick_interval_s`).
 """
 
 from __future__ import annotations
@@ -94,9 +93,8 @@ class WatcherRuntime:
             stream_wait_empty=True,
             producer_linger=settings.producer_linger_s,
         )
-        self.ticks_name = f"{self.app.conf.id}-ticks"
         self.inputs = [self.topics.orders, self.topics.shipments, self.topics.returns]
-        self.source = raw_topic(self.app, *self.inputs, self.ticks_name)
+        self.source = raw_topic(self.app, *self.inputs)
         # Values are bytes we encode and decode ourselves (value_type=bytes: faust stores
         # and changelogs them as they are).
         self.orders = self.app.Table(
@@ -115,7 +113,7 @@ class WatcherRuntime:
         self.schedule = DeadlineSchedule(
             self.app,
             self.orders,
-            self.ticks_name,
+            None,
             gate=self.progress if self.wall_clock else None,
             entry=order_table.deadline_of,
         )
@@ -143,13 +141,18 @@ class WatcherRuntime:
 
     def _wire(self) -> None:
         app = self.app
-        deliver_in_batches(app, self.source, self._on_batch, max_records=self.settings.batch_max)
+        deliver_in_batches(
+            app,
+            self.source,
+            self._on_batch,
+            max_records=self.settings.batch_max,
+            idle_s=self.settings.tick_interval_s,
+        )
 
         @app.timer(interval=self.settings.tick_interval_s)
         async def tick_timer() -> None:
             self.heartbeat.beat()
             self.schedule.check_recovered()
-            await self._request_ticks()
 
         @app.task
         async def start_ops() -> None:
@@ -174,34 +177,31 @@ class WatcherRuntime:
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
-    async def _request_ticks(self) -> None:
-        await self.schedule.request_ticks(self.clock.now().timestamp())
-
     # --- a batch -----------------------------------------------------------------------
 
-    async def _on_batch(self, messages: list[Any]) -> None:
+    async def _on_batch(self, messages: list[Any]) -> bool:
         try:
-            await self._handle_batch(messages)
+            return await self._handle_batch(messages)
         except Exception as exc:
             # Not the input's fault (the processor dead-letters those): the table or the
             # producer failed. Returning would let the batch's records be acknowledged.
             fatal("batch_failed", exc)
 
-    async def _handle_batch(self, messages: list[Any]) -> None:
+    async def _handle_batch(self, messages: list[Any]) -> bool:
         """Handle the records in order, each order's state carried from record to record
-        in memory; then wait once for every output to be acknowledged, and only then
-        write the changed states (one table write per order per batch). A crash before
-        the writes re-reads the batch from the last commit and emits the same records
-        again under the same ids (downstream dedupes by id); it cannot record as emitted
-        what never reached the broker."""
+        in memory, and the orders whose deadline the clock passes, as soon as it has;
+        then wait once for every output to be acknowledged, and only then write the
+        changed states (one table write per order per batch). A crash before the writes
+        re-reads the batch from the last commit and emits the same records again under
+        the same ids (downstream dedupes by id); it cannot record as emitted what never
+        reached the broker. Returns whether deadlines are still due (the consumer then
+        calls again without waiting for records)."""
         batch = self._batch = _Batch()
         self.heartbeat.beat()
         highwater = self.app.consumer.highwater
+        slice_ = self.settings.tick_max_due
         for message in messages:
             msg = input_message_of(message)
-            if msg.topic == self.ticks_name:
-                await self._on_tick(msg.partition)
-                continue
             if not await self.progress.admit(message, msg):
                 continue  # read again later, or read already
             await self.holds.ready()
@@ -210,8 +210,11 @@ class WatcherRuntime:
             end = highwater(message.tp)
             await self.processor.process(msg, caught_up=end is None or msg.offset + 1 >= end)
             self.progress.handled(msg)
+            if self.schedule.partitions_due(self.clock.now().timestamp()):
+                await self._handle_due(slice_)
+        more = await self._handle_due(self.settings.batch_max)
         await self._write(batch)
-        await self._request_ticks()
+        return more
 
     async def _write(self, batch: _Batch) -> None:
         if batch.acks:
@@ -251,12 +254,25 @@ class WatcherRuntime:
             return
         await self._stage(order_id, msg.partition, outcome)
 
-    async def _on_tick(self, partition: int) -> None:
+    async def _handle_due(self, limit: int) -> bool:
+        """Act on up to `limit` orders per partition whose deadline has passed, in
+        partitions whose input is read (on the wall clock, a backlog first: absence is
+        judged only once the records up to now are in). Returns whether more are due."""
         now = self.clock.now()
-        for order_id in self.schedule.due(partition, now.timestamp(), self.settings.tick_max_due):
-            state = self._load(order_id, partition)
-            outcome = Outcome(state=None) if state is None else self.handler.handle_tick(state, now)
-            await self._stage(order_id, partition, outcome)
+        moment = now.timestamp()
+        more = False
+        for partition in self.schedule.partitions_due(moment):
+            if not await self.schedule.input_confirmed(partition):
+                continue
+            for order_id in self.schedule.due(partition, moment, limit):
+                state = self._load(order_id, partition)
+                outcome = (
+                    Outcome(state=None) if state is None else self.handler.handle_tick(state, now)
+                )
+                await self._stage(order_id, partition, outcome)
+            earliest = self.schedule.index.earliest(partition)
+            more = more or (earliest is not None and earliest <= moment)
+        return more
 
     def _load(self, order_id: str, partition: int) -> OrderState | None:
         """The order's state, for a handler to change: the batch's own, else the cache's,
@@ -310,7 +326,7 @@ def fatal(what: str, error: BaseException, **fields: Any) -> NoReturn:
     os._exit(EXIT_FATAL)
 
 
-def ensure_own_topics(settings: Settings, ticks_name: str, app: faust.App) -> None:
+def ensure_own_topics(settings: Settings, app: faust.App) -> None:
     specs = [
         TopicSpec(t, settings.topic_partitions)
         for t in (
@@ -320,7 +336,6 @@ def ensure_own_topics(settings: Settings, ticks_name: str, app: faust.App) -> No
             settings.topics.incidents,
         )
     ]
-    specs.append(TopicSpec(ticks_name, settings.topic_partitions, retention_ms=3600_000))
     specs.append(
         TopicSpec(settings.topics.deadletter(SERVICE), 1, retention_ms=30 * 24 * 3600 * 1000)
     )
@@ -334,7 +349,7 @@ def main() -> None:
     settings.configure_tracing(SERVICE)
     use_event_loop(settings.event_loop)
     runtime = WatcherRuntime(settings)
-    ensure_own_topics(settings, runtime.ticks_name, runtime.app)
+    ensure_own_topics(settings, runtime.app)
     log.info(
         "starting",
         clock=settings.outreach_clock,
