@@ -42,6 +42,8 @@ STATUS_RULES: dict[str, tuple[str, Literal["info", "warning", "critical"]]] = {
     "available_for_pickup": ("awaiting_pickup", "info"),
     "returned_to_sender": ("returned_to_sender", "warning"),
 }
+# Tracking statuses that raise or update an incident at their moment.
+RAISING_STATUSES = frozenset(STATUS_RULES) | {"exception"}
 KNOWN_SUBSTATUSES = frozenset(
     {
         "lost",
@@ -482,9 +484,10 @@ def conclude(
 ) -> tuple[list[Transition], datetime | None]:
     """The changes since what was last emitted (updating `state.emitted` accordingly),
     and then `next_deadline`, with when the order was delivered derived once for both."""
-    delivered = _known(state.delivered_at(), now)
+    delivered_any = state.delivered_at()
+    delivered = _known(delivered_any, now)
     changes = _transitions(state, now, config, delivered)
-    return changes, _next_deadline(state, now, config, delivered)
+    return changes, _next_deadline(state, now, config, delivered, delivered_any)
 
 
 def _transitions(
@@ -582,76 +585,129 @@ def next_deadline(state: OrderState, now: datetime, config: DetectionConfig) -> 
     The watcher keeps these in an index ordered by time, so a tick touches only orders
     whose moment has come, never all open orders.
     """
-    return _next_deadline(state, now, config, _known(state.delivered_at(), now))
+    delivered_any = state.delivered_at()
+    return _next_deadline(state, now, config, _known(delivered_any, now), delivered_any)
 
 
 def _next_deadline(
-    state: OrderState, now: datetime, config: DetectionConfig, delivered: datetime | None
+    state: OrderState,
+    now: datetime,
+    config: DetectionConfig,
+    delivered: datetime | None,
+    delivered_any: datetime | None,
 ) -> datetime | None:
+    """`delivered`: when the order was delivered, if by `now`; `delivered_any`: also if
+    a delivery scan dated later was read already.
+
+    Facts dated after `now` (read while the watermark lags behind another partition)
+    take effect when time reaches them: each that can change an incident by itself gets
+    a look at its moment; the rest are seen by the next look anyway. Checkpoints are in
+    event order, so of a shipment's later ones only the first that needs a look can come
+    first. What needs one: a status that raises or updates an incident at once, a
+    delivery while an incident is open (it closes it), a new carrier estimate while
+    delivery_at_risk is possible (an estimate past the promise and its margin) or the
+    promise has passed (delivery_late reports it), a cancellation, a refund after its
+    due date. A scan that only says the parcel moves needs none: the stall deadline is
+    reckoned along the scans read already, to the first gap of the threshold. A settling
+    estimate matters only to delivery_at_risk: looked at only while a known estimate lies
+    past the promise and its margin."""
     late = config.allowed_lateness
     candidates: list[datetime] = [h.release_at for h in state.held]
     order = state.order
+    if order is None:
+        return min((c for c in candidates if c > now), default=None)
+    promise = order.promised_delivery_by
+    at_risk_after = promise + config.at_risk_margin
+    any_open = any(e.status == "open" for e in state.emitted.values())
+    slipped_ever = any(  # an estimate said (by now or later) past the promise and margin
+        (sh.initial_estimate is not None and sh.initial_estimate > at_risk_after)
+        or any(
+            cp.estimated_delivery_at is not None and cp.estimated_delivery_at > at_risk_after
+            for cp in sh.checkpoints
+        )
+        for sh in state.shipments.values()
+    )
     waiting = order if state.cancelled_at is None else None  # an order still under way
     if waiting is not None:
-        if delivered is None:
-            candidates.append(waiting.promised_delivery_by + late)
-        elif not state.checkin_emitted and _had_delivery_incident(state):
-            candidates.append(delivered + config.checkin_after)
-    # Facts dated after `now` (the watermark lags behind another partition) take effect
-    # when time reaches them, and a carrier estimate once it has settled: a look at each.
-    # Checkpoints are in event order: the first one after `now` is the only fact of a
-    # shipment that can come first. A settling estimate matters only to
-    # delivery_at_risk, which needs an estimate past the promise and its margin: while
-    # none known is, the look is skipped (most estimates are on time).
+        if delivered is None and (delivered_any is None or delivered_any > promise):
+            candidates.append(promise + late)
+        if delivered_any is not None and not state.checkin_emitted:
+            if _had_delivery_incident(state):
+                candidates.append(delivered_any + config.checkin_after)
     if state.cancelled_at is not None:
         candidates.append(state.cancelled_at)
     dispatched = False
     threshold = _stall_threshold(state, config)
     stall_watch = waiting is not None and delivered is None
     settling: list[datetime] = []
-    at_risk_after = order.promised_delivery_by + config.at_risk_margin if order else None
     slipped = False  # an estimate known by now lies past the promise and its margin
     for shipment in state.shipments.values():
+        checkpoints = shipment.checkpoints  # in event order: those after now at the end
+        split = len(checkpoints)
+        while split and checkpoints[split - 1].at > now:
+            split -= 1
         last_scan: datetime | None = None
-        for cp in shipment.checkpoints:
-            at = cp.at
-            if at > now:
-                candidates.append(at)
-                break
+        for cp in checkpoints[:split]:
             estimate = cp.estimated_delivery_at
             if estimate is not None:
-                settling.append(at + late)
-                slipped = slipped or (at_risk_after is not None and estimate > at_risk_after)
-            last_scan = at
+                settling.append(cp.at + late)
+                slipped = slipped or estimate > at_risk_after
+            last_scan = cp.at
+        later = checkpoints[split:]
+        for cp in later:
+            at, estimate, status = cp.at, cp.estimated_delivery_at, cp.status
+            if (
+                status in RAISING_STATUSES
+                or (status == "delivered" and any_open)
+                or (estimate is not None and (slipped_ever or at > promise))
+            ):
+                candidates.append(at)
+                break
         created = shipment.created_at
         if created is None:
             continue
         dispatched = dispatched or created <= now
-        candidates.append(created)
         estimate = shipment.initial_estimate
         if estimate is not None:
-            settling.append(created + late)
-            slipped = slipped or (
-                at_risk_after is not None and created <= now and estimate > at_risk_after
-            )
+            if created > now:
+                if slipped_ever or created > promise:
+                    candidates.append(created)
+            else:
+                settling.append(created + late)
+                slipped = slipped or estimate > at_risk_after
         if stall_watch and _known(shipment.delivered_at(), now) is None:
-            # shipment_stalled: the next scan is due within the threshold of the last
-            # one that has happened.
-            since = created if last_scan is None or created > last_scan else last_scan
-            candidates.append(since + threshold + late)
+            # shipment_stalled: absence of a scan for the threshold. From the last scan
+            # that has happened, along the scans dated later (read already): the first
+            # gap of the threshold that has not passed yet is the next look.
+            point: datetime | None = (
+                created if last_scan is None or created > last_scan else last_scan
+            )
+            for cp in later:
+                assert point is not None
+                if point + threshold + late > now and cp.at - point >= threshold:
+                    break
+                point = None if cp.status == "delivered" else cp.at
+                if point is None:
+                    break
+            if point is not None:
+                candidates.append(point + threshold + late)
     if waiting is not None and not dispatched:
-        candidates.append(waiting.promised_ship_by + late)
+        first = state.dispatched_at()  # a dispatch dated later, read already
+        if first is None or first > order.promised_ship_by:
+            candidates.append(order.promised_ship_by + late)
     for ret in state.returns.values():
-        refunded = _known(ret.refunded_at, now)
-        if ret.received_at is not None and refunded is None and order is not None:
-            candidates.append(ret.received_at + config.refund_within + late)
-        if ret.received_at is not None:
-            candidates.append(ret.received_at)
-        if ret.refunded_at is not None:
-            candidates.append(ret.refunded_at)
+        if ret.received_at is None:
+            continue
+        due = ret.received_at + config.refund_within
+        refunded = ret.refunded_at
+        if refunded is None or refunded > due:
+            if _known(refunded, now) is None:
+                candidates.append(due + late)
+            if refunded is not None:
+                candidates.append(refunded)
     if slipped:
         candidates += settling
-    expiry = _expires_at(state, config, delivered)
+    expiry = _expires_at(state, config, delivered_any)
     if expiry is not None:
         candidates.append(expiry)
     return min((c for c in candidates if c > now), default=None)

@@ -13,6 +13,7 @@ from services.orders_watcher.domain.rules import DetectionConfig
 from tests.unit.orders_watcher.timeline import (
     Run,
     cancelled,
+    message,
     placed,
     return_event,
     scan,
@@ -113,3 +114,39 @@ def test_no_delay_incident_for_an_order_cancelled_in_time(ship_by, transit, canc
         placed(ship_by=ship_by, deliver_by=ship_by + transit), cancelled(at=cancel_at), until=1000
     )
     assert not {kind for kind, _ in run.final().values()} & DELAY_KINDS
+
+
+def lagging(events: list[CloudEvent], lags: list[float], until: float) -> Run:
+    """Each event handled while the watermark still lags behind it by up to its lag
+    (hours): as a worker judges while another partition holds the event clock back. The
+    watermark never goes back, and deadlines fire as it passes them."""
+    run = Run(config=CONFIG)
+    for i, (event, lag) in enumerate(zip(events, lags, strict=True)):
+        watermark = max(run.now, event.time - timedelta(hours=lag))
+        run.now = watermark
+        run._advance(watermark)
+        outcome = run.watcher.handle_event(run.state, message(event, i), event, watermark)
+        run.state, run.deadline = outcome.state, outcome.deadline
+        run.emitted += [r.event for r in outcome.records]
+    return run.feed(until=until)
+
+
+def told(run: Run) -> set[tuple[str, str, int, str]]:
+    """Every transition emitted: incident, change, revision, and when the facts say."""
+    return {
+        (e.data["incident_id"], e.type, e.data["revision"], e.time.isoformat()) for e in run.emitted
+    }
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(timelines(), st.data())
+def test_a_watermark_held_back_tells_the_same_incidents_at_the_same_moments(events, data):
+    # The facts are read before their time (the event clock waits for another
+    # partition): each takes effect when the watermark reaches it, so downstream hears
+    # the same transitions, dated the same, as from a watermark that follows the events.
+    lags = data.draw(st.lists(st.floats(0, 48), min_size=len(events), max_size=len(events)))
+    until = horizon(events)
+    held_back = lagging(events, lags, until)
+    following = Run(config=CONFIG).feed(*events, until=until)
+    assert held_back.final() == following.final()
+    assert told(held_back) == told(following)
