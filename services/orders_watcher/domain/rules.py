@@ -106,7 +106,18 @@ class IncidentView:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(repr(self.material).encode()).hexdigest()[:16]
+        """What the incident says that matters, hashed: times by their ISO text, so that
+        the same fact read from an event or from a stored state (another tzinfo class for
+        the same offset) hashes the same."""
+        return hashlib.sha256(repr(_canonical(self.material)).encode()).hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return tuple(_canonical(v) for v in value)
+    return value
 
 
 @dataclass(frozen=True)

@@ -366,3 +366,25 @@ def test_a_dispatch_and_a_refund_dated_later_wait_for_their_time_too():
     refunded_late.feed(until=50 + 24 * 6)
     assert ("opened", "refund_late") in refunded_late.kinds()
     assert ("resolved", "refund_late") not in refunded_late.kinds()
+
+
+def test_a_state_read_back_from_the_table_tells_nothing_new():
+    # Between records the state may leave memory (the table, another worker): the facts
+    # then come back from JSON, with another tzinfo object than the event gave them.
+    from services.orders_watcher.domain.model import decode_state, encode_state
+
+    events = [
+        placed(deliver_by=72),
+        shipped(at=10, estimate=60),
+        scan(at=20, status="in_transit", estimate=100),
+        scan(at=30, status="exception", substatus="lost"),
+    ]
+    kept = Run().feed(*events, until=80)
+    stored = Run()
+    for event in events:
+        stored.feed(event)
+        assert stored.state is not None
+        stored.state = decode_state(encode_state(stored.state))
+    stored.feed(until=80)
+    assert stored.kinds() == kept.kinds()
+    assert ("updated", "delivery_late") not in stored.kinds()
