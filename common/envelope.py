@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+import msgspec
+from pydantic import ValidationError
 
 CONTENT_TYPE = "application/cloudevents+json"
 CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
@@ -30,22 +30,27 @@ class InvalidEvent(ValueError):
         self.code = code
 
 
-class CloudEvent(BaseModel):
-    """A CloudEvents 1.0 event. Unknown extension attributes are kept (e.g. traceparent)."""
+class CloudEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A CloudEvents 1.0 event. Of the extension attributes, the distributed-tracing ones
+    (traceparent, tracestate) are kept; others are ignored.
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    A msgspec struct: every record of every service is parsed into one and every output
+    written from one, and msgspec does both about ten times faster than a pydantic
+    model (docs/performance.md). Attributes without a value are left out when written."""
 
-    specversion: str = Field(pattern=r"^1\.0$")
-    id: str = Field(min_length=1, max_length=256)
-    source: str = Field(min_length=1)
-    type: str = Field(min_length=1)
-    time: AwareDatetime
+    specversion: Annotated[str, msgspec.Meta(pattern=r"^1\.0$")]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    source: Annotated[str, msgspec.Meta(min_length=1)]
+    type: Annotated[str, msgspec.Meta(min_length=1)]
+    time: Annotated[datetime, msgspec.Meta(tz=True)]
     subject: str | None = None
-    datacontenttype: str | None = "application/json"
-    data: dict[str, Any] = Field(default_factory=dict)
+    datacontenttype: str | None = None
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+        return _ENCODER.encode(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> CloudEvent:
@@ -53,18 +58,39 @@ class CloudEvent(BaseModel):
         if raw is None or raw == b"":
             raise InvalidEvent("empty message value (tombstone or missing payload)", code="empty")
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidEvent(f"value is not JSON: {exc}", code="not_json") from exc
-        if not isinstance(doc, dict):
-            raise InvalidEvent("value is JSON but not an object", code="not_object")
-        try:
-            return cls.model_validate(doc)
-        except ValidationError as exc:
+            return _DECODER.decode(raw)
+        except msgspec.ValidationError as exc:
+            # msgspec validates while it parses: bytes that are not JSON at all may fail
+            # on a field first.
+            try:
+                msgspec.json.decode(raw)
+            except msgspec.DecodeError as not_json:
+                raise InvalidEvent(f"value is not JSON: {not_json}", code="not_json") from exc
+            reason = str(exc)
+            if " - at `$" not in reason and reason.startswith("Expected `object`"):
+                raise InvalidEvent("value is JSON but not an object", code="not_object") from exc
             raise InvalidEvent(
-                f"not a CloudEvents 1.0 envelope: {describe_validation_error(exc)}",
+                f"not a CloudEvents 1.0 envelope: {_describe_msgspec_error(reason)}",
                 code="bad_envelope",
             ) from exc
+        except msgspec.DecodeError as exc:
+            raise InvalidEvent(f"value is not JSON: {exc}", code="not_json") from exc
+
+    def with_fields(self, **fields: Any) -> CloudEvent:
+        """A copy with some attributes changed (e.g. the trace context)."""
+        return msgspec.structs.replace(self, **fields)
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(CloudEvent)
+
+
+def _describe_msgspec_error(reason: str) -> str:
+    """msgspec's "Expected `str`, got `int` - at `$.id`" as "id: Expected `str`, got
+    `int`" (the field first, as for pydantic's errors; no value is echoed)."""
+    message, _, where = reason.partition(" - at `$")
+    field = where.rstrip("`").lstrip(".")
+    return f"{field}: {message}" if field else message
 
 
 def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:

@@ -288,7 +288,7 @@ def _producing(topic: str, event: CloudEvent) -> Iterator[CloudEvent]:
         f"send {topic}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes
     ):
         fields = current_trace_fields()
-        yield event.model_copy(update=fields) if fields else event
+        yield event.with_fields(**fields) if fields else event
 
 
 def with_trace_headers(headers: Headers) -> Headers:
