@@ -16,12 +16,14 @@ work left, and then the next fetch does not wait for records.
 What stays faust's: the consumer group and its rebalances, the assignment of table
 partitions with their input partitions, recovery, flow control, offset commits. The
 batch keeps faust's bookkeeping: each record is tracked before the handler sees it (a
-rebalance waits for it: `stream_wait_empty`) and acknowledged after the handler
-returns, unless the handler marked it acked itself to keep its offset from being
-committed (common.streaming.InputProgress leaves records it will read again that
-way). A batch fetched while the flow stopped or the generation changed is dropped
-whole, as faust drops the rest of such a fetch: the partitions' owners read those
-records again from the committed offsets.
+rebalance waits until it is acknowledged: `stream_wait_empty`), and the handler
+acknowledges each record (`consumer.ack`) once it is done with it, which may be after it
+returned: a handler can finish a batch in the background while the next one is handled.
+A record the handler marked acked itself is not acknowledged, so that its offset is not
+committed (common.streaming.InputProgress leaves records it will read again that way).
+A batch fetched while the flow stopped or the generation changed is dropped whole, as
+faust drops the rest of such a fetch: the partitions' owners read those records again
+from the committed offsets. Faust's commit timer commits what is acknowledged.
 """
 
 from __future__ import annotations
@@ -162,13 +164,13 @@ class _BatchDrain:
 
     async def _deliver(self: Any, batch: list[Any], reached: dict[TP, int]) -> None:
         self._read_offset.update(reached)
-        for message in batch:
-            self.track_message(message)
+        # What faust's track_message does, less its per-record sensor call (faust's own
+        # monitor; the service counts its records itself): pending until acknowledged.
+        self._unacked_messages.update(batch)
         self._pending = await self.batch_handler(batch)
-        ack = self.ack
-        for message in batch:
-            ack(message)  # a no-op for what the handler marked acked (kept back)
-        await self._maybe_commit()
+        # No commit here: faust's commit timer (broker_commit_interval) commits what is
+        # acknowledged; a commit in this loop would hold the next batch for a flush of the
+        # producer and a round trip to the broker.
 
     async def _maybe_commit(self: Any) -> None:
         commit_every = self._commit_every

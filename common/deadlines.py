@@ -181,7 +181,7 @@ class DeadlineSchedule:
         self._ticks_in_flight: set[int] = set()
         # Deadlines `plan`ned whose table values the owner has not written yet (`written`
         # says when it has): a rebuild from the table in between must not undo them.
-        self._unwritten: dict[str, tuple[int, float | None]] = {}
+        self._unwritten: dict[str, tuple[int, float | None, int]] = {}
 
         async def recovered() -> None:
             # Called by faust once the table's changelog has been read back after an
@@ -237,7 +237,7 @@ class DeadlineSchedule:
                     yield name, found[1], found[0]
 
         self.index.replace(scheduled())
-        for name, (partition, at) in self._unwritten.items():
+        for name, (partition, at, _) in self._unwritten.items():
             self.index.set(name, partition, at)
         self.ready = True
         log.info("deadline_index_rebuilt", table=self.table.name, keys=len(self.index))
@@ -337,18 +337,22 @@ class DeadlineSchedule:
             return []
         return list(self.index.pop_due(partition, now, limit))
 
-    def plan(self, key: str, partition: int, at: float | None) -> None:
+    def plan(self, key: str, partition: int, at: float | None, batch: int = 0) -> None:
         """Set (or with None cancel) the key's deadline in the index only: for a table
         whose owner writes the deadline itself, inside its own values (`entry`), and
-        calls `written` once it has."""
+        calls `written` once it has. `batch` numbers the owner's writes (increasing)."""
         self.index.set(key, partition, at)
-        self._unwritten[key] = (partition, at)
+        self._unwritten[key] = (partition, at, batch)
 
-    def written(self) -> None:
-        """The owner has written every planned deadline into its table values: a rebuild
-        may take them from there (until then it re-applies the plans after its scan: a
-        timer's rebuild can come while a batch waits for its outputs, before its writes)."""
-        self._unwritten.clear()
+    def written(self, batch: int | None = None) -> None:
+        """The owner has written the planned deadlines of every batch up to `batch` (all,
+        without it) into its table values: a rebuild may take them from there (until then
+        it re-applies the plans after its scan: a timer's rebuild can come while a batch
+        waits for its outputs, before its writes)."""
+        if batch is None:
+            self._unwritten.clear()
+        else:
+            self._unwritten = {k: v for k, v in self._unwritten.items() if v[2] > batch}
 
     def schedule(self, key: str, partition: int, at: float | None) -> None:
         """Set (or with None cancel) the key's deadline; the table is written only on change."""

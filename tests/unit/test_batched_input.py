@@ -40,7 +40,7 @@ class Consumer(_BatchDrain):
         self._buffered_partitions: set[TP] = set()
         self._commit_every = 1000
         self._n_acked = 0
-        self.tracked: list[Any] = []
+        self._unacked_messages: set[Any] = set()
         self.acked: list[Any] = []
         self.gaps: list[tuple[TP, int, int]] = []
         self.idle = 0
@@ -102,9 +102,6 @@ class Consumer(_BatchDrain):
     async def perform_seek(self) -> None:
         self.seeked = True
 
-    def track_message(self, message: Any) -> None:
-        self.tracked.append(message)
-
     def ack(self, message: Any) -> None:
         if not message.acked:
             message.acked = True
@@ -117,6 +114,8 @@ async def drain(consumer: Consumer) -> None:
             consumer.handled.append([(m.topic, m.offset) for m in batch])
         else:
             consumer.idle += 1
+        for message in batch:
+            consumer.ack(message)  # the handler acknowledges what it is done with
         return False
 
     consumer.batch_handler = handler  # type: ignore[assignment]
@@ -145,13 +144,15 @@ async def test_records_seen_before_are_skipped_and_a_jump_is_a_gap_for_faust() -
     assert consumer.gaps == [(a, 6, 9)]
 
 
-async def test_what_the_handler_kept_back_is_not_acknowledged() -> None:
+async def test_what_admission_kept_back_is_not_acknowledged() -> None:
     a = TP(INPUT, 0)
     consumer = Consumer([{a: [0, 1]}], [])
 
     async def handler(batch: list[Any]) -> bool:
         if batch:
             batch[1].acked = True  # as InputProgress does for a record it will read again
+        for message in batch:
+            consumer.ack(message)
         return False
 
     consumer.batch_handler = handler  # type: ignore[assignment]
@@ -173,7 +174,7 @@ async def test_a_fetch_a_rebalance_overtook_is_dropped_without_moving_the_read_o
     consumer.app.monitor.track_tp_end_offset = rebalance_during_the_first
     await drain(consumer)
     assert consumer.handled == [[(INPUT, 0), (INPUT, 1)]]  # the second fetch only
-    assert len(consumer.tracked) == 2
+    assert len(consumer._unacked_messages) == 2
     assert consumer._read_offset[a] == 1
 
 

@@ -32,6 +32,14 @@ class StateCache:
         (self._misses if state is None else self._hits).inc()
         return state
 
+    def take_quietly(self, order_id: str) -> OrderState | None:
+        """`take`, counted by the caller (`count`): it may find the state elsewhere in
+        memory when this has none."""
+        return self._states.pop(order_id, None)
+
+    def count(self, hit: bool) -> None:
+        (self._hits if hit else self._misses).inc()
+
     def put(self, order_id: str, state: OrderState) -> None:
         if not self.capacity:
             return

@@ -69,8 +69,11 @@ class _Touched:
 
 @dataclass
 class _Batch:
-    """What a batch of records decided, held until its outputs are delivered."""
+    """What a batch of records decided, held until its outputs are delivered; its records,
+    to acknowledge once its states are written; its number (increasing)."""
 
+    number: int = 0
+    records: list[Any] = field(default_factory=list)
     touched: dict[str, _Touched] = field(default_factory=dict)
     acks: list[Awaitable[Any]] = field(default_factory=list)
     dead_letters: list[tuple[HeldEvent, str]] = field(default_factory=list)
@@ -124,8 +127,11 @@ class WatcherRuntime:
         self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
         self.processor = MessageProcessor(SERVICE, self._on_event, self.deadletters, self.clock)
         self.holds = PartitionHolds(self.app, self.clock, set(self.inputs))
-        # The batch being handled.
+        # The batch being handled, and the one before it while it is being finished
+        # (outputs acknowledged, states written, records acknowledged) in the background.
         self._batch = _Batch()
+        self._finishing: _Batch | None = None
+        self._finished: asyncio.Future[None] | None = None
         self.ops = OpsServer(
             settings.http_host,
             settings.http_port,
@@ -190,13 +196,10 @@ class WatcherRuntime:
     async def _handle_batch(self, messages: list[Any]) -> bool:
         """Handle the records in order, each order's state carried from record to record
         in memory, and the orders whose deadline the clock passes, as soon as it has;
-        then wait once for every output to be acknowledged, and only then write the
-        changed states (one table write per order per batch). A crash before the writes
-        re-reads the batch from the last commit and emits the same records again under
-        the same ids (downstream dedupes by id); it cannot record as emitted what never
-        reached the broker. Returns whether deadlines are still due (the consumer then
-        calls again without waiting for records)."""
-        batch = self._batch = _Batch()
+        then hand the batch over to be finished (`_finish`) while the next one is handled.
+        Returns whether deadlines are still due (the consumer then calls again without
+        waiting for records)."""
+        batch = self._batch = _Batch(self._batch.number + 1, messages)
         self.heartbeat.beat()
         highwater = self.app.consumer.highwater
         slice_ = self.settings.tick_max_due
@@ -213,8 +216,32 @@ class WatcherRuntime:
             if self.schedule.partitions_due(self.clock.now().timestamp()):
                 await self._handle_due(slice_)
         more = await self._handle_due(self.settings.batch_max)
-        await self._write(batch)
+        # One batch is finished at a time, in order: the one before this must be done.
+        if self._finished is not None:
+            await self._finished
+        if batch.records or batch.touched or batch.acks or batch.dead_letters:
+            self._finishing = batch
+            self._finished = asyncio.ensure_future(self._finish(batch))
+            self._batch = _Batch(batch.number)
         return more
+
+    async def _finish(self, batch: _Batch) -> None:
+        """Wait once for every output of the batch to be acknowledged, and only then write
+        its changed states (one table write per order per batch) and acknowledge its
+        records. A crash before the writes re-reads the batch from the last commit and
+        emits the same records again under the same ids (downstream dedupes by id); it
+        cannot record as emitted what never reached the broker. The next batch is handled
+        meanwhile, reading this one's states from memory, not from the table."""
+        try:
+            await self._write(batch)
+        except Exception as exc:
+            fatal("batch_failed", exc)
+        finally:
+            if self._finishing is batch:
+                self._finishing = None
+        ack = self.app.consumer.ack
+        for message in batch.records:
+            ack(message)  # not the records admission keeps back (marked acked already)
 
     async def _write(self, batch: _Batch) -> None:
         if batch.acks:
@@ -226,15 +253,19 @@ class WatcherRuntime:
         for held, reason in batch.dead_letters:
             await self.deadletters.publish(_original(held), reason, "orphan_expired")
         by_partition: dict[int, list[tuple[str, bytes | None]]] = {}
+        current = self._batch.touched
         for order_id, touched in batch.touched.items():
             by_partition.setdefault(touched.partition, []).append((order_id, touched.value))
-            if touched.state is None:
+            if touched.state is None or order_id in current:
+                # Dropped, or taken by the batch now being handled: it will put its own.
                 self.states.discard(order_id)
             else:
+                # Handed over: the cache holds the object now, not the batch.
                 self.states.put(order_id, touched.state)
+                touched.state = None
         for partition, changes in by_partition.items():
             await self.table.write(partition, changes)
-        self.schedule.written()
+        self.schedule.written(batch.number)
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -276,15 +307,27 @@ class WatcherRuntime:
 
     def _load(self, order_id: str, partition: int) -> OrderState | None:
         """The order's state, for a handler to change: the batch's own, else the cache's,
-        else the table's. What is handed out is taken out of the batch or the cache until
-        it is staged again (see adapters/state_cache.py)."""
+        else that of the batch being finished, else the table's. What is handed out is
+        taken out of the batch or the cache until it is staged again (see
+        adapters/state_cache.py); a state the batch being finished hands to the cache is
+        in one place at a time."""
         touched = self._batch.touched.get(order_id)
         if touched is not None:
             state, touched.state = touched.state, None
             value = touched.value
         else:
-            state = self.states.take(order_id)
-            value = None if state is not None else self.table.get(partition, order_id)
+            state = self.states.take_quietly(order_id)
+            finishing = self._finishing.touched.get(order_id) if self._finishing else None
+            # A hit: the state comes from memory (the cache, or the batch being finished),
+            # not the table.
+            self.states.count(state is not None or finishing is not None)
+            if state is not None:
+                return state
+            if finishing is not None:
+                state, finishing.state = finishing.state, None
+                value = finishing.value
+            else:
+                value = self.table.get(partition, order_id)
         if state is not None:
             return state
         return decode_state(order_table.state_of(value)) if value else None
@@ -301,7 +344,7 @@ class WatcherRuntime:
             state_json = encode_state(outcome.state)
             value = order_table.encode(state_json, None if at is None else (at, partition))
         batch.touched[order_id] = _Touched(value, partition, outcome.state)
-        self.schedule.plan(order_id, partition, at)
+        self.schedule.plan(order_id, partition, at, batch.number)
 
 
 def _original(held: HeldEvent) -> InputMessage:

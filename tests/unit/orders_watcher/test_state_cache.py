@@ -85,7 +85,8 @@ def handled(runtime: stream.WatcherRuntime, order_id: str) -> OrderState:
     assert loaded is not None
     loaded.remember(f"e-{len(loaded.seen_event_ids)}")
     asyncio.run(runtime._stage(order_id, 0, Outcome(state=loaded)))
-    asyncio.run(runtime._write(runtime._batch))
+    batch, runtime._batch = runtime._batch, stream._Batch()  # the next batch is handled
+    asyncio.run(runtime._write(batch))
     return loaded
 
 
@@ -132,3 +133,24 @@ def test_a_rebalance_forgets_every_state(runtime):
     runtime._batch = stream._Batch()
     assert runtime._load("o-1", 0) is not None
     assert runtime.table.reads == reads + 1
+
+
+def test_the_batch_being_finished_lends_its_states_to_the_next_one_once(runtime):
+    # Batch 1 waits for its outputs while batch 2 is handled: batch 2 takes the order's
+    # state from batch 1 (not the table), and batch 1's write then leaves it to batch 2.
+    runtime._batch = stream._Batch(1)
+    loaded = runtime._load("o-1", 0)
+    assert loaded is not None
+    loaded.remember("e-0")
+    asyncio.run(runtime._stage("o-1", 0, Outcome(state=loaded)))
+    first = runtime._finishing = runtime._batch
+    runtime._batch = stream._Batch(2)
+    reads = runtime.table.reads
+    again = runtime._load("o-1", 0)
+    assert again is loaded and runtime.table.reads == reads
+    again.remember("e-1")
+    asyncio.run(runtime._stage("o-1", 0, Outcome(state=again)))
+    asyncio.run(runtime._write(first))
+    assert runtime.states.take("o-1") is None  # batch 2 will put its own
+    assert decode_state(order_table.state_of(runtime.table.values["o-1"])).seen_event_ids == ["e-0"]
+    assert runtime._load("o-1", 0) is again  # batch 2's own
