@@ -15,6 +15,7 @@ from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
 import structlog
 from opentelemetry import trace
 
@@ -45,7 +46,13 @@ _PHONE = re.compile(r"\+\d{8,15}")
 
 
 def redact(value: str) -> str:
-    return _PHONE.sub("[phone]", _EMAIL.sub("[email]", value))
+    # An e-mail address has an @ and a phone number (E.164) a +: most values have
+    # neither, and are returned without running the patterns.
+    if "@" in value:
+        value = _EMAIL.sub("[email]", value)
+    if "+" in value:
+        value = _PHONE.sub("[phone]", value)
+    return value
 
 
 def _redact_processor(
@@ -107,9 +114,15 @@ class _Stdout:
         sys.stdout.flush()
 
 
+def _json_line(event_dict: Any, **_: Any) -> str:
+    # orjson, several times faster than json.dumps; what it cannot encode is written as
+    # its repr rather than lost.
+    return orjson.dumps(event_dict, default=repr).decode()
+
+
 def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json_line)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
