@@ -15,10 +15,12 @@ work left, and then the next fetch does not wait for records.
 
 What stays faust's: the consumer group and its rebalances, the assignment of table
 partitions with their input partitions, recovery, flow control, offset commits. The
-batch keeps faust's bookkeeping: each record is tracked before the handler sees it (a
-rebalance waits until it is acknowledged: `stream_wait_empty`), and the handler
-acknowledges each record (`consumer.ack`) once it is done with it, which may be after it
-returned: a handler can finish a batch in the background while the next one is handled.
+handler acknowledges each record (`consumer.ack`) once it is done with it, which may be
+after it returned: a handler can finish a batch in the background while the next one is
+handled. Until it says the batch is done (`InFlight.done`), a marker of the batch sits
+among the consumer's unacknowledged messages, so a rebalance waits for it
+(`stream_wait_empty`); one marker per batch rather than each record (faust's weak set
+of messages costs a few microseconds a record).
 A record the handler marked acked itself is not acknowledged, so that its offset is not
 committed (common.streaming.InputProgress leaves records it will read again that way).
 A batch fetched while the flow stopped or the generation changed is dropped whole, as
@@ -28,20 +30,48 @@ from the committed offsets. Faust's commit timer commits what is acknowledged.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types import TP
+from mode.utils.futures import notify
 
 from common.logs import get_logger
 
 log = get_logger(__name__)
 
+
+class InFlight:
+    """A batch its handler has not finished: held among the consumer's unacknowledged
+    messages until `done`, so that a rebalance waits for it. The handler must keep a
+    reference to it until then (the consumer's set is a weak one)."""
+
+    __slots__ = ("__weakref__", "_consumer", "acked", "refcount")
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        self.acked = False
+        self.refcount = 1
+        consumer._unacked_messages.add(self)
+
+    def done(self) -> None:
+        """Every record of the batch is acknowledged (or left for a later read)."""
+        if not self.acked:
+            self.acked = True
+            self.refcount = 0
+            self._consumer._unacked_messages.discard(self)
+            notify(self._consumer._waiting_for_ack)
+
+    def __repr__(self) -> str:
+        return "<batch in flight>"
+
+
 #: The handler of a batch: faust's consumer messages, in offset order per partition (none
-#: when idle). Returns whether it has work left that should not wait for records.
-BatchHandler = Callable[[list[Any]], Awaitable[bool]]
+#: when idle), and the batch's marker (None when idle). Returns whether it has work left
+#: that should not wait for records.
+BatchHandler = Callable[[list[Any], InFlight | None], Awaitable[bool]]
 
 
 def deliver_in_batches(
@@ -84,11 +114,8 @@ class _BatchDrain:
     _pending = False  # the handler has work left that should not wait for records
 
     async def _drain_messages(self: Any, fetcher: Any) -> None:
-        callback = self.callback
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
-        read_offset = self._read_offset
-        acks_enabled_for = self.app.topics.acks_enabled_for
         batch_topics = self.batch_topics
         try:
             while not (consumer_stopped() or fetcher_stopped()):
@@ -101,7 +128,7 @@ class _BatchDrain:
                 if not records:
                     self.diag.unset_flag(CONSUMER_FETCHING)
                     if self.flow_active:
-                        self._pending = await self.batch_handler([])
+                        self._pending = await self.batch_handler([], None)
                     continue
                 if not self.flow_active:
                     # As faust's getmany: what was fetched while the flow stopped is read
@@ -113,42 +140,18 @@ class _BatchDrain:
                     self.diag.unset_flag(CONSUMER_FETCHING)
                     continue
                 generation = self.app.consumer_generation_id
-                batch: list[Any] = []
-                reached: dict[TP, int] = {}
                 buffered = self._buffered_partitions
-                for tp, record in self.scheduler.iterate(records):
-                    if not self._current(generation):
-                        break
+                mine: dict[TP, list[Any]] = {}
+                others: dict[TP, list[Any]] = {}
+                for tp, fetched in records.items():
                     if active is not None and tp not in active and tp not in buffered:
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    message = self._to_message(tp, record)
-                    offset = message.offset
-                    if tp.topic in batch_topics:
-                        r_offset = reached.get(tp, read_offset[tp])
-                        if r_offset is not None and offset < r_offset:
-                            continue  # faust's rule: an offset before the read one is seen
-                        if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
-                            await self._add_gap(tp, r_offset + 1, offset)
-                        batch.append(message)
-                        reached[tp] = offset
-                        if len(batch) >= self.batch_max:
-                            if not self._current(generation):
-                                break
-                            await self._deliver(batch, reached)
-                            batch, reached = [], {}
-                        continue
-                    # Faust's own path, record by record (as its drain loop does it).
-                    r_offset = read_offset[tp]
-                    if r_offset is None or offset >= r_offset:
-                        gap = offset - (r_offset or 0)
-                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                            await self._add_gap(tp, r_offset + 1, offset)
-                        await self._maybe_commit()
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                        read_offset[tp] = offset
-                if batch and self._current(generation):
-                    await self._deliver(batch, reached)
+                    (mine if tp.topic in batch_topics else others)[tp] = fetched
+                if others:
+                    await self._drain_one_by_one(others, generation)
+                if mine:
+                    await self._drain_in_batches(mine, generation)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -158,16 +161,61 @@ class _BatchDrain:
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
+    async def _drain_in_batches(self: Any, records: dict[TP, list[Any]], generation: int) -> None:
+        """The batched topics' records, in turns over their partitions (a record from
+        each in turn: one partition's backlog does not hold the others back), handed
+        over in batches of at most `batch_max`."""
+        read_offset = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        to_message = self._to_message
+        batch: list[Any] = []
+        reached: dict[TP, int] = {}
+        for tp, record in _in_turns(records):
+            offset = record.offset
+            r_offset = reached.get(tp, read_offset[tp])
+            if r_offset is not None and offset < r_offset:
+                continue  # faust's rule: an offset before the read one is seen
+            if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
+                await self._add_gap(tp, r_offset + 1, offset)
+            batch.append(to_message(tp, record))
+            reached[tp] = offset
+            if len(batch) >= self.batch_max:
+                if not self._current(generation):
+                    return
+                await self._deliver(batch, reached)
+                batch, reached = [], {}
+        if batch and self._current(generation):
+            await self._deliver(batch, reached)
+
+    async def _drain_one_by_one(self: Any, records: dict[TP, list[Any]], generation: int) -> None:
+        """Faust's own path, record by record, as its drain loop does it (table
+        changelogs during recovery, other agents' topics)."""
+        callback = self.callback
+        read_offset = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        for tp, record in self.scheduler.iterate(records):
+            if not self._current(generation):
+                return
+            message = self._to_message(tp, record)
+            offset = message.offset
+            r_offset = read_offset[tp]
+            if r_offset is None or offset >= r_offset:
+                gap = offset - (r_offset or 0)
+                if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                    await self._add_gap(tp, r_offset + 1, offset)
+                await self._maybe_commit()
+                await self.wait_first(callback(message), self.suspend_flow.wait())
+                read_offset[tp] = offset
+
     def _current(self: Any, generation: int) -> bool:
         """Whether records fetched in `generation` may still be handled."""
         return bool(self.flow_active) and self.app.consumer_generation_id == generation
 
     async def _deliver(self: Any, batch: list[Any], reached: dict[TP, int]) -> None:
         self._read_offset.update(reached)
-        # What faust's track_message does, less its per-record sensor call (faust's own
-        # monitor; the service counts its records itself): pending until acknowledged.
-        self._unacked_messages.update(batch)
-        self._pending = await self.batch_handler(batch)
+        # Instead of faust's track_message per record (a weak set entry and a sensor
+        # call each): one marker for the batch.
+        self._pending = await self.batch_handler(batch, InFlight(self))
         # No commit here: faust's commit timer (broker_commit_interval) commits what is
         # acknowledged; a commit in this loop would hold the next batch for a flush of the
         # producer and a round trip to the broker.
@@ -179,4 +227,19 @@ class _BatchDrain:
             await self.commit()
 
 
-__all__ = ["BatchHandler", "deliver_in_batches"]
+def _in_turns(records: dict[TP, list[Any]]) -> Iterator[tuple[TP, Any]]:
+    """(partition, record) pairs, a record of each partition in turn, in fetch order."""
+    if len(records) == 1:
+        [(tp, only)] = records.items()
+        for record in only:
+            yield tp, record
+        return
+    lists = [(tp, fetched) for tp, fetched in records.items() if fetched]
+    depth = max(len(fetched) for _, fetched in lists)
+    for i in range(depth):
+        for tp, fetched in lists:
+            if i < len(fetched):
+                yield tp, fetched[i]
+
+
+__all__ = ["BatchHandler", "InFlight", "deliver_in_batches"]

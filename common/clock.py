@@ -36,22 +36,40 @@ class WallClock:
 
 
 class EventClock:
-    """Event-time watermark over the partitions a consumer reads."""
+    """Event-time watermark over the partitions a consumer reads.
+
+    Observed for every record: the watermark is the earliest latest-time of the
+    partitions still holding unread events, or, with none, the latest time of all. Kept
+    without a pass over the partitions per record (only a change of what is pending, or
+    of a pending partition's time, recomputes the minimum)."""
 
     def __init__(self, start: datetime = EPOCH) -> None:
         self._latest: dict[Hashable, datetime] = {}
         self._pending: set[Hashable] = set()
         self._now = start
+        self._max: datetime | None = None  # the latest time of all partitions
 
     def observe(self, partition: Hashable, event_time: datetime, *, caught_up: bool) -> None:
-        event_time = event_time.astimezone(UTC)
-        if event_time > self._latest.get(partition, EPOCH):
+        if event_time.tzinfo is not UTC:
+            event_time = event_time.astimezone(UTC)
+        latest = self._latest.get(partition)
+        moved = latest is None or event_time > latest
+        if moved:
             self._latest[partition] = event_time
+            if self._max is None or event_time > self._max:
+                self._max = event_time
+        pending = self._pending
         if caught_up:
-            self._pending.discard(partition)
-        else:
-            self._pending.add(partition)
-        self._recompute()
+            if partition in pending:
+                pending.discard(partition)
+                self._recompute()
+                return
+        elif partition not in pending:
+            pending.add(partition)
+            self._recompute()
+            return
+        if moved and (not pending or partition in pending):
+            self._recompute()
 
     def hold(self, partition: Hashable) -> None:
         """A partition is known to hold unread events (e.g. just assigned with lag)."""
@@ -69,10 +87,13 @@ class EventClock:
             self._now = moment
 
     def _recompute(self) -> None:
-        if not self._latest:
+        if self._max is None:
             return
-        lagging = [self._latest.get(p, self._now) for p in self._pending]
-        candidate = min(lagging) if lagging else max(self._latest.values())
+        if self._pending:
+            latest, now = self._latest, self._now
+            candidate = min(latest.get(p, now) for p in self._pending)
+        else:
+            candidate = self._max
         if candidate > self._now:
             self._now = candidate
 

@@ -41,6 +41,8 @@ class Consumer(_BatchDrain):
         self._commit_every = 1000
         self._n_acked = 0
         self._unacked_messages: set[Any] = set()
+        self._waiting_for_ack: Any = None
+        self.markers: list[Any] = []
         self.acked: list[Any] = []
         self.gaps: list[tuple[TP, int, int]] = []
         self.idle = 0
@@ -109,13 +111,19 @@ class Consumer(_BatchDrain):
 
 
 async def drain(consumer: Consumer) -> None:
-    async def handler(batch: list[Any]) -> bool:
+    async def handler(batch: list[Any], in_flight: Any) -> bool:
         if batch:
             consumer.handled.append([(m.topic, m.offset) for m in batch])
+            assert in_flight in consumer._unacked_messages  # a rebalance waits for it
         else:
             consumer.idle += 1
+            assert in_flight is None
         for message in batch:
             consumer.ack(message)  # the handler acknowledges what it is done with
+        if in_flight is not None:
+            consumer.markers.append(in_flight)
+            in_flight.done()
+            assert in_flight not in consumer._unacked_messages
         return False
 
     consumer.batch_handler = handler  # type: ignore[assignment]
@@ -148,7 +156,7 @@ async def test_what_admission_kept_back_is_not_acknowledged() -> None:
     a = TP(INPUT, 0)
     consumer = Consumer([{a: [0, 1]}], [])
 
-    async def handler(batch: list[Any]) -> bool:
+    async def handler(batch: list[Any], in_flight: Any) -> bool:
         if batch:
             batch[1].acked = True  # as InputProgress does for a record it will read again
         for message in batch:
@@ -174,7 +182,7 @@ async def test_a_fetch_a_rebalance_overtook_is_dropped_without_moving_the_read_o
     consumer.app.monitor.track_tp_end_offset = rebalance_during_the_first
     await drain(consumer)
     assert consumer.handled == [[(INPUT, 0), (INPUT, 1)]]  # the second fetch only
-    assert len(consumer._unacked_messages) == 2
+    assert len(consumer.markers) == 1
     assert consumer._read_offset[a] == 1
 
 
@@ -192,7 +200,7 @@ async def test_with_no_records_the_handler_is_called_idle_and_work_left_skips_th
     consumer = Consumer([{a: [0]}, {}, {}, {a: [1]}], [])
     calls: list[int] = []
 
-    async def handler(batch: list[Any]) -> bool:
+    async def handler(batch: list[Any], in_flight: Any) -> bool:
         calls.append(len(batch))
         return len(calls) == 2  # the first idle call has work left, once
 

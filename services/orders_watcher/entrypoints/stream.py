@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import faust
 
 from common.admin import ensure_topics
-from common.batched_input import deliver_in_batches
+from common.batched_input import InFlight, deliver_in_batches
 from common.clock import Clock, WallClock
 from common.deadlines import DeadlineSchedule
 from common.envelope import CloudEvent
@@ -74,6 +74,7 @@ class _Batch:
 
     number: int = 0
     records: list[Any] = field(default_factory=list)
+    in_flight: InFlight | None = None
     touched: dict[str, _Touched] = field(default_factory=dict)
     acks: list[Awaitable[Any]] = field(default_factory=list)
     dead_letters: list[tuple[HeldEvent, str]] = field(default_factory=list)
@@ -185,21 +186,21 @@ class WatcherRuntime:
 
     # --- a batch -----------------------------------------------------------------------
 
-    async def _on_batch(self, messages: list[Any]) -> bool:
+    async def _on_batch(self, messages: list[Any], in_flight: InFlight | None) -> bool:
         try:
-            return await self._handle_batch(messages)
+            return await self._handle_batch(messages, in_flight)
         except Exception as exc:
             # Not the input's fault (the processor dead-letters those): the table or the
             # producer failed. Returning would let the batch's records be acknowledged.
             fatal("batch_failed", exc)
 
-    async def _handle_batch(self, messages: list[Any]) -> bool:
+    async def _handle_batch(self, messages: list[Any], in_flight: InFlight | None) -> bool:
         """Handle the records in order, each order's state carried from record to record
         in memory, and the orders whose deadline the clock passes, as soon as it has;
         then hand the batch over to be finished (`_finish`) while the next one is handled.
         Returns whether deadlines are still due (the consumer then calls again without
         waiting for records)."""
-        batch = self._batch = _Batch(self._batch.number + 1, messages)
+        batch = self._batch = _Batch(self._batch.number + 1, messages, in_flight)
         self.heartbeat.beat()
         highwater = self.app.consumer.highwater
         slice_ = self.settings.tick_max_due
@@ -242,6 +243,8 @@ class WatcherRuntime:
         ack = self.app.consumer.ack
         for message in batch.records:
             ack(message)  # not the records admission keeps back (marked acked already)
+        if batch.in_flight is not None:
+            batch.in_flight.done()
 
     async def _write(self, batch: _Batch) -> None:
         if batch.acks:
