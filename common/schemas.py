@@ -1,40 +1,62 @@
 """Schemas of every event payload: the SPEC §3 input contract and our internal topics.
 
-Each input `type` maps to one pydantic model; `parse_input` turns a CloudEvent into its
-typed payload or raises InvalidEvent with a readable reason. Unknown fields are ignored
-(producers may add fields), missing or ill-typed ones are refused.
+Each input `type` maps to one msgspec struct; `parse_input` turns a CloudEvent into its
+typed payload or raises InvalidEvent with a readable reason (the field, never its
+value). Unknown fields are ignored (producers may add fields), missing or ill-typed ones
+are refused, strictly (a number where a string belongs is refused, not converted).
+
+The input structs are msgspec's, not pydantic's: every input record of every service is
+parsed into one, and msgspec does it about ten times faster. The payloads of our own
+topics, which consumers parse far less often, stay pydantic models.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
 )
 
 from common.envelope import CloudEvent, InvalidEvent, describe_validation_error
 
 
-def _decimal_string(value: Any) -> Any:
-    # SPEC §3: amounts are decimal strings. A float would silently lose cents.
-    if isinstance(value, float):
-        raise ValueError("amounts must be decimal strings, not JSON numbers")
-    return value
+class Money(Decimal):
+    """An amount: SPEC §3 says decimal strings (a JSON number would silently lose
+    cents), at most 18 digits, 4 of them after the point."""
+
+    @classmethod
+    def from_json(cls, value: Any) -> Money:
+        if not isinstance(value, str):
+            raise ValueError("amounts must be decimal strings, not JSON numbers")
+        try:
+            amount = cls(value)
+        except InvalidOperation:
+            raise ValueError("not a decimal amount") from None
+        _, digits, exponent = amount.as_tuple()
+        if (
+            not amount.is_finite()
+            or len(digits) > 18
+            or (isinstance(exponent, int) and exponent < -4)
+        ):
+            raise ValueError("amounts have at most 18 digits, 4 after the point")
+        return amount
 
 
-Money = Annotated[Decimal, BeforeValidator(_decimal_string), Field(max_digits=18, decimal_places=4)]
+def _decode(kind: type, value: Any) -> Any:
+    if kind is Money:
+        return Money.from_json(value)
+    raise NotImplementedError(f"cannot read {kind.__name__}")
 
 
 @lru_cache(maxsize=64)
@@ -53,11 +75,37 @@ def _stdlib_zone(moment: datetime) -> datetime:
 
 #: An aware date and time (RFC 3339 with an offset), with a standard-library tzinfo.
 Moment = Annotated[AwareDatetime, AfterValidator(_stdlib_zone)]
-Identifier = Annotated[str, Field(min_length=1, max_length=200)]
+#: The same for the input structs (msgspec gives standard-library tzinfos itself).
+Instant = Annotated[datetime, msgspec.Meta(tz=True)]
+Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Quantity = Annotated[int, msgspec.Meta(gt=0, le=100_000)]
 
 
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+
+
+# Strings of bounded length (msgspec constraints).
+ItemName = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+CancelReason = Annotated[str, msgspec.Meta(max_length=500)]
+CountryCode = Annotated[str, msgspec.Meta(min_length=2, max_length=2)]
+PostalCode = Annotated[str, msgspec.Meta(max_length=20)]
+City = Annotated[str, msgspec.Meta(max_length=200)]
+CarrierName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+TrackingNumber = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Url = Annotated[str, msgspec.Meta(max_length=2000)]
+Substatus = Annotated[str, msgspec.Meta(max_length=100)]
+Location = Annotated[str, msgspec.Meta(max_length=300)]
+Comment = Annotated[str, msgspec.Meta(max_length=5000)]
+FirstName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+LastName = Annotated[str, msgspec.Meta(max_length=200)]
+EmailText = Annotated[str, msgspec.Meta(max_length=320)]
+PhoneText = Annotated[str, msgspec.Meta(max_length=32)]
+LocaleTag = Annotated[str, msgspec.Meta(min_length=2, max_length=35)]
+TimeZoneName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class _Input(msgspec.Struct, frozen=True, kw_only=True):
+    pass
 
 
 # ---- commerce.orders -------------------------------------------------------------------
@@ -70,53 +118,53 @@ class ShippingMethod(StrEnum):
     PICKUP = "pickup"
 
 
-class OrderItem(_Payload):
+class OrderItem(_Input, frozen=True, kw_only=True):
     sku: Identifier
-    name: str = Field(min_length=1, max_length=500)
-    quantity: int = Field(gt=0, le=100_000)
+    name: ItemName
+    quantity: Quantity
     unit_price: Money
 
 
-class ShippingAddress(_Payload):
-    country: str = Field(min_length=2, max_length=2)
-    postal_code: str = Field(max_length=20)
-    city: str = Field(max_length=200)
+class ShippingAddress(_Input, frozen=True, kw_only=True):
+    country: CountryCode
+    postal_code: PostalCode
+    city: City
 
 
-class OrderPlaced(_Payload):
+class OrderPlaced(_Input, frozen=True, kw_only=True):
     order_id: Identifier
     customer_id: Identifier
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: CurrencyCode
     total: Money
-    items: list[OrderItem] = Field(min_length=1)
+    items: Annotated[list[OrderItem], msgspec.Meta(min_length=1)]
     shipping_method: ShippingMethod
-    promised_ship_by: Moment
-    promised_delivery_by: Moment
+    promised_ship_by: Instant
+    promised_delivery_by: Instant
     shipping_address: ShippingAddress
 
 
-class OrderCancelled(_Payload):
+class OrderCancelled(_Input, frozen=True, kw_only=True):
     order_id: Identifier
-    reason: str = Field(max_length=500)
+    reason: CancelReason
     cancelled_by: Literal["customer", "merchant"]
 
 
 # ---- commerce.shipments ----------------------------------------------------------------
 
 
-class ShipmentItem(_Payload):
+class ShipmentItem(_Input, frozen=True, kw_only=True):
     sku: Identifier
-    quantity: int = Field(gt=0, le=100_000)
+    quantity: Quantity
 
 
-class ShipmentCreated(_Payload):
+class ShipmentCreated(_Input, frozen=True, kw_only=True):
     shipment_id: Identifier
     order_id: Identifier
-    carrier: str = Field(min_length=1, max_length=100)
-    tracking_number: str = Field(min_length=1, max_length=100)
-    tracking_url: str | None = Field(default=None, max_length=2000)
-    items: list[ShipmentItem] = Field(min_length=1)
-    estimated_delivery_at: Moment | None = None
+    carrier: CarrierName
+    tracking_number: TrackingNumber
+    tracking_url: Url | None = None
+    items: Annotated[list[ShipmentItem], msgspec.Meta(min_length=1)]
+    estimated_delivery_at: Instant | None = None
 
 
 class TrackingStatus(StrEnum):
@@ -141,14 +189,14 @@ class ExceptionSubstatus(StrEnum):
     OTHER = "other"
 
 
-class ShipmentTrackingUpdated(_Payload):
+class ShipmentTrackingUpdated(_Input, frozen=True, kw_only=True):
     shipment_id: Identifier
     order_id: Identifier
     status: TrackingStatus
-    substatus: str | None = Field(default=None, max_length=100)
-    location: str | None = Field(default=None, max_length=300)
-    estimated_delivery_at: Moment | None = None
-    checkpoint_at: Moment
+    substatus: Substatus | None = None
+    location: Location | None = None
+    estimated_delivery_at: Instant | None = None
+    checkpoint_at: Instant
 
 
 # ---- commerce.returns ------------------------------------------------------------------
@@ -177,75 +225,71 @@ MERCHANT_FAULT_REASONS = frozenset(
 )
 
 
-class ReturnItem(_Payload):
+class ReturnItem(_Input, frozen=True, kw_only=True):
     sku: Identifier
-    quantity: int = Field(gt=0, le=100_000)
+    quantity: Quantity
     reason: ReturnReason
 
 
-class ReturnRequested(_Payload):
+class ReturnRequested(_Input, frozen=True, kw_only=True):
     return_id: Identifier
     order_id: Identifier
     customer_id: Identifier
-    items: list[ReturnItem] = Field(min_length=1)
+    items: Annotated[list[ReturnItem], msgspec.Meta(min_length=1)]
     reason: ReturnReason
-    comment: str | None = Field(default=None, max_length=5000)
+    comment: Comment | None = None
 
 
-class ReturnReceived(_Payload):
+class ReturnReceived(_Input, frozen=True, kw_only=True):
     return_id: Identifier
     order_id: Identifier
 
 
-class ReturnRefunded(_Payload):
+class ReturnRefunded(_Input, frozen=True, kw_only=True):
     return_id: Identifier
     order_id: Identifier
     amount: Money
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: CurrencyCode
 
 
 # ---- commerce.customers ----------------------------------------------------------------
 
 
-class CustomerUpserted(_Payload):
+class CustomerUpserted(_Input, frozen=True, kw_only=True):
     customer_id: Identifier
-    first_name: str = Field(min_length=1, max_length=200)
-    last_name: str | None = Field(default=None, max_length=200)
-    email: str | None = Field(default=None, max_length=320)
-    phone: str | None = Field(default=None, max_length=32)
-    locale: str = Field(min_length=2, max_length=35)
-    timezone: str = Field(min_length=1, max_length=64)
+    first_name: FirstName
+    last_name: LastName | None = None
+    email: EmailText | None = None
+    phone: PhoneText | None = None
+    locale: LocaleTag
+    timezone: TimeZoneName
     marketing_opt_in: bool
 
 
-class CustomerErased(_Payload):
+class CustomerErased(_Input, frozen=True, kw_only=True):
     customer_id: Identifier
 
 
 # ---- commerce.feedback -----------------------------------------------------------------
 
 
-class FeedbackReceived(_Payload):
+class FeedbackReceived(_Input, frozen=True, kw_only=True):
     customer_id: Identifier
     order_id: Identifier | None = None
     kind: Literal["nps", "csat", "complaint"]
     score: int | None = None
-    comment: str | None = Field(default=None, max_length=5000)
+    comment: Comment | None = None
 
-    @field_validator("score")
-    @classmethod
-    def _score_in_range(cls, score: int | None, info: Any) -> int | None:
-        kind = info.data.get("kind")
-        if score is None:
-            return score
-        if kind == "nps" and not 0 <= score <= 10:
-            raise ValueError("nps score must be 0-10")
-        if kind == "csat" and not 1 <= score <= 5:
-            raise ValueError("csat score must be 1-5")
-        return score
+    def __post_init__(self) -> None:
+        if self.score is None:
+            return
+        if self.kind == "nps" and not 0 <= self.score <= 10:
+            raise ValueError("score: nps score must be 0-10")
+        if self.kind == "csat" and not 1 <= self.score <= 5:
+            raise ValueError("score: csat score must be 1-5")
 
 
-INPUT_TYPES: dict[str, tuple[str, type[_Payload]]] = {
+INPUT_TYPES: dict[str, tuple[str, type[_Input]]] = {
     "order.placed": ("commerce.orders", OrderPlaced),
     "order.cancelled": ("commerce.orders", OrderCancelled),
     "shipment.created": ("commerce.shipments", ShipmentCreated),
@@ -259,7 +303,15 @@ INPUT_TYPES: dict[str, tuple[str, type[_Payload]]] = {
 }
 
 
-def parse_payload(event: CloudEvent, model: type[_Payload]) -> Any:
+def parse_payload(event: CloudEvent, model: type[Any]) -> Any:
+    """The event's data as `model` (an input struct or one of our topics' models)."""
+    if isinstance(model, type) and issubclass(model, msgspec.Struct):
+        try:
+            return msgspec.convert(event.data, model, dec_hook=_decode)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(
+                f"{event.type} data invalid: {_describe(str(exc))}", code="bad_data"
+            ) from exc
     try:
         return model.model_validate(event.data)
     except ValidationError as exc:
@@ -268,7 +320,19 @@ def parse_payload(event: CloudEvent, model: type[_Payload]) -> Any:
         ) from exc
 
 
-def parse_input(event: CloudEvent, topic: str | None = None) -> _Payload:
+def _describe(reason: str) -> str:
+    """msgspec's "Expected `str`, got `int` - at `$.items[0].sku`" as
+    "items[0].sku: Expected `str`, got `int`" (the field first; no value is echoed)."""
+    message, _, where = reason.partition(" - at `$")
+    field = where.rstrip("`").lstrip(".")
+    missing = message.removeprefix("Object missing required field `")
+    if missing != message:  # "Object missing required field `x`": name the field itself
+        field = f"{field}.{missing.rstrip('`')}" if field else missing.rstrip("`")
+        message = "required, missing"
+    return f"{field}: {message}" if field else message
+
+
+def parse_input(event: CloudEvent, topic: str | None = None) -> Any:
     """The typed payload of an input event; raises InvalidEvent for unknown types or bad data."""
     entry = INPUT_TYPES.get(event.type)
     if entry is None:
@@ -278,8 +342,11 @@ def parse_input(event: CloudEvent, topic: str | None = None) -> _Payload:
         raise InvalidEvent(
             f"event type {event.type!r} does not belong on topic {topic!r}", code="wrong_topic"
         )
-    payload: _Payload = parse_payload(event, model)
-    return payload
+    return parse_payload(event, model)
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 # ---- internal topics -------------------------------------------------------------------
