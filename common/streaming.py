@@ -20,7 +20,7 @@ from faust.streams import _current_event
 from faust.types import TP
 from yarl import URL
 
-from common.kafka import Headers, InputMessage, ProducerPort
+from common.kafka import CachedKeyPartitioner, Headers, InputMessage, ProducerPort
 from common.logs import get_logger
 from common.metrics import INPUT_DEFERRED, INPUT_GAPS
 from common.recovery import table_manager
@@ -47,6 +47,7 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=settings.consumer_max_fetch_bytes,
         producer_max_batch_size=settings.producer_max_batch_bytes,
+        producer_partitioner=CachedKeyPartitioner(),
         producer_acks=-1,
         broker_commit_every=200,
         broker_commit_interval=1.0,

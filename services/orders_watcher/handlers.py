@@ -6,8 +6,10 @@ state and sends. Nothing here touches Kafka, the table or the clock directly.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -44,6 +46,11 @@ class Outcome:
     dead_letters: list[tuple[HeldEvent, str]] = field(default_factory=list)
     duplicate: bool = False
     deadline: datetime | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _incidents(kind: str, change: str) -> Any:
+    return INCIDENTS.labels(kind, change)
 
 
 class OrdersWatcher:
@@ -110,17 +117,20 @@ class OrdersWatcher:
             if not state.held:
                 outcome.state = None
                 return outcome
-        expiry = rules.expires_at(state, self.config)
+        delivered_any = state.delivered_at()  # once, for the expiry and the conclusion
+        expiry = rules.expires_at(state, self.config, delivered_any)
         if expiry is not None and expiry <= now:
             outcome.state = None
             return outcome
-        concluded = self._conclude(state, now)
+        concluded = self._conclude(state, now, delivered_any)
         concluded.dead_letters = outcome.dead_letters
         return concluded
 
-    def _conclude(self, state: OrderState, now: datetime) -> Outcome:
+    def _conclude(self, state: OrderState, now: datetime, delivered_any: Any = None) -> Outcome:
         now = state.judged_at = state.judging_at(now)
-        changes, deadline = rules.conclude(state, now, self.config)
+        if delivered_any is None:
+            delivered_any = state.delivered_at()
+        changes, deadline = rules.conclude(state, now, self.config, delivered_any)
         records = [self._record(state, t) for t in changes]
         return Outcome(state=state, records=records, deadline=deadline)
 
@@ -169,7 +179,7 @@ class OrdersWatcher:
             },
             "resolution": view.resolution if status == "resolved" else None,
         }
-        INCIDENTS.labels(view.kind, transition.change).inc()
+        _incidents(view.kind, transition.change).inc()
         log.info(
             "incident",
             change=transition.change,

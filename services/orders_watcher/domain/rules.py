@@ -490,12 +490,17 @@ def _days(delta: timedelta) -> int:
     return max(0, -(-int(delta.total_seconds()) // 86400))
 
 
+_DERIVE: Any = object()  # "derive it from the state" (None is a value: not delivered)
+
+
 def conclude(
-    state: OrderState, now: datetime, config: DetectionConfig
+    state: OrderState, now: datetime, config: DetectionConfig, delivered_any: Any = _DERIVE
 ) -> tuple[list[Transition], datetime | None]:
     """The changes since what was last emitted (updating `state.emitted` accordingly),
-    and then `next_deadline`, with when the order was delivered derived once for both."""
-    delivered_any = state.delivered_at()
+    and then `next_deadline`, with when the order was delivered derived once for both
+    (`delivered_any`: `state.delivered_at()`, if the caller has it)."""
+    if delivered_any is _DERIVE:
+        delivered_any = state.delivered_at()
     delivered = _known(delivered_any, now)
     changes = _transitions(state, now, config, delivered)
     return changes, _next_deadline(state, now, config, delivered, delivered_any)
@@ -738,8 +743,13 @@ def _finished_at(state: OrderState, delivered: datetime | None) -> datetime | No
     return max([end] + [r.refunded_at for r in state.returns.values() if r.refunded_at])
 
 
-def expires_at(state: OrderState, config: DetectionConfig) -> datetime | None:
-    return _expires_at(state, config, state.delivered_at())
+def expires_at(
+    state: OrderState, config: DetectionConfig, delivered_any: Any = _DERIVE
+) -> datetime | None:
+    """When the order's state may be dropped (`delivered_any` as for `conclude`)."""
+    if delivered_any is _DERIVE:
+        delivered_any = state.delivered_at()
+    return _expires_at(state, config, delivered_any)
 
 
 def _expires_at(
