@@ -71,7 +71,9 @@ NOTES = {
         " records they are looked for at once)"
     ),
     "ORDERS_WATCHER_TICK_MAX_DUE": (
-        "due orders of a partition handled before the next input record; the rest after it"
+        "due orders acted on per batch of input records, besides one per record; the rest"
+        " of a wave in the batches after it (an order's own due deadline always goes"
+        " before its record)"
     ),
     "ORDERS_WATCHER_BATCH_MAX": (
         "at most this many records handled as one batch (a batch is what one fetch"

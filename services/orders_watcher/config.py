@@ -25,9 +25,10 @@ class Settings(ServiceSettings):
     allowed_lateness_s: float = Field(300, ge=0)
     retention_days: float = Field(90, gt=0)
     tick_interval_s: float = Field(1.0, gt=0)
-    # Due orders of a partition handled before the next input record; more due come after
-    # it, so input records are not held up behind a whole wave of deadlines.
-    tick_max_due: int = Field(25, ge=1)
+    # Due orders acted on per batch, besides one per record of the batch; the rest of a
+    # wave of deadlines in the batches after it, so input records are not held up behind
+    # the whole wave (an order's own due deadline goes before its record regardless).
+    tick_max_due: int = Field(50, ge=1)
     # Records handled per batch (outputs acknowledged once, states written once per
     # batch); a batch is what one fetch brought, in chunks of at most this.
     batch_max: int = Field(500, ge=1)

@@ -133,6 +133,7 @@ class WatcherRuntime:
         self._batch = _Batch()
         self._finishing: _Batch | None = None
         self._finished: asyncio.Future[None] | None = None
+        self._due_turn = 0  # which partition's due orders go first (_handle_due)
         self.ops = OpsServer(
             settings.http_host,
             settings.http_port,
@@ -203,7 +204,10 @@ class WatcherRuntime:
         batch = self._batch = _Batch(self._batch.number + 1, messages, in_flight)
         self.heartbeat.beat()
         highwater = self.app.consumer.highwater
-        slice_ = self.settings.tick_max_due
+        # Due orders this batch may act on: a wave of deadlines is spread over the
+        # batches that follow, so that records arriving meanwhile are not held up behind
+        # it (an order's own deadline is acted on before its record regardless: _on_event).
+        budget = self.settings.tick_max_due + len(messages)
         for message in messages:
             msg = input_message_of(message)
             if not await self.progress.admit(message, msg):
@@ -214,9 +218,9 @@ class WatcherRuntime:
             end = highwater(message.tp)
             await self.processor.process(msg, caught_up=end is None or msg.offset + 1 >= end)
             self.progress.handled(msg)
-            if self.schedule.partitions_due(self.clock.now().timestamp()):
-                await self._handle_due(slice_)
-        more = await self._handle_due(self.settings.batch_max)
+            if budget > 0 and self.schedule.partitions_due(self.clock.now().timestamp()):
+                budget -= (await self._handle_due(budget))[0]
+        more = (await self._handle_due(budget))[1]
         # One batch is finished at a time, in order: the one before this must be done.
         if self._finished is not None:
             await self._finished
@@ -282,31 +286,51 @@ class WatcherRuntime:
             # wall-clock moment they passed.
             self.progress.observe(msg, event.time)
             now = self.progress.time_of(msg.partition, now, at_least=event.time)
+        if state is not None:
+            due = self.schedule.index.get(order_id)
+            if due is not None and due <= now.timestamp():
+                # The order's deadline passed before this record: acted on first, as it
+                # was when it passed, while the wave it belongs to may still be in hand.
+                outcome = self.handler.handle_tick(state, now)
+                await self._stage(order_id, msg.partition, outcome)
+                state = self._load(order_id, msg.partition)
         outcome = self.handler.handle_event(state, msg, event, now)
         if outcome.duplicate:
             EVENTS_CONSUMED.labels(SERVICE, msg.topic, "duplicate").inc()
             return
         await self._stage(order_id, msg.partition, outcome)
 
-    async def _handle_due(self, limit: int) -> bool:
-        """Act on up to `limit` orders per partition whose deadline has passed, in
+    async def _handle_due(self, budget: int) -> tuple[int, bool]:
+        """Act on up to `budget` orders whose deadline has passed, shared out among the
         partitions whose input is read (on the wall clock, a backlog first: absence is
-        judged only once the records up to now are in). Returns whether more are due."""
+        judged only once the records up to now are in), the first partition served in
+        turn. Returns how many were acted on and whether more are due."""
         now = self.clock.now()
         moment = now.timestamp()
-        more = False
-        for partition in self.schedule.partitions_due(moment):
-            if not await self.schedule.input_confirmed(partition):
-                continue
-            for order_id in self.schedule.due(partition, moment, limit):
-                state = self._load(order_id, partition)
-                outcome = (
-                    Outcome(state=None) if state is None else self.handler.handle_tick(state, now)
-                )
-                await self._stage(order_id, partition, outcome)
-            earliest = self.schedule.index.earliest(partition)
-            more = more or (earliest is not None and earliest <= moment)
-        return more
+        confirmed = self.schedule.input_confirmed
+        ready = [p for p in self.schedule.partitions_due(moment) if await confirmed(p)]
+        if not ready:
+            return 0, False
+        handled = 0
+        if budget > 0:
+            self._due_turn = turn = (self._due_turn + 1) % len(ready)
+            share = -(-budget // len(ready))  # ceiling: small budgets still go round
+            for partition in ready[turn:] + ready[:turn]:
+                limit = min(share, budget - handled)
+                if limit <= 0:
+                    break
+                for order_id in self.schedule.due(partition, moment, limit):
+                    state = self._load(order_id, partition)
+                    outcome = (
+                        Outcome(state=None)
+                        if state is None
+                        else self.handler.handle_tick(state, now)
+                    )
+                    await self._stage(order_id, partition, outcome)
+                    handled += 1
+        earliest = self.schedule.index.earliest
+        more = any((at := earliest(p)) is not None and at <= moment for p in ready)
+        return handled, more
 
     def _load(self, order_id: str, partition: int) -> OrderState | None:
         """The order's state, for a handler to change: the batch's own, else the cache's,

@@ -4,7 +4,6 @@ failed handler changed, and forgotten on every rebalance."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
@@ -15,6 +14,7 @@ from services.orders_watcher.config import Settings
 from services.orders_watcher.domain.model import OrderState, decode_state, encode_state
 from services.orders_watcher.entrypoints import stream
 from services.orders_watcher.handlers import Outcome
+from tests.unit.orders_watcher.fakes import Table
 
 
 def state(order_id: str) -> OrderState:
@@ -42,30 +42,6 @@ def test_the_least_recently_put_goes_first_and_zero_capacity_keeps_nothing():
     off = StateCache(0, "test_cache")
     off.put("a", state("a"))
     assert len(off) == 0
-
-
-class Table:
-    """The orders table as the runtime uses it (common.tables.PartitionedTable); counts
-    reads."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, bytes] = {}
-        self.reads = 0
-
-    def get(self, partition: int, key: str) -> bytes | None:
-        self.reads += 1
-        return self.values.get(key)
-
-    async def write(self, partition: int, changes: list[tuple[str, bytes | None]]) -> list[Any]:
-        for key, value in changes:
-            if value is None:
-                self.values.pop(key, None)
-            else:
-                self.values[key] = value
-        return []
-
-    def forget(self) -> None:
-        return None
 
 
 @pytest.fixture
