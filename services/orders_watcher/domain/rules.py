@@ -35,6 +35,11 @@ DELIVERY_KINDS = frozenset(
     }
 )
 RETRACTABLE = DELIVERY_KINDS | {"refund_late"}
+# Kinds judged on settled facts: told (opened, updated) once the allowed lateness has
+# passed after their moment, since a late event within it may still show otherwise.
+SETTLED_KINDS = frozenset(
+    {"dispatch_late", "delivery_at_risk", "delivery_late", "shipment_stalled", "refund_late"}
+)
 CRITICAL_SUBSTATUSES = frozenset({"lost", "damaged"})
 # Tracking statuses that raise an incident at once: status -> (kind, severity).
 STATUS_RULES: dict[str, tuple[str, Literal["info", "warning", "critical"]]] = {
