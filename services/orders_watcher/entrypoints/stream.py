@@ -134,6 +134,7 @@ class WatcherRuntime:
         self._finishing: _Batch | None = None
         self._finished: asyncio.Future[None] | None = None
         self._due_turn = 0  # which partition's due orders go first (_handle_due)
+        self._before_record = 0.0  # the clock before the record in hand moved it
         self.ops = OpsServer(
             settings.http_host,
             settings.http_port,
@@ -216,6 +217,7 @@ class WatcherRuntime:
             # Whether the partition holds nothing more to read (for the event clock): as
             # the consumer knows it now, not when the batch was fetched.
             end = highwater(message.tp)
+            self._before_record = self.clock.now().timestamp()
             await self.processor.process(msg, caught_up=end is None or msg.offset + 1 >= end)
             self.progress.handled(msg)
             if budget > 0 and self.schedule.partitions_due(self.clock.now().timestamp()):
@@ -288,9 +290,10 @@ class WatcherRuntime:
             now = self.progress.time_of(msg.partition, now, at_least=event.time)
         if state is not None:
             due = self.schedule.index.get(order_id)
-            if due is not None and due <= now.timestamp():
-                # The order's deadline passed before this record: acted on first, as it
-                # was when it passed, while the wave it belongs to may still be in hand.
+            if due is not None and due <= self._before_record:
+                # The order's deadline passed before this record came (held back with the
+                # rest of its wave): acted on first, as it was when it passed. One that
+                # this record's own time passes comes after it, as ever.
                 outcome = self.handler.handle_tick(state, now)
                 await self._stage(order_id, msg.partition, outcome)
                 state = self._load(order_id, msg.partition)

@@ -28,6 +28,14 @@ TIMELINE = [
     scan(at=2, status="in_transit"),
     scan(at=73, status="returned_to_sender", arrives=80),
 ]
+# In the worker, another order's record at 75 h moves the clock past the stall first; the
+# deadline is held back (the wave's slices) until o-1's late report comes.
+MOVES_THE_CLOCK = placed("o-2", at=75, ship_by=100, deliver_by=200)
+WORKER_INPUT = [*TIMELINE[:-1], MOVES_THE_CLOCK, TIMELINE[-1]]
+
+
+def of_o1(events: list[CloudEvent]) -> list[CloudEvent]:
+    return [e for e in events if e.data["order_id"] == "o-1"]
 
 
 class Recorder:
@@ -58,6 +66,7 @@ def kinds(events: list[CloudEvent]) -> list[tuple[str, str]]:
 def feed(runtime: stream.WatcherRuntime, events: list[CloudEvent]) -> None:
     """Each record at its own arrival time, with no deadline acted on in between."""
     for offset, event in enumerate(events):
+        runtime._before_record = runtime.clock.now().timestamp()
         runtime.clock.set(event.time)  # type: ignore[attr-defined]
         asyncio.run(runtime._on_event(message(event, offset), event))
 
@@ -70,8 +79,8 @@ def test_an_orders_due_deadline_is_acted_on_before_its_next_record(monkeypatch):
         ("resolved", "shipment_stalled"),
     ]
     runtime = worker(monkeypatch)
-    feed(runtime, TIMELINE)
-    told = runtime.producer.told  # type: ignore[attr-defined]
+    feed(runtime, WORKER_INPUT)
+    told = of_o1(runtime.producer.told)  # type: ignore[attr-defined]
     assert kinds(told) == kinds(live.emitted)
     assert [e.id for e in told] == [e.id for e in live.emitted]
 
@@ -80,10 +89,21 @@ def test_without_acting_first_the_stall_would_never_be_told(monkeypatch):
     """What the step before the record guards against (the test above must be able to
     fail): the same records with the order's deadline forgotten tell only the return."""
     runtime = worker(monkeypatch)
-    feed(runtime, TIMELINE[:-1])
+    feed(runtime, WORKER_INPUT[:-1])
     runtime.schedule.index.set("o-1", 0, None)
-    feed(runtime, TIMELINE[-1:])
-    assert kinds(runtime.producer.told) == [("opened", "returned_to_sender")]  # type: ignore[attr-defined]
+    feed(runtime, WORKER_INPUT[-1:])
+    told = of_o1(runtime.producer.told)  # type: ignore[attr-defined]
+    assert kinds(told) == [("opened", "returned_to_sender")]
+
+
+def test_a_deadline_the_records_own_time_passes_comes_after_it(monkeypatch):
+    """Only what was held back goes first: a record that itself moves the clock past its
+    order's deadline is applied before the deadline is looked at (the late report then
+    shows there was no stall to tell)."""
+    runtime = worker(monkeypatch)
+    feed(runtime, TIMELINE)
+    told = of_o1(runtime.producer.told)  # type: ignore[attr-defined]
+    assert kinds(told) == [("opened", "returned_to_sender")]
 
 
 def due_orders(runtime: stream.WatcherRuntime, count: int, partitions: int) -> None:
