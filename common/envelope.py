@@ -30,6 +30,11 @@ class InvalidEvent(ValueError):
         self.code = code
 
 
+#: An aware date and time (RFC 3339 with an offset), as msgspec reads it (with a
+#: standard-library tzinfo): the envelope's `time`, and the input payloads' times.
+Instant = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
 class CloudEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A CloudEvents 1.0 event. Of the extension attributes, the distributed-tracing ones
     (traceparent, tracestate) are kept; others are ignored.
@@ -42,7 +47,7 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     source: Annotated[str, msgspec.Meta(min_length=1)]
     type: Annotated[str, msgspec.Meta(min_length=1)]
-    time: Annotated[datetime, msgspec.Meta(tz=True)]
+    time: Instant
     subject: str | None = None
     datacontenttype: str | None = None
     data: dict[str, Any] = msgspec.field(default_factory=dict)

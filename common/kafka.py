@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import functools
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,6 +32,7 @@ from common.metrics import (
     EVENTS_PRODUCED,
     LAST_INPUT_SECONDS,
     PROCESSING_SECONDS,
+    child,
 )
 from common.ops_http import Heartbeat
 
@@ -80,10 +80,11 @@ class CachedKeyPartitioner:
     def __init__(self, size: int = 100_000) -> None:
         self.size = size
         self._hashes: dict[bytes, int] = {}
+        self._keyless = DefaultPartitioner()  # no key: a random available partition
 
     def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
         if key is None:
-            return int(DefaultPartitioner()(key, all_partitions, available))
+            return int(self._keyless(key, all_partitions, available))
         hashes = self._hashes
         found = hashes.get(key)
         if found is None:
@@ -124,20 +125,13 @@ class ProducerPort(abc.ABC):
                     await self.send(record.topic, key, value, record.headers())
                 else:
                     acks.append(await self.send_soon(record.topic, key, value, record.headers()))
-            _produced(service, record.topic, record.event.type).inc()
+            child(EVENTS_PRODUCED, service, record.topic, record.event.type).inc()
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
         return None
-
-
-@functools.lru_cache(maxsize=1024)
-def _produced(service: str, topic: str, event_type: str) -> Any:
-    """The counter child of EVENTS_PRODUCED (looked up once: `labels()` costs more than the
-    increment)."""
-    return EVENTS_PRODUCED.labels(service, topic, event_type)
 
 
 def _acknowledged() -> asyncio.Future[None]:
@@ -264,16 +258,6 @@ class MessageProcessor:
         # and this runs for every record.
         self._last_input = LAST_INPUT_SECONDS.labels(service)
         self._clock_now = CLOCK_SECONDS.labels(service)
-        self._per_topic: dict[str, tuple[Any, Any]] = {}
-
-    def _topic_metrics(self, topic: str) -> tuple[Any, Any]:
-        found = self._per_topic.get(topic)
-        if found is None:
-            found = self._per_topic[topic] = (
-                PROCESSING_SECONDS.labels(self.service, topic),
-                EVENTS_CONSUMED.labels(self.service, topic, "processed"),
-            )
-        return found
 
     async def process(self, msg: InputMessage, *, caught_up: bool = True) -> str:
         started = time.perf_counter()
@@ -293,9 +277,9 @@ class MessageProcessor:
             result = await self._handle(msg, event)
             tracing.outcome(span, result, None if result == "processed" else result)
         if result == "processed":
-            seconds, processed = self._topic_metrics(msg.topic)
-            seconds.observe(time.perf_counter() - started)
-            processed.inc()
+            seconds = time.perf_counter() - started
+            child(PROCESSING_SECONDS, self.service, msg.topic).observe(seconds)
+            child(EVENTS_CONSUMED, self.service, msg.topic, "processed").inc()
         return result
 
     async def _handle(self, msg: InputMessage, event: CloudEvent) -> str:

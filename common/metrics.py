@@ -5,6 +5,9 @@ Labels carry kinds, reasons, topics and outcomes — never ids or personal data.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_CONSUMED = Counter(
@@ -147,3 +150,10 @@ IN_DOUBT = Counter(
     "Sends left in doubt by a crash, settled by asking the provider (found, absent, unknown).",
     ["channel", "outcome"],
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once per label set: on a per-record path the
+    lookup costs more than the update."""
+    return metric.labels(*labels)

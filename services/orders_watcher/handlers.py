@@ -6,7 +6,6 @@ state and sends. Nothing here touches Kafka, the table or the clock directly.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,7 +16,7 @@ from common import schemas
 from common.envelope import CloudEvent, InvalidEvent, derived_id, new_event
 from common.kafka import InputMessage, Outgoing
 from common.logs import get_logger
-from common.metrics import INCIDENTS
+from common.metrics import INCIDENTS, child
 from common.topics import Topics
 from services.orders_watcher.domain import facts, rules
 from services.orders_watcher.domain.model import HeldEvent, OrderState
@@ -46,11 +45,6 @@ class Outcome:
     dead_letters: list[tuple[HeldEvent, str]] = field(default_factory=list)
     duplicate: bool = False
     deadline: datetime | None = None
-
-
-@functools.lru_cache(maxsize=256)
-def _incidents(kind: str, change: str) -> Any:
-    return INCIDENTS.labels(kind, change)
 
 
 class OrdersWatcher:
@@ -126,10 +120,10 @@ class OrdersWatcher:
         concluded.dead_letters = outcome.dead_letters
         return concluded
 
-    def _conclude(self, state: OrderState, now: datetime, delivered_any: Any = None) -> Outcome:
+    def _conclude(
+        self, state: OrderState, now: datetime, delivered_any: Any = rules.DERIVE
+    ) -> Outcome:
         now = state.judged_at = state.judging_at(now)
-        if delivered_any is None:
-            delivered_any = state.delivered_at()
         changes, deadline = rules.conclude(state, now, self.config, delivered_any)
         records = [self._record(state, t) for t in changes]
         return Outcome(state=state, records=records, deadline=deadline)
@@ -179,7 +173,7 @@ class OrdersWatcher:
             },
             "resolution": view.resolution if status == "resolved" else None,
         }
-        _incidents(view.kind, transition.change).inc()
+        child(INCIDENTS, view.kind, transition.change).inc()
         log.info(
             "incident",
             change=transition.change,

@@ -495,16 +495,16 @@ def _days(delta: timedelta) -> int:
     return max(0, -(-int(delta.total_seconds()) // 86400))
 
 
-_DERIVE: Any = object()  # "derive it from the state" (None is a value: not delivered)
+DERIVE: Any = object()  # "derive it from the state" (None is a value: not delivered)
 
 
 def conclude(
-    state: OrderState, now: datetime, config: DetectionConfig, delivered_any: Any = _DERIVE
+    state: OrderState, now: datetime, config: DetectionConfig, delivered_any: Any = DERIVE
 ) -> tuple[list[Transition], datetime | None]:
     """The changes since what was last emitted (updating `state.emitted` accordingly),
     and then `next_deadline`, with when the order was delivered derived once for both
     (`delivered_any`: `state.delivered_at()`, if the caller has it)."""
-    if delivered_any is _DERIVE:
+    if delivered_any is DERIVE:
         delivered_any = state.delivered_at()
     delivered = _known(delivered_any, now)
     changes = _transitions(state, now, config, delivered)
@@ -749,10 +749,10 @@ def _finished_at(state: OrderState, delivered: datetime | None) -> datetime | No
 
 
 def expires_at(
-    state: OrderState, config: DetectionConfig, delivered_any: Any = _DERIVE
+    state: OrderState, config: DetectionConfig, delivered_any: Any = DERIVE
 ) -> datetime | None:
     """When the order's state may be dropped (`delivered_any` as for `conclude`)."""
-    if delivered_any is _DERIVE:
+    if delivered_any is DERIVE:
         delivered_any = state.delivered_at()
     return _expires_at(state, config, delivered_any)
 

@@ -31,7 +31,7 @@ from common.deadlines import DeadlineSchedule
 from common.envelope import CloudEvent
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
-from common.metrics import EVENTS_CONSUMED
+from common.metrics import EVENTS_CONSUMED, child
 from common.ops_http import Heartbeat, OpsServer
 from common.streaming import (
     FaustProducer,
@@ -294,12 +294,11 @@ class WatcherRuntime:
                 # The order's deadline passed before this record came (held back with the
                 # rest of its wave): acted on first, as it was when it passed. One that
                 # this record's own time passes comes after it, as ever.
-                outcome = self.handler.handle_tick(state, now)
-                await self._stage(order_id, msg.partition, outcome)
+                await self._act_on_deadline(order_id, msg.partition, state, now)
                 state = self._load(order_id, msg.partition)
         outcome = self.handler.handle_event(state, msg, event, now)
         if outcome.duplicate:
-            EVENTS_CONSUMED.labels(SERVICE, msg.topic, "duplicate").inc()
+            child(EVENTS_CONSUMED, SERVICE, msg.topic, "duplicate").inc()
             return
         await self._stage(order_id, msg.partition, outcome)
 
@@ -324,16 +323,19 @@ class WatcherRuntime:
                     break
                 for order_id in self.schedule.due(partition, moment, limit):
                     state = self._load(order_id, partition)
-                    outcome = (
-                        Outcome(state=None)
-                        if state is None
-                        else self.handler.handle_tick(state, now)
-                    )
-                    await self._stage(order_id, partition, outcome)
+                    await self._act_on_deadline(order_id, partition, state, now)
                     handled += 1
         earliest = self.schedule.index.earliest
         more = any((at := earliest(p)) is not None and at <= moment for p in ready)
         return handled, more
+
+    async def _act_on_deadline(
+        self, order_id: str, partition: int, state: OrderState | None, now: datetime
+    ) -> None:
+        """The order's deadline has passed: judge it at `now` (an order with no state
+        left is unscheduled)."""
+        outcome = Outcome(state=None) if state is None else self.handler.handle_tick(state, now)
+        await self._stage(order_id, partition, outcome)
 
     def _load(self, order_id: str, partition: int) -> OrderState | None:
         """The order's state, for a handler to change: the batch's own, else the cache's,
