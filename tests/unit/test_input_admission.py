@@ -148,7 +148,7 @@ async def test_a_partition_without_a_commit_starts_at_its_first_record() -> None
 
 async def test_records_of_other_topics_are_not_its_business() -> None:
     worker = Worker(committed=5, ready=False)
-    msg = InputMessage(topic="orders_watcher-ticks", partition=0, offset=99, key=None, value=b"")
+    msg = InputMessage(topic="risk_detector-ticks", partition=0, offset=99, key=None, value=b"")
     event = SimpleNamespace(message=Message(99))
     assert await worker.progress.admit(event, msg)  # type: ignore[arg-type]
     assert not event.message.acked

@@ -7,7 +7,7 @@ every customer-keyed topic (incidents, feedback, customers and those facts) into
 `profiles` table and emits outreach requests and hand-offs.
 
 Time without facts (a customer who stops ordering) reaches `assess` as tick records on
-`<group>-ticks`, as in orders_watcher (common.deadlines): `rhythm_deadlines` holds each
+`<group>-ticks` (common.deadlines): `rhythm_deadlines` holds each
 customer's next rhythm check, the index over it is rebuilt after every assignment. A
 tick is only sent for a moment that no order fact still on its way from `rekey` to
 `assess` could precede, so a replay judges silence on the same facts as the live run.
