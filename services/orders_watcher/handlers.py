@@ -78,7 +78,7 @@ class OrdersWatcher:
                 )
         facts.apply(state, payload, event.id, event.time)
         if state.order is None and facts.needs_order(payload):
-            state.held.append(
+            state.held += (
                 HeldEvent(
                     event_id=event.id,
                     topic=msg.topic,
@@ -87,10 +87,10 @@ class OrdersWatcher:
                     key=msg.key.decode(errors="replace") if msg.key else None,
                     value=(msg.value or b"").decode("latin-1"),
                     release_at=max(now, event.time) + self.config.orphan_hold,
-                )
+                ),
             )
         if isinstance(payload, schemas.OrderPlaced):
-            state.held.clear()
+            state.held = ()
         return self._conclude(state, now)
 
     def handle_tick(self, state: OrderState, now: datetime) -> Outcome:
@@ -107,7 +107,7 @@ class OrdersWatcher:
                     )
                     for h in expired
                 ]
-                state.held = [h for h in state.held if h.release_at > now]
+                state.held = tuple(h for h in state.held if h.release_at > now)
             if not state.held:
                 outcome.state = None
                 return outcome
@@ -162,7 +162,7 @@ class OrdersWatcher:
                 "order_id": state.order_id,
                 "currency": order.currency,
                 "total": order.total,
-                "items": order.items,
+                "items": [msgspec.structs.asdict(item) for item in order.items],
                 "shipping_method": order.shipping_method,
                 "placed_at": order.placed_at,
                 "promised_delivery_by": order.promised_delivery_by,

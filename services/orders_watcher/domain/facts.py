@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from common import schemas
-from services.orders_watcher.domain.model import Checkpoint, OrderFacts, OrderState
+from services.orders_watcher.domain.model import Checkpoint, OrderFacts, OrderItem, OrderState
 
 ORDER_SCOPED = (
     schemas.ShipmentCreated,
@@ -36,15 +36,12 @@ def apply(state: OrderState, payload: Any, event_id: str, event_time: datetime) 
                 placed_event_id=event_id,
                 currency=payload.currency,
                 total=str(payload.total),
-                items=[
-                    {
-                        "sku": i.sku,
-                        "name": i.name,
-                        "quantity": i.quantity,
-                        "unit_price": str(i.unit_price),
-                    }
+                items=tuple(
+                    OrderItem(
+                        sku=i.sku, name=i.name, quantity=i.quantity, unit_price=str(i.unit_price)
+                    )
                     for i in payload.items
-                ],
+                ),
                 shipping_method=payload.shipping_method.value,
                 promised_ship_by=payload.promised_ship_by,
                 promised_delivery_by=payload.promised_delivery_by,

@@ -13,16 +13,20 @@ record (pydantic models cost about ten times as much for both). `encode_state` a
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_right
 from datetime import datetime
-from typing import Any
 
 import msgspec
 from msgspec import field
 
 
-class _State(msgspec.Struct, kw_only=True):
-    pass
+class _State(msgspec.Struct, kw_only=True, gc=False):
+    """A state holds nothing the garbage collector tracks: its structs are untracked
+    (`gc=False`: they form trees, never cycles) and its sequences are tuples of untracked
+    things (which the collector untracks the first time it sees them), not lists. The
+    watcher keeps thousands of recent states in memory (adapters/state_cache.py); tracked,
+    they made every full collection walk them, a pause of 60-120 ms on the benchmark's
+    machine every few seconds under load (docs/performance.md, run O)."""
 
 
 class Checkpoint(_State, kw_only=True):
@@ -43,17 +47,19 @@ class ShipmentState(_State, kw_only=True):
     tracking_url: str | None = None
     items: dict[str, int] = field(default_factory=dict)
     initial_estimate: datetime | None = None
-    checkpoints: list[Checkpoint] = field(default_factory=list)
+    checkpoints: tuple[Checkpoint, ...] = ()
 
     # Checkpoints are kept in event order, (at, event_id), whatever order they came in:
     # the rules read them in that order on every record.
 
     def __post_init__(self) -> None:
         # A state stored before the order was kept holds them in arrival order.
-        self.checkpoints.sort(key=_event_order)
+        self.checkpoints = tuple(sorted(self.checkpoints, key=_event_order))
 
     def add(self, checkpoint: Checkpoint) -> None:
-        insort(self.checkpoints, checkpoint, key=_event_order)
+        points = self.checkpoints
+        at = bisect_right(points, _event_order(checkpoint), key=_event_order)
+        self.checkpoints = (*points[:at], checkpoint, *points[at:])
 
     def delivered_at(self) -> datetime | None:
         """The first delivery scan's time."""
@@ -77,13 +83,22 @@ class ReturnState(_State, kw_only=True):
     reason: str | None = None
 
 
+class OrderItem(_State, kw_only=True):
+    """A line of the order, as placed (stored as the JSON object it was always stored as)."""
+
+    sku: str
+    name: str
+    quantity: int
+    unit_price: str
+
+
 class OrderFacts(_State, kw_only=True):
     customer_id: str
     placed_at: datetime
     placed_event_id: str
     currency: str
     total: str
-    items: list[dict[str, Any]]
+    items: tuple[OrderItem, ...]
     shipping_method: str
     promised_ship_by: datetime
     promised_delivery_by: datetime
@@ -118,10 +133,10 @@ class OrderState(_State, kw_only=True):
     cancelled_event_id: str | None = None
     shipments: dict[str, ShipmentState] = field(default_factory=dict)
     returns: dict[str, ReturnState] = field(default_factory=dict)
-    seen_event_ids: list[str] = field(default_factory=list)
+    seen_event_ids: tuple[str, ...] = ()
     emitted: dict[str, EmittedIncident] = field(default_factory=dict)
     checkin_emitted: bool = False
-    held: list[HeldEvent] = field(default_factory=list)
+    held: tuple[HeldEvent, ...] = ()
     last_event_at: datetime | None = None
     # The latest time the order was judged at. It is never judged at an earlier time
     # again (a worker reading a backlog judges at the backlog's time, which may lie
@@ -136,9 +151,8 @@ class OrderState(_State, kw_only=True):
         return event_id in self.seen_event_ids
 
     def remember(self, event_id: str, limit: int = 500) -> None:
-        self.seen_event_ids.append(event_id)
-        if len(self.seen_event_ids) > limit:
-            del self.seen_event_ids[: len(self.seen_event_ids) - limit]
+        seen = (*self.seen_event_ids, event_id)
+        self.seen_event_ids = seen[len(seen) - limit :] if len(seen) > limit else seen
 
     def shipment(self, shipment_id: str) -> ShipmentState:
         if shipment_id not in self.shipments:
@@ -171,7 +185,7 @@ class OrderState(_State, kw_only=True):
         if not unknown_items:
             ordered: dict[str, int] = {}
             for item in self.order.items:
-                ordered[item["sku"]] = ordered.get(item["sku"], 0) + int(item["quantity"])
+                ordered[item.sku] = ordered.get(item.sku, 0) + item.quantity
             if any(delivered.get(sku, 0) < qty for sku, qty in ordered.items()):
                 return None
         return max(moments)

@@ -11,6 +11,7 @@ duplicate changes nothing.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -324,7 +325,7 @@ def _shipment_incidents(
     config: DetectionConfig,
 ) -> list[IncidentView]:
     views: list[IncidentView] = []
-    checkpoints = shipment.checkpoints  # in event order
+    checkpoints: Sequence[Checkpoint] = shipment.checkpoints  # in event order
     if checkpoints and checkpoints[-1].at > now:
         checkpoints = [cp for cp in checkpoints if cp.at <= now]
     delivered = _known(shipment.delivered_at(), now)

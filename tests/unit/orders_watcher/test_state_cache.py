@@ -70,7 +70,7 @@ def test_the_next_batch_gets_the_written_state_without_reading_the_table(runtime
     first = handled(runtime, "o-1")
     reads = runtime.table.reads
     second = handled(runtime, "o-1")
-    assert second is first and second.seen_event_ids == ["e-0", "e-1"]
+    assert second is first and second.seen_event_ids == ("e-0", "e-1")
     assert runtime.table.reads == reads
     stored = runtime.table.values["o-1"]
     assert decode_state(order_table.state_of(stored)) == second
@@ -84,7 +84,7 @@ def test_a_state_a_handler_failed_on_is_read_again_from_the_table(runtime):
     taken.remember("e-half-way")  # the handler fails here: nothing is staged
     again = runtime._load("o-1", 0)
     assert again is not taken and again is not None
-    assert again.seen_event_ids == ["e-0"]
+    assert again.seen_event_ids == ("e-0",)
 
 
 def test_within_a_batch_a_failed_handler_leaves_the_staged_value_not_its_changes(runtime):
@@ -97,7 +97,7 @@ def test_within_a_batch_a_failed_handler_leaves_the_staged_value_not_its_changes
     assert taken is loaded  # the batch's own state, no parse
     taken.remember("e-half-way")  # fails: not staged
     again = runtime._load("o-1", 0)
-    assert again is not None and again.seen_event_ids == ["e-0"]
+    assert again is not None and again.seen_event_ids == ("e-0",)
 
 
 def test_a_rebalance_forgets_every_state(runtime):
@@ -128,5 +128,6 @@ def test_the_batch_being_finished_lends_its_states_to_the_next_one_once(runtime)
     asyncio.run(runtime._stage("o-1", 0, Outcome(state=again)))
     asyncio.run(runtime._write(first))
     assert runtime.states.take("o-1") is None  # batch 2 will put its own
-    assert decode_state(order_table.state_of(runtime.table.values["o-1"])).seen_event_ids == ["e-0"]
+    written = decode_state(order_table.state_of(runtime.table.values["o-1"]))
+    assert written.seen_event_ids == ("e-0",)
     assert runtime._load("o-1", 0) is again  # batch 2's own
