@@ -80,6 +80,11 @@ NOTES = {
         " brought): their outputs are acknowledged together, then each changed order is"
         " written once"
     ),
+    "ORDERS_WATCHER_BATCHES_IN_FLIGHT": (
+        "batches finished in the background (outputs acknowledged, states written, records"
+        " acknowledged, in order) while the next is handled; the next waits when this many"
+        " are"
+    ),
     "ORDERS_WATCHER_STATE_CACHE_MAX": (
         "decoded states of recently handled orders kept in memory (the next record of the"
         " same order skips the table read and the parse); 0: off"

@@ -32,6 +32,9 @@ class Settings(ServiceSettings):
     # Records handled per batch (outputs acknowledged once, states written once per
     # batch); a batch is what one fetch brought, in chunks of at most this.
     batch_max: int = Field(500, ge=1)
+    # Batches finished (outputs acknowledged, states written) in the background while
+    # the next is handled; the next waits when this many are.
+    batches_in_flight: int = Field(3, ge=1)
     producer_linger_s: float = Field(0.005, ge=0)
     # Decoded states of recently handled orders, kept in memory (adapters/state_cache.py).
     state_cache_max: int = Field(10_000, ge=0)

@@ -79,6 +79,7 @@ class _Batch:
     touched: dict[str, _Touched] = field(default_factory=dict)
     acks: list[Awaitable[Any]] = field(default_factory=list)
     dead_letters: list[tuple[HeldEvent, str]] = field(default_factory=list)
+    finished: asyncio.Future[None] | None = None  # its finishing (`_finish`), once begun
 
 
 class WatcherRuntime:
@@ -129,11 +130,11 @@ class WatcherRuntime:
         self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
         self.processor = MessageProcessor(SERVICE, self._on_event, self.deadletters, self.clock)
         self.holds = PartitionHolds(self.app, self.clock, set(self.inputs))
-        # The batch being handled, and the one before it while it is being finished
-        # (outputs acknowledged, states written, records acknowledged) in the background.
+        # The batch being handled, and the ones before it while they are being finished
+        # (outputs acknowledged, states written, records acknowledged) in the background,
+        # oldest first: at most `batches_in_flight` of them.
         self._batch = _Batch()
-        self._finishing: _Batch | None = None
-        self._finished: asyncio.Future[None] | None = None
+        self._finishing: list[_Batch] = []
         self._due_turn = 0  # which partition's due orders go first (_handle_due)
         self._before_record = 0.0  # the clock before the record in hand moved it
         self._heap_frozen = False
@@ -232,50 +233,59 @@ class WatcherRuntime:
             if budget > 0 and self.schedule.partitions_due(self.clock.now().timestamp()):
                 budget -= (await self._handle_due(budget))[0]
         more = (await self._handle_due(budget))[1]
-        # One batch is finished at a time, in order: the one before this must be done.
-        if self._finished is not None:
-            await self._finished
         if batch.records or batch.touched or batch.acks or batch.dead_letters:
-            self._finishing = batch
-            self._finished = asyncio.ensure_future(self._finish(batch))
+            # Batches are finished in order, a few at a time: the oldest must be done
+            # before another joins them.
+            while len(self._finishing) >= self.settings.batches_in_flight:
+                oldest = self._finishing[0].finished
+                assert oldest is not None
+                await asyncio.wait([oldest])
+            previous = self._finishing[-1].finished if self._finishing else None
+            self._finishing.append(batch)
+            batch.finished = asyncio.ensure_future(self._finish(batch, previous))
             self._batch = _Batch(batch.number)
         return more
 
-    async def _finish(self, batch: _Batch) -> None:
+    async def _finish(self, batch: _Batch, previous: asyncio.Future[None] | None) -> None:
         """Wait once for every output of the batch to be acknowledged, and only then write
         its changed states (one table write per order per batch) and acknowledge its
-        records. A crash before the writes re-reads the batch from the last commit and
-        emits the same records again under the same ids (downstream dedupes by id); it
-        cannot record as emitted what never reached the broker. The next batch is handled
-        meanwhile, reading this one's states from memory, not from the table."""
+        records, after the batch before it (`previous`) has done the same. A crash before
+        the writes re-reads the batch from the last commit and emits the same records
+        again under the same ids (downstream dedupes by id); it cannot record as emitted
+        what never reached the broker. The next batches are handled meanwhile, reading
+        this one's states from memory, not from the table."""
         try:
-            await self._write(batch)
+            await self._write(batch, previous)
         except Exception as exc:
             fatal("batch_failed", exc)
         finally:
-            if self._finishing is batch:
-                self._finishing = None
+            self._finishing.remove(batch)
         ack = self.app.consumer.ack
         for message in batch.records:
             ack(message)  # not the records admission keeps back (marked acked already)
         if batch.in_flight is not None:
             batch.in_flight.done()
 
-    async def _write(self, batch: _Batch) -> None:
+    async def _write(self, batch: _Batch, previous: asyncio.Future[None] | None = None) -> None:
         if batch.acks:
             self.producer.send_now()
             results = await asyncio.gather(*batch.acks, return_exceptions=True)
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
                 fatal("outputs_undelivered", failed[0], count=len(failed))
+        if previous is not None:
+            # Its outputs are in; its table writes and acknowledgements go after those of
+            # the batch before it (which a failure there ends the process before).
+            await previous
         for held, reason in batch.dead_letters:
             await self.deadletters.publish(_original(held), reason, "orphan_expired")
         by_partition: dict[int, list[tuple[str, bytes | None]]] = {}
-        current = self._batch.touched
+        newer = [b.touched for b in self._finishing if b.number > batch.number]
+        newer.append(self._batch.touched)
         for order_id, touched in batch.touched.items():
             by_partition.setdefault(touched.partition, []).append((order_id, touched.value))
-            if touched.state is None or order_id in current:
-                # Dropped, or taken by the batch now being handled: it will put its own.
+            if touched.state is None or any(order_id in later for later in newer):
+                # Dropped, or changed again by a later batch: that one puts its own.
                 self.states.discard(order_id)
             else:
                 # Handed over: the cache holds the object now, not the batch.
@@ -348,18 +358,22 @@ class WatcherRuntime:
 
     def _load(self, order_id: str, partition: int) -> OrderState | None:
         """The order's state, for a handler to change: the batch's own, else the cache's,
-        else that of the batch being finished, else the table's. What is handed out is
-        taken out of the batch or the cache until it is staged again (see
-        adapters/state_cache.py); a state the batch being finished hands to the cache is
-        in one place at a time."""
+        else that of the latest batch being finished that changed it, else the table's.
+        What is handed out is taken out of the batch or the cache until it is staged
+        again (see adapters/state_cache.py); a state a batch being finished hands to the
+        cache is in one place at a time."""
         touched = self._batch.touched.get(order_id)
         if touched is not None:
             state, touched.state = touched.state, None
             value = touched.value
         else:
             state = self.states.take_quietly(order_id)
-            finishing = self._finishing.touched.get(order_id) if self._finishing else None
-            # A hit: the state comes from memory (the cache, or the batch being finished),
+            finishing = None
+            for earlier in reversed(self._finishing):
+                finishing = earlier.touched.get(order_id)
+                if finishing is not None:
+                    break
+            # A hit: the state comes from memory (the cache, or a batch being finished),
             # not the table.
             self.states.count(state is not None or finishing is not None)
             if state is not None:

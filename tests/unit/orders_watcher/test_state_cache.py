@@ -119,7 +119,8 @@ def test_the_batch_being_finished_lends_its_states_to_the_next_one_once(runtime)
     assert loaded is not None
     loaded.remember("e-0")
     asyncio.run(runtime._stage("o-1", 0, Outcome(state=loaded)))
-    first = runtime._finishing = runtime._batch
+    first = runtime._batch
+    runtime._finishing = [first]
     runtime._batch = stream._Batch(2)
     reads = runtime.table.reads
     again = runtime._load("o-1", 0)
@@ -131,3 +132,45 @@ def test_the_batch_being_finished_lends_its_states_to_the_next_one_once(runtime)
     written = decode_state(order_table.state_of(runtime.table.values["o-1"]))
     assert written.seen_event_ids == ("e-0",)
     assert runtime._load("o-1", 0) is again  # batch 2's own
+
+
+def test_of_batches_being_finished_the_next_one_takes_the_latest_state(runtime):
+    # Batches 1 and 2 both changed the order and wait for their outputs while batch 3 is
+    # handled (ORDERS_WATCHER_BATCHES_IN_FLIGHT=2): batch 3 takes batch 2's state; the
+    # writes, in order, leave the cache alone until the last batch that changed it.
+    runtime._batch = stream._Batch(1)
+    loaded = runtime._load("o-1", 0)
+    assert loaded is not None
+    loaded.remember("e-0")
+    asyncio.run(runtime._stage("o-1", 0, Outcome(state=loaded)))
+    first = runtime._batch
+    runtime._finishing = [first]
+    runtime._batch = stream._Batch(2)
+    again = runtime._load("o-1", 0)
+    assert again is loaded
+    again.remember("e-1")
+    asyncio.run(runtime._stage("o-1", 0, Outcome(state=again)))
+    second = runtime._batch
+    runtime._finishing = [first, second]
+    runtime._batch = stream._Batch(3)
+    reads = runtime.table.reads
+    latest = runtime._load("o-1", 0)
+    assert latest is again and latest.seen_event_ids == ("e-0", "e-1")
+    assert runtime.table.reads == reads
+    latest.remember("e-2")
+    asyncio.run(runtime._stage("o-1", 0, Outcome(state=latest)))
+    third = runtime._batch
+    runtime._finishing = [first, second, third]
+    runtime._batch = stream._Batch(4)
+
+    def written() -> tuple[str, ...]:
+        return decode_state(order_table.state_of(runtime.table.values["o-1"])).seen_event_ids
+
+    asyncio.run(runtime._write(first))
+    assert runtime.states.take("o-1") is None and written() == ("e-0",)
+    asyncio.run(runtime._write(second))
+    assert runtime.states.take("o-1") is None and written() == ("e-0", "e-1")
+    runtime._finishing = [third]
+    asyncio.run(runtime._write(third))
+    assert written() == ("e-0", "e-1", "e-2")
+    assert runtime.states.take("o-1") is latest  # handed over once no later batch has it
