@@ -74,8 +74,13 @@ async def test_every_process_hears_every_committed_change(two_processes):
 
 async def test_a_failed_write_announces_nothing(two_processes, monkeypatch):
     a, b = two_processes
-    await a.on_customer_event(customer_upserted("c-1"))
     on_b = b.feed.subscribe()
+    await a.on_customer_event(customer_upserted("c-1"))
+    # Heard first, so that what comes next is only what follows it (a subscription made
+    # after the upsert could still hear its NOTIFY, which reaches B's LISTEN a moment
+    # after the commit: a loaded machine showed that).
+    change = await next_change(on_b)
+    assert (change.version, change.kind) == (1, "upserted")
 
     original = a.store._announce
 
