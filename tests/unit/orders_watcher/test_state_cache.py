@@ -111,66 +111,65 @@ def test_a_rebalance_forgets_every_state(runtime):
     assert runtime.table.reads == reads + 1
 
 
+def change(runtime: stream.WatcherRuntime, event_id: str) -> OrderState:
+    """The batch in hand loads o-1, remembers `event_id` in it and stages it."""
+    loaded = runtime._load("o-1", 0)
+    assert loaded is not None
+    loaded.remember(event_id)
+    asyncio.run(runtime._stage("o-1", 0, Outcome(state=loaded)))
+    return loaded
+
+
+def finish_later(runtime: stream.WatcherRuntime) -> stream._Batch:
+    """The batch in hand goes to be finished (its outputs not acknowledged yet, so not
+    written), and the next one is handled."""
+    batch = runtime._batch
+    runtime._finishing.append(batch)
+    runtime._batch = stream._Batch(batch.number + 1)
+    return batch
+
+
+def seen_in_table(runtime: stream.WatcherRuntime) -> tuple[str, ...]:
+    return decode_state(order_table.state_of(runtime.table.values["o-1"])).seen_event_ids
+
+
 def test_the_batch_being_finished_lends_its_states_to_the_next_one_once(runtime):
     # Batch 1 waits for its outputs while batch 2 is handled: batch 2 takes the order's
     # state from batch 1 (not the table), and batch 1's write then leaves it to batch 2.
     runtime._batch = stream._Batch(1)
-    loaded = runtime._load("o-1", 0)
-    assert loaded is not None
-    loaded.remember("e-0")
-    asyncio.run(runtime._stage("o-1", 0, Outcome(state=loaded)))
-    first = runtime._batch
-    runtime._finishing = [first]
-    runtime._batch = stream._Batch(2)
+    loaded = change(runtime, "e-0")
+    first = finish_later(runtime)
     reads = runtime.table.reads
-    again = runtime._load("o-1", 0)
+    again = change(runtime, "e-1")
     assert again is loaded and runtime.table.reads == reads
-    again.remember("e-1")
-    asyncio.run(runtime._stage("o-1", 0, Outcome(state=again)))
     asyncio.run(runtime._write(first))
     assert runtime.states.take("o-1") is None  # batch 2 will put its own
-    written = decode_state(order_table.state_of(runtime.table.values["o-1"]))
-    assert written.seen_event_ids == ("e-0",)
+    assert seen_in_table(runtime) == ("e-0",)
     assert runtime._load("o-1", 0) is again  # batch 2's own
 
 
 def test_of_batches_being_finished_the_next_one_takes_the_latest_state(runtime):
     # Batches 1 and 2 both changed the order and wait for their outputs while batch 3 is
-    # handled (ORDERS_WATCHER_BATCHES_IN_FLIGHT=2): batch 3 takes batch 2's state; the
+    # handled (ORDERS_WATCHER_BATCHES_IN_FLIGHT=3): batch 3 takes batch 2's state; the
     # writes, in order, leave the cache alone until the last batch that changed it.
     runtime._batch = stream._Batch(1)
-    loaded = runtime._load("o-1", 0)
-    assert loaded is not None
-    loaded.remember("e-0")
-    asyncio.run(runtime._stage("o-1", 0, Outcome(state=loaded)))
-    first = runtime._batch
-    runtime._finishing = [first]
-    runtime._batch = stream._Batch(2)
-    again = runtime._load("o-1", 0)
+    loaded = change(runtime, "e-0")
+    first = finish_later(runtime)
+    again = change(runtime, "e-1")
     assert again is loaded
-    again.remember("e-1")
-    asyncio.run(runtime._stage("o-1", 0, Outcome(state=again)))
-    second = runtime._batch
-    runtime._finishing = [first, second]
-    runtime._batch = stream._Batch(3)
+    second = finish_later(runtime)
+    assert again.seen_event_ids == ("e-0", "e-1")
     reads = runtime.table.reads
-    latest = runtime._load("o-1", 0)
-    assert latest is again and latest.seen_event_ids == ("e-0", "e-1")
+    latest = change(runtime, "e-2")
+    assert latest is again and latest.seen_event_ids == ("e-0", "e-1", "e-2")
     assert runtime.table.reads == reads
-    latest.remember("e-2")
-    asyncio.run(runtime._stage("o-1", 0, Outcome(state=latest)))
-    third = runtime._batch
-    runtime._finishing = [first, second, third]
-    runtime._batch = stream._Batch(4)
-
-    def written() -> tuple[str, ...]:
-        return decode_state(order_table.state_of(runtime.table.values["o-1"])).seen_event_ids
+    third = finish_later(runtime)
 
     asyncio.run(runtime._write(first))
-    assert runtime.states.take("o-1") is None and written() == ("e-0",)
+    assert runtime.states.take("o-1") is None and seen_in_table(runtime) == ("e-0",)
     asyncio.run(runtime._write(second))
-    assert runtime.states.take("o-1") is None and written() == ("e-0", "e-1")
+    assert runtime.states.take("o-1") is None and seen_in_table(runtime) == ("e-0", "e-1")
     runtime._finishing = [third]
     asyncio.run(runtime._write(third))
-    assert written() == ("e-0", "e-1", "e-2")
+    assert seen_in_table(runtime) == ("e-0", "e-1", "e-2")
     assert runtime.states.take("o-1") is latest  # handed over once no later batch has it
