@@ -46,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.corpus import INPUTS, STORIES, Corpus, Record, base_story  # noqa: E402
+from bench.corpus import INPUTS, STORIES, Corpus, Record, base_story, corpus_for  # noqa: E402
 from bench.harness import (  # noqa: E402
     PARTITIONS,
     BenchError,
@@ -115,6 +115,7 @@ def measure_stage(
     workdir = Path(args.workdir)
     result = StageResult(stage)
     load = Load(bootstrap, prefix, INPUTS)
+    corpus.restart()  # a fresh consumer on fresh topics: no order begun for another stage
     backlog = corpus.take_laps(corpus.laps_for(args.backlog))
     load.backlog(backlog)
     consumer = stage_consumer(stage, bootstrap, prefix, workdir)
@@ -516,7 +517,8 @@ def main() -> int:
         "--story",
         choices=sorted(STORIES),
         default="burst",
-        help="the lap: 1,800 orders placed within 3 hours (burst) or over 3 weeks (steady)",
+        help="the lap: 1,800 orders placed within 3 hours (burst) or over 3 weeks (steady); "
+        "continuous: steady laps starting every 3 weeks, overlapping (no seams)",
     )
     parser.add_argument("--backlog", type=int, default=25_000, help="events, rounded to whole laps")
     parser.add_argument("--trial-s", type=float, default=15, help="seconds, rounded to whole laps")
@@ -563,10 +565,12 @@ def main() -> int:
         flush=True,
     )
     base = base_story(cache_dir() / "bench", args.story)
-    corpus = Corpus(base)
+    corpus = corpus_for(args.story, base)
+    overlap = f", a lap every {corpus.shift.total_seconds() / 86400:.0f} days" * bool(corpus.period)
     print(
         f"corpus: {args.story} story, {len(base)} events per lap over "
-        f"{corpus.span.total_seconds() / 86400:.0f} days of event time; work dir {args.workdir}",
+        f"{corpus.span.total_seconds() / 86400:.0f} days of event time{overlap}; "
+        f"work dir {args.workdir}",
         flush=True,
     )
     bootstrap = os.environ.get("BENCH_KAFKA_BOOTSTRAP")
