@@ -102,6 +102,7 @@ class Corpus:
         self.base = base
         first = min(r.time for r in base)
         last = max(r.time for r in base)
+        self.first = first
         self.span = timedelta(seconds=last - first + 3600)
         self.period = period
         # Lap k is moved by k shifts in event time: one after another, or overlapping.
@@ -138,8 +139,7 @@ class Corpus:
     def _overlapping(self, lap: int) -> Iterator[Record]:
         """Every lap from `lap` on, each started one period after the one before, merged
         by event time (a lap's own records stay in their order, late ones included)."""
-        base, step = self.base, self.shift.total_seconds()
-        start = min(r.time for r in base)
+        base, step, start = self.base, self.shift.total_seconds(), self.first
         heads: list[tuple[float, int, int]] = []  # (event time, lap, position in base)
         while True:
             while not heads or start + lap * step <= heads[0][0]:
@@ -184,11 +184,9 @@ class Corpus:
         so whole laps carry the event mix of a shop in steady state; a slice of one does
         not (a lap begins with placements and ends with deliveries and refunds). Overlapping
         laps have no boundaries: as many records as `laps` laps hold."""
-        if self._merged is not None:
-            return self.take(laps * len(self.base))
-        if self._pos:
-            self._pos = 0
-            self._lap += 1
+        if self._merged is None:
+            self.restart()
+        return self.take(laps * len(self.base))
         return self.take(laps * len(self.base))
 
     def __iter__(self) -> Iterator[Record]:

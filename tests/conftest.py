@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -104,6 +105,26 @@ def postgres_database_url(postgres_server_url: str) -> str:
 def topic_prefix() -> str:
     """Every test gets its own topics (and consumer groups) on the shared broker."""
     return f"t{uuid.uuid4().hex[:10]}."
+
+
+def events_consumed(port: int, outcomes: tuple[str, ...] | None = None) -> int:
+    """Input events a service has consumed, from its /metrics
+    (`outreach_events_consumed_total` over every topic; only these `outcomes` if given;
+    0 while it is not up)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            body = r.read().decode()
+    except OSError:
+        return 0
+    wanted = None if outcomes is None else tuple(f'outcome="{o}"' for o in outcomes)
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith("outreach_events_consumed_total{")
+            and (wanted is None or any(w in line for w in wanted))
+        )
+    )
 
 
 def free_port() -> int:

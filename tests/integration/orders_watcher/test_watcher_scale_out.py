@@ -26,7 +26,7 @@ import pytest
 
 from common.envelope import CloudEvent
 from simulator.publisher import Publisher
-from tests.conftest import free_port, wait_for
+from tests.conftest import events_consumed, free_port, wait_for
 from tests.integration.orders_watcher.test_watcher_on_kafka import Watchers, incidents
 from tests.unit.orders_watcher.timeline import TOPIC_OF, placed, return_event, scan, shipped
 
@@ -131,22 +131,6 @@ class TimedPublisher(threading.Thread):
             self.producer.close(timeout=10)
 
 
-def consumed(port: int) -> int:
-    """Input events a worker has handled, from its /metrics (0 while it is not up)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            body = r.read().decode()
-    except OSError:
-        return 0
-    return int(
-        sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in body.splitlines()
-            if line.startswith("outreach_events_consumed_total{")
-        )
-    )
-
-
 def opened(events: list[dict]) -> dict[str, tuple[str, str]]:
     """incident id → (order id, kind), as downstream keeps them after deduplication."""
     return {
@@ -181,9 +165,9 @@ def test_a_worker_joining_then_killed_mid_stream_loses_and_invents_no_incident(
         feed.start()
         # A second worker joins mid-stream (once the first has handled the stream's first
         # 30 orders): the group rebalances and splits the partitions.
-        wait_for(lambda: consumed(first_port) >= 60, timeout=60, interval=0.2)
+        wait_for(lambda: events_consumed(first_port) >= 60, timeout=60, interval=0.2)
         second = watchers.start("w2", ORDERS_WATCHER_HTTP_PORT=str(second_port), **SETTINGS)
-        wait_for(lambda: consumed(second_port) >= 60, timeout=90, interval=0.2)
+        wait_for(lambda: events_consumed(second_port) >= 60, timeout=90, interval=0.2)
         # ... and is killed without warning while the stream and its deadlines run on.
         second.kill()
         second.wait(timeout=10)

@@ -19,7 +19,7 @@ import pytest
 from common.admin import ensure_topics
 from common.envelope import CloudEvent, new_event
 from common.topics import CUSTOMERS, INCIDENTS, INPUT_TOPICS, ORDERS, RETURNS, TopicSpec
-from tests.conftest import free_port, stop_process, wait_for
+from tests.conftest import events_consumed, free_port, stop_process, wait_for
 from tests.risk_scenario import LAPSE_CHECK, at, history
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -75,20 +75,7 @@ class Detector:
 
     def handled(self) -> int:
         """Input records handled so far (processed or dead-lettered), over every topic."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            return -1
-        return int(
-            sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("outreach_events_consumed_total{")
-                and 'service="risk_detector"' in line
-                and ('outcome="processed"' in line or 'outcome="dead_lettered"' in line)
-            )
-        )
+        return events_consumed(self.port, ("processed", "dead_lettered"))
 
     def explain(self, customer: str) -> dict:
         return self.get(f"/customers/{customer}/explain") or {}
