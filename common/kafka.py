@@ -204,7 +204,17 @@ class DeadLetters:
         self.topic = topic
         self.service = service
 
-    async def publish(self, msg: InputMessage, reason: str, code: str) -> None:
+    async def publish(
+        self,
+        msg: InputMessage,
+        reason: str,
+        code: str,
+        acks: list[Awaitable[Any]] | None = None,
+    ) -> None:
+        """Without `acks`, return once the broker has the dead letter. With it, hand the
+        dead letter over and append its acknowledgement to `acks`, for a caller that
+        waits for many records at once before it acknowledges their inputs (one wait per
+        dead letter would hold a batch up by the producer's linger each time)."""
         headers: Headers = [
             ("dlq.original.topic", msg.topic.encode()),
             ("dlq.original.partition", str(msg.partition).encode()),
@@ -215,7 +225,12 @@ class DeadLetters:
             ("dlq.failed_at", datetime.now(UTC).isoformat().encode()),
         ]
         headers += [(k, v) for k, v in msg.headers if not k.startswith("dlq.")]
-        await self.producer.send(self.topic, msg.key, msg.value or b"", headers)
+        if acks is None:
+            await self.producer.send(self.topic, msg.key, msg.value or b"", headers)
+        else:
+            acks.append(
+                await self.producer.send_soon(self.topic, msg.key, msg.value or b"", headers)
+            )
         DEAD_LETTERS.labels(self.service, msg.topic, code).inc()
         log.warning(
             "dead_lettered",
@@ -259,7 +274,16 @@ class MessageProcessor:
         self._last_input = LAST_INPUT_SECONDS.labels(service)
         self._clock_now = CLOCK_SECONDS.labels(service)
 
-    async def process(self, msg: InputMessage, *, caught_up: bool = True) -> str:
+    async def process(
+        self,
+        msg: InputMessage,
+        *,
+        caught_up: bool = True,
+        acks: list[Awaitable[Any]] | None = None,
+    ) -> str:
+        """Handle one record; returns its outcome ("processed", "dead_lettered", or what
+        the handler says). A dead letter is awaited, unless `acks` collects its
+        acknowledgement for the caller to await before the record counts as done."""
         started = time.perf_counter()
         self._last_input.set(time.time())
         try:
@@ -267,14 +291,14 @@ class MessageProcessor:
         except InvalidEvent as exc:
             with tracing.consuming(self.service, msg, None) as span:
                 tracing.outcome(span, "dead_lettered", exc.code)
-                await self._dead_letter(msg, exc.reason, exc.code)
+                await self._dead_letter(msg, exc.reason, exc.code, acks)
             return "dead_lettered"
         clock = self.clock
         clock.observe((msg.topic, msg.partition), event.time, caught_up=caught_up)
         self._clock_now.set(clock.now().timestamp())
         # Every log line of the handling names the event (and, with tracing, the span).
         with handling(event.id, event.type), tracing.consuming(self.service, msg, event) as span:
-            result = await self._handle(msg, event)
+            result = await self._handle(msg, event, acks)
             tracing.outcome(span, result, None if result == "processed" else result)
         if result == "processed":
             seconds = time.perf_counter() - started
@@ -282,14 +306,16 @@ class MessageProcessor:
             child(EVENTS_CONSUMED, self.service, msg.topic, "processed").inc()
         return result
 
-    async def _handle(self, msg: InputMessage, event: CloudEvent) -> str:
+    async def _handle(
+        self, msg: InputMessage, event: CloudEvent, acks: list[Awaitable[Any]] | None
+    ) -> str:
         attempt = 0
         while True:
             try:
                 await self.handler(msg, event)
                 return "processed"
             except InvalidEvent as exc:
-                await self._dead_letter(msg, exc.reason, exc.code)
+                await self._dead_letter(msg, exc.reason, exc.code, acks)
                 return "dead_lettered"
             except Exception as exc:
                 attempt += 1
@@ -299,13 +325,20 @@ class MessageProcessor:
                         msg,
                         f"handler failed {attempt} times: {type(exc).__name__}: {exc}",
                         "handler_error",
+                        acks,
                     )
                     return "dead_lettered"
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
 
-    async def _dead_letter(self, msg: InputMessage, reason: str, code: str) -> None:
+    async def _dead_letter(
+        self,
+        msg: InputMessage,
+        reason: str,
+        code: str,
+        acks: list[Awaitable[Any]] | None = None,
+    ) -> None:
         EVENTS_CONSUMED.labels(self.service, msg.topic, "dead_lettered").inc()
-        await self.deadletters.publish(msg, reason, code)
+        await self.deadletters.publish(msg, reason, code, acks)
 
 
 class ConsumerLoop:
@@ -399,9 +432,15 @@ class ConsumerLoop:
                     caught_up = highwater is None or record.offset + 1 >= highwater
                     lane = zlib.crc32(record.key or b"") % self.concurrency
                     lanes.setdefault(lane, []).append((msg, caught_up))
+            # The batch's dead letters are handed over as they come and awaited together
+            # before the commit (one wait each would hold a lane up by the producer's
+            # linger per bad record).
+            acks: list[Awaitable[Any]] = []
             outcomes = await asyncio.gather(
-                *(self._lane(items) for items in lanes.values()), return_exceptions=True
+                *(self._lane(items, acks) for items in lanes.values()), return_exceptions=True
             )
+            if acks:
+                outcomes += await asyncio.gather(*acks, return_exceptions=True)
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome  # nothing committed: the batch comes again
@@ -411,9 +450,11 @@ class ConsumerLoop:
             elif self.on_idle is not None:
                 await self.on_idle()
 
-    async def _lane(self, items: list[tuple[InputMessage, bool]]) -> None:
+    async def _lane(
+        self, items: list[tuple[InputMessage, bool]], acks: list[Awaitable[Any]]
+    ) -> None:
         for msg, caught_up in items:
-            await self.processor.process(msg, caught_up=caught_up)
+            await self.processor.process(msg, caught_up=caught_up, acks=acks)
             self.heartbeat.beat()
 
     async def _report_lag(self, consumer: Any) -> None:

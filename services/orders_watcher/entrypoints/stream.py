@@ -78,7 +78,6 @@ class _Batch:
     in_flight: InFlight | None = None
     touched: dict[str, _Touched] = field(default_factory=dict)
     acks: list[Awaitable[Any]] = field(default_factory=list)
-    dead_letters: list[tuple[HeldEvent, str]] = field(default_factory=list)
     finished: asyncio.Future[None] | None = None  # its finishing (`_finish`), once begun
 
 
@@ -228,12 +227,16 @@ class WatcherRuntime:
             # the consumer knows it now, not when the batch was fetched.
             end = highwater(message.tp)
             self._before_record = self.clock.now().timestamp()
-            await self.processor.process(msg, caught_up=end is None or msg.offset + 1 >= end)
+            # A dead letter joins the batch's outputs: acknowledged before the batch's
+            # records are, without a wait of its own.
+            await self.processor.process(
+                msg, caught_up=end is None or msg.offset + 1 >= end, acks=batch.acks
+            )
             self.progress.handled(msg)
             if budget > 0 and self.schedule.partitions_due(self.clock.now().timestamp()):
                 budget -= (await self._handle_due(budget))[0]
         more = (await self._handle_due(budget))[1]
-        if batch.records or batch.touched or batch.acks or batch.dead_letters:
+        if batch.records or batch.touched or batch.acks:
             # Batches are finished in order, a few at a time: the oldest must be done
             # before another joins them.
             while len(self._finishing) >= self.settings.batches_in_flight:
@@ -277,8 +280,6 @@ class WatcherRuntime:
             # Its outputs are in; its table writes and acknowledgements go after those of
             # the batch before it (which a failure there ends the process before).
             await previous
-        for held, reason in batch.dead_letters:
-            await self.deadletters.publish(_original(held), reason, "orphan_expired")
         by_partition: dict[int, list[tuple[str, bytes | None]]] = {}
         newer = [b.touched for b in self._finishing if b.number > batch.number]
         newer.append(self._batch.touched)
@@ -392,7 +393,12 @@ class WatcherRuntime:
         the order's new state for the batch."""
         batch = self._batch
         await self.producer.emit(SERVICE, outcome.records, acks=batch.acks)
-        batch.dead_letters += outcome.dead_letters
+        for held, reason in outcome.dead_letters:
+            # Released orphans: delivered with the outputs, before the state that
+            # forgets them is written.
+            await self.deadletters.publish(
+                _original(held), reason, "orphan_expired", acks=batch.acks
+            )
         value, at = None, None
         if outcome.state is not None:
             at = outcome.deadline.timestamp() if outcome.deadline else None
