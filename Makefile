@@ -85,6 +85,7 @@ BENCH_RISK_ARGS ?=
 .PHONY: bench
 bench: venv system-deps ## benchmarks on the real local broker (figures in docs/performance.md)
 	$(PY) -m bench.watcher_throughput $(BENCH_ARGS)
+	$(PY) -m bench.watcher_deadletters
 	$(PY) -m bench.outreach_delivery $(BENCH_OUTREACH_ARGS)
 	$(PY) -m bench.risk_throughput $(BENCH_RISK_ARGS)
 	$(MAKE) --no-print-directory bench-preferences
