@@ -35,6 +35,7 @@ from typing import Any
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from mode.utils.futures import notify
 
@@ -81,6 +82,8 @@ def deliver_in_batches(
     *,
     max_records: int = 500,
     idle_s: float = 1.0,
+    fetch_min_bytes: int = 1,
+    fetch_max_wait_s: float = 1.5,
 ) -> None:
     """Subscribe the app to `topic` and hand its records to `handler` a fetch at a time,
     in batches of at most `max_records`. Call before the app's consumer is created (at
@@ -89,15 +92,37 @@ def deliver_in_batches(
     A fetch is split into batches after faust's scheduler has put it in order (round
     robin over the partitions), not limited when fetched: a fetch limited in records
     comes from one partition first, and an event clock holding back for the others
-    would judge a whole batch at a standstill."""
+    would judge a whole batch at a standstill.
+
+    `fetch_min_bytes` and `fetch_max_wait_s` shape the fetches (the broker answers once it
+    has that many bytes, or that time has passed): by default a fetch returns as soon as
+    there is a record, so at a moderate rate batches are small and what a batch costs
+    beyond its records (the fetch round trip, the batch's writes and produce requests)
+    is paid many times a second. Waiting for a few tens of kilobytes, or a few tens of
+    milliseconds, makes batches larger at the cost of that wait (docs/performance.md,
+    run R)."""
     topics = frozenset(topic.topics)
     base: Any = app.transport.Consumer
+    fetch_max_wait_ms = max(1, round(fetch_max_wait_s * 1000))
+
+    class ShapedFetches(AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            # aiokafka reads these when it starts its fetcher; faust passes no way in.
+            if not hasattr(consumer, "_fetch_min_bytes"):
+                raise RuntimeError("aiokafka's consumer has no _fetch_min_bytes to set")
+            consumer._fetch_min_bytes = fetch_min_bytes
+            consumer._fetch_max_wait_ms = fetch_max_wait_ms
+            return consumer
 
     class BatchingConsumer(_BatchDrain, base):  # type: ignore[misc]
         batch_topics = topics
         batch_handler = staticmethod(handler)
         batch_max = max_records
         batch_idle_s = idle_s
+
+        def _new_consumer_thread(self) -> Any:
+            return ShapedFetches(self, loop=self.loop, beacon=self.beacon)
 
     app.transport.Consumer = BatchingConsumer  # type: ignore[misc]
     app.topics.add(topic)

@@ -93,6 +93,15 @@ NOTES = {
         "how long the producer gathers records into one request (outputs of a batch are"
         " acknowledged together)"
     ),
+    "ORDERS_WATCHER_FETCH_MIN_BYTES": (
+        "a fetch waits for this many bytes of input (or `ORDERS_WATCHER_FETCH_MAX_WAIT_MS`):"
+        " larger batches at moderate rates, about a fifth less CPU at half the sustainable"
+        " rate; 1 answers at the first record"
+    ),
+    "ORDERS_WATCHER_FETCH_MAX_WAIT_MS": (
+        "the longest a fetch waits for `ORDERS_WATCHER_FETCH_MIN_BYTES` (adds up to this to"
+        " detection latency when input is sparse)"
+    ),
     "RISK_DETECTOR_CHECKIN_SCORE": "check-in at this churn-risk score",
     "RISK_DETECTOR_ORDER_MEMORY_DAYS": (
         "how long risk_detector remembers an order's customer after the order's latest fact"

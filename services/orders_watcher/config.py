@@ -36,6 +36,11 @@ class Settings(ServiceSettings):
     # the next is handled; the next waits when this many are.
     batches_in_flight: int = Field(3, ge=1)
     producer_linger_s: float = Field(0.005, ge=0)
+    # Fetches wait for this many bytes or this long (common/batched_input.py): larger
+    # batches at moderate rates, a fifth less CPU at half the sustainable rate for ~10 ms
+    # more latency (docs/performance.md, run R). 1 byte: answer at the first record.
+    fetch_min_bytes: int = Field(65_536, ge=1)
+    fetch_max_wait_ms: int = Field(20, ge=1, le=1500)
     # Decoded states of recently handled orders, kept in memory (adapters/state_cache.py).
     state_cache_max: int = Field(10_000, ge=0)
 

@@ -158,6 +158,8 @@ class WatcherRuntime:
             self._on_batch,
             max_records=self.settings.batch_max,
             idle_s=self.settings.tick_interval_s,
+            fetch_min_bytes=self.settings.fetch_min_bytes,
+            fetch_max_wait_s=self.settings.fetch_max_wait_ms / 1000,
         )
 
         @app.timer(interval=self.settings.tick_interval_s)
