@@ -98,6 +98,19 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def local_broker(env: str, port: int) -> tuple[str, Any]:
+    """The broker named by the environment variable `env`, else a local one started on
+    `port` (returned, for the caller to stop; None when the environment named one)."""
+    from deploy.kafka.local_kafka import LocalKafka
+
+    bootstrap = os.environ.get(env)
+    if bootstrap:
+        return bootstrap, None
+    broker = LocalKafka(port=port, partitions=PARTITIONS, heap="1g").start()
+    print(f"kafka: {broker.bootstrap} (pid {broker.proc.pid if broker.proc else '?'})", flush=True)
+    return broker.bootstrap, broker
+
+
 # --- the consumer under test -------------------------------------------------------------
 
 

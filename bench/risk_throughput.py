@@ -64,6 +64,7 @@ from bench.harness import (  # noqa: E402
     exit_on_sigterm,
     find_sustainable,
     load_average,
+    local_broker,
     open_loop_trial,
     rss_mib,
     wait_progress,
@@ -551,7 +552,7 @@ def main() -> int:
     exit_on_sigterm()
     own_workdir = args.workdir is None
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="outreach-risk-bench-")
-    from deploy.kafka.local_kafka import LocalKafka, cache_dir
+    from deploy.kafka.local_kafka import cache_dir
 
     probe = cpu_probe_ms()
     print(
@@ -567,12 +568,7 @@ def main() -> int:
         f"work dir {args.workdir}",
         flush=True,
     )
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    broker = None
-    if not bootstrap:
-        broker = LocalKafka(port=args.kafka_port, partitions=PARTITIONS, heap="1g").start()
-        bootstrap = broker.bootstrap
-        print(f"kafka: {bootstrap} (pid {broker.proc.pid if broker.proc else '?'})", flush=True)
+    bootstrap, broker = local_broker("KAFKA_BOOTSTRAP_SERVERS", args.kafka_port)
     stamp = str(int(time.time()))
     out: dict[str, Any] = {
         "cores": os.cpu_count(),

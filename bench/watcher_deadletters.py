@@ -36,9 +36,10 @@ from bench.harness import (
     cpu_probe_ms,
     exit_on_sigterm,
     load_average,
+    local_broker,
 )
 from bench.watcher_throughput import stage_consumer
-from deploy.kafka.local_kafka import LocalKafka, cache_dir
+from deploy.kafka.local_kafka import cache_dir
 
 TOPIC = "deadletter.orders_watcher"
 
@@ -57,16 +58,17 @@ def _event(template: bytes, event_id: str, order_id: str, moment: datetime) -> b
     return orjson.dumps(event)
 
 
-def _on_topic(bootstrap: str, topic: str) -> int:
-    """Records on the (one-partition) topic so far."""
-    from kafka import KafkaConsumer, TopicPartition
+class _Count:
+    """Records on a (one-partition) topic so far, read by one client for the whole wait."""
 
-    reader = KafkaConsumer(bootstrap_servers=bootstrap.split(","))
-    try:
-        tp = TopicPartition(topic, 0)
-        return int(reader.end_offsets([tp]).get(tp) or 0)
-    finally:
-        reader.close()
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.reader = KafkaConsumer(bootstrap_servers=bootstrap.split(","))
+        self.tp = TopicPartition(topic, 0)
+
+    def __call__(self) -> int:
+        return int(self.reader.end_offsets([self.tp]).get(self.tp) or 0)
 
 
 def _wait(what: str, done: Callable[[], bool], timeout: float, consumer: Consumer) -> None:
@@ -119,12 +121,11 @@ def flood(kind: str, bootstrap: str, workdir: Path, count: int, timeout: float) 
             ]
             began = time.monotonic()
             load.backlog(pushers)
-        _wait(
-            f"{count} dead letters",
-            lambda: _on_topic(bootstrap, topic) >= count,
-            timeout,
-            consumer,
-        )
+        on_topic = _Count(bootstrap, topic)
+        try:
+            _wait(f"{count} dead letters", lambda: on_topic() >= count, timeout, consumer)
+        finally:
+            on_topic.reader.close()
         return time.monotonic() - began
     finally:
         consumer.stop()
@@ -145,11 +146,7 @@ def main() -> int:
         f"cpu probe {cpu_probe_ms():.0f} ms",
         flush=True,
     )
-    bootstrap = os.environ.get("BENCH_KAFKA_BOOTSTRAP")
-    broker = None
-    if not bootstrap:
-        broker = LocalKafka(port=args.kafka_port, partitions=4, heap="1g").start()
-        bootstrap = broker.bootstrap
+    bootstrap, broker = local_broker("BENCH_KAFKA_BOOTSTRAP", args.kafka_port)
     try:
         for kind in ("malformed", "orphans"):
             seconds = flood(kind, bootstrap, workdir, args.count, args.timeout)

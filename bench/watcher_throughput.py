@@ -61,6 +61,7 @@ from bench.harness import (  # noqa: E402
     exit_on_sigterm,
     find_sustainable,
     load_average,
+    local_broker,
     open_loop_trial,
     wait_deadlines,
     wait_progress,
@@ -560,7 +561,7 @@ def main() -> int:
     # consumer processes this run started.
     exit_on_sigterm()
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="outreach-bench-")
-    from deploy.kafka.local_kafka import LocalKafka, cache_dir
+    from deploy.kafka.local_kafka import cache_dir
 
     probe = cpu_probe_ms()
     print(
@@ -576,12 +577,7 @@ def main() -> int:
         f"work dir {args.workdir}",
         flush=True,
     )
-    bootstrap = os.environ.get("BENCH_KAFKA_BOOTSTRAP")
-    broker = None
-    if not bootstrap:
-        broker = LocalKafka(port=args.kafka_port, partitions=PARTITIONS, heap="1g").start()
-        bootstrap = broker.bootstrap
-        print(f"kafka: {bootstrap} (pid {broker.proc.pid if broker.proc else '?'})", flush=True)
+    bootstrap, broker = local_broker("BENCH_KAFKA_BOOTSTRAP", args.kafka_port)
     stamp = str(int(time.time()))
     results: dict[str, StageResult] = {}
     state = None

@@ -9,7 +9,6 @@ them."""
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
 from datetime import timedelta
 
@@ -23,6 +22,7 @@ from tests.integration.orders_watcher.test_watcher_on_kafka import (
     Watchers,
     incidents,
     publish,
+    read_topic,
     record_stream,
 )
 
@@ -33,24 +33,7 @@ WATCHED = ("commerce.orders", "commerce.shipments", "commerce.returns")
 
 def dead_letters(bootstrap: str, topic: str, count: int, timeout: float = 150) -> list:
     """The records on the dead-letter topic, once `count` are there (or at `timeout`)."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap.split(","),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    records: list = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and len(records) < count:
-            for batch in consumer.poll(timeout_ms=300).values():
-                records += batch
-    finally:
-        consumer.close()
-    return records
+    return read_topic(bootstrap, topic, 0.5, timeout, lambda found: len(found) >= count)
 
 
 def with_bad_input(

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -94,6 +95,20 @@ def incidents(
 ) -> list[dict]:
     """Everything on the incidents topic once `enough` of it is there (by default: any)
     and nothing new came for `quiet_s` seconds, or at `timeout`."""
+    return read_topic(bootstrap, topic, quiet_s, timeout, enough, decode=orjson.loads)
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    quiet_s: float,
+    timeout: float,
+    enough: Callable[[list[Any]], bool],
+    decode: Callable[[bytes], Any] | None = None,
+) -> list[Any]:
+    """The topic's records from the start (their values decoded by `decode`, else the
+    records themselves), once `enough` of them are there and nothing new came for
+    `quiet_s` seconds, or at `timeout`."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
@@ -103,21 +118,21 @@ def incidents(
         enable_auto_commit=False,
         group_id=None,
     )
-    events: list[dict] = []
+    found: list[Any] = []
     last_new = time.monotonic()
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=300)
-            fresh = [orjson.loads(r.value) for rs in batch.values() for r in rs]
+            fresh = [decode(r.value) if decode else r for rs in batch.values() for r in rs]
             if fresh:
-                events += fresh
+                found += fresh
                 last_new = time.monotonic()
-            elif enough(events) and time.monotonic() - last_new > quiet_s:
+            elif enough(found) and time.monotonic() - last_new > quiet_s:
                 break
     finally:
         consumer.close()
-    return events
+    return found
 
 
 @pytest.fixture
