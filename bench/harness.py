@@ -217,6 +217,15 @@ class Consumer:
         found = self.series("outreach_deadlines_overdue")
         return int(sum(v for _, v in found)) if found else None
 
+    def incidents_opened(self) -> int | None:
+        """Incidents the consumer's rules have opened so far (None: it has no rules, as
+        the faust comparison stages, or did not answer). Per input event, the same in
+        every whole lap of a story when the rules see the events as the shop sent them:
+        more says the consumer's event clock ran ahead of records it had not read."""
+        found = self.series("outreach_incidents_total")
+        opened = [v for named, v in found if named.get("transition") == "opened"]
+        return int(sum(opened)) if opened else None
+
     def state_cache_hits(self) -> float | None:
         """The share of state reads served from memory so far (None: no such cache)."""
         counts = {named.get("result"): v for named, v in self.series("outreach_state_cache_total")}
@@ -515,6 +524,14 @@ class Trial:
     # Deadlines overdue once the trial's input was read, and the seconds until handled.
     overdue_end: int = 0
     deadlines_s: float = 0.0
+    # Incidents opened for the trial's input (its deadlines included), if the consumer
+    # counts them.
+    opened: int | None = None
+
+    def opened_text(self) -> str:
+        if self.opened is None or not self.events:
+            return ""
+        return f", {self.opened * 1000 / self.events:.0f} incidents opened per 1,000 events"
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -541,6 +558,7 @@ def open_loop_trial(
     Returns the trial and each record's send time (monotonic). Lags and the consumed rate
     are in published records (a record the consumer counts twice is one record)."""
     base = load.sent_units
+    opened_before = consumer.incidents_opened()
     units = list(accumulate(load.units(r) for r in records))
     per_record = units[-1] / len(records) if records else 1.0
     start = time.monotonic()
@@ -600,6 +618,9 @@ def open_loop_trial(
         consumer, 30 + 3 * trial.seconds, "catch-up"
     )
     trial.sustainable = trial.sustainable and trial.deadlines_s <= 2.0
+    opened_after = consumer.incidents_opened()
+    if opened_after is not None:
+        trial.opened = opened_after - (opened_before or 0)
     return trial, times
 
 
@@ -627,7 +648,8 @@ def find_sustainable(
             f"  {label}: open loop {rate:.0f}/s, {trial.events} events in "
             f"{trial.seconds:.0f}s (sent {trial.achieved:.0f}/s, consumed "
             f"{trial.consumed:.0f}/s): lag end {trial.lag_end}, max {trial.lag_max}, slope "
-            f"{trial.lag_slope:+.1f}/s{deadlines} -> {verdict} (load {trial.load})",
+            f"{trial.lag_slope:+.1f}/s{deadlines}{trial.opened_text()} -> {verdict} "
+            f"(load {trial.load})",
             flush=True,
         )
         if trial.sustainable:

@@ -105,6 +105,7 @@ class StageResult:
     drain_with_deadlines: float = 0.0  # the backlog over the time of input and deadlines
     drain_cache_hits: float | None = None  # share of state reads served from memory
     drain_cpu_us: float = 0.0  # the consumer's CPU time per record while draining
+    drain_opened: int | None = None  # incidents opened for the backlog, if counted
     sustainable: float = 0.0
     trials: list[Trial] = field(default_factory=list)
     latency: dict[str, Any] = field(default_factory=dict)
@@ -138,6 +139,7 @@ def measure_stage(
         )
         result.drain_cache_hits = consumer.state_cache_hits()
         result.drain_cpu_us = drain_cpu_us(sampler.cpu, len(backlog))
+        result.drain_opened = consumer.incidents_opened()
         cache = (
             f", state cache hits {result.drain_cache_hits:.1%}"
             if result.drain_cache_hits is not None
@@ -149,10 +151,15 @@ def measure_stage(
             if result.drain_overdue
             else ""
         )
+        opened = (
+            f", {result.drain_opened * 1000 / len(backlog):.0f} incidents opened per 1,000 events"
+            if result.drain_opened is not None
+            else ""
+        )
         print(
             f"  {stage}: drained {len(backlog)} in backlog at {result.drain_rate:.0f} ev/s"
             f" ({result.drain_cpu_us:.0f} µs CPU a record)"
-            f"{deadlines}{cache} (load {result.drain_load})",
+            f"{deadlines}{cache}{opened} (load {result.drain_load})",
             flush=True,
         )
 
