@@ -529,9 +529,14 @@ class Trial:
     opened: int | None = None
 
     def opened_text(self) -> str:
-        if self.opened is None or not self.events:
-            return ""
-        return f", {self.opened * 1000 / self.events:.0f} incidents opened per 1,000 events"
+        return opened_text(self.opened, self.events)
+
+
+def opened_text(opened: int | None, events: int) -> str:
+    """The ", N incidents opened per 1,000 events" of a report line ("" when not counted)."""
+    if opened is None or not events:
+        return ""
+    return f", {opened * 1000 / events:.0f} incidents opened per 1,000 events"
 
 
 def slope(points: list[tuple[float, float]]) -> float:

@@ -64,6 +64,7 @@ from bench.harness import (  # noqa: E402
     load_average,
     local_broker,
     open_loop_trial,
+    opened_text,
     wait_deadlines,
     wait_progress,
 )
@@ -151,15 +152,11 @@ def measure_stage(
             if result.drain_overdue
             else ""
         )
-        opened = (
-            f", {result.drain_opened * 1000 / len(backlog):.0f} incidents opened per 1,000 events"
-            if result.drain_opened is not None
-            else ""
-        )
         print(
             f"  {stage}: drained {len(backlog)} in backlog at {result.drain_rate:.0f} ev/s"
             f" ({result.drain_cpu_us:.0f} µs CPU a record)"
-            f"{deadlines}{cache}{opened} (load {result.drain_load})",
+            f"{deadlines}{cache}{opened_text(result.drain_opened, len(backlog))}"
+            f" (load {result.drain_load})",
             flush=True,
         )
 
