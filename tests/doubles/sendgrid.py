@@ -2,18 +2,27 @@
 
 Checks the bearer key, validates like the real API (personalizations, from, subject,
 content order, custom_args and header types, categories) and answers 202 with
-X-Message-Id; errors in SendGrid's {"errors": [...]} shape.
+X-Message-Id; errors in SendGrid's {"errors": [...]} shape. With an
+`event_webhook_url`, each recipient's `processed` then `delivered` (or `bounce` for an
+address in `undeliverable`) is posted there, signed as SendGrid's Event Webhook signs.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import re
 import secrets
 import string
+import time
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from tests.doubles.base import Fault, ProviderDouble, Reply
+from tests.doubles.callbacks import Callback, sendgrid_signature
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -24,12 +33,42 @@ def _error(status: int, message: str, field: str | None = None, **headers: str) 
     )
 
 
+BOUNCE = {
+    "reason": "550 5.1.1 The email account that you tried to reach does not exist.",
+    "status": "5.1.1",
+    "type": "bounce",
+}
+
+
 class SendGridDouble(ProviderDouble):
+    """`event_webhook_url` (None: no events): where events about accepted mail go,
+    `processed` after `processed_after_s` (0.05), `delivered` (or `bounce` for an address
+    in `undeliverable`) after `delivered_after_s` (0.2), through `dispatcher`, signed
+    with `signing_key` (verify with `webhook_public_key`)."""
+
+    batch_callbacks = True
+
     def __init__(self, api_key: str | None = None, latency_s: float = 0.0) -> None:
         super().__init__(latency_s)
         self.api_key = api_key or "SG." + secrets.token_urlsafe(16) + "." + secrets.token_urlsafe(
             24
         )
+        self.signing_key = ec.generate_private_key(ec.SECP256R1())
+        self.event_webhook_url: str | None = None
+        self.undeliverable: set[str] = set()
+        self.processed_after_s = 0.05
+        self.delivered_after_s = 0.2
+
+    @property
+    def webhook_public_key(self) -> str:
+        """Base64 DER SubjectPublicKeyInfo: SENDGRID_WEBHOOK_PUBLIC_KEY for the receiver."""
+        der = self.signing_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return base64.b64encode(der).decode()
+
+    def creates_message(self, method: str, path: str) -> bool:
+        return method == "POST" and path.split("?")[0] == "/v3/mail/send"
 
     def fault_reply(self, fault: Fault) -> Reply:
         headers = {
@@ -60,6 +99,71 @@ class SendGridDouble(ProviderDouble):
         )
         self.record({"message_id": message_id, "json": mail, "headers": headers})
         return Reply(202, b"", {"X-Message-Id": message_id})
+
+    # --- event webhook -------------------------------------------------------------
+
+    def encode_callback(
+        self, url: str, payloads: list[dict[str, Any]]
+    ) -> tuple[bytes, dict[str, str]]:
+        """A JSON array of events, signed over timestamp + body."""
+        body = json.dumps(payloads)
+        stamp = str(int(time.time()))
+        return body.encode(), {
+            "Content-Type": "application/json",
+            "X-Twilio-Email-Event-Webhook-Signature": sendgrid_signature(
+                self.signing_key, stamp, body
+            ),
+            "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+        }
+
+    def event(
+        self,
+        message: dict[str, Any],
+        email: str,
+        args: dict[str, str],
+        name: str,
+        at: float,
+        **extra: Any,
+    ) -> Callback:
+        """One event about `email` as SendGrid posts it; custom `args` are top-level."""
+        assert self.event_webhook_url is not None
+        payload = {
+            **args,
+            "email": email,
+            "timestamp": int(at),
+            "event": name,
+            "sg_event_id": secrets.token_urlsafe(16),
+            "sg_message_id": f"{message['message_id']}.filterdrecv-1.0",
+            "category": list(message["json"].get("categories") or []),
+            **extra,
+        }
+        return Callback(self.event_webhook_url, payload, name, args.get("decision_id"))
+
+    def accepted(self, message: dict[str, Any]) -> None:
+        if self.event_webhook_url is None:
+            return
+        at, first, last = message["accepted_at"], self.processed_after_s, self.delivered_after_s
+        for email, args in recipients(message["json"]):
+            event = functools.partial(self.event, message, email, args)
+            failed = email in self.undeliverable
+            final = (
+                event("bounce", at + last, **BOUNCE) if failed else event("delivered", at + last)
+            )
+            self.dispatcher.schedule(
+                [(first, event("processed", at + first)), (last, final)],
+                contradiction=None if failed else event("bounce", at, **BOUNCE),  # stale stamp
+            )
+
+
+def recipients(mail: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """(address, custom_args) for every to/cc/bcc of every personalization; a
+    personalization's custom_args override the mail's."""
+    found = []
+    for p in mail["personalizations"]:
+        args = {**(mail.get("custom_args") or {}), **(p.get("custom_args") or {})}
+        for kind in ("to", "cc", "bcc"):
+            found += [(r["email"], args) for r in p.get(kind) or []]
+    return found
 
 
 def validate(mail: Any) -> tuple[str, str] | None:

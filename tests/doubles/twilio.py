@@ -1,7 +1,9 @@
 """Twilio Programmable Messaging, as far as we use it: create and fetch a Message.
 
 Checks HTTP Basic credentials, validates like the real API (error codes 20003, 21211,
-21602, 21603, 21610, 21617, 63007) and answers with the real resource shape.
+21602, 21603, 21610, 21617, 63007) and answers with the real resource shape. With
+`auto_callbacks`, a message with a StatusCallback reports `sent` then `delivered` (or
+`undelivered` 30003 for a number in `undeliverable`) there, signed as Twilio signs.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import re
 import secrets
 import threading
 import urllib.parse
-import urllib.request
 from email.utils import formatdate
 from typing import Any
 
 from tests.doubles.base import Fault, ProviderDouble, Reply
+from tests.doubles.callbacks import Callback, post, twilio_signature
 
 E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+MESSAGES = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages(?:/([^/.]+))?\.json")
 GSM7 = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
@@ -34,6 +37,11 @@ def segments(body: str) -> int:
 
 
 class TwilioDouble(ProviderDouble):
+    """`opted_out`: numbers answered with 21610. `auto_callbacks` (False): post status
+    callbacks by itself, `sent` after `sent_after_s` (0.05) and `delivered` (or
+    `undelivered` for a number in `undeliverable`) after `delivered_after_s` (0.2),
+    through `dispatcher`."""
+
     def __init__(
         self, account_sid: str | None = None, auth_token: str | None = None, latency_s: float = 0.0
     ) -> None:
@@ -41,6 +49,10 @@ class TwilioDouble(ProviderDouble):
         self.account_sid = account_sid or "AC" + secrets.token_hex(16)
         self.auth_token = auth_token or secrets.token_hex(16)
         self.opted_out: set[str] = set()
+        self.undeliverable: set[str] = set()
+        self.auto_callbacks = False
+        self.sent_after_s = 0.05
+        self.delivered_after_s = 0.2
         self._by_sid: dict[str, dict[str, Any]] = {}
 
     def _error(self, status: int, code: int, message: str, **headers: str) -> Reply:
@@ -65,8 +77,12 @@ class TwilioDouble(ProviderDouble):
         expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
         return headers.get("authorization") == f"Basic {expected}"
 
+    def creates_message(self, method: str, path: str) -> bool:
+        match = MESSAGES.match(path)
+        return method == "POST" and match is not None and match.group(2) is None
+
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
-        match = re.match(r"^/2010-04-01/Accounts/([^/]+)/Messages(?:/([^/.]+))?\.json", path)
+        match = MESSAGES.match(path)
         if match is None:
             return self._error(404, 20404, "The requested resource was not found")
         if not self._authorised(headers) or match.group(1) != self.account_sid:
@@ -162,37 +178,60 @@ class TwilioDouble(ProviderDouble):
             },
         )
 
-    def deliver_status(self, sid: str, status: str = "delivered") -> int:
-        """Post a signed status callback for a message, as Twilio does; returns the HTTP
-        status our webhook answered."""
-        from twilio.request_validator import RequestValidator
+    # --- status callbacks ---------------------------------------------------------
 
-        message = next(m for m in self.messages if m["sid"] == sid)
-        url = message.get("StatusCallback")
-        if not url:
-            raise AssertionError(f"message {sid} has no StatusCallback")
+    def encode_callback(
+        self, url: str, payloads: list[dict[str, Any]]
+    ) -> tuple[bytes, dict[str, str]]:
+        """One form POST, with X-Twilio-Signature over the original `url`."""
+        (params,) = payloads
+        return urllib.parse.urlencode(params).encode(), {
+            "X-Twilio-Signature": twilio_signature(self.auth_token, url, params),
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+
+    def status_callback(
+        self, message: dict[str, Any], status: str, error_code: str | None = None
+    ) -> Callback:
+        """The callback Twilio sends to the message's StatusCallback for `status`."""
+        url = message["StatusCallback"]
         params = {
-            "MessageSid": sid,
+            "MessageSid": message["sid"],
             "MessageStatus": status,
             "AccountSid": self.account_sid,
             "To": message["To"],
             "From": message.get("From", ""),
             "ApiVersion": "2010-04-01",
         }
-        signature = RequestValidator(self.auth_token).compute_signature(url, params)
-        request = urllib.request.Request(
-            url,
-            data=urllib.parse.urlencode(params).encode(),
-            headers={
-                "X-Twilio-Signature": signature,
-                "Content-Type": "application/x-www-form-urlencoded",
-            },
+        if error_code:
+            params["ErrorCode"] = error_code
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        return Callback(url, params, status, (query.get("decision_id") or [None])[0])
+
+    def accepted(self, message: dict[str, Any]) -> None:
+        if not (self.auto_callbacks and message.get("StatusCallback")):
+            return
+        undelivered = self.status_callback(message, "undelivered", "30003")
+        to = message["To"]
+        failed = to in self.undeliverable or to.removeprefix("whatsapp:") in self.undeliverable
+        final = undelivered if failed else self.status_callback(message, "delivered")
+        self.dispatcher.schedule(
+            [
+                (self.sent_after_s, self.status_callback(message, "sent")),
+                (self.delivered_after_s, final),
+            ],
+            contradiction=None if failed else undelivered,
         )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
+
+    def deliver_status(self, sid: str, status: str = "delivered") -> int:
+        """Post a signed status callback for a message now, as Twilio does; returns the
+        HTTP status our webhook answered."""
+        message = next(m for m in self.messages if m["sid"] == sid)
+        if not message.get("StatusCallback"):
+            raise AssertionError(f"message {sid} has no StatusCallback")
+        callback = self.status_callback(message, status)
+        body, headers = self.encode_callback(callback.url, [callback.payload])
+        return post(callback.url, body, headers, timeout_s=5)
 
 
 __all__ = ["TwilioDouble", "segments", "threading"]
