@@ -4,13 +4,16 @@ The consumer loop follows arroyo's discipline: messages are handled in order per
 partition, every outcome (processed, duplicate, dead-lettered) is final before the
 offset is committed, and a message that cannot be handled goes to the service's
 dead-letter topic with its original bytes and a readable reason — it never stops the
-loop and is never lost.
+loop and is never lost. A dependency outage (common/outages.py) is neither: the input is
+held — offsets committed up to the last finished record, the partitions paused, tried
+again with backoff — and never dead-lettered.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,11 +33,14 @@ from common.metrics import (
     DEAD_LETTERS,
     EVENTS_CONSUMED,
     EVENTS_PRODUCED,
+    INPUT_HELD,
+    INPUT_HOLDS,
     LAST_INPUT_SECONDS,
     PROCESSING_SECONDS,
     child,
 )
 from common.ops_http import Heartbeat
+from common.outages import DependencyUnavailable, outage_of
 
 log = get_logger(__name__)
 
@@ -249,7 +255,9 @@ class MessageProcessor:
     """Decode → handle → (on failure) dead-letter, with metrics; one place for the policy.
 
     `InvalidEvent` raised by decoding or by the handler is the input's fault: dead-letter.
-    Any other exception is ours (a bug, or a dependency down): it is retried a bounded
+    An outage (a dependency that cannot be reached: `common.outages.outage_of`) is nobody's
+    fault: `process` raises `DependencyUnavailable` and the caller holds the input until
+    the dependency is back. Any other exception is ours (a bug): it is retried a bounded
     number of times with backoff, then dead-lettered with the error named, so that one
     poisonous message cannot stop a partition forever.
     """
@@ -318,6 +326,9 @@ class MessageProcessor:
                 await self._dead_letter(msg, exc.reason, exc.code, acks)
                 return "dead_lettered"
             except Exception as exc:
+                dependency = outage_of(exc)
+                if dependency is not None:
+                    raise DependencyUnavailable(dependency, type(exc).__name__) from exc
                 attempt += 1
                 if attempt > self.retries:
                     log.exception("handler_failed", topic=msg.topic, event_id=event.id)
@@ -351,6 +362,12 @@ class ConsumerLoop:
     in the lane its key hashes to: records with the same key (a customer) keep their
     order, the others overlap their waits (a provider call, a database commit). The
     batch is still committed only when every lane is done.
+
+    When a handler meets an outage (`DependencyUnavailable`), the lanes stop taking
+    records, the offsets of what was finished are committed, every partition is rewound
+    to its first unfinished record and paused, and after a backoff (doubling up to
+    `hold_max_s`) the loop tries again — for as long as the outage lasts, polling all the
+    while so that the group keeps the consumer. Nothing is dead-lettered for an outage.
     """
 
     def __init__(
@@ -366,6 +383,8 @@ class ConsumerLoop:
         session_timeout_s: float = 30.0,
         on_idle: Callable[[], Awaitable[None]] | None = None,
         concurrency: int = 1,
+        hold_first_s: float = 0.5,
+        hold_max_s: float = 30.0,
     ) -> None:
         self.concurrency = max(1, concurrency)
         self.bootstrap_servers = bootstrap_servers
@@ -377,9 +396,13 @@ class ConsumerLoop:
         self.max_batch = max_batch
         self.session_timeout_s = session_timeout_s
         self.on_idle = on_idle
+        self.hold_first_s = hold_first_s
+        self.hold_max_s = hold_max_s
         self.assigned = False
         self._consumer: Any = None
         self._stopping = asyncio.Event()
+        self._held = INPUT_HELD.labels(processor.service)
+        self._held.set(0)
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -411,51 +434,147 @@ class ConsumerLoop:
         return self.assigned
 
     async def run(self) -> None:
+        from aiokafka.errors import KafkaError
+
         assert self._consumer is not None
         consumer = self._consumer
+        backoff = self.hold_first_s
         while not self._stopping.is_set():
             self.heartbeat.beat()
-            batches = await consumer.getmany(timeout_ms=500, max_records=self.max_batch)
-            lanes: dict[int, list[tuple[InputMessage, bool]]] = {}
-            for tp, messages in batches.items():
-                highwater = consumer.highwater(tp)
-                for record in messages:
-                    msg = InputMessage(
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        key=record.key,
-                        value=record.value,
-                        headers=list(record.headers or []),
-                        timestamp_ms=record.timestamp,
-                    )
-                    caught_up = highwater is None or record.offset + 1 >= highwater
-                    lane = zlib.crc32(record.key or b"") % self.concurrency
-                    lanes.setdefault(lane, []).append((msg, caught_up))
-            # The batch's dead letters are handed over as they come and awaited together
-            # before the commit (one wait each would hold a lane up by the producer's
-            # linger per bad record).
-            acks: list[Awaitable[Any]] = []
-            outcomes = await asyncio.gather(
-                *(self._lane(items, acks) for items in lanes.values()), return_exceptions=True
-            )
-            if acks:
-                outcomes += await asyncio.gather(*acks, return_exceptions=True)
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome  # nothing committed: the batch comes again
+            try:
+                batches = await consumer.getmany(timeout_ms=500, max_records=self.max_batch)
+            except KafkaError as exc:
+                log.warning("fetch_failed", error=type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            outage = await self._handle_batch(consumer, batches)
+            if outage is not None:
+                await self._hold(consumer, outage, backoff)
+                backoff = min(backoff * 2, self.hold_max_s)
+                continue
+            backoff = self.hold_first_s
             if batches:
-                await consumer.commit()
+                await self._commit(consumer, None)
                 await self._report_lag(consumer)
             elif self.on_idle is not None:
                 await self.on_idle()
 
+    async def _handle_batch(
+        self, consumer: Any, batches: dict[Any, list[Any]]
+    ) -> tuple[DependencyUnavailable, dict[Any, int]] | None:
+        """Handle a fetched batch. None when every record has its outcome; on an outage,
+        the outage and, per partition, the offset to commit (its first unfinished record,
+        or the end of what was fetched)."""
+        lanes: dict[int, list[tuple[Any, InputMessage, bool]]] = {}
+        for tp, messages in batches.items():
+            highwater = consumer.highwater(tp)
+            for record in messages:
+                msg = InputMessage(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
+                    value=record.value,
+                    headers=list(record.headers or []),
+                    timestamp_ms=record.timestamp,
+                )
+                caught_up = highwater is None or record.offset + 1 >= highwater
+                lane = zlib.crc32(record.key or b"") % self.concurrency
+                lanes.setdefault(lane, []).append((tp, msg, caught_up))
+        # The batch's dead letters are handed over as they come and awaited together
+        # before the commit (one wait each would hold a lane up by the producer's
+        # linger per bad record).
+        acks: list[Awaitable[Any]] = []
+        finished: set[tuple[Any, int]] = set()
+        stop = asyncio.Event()
+        outcomes = await asyncio.gather(
+            *(self._lane(items, acks, finished, stop) for items in lanes.values()),
+            return_exceptions=True,
+        )
+        if acks:
+            outcomes += await asyncio.gather(*acks, return_exceptions=True)
+        outage: DependencyUnavailable | None = None
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                dependency = outage_of(outcome)
+                if dependency is None:
+                    raise outcome  # nothing committed: the batch comes again
+                outage = (
+                    outcome
+                    if isinstance(outcome, DependencyUnavailable)
+                    else (DependencyUnavailable(dependency, type(outcome).__name__))
+                )
+        if outage is None:
+            return None
+        if acks and any(isinstance(o, BaseException) for o in outcomes[-len(acks) :]):
+            finished.clear()  # a dead letter may not have reached the broker: redo all
+        resume_at: dict[Any, int] = {}
+        for tp, messages in batches.items():
+            pending = [r.offset for r in messages if (tp, r.offset) not in finished]
+            resume_at[tp] = min(pending) if pending else messages[-1].offset + 1
+        return outage, resume_at
+
     async def _lane(
-        self, items: list[tuple[InputMessage, bool]], acks: list[Awaitable[Any]]
+        self,
+        items: list[tuple[Any, InputMessage, bool]],
+        acks: list[Awaitable[Any]],
+        finished: set[tuple[Any, int]],
+        stop: asyncio.Event,
     ) -> None:
-        for msg, caught_up in items:
-            await self.processor.process(msg, caught_up=caught_up, acks=acks)
+        for tp, msg, caught_up in items:
+            if stop.is_set():
+                return
+            try:
+                await self.processor.process(msg, caught_up=caught_up, acks=acks)
+            except BaseException:
+                stop.set()  # the other lanes finish their record and stop too
+                raise
+            finished.add((tp, msg.offset))
             self.heartbeat.beat()
+
+    async def _hold(
+        self, consumer: Any, outage: tuple[DependencyUnavailable, dict[Any, int]], wait_s: float
+    ) -> None:
+        """Commit what was finished, rewind to the first unfinished records, pause, wait
+        `wait_s` while polling (so the group keeps us), then resume."""
+        from aiokafka.errors import IllegalStateError
+
+        error, resume_at = outage
+        service = self.processor.service
+        INPUT_HOLDS.labels(service, error.dependency).inc()
+        self._held.set(1)
+        log.warning("input_held", dependency=error.dependency, error=str(error), retry_in_s=wait_s)
+        await self._commit(consumer, resume_at)
+        for tp, offset in resume_at.items():
+            with contextlib.suppress(IllegalStateError, AssertionError):
+                consumer.seek(tp, offset)  # revoked meanwhile: its next owner starts there
+        deadline = time.monotonic() + wait_s
+        while not self._stopping.is_set():
+            consumer.pause(*consumer.assignment())
+            self.heartbeat.beat()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            stray = await consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
+            for tp, records in stray.items():  # assigned during the hold: not ours yet
+                with contextlib.suppress(IllegalStateError, AssertionError):
+                    consumer.seek(tp, records[0].offset)
+        consumer.resume(*consumer.assignment())
+        self._held.set(0)
+
+    async def _commit(self, consumer: Any, offsets: dict[Any, int] | None) -> None:
+        """Commit (all fetched, or `offsets`); a failed commit (a rebalance, the broker
+        away) is not fatal: the records come again and are recognised by their ids."""
+        from aiokafka.errors import KafkaError
+
+        try:
+            if offsets is None:
+                await consumer.commit()
+            elif offsets:
+                owned = set(consumer.assignment())
+                await consumer.commit({tp: o for tp, o in offsets.items() if tp in owned})
+        except KafkaError as exc:
+            log.warning("commit_failed", error=type(exc).__name__)
 
     async def _report_lag(self, consumer: Any) -> None:
         per_topic: dict[str, int] = {}

@@ -147,8 +147,33 @@ LEDGER_DELIVERIES = Gauge(
 )
 IN_DOUBT = Counter(
     "outreach_in_doubt_sends_total",
-    "Sends left in doubt by a crash, settled by asking the provider (found, absent, unknown).",
+    "Sends in doubt (a timeout or 5xx after the request left, a crash or stall during the "
+    "call), settled by asking the provider: found, absent, unknown (failed for a person), "
+    "retry (the provider could not be asked; asked again later).",
     ["channel", "outcome"],
+)
+SWEPT = Counter(
+    "outreach_swept_total",
+    "Ledger rows found in an intermediate state after their lease (their holder died or "
+    "stalled) and taken over, by the state they were found in.",
+    ["status"],
+)
+STALE_REPORTS = Counter(
+    "outreach_stale_provider_reports_total",
+    "Provider reports that changed nothing because the message was already past them "
+    "(a late, repeated or reordered webhook; a message only moves forward).",
+    ["report", "status"],
+)
+INPUT_HELD = Gauge(
+    "outreach_input_held",
+    "1 while a consumer holds its input because a dependency is down (paused, retrying "
+    "with backoff; nothing is dead-lettered for an outage).",
+    ["service"],
+)
+INPUT_HOLDS = Counter(
+    "outreach_input_holds_total",
+    "Times a consumer held its input for a dependency outage, by what was unavailable.",
+    ["service", "dependency"],
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from common import tracing
 from common.logs import get_logger
 from common.metrics import PLAN_CACHE
+from common.outages import DependencyUnavailable
 from services.outreach.domain.decisions import ChannelOption, ContactPlan
 
 log = get_logger(__name__)
@@ -36,8 +37,12 @@ class ContactPlans(abc.ABC):
         return True
 
 
-class PreferencesUnavailable(RuntimeError):
-    pass
+class PreferencesUnavailable(DependencyUnavailable):
+    """preferences cannot be asked now (down, overloaded, unreachable): an outage, so the
+    request is held and asked again, never decided without a plan."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("preferences", detail)
 
 
 class StaticContactPlans(ContactPlans):
