@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from common.clock import Clock
+from common.clock import Clock, WallClock
 from common.metrics import RENDER_FAILURES, SUPPRESSIONS
 from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - registers tables
 from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
@@ -58,6 +58,8 @@ def build_senders(settings: Settings) -> dict[str, MessageSender]:
                 settings.sendgrid_from_email,
                 from_name=settings.shop_name,
                 base_url=settings.sendgrid_api_base_url,
+                timeout_s=settings.provider_timeout_s,
+                max_in_flight=settings.concurrency,
             )
         )
     if settings.twilio_account_sid and settings.twilio_auth_token:
@@ -68,6 +70,8 @@ def build_senders(settings: Settings) -> dict[str, MessageSender]:
                 from_number=settings.twilio_from_number,
                 whatsapp_from=settings.twilio_whatsapp_from,
                 base_url=settings.twilio_api_base_url,
+                timeout_s=settings.provider_timeout_s,
+                max_in_flight=settings.concurrency,
             )
         )
         if settings.twilio_from_number:
@@ -81,6 +85,7 @@ def build_senders(settings: Settings) -> dict[str, MessageSender]:
 class Outreach:
     settings: Settings
     clock: Clock
+    wall: Clock
     engine: Any
     ledger: Ledger
     templates: TemplateStore
@@ -120,7 +125,11 @@ def build(
     plans: ContactPlans | None = None,
     senders: dict[str, MessageSender] | None = None,
     clock: Clock | None = None,
+    wall: Clock | None = None,
 ) -> Outreach:
+    """Wire outreach. `clock` decides (wall or event time, OUTREACH_CLOCK); `wall` runs
+    leases, claims and operators' pauses in real time (tests pass a clock they move)."""
+    wall = wall or WallClock()
     engine = create_engine(settings.db_url())
     sessions = session_factory(engine)
     ledger = Ledger(sessions)
@@ -155,11 +164,14 @@ def build(
         sending=SendingPolicy(
             max_attempts=settings.max_attempts,
             in_doubt_after=timedelta(seconds=settings.in_doubt_after_s),
+            in_doubt_settle=timedelta(seconds=settings.in_doubt_settle_s),
+            in_doubt_give_up=timedelta(seconds=settings.in_doubt_give_up_s),
             confirmed_by_events=frozenset(
                 {"email"} if settings.sendgrid_webhook_public_key else ()
             ),
         ),
         links=links,
+        wall=wall.now,
     )
     controls = SendingControls(sessions)
     export_zero_series()
@@ -170,6 +182,7 @@ def build(
         ),
         settings=settings,
         clock=clock or settings.make_clock(),
+        wall=wall,
         engine=engine,
         ledger=ledger,
         templates=store,

@@ -40,6 +40,10 @@ class Settings(ServiceSettings):
     concurrency: int = Field(16, ge=1, le=256)
     in_doubt_after_s: float = Field(600.0, gt=0)
     in_doubt_check_s: float = Field(30.0, gt=0)
+    in_doubt_settle_s: float = Field(30.0, gt=0)
+    in_doubt_give_up_s: float = Field(86_400.0, gt=0)
+    provider_timeout_s: float = Field(10.0, gt=0)
+    relay_lease_s: float = Field(10.0, gt=0)
     breaker_failures: int = Field(5, ge=1)
     breaker_reset_s: float = Field(30.0, gt=0)
     provider_rate_per_s: float = Field(50.0, gt=0)
@@ -81,6 +85,20 @@ class Settings(ServiceSettings):
     sendgrid_api_base_url: str = Field(
         "https://api.sendgrid.com", validation_alias=_env("SENDGRID_API_BASE_URL")
     )
+
+    @model_validator(mode="after")
+    def _leases_outlast_provider_calls(self) -> Settings:
+        # A lease shorter than a provider call would let the sweeper ask the provider
+        # before a slow call lands, find nothing, and send again.
+        if self.in_doubt_after_s < 2 * self.provider_timeout_s:
+            raise ValueError(
+                "OUTREACH_IN_DOUBT_AFTER_S must be at least twice OUTREACH_PROVIDER_TIMEOUT_S"
+            )
+        if self.in_doubt_settle_s < self.provider_timeout_s:
+            raise ValueError(
+                "OUTREACH_IN_DOUBT_SETTLE_S must be at least OUTREACH_PROVIDER_TIMEOUT_S"
+            )
+        return self
 
     @model_validator(mode="after")
     def _preferences_tls_complete(self) -> Settings:

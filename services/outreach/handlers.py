@@ -1,8 +1,14 @@
 """outreach's handlers: an outreach request in, one decision and at most one message out.
 
 `DeliveryService` runs the pure decision pipeline, records the decision in the ledger
-*before* any provider call, renders, sends, and records the outcome. The scheduler
-(`send_due`) sends what quiet hours or a pause held back, re-checking resolution first.
+*before* any provider call, takes a last look at the moment of sending (resolution, a
+newer revision, the pause, opt-outs and consent as of now, quiet hours), renders, claims
+the row (a fenced compare-and-set), sends, and records the outcome. An answer that
+leaves it open whether the provider took the message (a timeout, a 5xx, a reset after
+the request left) puts the row in doubt: it is settled by asking the provider, never by
+sending blindly again. The scheduler (`send_due`) releases what quiet hours, a pause or
+a retry held back; the sweeper (`sweep`) takes over rows whose holder died or stalled.
+docs/reliability.md lists the guarantees and the faults they were tested against.
 """
 
 from __future__ import annotations
@@ -18,20 +24,29 @@ from common import schemas, tracing
 from common.envelope import CloudEvent, InvalidEvent, derived_id, new_event
 from common.failpoints import failpoint
 from common.logs import get_logger
-from common.metrics import IN_DOUBT, MESSAGES, RENDER_FAILURES, SUPPRESSIONS
-from services.outreach.adapters.contact_plans import ContactPlans, PreferencesUnavailable
+from common.metrics import (
+    IN_DOUBT,
+    MESSAGES,
+    RENDER_FAILURES,
+    STALE_REPORTS,
+    SUPPRESSIONS,
+    SWEPT,
+)
+from services.outreach.adapters.contact_plans import ContactPlans
 from services.outreach.adapters.ledger import Delivery, DeliveryEvent, Ledger
 from services.outreach.adapters.providers import (
     ABSENT,
     MessageSender,
     OutboundMessage,
     PermanentProviderError,
+    SendResult,
     TransientProviderError,
 )
 from services.outreach.domain import decisions as pipeline
 from services.outreach.domain.decisions import ChannelOption, ContactPlan, DeliveryPolicy
 from services.outreach.domain.ramp import Paused
 from services.outreach.domain.rendering import RenderError
+from services.outreach.domain.states import Report, Status, reported
 
 # Key of a ledger change's payload holding the trace context (never published as data).
 TRACE_KEY = "_trace"
@@ -41,14 +56,23 @@ SOURCE = "/outreach/outreach"
 
 @dataclass
 class SendingPolicy:
+    # Provider calls that may fail (other than by throttling) before a message is failed.
     max_attempts: int = 5
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 300.0
-    # Longer than any provider call can take (the SDK timeouts are 10 s), so a row still
-    # in `sending` after it was left by a process that died.
+    # The lease of a claimed send: longer than any provider call can take (the SDK
+    # timeouts), so a row still in `sending` after it was left by a process that died or
+    # stalled. Decided rows carry the same lease between their decision and their claim.
     in_doubt_after: timedelta = timedelta(minutes=10)
+    # After an ambiguous answer (a timeout, a 5xx, a reset after the request left), how
+    # long before the provider is asked whether it has the message: long enough for a
+    # request still on its way to land, and for a signed event to report it.
+    in_doubt_settle: timedelta = timedelta(seconds=30)
+    # How long a send may stay in doubt while the provider cannot be asked before it is
+    # failed for a person to look at.
+    in_doubt_give_up: timedelta = timedelta(hours=24)
     # Channels whose provider confirms every accepted message by a signed event (email,
-    # when SENDGRID_WEBHOOK_PUBLIC_KEY is set): no event by `in_doubt_after` = not sent.
+    # when SENDGRID_WEBHOOK_PUBLIC_KEY is set): no event by the time we ask = not sent.
     confirmed_by_events: frozenset[str] = frozenset()
 
 
@@ -60,6 +84,18 @@ class Links:
     support_email: str = "help@shop.example"
     support_phone: str = "+49 30 1234567"
     unsubscribe_secret: str = ""
+
+
+def _facts(request: schemas.OutreachRequest) -> pipeline.RequestFacts:
+    return pipeline.RequestFacts(
+        request_id=request.request_id,
+        customer_id=request.customer_id,
+        intent=request.intent.value,
+        message_kind=request.message_kind,
+        severity=request.severity.value,
+        cause_id=request.cause.id,
+        offer_tier=request.offer_tier,
+    )
 
 
 class DeliveryService:
@@ -88,8 +124,8 @@ class DeliveryService:
         self.links = links
         self.optouts = optouts
         self.paused = paused or Paused()
-        # Operators pause and resume in wall time, whatever clock decides (a replay in
-        # event time still ramps in real seconds).
+        # Leases, claims and operators' pauses run in wall time, whatever clock decides:
+        # a replay in event time still holds a claim for real seconds.
         self.wall = wall or (lambda: datetime.now(UTC))
 
     # --- inputs --------------------------------------------------------------------
@@ -114,45 +150,33 @@ class DeliveryService:
         if event.type != "outreach.request.created":
             raise InvalidEvent(f"outreach does not handle {event.type!r}", code="unknown_type")
         request = schemas.parse_payload(event, schemas.OutreachRequest)
-        facts = pipeline.RequestFacts(
-            request_id=request.request_id,
-            customer_id=request.customer_id,
-            intent=request.intent.value,
-            message_kind=request.message_kind,
-            severity=request.severity.value,
-            cause_id=request.cause.id,
-            offer_tier=request.offer_tier,
-        )
         existing = await self.ledger.by_request(request.request_id)
         if existing is not None:
             # Redelivery after a crash: finish what the first delivery started.
-            if existing.status == "decided":
+            if existing.status == Status.DECIDED:
                 await self._deliver(existing, now)
             return
-        category = pipeline.category_of(facts).value
-        try:
-            plan = await self.plans.get(request.customer_id, category)
-        except PreferencesUnavailable:
-            raise  # not the input's fault: the processor retries, then dead-letters
+        facts = _facts(request)
+        revision = pipeline.revision_of(request.context)
+        cause = (request.cause.type, request.cause.id)
+        plan = await self.plans.get(request.customer_id, pipeline.category_of(facts).value)
         decision = pipeline.decide(
             facts,
             plan=plan,
             already_decided=False,
             resolved=await self.ledger.is_resolved(request.cause.id),
+            superseded=await self.ledger.newer_revision(*cause, revision),
             paused=self.paused.applies(facts.intent),
             sent_in_window=await self.ledger.count_recent(
-                request.customer_id, now - self.policy.cap_window
+                request.customer_id, now - self.policy.cap_window, besides_cause=cause
             ),
             now=now,
             policy=self.policy,
         )
-        row = self._row(request, decision, plan, now)
-        status = {"suppress": "suppressed", "schedule": "scheduled", "send": "decided"}[
-            decision.outcome
-        ]
-        row.status = status
-        event_row = self._event(row, status, now, reason=decision.reason)
-        if not await self.ledger.create(row, event_row):
+        row = self._row(request, decision, plan, now, revision)
+        if not await self.ledger.create(
+            row, self._event(row, row.status, now, reason=decision.reason)
+        ):
             return  # another worker decided it first
         if decision.outcome == "suppress":
             SUPPRESSIONS.labels(decision.reason or "unknown").inc()
@@ -160,13 +184,26 @@ class DeliveryService:
             return
         if decision.outcome == "schedule":
             MESSAGES.labels(row.channel or "none", "scheduled").inc()
-            return
-        await self._deliver(row, now)
+        await self._supersede_older(row, now)
+        if decision.outcome == "send":
+            await self._deliver(row, now, plan=plan)
+
+    async def _supersede_older(self, row: Delivery, now: datetime) -> None:
+        """A newer revision of a message replaces the older ones not yet handed over."""
+        for older in await self.ledger.older_unsent(row.cause_type, row.cause_id, row.revision):
+            await self._suppress_existing(
+                older,
+                pipeline.Suppression.SUPERSEDED,
+                f"superseded: revision {row.revision} replaces revision {older.revision}",
+                now,
+            )
 
     # --- time ----------------------------------------------------------------------
 
     async def send_due(self, now: datetime) -> int:
-        """Send scheduled messages whose time has come; returns how many were handled."""
+        """Release scheduled messages whose time has come (quiet hours over, a retry due)
+        and, after a resume, the held ones (on the ramp); each gets the last look before
+        it is sent. Returns how many were handled."""
         rows = await self.ledger.due(now)
         if not self.paused.all:
             rows += [r for r in await self.ledger.held() if not self.paused.applies(r.intent)]
@@ -174,28 +211,40 @@ class DeliveryService:
         for row in rows:
             if self.paused.applies(row.intent):
                 continue
-            if await self.ledger.is_resolved(row.cause_id):
-                await self._suppress_existing(
-                    row,
-                    pipeline.Suppression.ALREADY_RESOLVED,
-                    "already resolved: closed before 08:00",
-                    now,
-                )
-                continue
-            if row.send_at is not None and now - row.send_at > self.policy.scheduled_expiry:
-                await self._suppress_existing(
-                    row, pipeline.Suppression.QUIET_HOURS_EXPIRED, "scheduled send expired", now
-                )
-                continue
-            if row.channel is None:  # held by a pause before a channel was chosen
+            if row.expires_at is not None and now > row.expires_at:
+                await self._expire(row, now)
+            elif row.channel is None:  # held by a pause before a channel was chosen
                 await self._redecide(row, now)
-                continue
-            if await self.ledger.transition(
-                row.decision_id, ("scheduled",), None, status="decided", updated_at=now
-            ):
-                row.status = "decided"
+            elif await self._release(row, now):
                 await self._deliver(row, now)
         return len(rows)
+
+    async def _release(self, row: Delivery, now: datetime) -> bool:
+        """scheduled → decided, leased to this worker until it claims the send."""
+        moved = await self.ledger.transition(
+            row.decision_id,
+            (Status.SCHEDULED,),
+            None,
+            fence=row.attempts,
+            status=Status.DECIDED,
+            updated_at=now,
+            lease_until=self._lease(),
+        )
+        if moved:
+            row.status = Status.DECIDED
+        return moved
+
+    async def _expire(self, row: Delivery, now: datetime) -> None:
+        """Not sent within its time: given up (a retry that never went through), or,
+        if it only waited, suppressed as expired (SPEC reason quiet_hours_expired)."""
+        if row.failures or row.attempts:
+            await self._fail(
+                row, "gave_up: not sent before it expired", now, expected=(Status.SCHEDULED,)
+            )
+            return
+        await self._suppress_existing(
+            row, pipeline.Suppression.QUIET_HOURS_EXPIRED, "scheduled send expired", now
+        )
 
     def _within_ramp(self, rows: list[Delivery], now: datetime) -> list[Delivery]:
         """After a resume with a ramp, release the held backlog gradually: each ramp's
@@ -215,25 +264,22 @@ class DeliveryService:
         return out
 
     async def _redecide(self, row: Delivery, now: datetime) -> None:
+        """A decision held by a pause is decided now, from the contact plan on (the cap
+        counts from now; it did not count while it was held)."""
         request = schemas.OutreachRequest.model_validate(row.request)
+        facts = _facts(request)
         plan = await self.plans.get(row.customer_id, row.category)
-        facts = pipeline.RequestFacts(
-            request_id=request.request_id,
-            customer_id=request.customer_id,
-            intent=request.intent.value,
-            message_kind=request.message_kind,
-            severity=request.severity.value,
-            cause_id=request.cause.id,
-            offer_tier=request.offer_tier,
-        )
         decision = pipeline.decide(
             facts,
             plan=plan,
             already_decided=False,
-            resolved=False,
+            resolved=await self.ledger.is_resolved(row.cause_id),
+            superseded=await self.ledger.newer_revision(row.cause_type, row.cause_id, row.revision),
             paused=False,
             sent_in_window=await self.ledger.count_recent(
-                row.customer_id, now - self.policy.cap_window
+                row.customer_id,
+                now - self.policy.cap_window,
+                besides_cause=(row.cause_type, row.cause_id),
             ),
             now=now,
             policy=self.policy,
@@ -243,8 +289,24 @@ class DeliveryService:
                 row, decision.reason or pipeline.Suppression.PAUSED, decision.rule, now
             )
             return
-        fresh = self._row(request, decision, plan, now)
-        values = dict(
+        await self._apply(row, decision, now, plan=plan, expected=Status.SCHEDULED)
+
+    async def _apply(
+        self,
+        row: Delivery,
+        decision: pipeline.Decision,
+        now: datetime,
+        *,
+        plan: ContactPlan | None,
+        expected: Status,
+    ) -> None:
+        """Move a row to what a (re)decision says: scheduled for later, or decided now
+        (and delivered)."""
+        fresh = self._row(
+            schemas.OutreachRequest.model_validate(row.request), decision, plan, now, row.revision
+        )
+        target = Status.SCHEDULED if decision.outcome == "schedule" else Status.DECIDED
+        values: dict[str, Any] = dict(
             channel=fresh.channel,
             address=fresh.address,
             locale=fresh.locale,
@@ -252,21 +314,78 @@ class DeliveryService:
             fallbacks=fresh.fallbacks,
             rule=decision.rule,
             send_at=decision.send_at,
+            expires_at=fresh.expires_at,
             updated_at=now,
-            status="scheduled" if decision.outcome == "schedule" else "decided",
+            status=target,
+            lease_until=self._lease() if target is Status.DECIDED else None,
         )
-        await self.ledger.transition(row.decision_id, ("scheduled",), None, **values)
-        if decision.outcome == "send":
+        event = None
+        if target is Status.SCHEDULED:
+            row.send_at = decision.send_at
+            event = self._event(row, Status.SCHEDULED, now, channel=fresh.channel)
+        moved = await self.ledger.transition(
+            row.decision_id, (expected,), event, fence=row.attempts, **values
+        )
+        if moved and target is Status.DECIDED:
             refreshed = await self.ledger.get(row.decision_id)
             if refreshed is not None:
-                await self._deliver(refreshed, now)
+                await self._deliver(refreshed, now, plan=plan)
 
     # --- delivery ------------------------------------------------------------------
 
-    async def _deliver(self, row: Delivery, now: datetime) -> None:
-        """decided → sending → sent | failed | (fallback) — one provider call at most per
-        channel attempt, with the ledger written before the call."""
+    async def _deliver(
+        self, row: Delivery, now: datetime, *, plan: ContactPlan | None = None
+    ) -> None:
+        """decided → (the last look) → sending → sent | in doubt | retry | fallback |
+        failed: at most one provider call per claim, the ledger written before it."""
         request = schemas.OutreachRequest.model_validate(row.request)
+        if plan is None:
+            plan = await self.plans.get(row.customer_id, row.category)
+        last_look = pipeline.recheck(
+            _facts(request),
+            channel=row.channel,
+            plan=plan,
+            resolved=await self.ledger.is_resolved(row.cause_id),
+            superseded=await self.ledger.newer_revision(row.cause_type, row.cause_id, row.revision),
+            paused=self.paused.applies(row.intent),
+            now=now,
+            policy=self.policy,
+        )
+        if last_look.outcome == "suppress":
+            assert last_look.reason is not None
+            await self._suppress_existing(row, last_look.reason, last_look.rule, now)
+            return
+        if last_look.outcome == "schedule":
+            await self._apply(row, last_look, now, plan=plan, expected=Status.DECIDED)
+            return
+        if (last_look.channel, last_look.address) != (row.channel, row.address):
+            row.channel, row.address = last_look.channel, last_look.address
+            row.fallbacks = [f.__dict__ for f in last_look.fallbacks]
+        claimed = await self._claim(row, request, now)
+        if claimed is None:
+            return
+        message, template_key, version = claimed
+        failpoint("outreach.before_provider_call")
+        try:
+            result = await self.senders[message.channel].send(message)
+        except TransientProviderError as exc:
+            if exc.maybe_sent:
+                await self._in_doubt(row, str(exc), self.sending.in_doubt_settle, now)
+            else:
+                await self._retry_later(row, exc, now)
+            return
+        except PermanentProviderError as exc:
+            await self._on_permanent(row, exc, now)
+            return
+        failpoint("outreach.after_provider_call")
+        await self._sent(row, result, now, template_key=template_key, version=version)
+
+    async def _claim(
+        self, row: Delivery, request: schemas.OutreachRequest, now: datetime
+    ) -> tuple[OutboundMessage, str, int] | None:
+        """Render, then claim the row for one provider call: decided → sending with the
+        next attempt number (the fence) and a lease. None when the template fails to
+        render (the message is failed) or another worker claimed it first."""
         assert row.channel is not None and row.address is not None
         try:
             rendered, template_key, version = await self.renderer.render_for(
@@ -274,53 +393,62 @@ class DeliveryService:
             )
         except RenderError as exc:
             RENDER_FAILURES.labels(row.message_kind, row.channel).inc()
-            await self._fail(row, f"render_failed: {exc}", now, expected=("decided",))
-            return
+            await self._fail(row, f"render_failed: {exc}", now, expected=(Status.DECIDED,))
+            return None
+        wall = self.wall()
         claimed = await self.ledger.transition(
             row.decision_id,
-            ("decided",),
-            self._event(row, "sending", now, detail={"channel": row.channel}),
-            status="sending",
+            (Status.DECIDED,),
+            self._event(row, Status.SENDING, now, detail={"channel": row.channel}),
+            fence=row.attempts,
+            status=Status.SENDING,
+            channel=row.channel,
+            address=row.address,
+            fallbacks=row.fallbacks,
             template_key=template_key,
             template_version=version,
             subject=rendered.subject,
             body_text=rendered.text,
             body_html=rendered.html,
             attempts=row.attempts + 1,
+            claimed_at=wall,
+            lease_until=wall + self.sending.in_doubt_after,
             updated_at=now,
         )
         if not claimed:
-            return
-        sender = self.senders[row.channel]
-        message = self._message(row, rendered.subject, rendered.html, rendered.text)
-        failpoint("outreach.before_provider_call")
-        try:
-            result = await sender.send(message)
-        except TransientProviderError as exc:
-            await self._retry_later(row, exc, now)
-            return
-        except PermanentProviderError as exc:
-            await self._on_permanent(row, exc, now)
-            return
-        failpoint("outreach.after_provider_call")
+            return None
+        row.attempts += 1
+        row.status, row.claimed_at = Status.SENDING, wall
+        row.template_key, row.template_version = template_key, version
+        return (
+            self._message(row, rendered.subject, rendered.html, rendered.text),
+            template_key,
+            version,
+        )
+
+    async def _sent(
+        self, row: Delivery, result: SendResult, now: datetime, *, template_key: str, version: int
+    ) -> None:
         sent = await self.ledger.transition(
             row.decision_id,
-            ("sending",),
+            (Status.SENDING,),
             self._event(
                 row,
-                "sent",
+                Status.SENT,
                 now,
                 provider_message_id=result.provider_message_id,
                 outbox=result.outbox,
                 template=template_key,
                 template_version=version,
             ),
-            status="sent",
+            fence=row.attempts,
+            status=Status.SENT,
             provider=result.provider,
             provider_message_id=result.provider_message_id,
             outbox=result.outbox,
             sent_at=now,
             updated_at=now,
+            lease_until=None,
             last_error=None,
         )
         if sent:
@@ -345,81 +473,159 @@ class DeliveryService:
             f"?decision_id={row.decision_id}",
         )
 
-    # --- in doubt --------------------------------------------------------------------
+    # --- in doubt, and rows whose holder went away ------------------------------------
 
-    async def reconcile_in_doubt(self, now: datetime) -> int:
-        """Rows left in `sending` longer than any provider call takes: the process that
-        claimed them died between the provider call and recording its answer. Ask the
-        provider instead of sending blindly again: found → sent; certainly absent →
-        send now; the provider cannot say → for email, SendGrid's signed events would
-        have confirmed it by now when they are configured (absent), else `failed` with
-        reason in_doubt for a person to look at. Returns how many were settled."""
+    async def _in_doubt(
+        self, row: Delivery, reason: str, look_in: timedelta, now: datetime
+    ) -> None:
+        """The provider may have the message: ask it after `look_in`, never resend now."""
+        moved = await self.ledger.transition(
+            row.decision_id,
+            (Status.SENDING,),
+            self._event(row, Status.IN_DOUBT, now, reason=reason[:200], mark=self.wall()),
+            fence=row.attempts,
+            status=Status.IN_DOUBT,
+            lease_until=self.wall() + look_in,
+            updated_at=now,
+            last_error=f"in doubt: {reason}"[:500],
+        )
+        if moved:
+            log.warning("send_in_doubt", decision_id=row.decision_id, reason=reason[:200])
+
+    async def sweep(self, now: datetime) -> int:
+        """Take over rows whose lease ran out: decided but never claimed (its holder
+        died before the provider call) → delivered now; sending with no answer recorded
+        (its holder died or stalled during the call) or in doubt and due for a look →
+        the provider is asked. Returns how many were settled."""
         settled = 0
-        for row in await self.ledger.in_doubt(now - self.sending.in_doubt_after):
-            if row.channel is None or row.address is None:
-                continue
-            message = self._message(row, row.subject, row.body_html, row.body_text or "")
-            claimed_at = row.updated_at or now
-            lookup = await self.senders[row.channel].find_sent(message, claimed_at)
-            if lookup.state == "unknown" and row.channel in self.sending.confirmed_by_events:
-                lookup = ABSENT
-            if lookup.state == "found":
-                moved = await self.ledger.transition(
-                    row.decision_id,
-                    ("sending",),
-                    self._event(
-                        row, "sent", now,
-                        provider_message_id=lookup.provider_message_id, reconciled=True,
-                    ),
-                    status="sent",
-                    provider=self.senders[row.channel].provider,
-                    provider_message_id=lookup.provider_message_id,
-                    sent_at=claimed_at,
-                    updated_at=now,
-                )  # fmt: skip
-                if moved:
-                    MESSAGES.labels(row.channel, "sent").inc()
-            elif lookup.state == "absent":
-                moved = await self.ledger.transition(
-                    row.decision_id,
-                    ("sending",),
-                    None,
-                    status="decided",
-                    updated_at=now,
-                    last_error="in doubt: not at the provider; sending again",
-                )
-                if moved:
-                    refreshed = await self.ledger.get(row.decision_id)
-                    if refreshed is not None:
-                        await self._deliver(refreshed, now)
+        for row in await self.ledger.stale(self.wall()):
+            SWEPT.labels(row.status).inc()
+            if row.status == Status.DECIDED:
+                await self._deliver(row, now)
+                settled += 1
             else:
-                await self._fail(
-                    row,
-                    "in_doubt: the provider cannot tell whether it was sent",
-                    now,
-                    expected=("sending",),
-                )
-                moved = True
-            IN_DOUBT.labels(row.channel, lookup.state).inc()
-            log.warning("in_doubt_reconciled", decision_id=row.decision_id, outcome=lookup.state)
-            settled += int(moved)
+                settled += int(await self._reconcile(row, now))
         return settled
 
-    async def _retry_later(self, row: Delivery, exc: TransientProviderError, now: datetime) -> None:
-        attempt = row.attempts + 1
-        if attempt >= self.sending.max_attempts:
+    async def _reconcile(self, row: Delivery, now: datetime) -> bool:
+        """Ask the provider whether it has the message of this row's last claim: found →
+        sent; certainly absent → sent again, once, after the last look; it cannot say →
+        failed with reason in_doubt for a person (or, if it could not be asked now,
+        asked again later). The look is itself leased and fenced, so two sweepers never
+        both act on one claim."""
+        if row.channel is None or row.address is None:
+            return False
+        looking = await self.ledger.transition(
+            row.decision_id,
+            (row.status,),
+            None,
+            fence=row.attempts,
+            status=Status.IN_DOUBT,
+            lease_until=self.wall() + self.sending.in_doubt_after,
+        )
+        if not looking:
+            return False
+        row.status = Status.IN_DOUBT
+        sender = self.senders[row.channel]
+        claimed_at = row.claimed_at or self.wall()
+        message = self._message(row, row.subject, row.body_html, row.body_text or "")
+        lookup = await sender.find_sent(message, claimed_at)
+        if lookup.state == "unknown" and row.channel in self.sending.confirmed_by_events:
+            lookup = ABSENT
+        IN_DOUBT.labels(row.channel, lookup.state).inc()
+        log.warning("in_doubt_reconciled", decision_id=row.decision_id, outcome=lookup.state)
+        if lookup.state == "found":
+            return await self._found(row, lookup.provider_message_id, sender.provider, now)
+        if lookup.state == "absent":
+            return await self._absent(row, now)
+        if lookup.state == "retry" and self.wall() - claimed_at < self.sending.in_doubt_give_up:
+            await self.ledger.transition(
+                row.decision_id,
+                (Status.IN_DOUBT,),
+                None,
+                fence=row.attempts,
+                status=Status.IN_DOUBT,
+                lease_until=self.wall() + self.sending.in_doubt_settle,
+            )
+            return False
+        await self._fail(
+            row,
+            "in_doubt: the provider cannot tell whether it was sent",
+            now,
+            expected=(Status.IN_DOUBT,),
+        )
+        return True
+
+    async def _found(
+        self, row: Delivery, provider_message_id: str | None, provider: str, now: datetime
+    ) -> bool:
+        moved = await self.ledger.transition(
+            row.decision_id,
+            (Status.IN_DOUBT,),
+            self._event(
+                row, Status.SENT, now, provider_message_id=provider_message_id, reconciled=True
+            ),
+            fence=row.attempts,
+            status=Status.SENT,
+            provider=provider,
+            provider_message_id=provider_message_id,
+            sent_at=now,
+            updated_at=now,
+            lease_until=None,
+        )
+        if moved:
+            MESSAGES.labels(row.channel, "sent").inc()
+        return moved
+
+    async def _absent(self, row: Delivery, now: datetime) -> bool:
+        """Certainly not at the provider: decided again (counted as a failed attempt)
+        and delivered after the last look, under a new claim."""
+        if row.failures + 1 >= self.sending.max_attempts:
             await self._fail(
-                row, f"gave up after {attempt} attempts: {exc}", now, expected=("sending",)
+                row,
+                f"gave_up: not taken by the provider in {row.failures + 1} attempts",
+                now,
+                expected=(Status.IN_DOUBT,),
+            )
+            return True
+        moved = await self.ledger.transition(
+            row.decision_id,
+            (Status.IN_DOUBT,),
+            None,
+            fence=row.attempts,
+            status=Status.DECIDED,
+            failures=row.failures + 1,
+            lease_until=self._lease(),
+            updated_at=now,
+            last_error="in doubt: not at the provider; sending again",
+        )
+        if moved:
+            refreshed = await self.ledger.get(row.decision_id)
+            if refreshed is not None:
+                await self._deliver(refreshed, now)
+        return moved
+
+    async def _retry_later(self, row: Delivery, exc: TransientProviderError, now: datetime) -> None:
+        """The provider did not take it (429, refused, breaker open): try again later,
+        after the last look again. Throttling does not count as a failed attempt."""
+        failures = row.failures + (0 if exc.throttled else 1)
+        if failures >= self.sending.max_attempts:
+            await self._fail(
+                row, f"gave_up after {failures} attempts: {exc}", now, expected=(Status.SENDING,)
             )
             return
+        attempt = max(failures, 1)
         delay = min(self.sending.backoff_cap_s, self.sending.backoff_base_s * 2 ** (attempt - 1))
         delay = max(delay * random.uniform(0.5, 1.0), exc.retry_after or 0.0)
         await self.ledger.transition(
             row.decision_id,
-            ("sending",),
+            (Status.SENDING,),
             None,
-            status="scheduled",
+            fence=row.attempts,
+            status=Status.SCHEDULED,
             send_at=now + timedelta(seconds=delay),
+            failures=failures,
+            lease_until=None,
             updated_at=now,
             last_error=str(exc),
         )
@@ -432,33 +638,31 @@ class DeliveryService:
                 row.customer_id, row.channel or "", "provider_error", now, code=str(exc.code)
             )
         fallbacks = [ChannelOption(**f) for f in row.fallbacks or []]
-        if fallbacks:
-            nxt, rest = fallbacks[0], fallbacks[1:]
-            moved = await self.ledger.transition(
-                row.decision_id,
-                ("sending",),
-                self._event(
-                    row,
-                    "failed",
-                    now,
-                    reason=f"{exc.code}",
-                    fallback_to=nxt.channel,
-                    channel=row.channel,
-                ),
-                status="decided",
-                channel=nxt.channel,
-                address=nxt.address,
-                fallbacks=[f.__dict__ for f in rest],
-                updated_at=now,
-                last_error=f"{row.channel}: {exc}",
-            )
-            if moved:
-                MESSAGES.labels(row.channel or "none", "failed").inc()
-                refreshed = await self.ledger.get(row.decision_id)
-                if refreshed is not None:
-                    await self._deliver(refreshed, now)
+        if not fallbacks:
+            await self._fail(row, f"{exc.code}: {exc.reason}", now, expected=(Status.SENDING,))
             return
-        await self._fail(row, f"{exc.code}: {exc.reason}", now, expected=("sending",))
+        nxt, rest = fallbacks[0], fallbacks[1:]
+        moved = await self.ledger.transition(
+            row.decision_id,
+            (Status.SENDING,),
+            self._event(
+                row, Status.FAILED, now, reason=f"{exc.code}", fallback_to=nxt.channel,
+                channel=row.channel,
+            ),
+            fence=row.attempts,
+            status=Status.DECIDED,
+            channel=nxt.channel,
+            address=nxt.address,
+            fallbacks=[f.__dict__ for f in rest],
+            lease_until=self._lease(),
+            updated_at=now,
+            last_error=f"{row.channel}: {exc}",
+        )  # fmt: skip
+        if moved:
+            MESSAGES.labels(row.channel or "none", "failed").inc()
+            refreshed = await self.ledger.get(row.decision_id)
+            if refreshed is not None:
+                await self._deliver(refreshed, now)
 
     async def _fail(
         self, row: Delivery, reason: str, now: datetime, *, expected: tuple[str, ...]
@@ -466,10 +670,12 @@ class DeliveryService:
         if await self.ledger.transition(
             row.decision_id,
             expected,
-            self._event(row, "failed", now, reason=reason[:200]),
-            status="failed",
+            self._event(row, Status.FAILED, now, reason=reason[:200]),
+            fence=row.attempts,
+            status=Status.FAILED,
             reason=reason[:64],
             last_error=reason,
+            lease_until=None,
             updated_at=now,
         ):
             MESSAGES.labels(row.channel or "none", "failed").inc()
@@ -480,50 +686,61 @@ class DeliveryService:
     ) -> None:
         if await self.ledger.transition(
             row.decision_id,
-            ("scheduled", "decided"),
-            self._event(row, "suppressed", now, reason=reason),
-            status="suppressed",
+            (Status.SCHEDULED, Status.DECIDED),
+            self._event(row, Status.SUPPRESSED, now, reason=reason),
+            fence=row.attempts,
+            status=Status.SUPPRESSED,
             reason=reason.value,
             rule=rule,
+            lease_until=None,
             updated_at=now,
         ):
             SUPPRESSIONS.labels(reason.value).inc()
             MESSAGES.labels(row.channel or "none", "suppressed").inc()
+
+    def _lease(self) -> datetime:
+        return self.wall() + self.sending.in_doubt_after
 
     # --- provider feedback (webhooks) -------------------------------------------------
 
     async def on_delivery_status(
         self, decision_id: str, status: str, now: datetime, **detail: Any
     ) -> bool:
-        """A provider reported the fate of a sent message: delivered or failed. Returns
-        False when the decision is unknown or already final (a repeated callback)."""
-        row = await self.ledger.get(decision_id)
-        if row is None or status not in ("accepted", "delivered", "failed"):
+        """A provider reported the fate of a message: accepted, delivered or failed.
+        States only move forward: a report the message is already past (a late, repeated
+        or reordered webhook) changes nothing and returns False, as does one for an
+        unknown decision. A report for a row still sending or in doubt is proof the
+        provider took it."""
+        try:
+            report = Report(status)
+        except ValueError:
             return False
-        # A report for a row still `sending` is proof the provider took it: the process
-        # that sent it died before recording the answer (it is no longer in doubt).
-        expected = {
-            "accepted": ("sending",),
-            "delivered": ("sending", "sent"),
-            "failed": ("sending", "sent", "delivered"),
-        }[status]
+        row = await self.ledger.get(decision_id)
+        if row is None:
+            return False
+        sources, target = reported(report)
+        if row.status not in sources:
+            STALE_REPORTS.labels(report.value, row.status).inc()
+            return False
         values: dict[str, Any] = {}
-        if row.status == "sending":
+        if row.status in (Status.SENDING, Status.IN_DOUBT):
             values = {
                 "sent_at": row.updated_at or now,
                 "provider_message_id": detail.get("provider_message_id"),
+                "provider": self.senders[row.channel].provider if row.channel else None,
+                "lease_until": None,
             }
         moved = await self.ledger.transition(
             decision_id,
-            expected,
-            self._event(row, "sent" if status == "accepted" else status, now, **detail),
-            status="sent" if status == "accepted" else status,
+            tuple(sources),
+            self._event(row, target, now, **detail),
+            status=target,
             updated_at=now,
-            reason=(str(detail.get("reason"))[:64] if status == "failed" else row.reason),
+            reason=(str(detail.get("reason"))[:64] if target == Status.FAILED else row.reason),
             **values,
         )
         if moved:
-            MESSAGES.labels(row.channel or "none", "sent" if status == "accepted" else status).inc()
+            MESSAGES.labels(row.channel or "none", target.value).inc()
         return moved
 
     async def customer_for_address(self, channel: str, address: str) -> str | None:
@@ -538,7 +755,14 @@ class DeliveryService:
         decision: pipeline.Decision,
         plan: ContactPlan | None,
         now: datetime,
+        revision: int,
     ) -> Delivery:
+        status = {
+            "suppress": Status.SUPPRESSED,
+            "schedule": Status.SCHEDULED,
+            "send": Status.DECIDED,
+        }[decision.outcome]
+        held_until = decision.send_at or now
         return Delivery(
             decision_id=decision.decision_id,
             request_id=request.request_id,
@@ -551,7 +775,7 @@ class DeliveryService:
             message_kind=request.message_kind,
             severity=request.severity.value,
             category=decision.category.value,
-            status="decided",
+            status=status,
             reason=decision.reason.value if decision.reason else None,
             rule=decision.rule,
             channel=decision.channel,
@@ -562,6 +786,15 @@ class DeliveryService:
             decided_at=now,
             updated_at=now,
             attempts=0,
+            failures=0,
+            revision=revision,
+            lease_until=self._lease() if status is Status.DECIDED else None,
+            # Held by a pause: no expiry until it is decided.
+            expires_at=(
+                None
+                if status is Status.SCHEDULED and decision.send_at is None
+                else held_until + self.policy.scheduled_expiry
+            ),
             fallbacks=[f.__dict__ for f in decision.fallbacks],
             request={
                 **request.model_dump(mode="json"),
@@ -572,8 +805,14 @@ class DeliveryService:
             outbox=False,
         )
 
-    def _event(self, row: Delivery, status: str, now: datetime, **detail: Any) -> DeliveryEvent:
-        seq = {"sending": row.attempts + 1}.get(status, row.attempts)
+    def _event(
+        self, row: Delivery, status: str, now: datetime, *, mark: Any = None, **detail: Any
+    ) -> DeliveryEvent:
+        """One ledger event (and `outreach.messages` record, for public states). Its id
+        is derived from the change — decision, state, attempt, channel, and for states a
+        row can enter more than once per attempt (scheduled, in doubt) their moment —
+        so that a change written twice is one event."""
+        seq = {Status.SENDING: row.attempts + 1}.get(Status(status), row.attempts)
         data: dict[str, Any] = {
             "customer_id": row.customer_id,
             "order_id": row.order_id,
@@ -586,12 +825,20 @@ class DeliveryService:
             "template": detail.pop("template", row.template_key),
             "template_version": detail.pop("template_version", row.template_version),
         }
-        if status == "scheduled":
+        if status == Status.SCHEDULED:
             data["send_at"] = row.send_at.isoformat() if row.send_at else None
+            mark = mark or data["send_at"] or "held"
         for key, value in detail.items():
             if value is not None:
                 data[key] = value.value if hasattr(value, "value") else value
-        event_id = derived_id("message", row.decision_id, status, seq, data.get("channel"))
+        event_id = derived_id(
+            "message",
+            row.decision_id,
+            status,
+            seq,
+            data.get("channel"),
+            *([mark.isoformat() if isinstance(mark, datetime) else str(mark)] if mark else []),
+        )
         trace_fields = tracing.current_trace_fields() or {
             k: v for k in tracing.TRACE_FIELDS if isinstance(v := row.request.get(k), str)
         }

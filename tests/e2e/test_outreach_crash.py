@@ -75,6 +75,8 @@ def test_exactly_one_sms_whatever_the_kill_point(
             "OUTREACH_KAFKA_SESSION_TIMEOUT_S": "6",
             "OUTREACH_IN_DOUBT_AFTER_S": str(IN_DOUBT_AFTER_S),
             "OUTREACH_IN_DOUBT_CHECK_S": "0.5",
+            "OUTREACH_IN_DOUBT_SETTLE_S": "1",
+            "OUTREACH_PROVIDER_TIMEOUT_S": "1",
             "TWILIO_ACCOUNT_SID": twilio_double.account_sid,
             "TWILIO_AUTH_TOKEN": twilio_double.auth_token,
             "TWILIO_FROM_NUMBER": "+15005550006",

@@ -7,12 +7,14 @@ SQLite (a file under the data dir) by default, PostgreSQL in production through
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection, DateTime, event, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -70,17 +72,62 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def import_tables() -> None:
+    """Import every module that declares outreach tables, so `Base.metadata` has them."""
+    import services.outreach.adapters.controls
+    import services.outreach.adapters.ledger
+    import services.outreach.adapters.templates
+    import services.outreach.studio.accounts  # noqa: F401
+
+
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+_LOCK_KEY = 0x6F757472  # pg_advisory_lock key of outreach's schema upgrades ("outr")
+
+
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables (every table module must be imported first). Processes
-    sharing a database (workers, the studio) may start at once: a table another one
-    created between the check and the CREATE is not an error, the check runs again."""
-    for attempt in range(5):
+    """Upgrade the database to the newest migration (services/outreach/migrations).
+
+    Workers and the studio sharing a database may start at once: they upgrade one after
+    the other, under an advisory lock on PostgreSQL and a file lock beside a SQLite file.
+    A database made before outreach had migrations (tables, no version) is adopted at
+    the first revision, which is the schema it has."""
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        with _file_lock(Path(f"{database}.migrate.lock") if database else None):
+            async with engine.connect() as conn:
+                await conn.run_sync(_upgrade)
+        return
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql(f"SELECT pg_advisory_lock({_LOCK_KEY})")
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.create_all)
-            return
-        except DBAPIError as exc:
-            reason = str(exc.orig).lower()
-            if attempt == 4 or not ("exist" in reason or "duplicate" in reason):
-                raise
-            await asyncio.sleep(0.1 * (attempt + 1))
+            await conn.run_sync(_upgrade)
+            await conn.commit()
+        finally:
+            await conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_LOCK_KEY})")
+
+
+def _upgrade(connection: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    tables = set(inspect(connection).get_table_names())
+    if "deliveries" in tables and "alembic_version" not in tables:
+        command.stamp(config, "0001")
+    command.upgrade(config, "head")
+    connection.commit()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    if path is None or str(path).startswith(":memory:"):
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,17 +1,19 @@
 """The delivery ledger: one row per decision, its state machine, and an outbox of changes.
 
-States (docs/delivery.md has the diagram):
+The states and the moves between them are `domain/states.py`; every write here is a
+compare-and-set on the state it expects, checked against that table, so a message only
+moves forward.
 
-    decided ─┬─> suppressed                      (a rule said no)
-             ├─> scheduled ──> sending ...       (quiet hours, or sending paused)
-             │       └──────> suppressed         (resolved meanwhile, expired)
-             └─> sending ─┬─> sent ──> delivered | failed (provider webhooks)
-                          ├─> failed             (permanent error, no fallback left)
-                          └─> sending (next channel, on a permanent error)
+Claims are fenced: `attempts` grows by one each time a worker claims a row for a provider
+call (decided → sending), and every later write about that call names the attempt it
+belongs to. A worker that stalled, or a second reconciler, holding an older attempt
+changes nothing. Intermediate states (decided, sending, in_doubt) carry a lease in wall
+time (`lease_until`): a row still there after its lease was left by a process that died
+or stalled, and the sweeper takes it over (`stale`).
 
 The row is written in `sending` *before* the provider is called, so a crash between the
 call and the commit leaves evidence: the row is in doubt, and is reconciled (by the
-provider webhook carrying our decision id) instead of being sent blindly again.
+provider's report, or by asking the provider) instead of being sent blindly again.
 
 Every change appends to `delivery_events`; a relay publishes unpublished rows to
 `outreach.messages` (a transactional outbox), so no state change is lost to a crash
@@ -23,14 +25,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Integer, String, Text, func, select, update
+from sqlalchemy import JSON, Boolean, Integer, String, Text, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.outreach.adapters.db import Base, UTCDateTime
+from services.outreach.domain.states import LEASED, UNDER_WAY, Status, check_move
 
-TERMINAL = frozenset({"suppressed", "sent", "delivered", "failed"})
-STATES = ("decided", "scheduled", "sending", *sorted(TERMINAL))
+STATES = tuple(s.value for s in Status)
 
 
 class Delivery(Base):
@@ -71,6 +74,16 @@ class Delivery(Base):
     offer_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     request: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Which revision of its cause this message speaks of (a newer one supersedes it).
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    # Wall time until which the worker that put the row in an intermediate state owns it.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True, nullable=True)
+    # Wall time of the last claim: the provider is asked for messages since then.
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Provider calls that failed for a reason other than throttling (429, breaker, rate).
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    # A message not sent by then (a retry, or held too long) is given up.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class DeliveryEvent(Base):
@@ -94,6 +107,16 @@ class ResolvedCause(Base):
     cause_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     resolved_at: Mapped[datetime] = mapped_column(UTCDateTime)
     resolution: Mapped[str] = mapped_column(String(64))
+
+
+class Lease(Base):
+    """A named lease one worker holds at a time (the relay to outreach.messages)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Ledger:
@@ -130,29 +153,41 @@ class Ledger:
             )
             return result.scalar_one_or_none()
 
-    async def count_recent(self, customer_id: str, since: datetime) -> int:
-        """Proactive messages to this customer since `since` (sent, or about to be)."""
+    async def count_recent(
+        self, customer_id: str, since: datetime, *, besides_cause: tuple[str, str] | None = None
+    ) -> int:
+        """Proactive messages to this customer since `since` (sent, under way, or scheduled
+        to go), not counting unsent ones of `besides_cause` (type, id): a newer revision
+        of a message replaces them rather than adding to them."""
         async with self.sessions() as s:
             sent = await s.execute(
                 select(func.count())
                 .select_from(Delivery)
                 .where(
                     Delivery.customer_id == customer_id,
-                    Delivery.status.in_(("sending", "sent", "delivered")),
-                    Delivery.sent_at >= since,
+                    Delivery.status.in_(tuple(UNDER_WAY)),
+                    func.coalesce(Delivery.sent_at, Delivery.decided_at) >= since,
                 )
             )
-            pending = await s.execute(
+            pending = (
                 select(func.count())
                 .select_from(Delivery)
                 .where(
                     Delivery.customer_id == customer_id,
-                    Delivery.status == "scheduled",
+                    Delivery.status.in_((Status.SCHEDULED, Status.DECIDED)),
                     Delivery.channel.is_not(None),  # held by a pause: not decided yet
                     Delivery.decided_at >= since,
                 )
             )
-            return int(sent.scalar_one()) + int(pending.scalar_one())
+            if besides_cause is not None:
+                pending = pending.where(
+                    or_(
+                        Delivery.cause_type != besides_cause[0],
+                        Delivery.cause_id != besides_cause[1],
+                    )
+                )
+            waiting = await s.execute(pending)
+            return int(sent.scalar_one()) + int(waiting.scalar_one())
 
     async def count_by_status(self) -> dict[str, int]:
         """Rows per state (for `outreach_ledger_deliveries`); every state is present,
@@ -179,18 +214,45 @@ class Ledger:
                 s.add(ResolvedCause(cause_id=cause_id, resolved_at=at, resolution=resolution))
 
     async def open_for_cause(self, cause_id: str) -> list[Delivery]:
+        """Rows of this cause that have not been handed to a provider yet."""
         async with self.sessions() as s:
             result = await s.execute(
                 select(Delivery).where(
-                    Delivery.cause_id == cause_id, Delivery.status == "scheduled"
+                    Delivery.cause_id == cause_id,
+                    Delivery.status.in_((Status.SCHEDULED, Status.DECIDED)),
                 )
             )
             return list(result.scalars())
 
+    async def older_unsent(self, cause_type: str, cause_id: str, revision: int) -> list[Delivery]:
+        """Unsent rows of the same cause speaking of an older revision."""
+        async with self.sessions() as s:
+            result = await s.execute(
+                select(Delivery).where(
+                    Delivery.cause_type == cause_type,
+                    Delivery.cause_id == cause_id,
+                    Delivery.revision < revision,
+                    Delivery.status.in_((Status.SCHEDULED, Status.DECIDED)),
+                )
+            )
+            return list(result.scalars())
+
+    async def newer_revision(self, cause_type: str, cause_id: str, revision: int) -> bool:
+        """Is there a message about a newer revision of this cause?"""
+        async with self.sessions() as s:
+            result = await s.execute(
+                select(func.count())
+                .select_from(Delivery)
+                .where(
+                    Delivery.cause_type == cause_type,
+                    Delivery.cause_id == cause_id,
+                    Delivery.revision > revision,
+                )
+            )
+            return int(result.scalar_one()) > 0
+
     async def create(self, row: Delivery, event: DeliveryEvent) -> bool:
         """Insert a new decision with its first event; False if it already existed."""
-        from sqlalchemy.exc import IntegrityError
-
         try:
             async with self.sessions() as s, s.begin():
                 s.add(row)
@@ -204,21 +266,67 @@ class Ledger:
         decision_id: str,
         expected: tuple[str, ...],
         event: DeliveryEvent | None,
+        *,
+        fence: int | None = None,
         **values: Any,
     ) -> bool:
         """Compare-and-set the row's state; the event is recorded in the same transaction.
-        False if the row was not in an expected state (another worker moved it)."""
+        False if the row was not in an expected state (another worker moved it) or, with
+        `fence`, belongs to another attempt than `fence` (a newer claim took it over).
+        Raises IllegalMove for a move the state machine forbids (a bug, never data)."""
+        target = values.get("status")
+        if target is not None:
+            for source in expected:
+                check_move(Status(source), Status(target))
+        query = update(Delivery).where(
+            Delivery.decision_id == decision_id, Delivery.status.in_(expected)
+        )
+        if fence is not None:
+            query = query.where(Delivery.attempts == fence)
         async with self.sessions() as s, s.begin():
-            result = await s.execute(
-                update(Delivery)
-                .where(Delivery.decision_id == decision_id, Delivery.status.in_(expected))
-                .values(**values)
-            )
+            result = await s.execute(query.values(**values))
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return False
             if event is not None:
                 s.add(event)
             return True
+
+    async def stale(self, wall_now: datetime, limit: int = 100) -> list[Delivery]:
+        """Rows in an intermediate state whose lease ran out: their holder died or
+        stalled (decided: never claimed; sending: no answer recorded; in_doubt: due for
+        another look at the provider)."""
+        async with self.sessions() as s:
+            result = await s.execute(
+                select(Delivery)
+                .where(
+                    Delivery.status.in_(tuple(LEASED)),
+                    Delivery.lease_until.is_not(None),
+                    Delivery.lease_until <= wall_now,
+                )
+                .order_by(Delivery.lease_until)
+                .limit(limit)
+            )
+            return list(result.scalars())
+
+    async def hold_lease(self, name: str, holder: str, until: datetime, wall_now: datetime) -> bool:
+        """Take or renew the lease `name` for `holder` until `until`; False while another
+        holder's lease runs."""
+        async with self.sessions() as s, s.begin():
+            result = await s.execute(
+                update(Lease)
+                .where(Lease.name == name, or_(Lease.holder == holder, Lease.until <= wall_now))
+                .values(holder=holder, until=until)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                return True
+            if await s.get(Lease, name) is not None:
+                return False
+        try:
+            async with self.sessions() as s, s.begin():
+                s.add(Lease(name=name, holder=holder, until=until))
+            return True
+        except IntegrityError:
+            return False
 
     async def due(self, now: datetime, limit: int = 100) -> list[Delivery]:
         async with self.sessions() as s:
@@ -240,15 +348,6 @@ class Ledger:
             result = await s.execute(
                 select(Delivery)
                 .where(Delivery.status == "scheduled", Delivery.send_at.is_(None))
-                .limit(limit)
-            )
-            return list(result.scalars())
-
-    async def in_doubt(self, older_than: datetime, limit: int = 100) -> list[Delivery]:
-        async with self.sessions() as s:
-            result = await s.execute(
-                select(Delivery)
-                .where(Delivery.status == "sending", Delivery.updated_at <= older_than)
                 .limit(limit)
             )
             return list(result.scalars())

@@ -1,11 +1,13 @@
 """Ports to the message providers, and their adapters over the official SDKs.
 
 Contract of `MessageSender.send`: returns a `SendResult` once the provider accepted the
-message; raises `TransientProviderError` (429, 5xx, timeouts: safe to retry, with the
-provider's Retry-After when it gave one) or `PermanentProviderError` (the provider will
-never accept this message: invalid number, unsubscribed recipient, bad credentials).
-Adapters do not retry: the delivery pipeline owns retries, backoff and fallbacks.
-Nothing here logs an address or a body.
+message; raises `TransientProviderError` (429, 5xx, timeouts, connection failures: it
+may work later, with the provider's Retry-After when it gave one; `maybe_sent` says
+whether the provider may have taken it all the same) or `PermanentProviderError` (the
+provider will never accept this message: invalid number, unsubscribed recipient, bad
+credentials). Adapters do not retry: the delivery pipeline owns retries, backoff,
+fallbacks and the reconciliation of sends in doubt. Nothing here logs an address or a
+body.
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ class SendResult:
 @dataclass(frozen=True)
 class Lookup:
     """Whether the provider holds a message we may or may not have sent (a crash, or a
-    timeout, between our call and our record of its answer)."""
+    timeout, between our call and our record of its answer): `found` (with its id),
+    `absent` (certainly not there), `unknown` (this provider can never tell) or `retry`
+    (it could not be asked just now)."""
 
-    state: str  # found | absent | unknown
+    state: str  # found | absent | unknown | retry
     provider_message_id: str | None = None
 
     @classmethod
@@ -64,14 +68,19 @@ class Lookup:
 
 ABSENT = Lookup("absent")
 UNKNOWN = Lookup("unknown")
+RETRY = Lookup("retry")
 
 
 class TransientProviderError(Exception):
-    """Safe to try again later: 429, 5xx, timeouts, connection failures.
+    """It may work later: 429, 5xx, timeouts, connection failures, an open breaker.
 
     `retry_after` is the provider's Retry-After in seconds when it sent one.
     `maybe_sent` is True when the request may have reached the provider (a read timeout,
-    a 5xx): neither SDK takes an idempotency key, so a retry can duplicate the message."""
+    a reset connection, a 5xx): neither SDK takes an idempotency key, so trying again
+    could duplicate the message — the pipeline asks the provider first.
+    `throttled` is True for "not now" answers that say nothing is wrong with the message
+    or the provider (429, our own rate limit or open breaker): they do not count as
+    failed attempts."""
 
     def __init__(
         self,
@@ -80,11 +89,13 @@ class TransientProviderError(Exception):
         status: int | None = None,
         *,
         maybe_sent: bool = False,
+        throttled: bool = False,
     ):
         super().__init__(reason)
         self.retry_after = retry_after
         self.status = status
         self.maybe_sent = maybe_sent
+        self.throttled = throttled
 
 
 class PermanentProviderError(Exception):
@@ -116,8 +127,26 @@ class MessageSender(abc.ABC):
 
     async def find_sent(self, message: OutboundMessage, since: datetime) -> Lookup:
         """Did the provider accept `message` (claimed for sending at `since`)? `absent`
-        only when the provider can say so for certain; `unknown` when it cannot."""
+        only when the provider can say so for certain; `unknown` when it never can;
+        `retry` when it could not be asked now."""
         return UNKNOWN
+
+
+class BlockingSdkSender(MessageSender):
+    """A sender over a synchronous SDK: its calls run in a pool of its own, sized to
+    the sends a worker has in flight, so that slow provider answers neither starve the
+    event loop's default executor nor wait there for a thread while their timeout runs
+    (a call that has not started when its time is up never starts)."""
+
+    def __init__(self, max_in_flight: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, max_in_flight), thread_name_prefix=f"{self.provider}-sdk"
+        )
+
+    async def _in_pool(self, function: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
 
 class OutboxSender(MessageSender):
@@ -224,7 +253,7 @@ TWILIO_PERMANENT = {
 }
 
 
-class TwilioMessageSender(MessageSender):
+class TwilioMessageSender(BlockingSdkSender):
     """SMS and WhatsApp through the official twilio SDK (messages.create)."""
 
     provider = "twilio"
@@ -238,7 +267,9 @@ class TwilioMessageSender(MessageSender):
         whatsapp_from: str | None,
         base_url: str = "https://api.twilio.com",
         timeout_s: float = 10.0,
+        max_in_flight: int = 16,
     ) -> None:
+        super().__init__(max_in_flight)
         from twilio.http.http_client import TwilioHttpClient
         from twilio.rest import Client
 
@@ -304,9 +335,7 @@ class TwilioMessageSender(MessageSender):
         started = time.perf_counter()
         outcome = "error"
         try:
-            sid = await asyncio.wait_for(
-                asyncio.to_thread(self._create, message), self.timeout_s + 1
-            )
+            sid = await asyncio.wait_for(self._in_pool(self._create, message), self.timeout_s + 1)
             outcome = "ok"
             return SendResult(self.provider, sid)
         except TwilioRestException as exc:
@@ -317,6 +346,7 @@ class TwilioMessageSender(MessageSender):
                     retry_after=getattr(exc, "retry_after", None),
                     status=exc.status,
                     maybe_sent=exc.status >= 500,
+                    throttled=exc.status == 429,
                 ) from None
             category = TWILIO_CATEGORY.get(code) or ("auth" if exc.status in (401, 403) else "")
             raise PermanentProviderError(
@@ -353,15 +383,15 @@ class TwilioMessageSender(MessageSender):
 
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(self._find, message, since), self.timeout_s + 1
+                self._in_pool(self._find, message, since), self.timeout_s + 1
             )
         except PermanentProviderError:
             return UNKNOWN
         except (TimeoutError, TwilioException, OSError):
-            return UNKNOWN  # ask again on the next round
+            return RETRY  # ask again on the next round
 
 
-class SendGridEmailSender(MessageSender):
+class SendGridEmailSender(BlockingSdkSender):
     """Email through the official sendgrid SDK (v3 Mail Send)."""
 
     provider = "sendgrid"
@@ -375,7 +405,9 @@ class SendGridEmailSender(MessageSender):
         base_url: str = "https://api.sendgrid.com",
         unsubscribe_mailto: str | None = None,
         timeout_s: float = 10.0,
+        max_in_flight: int = 16,
     ) -> None:
+        super().__init__(max_in_flight)
         from sendgrid import SendGridAPIClient
 
         # python_http_client logs whole payloads (addresses, bodies) at DEBUG.
@@ -429,7 +461,7 @@ class SendGridEmailSender(MessageSender):
         outcome = "error"
         try:
             message_id = await asyncio.wait_for(
-                asyncio.to_thread(self._send, message), self.timeout_s + 1
+                self._in_pool(self._send, message), self.timeout_s + 1
             )
             outcome = "ok"
             return SendResult(self.provider, message_id or f"sg-{message.decision_id}")
@@ -443,6 +475,7 @@ class SendGridEmailSender(MessageSender):
                     retry_after=_retry_after(exc.headers),
                     status=status,
                     maybe_sent=status >= 500,
+                    throttled=status == 429,
                 ) from None
             body = (
                 exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body)
@@ -460,10 +493,20 @@ class SendGridEmailSender(MessageSender):
 
 
 def _maybe_sent(exc: BaseException) -> bool:
-    """A refused or unresolvable connection never reached the provider; a timeout or a
-    connection dropped mid-request may have."""
+    """A refused, unresolvable or never-established connection did not reach the
+    provider; a read timeout or a connection dropped mid-request may have (the provider
+    can have taken the message and lost only its answer)."""
     text = f"{type(exc).__name__} {exc}".lower()
-    never = ("refused", "name or service", "nodename", "no route", "unreachable")
+    never = (
+        "refused",
+        "name or service",
+        "nodename",
+        "no route",
+        "unreachable",
+        "connecttimeout",
+        "connect timeout",
+        "newconnectionerror",
+    )
     return not any(word in text for word in never)
 
 
@@ -498,11 +541,15 @@ class GuardedSender(MessageSender):
         now = time.monotonic()
         if not self.breaker.allow(now):
             raise TransientProviderError(
-                f"{self.provider} circuit open", retry_after=self.breaker.retry_in(now)
+                f"{self.provider} circuit open",
+                retry_after=self.breaker.retry_in(now),
+                throttled=True,
             )
         wait = self.bucket.take(now)
         if wait > self.max_wait_s:
-            raise TransientProviderError(f"{self.provider} rate limit", retry_after=wait)
+            raise TransientProviderError(
+                f"{self.provider} rate limit", retry_after=wait, throttled=True
+            )
         if wait > 0:
             await asyncio.sleep(wait)
         try:

@@ -1,15 +1,16 @@
 """The decision pipeline for one outreach request (SPEC §6 "Delivery").
 
-dedupe → already resolved → paused → contact plan → consent and opt-outs → frequency
-cap → channel → quiet hours → holdout. Every step is a pure function with a named
-outcome; the first step that says no ends the pipeline with a suppression reason.
+dedupe → already resolved → superseded → paused → contact plan → consent and opt-outs
+→ frequency cap → holdout → channel → quiet hours. Every step is a pure function with a
+named outcome; the first step that says no ends the pipeline with a suppression reason.
+`recheck` is the last look at the moment of sending (for held and retried messages too).
 Rendering and sending follow in the handler, and their failures are recorded there.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -89,6 +90,9 @@ class Decision:
     fallbacks: tuple[ChannelOption, ...] = field(default_factory=tuple)
     rule: str = ""
 
+    def for_decision(self, decision_id: str) -> Decision:
+        return replace(self, decision_id=decision_id)
+
 
 def decision_id_for(request_id: str) -> str:
     return "dec_" + hashlib.sha256(request_id.encode()).hexdigest()[:24]
@@ -138,6 +142,7 @@ def decide(
     sent_in_window: int,
     now: datetime,
     policy: DeliveryPolicy,
+    superseded: bool = False,
 ) -> Decision:
     did = decision_id_for(request.request_id)
     category = category_of(request)
@@ -152,6 +157,10 @@ def decide(
             Suppression.ALREADY_RESOLVED,
             "already resolved: the incident closed before we reached out",
         )
+    if superseded:
+        return suppress(
+            Suppression.SUPERSEDED, "superseded: a newer revision of this message came first"
+        )
     if paused:
         return Decision(
             did,
@@ -160,18 +169,10 @@ def decide(
             send_at=None,
             rule="paused: sending is paused; held until resumed",
         )
-    if plan is None or not plan.known:
-        return suppress(Suppression.NO_CONTACT, "contact plan: customer unknown to preferences")
-    if category is Category.MARKETING and not plan.marketing_opt_in:
-        return suppress(Suppression.NO_CONSENT, "consent: marketing needs marketing_opt_in")
-    usable = [c for c in plan.channels if c.usable]
-    if not usable:
-        reasons = {c.reason for c in plan.channels}
-        if "opted_out" in reasons:
-            return suppress(Suppression.OPTED_OUT, "consent: every reachable channel opted out")
-        if "no_consent" in reasons:
-            return suppress(Suppression.NO_CONSENT, "consent: no channel with consent")
-        return suppress(Suppression.NO_CONTACT, "contact plan: no usable contact point")
+    reach = reachable(category, plan)
+    if isinstance(reach, Decision):
+        return reach.for_decision(did)
+    usable = reach
     if request.severity != "critical" and sent_in_window >= policy.cap_messages:
         return suppress(
             Suppression.FREQUENCY_CAP,
@@ -179,7 +180,44 @@ def decide(
         )
     if in_holdout(did, policy.holdout_share):
         return suppress(Suppression.HOLDOUT, f"holdout: control group ({policy.holdout_share:.0%})")
-    first, rest = usable[0], tuple(usable[1:])
+    assert plan is not None
+    return _route(did, category, usable[0], tuple(usable[1:]), plan, now, policy, "first usable")
+
+
+def reachable(category: Category, plan: ContactPlan | None) -> list[ChannelOption] | Decision:
+    """The channels this customer may be written to now, in their order; or, when there
+    is none, the suppression that says why (its decision id is filled in by the caller)."""
+
+    def suppress(reason: Suppression, rule: str) -> Decision:
+        return Decision("", "suppress", category, reason=reason, rule=rule)
+
+    if plan is None or not plan.known:
+        return suppress(Suppression.NO_CONTACT, "contact plan: customer unknown to preferences")
+    if category is Category.MARKETING and not plan.marketing_opt_in:
+        return suppress(Suppression.NO_CONSENT, "consent: marketing needs marketing_opt_in")
+    usable = [c for c in plan.channels if c.usable]
+    if usable:
+        return usable
+    reasons = {c.reason for c in plan.channels}
+    if "opted_out" in reasons:
+        return suppress(Suppression.OPTED_OUT, "consent: every reachable channel opted out")
+    if "no_consent" in reasons:
+        return suppress(Suppression.NO_CONSENT, "consent: no channel with consent")
+    return suppress(Suppression.NO_CONTACT, "contact plan: no usable contact point")
+
+
+def _route(
+    did: str,
+    category: Category,
+    first: ChannelOption,
+    rest: tuple[ChannelOption, ...],
+    plan: ContactPlan,
+    now: datetime,
+    policy: DeliveryPolicy,
+    why: str,
+) -> Decision:
+    """Send by `first` now, or, in the customer's quiet hours for that channel, at their
+    end (SMS and WhatsApp; email is not held)."""
     if first.channel in policy.quiet_applies_to:
         wake = quiet_until(now, plan.time_zone, plan.quiet_start, plan.quiet_end)
         if wake is not None:
@@ -201,5 +239,65 @@ def decide(
         channel=first.channel,
         address=first.address,
         fallbacks=rest,
-        rule=f"channel: {first.channel} is the first usable",
+        rule=f"channel: {first.channel} is the {why}",
     )
+
+
+def recheck(
+    request: RequestFacts,
+    *,
+    channel: str | None,
+    plan: ContactPlan | None,
+    resolved: bool,
+    superseded: bool,
+    paused: bool,
+    now: datetime,
+    policy: DeliveryPolicy,
+) -> Decision:
+    """The last look before a decided message leaves (SPEC §6: at sending time everything
+    is checked again), for a message sent at once as for one held by quiet hours, a pause
+    or a retry: the incident may be resolved, a newer revision may supersede it, sending
+    may be paused, and the customer's plan as of `now` may have lost the channel (an
+    opt-out, withdrawn consent, an erased contact point). It stays on `channel` while that
+    is usable, else takes the first usable one; quiet hours are judged for the channel it
+    would go by, now. The frequency cap and the holdout were settled when it was decided
+    and are not asked again."""
+    did = decision_id_for(request.request_id)
+    category = category_of(request)
+    if resolved:
+        return Decision(
+            did,
+            "suppress",
+            category,
+            reason=Suppression.ALREADY_RESOLVED,
+            rule="already resolved: the incident closed before the message left",
+        )
+    if superseded:
+        return Decision(
+            did,
+            "suppress",
+            category,
+            reason=Suppression.SUPERSEDED,
+            rule="superseded: a newer revision of this message replaces it",
+        )
+    if paused:
+        return Decision(
+            did, "schedule", category, rule="paused: sending is paused; held until resumed"
+        )
+    reach = reachable(category, plan)
+    if isinstance(reach, Decision):
+        return reach.for_decision(did)
+    assert plan is not None
+    kept = [c for c in reach if c.channel == channel]
+    if kept:
+        rest = tuple(c for c in reach if c.channel != channel)
+        return _route(did, category, kept[0], rest, plan, now, policy, "one decided, still usable")
+    return _route(did, category, reach[0], tuple(reach[1:]), plan, now, policy, "first usable now")
+
+
+def revision_of(context: dict[str, object]) -> int:
+    """Which revision of its cause a request speaks of: an incident's revision grows with
+    every material change (a new estimate, a new status); other causes have one."""
+    incident = context.get("incident")
+    revision = incident.get("revision") if isinstance(incident, dict) else None
+    return revision if isinstance(revision, int) and revision > 0 else 1

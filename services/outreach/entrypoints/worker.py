@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
+import socket
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -28,13 +32,15 @@ from common.kafka import (
 from common.logs import configure_logging, get_logger
 from common.metrics import LEDGER_DELIVERIES
 from common.ops_http import Heartbeat, OpsServer
+from common.outages import outage_of
 from common.topics import TopicSpec
 from services.outreach.bootstrap import Outreach, build
 from services.outreach.config import Settings
+from services.outreach.domain.states import PUBLIC
 from services.outreach.handlers import message_event
 
 SERVICE = "outreach"
-PUBLIC_STATUSES = frozenset({"scheduled", "sent", "delivered", "failed", "suppressed"})
+PUBLIC_STATUSES = frozenset(s.value for s in PUBLIC)
 log = get_logger(__name__)
 
 
@@ -70,6 +76,7 @@ class OutreachWorker:
             routes=outreach.routes(),
         )
         self._stop = asyncio.Event()
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         outreach.delivery.optouts = OptOutPublisher(self.producer, self.topics.optouts)
 
     def _now(self, event: CloudEvent | None = None) -> Any:
@@ -86,46 +93,48 @@ class OutreachWorker:
         else:
             await self.outreach.delivery.on_request(event, now)
 
-    async def _scheduler(self) -> None:
-        while not self._stop.is_set():
-            self.heartbeat.beat()
-            try:
-                await self.outreach.delivery.send_due(self.clock.now())
-            except Exception:
-                log.exception("scheduler_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.scheduler_interval_s)
+    async def _send_due(self) -> int:
+        self.heartbeat.beat()  # the scheduler's turns prove the worker alive, too
+        return await self.outreach.delivery.send_due(self.clock.now())
 
-    async def _relay(self) -> None:
-        """Publish ledger changes to outreach.messages (transactional outbox)."""
+    async def _relay(self) -> bool:
+        """Publish ledger changes to outreach.messages (a transactional outbox), in the
+        order they were written: one worker at a time holds the relay's lease. Returns
+        whether there may be more to publish at once."""
         ledger = self.outreach.ledger
-        while not self._stop.is_set():
-            try:
-                rows = await ledger.unpublished()
-                public = [r for r in rows if r.status in PUBLIC_STATUSES]
-                for row in public:
-                    topic = self.topics.messages
-                    with tracing.producing(topic, message_event(row)) as event:
-                        record = Outgoing(topic, row.customer_id, event)
-                        await self.producer.send(
-                            topic, record.key.encode(), event.to_bytes(), record.headers()
-                        )
-                await ledger.mark_published([r.id for r in rows])
-                if rows:
-                    continue
-            except Exception:
-                log.exception("relay_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), 0.2)
+        wall = datetime.now(UTC)
+        lease = timedelta(seconds=self.settings.relay_lease_s)
+        if not await ledger.hold_lease("relay", self.worker_id, wall + lease, wall):
+            return False
+        rows = await ledger.unpublished()
+        for row in rows:
+            if row.status not in PUBLIC_STATUSES:
+                continue
+            topic = self.topics.messages
+            with tracing.producing(topic, message_event(row)) as event:
+                record = Outgoing(topic, row.customer_id, event)
+                await self.producer.send(
+                    topic, record.key.encode(), event.to_bytes(), record.headers()
+                )
+        await ledger.mark_published([r.id for r in rows])
+        return bool(rows)
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
-        """Run `job` every `seconds` until stopped; a failure is logged and the last
-        known state holds until the next round."""
+        """Run `job` every `seconds` until stopped (at once again while it returns True:
+        more work waiting); a failure is logged and the next round tries again. An
+        outage (the database, preferences, the broker away) is a warning, not a trace."""
         while not self._stop.is_set():
+            again = False
             try:
-                await job()
-            except Exception:
-                log.exception(f"{name}_failed")
+                again = bool(await job())
+            except Exception as exc:
+                dependency = outage_of(exc)
+                if dependency is None:
+                    log.exception(f"{name}_failed")
+                else:
+                    log.warning(f"{name}_waits", dependency=dependency, error=type(exc).__name__)
+            if again:
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), seconds)
 
@@ -163,8 +172,10 @@ class OutreachWorker:
         cache = self.outreach.template_cache
         tasks = [
             asyncio.create_task(self.consumer.run()),
-            asyncio.create_task(self._scheduler()),
-            asyncio.create_task(self._relay()),
+            asyncio.create_task(
+                self._every(self.settings.scheduler_interval_s, self._send_due, "scheduler")
+            ),
+            asyncio.create_task(self._every(0.2, self._relay, "relay")),
             # Published templates stay fresh even while nothing is rendered, so a publish
             # in the studio is served within OUTREACH_TEMPLATE_REFRESH_S.
             asyncio.create_task(
@@ -181,12 +192,13 @@ class OutreachWorker:
             asyncio.create_task(
                 self._every(self.settings.ledger_metrics_s, self._ledger_gauge, "ledger_gauge")
             ),
-            # Sends a dead process left in doubt: settled by asking the provider.
+            # Rows whose holder died or stalled, and sends in doubt: taken over, the
+            # provider asked.
             asyncio.create_task(
                 self._every(
                     self.settings.in_doubt_check_s,
-                    lambda: self.outreach.delivery.reconcile_in_doubt(self.clock.now()),
-                    "in_doubt_check",
+                    lambda: self.outreach.delivery.sweep(self.clock.now()),
+                    "sweep",
                 )
             ),
         ]

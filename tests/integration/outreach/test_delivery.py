@@ -7,6 +7,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
+from common.clock import FixedClock
 from common.envelope import new_event
 from services.outreach.adapters.contact_plans import StaticContactPlans
 from services.outreach.adapters.providers import (
@@ -21,6 +22,7 @@ from services.outreach.domain.decisions import ChannelOption, ContactPlan
 pytestmark = pytest.mark.integration
 NOON = datetime(2026, 3, 4, 11, 0, tzinfo=UTC)  # 12:00 in Berlin
 NIGHT = datetime(2026, 3, 4, 22, 30, tzinfo=UTC)  # 23:30 in Berlin
+WALL = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)  # the fixture's wall clock, at first
 EMAIL = ChannelOption("email", "ada@example.com", True, "ok")
 SMS = ChannelOption("sms", "+4915112345678", True, "ok")
 
@@ -48,6 +50,7 @@ def request(
     cause="inc-1",
     at=NOON,
     offer=None,
+    revision=1,
 ):
     order = {
         "order_id": "o-1",
@@ -69,6 +72,7 @@ def request(
         "detected_at": at.isoformat(),
         "facts": {"delay_days": 3},
         "order": order,
+        "revision": revision,
     }
     return new_event(
         type="outreach.request.created",
@@ -134,7 +138,8 @@ async def outreach(database_url, tmp_path, twilio_double, sendgrid_double):
     }
     senders["whatsapp"] = OutboxSender()
     plans = StaticContactPlans({("c-1", "*"): plan(EMAIL, SMS)})
-    app = build(settings, plans=plans, senders=senders)
+    # Leases and the ramp run in wall time: a clock the tests move.
+    app = build(settings, plans=plans, senders=senders, wall=FixedClock(WALL))
     await app.start()
     app.plans_fake = plans  # type: ignore[attr-defined]
     yield app
@@ -274,9 +279,7 @@ async def test_frequency_cap_three_in_seven_days_critical_bypasses(outreach, sen
 async def test_a_pause_holds_decisions_and_a_resume_with_a_ramp_releases_them_gradually(
     outreach, twilio_double, sendgrid_double
 ):
-    wall = [datetime(2026, 11, 1, 12, 0, tzinfo=UTC)]
-    outreach.delivery.wall = lambda: wall[0]
-    outreach.controls.now = lambda: wall[0]
+    outreach.controls.now = outreach.wall.now
     watcher = outreach.controls_watcher
     watcher.full_rate_per_s = 0.5  # a floor of 0.05/s: easy to count
 
@@ -300,7 +303,7 @@ async def test_a_pause_holds_decisions_and_a_resume_with_a_ramp_releases_them_gr
     assert len(sendgrid_double.messages) == 1  # the ramp starts with one
     await outreach.delivery.send_due(NOON + timedelta(minutes=6))
     assert len(sendgrid_double.messages) == 1  # nothing earned yet
-    wall[0] += timedelta(minutes=11)  # the ramp is over: the rest goes
+    outreach.wall.set(WALL + timedelta(minutes=11))  # the ramp is over: the rest goes
     await outreach.delivery.send_due(NOON + timedelta(minutes=7))
     assert len(sendgrid_double.messages) == 3
     counts = await outreach.ledger.count_by_status()

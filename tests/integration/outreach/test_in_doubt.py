@@ -1,21 +1,29 @@
-"""Sends left in doubt — the process died between the provider call and recording its
-answer — are settled by asking the provider, never by sending blindly again (real
-ledger on SQLite and PostgreSQL, official SDKs against the doubles)."""
+"""Sends in doubt — the process died between the provider call and recording its answer,
+or the answer was lost — are settled by asking the provider, never by sending blindly
+again; claims are fenced, so two sweepers or a stalled worker cannot both act on one
+(real ledger on SQLite and PostgreSQL, official SDKs against the doubles)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
 
-from services.outreach.adapters.providers import MessageSender, OutboundMessage, SendResult
+from services.outreach.adapters.providers import (
+    MessageSender,
+    OutboundMessage,
+    SendResult,
+    TransientProviderError,
+)
 from tests.integration.outreach import test_delivery
-from tests.integration.outreach.test_delivery import EMAIL, NOON, SMS, plan, request
+from tests.integration.outreach.test_delivery import EMAIL, NOON, SMS, WALL, plan, request
 
 outreach = test_delivery.outreach  # the fixture: the same app on SQLite and PostgreSQL
 
 pytestmark = pytest.mark.integration
-LATER = NOON + timedelta(minutes=11)  # past OUTREACH_IN_DOUBT_AFTER_S (10 minutes)
+LEASE = timedelta(minutes=10)  # OUTREACH_IN_DOUBT_AFTER_S
+SETTLE = timedelta(seconds=30)  # OUTREACH_IN_DOUBT_SETTLE_S
 
 
 class Crash(BaseException):
@@ -32,6 +40,18 @@ class CrashingSender(MessageSender):
         if self.after:
             await self.inner.send(message)
         raise Crash
+
+
+class LostAnswer(MessageSender):
+    """The provider takes the message, and the answer never comes back (a read timeout,
+    a 5xx or a reset after the request left)."""
+
+    def __init__(self, inner: MessageSender) -> None:
+        self.inner, self.provider = inner, inner.provider
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        await self.inner.send(message)
+        raise TransientProviderError("twilio unreachable: ReadTimeout", maybe_sent=True)
 
 
 async def crash_while_sending(outreach, channel: str, *, after: bool) -> str:
@@ -54,14 +74,16 @@ async def test_found_at_twilio_is_recorded_as_sent_and_not_sent_again(outreach, 
     decision_id = await crash_while_sending(outreach, "sms", after=True)
     assert len(twilio_double.messages) == 1
 
-    assert await outreach.delivery.reconcile_in_doubt(NOON + timedelta(minutes=5)) == 0
+    outreach.wall.set(WALL + LEASE / 2)
+    assert await outreach.delivery.sweep(NOON) == 0  # the lease still runs
     await outreach.delivery.on_request(request(), NOON)  # the redelivered request
-    assert await outreach.delivery.reconcile_in_doubt(LATER) == 1
+    outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
+    assert await outreach.delivery.sweep(NOON) == 1
     row = await outreach.ledger.get(decision_id)
     assert row.status == "sent" and row.provider_message_id == twilio_double.messages[0]["sid"]
     assert len(twilio_double.messages) == 1
     assert await history(outreach, decision_id) == ["decided", "sending", "sent"]
-    assert await outreach.delivery.reconcile_in_doubt(LATER) == 0
+    assert await outreach.delivery.sweep(NOON) == 0
 
 
 async def test_absent_at_twilio_is_sent_once_now(outreach, twilio_double):
@@ -71,13 +93,63 @@ async def test_absent_at_twilio_is_sent_once_now(outreach, twilio_double):
     await outreach.delivery.senders["sms"].send(other)
     decision_id = await crash_while_sending(outreach, "sms", after=False)
     assert len(twilio_double.messages) == 1
-    assert await outreach.delivery.reconcile_in_doubt(LATER) == 1
+    outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
+    assert await outreach.delivery.sweep(NOON) == 1
     row = await outreach.ledger.get(decision_id)
     assert row.status == "sent" and row.attempts == 2
     assert len(twilio_double.messages) == 2
     assert row.provider_message_id == twilio_double.messages[1]["sid"]
-    assert await outreach.delivery.reconcile_in_doubt(LATER + timedelta(minutes=11)) == 0
+    outreach.wall.set(WALL + 3 * LEASE)
+    assert await outreach.delivery.sweep(NOON) == 0
     assert len(twilio_double.messages) == 2
+
+
+async def test_a_lost_answer_is_never_retried_blindly_but_asked_about(outreach, twilio_double):
+    """The Twilio call timed out after Twilio took the message: before, the row went back
+    to `scheduled` and the retry sent the same SMS twice."""
+    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    real = outreach.delivery.senders["sms"]
+    outreach.delivery.senders["sms"] = LostAnswer(real)
+    await outreach.delivery.on_request(request(), NOON)
+    outreach.delivery.senders["sms"] = real
+    row = await outreach.ledger.by_request("req-1")
+    assert row.status == "in_doubt" and len(twilio_double.messages) == 1
+    assert await outreach.delivery.send_due(NOON + timedelta(hours=1)) == 0  # not a retry
+
+    outreach.wall.set(WALL + SETTLE / 2)
+    assert await outreach.delivery.sweep(NOON) == 0  # a request still on its way may land
+    outreach.wall.set(WALL + SETTLE + timedelta(seconds=1))
+    assert await outreach.delivery.sweep(NOON) == 1
+    row = await outreach.ledger.get(row.decision_id)
+    assert row.status == "sent" and row.provider_message_id == twilio_double.messages[0]["sid"]
+    assert len(twilio_double.messages) == 1
+
+
+async def test_two_sweepers_at_once_send_at_most_once(outreach, twilio_double):
+    """Two workers' sweepers find the same row in doubt at the same moment: the look is
+    fenced by the claim's attempt number, so only one of them acts on it."""
+    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    decision_id = await crash_while_sending(outreach, "sms", after=False)
+    outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
+    settled = await asyncio.gather(*(outreach.delivery.sweep(NOON) for _ in range(3)))
+    assert sum(settled) == 1
+    assert len(twilio_double.messages) == 1
+    assert (await outreach.ledger.get(decision_id)).status == "sent"
+
+
+async def test_a_stalled_worker_cannot_record_over_a_newer_claim(outreach, twilio_double):
+    """A worker stalled past its lease; the sweeper took the row over and sent it under
+    attempt 2. The stalled worker's late answer for attempt 1 changes nothing."""
+    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    decision_id = await crash_while_sending(outreach, "sms", after=False)
+    stale = await outreach.ledger.get(decision_id)
+    outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
+    assert await outreach.delivery.sweep(NOON) == 1
+    assert not await outreach.ledger.transition(
+        decision_id, ("sending",), None, fence=stale.attempts, status="scheduled"
+    )
+    row = await outreach.ledger.get(decision_id)
+    assert (row.status, row.attempts) == ("sent", 2)
 
 
 async def test_email_without_signed_events_is_failed_for_a_person_not_resent(
@@ -85,7 +157,8 @@ async def test_email_without_signed_events_is_failed_for_a_person_not_resent(
 ):
     outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
     decision_id = await crash_while_sending(outreach, "email", after=True)
-    assert await outreach.delivery.reconcile_in_doubt(LATER) == 1
+    outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
+    assert await outreach.delivery.sweep(NOON) == 1
     row = await outreach.ledger.get(decision_id)
     assert row.status == "failed" and row.reason.startswith("in_doubt")
     assert len(sendgrid_double.messages) == 1
@@ -95,7 +168,8 @@ async def test_email_with_signed_events_and_none_came_is_sent_again(outreach, se
     outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
     outreach.delivery.sending.confirmed_by_events = frozenset({"email"})
     decision_id = await crash_while_sending(outreach, "email", after=False)
-    assert await outreach.delivery.reconcile_in_doubt(LATER) == 1
+    outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
+    assert await outreach.delivery.sweep(NOON) == 1
     assert (await outreach.ledger.get(decision_id)).status == "sent"
     assert len(sendgrid_double.messages) == 1
 
@@ -108,6 +182,31 @@ async def test_a_provider_event_settles_the_doubt_before_anyone_asks(outreach, s
     )
     row = await outreach.ledger.get(decision_id)
     assert row.status == "sent" and row.provider_message_id == "sg-1" and row.sent_at
-    assert await outreach.delivery.reconcile_in_doubt(LATER) == 0
+    outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
+    assert await outreach.delivery.sweep(NOON) == 0
     assert await outreach.delivery.on_delivery_status(decision_id, "delivered", NOON)
     assert len(sendgrid_double.messages) == 1
+
+
+async def test_a_decision_whose_worker_died_before_the_claim_is_swept_and_sent(
+    outreach, sendgrid_double
+):
+    """Recorded as decided, then the process died before it claimed the send (and the
+    request's offset was committed by someone): the sweeper delivers it once."""
+    outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
+    real = outreach.delivery._deliver
+
+    async def die(*_args, **_kwargs):
+        raise Crash
+
+    outreach.delivery._deliver = die
+    with pytest.raises(Crash):
+        await outreach.delivery.on_request(request(), NOON)
+    outreach.delivery._deliver = real
+    row = await outreach.ledger.by_request("req-1")
+    assert row.status == "decided"
+    outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
+    assert await outreach.delivery.sweep(NOON) == 1
+    assert (await outreach.ledger.get(row.decision_id)).status == "sent"
+    assert len(sendgrid_double.messages) == 1
+    assert await outreach.delivery.sweep(NOON) == 0

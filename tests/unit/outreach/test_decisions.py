@@ -16,6 +16,8 @@ from services.outreach.domain.decisions import (
     decide,
     in_holdout,
     quiet_until,
+    recheck,
+    revision_of,
 )
 
 NOON_BERLIN = datetime(2026, 3, 2, 11, 0, tzinfo=UTC)  # 12:00 in Berlin
@@ -143,3 +145,80 @@ def test_holdout_is_deterministic_per_decision(decision_id):
 def test_holdout_share_is_roughly_respected():
     inside = sum(in_holdout(f"dec-{i}", 0.1) for i in range(10_000))
     assert 850 < inside < 1150
+
+
+def last_look(p=None, *, channel="sms", now=NOON_BERLIN, req=None, **flags):
+    return recheck(
+        req or request(),
+        channel=channel,
+        plan=p if p is not None else plan(SMS, EMAIL),
+        resolved=flags.get("resolved", False),
+        superseded=flags.get("superseded", False),
+        paused=flags.get("paused", False),
+        now=now,
+        policy=DeliveryPolicy(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        (dict(resolved=True), "already_resolved"),
+        (dict(superseded=True), "superseded"),
+        (dict(p=plan(SMS_OPTED_OUT)), "opted_out"),
+        (dict(p=plan(known=False)), "no_contact"),
+        (
+            dict(req=request("check_in", offer="standard"), p=plan(SMS, opt_in=False)),
+            "no_consent",
+        ),
+    ],
+)
+def test_the_last_look_suppresses_what_changed_since_the_decision(kwargs, reason):
+    decision = last_look(**kwargs)
+    assert (decision.outcome, decision.reason) == ("suppress", reason)
+
+
+def test_the_last_look_keeps_the_decided_channel_while_it_is_usable():
+    decision = last_look(plan(EMAIL, SMS), channel="sms")
+    assert (decision.outcome, decision.channel) == ("send", "sms")
+    assert [f.channel for f in decision.fallbacks] == ["email"]
+
+
+def test_the_last_look_moves_to_the_next_usable_channel_after_an_opt_out():
+    decision = last_look(plan(SMS_OPTED_OUT, EMAIL), channel="sms")
+    assert (decision.outcome, decision.channel) == ("send", "email")
+
+
+def test_the_last_look_holds_an_sms_that_would_leave_at_night():
+    decision = last_look(now=NIGHT_BERLIN)
+    assert decision.outcome == "schedule" and decision.send_at == datetime(
+        2026, 3, 3, 7, 0, tzinfo=UTC
+    )
+
+
+def test_the_last_look_holds_while_sending_is_paused():
+    decision = last_look(paused=True)
+    assert decision.outcome == "schedule" and decision.send_at is None
+
+
+def test_a_newer_revision_came_first():
+    decision = decide(
+        request(),
+        plan=plan(EMAIL),
+        already_decided=False,
+        resolved=False,
+        paused=False,
+        sent_in_window=0,
+        now=NOON_BERLIN,
+        policy=DeliveryPolicy(),
+        superseded=True,
+    )
+    assert (decision.outcome, decision.reason) == ("suppress", "superseded")
+
+
+@pytest.mark.parametrize(
+    ("context", "revision"),
+    [({}, 1), ({"incident": {"revision": 3}}, 3), ({"incident": {"revision": "x"}}, 1)],
+)
+def test_the_revision_a_request_speaks_of(context, revision):
+    assert revision_of(context) == revision
