@@ -26,6 +26,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 from common import tracing
 from common.clock import Clock
 from common.envelope import CONTENT_TYPE_HEADER, CloudEvent, InvalidEvent
+from common.failpoints import failpoint
 from common.logs import get_logger, handling
 from common.metrics import (
     CLOCK_SECONDS,
@@ -454,6 +455,7 @@ class ConsumerLoop:
                 continue
             backoff = self.hold_first_s
             if batches:
+                failpoint(f"{self.processor.service}.before_offset_commit")
                 await self._commit(consumer, None)
                 await self._report_lag(consumer)
             elif self.on_idle is not None:

@@ -127,6 +127,7 @@ NOTES = {
     "OUTREACH_IN_DOUBT_SETTLE_S": "after an ambiguous provider answer (a timeout, a 5xx, a reset after the request left), wait this long before asking the provider whether it has the message; at least OUTREACH_PROVIDER_TIMEOUT_S",
     "OUTREACH_IN_DOUBT_GIVE_UP_S": "a send in doubt whose provider cannot be asked for this long is failed (reason in_doubt) for a person to look at",
     "OUTREACH_PROVIDER_TIMEOUT_S": "how long a provider call (Twilio, SendGrid) may take before it is given up as in doubt",
+    "OUTREACH_EVENT_RETRY_S": "how long a provider may take to retry a report (SendGrid's signed events) our webhooks could not take because every worker was down; an email in doubt after such a gap is sent again only once a worker has been up this long",
     "OUTREACH_RELAY_LEASE_S": "one worker at a time relays ledger changes to outreach.messages (in order); its lease, renewed while it relays",
     "OUTREACH_LEDGER_METRICS_S": "how often a worker counts the ledger by state (outreach_ledger_deliveries)",
     "OUTREACH_RESUME_RAMP_MINUTES": "default ramp after a resume: the held backlog climbs from 10 % to the full rate",

@@ -166,6 +166,7 @@ def build(
             in_doubt_after=timedelta(seconds=settings.in_doubt_after_s),
             in_doubt_settle=timedelta(seconds=settings.in_doubt_settle_s),
             in_doubt_give_up=timedelta(seconds=settings.in_doubt_give_up_s),
+            events_retried_within=timedelta(seconds=settings.event_retry_s),
             confirmed_by_events=frozenset(
                 {"email"} if settings.sendgrid_webhook_public_key else ()
             ),

@@ -44,6 +44,7 @@ class Settings(ServiceSettings):
     in_doubt_give_up_s: float = Field(86_400.0, gt=0)
     provider_timeout_s: float = Field(10.0, gt=0)
     relay_lease_s: float = Field(10.0, gt=0)
+    event_retry_s: float = Field(3600.0, gt=0)
     breaker_failures: int = Field(5, ge=1)
     breaker_reset_s: float = Field(30.0, gt=0)
     provider_rate_per_s: float = Field(50.0, gt=0)

@@ -32,10 +32,12 @@ from common.metrics import (
     SUPPRESSIONS,
     SWEPT,
 )
+from common.outages import DependencyUnavailable
 from services.outreach.adapters.contact_plans import ContactPlans
 from services.outreach.adapters.ledger import Delivery, DeliveryEvent, Ledger
 from services.outreach.adapters.providers import (
     ABSENT,
+    RETRY,
     MessageSender,
     OutboundMessage,
     PermanentProviderError,
@@ -50,6 +52,8 @@ from services.outreach.domain.states import Report, Status, reported
 
 # Key of a ledger change's payload holding the trace context (never published as data).
 TRACE_KEY = "_trace"
+# A released message whose last look cannot be taken (preferences away) waits this long.
+OUTAGE_PAUSE = timedelta(seconds=10)
 log = get_logger(__name__)
 SOURCE = "/outreach/outreach"
 
@@ -72,8 +76,14 @@ class SendingPolicy:
     # failed for a person to look at.
     in_doubt_give_up: timedelta = timedelta(hours=24)
     # Channels whose provider confirms every accepted message by a signed event (email,
-    # when SENDGRID_WEBHOOK_PUBLIC_KEY is set): no event by the time we ask = not sent.
+    # when SENDGRID_WEBHOOK_PUBLIC_KEY is set): no event by the time we ask = not sent —
+    # provided our webhooks could hear it (see `_events_would_have_come`).
     confirmed_by_events: frozenset[str] = frozenset()
+    # How long the provider may take to retry an event our webhooks did not take (they
+    # were down): after a worker has been up this long, a missing event means no message.
+    events_retried_within: timedelta = timedelta(hours=1)
+    # A worker not seen for this long is down (workers record themselves every second).
+    worker_seen_within: timedelta = timedelta(seconds=5)
 
 
 @dataclass
@@ -178,6 +188,7 @@ class DeliveryService:
             row, self._event(row, row.status, now, reason=decision.reason)
         ):
             return  # another worker decided it first
+        failpoint("outreach.after_decision")
         if decision.outcome == "suppress":
             SUPPRESSIONS.labels(decision.reason or "unknown").inc()
             MESSAGES.labels(row.channel or "none", "suppressed").inc()
@@ -216,7 +227,20 @@ class DeliveryService:
             elif row.channel is None:  # held by a pause before a channel was chosen
                 await self._redecide(row, now)
             elif await self._release(row, now):
-                await self._deliver(row, now)
+                try:
+                    await self._deliver(row, now)
+                except DependencyUnavailable:
+                    # No last look without preferences: back to waiting, a little later.
+                    await self.ledger.transition(
+                        row.decision_id,
+                        (Status.DECIDED,),
+                        None,
+                        fence=row.attempts,
+                        status=Status.SCHEDULED,
+                        send_at=now + OUTAGE_PAUSE,
+                        lease_until=None,
+                    )
+                    raise
         return len(rows)
 
     async def _release(self, row: Delivery, now: datetime) -> bool:
@@ -531,7 +555,7 @@ class DeliveryService:
         message = self._message(row, row.subject, row.body_html, row.body_text or "")
         lookup = await sender.find_sent(message, claimed_at)
         if lookup.state == "unknown" and row.channel in self.sending.confirmed_by_events:
-            lookup = ABSENT
+            lookup = ABSENT if await self._events_would_have_come(claimed_at) else RETRY
         IN_DOUBT.labels(row.channel, lookup.state).inc()
         log.warning("in_doubt_reconciled", decision_id=row.decision_id, outcome=lookup.state)
         if lookup.state == "found":
@@ -555,6 +579,18 @@ class DeliveryService:
             expected=(Status.IN_DOUBT,),
         )
         return True
+
+    async def _events_would_have_come(self, claimed_at: datetime) -> bool:
+        """Would the provider's report of a message claimed at `claimed_at` have reached
+        us by now? Yes if a worker (our webhooks) has been up without a break since the
+        claim — the report's first delivery found it; or, if they were all down at some
+        point since (a crash of the only worker), once one has been up for longer than
+        the provider takes to retry a report it could not deliver."""
+        wall = self.wall()
+        up_since = await self.ledger.receivers_up_since(wall, self.sending.worker_seen_within)
+        if up_since is None:
+            return False
+        return up_since <= claimed_at or wall - up_since >= self.sending.events_retried_within
 
     async def _found(
         self, row: Delivery, provider_message_id: str | None, provider: str, now: datetime

@@ -22,10 +22,10 @@ between the database commit and the Kafka send.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Integer, String, Text, func, or_, select, update
+from sqlalchemy import JSON, Boolean, Integer, String, Text, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
@@ -117,6 +117,17 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Worker(Base):
+    """A running outreach worker, seen every second: the webhooks were reachable while
+    one was up (a provider's report of a message could not have been lost then)."""
+
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class Ledger:
@@ -307,6 +318,25 @@ class Ledger:
                 .limit(limit)
             )
             return list(result.scalars())
+
+    async def worker_seen(self, worker_id: str, started_at: datetime, wall_now: datetime) -> None:
+        """Record that this worker is up (and forget workers gone for a day)."""
+        async with self.sessions() as s, s.begin():
+            seen = await s.execute(
+                update(Worker).where(Worker.worker_id == worker_id).values(seen_at=wall_now)
+            )
+            if seen.rowcount != 1:  # type: ignore[attr-defined]
+                s.add(Worker(worker_id=worker_id, started_at=started_at, seen_at=wall_now))
+                await s.execute(delete(Worker).where(Worker.seen_at < wall_now - timedelta(days=1)))
+
+    async def receivers_up_since(self, wall_now: datetime, within: timedelta) -> datetime | None:
+        """Since when a worker has been up without a break (seen within `within` of
+        now): the earliest start among the live ones; None if none is live."""
+        async with self.sessions() as s:
+            result = await s.execute(
+                select(func.min(Worker.started_at)).where(Worker.seen_at >= wall_now - within)
+            )
+            return result.scalar_one_or_none()
 
     async def hold_lease(self, name: str, holder: str, until: datetime, wall_now: datetime) -> bool:
         """Take or renew the lease `name` for `holder` until `until`; False while another

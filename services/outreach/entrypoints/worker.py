@@ -20,6 +20,7 @@ from aiohttp import web
 
 from common import tracing
 from common.admin import ensure_topics
+from common.clock import EPOCH
 from common.envelope import CloudEvent
 from common.kafka import (
     AiokafkaProducer,
@@ -77,6 +78,8 @@ class OutreachWorker:
         )
         self._stop = asyncio.Event()
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.started_at: datetime | None = None  # when the webhooks began to listen
+        self._relay_until = EPOCH  # this worker holds the relay's lease until then
         outreach.delivery.optouts = OptOutPublisher(self.producer, self.topics.optouts)
 
     def _now(self, event: CloudEvent | None = None) -> Any:
@@ -97,6 +100,11 @@ class OutreachWorker:
         self.heartbeat.beat()  # the scheduler's turns prove the worker alive, too
         return await self.outreach.delivery.send_due(self.clock.now())
 
+    async def _seen(self) -> None:
+        """Record that this worker (and so the webhooks) is up."""
+        assert self.started_at is not None
+        await self.outreach.ledger.worker_seen(self.worker_id, self.started_at, datetime.now(UTC))
+
     async def _relay(self) -> bool:
         """Publish ledger changes to outreach.messages (a transactional outbox), in the
         order they were written: one worker at a time holds the relay's lease. Returns
@@ -104,8 +112,11 @@ class OutreachWorker:
         ledger = self.outreach.ledger
         wall = datetime.now(UTC)
         lease = timedelta(seconds=self.settings.relay_lease_s)
-        if not await ledger.hold_lease("relay", self.worker_id, wall + lease, wall):
-            return False
+        if self._relay_until - wall < lease / 2:  # renewed when half of it is left
+            if not await ledger.hold_lease("relay", self.worker_id, wall + lease, wall):
+                self._relay_until = EPOCH
+                return False
+            self._relay_until = wall + lease
         rows = await ledger.unpublished()
         for row in rows:
             if row.status not in PUBLIC_STATUSES:
@@ -160,6 +171,7 @@ class OutreachWorker:
         await self.producer.start()
         await self.consumer.start()
         await self.ops.start()
+        self.started_at = datetime.now(UTC)
         log.info(
             "started",
             clock=self.settings.outreach_clock,
@@ -176,6 +188,7 @@ class OutreachWorker:
                 self._every(self.settings.scheduler_interval_s, self._send_due, "scheduler")
             ),
             asyncio.create_task(self._every(0.2, self._relay, "relay")),
+            asyncio.create_task(self._every(1.0, self._seen, "seen")),
             # Published templates stay fresh even while nothing is rendered, so a publish
             # in the studio is served within OUTREACH_TEMPLATE_REFRESH_S.
             asyncio.create_task(

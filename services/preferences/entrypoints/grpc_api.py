@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
 from common.logs import get_logger
+from common.outages import outage_of
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from services.preferences.adapters.change_feed import FeedInterrupted
@@ -327,7 +328,13 @@ class OpsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         grpc.StatusCode.UNAUTHENTICATED,
                         "write methods need 'authorization: Bearer <token>'",
                     )
-                return await behaviour(request, context)
+                try:
+                    return await behaviour(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort_unexpected(method, exc, context)
+                    raise  # abort raised already; this keeps type checkers content
             except BaseException:
                 code = context.code().name if context.code() else "UNKNOWN"
                 raise
@@ -336,6 +343,21 @@ class OpsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 seconds.observe(_time.perf_counter() - started)
 
         return observed
+
+
+async def _abort_unexpected(method: str, exc: Exception, context: grpc.aio.ServicerContext) -> None:
+    """An exception a servicer did not turn into a status. A dependency that cannot be
+    reached (the database restarting) is UNAVAILABLE — callers try again —; anything
+    else is INTERNAL. Neither echoes the exception's text (SQL, parameters, personal
+    data): that goes to our log only."""
+    dependency = outage_of(exc)
+    if dependency is not None:
+        log.warning("rpc_unavailable", method=method, dependency=dependency)
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, f"preferences cannot reach its {dependency}; try again"
+        )
+    log.error("rpc_failed", method=method, error=type(exc).__name__)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:

@@ -164,11 +164,55 @@ async def test_email_without_signed_events_is_failed_for_a_person_not_resent(
     assert len(sendgrid_double.messages) == 1
 
 
+async def worker_up(outreach, since, until):
+    """A worker (the webhooks) recorded as up from `since` to `until`, without a break."""
+    await outreach.ledger.worker_seen("w-other", since, since)
+    await outreach.ledger.worker_seen("w-other", since, until)
+
+
 async def test_email_with_signed_events_and_none_came_is_sent_again(outreach, sendgrid_double):
+    """Another worker's webhooks were up from before the claim until now: SendGrid's
+    event would have reached them, so no event means no message."""
     outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
     outreach.delivery.sending.confirmed_by_events = frozenset({"email"})
     decision_id = await crash_while_sending(outreach, "email", after=False)
-    outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
+    later = WALL + LEASE + timedelta(seconds=1)
+    await worker_up(outreach, WALL - timedelta(minutes=1), later)
+    outreach.wall.set(later)
+    assert await outreach.delivery.sweep(NOON) == 1
+    assert (await outreach.ledger.get(decision_id)).status == "sent"
+    assert len(sendgrid_double.messages) == 1
+
+
+async def test_email_in_doubt_waits_for_retried_events_when_the_webhooks_were_down(
+    outreach, sendgrid_double
+):
+    """The only worker died after SendGrid took the email: its event could not be
+    delivered then. The restarted worker waits for SendGrid's retry of the event
+    (OUTREACH_EVENT_RETRY_S) rather than send again; the retried event settles it."""
+    outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
+    outreach.delivery.sending.confirmed_by_events = frozenset({"email"})
+    decision_id = await crash_while_sending(outreach, "email", after=True)
+    restarted = WALL + LEASE
+    await worker_up(outreach, restarted, restarted + timedelta(minutes=5))
+    outreach.wall.set(restarted + timedelta(minutes=5))
+    assert await outreach.delivery.sweep(NOON) == 0  # still in doubt, not sent again
+    assert (await outreach.ledger.get(decision_id)).status == "in_doubt"
+    assert await outreach.delivery.on_delivery_status(decision_id, "accepted", NOON)
+    assert (await outreach.ledger.get(decision_id)).status == "sent"
+    assert len(sendgrid_double.messages) == 1
+
+
+async def test_email_in_doubt_is_sent_again_once_no_retried_event_can_come(
+    outreach, sendgrid_double
+):
+    outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
+    outreach.delivery.sending.confirmed_by_events = frozenset({"email"})
+    decision_id = await crash_while_sending(outreach, "email", after=False)
+    restarted = WALL + LEASE
+    retried = restarted + outreach.delivery.sending.events_retried_within
+    await worker_up(outreach, restarted, retried)
+    outreach.wall.set(retried)
     assert await outreach.delivery.sweep(NOON) == 1
     assert (await outreach.ledger.get(decision_id)).status == "sent"
     assert len(sendgrid_double.messages) == 1

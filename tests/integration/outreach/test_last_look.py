@@ -139,3 +139,28 @@ async def test_a_resolution_between_decision_and_claim_stops_the_message(outreac
     await outreach.delivery.send_due(EIGHT)
     row = await row_of(outreach)
     assert (row.status, row.reason) == ("suppressed", "already_resolved")
+
+
+async def test_a_release_without_preferences_waits_instead_of_sending_unchecked(
+    outreach, twilio_double
+):
+    """08:00, and preferences cannot be asked: the held SMS is not sent without its last
+    look, nor lost; it waits and goes once preferences answers again."""
+    from services.outreach.adapters.contact_plans import PreferencesUnavailable
+
+    fake = outreach.plans_fake
+    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    await outreach.delivery.on_request(request(at=NIGHT), NIGHT)
+    real_get = fake.get
+
+    async def down(*_args):
+        raise PreferencesUnavailable("GetContactPlan: UNAVAILABLE")
+
+    fake.get = down
+    with pytest.raises(PreferencesUnavailable):
+        await outreach.delivery.send_due(EIGHT)
+    row = await row_of(outreach)
+    assert row.status == "scheduled" and row.send_at > EIGHT and twilio_double.messages == []
+    fake.get = real_get
+    await outreach.delivery.send_due(row.send_at)
+    assert (await row_of(outreach)).status == "sent" and len(twilio_double.messages) == 1

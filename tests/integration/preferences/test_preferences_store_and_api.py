@@ -203,3 +203,35 @@ async def test_health_and_reflection(server):
         names = {s.name for s in response.list_services_response.service}
         assert SERVICE_NAME in names
         break
+
+
+async def test_a_database_outage_is_unavailable_and_a_bug_internal_without_their_text(
+    server, prefs, monkeypatch
+):
+    """Callers retry UNAVAILABLE; neither status echoes the exception (SQL, parameters,
+    a customer's data)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    stub, _, _ = server
+    await prefs.on_customer_event(upsert())
+    request = pb.GetContactPlanRequest(customer_id="c-1", category=pb.CATEGORY_SERVICE)
+    for error, code in (
+        (
+            OperationalError("SELECT ... WHERE email = 'ada@example.com'", {}, OSError()),
+            "UNAVAILABLE",
+        ),
+        (
+            InterfaceError("SELECT ...", {"p": "c-1"}, OSError("connection is closed")),
+            "UNAVAILABLE",
+        ),
+        (ValueError("ada@example.com broke it"), "INTERNAL"),
+    ):
+
+        async def broken(*_args, error=error):
+            raise error
+
+        monkeypatch.setattr(prefs.store, "load", broken)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.GetContactPlan(request)
+        assert failed.value.code().name == code
+        assert "ada@" not in failed.value.details() and "SELECT" not in failed.value.details()

@@ -6,7 +6,8 @@ message twice (docs/reliability.md).
   time of the last claim (`attempts` is the fence: it grows with every claim);
 - deliveries.failures: provider calls failed other than by throttling;
 - deliveries.expires_at: when a message not yet sent is given up;
-- leases: one worker at a time relays the ledger's events to outreach.messages.
+- leases: one worker at a time relays the ledger's events to outreach.messages;
+- workers: which workers are up, and since when (were the webhooks reachable?).
 
 Rows left in an intermediate state by an older version get a lease that has already run
 out, so the sweeper settles them.
@@ -32,6 +33,14 @@ def upgrade() -> None:
         sa.Column("until", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+    op.create_table(
+        "workers",
+        sa.Column("worker_id", sa.String(length=128), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("worker_id"),
+    )
+    op.create_index("ix_workers_seen_at", "workers", ["seen_at"], unique=False)
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("revision", sa.Integer(), nullable=False, server_default="1"))
         batch.add_column(sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True))
@@ -52,4 +61,6 @@ def downgrade() -> None:
         batch.drop_column("claimed_at")
         batch.drop_column("lease_until")
         batch.drop_column("revision")
+    op.drop_index("ix_workers_seen_at", table_name="workers")
+    op.drop_table("workers")
     op.drop_table("leases")
