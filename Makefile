@@ -64,6 +64,10 @@ test-integration: venv system-deps ## integration tests (real Kafka, PostgreSQL,
 test-e2e: venv system-deps ## end-to-end: the four services as processes on a real broker
 	$(PYTEST) $(PYTEST_FLAGS) tests/e2e
 
+.PHONY: chaos
+chaos: venv system-deps ## the whole fault matrix (docs/reliability.md): four services, own broker and PostgreSQL, faulty providers; prints the table
+	$(PY) -m tests.chaos $(CHAOS_ARGS)
+
 .PHONY: lint
 lint: venv ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .

@@ -77,11 +77,17 @@ class Stack:
             wait_for(lambda n=name: self.ready(n), timeout=90, message=f"{name} ready")
 
     def launch(self, name: str, **overrides: str) -> subprocess.Popen[bytes]:
-        """Start one service (again), with extra environment for this process only."""
+        """Start one service (again), with extra environment for this process only.
+        `outreach-2`, `outreach-3`, ... are further outreach workers (same group), each
+        on its own HTTP port."""
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        module = MODULES[name.split("-")[0]]
+        if name.startswith("outreach-"):
+            port = self.ports.setdefault(name, free_port())
+            overrides.setdefault("OUTREACH_HTTP_PORT", str(port))
         log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed with the process
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", MODULES[name]],
+            [sys.executable, "-m", module],
             env=self.env() | overrides,
             cwd=ROOT,
             stdout=log,
