@@ -23,6 +23,7 @@ from services.outreach.adapters.providers import (
     SendGridEmailSender,
     TwilioMessageSender,
 )
+from services.outreach.adapters.render_pool import Renderer
 from services.outreach.adapters.templates import TemplateCache, TemplateStore
 from services.outreach.config import Settings
 from services.outreach.domain.decisions import DeliveryPolicy, Suppression
@@ -95,9 +96,11 @@ class Outreach:
     delivery: DeliveryService
     controls: SendingControls
     controls_watcher: ControlsWatcher
+    renderer: Renderer
     extra_routes: list[web.RouteDef] = field(default_factory=list)
 
     async def start(self) -> None:
+        await self.renderer.start()
         await create_schema(self.engine)
         await self.templates.seed_defaults()
         await self.template_cache.refresh(force=True)
@@ -106,6 +109,7 @@ class Outreach:
 
     async def stop(self) -> None:
         await self.plans.stop()
+        await self.renderer.stop()
         await self.engine.dispose()
 
     async def database_ready(self) -> bool:
@@ -126,14 +130,18 @@ def build(
     senders: dict[str, MessageSender] | None = None,
     clock: Clock | None = None,
     wall: Clock | None = None,
+    renderer: Renderer | None = None,
 ) -> Outreach:
     """Wire outreach. `clock` decides (wall or event time, OUTREACH_CLOCK); `wall` runs
-    leases, claims and operators' pauses in real time (tests pass a clock they move)."""
+    leases, claims and operators' pauses in real time (tests pass a clock they move);
+    `renderer` renders templates (the render pool's processes unless a test passes
+    another)."""
     wall = wall or WallClock()
     engine = create_engine(settings.db_url())
     sessions = session_factory(engine)
     ledger = Ledger(sessions)
-    store = TemplateStore(sessions)
+    renderer = renderer or settings.render_pool()
+    store = TemplateStore(sessions, renderer=renderer)
     cache = TemplateCache(store, settings.template_refresh_s)
     plans = plans or GrpcContactPlans(
         settings.preferences_grpc_target,
@@ -154,7 +162,7 @@ def build(
         ledger=ledger,
         plans=plans,
         senders=senders,
-        renderer=MessageComposer(cache, settings.secret(settings.offer_secret, "offers")),
+        renderer=MessageComposer(cache, settings.secret(settings.offer_secret, "offers"), renderer),
         offers=None,
         policy=DeliveryPolicy(
             cap_messages=settings.cap_messages,
@@ -191,4 +199,5 @@ def build(
         plans=plans,
         senders=senders,
         delivery=delivery,
+        renderer=renderer,
     )

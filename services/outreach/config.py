@@ -7,6 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
 from services.outreach.adapters.contact_plans import PreferencesTls
+from services.outreach.adapters.render_pool import RenderPool
 
 
 def _env(name: str) -> AliasChoices:
@@ -45,6 +46,9 @@ class Settings(ServiceSettings):
     provider_timeout_s: float = Field(10.0, gt=0)
     relay_lease_s: float = Field(10.0, gt=0)
     event_retry_s: float = Field(3600.0, gt=0)
+    render_processes: int = Field(2, ge=1, le=64)
+    render_timeout_s: float = Field(2.0, gt=0)
+    render_memory_mb: int = Field(512, ge=128)
     breaker_failures: int = Field(5, ge=1)
     breaker_reset_s: float = Field(30.0, gt=0)
     provider_rate_per_s: float = Field(50.0, gt=0)
@@ -119,6 +123,14 @@ class Settings(ServiceSettings):
             cert=self.preferences_tls_cert,
             key=self.preferences_tls_key,
             server_name=self.preferences_tls_server_name,
+        )
+
+    def render_pool(self) -> RenderPool:
+        """Where templates are rendered: worker processes under hard limits."""
+        return RenderPool(
+            processes=self.render_processes,
+            timeout_s=self.render_timeout_s,
+            memory_mb=self.render_memory_mb,
         )
 
     def db_url(self) -> str:

@@ -44,6 +44,8 @@ from services.outreach.adapters.providers import (
     SendResult,
     TransientProviderError,
 )
+from services.outreach.adapters.render_pool import Renderer
+from services.outreach.adapters.templates import TemplateCache
 from services.outreach.domain import decisions as pipeline
 from services.outreach.domain.decisions import ChannelOption, ContactPlan, DeliveryPolicy
 from services.outreach.domain.ramp import Paused
@@ -412,7 +414,7 @@ class DeliveryService:
         render (the message is failed) or another worker claimed it first."""
         assert row.channel is not None and row.address is not None
         try:
-            rendered, template_key, version = await self.renderer.render_for(
+            rendered, template_key, version, skipped = await self.renderer.render_for(
                 request=request, row=row, links=self.links, now=now
             )
         except RenderError as exc:
@@ -423,7 +425,14 @@ class DeliveryService:
         claimed = await self.ledger.transition(
             row.decision_id,
             (Status.DECIDED,),
-            self._event(row, Status.SENDING, now, detail={"channel": row.channel}),
+            self._event(
+                row,
+                Status.SENDING,
+                now,
+                detail={"channel": row.channel},
+                # newer published versions that failed and were skipped
+                template_skipped=skipped or None,
+            ),
             fence=row.attempts,
             status=Status.SENDING,
             channel=row.channel,
@@ -926,19 +935,23 @@ async def sleep_until(deadline: float) -> None:
 
 class MessageComposer:
     """Chooses the template (kind × channel × locale, with fallbacks), builds the context
-    and renders. If the newest published version fails to render, the last one that does
-    keeps serving, and the failure is counted; if none renders, RenderError."""
+    and renders it through the renderer (a pool of processes under hard limits). If the
+    newest published version fails to render — an error, a limit reached — the last one
+    that does serves (its version is recorded with the decision), and the failure is
+    counted and logged; if none renders, RenderError (the message is failed with it)."""
 
-    def __init__(self, cache: Any, offer_secret: str) -> None:
+    def __init__(self, cache: TemplateCache, offer_secret: str, renderer: Renderer) -> None:
         self.cache = cache
         self.offer_secret = offer_secret
+        self.renderer = renderer
 
     async def render_for(
         self, *, request: schemas.OutreachRequest, row: Delivery, links: Links, now: datetime
-    ) -> tuple[Any, str, int]:
+    ) -> tuple[Any, str, int, list[int]]:
+        """(the rendered message, its template key, the version that served, the newer
+        published versions skipped because they failed)."""
         from services.outreach.domain.context import build_context
         from services.outreach.domain.offers import make_offer
-        from services.outreach.domain.rendering import render
         from services.outreach.domain.unsubscribe import token_for
 
         assert row.channel is not None
@@ -966,29 +979,25 @@ class MessageComposer:
                 "support_phone": links.support_phone,
             },
         )
-        candidates = await self.cache.candidates(row.message_kind, row.channel, locale)
-        if not candidates:
-            raise RenderError(
-                f"no published template for {row.message_kind}/{row.channel}/"
-                f"{locale} (nor its fallbacks)"
+        good = await self.cache.last_good(
+            row.message_kind,
+            row.channel,
+            locale,
+            context,
+            timezone=timezone,
+            renderer=self.renderer,
+        )
+        for template, exc in good.failures:
+            RENDER_FAILURES.labels(row.message_kind, row.channel).inc()
+            log.error(
+                "template_render_failed",
+                message_kind=row.message_kind,
+                channel=row.channel,
+                locale=template.locale,
+                version=template.version,
+                reason=exc.reason,
+                served_version=good.template.version,
             )
-        first_error: RenderError | None = None
-        for template in candidates:
-            try:
-                rendered = render(template, context, locale=locale, timezone=timezone)
-            except RenderError as exc:
-                RENDER_FAILURES.labels(row.message_kind, row.channel).inc()
-                log.error(
-                    "template_render_failed",
-                    message_kind=row.message_kind,
-                    channel=row.channel,
-                    locale=template.locale,
-                    version=template.version,
-                    reason=exc.reason,
-                )
-                first_error = first_error or exc
-                continue
-            key = f"{template.message_kind}.{template.channel}.{template.locale}"
-            return rendered, key, template.version
-        assert first_error is not None
-        raise first_error
+        template = good.template
+        key = f"{template.message_kind}.{template.channel}.{template.locale}"
+        return good.rendered, key, template.version, [t.version for t, _ in good.failures]

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from common.metrics import TEMPLATE_REVISION
 from services.outreach.adapters.db import Base, UTCDateTime
+from services.outreach.adapters.render_pool import InlineRenderer, Renderer
 from services.outreach.domain.rendering import (
     CHANNELS,
     Problem,
@@ -37,9 +38,8 @@ from services.outreach.domain.rendering import (
     RenderError,
     TemplateSource,
     locale_chain,
-    render,
-    validate_template,
 )
+from services.outreach.domain.samples import sample_contexts
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +191,13 @@ class TemplateStore:
         sessions: async_sessionmaker[AsyncSession],
         *,
         now: Callable[[], datetime] = _utcnow,
+        renderer: Renderer | None = None,
     ) -> None:
         self.sessions = sessions
         self.now = now
+        # Publishing and rolling back render the sample cases: in a service, in the
+        # render pool (hard limits); InlineRenderer only where no pool runs (tools, tests).
+        self.renderer = renderer or InlineRenderer()
 
     # -- revision --
 
@@ -420,9 +424,7 @@ class TemplateStore:
         if row.status == "published":
             return row
         if samples is not None:
-            errors = [p for p in validate_template(row.source(), samples) if p.severity == "error"]
-            if errors:
-                raise PublishRejected(errors)
+            await self._check(row.source(), samples)
         async with self.sessions() as s, s.begin():
             row = await s.get(TemplateVersion, version_id)
             assert row is not None
@@ -437,11 +439,13 @@ class TemplateStore:
         self, kind: str, channel: str, locale: str, to_version: int, *, author: str
     ) -> TemplateVersion:
         """Publish a copy of an earlier version as a new version: history only grows,
-        and what served when stays answerable."""
+        and what served when stays answerable. The copy is checked as a publish is (a
+        version that fails its sample cases is not served again: PublishRejected)."""
         versions = await self.versions(kind, channel, locale)
         old = next((v for v in versions if v.version == to_version), None)
         if old is None:
             raise KeyError(to_version)
+        await self._check(old.source(), sample_contexts(kind))
         return await self._add(
             kind,
             channel,
@@ -453,6 +457,15 @@ class TemplateStore:
             status="published",
             message=f"rollback to version {to_version}",
         )
+
+    async def _check(
+        self, source: TemplateSource, samples: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """PublishRejected with the errors of `source` against `samples`, if any."""
+        problems = await self.renderer.validate(source, samples)
+        errors = [p for p in problems if p.severity == "error"]
+        if errors:
+            raise PublishRejected(errors)
 
     async def archive(self, version_id: int) -> None:
         """Stop serving a version (the previous published one serves again)."""
@@ -552,10 +565,12 @@ class TemplateCache:
         context: Mapping[str, Any],
         *,
         timezone: str,
+        renderer: Renderer,
     ) -> GoodRender:
         """Render with the newest published version that renders; newer ones that fail
-        are returned in `failures` (count and alert on them). RenderError when none
-        renders, or no template exists for the key and its fallbacks."""
+        (an error, a limit reached) are returned in `failures` (count and alert on
+        them). RenderError when none renders, or no template exists for the key and
+        its fallbacks."""
         candidates = await self.candidates(kind, channel, locale)
         if not candidates:
             raise RenderError(
@@ -564,7 +579,9 @@ class TemplateCache:
         failures: list[tuple[TemplateSource, RenderError]] = []
         for template in candidates:
             try:
-                rendered = render(template, context, locale=locale, timezone=timezone)
+                rendered = await renderer.render(
+                    template, context, locale=locale, timezone=timezone
+                )
             except RenderError as exc:
                 failures.append((template, exc))
                 continue

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from types import TracebackType
+from types import BuiltinMethodType, TracebackType
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -38,7 +38,9 @@ from jinja2 import (
     meta,
     nodes,
     pass_context,
+    pass_eval_context,
 )
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -314,14 +316,98 @@ FILTERS: dict[str, Any] = {
 }
 
 
+# Bounds on what one template may build while it renders (docs/templates.md, "Limits"):
+# a template is code a marketer writes, and one that runs away must fail with a reason
+# rather than take a worker's memory or time. The render pool (adapters/render_pool.py)
+# adds the hard limits of a process: wall time and address space.
 MAX_REPEAT = 100_000  # the largest string/list a template may build with *
+MAX_STRING = 100_000  # the longest string a template may build (~, +, joins, formats)
+MAX_WIDTH = 1_000  # widths and paddings: format specs, center, ljust, indent, ...
+MAX_OUTPUT = 200_000  # the longest rendered part
+MAX_LOOP_ITERATIONS = 20_000  # all the loops of one part together
+LOOP_GUARD = "__outreach_loop_guard"
+_PRINTF_WIDTHS = re.compile(r"%[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
+_SPEC_NUMBERS = re.compile(r"\d+")
+_PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill"})
+_LOOP_BUDGET: ContextVar[list[int] | None] = ContextVar("outreach_loop_budget", default=None)
+
+
+def _too_large(what: str) -> SecurityError:
+    return SecurityError(f"{what} would be too large (at most {MAX_STRING:,} characters)")
+
+
+def _check_size(value: Any, what: str) -> Any:
+    if isinstance(value, str | list | tuple) and len(value) > MAX_STRING:
+        raise _too_large(what)
+    return value
+
+
+def _check_width(width: Any, what: str) -> None:
+    if isinstance(width, str):
+        width = len(width)
+    if isinstance(width, int) and not isinstance(width, bool) and abs(width) > MAX_WIDTH:
+        raise SecurityError(f"{what} {width:,} is too wide (at most {MAX_WIDTH:,})")
+
+
+def _check_printf(template: str) -> None:
+    """`'%1000000000s' % x`: a width or precision beyond MAX_WIDTH, or one taken from
+    the arguments (`*`), is refused before anything is formatted."""
+    for width, precision in _PRINTF_WIDTHS.findall(template):
+        for number in (width, precision):
+            if number == "*":
+                raise SecurityError("a width taken from the arguments (*) is not allowed")
+            if number:
+                _check_width(int(number), "a format width")
+
+
+def _check_format_spec(template: str) -> None:
+    """`'{:>1000000000}'.format(x)`: every number in a replacement field's spec (width,
+    precision) is bounded; nested fields (`{:{w}}`) are refused."""
+    from string import Formatter
+
+    for _literal, field, spec, _conversion in Formatter().parse(template):
+        if field is None or not spec:
+            continue
+        if "{" in spec:
+            raise SecurityError("a format spec taken from the arguments is not allowed")
+        for number in _SPEC_NUMBERS.findall(spec):
+            _check_width(int(number), "a format width")
+
+
+def _guarded_loop(iterable: Any) -> Iterator[Any]:
+    """Every `{% for %}` of a template iterates through this: the loops of one render
+    together may take MAX_LOOP_ITERATIONS steps."""
+    budget = _LOOP_BUDGET.get()
+    for item in iterable:
+        if budget is not None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise SecurityError(
+                    f"the loops ran more than {MAX_LOOP_ITERATIONS:,} times in one message"
+                )
+        yield item
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Concatenation (`a ~ b`, and Jinja's own joins of template data) is checked for
+    size: doubling a string in a loop ends at MAX_STRING, not at the memory's end."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded(")
+        super().visit_Concat(node, frame)
+        self.write(")")
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, and no memory bombs: `'x' * 10**9` or `9 ** 9 ** 9` in a
-    template is a sandbox violation, not a worker out of memory."""
+    """The immutable sandbox, and no memory or CPU bombs: repetition and exponents,
+    concatenation and +, printf and str.format widths, paddings, replace and join are
+    bounded (a `SecurityError` naming the limit), and so are loop iterations."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _BoundedCodeGenerator
+
+    def bounded(self, value: Any) -> Any:
+        return _check_size(value, "the joined text")
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         sized = (str, list, tuple)
@@ -333,7 +419,92 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             not isinstance(right, int | float) or abs(right) > 64 or abs(left) > 10**6
         ):
             raise SecurityError("the result of ** would be too large")
-        return super().call_binop(context, operator, left, right)
+        if operator == "+" and isinstance(left, sized) and isinstance(right, sized):
+            if len(left) + len(right) > MAX_STRING:
+                raise _too_large("the result of +")
+        if operator == "%" and isinstance(left, str):
+            _check_printf(left)
+        return _check_size(super().call_binop(context, operator, left, right), "the result")
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapper = super().wrap_str_format(value)
+        if wrapper is None:
+            return None
+        if value.__name__ == "format":
+            _check_format_spec(value.__self__)
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            if value.__name__ == "format_map":
+                _check_format_spec(value.__self__)
+            return str(_check_size(wrapper(*args, **kwargs), "the formatted text"))
+
+        return bounded
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and isinstance(__obj, BuiltinMethodType):
+            _check_str_method(owner, __obj.__name__, args, kwargs)
+        return _check_size(super().call(__context, __obj, *args, **kwargs), "the result")
+
+
+def _check_str_method(text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if name in _PADDING_METHODS:
+        _check_width(args[0] if args else kwargs.get("width"), f"{name}()")
+    elif name == "expandtabs" and len(text) * int((args or [8])[0]) > MAX_STRING:
+        raise _too_large("expandtabs()")
+    elif name == "replace" and len(args) >= 2:
+        _check_replace(text, args[0], args[1], args[2] if len(args) > 2 else -1)
+    elif name == "join" and args:
+        parts = list(args[0])
+        if sum(len(str(p)) for p in parts) + len(text) * len(parts) > MAX_STRING:
+            raise _too_large("join()")
+
+
+def _check_replace(text: Any, old: Any, new: Any, count: Any) -> None:
+    text, old, new = str(text), str(old), str(new)
+    hits = text.count(old) if old else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        hits = min(hits, count)
+    if len(text) + hits * max(0, len(new) - len(old)) > MAX_STRING:
+        raise _too_large("replace()")
+
+
+def _bounded_filters(env: ImmutableSandboxedEnvironment) -> dict[str, Any]:
+    """Jinja's filters that can grow text, bounded like the str methods."""
+    center, indent, replace = env.filters["center"], env.filters["indent"], env.filters["replace"]
+    fmt, join = env.filters["format"], env.filters["join"]
+
+    def f_center(value: Any, width: Any = 80) -> Any:
+        _check_width(width, "center")
+        return center(value, width)
+
+    def f_indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
+        _check_width(width, "indent")
+        return _check_size(indent(value, width, *args, **kwargs), "the indented text")
+
+    def f_format(value: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_printf(str(value))
+        return _check_size(fmt(value, *args, **kwargs), "the formatted text")
+
+    @pass_eval_context
+    def f_replace(ctx: Any, value: Any, old: Any, new: Any, count: Any = None) -> Any:
+        _check_replace(value, old, new, count if count is not None else -1)
+        return replace(ctx, value, old, new, count)
+
+    @pass_eval_context
+    def f_join(ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+        parts = list(value)
+        if sum(len(str(p)) for p in parts) + len(d) * len(parts) > MAX_STRING:
+            raise _too_large("join")
+        return join(ctx, parts, d, attribute)
+
+    return {
+        "center": f_center,
+        "indent": f_indent,
+        "format": f_format,
+        "replace": f_replace,
+        "join": f_join,
+    }
 
 
 def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
@@ -345,7 +516,10 @@ def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
         keep_trailing_newline=False,
         auto_reload=False,
     )
+    env.filters.update(_bounded_filters(env))
     env.filters.update(FILTERS)
+    env.globals.pop("lipsum", None)  # lipsum(n=10**6) writes paragraphs without end
+    env.globals[LOOP_GUARD] = _guarded_loop
     return env
 
 
@@ -353,9 +527,26 @@ HTML_ENV = _environment(autoescape=True)
 TEXT_ENV = _environment(autoescape=False)
 
 
+def _guard_loops(ast: nodes.Template) -> nodes.Template:
+    """Every `{% for x in ITER %}` iterates `LOOP_GUARD(ITER)` instead."""
+    for loop in ast.find_all(nodes.For):
+        loop.iter = nodes.Call(
+            nodes.Name(LOOP_GUARD, "load", lineno=loop.lineno),
+            [loop.iter],
+            [],
+            None,
+            None,
+            lineno=loop.lineno,
+        )
+    return ast
+
+
 @lru_cache(maxsize=4096)
 def _compile(source: str, html: bool) -> Template:
-    return (HTML_ENV if html else TEXT_ENV).from_string(source)
+    env = HTML_ENV if html else TEXT_ENV
+    ast = _guard_loops(env.parse(source))
+    ast.set_environment(env)
+    return env.from_string(ast)
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -404,9 +595,16 @@ def render_part(
         raise RenderError(
             f"syntax error: {exc.message}", part=part, line=exc.lineno, kind="syntax"
         ) from None
+    except RecursionError:
+        raise RenderError(
+            "the template nests too deeply (brackets or blocks within each other)",
+            part=part,
+            kind="syntax",
+        ) from None
+    budget = _LOOP_BUDGET.set([MAX_LOOP_ITERATIONS])
     try:
         with _formatting(locale, timezone):
-            return template.render(dict(context)).strip()
+            return _bounded_output(template, context)
     except SecurityError as exc:
         raise RenderError(
             f"not allowed in a template: {exc}",
@@ -425,6 +623,14 @@ def render_part(
         raise RenderError(
             f"syntax error: {exc.message}", part=part, line=exc.lineno, kind="syntax"
         ) from None
+    except RecursionError:
+        raise RenderError(
+            "the template calls itself without end (a macro that recurses)",
+            part=part,
+            kind="sandbox",
+        ) from None
+    except MemoryError:
+        raise RenderError("the template needs too much memory", part=part, kind="sandbox") from None
     except Exception as exc:  # any other failure of template code is the template's
         raise RenderError(
             f"{type(exc).__name__}: {exc}",
@@ -432,6 +638,20 @@ def render_part(
             line=_template_line(exc.__traceback__),
             kind="value",
         ) from None
+    finally:
+        _LOOP_BUDGET.reset(budget)
+
+
+def _bounded_output(template: Template, context: Mapping[str, Any]) -> str:
+    """The rendered text, read piece by piece and stopped at MAX_OUTPUT."""
+    pieces: list[str] = []
+    size = 0
+    for piece in template.generate(dict(context)):
+        size += len(piece)
+        if size > MAX_OUTPUT:
+            raise SecurityError(f"the message would be longer than {MAX_OUTPUT:,} characters")
+        pieces.append(piece)
+    return "".join(pieces).strip()
 
 
 _EMPTY_PARAGRAPH = re.compile(r"<p\b[^>]*>\s*</p>\s*", re.IGNORECASE)
@@ -550,6 +770,9 @@ def _static_problems(part: str, text: str, html: bool) -> tuple[list[Problem], b
         ast = env.parse(text)
     except TemplateSyntaxError as exc:
         return [Problem("error", "syntax", f"syntax error: {exc.message}", part, exc.lineno)], False
+    except RecursionError:
+        message = "the template nests too deeply (brackets or blocks within each other)"
+        return [Problem("error", "syntax", message, part)], False
     problems: list[Problem] = [
         Problem("error", "syntax", f"unknown filter '{node.name}'", part, node.lineno)
         for node in ast.find_all(nodes.Filter)

@@ -56,8 +56,12 @@ def _base(first_name: str = "Ada") -> dict[str, Any]:
     }
 
 
+LARGE_ORDER_ITEMS = 100
+
+
 def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
-    """Named cases: a delay of 2 days, a lost parcel, a serial returner with an offer."""
+    """Named cases: a delay of 2 days, a lost parcel, an order of 100 items, a serial
+    returner with an offer."""
     delay = _base()
     delay["message_kind"] = message_kind
     delay["incident"] = {**delay["incident"], "kind": message_kind}
@@ -91,7 +95,29 @@ def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
             "expires_at": datetime(2026, 4, 5, tzinfo=UTC),
         },
     )
-    cases = {"delay of 2 days": delay, "lost parcel with an offer": lost}
+    # The largest order a shop sends: a template that loops over items, or does a lot
+    # per item, shows its cost here before it costs every worker at send time.
+    large = _base("Maximilian-Alexander")
+    large["message_kind"] = message_kind
+    large["incident"] = {**large["incident"], "kind": message_kind}
+    large["order"] = {
+        **large["order"],
+        "total": "4990.00",
+        "items": [
+            {
+                "sku": f"SKU-{n:03d}",
+                "name": f"Item {n} with a rather long product name",
+                "quantity": 1 + n % 3,
+                "unit_price": "49.90",
+            }
+            for n in range(LARGE_ORDER_ITEMS)
+        ],
+    }
+    cases = {
+        "delay of 2 days": delay,
+        "lost parcel with an offer": lost,
+        f"order of {LARGE_ORDER_ITEMS} items": large,
+    }
     if message_kind in ("serial_returns", "churn_risk", "merchant_fault_return"):
         cases["serial returner with an offer"] = returner
     return cases

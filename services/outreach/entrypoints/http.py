@@ -71,6 +71,7 @@ async def _explain(
                                 "channel",
                                 "provider_message_id",
                                 "fallback_to",
+                                "template_skipped",
                                 "send_at",
                                 "outbox",
                             )

@@ -53,9 +53,11 @@ log = get_logger(__name__)
 def build_studio(settings: Settings) -> tuple[Studio, object]:
     engine = create_engine(settings.db_url())
     sessions = session_factory(engine)
+    renderer = settings.render_pool()
     studio = Studio(
         settings=settings,
-        store=TemplateStore(sessions),
+        store=TemplateStore(sessions, renderer=renderer),
+        renderer=renderer,
         ledger=Ledger(sessions),
         accounts=Accounts(
             sessions, session_lifetime=timedelta(hours=settings.studio_session_hours)
@@ -70,6 +72,7 @@ async def serve(settings: Settings) -> None:
     studio, engine = build_studio(settings)
     await create_schema(engine)  # type: ignore[arg-type]
     await studio.store.seed_defaults()
+    await studio.renderer.start()
     heartbeat = Heartbeat()
 
     async def database() -> bool:
@@ -97,6 +100,7 @@ async def serve(settings: Settings) -> None:
                 await asyncio.wait_for(stop.wait(), timeout=5)
     finally:
         await runner.cleanup()
+        await studio.renderer.stop()
         await engine.dispose()  # type: ignore[attr-defined]
         log.info("studio_stopped")
 
@@ -152,6 +156,7 @@ async def export_templates(settings: Settings, *, drafts: bool) -> dict[str, Any
     studio, engine = build_studio(settings)
     await create_schema(engine)  # type: ignore[arg-type]
     await studio.store.seed_defaults()
+    await studio.renderer.start()
     try:
         return export_document(await studio.store.all_versions(), drafts=drafts)
     finally:
@@ -164,6 +169,7 @@ async def import_templates(
     studio, engine = build_studio(settings)
     await create_schema(engine)  # type: ignore[arg-type]
     await studio.store.seed_defaults()
+    await studio.renderer.start()
     try:
         user = next((u for u in await studio.accounts.users() if u.username == args.author), None)
         needed = "publisher" if args.publish else "editor"

@@ -32,6 +32,7 @@ from services.outreach.adapters.providers import (
     PermanentProviderError,
     TransientProviderError,
 )
+from services.outreach.adapters.render_pool import Renderer
 from services.outreach.adapters.templates import PublishRejected, TemplateStore, TemplateVersion
 from services.outreach.config import Settings
 from services.outreach.domain.rendering import (
@@ -82,6 +83,7 @@ class Studio:
     accounts: Accounts
     senders: dict[str, MessageSender]
     throttle: LoginThrottle
+    renderer: Renderer  # previews, test sends and checks render here (the render pool)
 
     def __post_init__(self) -> None:
         self.pages = jinja2.Environment(
@@ -415,7 +417,7 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
                 )  # fmt: skip
         source = override.pop("source", source)
         sample = request.query.get("sample") or override.pop("sample", None)
-        shown = catalog.preview(source, sample)
+        shown = await catalog.preview(source, sample, studio.renderer)
         published = [v for v in versions if v.status == "published"]
         return studio.page(
             request,
@@ -466,7 +468,11 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
             )  # fmt: skip
             await accounts.audit(user.username, "draft_saved", _key(row), {"version": row.version})
             STUDIO_ACTIONS.labels("draft_saved").inc()
-            errors = [p for p in catalog.preview(source).problems if p.severity == "error"]
+            errors = [
+                p
+                for p in (await catalog.preview(source, None, studio.renderer)).problems
+                if p.severity == "error"
+            ]
             flash = "saved_with_errors" if errors else "saved"
         if action == "publish":
             return await _publish(request, user, row, message, source)
@@ -588,7 +594,9 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
         if kind not in MESSAGE_KINDS or channel not in CHANNELS or not _locale_ok(locale):
             return web.json_response({"error": "unknown template"}, status=400)
         source = _draft_source(kind, channel, locale, body)
-        return web.json_response(catalog.preview(source, body.get("sample")).as_json())
+        return web.json_response(
+            (await catalog.preview(source, body.get("sample"), studio.renderer)).as_json()
+        )
 
     async def test_send(request: web.Request) -> web.StreamResponse:
         user = require(request, "editor")
@@ -611,7 +619,7 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
         since = datetime.now(UTC) - timedelta(hours=1)
         if await accounts.test_sends_since(user.username, since) >= limit:
             return await refuse(f"You sent {limit} test messages in the last hour; wait a little.")
-        shown = catalog.preview(source, str(form.get("sample", "")) or None)
+        shown = await catalog.preview(source, str(form.get("sample", "")) or None, studio.renderer)
         if shown.error is not None or shown.text is None:
             return await refuse(f"The draft does not render: {shown.error}")
         subject = f"[TEST] {shown.subject}" if shown.subject is not None else None

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
+from services.outreach.adapters.render_pool import Renderer
 from services.outreach.domain.rendering import (
     CHANNELS,
     CONTEXT_FIELDS,
@@ -19,8 +20,6 @@ from services.outreach.domain.rendering import (
     Problem,
     RenderError,
     TemplateSource,
-    render,
-    validate_template,
 )
 from services.outreach.domain.samples import sample_contexts
 
@@ -260,17 +259,20 @@ class Preview:
         }
 
 
-def preview(source: TemplateSource, sample: str | None = None) -> Preview:
+async def preview(source: TemplateSource, sample: str | None, renderer: Renderer) -> Preview:
     """The draft rendered for one sample case, and every problem across all cases
-    (publishing needs it to render for each of them)."""
+    (publishing needs it to render for each of them) — both by `renderer`, so a draft
+    that runs away costs a render process its time limit, never the studio."""
     cases = sample_contexts(source.message_kind)
     names = list(cases)
     chosen = sample if sample in cases else names[0]
     context = cases[chosen]
     zone = str((context.get("customer") or {}).get("timezone") or "UTC")
-    problems = validate_template(source, cases, marketing=source.message_kind in MARKETING_KINDS)
+    problems = await renderer.validate(
+        source, cases, marketing=source.message_kind in MARKETING_KINDS
+    )
     try:
-        rendered = render(source, context, locale=source.locale, timezone=zone)
+        rendered = await renderer.render(source, context, locale=source.locale, timezone=zone)
     except RenderError as exc:
         return Preview(
             chosen, names, None, None, None, exc.reason, exc.part or None, exc.line,

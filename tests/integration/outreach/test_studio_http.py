@@ -13,6 +13,7 @@ from services.outreach.adapters import ledger as _ledger  # noqa: F401 - registe
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.ledger import Ledger
 from services.outreach.adapters.providers import RecordingSender
+from services.outreach.adapters.render_pool import InlineRenderer, Renderer
 from services.outreach.adapters.templates import TemplateStore
 from services.outreach.config import Settings
 from services.outreach.studio.accounts import Accounts
@@ -28,7 +29,9 @@ SMS = "/templates/awaiting_pickup/sms/en"
 async def make_client(database_url, tmp_path):
     engines, clients = [], []
 
-    async def make(**settings: object) -> tuple[TestClient, Studio, RecordingSender]:
+    async def make(
+        renderer: Renderer | None = None, **settings: object
+    ) -> tuple[TestClient, Studio, RecordingSender]:
         engine = create_engine(database_url)
         engines.append(engine)
         sessions = session_factory(engine)
@@ -38,11 +41,12 @@ async def make_client(database_url, tmp_path):
         sender = RecordingSender()
         studio = Studio(
             settings=Settings(data_dir=tmp_path, **settings),  # type: ignore[arg-type]
-            store=TemplateStore(sessions),
+            store=TemplateStore(sessions, renderer=renderer or InlineRenderer()),
             ledger=Ledger(sessions),
             accounts=Accounts(sessions, session_lifetime=timedelta(hours=1)),
             senders={"email": sender, "sms": sender, "whatsapp": sender},
             throttle=LoginThrottle(5, 300),
+            renderer=renderer or InlineRenderer(),
         )
         await studio.store.seed_defaults()
         client = TestClient(TestServer(create_app(studio)))

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
+from services.outreach.adapters.render_pool import InlineRenderer
 from services.outreach.adapters.templates import TemplateCache, TemplateStore, default_templates
 from services.outreach.domain.samples import sample_contexts
 
@@ -37,7 +38,9 @@ async def test_publish_and_rollback_reach_a_second_workers_cache(database_url):
         worker = TemplateCache(TemplateStore(session_factory(engine)), refresh_s=0)
         await studio.seed_defaults()
         context = sample_contexts("delivery_late")["delay of 2 days"]
-        first = await worker.last_good(*KEY, context, timezone="Europe/Paris")
+        first = await worker.last_good(
+            *KEY, context, timezone="Europe/Paris", renderer=InlineRenderer()
+        )
         assert first.template.version == 1 and "samedi 7 mars 2026" in first.rendered.text
         v1 = (await studio.versions(*KEY))[0]
         draft = await studio.save_draft(
@@ -50,13 +53,17 @@ async def test_publish_and_rollback_reach_a_second_workers_cache(database_url):
         await studio.publish(
             draft.id, author="camille", message="plus court", samples=sample_contexts(KEY[0])
         )
-        second = await worker.last_good(*KEY, context, timezone="Europe/Paris")
+        second = await worker.last_good(
+            *KEY, context, timezone="Europe/Paris", renderer=InlineRenderer()
+        )
         assert (second.template.version, second.rendered.subject) == (
             2,
             "Retard : ord-2026-004217",
         )
         await studio.rollback(*KEY, 1, author="camille")
-        third = await worker.last_good(*KEY, context, timezone="Europe/Paris")
+        third = await worker.last_good(
+            *KEY, context, timezone="Europe/Paris", renderer=InlineRenderer()
+        )
         assert third.template.version == 3 and third.rendered.subject == first.rendered.subject
     finally:
         await engine.dispose()

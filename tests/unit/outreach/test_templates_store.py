@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
+from services.outreach.adapters.render_pool import InlineRenderer
 from services.outreach.adapters.templates import (
     PublishRejected,
     TemplateCache,
@@ -150,7 +151,7 @@ async def test_last_good_skips_a_published_version_that_fails_to_render(store):
     draft = await store.save_draft(*KEY, subject=None, html=None, text="{{ 1 / 0 }}", author="mia")
     await store.publish(draft.id, author="mia", message="oops")
     cache = TemplateCache(store, refresh_s=0)
-    good = await cache.last_good(*KEY, CONTEXT, timezone="Europe/Berlin")
+    good = await cache.last_good(*KEY, CONTEXT, timezone="Europe/Berlin", renderer=InlineRenderer())
     assert good.template.version == 1 and "Ada" in good.rendered.text
     assert [(t.version, e.kind) for t, e in good.failures] == [(2, "value")]
 
@@ -158,11 +159,11 @@ async def test_last_good_skips_a_published_version_that_fails_to_render(store):
 async def test_last_good_raises_when_nothing_renders_or_nothing_exists(store):
     cache = TemplateCache(store, refresh_s=0)
     with pytest.raises(RenderError, match="no published template"):
-        await cache.last_good(*KEY, CONTEXT, timezone="UTC")
+        await cache.last_good(*KEY, CONTEXT, timezone="UTC", renderer=InlineRenderer())
     draft = await store.save_draft(*KEY, subject=None, html=None, text="{{ nope }}", author="mia")
     await store.publish(draft.id, author="mia", message="")
     with pytest.raises(RenderError, match="nope"):
-        await cache.last_good(*KEY, CONTEXT, timezone="UTC")
+        await cache.last_good(*KEY, CONTEXT, timezone="UTC", renderer=InlineRenderer())
 
 
 async def test_cache_keeps_serving_when_the_database_is_unreadable(store):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from services.outreach.adapters.render_pool import InlineRenderer
 from services.outreach.domain.rendering import TemplateSource
 from services.outreach.studio.catalog import (
     VersionInfo,
@@ -88,28 +89,33 @@ def test_variables_carry_a_type_and_an_example():
     assert any(name.startswith("item.sku") for name in found)
 
 
-def test_preview_renders_the_chosen_case_and_reports_every_problem():
+INLINE = InlineRenderer()
+
+
+async def test_preview_renders_the_chosen_case_and_reports_every_problem():
     source = TemplateSource(
         "awaiting_pickup", "sms", "en", 0, None, None, "Hi {{ customer.first_name }} 😀"
     )
-    shown = preview(source, "lost parcel with an offer")
+    shown = await preview(source, "lost parcel with an offer", INLINE)
     assert shown.text == "Hi Jürgen 😀"
     assert (shown.encoding, shown.segments) == ("UCS-2", 1)
     assert shown.can_publish
     assert [p.code for p in shown.problems] == ["ucs2"]
 
-    broken = preview(
-        TemplateSource("awaiting_pickup", "sms", "en", 0, None, None, "{{ order.nope }")
+    broken = await preview(
+        TemplateSource("awaiting_pickup", "sms", "en", 0, None, None, "{{ order.nope }"),
+        None,
+        INLINE,
     )
     assert not broken.can_publish
     assert broken.problems[0].code == "syntax" and broken.problems[0].line == 1
 
 
-def test_preview_refuses_a_sandbox_escape():
+async def test_preview_refuses_a_sandbox_escape():
     source = TemplateSource(
         "awaiting_pickup", "sms", "en", 0, None, None, "{{ ''.__class__.__mro__ }}"
     )
-    shown = preview(source)
+    shown = await preview(source, None, INLINE)
     assert not shown.can_publish
     assert shown.text is None and shown.error
 
