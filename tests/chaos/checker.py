@@ -13,6 +13,8 @@ every decision of a run:
 - no message after an opt-out or withdrawn consent that preferences acknowledged before
   it (`OPT_OUT_GRACE`: the change stream's way to every worker);
 - no SMS or WhatsApp in the recipient's quiet hours, in their zone;
+- no outdated message: none about an incident's revision accepted after the request for
+  a newer revision of it was on `outreach.requests` (`OPT_OUT_GRACE` again);
 - no status going backwards on `outreach.messages`;
 - nothing dead-lettered (the input is valid: only an outage could have put it there);
 - every consumer group caught up at the end.
@@ -61,6 +63,7 @@ class Verdict:
     lost: int = 0
     after_opt_out: int = 0
     quiet_hours: int = 0
+    outdated: int = 0
     backwards: int = 0
     dead_letters: int = 0
     lag: int = 0
@@ -77,6 +80,7 @@ class Verdict:
             or self.lost
             or self.after_opt_out
             or self.quiet_hours
+            or self.outdated
             or self.backwards
             or self.dead_letters
             or self.lag
@@ -207,7 +211,10 @@ def dead_letter_count(bootstrap: str, prefix: str) -> int:
 
 def observe(world: Any, storm: Storm) -> Observed:
     bootstrap, prefix = world.bootstrap, world.prefix
-    requests = [orjson.loads(r.value) for r in read_topic(bootstrap, prefix + "outreach.requests")]
+    requests = [
+        orjson.loads(r.value) | {"published_at": r.timestamp / 1000}
+        for r in read_topic(bootstrap, prefix + "outreach.requests")
+    ]
     events = [orjson.loads(r.value) for r in read_topic(bootstrap, prefix + "outreach.messages")]
     run = storm.run
     return Observed(
@@ -261,6 +268,7 @@ def judge(scenario: str, observed: Observed, storm: Storm, opt_outs: list[OptOut
     _nothing_lost(verdict, observed, storm)
     _consent_respected(verdict, observed, storm, opt_outs)
     _quiet_hours_kept(verdict, observed, storm)
+    _never_outdated(verdict, observed)
     _forward_only(verdict, observed)
     verdict.dead_letters = observed.dead_letters
     verdict.lag = observed.lag
@@ -360,6 +368,29 @@ def _quiet_hours_kept(verdict: Verdict, observed: Observed, storm: Storm) -> Non
                 f"{message['decision_id']} at {local:%H:%M:%S} in {who.zone} "
                 f"(quiet {who.quiet[0]}-{who.quiet[1]})",
             )
+
+
+def _never_outdated(verdict: Verdict, observed: Observed) -> None:
+    newer: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for request in observed.requests:
+        data = request["data"]
+        revision = (data.get("context", {}).get("incident") or {}).get("revision", 1)
+        newer[(data["cause"]["type"], data["cause"]["id"])].append(
+            (int(revision), request["published_at"])
+        )
+    rows = {row["decision_id"]: row for row in observed.ledger}
+    for message in observed.messages:
+        row = rows.get(message["decision_id"])
+        if row is None:
+            continue
+        for revision, published_at in newer[(row["cause_type"], row["cause_id"])]:
+            if revision > row["revision"] and message["at"] - published_at > OPT_OUT_GRACE_S:
+                verdict.note(
+                    "outdated",
+                    f"{message['decision_id']}: revision {row['revision']} sent "
+                    f"{message['at'] - published_at:.1f} s after revision {revision} was known",
+                )
+                break
 
 
 def _forward_only(verdict: Verdict, observed: Observed) -> None:

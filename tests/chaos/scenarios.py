@@ -399,12 +399,15 @@ def table(verdicts: list[Verdict], faults: dict[str, str]) -> str:
     """The matrix as a Markdown table (docs/reliability.md keeps the last one)."""
     head = (
         "| fault | injected | decisions | accepted | duplicates | lost | after opt-out "
-        "| quiet hours | backwards | dead letters | lag | s |\n|---|---" + "|---:" * 10 + "|"
+        "| quiet hours | outdated | backwards | dead letters | lag | s |\n|---|---"
+        + "|---:" * 11
+        + "|"
     )
     rows = [
         f"| {v.scenario}: {faults.get(v.scenario, '')} | {v.injected} | {v.decisions} "
         f"| {v.accepted} "
-        f"| {v.duplicates} | {v.lost} | {v.after_opt_out} | {v.quiet_hours} | {v.backwards} "
+        f"| {v.duplicates} | {v.lost} | {v.after_opt_out} | {v.quiet_hours} | {v.outdated} "
+        f"| {v.backwards} "
         f"| {v.dead_letters} | {v.lag} | {v.seconds:.0f} |"
         for v in verdicts
     ]
