@@ -27,7 +27,7 @@ from common import tracing
 from common.clock import Clock
 from common.envelope import CONTENT_TYPE_HEADER, CloudEvent, InvalidEvent
 from common.failpoints import failpoint
-from common.logs import get_logger, handling
+from common.logs import get_logger, handling, redact
 from common.metrics import (
     CLOCK_SECONDS,
     CONSUMER_LAG,
@@ -226,7 +226,7 @@ class DeadLetters:
             ("dlq.original.topic", msg.topic.encode()),
             ("dlq.original.partition", str(msg.partition).encode()),
             ("dlq.original.offset", str(msg.offset).encode()),
-            ("dlq.reason", reason[:2000].encode()),
+            ("dlq.reason", redact(reason)[:2000].encode()),
             ("dlq.reason.code", code.encode()),
             ("dlq.service", self.service.encode()),
             ("dlq.failed_at", datetime.now(UTC).isoformat().encode()),
@@ -333,9 +333,12 @@ class MessageProcessor:
                 attempt += 1
                 if attempt > self.retries:
                     log.exception("handler_failed", topic=msg.topic, event_id=event.id)
+                    # The exception's text may quote the input (an address, a name): it
+                    # goes to the (redacted) log, the dead letter names only its type.
                     await self._dead_letter(
                         msg,
-                        f"handler failed {attempt} times: {type(exc).__name__}: {exc}",
+                        f"handler failed {attempt} times: {type(exc).__name__} "
+                        f"(see the {self.service} log for event {event.id})",
                         "handler_error",
                         acks,
                     )

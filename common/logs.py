@@ -43,6 +43,9 @@ SENSITIVE_KEYS = frozenset(
 )
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 _PHONE = re.compile(r"\+\d{8,15}")
+# SQLAlchemy appends a statement's bound values to its errors ("[parameters: (...)]");
+# the engines hide them, and this is the net for any other driver's text.
+_SQL_PARAMETERS = re.compile(r"\[parameters: .*?\](?=\n|$|\s*\(Background)", re.DOTALL)
 
 
 def redact(value: str) -> str:
@@ -52,6 +55,8 @@ def redact(value: str) -> str:
         value = _EMAIL.sub("[email]", value)
     if "+" in value:
         value = _PHONE.sub("[phone]", value)
+    if "[parameters:" in value:
+        value = _SQL_PARAMETERS.sub("[parameters: redacted]", value)
     return value
 
 
@@ -131,10 +136,12 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
         _event_and_trace_processor,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact_processor,
     ]
+    # Redaction comes after the exception is formatted: its text and traceback are a
+    # value like any other (an address in an error message, a row's values in SQL).
+    last = [structlog.processors.format_exc_info, _redact_processor, renderer]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, *last],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(_Stdout()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
@@ -144,10 +151,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     handler = logging.StreamHandler(_Stdout())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                renderer,
-            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *last],
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         )
     )

@@ -6,8 +6,9 @@ bad value fails with the variable's name. docs/configuration.md lists every one.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,8 +21,19 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    def __repr_args__(self) -> Any:
+        """The settings as repr/str show them: secrets are SecretStr (masked by pydantic),
+        and the password inside a URL (a database URL) is masked too."""
+        for name, value in super().__repr_args__():
+            if isinstance(value, str) and "://" in value:
+                value = _URL_PASSWORD.sub(r"\1***@", value)
+            yield name, value
 
     kafka_bootstrap_servers: str = Field(
         "localhost:9092", validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS")

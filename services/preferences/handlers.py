@@ -108,7 +108,7 @@ class Preferences:
             not granted,
             source,
             event.time,
-            evidence=str(data.get("evidence") or event.id),
+            evidence=str(data.get("evidence") or event.id)[: validation.EVIDENCE_MAX],
             event_id=event.id,
         )
         return "processed"

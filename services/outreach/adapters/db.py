@@ -52,7 +52,9 @@ def async_url(url: str) -> str:
 
 
 def create_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(async_url(url), pool_pre_ping=True)
+    # hide_parameters: errors name the statement, never the values bound to it (an
+    # address, a message body).
+    engine = create_async_engine(async_url(url), pool_pre_ping=True, hide_parameters=True)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine.sync_engine, "connect")

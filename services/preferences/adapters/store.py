@@ -256,7 +256,10 @@ class PreferencesStore:
         # No pre-ping (a round trip before every checkout, ~40 % of a GetContactPlan's
         # CPU): connections are recycled after 30 minutes, and `load` retries a read on a
         # connection found dead; a write on one fails and is retried by its caller.
-        self.engine: AsyncEngine = create_async_engine(async_url(url), pool_recycle=1800)
+        # hide_parameters: errors name the statement, never a customer's values.
+        self.engine: AsyncEngine = create_async_engine(
+            async_url(url), pool_recycle=1800, hide_parameters=True
+        )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._load_query = _load_query()
         self._pg = (

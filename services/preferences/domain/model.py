@@ -1,9 +1,13 @@
 """A customer's contact points and the consent history, and the plans derived from them.
 
 Consent is a history, never a flag: every grant, withdrawal and opt-out is an appended
-record with its source, time and evidence; the current state is the latest record per
-(channel, category). An upsert from the shop can withdraw marketing consent but never
-grant it again after a withdrawal — only an explicit consent record can.
+record with its source, time and evidence. The current state per (channel, category)
+reads the records in the order they were received: an opt-out (a withdrawal) always
+wins over every consent received before it, whatever time that consent claims; a
+consent received after an opt-out counts only if it happened after it (a START after a
+STOP), not if it is an older one arriving late. An upsert from the shop can withdraw
+marketing consent but never grant it again after a withdrawal — only an explicit
+consent record can.
 """
 
 from __future__ import annotations
@@ -64,18 +68,34 @@ class Plan:
     version: int = 0
 
 
+def _decided(records: list[ConsentRecord]) -> bool | None:
+    """Records in the order received: a withdrawal always wins; a grant only when it
+    happened after every withdrawal received before it. None: never decided."""
+    state: bool | None = None
+    withdrawn_at: datetime | None = None
+    for record in records:
+        if not record.granted:
+            state = False
+            if withdrawn_at is None or record.occurred_at > withdrawn_at:
+                withdrawn_at = record.occurred_at
+        elif withdrawn_at is None or record.occurred_at > withdrawn_at:
+            state = True
+    return state
+
+
 def current(consents: list[ConsentRecord], channel: str, category: str) -> bool | None:
-    """The latest decision that applies to (channel, category); channel-specific records
-    and all-channel records both apply, the latest wins. None: never decided."""
-    applicable = [c for c in consents if c.category == category and c.channel in (None, channel)]
-    if not applicable:
-        return None
-    return max(applicable, key=lambda c: c.occurred_at).granted
+    """The decision that applies to (channel, category) now: channel-specific records
+    and all-channel records both apply (see the module docstring for how they combine).
+    `consents` are in the order they were received."""
+    return _decided(
+        [c for c in consents if c.category == category and c.channel in (None, channel)]
+    )
 
 
 def marketing_opt_in(customer: Customer) -> bool:
-    applicable = [c for c in customer.consents if c.category == "marketing" and c.channel is None]
-    return bool(applicable) and max(applicable, key=lambda c: c.occurred_at).granted
+    return bool(
+        _decided([c for c in customer.consents if c.category == "marketing" and c.channel is None])
+    )
 
 
 def opted_out(customer: Customer) -> list[str]:

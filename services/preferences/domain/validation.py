@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import time
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -58,3 +58,23 @@ def hhmm(value: str, field: str) -> time:
     if match is None:
         raise FieldViolation(field, "quiet hours must be HH:MM (00:00-23:59)")
     return time(int(match.group(1)), int(match.group(2)))
+
+
+CLOCK_SKEW = timedelta(minutes=5)  # how far ahead of ours another system's clock may be
+EVIDENCE_MAX = 2_000  # characters of evidence kept with a consent record
+
+
+def occurred_at(value: datetime, now: datetime, field: str = "occurred_at") -> datetime:
+    """When a consent or opt-out happened: not in the future (beyond clock skew) — a
+    record dated ahead would otherwise claim to be newer than what comes after it."""
+    if value - now > CLOCK_SKEW:
+        raise FieldViolation(
+            field, f"is in the future ({value.isoformat()}; now is {now.isoformat()})"
+        )
+    return value
+
+
+def evidence(value: str, field: str = "evidence") -> str:
+    if len(value) > EVIDENCE_MAX:
+        raise FieldViolation(field, f"at most {EVIDENCE_MAX:,} characters ({len(value):,} given)")
+    return value

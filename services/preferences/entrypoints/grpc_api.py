@@ -19,6 +19,7 @@ from common.outages import outage_of
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from services.preferences.adapters.change_feed import FeedInterrupted
+from services.preferences.domain import validation
 from services.preferences.domain.model import ConsentRecord, Customer, Plan, marketing_opt_in
 from services.preferences.domain.validation import FieldViolation
 from services.preferences.handlers import Preferences
@@ -194,40 +195,39 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
         return await self._existing(context, customer, p.customer_id)
 
     async def SetOptOut(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        at = (
-            request.occurred_at.ToDatetime(tzinfo=UTC)
-            if request.HasField("occurred_at")
-            else datetime.now(UTC)
-        )
-        customer = await self._run(
-            context,
-            lambda: self.prefs.set_opt_out(
+        now = datetime.now(UTC)
+        at = request.occurred_at.ToDatetime(tzinfo=UTC) if request.HasField("occurred_at") else now
+
+        async def change() -> Customer | None:
+            return await self.prefs.set_opt_out(
                 request.customer_id,
                 CHANNEL_NAMES.get(request.channel, "?"),
                 request.opted_out,
                 request.source or "grpc",
-                at,
-                request.evidence,
-            ),
-        )
+                validation.occurred_at(at, now),
+                validation.evidence(request.evidence),
+            )
+
+        customer = await self._run(context, change)
         return await self._existing(context, customer, request.customer_id)
 
     async def RecordConsent(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         c = request.consent
-        at = (
-            c.occurred_at.ToDatetime(tzinfo=UTC) if c.HasField("occurred_at") else datetime.now(UTC)
-        )
-        record = ConsentRecord(
-            channel=CHANNEL_NAMES.get(c.channel),
-            category=CATEGORY_NAMES.get(c.category, "?"),
-            granted=c.granted,
-            source=c.source,
-            occurred_at=at,
-            evidence=c.evidence,
-        )
-        customer = await self._run(
-            context, lambda: self.prefs.record_consent(request.customer_id, record)
-        )
+        now = datetime.now(UTC)
+        at = c.occurred_at.ToDatetime(tzinfo=UTC) if c.HasField("occurred_at") else now
+
+        async def change() -> Customer | None:
+            record = ConsentRecord(
+                channel=CHANNEL_NAMES.get(c.channel),
+                category=CATEGORY_NAMES.get(c.category, "?"),
+                granted=c.granted,
+                source=c.source,
+                occurred_at=validation.occurred_at(at, now, "consent.occurred_at"),
+                evidence=validation.evidence(c.evidence, "consent.evidence"),
+            )
+            return await self.prefs.record_consent(request.customer_id, record)
+
+        customer = await self._run(context, change)
         return await self._existing(context, customer, request.customer_id)
 
     async def EraseCustomer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
