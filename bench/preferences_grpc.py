@@ -54,6 +54,7 @@ from tests.conftest import stop_process  # noqa: E402
 
 SERVICE = "outreach.preferences.v1.PreferencesService"
 TOKEN = "bench-write-token"
+READ_TOKEN = "bench-read-token"
 TARGET_RPS = 2000
 TARGET_P99_MS = 20.0
 FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken")
@@ -250,6 +251,7 @@ class PreferencesProcess:
             PREFERENCES_GRPC_PORT=str(self.grpc_port),
             PREFERENCES_HTTP_PORT=str(self.http_port),
             PREFERENCES_WRITE_TOKEN=TOKEN,
+            PREFERENCES_READ_TOKEN=READ_TOKEN,
             PREFERENCES_GRPC_REUSE_PORT="true" if reuse_port else "false",
         )
         with open(self.log_path, "ab") as log:
@@ -385,6 +387,8 @@ def run_ghz(
         str(connections),
         "--timeout",
         "5s",
+        "--metadata",
+        json.dumps({"authorization": f"Bearer {READ_TOKEN}"}),
         # in-flight calls finish when the duration is up (the default closes the
         # connections under them and counts them as Unavailable)
         "--duration-stop",
@@ -507,7 +511,7 @@ async def cache_workload(
     from services.outreach.adapters.contact_plans import GrpcContactPlans
 
     rng = random.Random(seed)
-    plans = GrpcContactPlans(target, cache_ttl_s=300.0, timeout_s=5.0)
+    plans = GrpcContactPlans(target, cache_ttl_s=300.0, timeout_s=5.0, token=READ_TOKEN)
     await plans.start()
     writer_channel = grpc.aio.insecure_channel(target)
     writer = pb_grpc.PreferencesServiceStub(writer_channel)  # type: ignore[no-untyped-call]

@@ -9,6 +9,8 @@ preferences reachable, ...) must pass. Both answer JSON saying which check faile
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +19,31 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 ReadinessCheck = Callable[[], Awaitable[bool] | bool]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def operator_allowed(request: web.Request, token: str | None) -> bool:
+    """An operator's call: the bearer token when OUTREACH_OPERATOR_TOKEN is set (compared
+    in constant time); without one, only loopback callers (a developer's machine) —
+    these ports also serve public webhooks and are reached through Services."""
+    if token:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return bool(sent) and hmac.compare_digest(sent.encode(), token.encode())
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
+def operator_only(token: str | None, handler: Handler) -> Handler:
+    """`handler` for operators only (see `operator_allowed`); others get 401."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if not operator_allowed(request, token):
+            return web.json_response({"error": "operator token required"}, status=401)
+        return await handler(request)
+
+    return guarded
 
 
 class Heartbeat:

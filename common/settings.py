@@ -51,6 +51,9 @@ class ServiceSettings(BaseSettings):
         30.0, ge=6, le=300, validation_alias=_env("OUTREACH_KAFKA_SESSION_TIMEOUT_S")
     )
     tracing_enabled: bool = Field(False, validation_alias=_env("OUTREACH_TRACING_ENABLED"))
+    # Operators' HTTP routes (explain, the kill switch) want it as a bearer token; unset,
+    # they answer loopback callers only.
+    operator_token: SecretStr | None = Field(None, validation_alias=_env("OUTREACH_OPERATOR_TOKEN"))
     # Bytes a stream service's consumer asks per partition and fetch. Faust's default
     # (1 MiB, ~700 order states) made changelog recovery wait on fetches: 8 MiB recovers
     # twice as fast for ~60 MiB more RSS (docs/performance.md, "Recovery").

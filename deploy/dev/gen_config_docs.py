@@ -150,7 +150,10 @@ NOTES = {
         "contact plans cached at most (least recently used dropped first; 0: no cache)"
     ),
     "PREFERENCES_GRPC_REUSE_PORT": "replicas on one host share the gRPC port (SO_REUSEPORT; off: a taken port fails the start)",
-    "PREFERENCES_WRITE_TOKEN": "bearer token the write RPCs require (unset: no check)",
+    "PREFERENCES_WRITE_TOKEN": "bearer token the write RPCs require (it reads too); required unless PREFERENCES_ALLOW_ANONYMOUS",
+    "PREFERENCES_READ_TOKEN": "bearer token the read RPCs and WatchChanges require; required unless mTLS is on (PREFERENCES_TLS_CLIENT_CA) or PREFERENCES_ALLOW_ANONYMOUS",
+    "PREFERENCES_ALLOW_ANONYMOUS": "the development profile: every RPC without credentials (never in production)",
+    "OUTREACH_PREFERENCES_TOKEN": "preferences' read token, sent on every call and on the change stream",
     "PREFERENCES_PSEUDONYM_SALT": "secret for erased customers' tombstones",
     "PREFERENCES_DEFAULT_CHANNEL_ORDER": "channel order for customers who never chose",
     "PREFERENCES_TLS_CERT": "PEM certificate (chain) of the gRPC server; with `_KEY` the server speaks TLS only",

@@ -94,7 +94,13 @@ def main() -> None:
             bootstrap = kafka.bootstrap
             print(f"Kafka is up at {bootstrap}")
         env = dict(os.environ)
+        read_token, write_token = local_tokens(data_dir)
         env.update(
+            # preferences' RPCs take tokens here as in production (generated once, kept
+            # in the data dir): outreach reads with the read token.
+            PREFERENCES_READ_TOKEN=read_token,
+            PREFERENCES_WRITE_TOKEN=write_token,
+            OUTREACH_PREFERENCES_TOKEN=read_token,
             KAFKA_BOOTSTRAP_SERVERS=bootstrap,
             OUTREACH_CLOCK="event",
             OUTREACH_DATA_DIR=str(data_dir),
@@ -161,6 +167,21 @@ def main() -> None:
         pass
     finally:
         stop()
+
+
+def local_tokens(data_dir: Path) -> tuple[str, str]:
+    """preferences' read and write tokens of this dev data dir, generated on first use."""
+    import secrets
+
+    tokens = []
+    for name in ("read", "write"):
+        keep = data_dir / "preferences" / f".{name}-token"
+        if not keep.exists():
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            keep.write_text(secrets.token_urlsafe(24))
+            keep.chmod(0o600)
+        tokens.append(keep.read_text().strip())
+    return tokens[0], tokens[1]
 
 
 def studio_admin(env: dict[str, str], data_dir: Path) -> str:

@@ -147,6 +147,7 @@ def build(
         settings.preferences_grpc_target,
         cache_ttl_s=settings.preferences_cache_ttl_s,
         max_entries=settings.preferences_cache_max_entries,
+        token=settings.preferences_token.get_secret_value() if settings.preferences_token else None,
         tls=settings.preferences_channel_tls(),
     )
     senders = senders or build_senders(settings)

@@ -22,6 +22,7 @@ class Settings(ServiceSettings):
     preferences_grpc_target: str = Field(
         "localhost:50051", validation_alias=_env("PREFERENCES_GRPC_TARGET")
     )
+    preferences_token: SecretStr | None = None
     preferences_cache_ttl_s: float = 300.0
     preferences_cache_max_entries: int = Field(100_000, ge=0)
     # TLS to preferences (docs/operations.md, "preferences over gRPC"): on when
@@ -57,7 +58,6 @@ class Settings(ServiceSettings):
     controls_refresh_s: float = Field(1.0, gt=0)
     ledger_metrics_s: float = Field(30.0, gt=0)
     resume_ramp_minutes: float = Field(10.0, ge=0)
-    operator_token: SecretStr | None = None
     shop_name: str = "Example Shop"
     support_url: str = "https://shop.example/help"
     support_email: str = "help@shop.example"

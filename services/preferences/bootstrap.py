@@ -39,9 +39,8 @@ log = get_logger(__name__)
 def build_grpc_server(
     settings: Settings, prefs: Preferences
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    token = settings.write_token.get_secret_value() if settings.write_token else None
     server = grpc.aio.server(
-        interceptors=[*tracing.grpc_server_interceptors(), OpsInterceptor(token)],
+        interceptors=[*tracing.grpc_server_interceptors(), OpsInterceptor(settings.credentials())],
         options=[("grpc.so_reuseport", 1 if settings.grpc_reuse_port else 0)],
     )
     pb_grpc.add_PreferencesServiceServicer_to_server(  # type: ignore[no-untyped-call]

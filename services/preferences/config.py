@@ -6,6 +6,7 @@ from pydantic import FilePath, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
+from services.preferences.domain.access import Credentials
 
 
 class Settings(ServiceSettings):
@@ -20,6 +21,9 @@ class Settings(ServiceSettings):
     grpc_reuse_port: bool = False
     http_port: int = 8084
     write_token: SecretStr | None = None
+    read_token: SecretStr | None = None
+    # The development profile: every RPC without credentials. Never in production.
+    allow_anonymous: bool = False
     pseudonym_salt: SecretStr | None = None
     default_channel_order: str = "email,sms,whatsapp"
     tls_cert: FilePath | None = None
@@ -37,6 +41,27 @@ class Settings(ServiceSettings):
                 "PREFERENCES_TLS_CLIENT_CA (mTLS) needs PREFERENCES_TLS_CERT and _KEY as well"
             )
         return self
+
+    def credentials(self) -> Credentials:
+        """Who may call which RPC. Without the development profile, writes need the
+        write token and reads the read token (or the write token, or a client
+        certificate when mTLS is on); a configuration that would leave either open
+        fails here, naming what to set."""
+        write = self.write_token.get_secret_value() if self.write_token else None
+        read = self.read_token.get_secret_value() if self.read_token else None
+        mtls = self.tls_client_ca is not None
+        if not self.allow_anonymous:
+            if write is None:
+                raise ValueError(
+                    "PREFERENCES_WRITE_TOKEN is required (or PREFERENCES_ALLOW_ANONYMOUS=true,"
+                    " for development only)"
+                )
+            if read is None and not mtls:
+                raise ValueError(
+                    "PREFERENCES_READ_TOKEN (or mTLS: PREFERENCES_TLS_CLIENT_CA) is required"
+                    " (or PREFERENCES_ALLOW_ANONYMOUS=true, for development only)"
+                )
+        return Credentials(read=read, write=write, mtls=mtls, anonymous=self.allow_anonymous)
 
     def db_url(self) -> str:
         if self.database_url:

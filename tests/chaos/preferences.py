@@ -42,7 +42,9 @@ class PreferencesAdmin:
 
     def knows(self, customer_id: str) -> bool:
         try:
-            self.stub.GetPreferences(pb.GetPreferencesRequest(customer_id=customer_id), timeout=5)
+            self.stub.GetPreferences(
+                pb.GetPreferencesRequest(customer_id=customer_id), metadata=self.auth, timeout=5
+            )
             return True
         except grpc.RpcError:
             return False

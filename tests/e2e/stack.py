@@ -27,6 +27,8 @@ MODULES = {
     "studio": "services.outreach.studio",
 }
 PIPELINE = ("preferences", "orders_watcher", "risk_detector", "outreach")
+READ_TOKEN = "stack-preferences-read-token"
+WRITE_TOKEN = "stack-preferences-write-token"
 
 
 @dataclass
@@ -53,6 +55,10 @@ class Stack:
             PREFERENCES_GRPC_PORT=str(self.ports["grpc"]),
             PREFERENCES_GRPC_TARGET=f"127.0.0.1:{self.ports['grpc']}",
             PREFERENCES_HTTP_PORT=str(self.ports["preferences"]),
+            # preferences' RPCs take tokens (as in production): outreach reads with one.
+            PREFERENCES_READ_TOKEN=READ_TOKEN,
+            PREFERENCES_WRITE_TOKEN=WRITE_TOKEN,
+            OUTREACH_PREFERENCES_TOKEN=READ_TOKEN,
             ORDERS_WATCHER_HTTP_PORT=str(self.ports["orders_watcher"]),
             RISK_DETECTOR_HTTP_PORT=str(self.ports["risk_detector"]),
             OUTREACH_HTTP_PORT=str(self.ports["outreach"]),

@@ -123,6 +123,8 @@ class GrpcContactPlans(ContactPlans):
         self.cache_ttl_s = cache_ttl_s
         self.max_entries = max_entries
         self.token = token
+        # preferences' read token (OUTREACH_PREFERENCES_TOKEN), on every call and stream.
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.retry_s = retry_s
         self._cache: OrderedDict[tuple[str, str], tuple[float, ContactPlan | None]] = OrderedDict()
         self._channel: Any = None
@@ -176,7 +178,9 @@ class GrpcContactPlans(ContactPlans):
 
         while True:
             try:
-                stream = self._stub.WatchChanges(preferences_pb2.WatchChangesRequest())
+                stream = self._stub.WatchChanges(
+                    preferences_pb2.WatchChangesRequest(), metadata=self._metadata
+                )
                 await stream.initial_metadata()
                 self._stream_generation += 1
                 self._watching.set()
@@ -239,6 +243,7 @@ class GrpcContactPlans(ContactPlans):
                     category=self.CATEGORIES[category],  # type: ignore[arg-type]
                 ),
                 timeout=self.timeout_s,
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as exc:
             raise PreferencesUnavailable(f"GetContactPlan: {exc.code().name}") from exc

@@ -3,14 +3,13 @@ unsubscribe (customers)."""
 
 from __future__ import annotations
 
-import hmac
 import html
-import ipaddress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from common.ops_http import operator_only
 from services.outreach.adapters.controls import ControlError
 from services.outreach.domain.ramp import GLOBAL
 from services.outreach.domain.unsubscribe import read_token
@@ -84,18 +83,6 @@ async def _explain(
     return out
 
 
-def _operator_allowed(request: web.Request, token: str | None) -> bool:
-    """A bearer token when OUTREACH_OPERATOR_TOKEN is set; else only loopback callers
-    (a developer machine), since this port also serves the public webhooks."""
-    if token:
-        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        return bool(sent) and hmac.compare_digest(sent, token)
-    try:
-        return ipaddress.ip_address(request.remote or "").is_loopback
-    except ValueError:
-        return False
-
-
 def routes(outreach: Outreach) -> list[web.RouteDef]:
     secret = outreach.delivery.links.unsubscribe_secret
     settings = outreach.settings
@@ -119,8 +106,6 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
         }
 
     async def sending(request: web.Request) -> web.Response:
-        if not _operator_allowed(request, token):
-            return web.json_response({"error": "operator token required"}, status=401)
         if request.method == "GET":
             return web.json_response(await sending_state())
         try:
@@ -185,10 +170,11 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
 
     return [
         *webhook_routes(outreach),
-        web.get("/customers/{customer_id}/explain", explain_customer),
-        web.get("/orders/{order_id}/explain", explain_order),
-        web.get("/ops/sending", sending),
-        web.post("/ops/sending/{action:pause|resume}", sending),
+        # Operators only: who was written to, why, and the kill switch.
+        web.get("/customers/{customer_id}/explain", operator_only(token, explain_customer)),
+        web.get("/orders/{order_id}/explain", operator_only(token, explain_order)),
+        web.get("/ops/sending", operator_only(token, sending)),
+        web.post("/ops/sending/{action:pause|resume}", operator_only(token, sending)),
         web.get("/unsubscribe", unsubscribe),
         web.post("/unsubscribe", unsubscribe),
     ]

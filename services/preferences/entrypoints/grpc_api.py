@@ -20,6 +20,7 @@ from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from services.preferences.adapters.change_feed import FeedInterrupted
 from services.preferences.domain import validation
+from services.preferences.domain.access import Credentials, open_method
 from services.preferences.domain.model import ConsentRecord, Customer, Plan, marketing_opt_in
 from services.preferences.domain.validation import FieldViolation
 from services.preferences.handlers import Preferences
@@ -37,7 +38,6 @@ RPC_SECONDS = Histogram(
 CHANNEL_NAMES = {pb.CHANNEL_EMAIL: "email", pb.CHANNEL_SMS: "sms", pb.CHANNEL_WHATSAPP: "whatsapp"}
 CHANNEL_ENUMS = {v: k for k, v in CHANNEL_NAMES.items()}
 CATEGORY_NAMES = {pb.CATEGORY_SERVICE: "service", pb.CATEGORY_MARKETING: "marketing"}
-WRITE_METHODS = frozenset({"UpdatePreferences", "SetOptOut", "RecordConsent", "EraseCustomer"})
 
 
 def _hhmm(t: time) -> str:
@@ -290,44 +290,64 @@ class ReflectionDescriptors:
 
 
 class OpsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Metrics and logs per call, and the bearer token for write methods."""
+    """Credentials, metrics and logs per call (domain/access.py says who may call what;
+    health and reflection are open to every caller)."""
 
-    def __init__(self, write_token: str | None) -> None:
-        self.write_token = write_token
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
         # method path -> (the handler wrapped, the wrapper): built once per method, not
         # per call (unless an interceptor before this one hands out new handlers).
         self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         cached = self._wrapped.get(details.method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._observed(details.method.rsplit("/", 1)[-1], handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        method = details.method.rsplit("/", 1)[-1]
+        guarded = not open_method(details.method)
+        if handler.unary_unary is not None:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._observed(method, handler.unary_unary, guarded),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.unary_stream is not None and guarded:
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                self._streamed(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
+            return handler
         self._wrapped[details.method] = (handler, wrapped)
         return wrapped
 
-    def _observed(self, method: str, behaviour: Any) -> Any:
-        needs = (
-            f"Bearer {self.write_token}" if self.write_token and method in WRITE_METHODS else None
-        )
+    async def _check(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        if not self.credentials.allows(method, _authorization(context)):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, self.credentials.what_is_needed(method)
+            )
+
+    def _streamed(self, method: str, behaviour: Any) -> Any:
+        async def streamed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._check(method, context)
+            async for item in behaviour(request, context):
+                yield item
+
+        return streamed
+
+    def _observed(self, method: str, behaviour: Any, guarded: bool) -> Any:
         ok, seconds = RPCS.labels(method, "OK"), RPC_SECONDS.labels(method)
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = _time.perf_counter()
             code = "OK"
             try:
-                if needs is not None and _authorization(context) != needs:
-                    await context.abort(
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        "write methods need 'authorization: Bearer <token>'",
-                    )
+                if guarded:
+                    await self._check(method, context)
                 try:
                     return await behaviour(request, context)
                 except grpc.aio.AbortError:

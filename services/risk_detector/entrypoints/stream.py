@@ -32,7 +32,8 @@ from common.envelope import CloudEvent, InvalidEvent
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
 from common.metrics import EVENTS_CONSUMED, ORDERS_FORGOTTEN
-from common.ops_http import Heartbeat, OpsServer
+from common.ops_http import Heartbeat, OpsServer, operator_only
+from common.settings import secret_value
 from common.streaming import (
     FaustProducer,
     InputProgress,
@@ -138,7 +139,12 @@ class RiskRuntime:
                 "kafka_assignment": lambda: self.assigned,
                 "tables_recovered": lambda: self.schedule.ready,
             },
-            routes=[web.get("/customers/{customer_id}/explain", self._explain)],
+            routes=[
+                web.get(
+                    "/customers/{customer_id}/explain",
+                    operator_only(secret_value(settings.operator_token), self._explain),
+                )
+            ],
         )
         self._wire()
 

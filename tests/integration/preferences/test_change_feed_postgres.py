@@ -133,7 +133,9 @@ async def test_losing_the_database_ends_subscriptions_then_the_feed_comes_back(
 
 async def test_watch_changes_ends_unavailable_when_the_feed_is_lost(two_processes, tmp_path):
     a, b = two_processes
-    server, _, port = build_grpc_server(Settings(grpc_port=0, data_dir=tmp_path), a)
+    server, _, port = build_grpc_server(
+        Settings(grpc_port=0, data_dir=tmp_path, allow_anonymous=True), a
+    )
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:

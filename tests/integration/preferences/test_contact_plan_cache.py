@@ -34,9 +34,12 @@ async def service(tmp_path):
     prefs = Preferences(store, ChangeFeed())
     for cid in ("c-1", "c-2"):
         await prefs.on_customer_event(customer_upserted(cid))
-    server, _, port = build_grpc_server(Settings(grpc_port=0, data_dir=tmp_path), prefs)
+    settings = Settings(grpc_port=0, data_dir=tmp_path, read_token="r-token", write_token="w-token")
+    server, _, port = build_grpc_server(settings, prefs)
     await server.start()
-    plans = GrpcContactPlans(f"127.0.0.1:{port}", cache_ttl_s=300, max_entries=3, retry_s=0.05)
+    plans = GrpcContactPlans(
+        f"127.0.0.1:{port}", cache_ttl_s=300, max_entries=3, retry_s=0.05, token="r-token"
+    )
     await plans.start()
     await until(lambda: plans.watching, message="the change stream never came up")
     yield prefs, plans

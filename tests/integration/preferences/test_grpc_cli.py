@@ -37,7 +37,7 @@ from services.outreach.adapters.contact_plans import (
     PreferencesUnavailable,
 )
 from tests.conftest import wait_for
-from tests.e2e.stack import Shop, Stack
+from tests.e2e.stack import READ_TOKEN, Shop, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -294,7 +294,12 @@ def customer_id(plaintext_server: Stack, kafka_bootstrap: str) -> str:
 
 def contact_plan(server: Stack, cid: str, category: str = "CATEGORY_SERVICE") -> dict[str, Any]:
     request = json.dumps({"customer_id": cid, "category": category})
-    out = ok(grpcurl("-plaintext", "-d", request, target(server), f"{SERVICE}/GetContactPlan"))
+    read = f"authorization: Bearer {READ_TOKEN}"
+    out = ok(
+        grpcurl(
+            "-plaintext", "-H", read, "-d", request, target(server), f"{SERVICE}/GetContactPlan"
+        )
+    )
     return dict(json.loads(out))
 
 
@@ -392,6 +397,27 @@ def test_grpcurl_gets_the_contact_plan_of_a_customer_the_shop_announced(
 
 
 @needs_grpcurl
+def test_grpcurl_reads_need_the_read_token_too(plaintext_server, customer_id):
+    request = json.dumps({"customer_id": customer_id, "category": "CATEGORY_SERVICE"})
+    refused = grpcurl(
+        "-plaintext", "-d", request, target(plaintext_server), f"{SERVICE}/GetContactPlan"
+    )
+    assert refused.returncode == 64 + 16 and "Code: Unauthenticated" in refused.stderr
+    assert "read token" in refused.stderr
+    watch = grpcurl(
+        "-plaintext",
+        "-max-time",
+        "2",
+        "-d",
+        "{}",
+        target(plaintext_server),
+        f"{SERVICE}/WatchChanges",
+    )
+    assert "Code: Unauthenticated" in watch.stderr
+    assert contact_plan(plaintext_server, customer_id)["customer_id"] == customer_id
+
+
+@needs_grpcurl
 def test_grpcurl_writes_need_the_token_in_the_metadata(plaintext_server, customer_id):
     wait_for(lambda: contact_plan(plaintext_server, customer_id).get("known"), timeout=20)
     consent = json.dumps(
@@ -468,6 +494,8 @@ def test_grpcurl_shows_invalid_argument_with_the_field_violations(plaintext_serv
     empty = grpcurl(
         "-plaintext",
         "-format-error",
+        "-H",
+        f"authorization: Bearer {READ_TOKEN}",
         "-d",
         json.dumps({"customer_id": "", "category": "CATEGORY_SERVICE"}),
         target(plaintext_server),
@@ -539,7 +567,9 @@ def test_mtls_server_wants_a_client_certificate_its_ca_signed(mtls_server, pki):
 
 
 async def test_outreachs_contact_plan_client_reaches_preferences_over_tls(tls_server, pki):
-    plans = GrpcContactPlans(target(tls_server), cache_ttl_s=0, tls=PreferencesTls(ca=pki.ca))
+    plans = GrpcContactPlans(
+        target(tls_server), cache_ttl_s=0, token=READ_TOKEN, tls=PreferencesTls(ca=pki.ca)
+    )
     await plans.start()
     try:
         assert await plans.ready()
@@ -551,6 +581,7 @@ async def test_outreachs_contact_plan_client_reaches_preferences_over_tls(tls_se
         f"localhost:{tls_server.ports['grpc']}",
         cache_ttl_s=0,
         timeout_s=3,
+        token=READ_TOKEN,
         tls=PreferencesTls(ca=pki.ca, server_name="localhost"),
     )
     await by_name.start()

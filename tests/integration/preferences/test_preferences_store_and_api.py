@@ -23,6 +23,25 @@ from services.preferences.handlers import Preferences
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 TOKEN = "s3cret-write-token"
+READ = "s3cret-read-token"
+
+
+def _with_read_token(details):
+    """The call's details with the read token, unless it brings an authorization."""
+    metadata = list(details.metadata or [])
+    if not any(key == "authorization" for key, _ in metadata):
+        metadata.append(("authorization", f"Bearer {READ}"))
+    return details._replace(metadata=metadata)
+
+
+class Reader(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(_with_read_token(details), request)
+
+
+class StreamReader(grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(_with_read_token(details), request)
 
 
 def upsert(
@@ -129,11 +148,13 @@ async def test_erasure_removes_personal_data_and_a_replayed_upsert_cannot_resurr
 
 @pytest.fixture
 async def server(prefs, tmp_path):
-    settings = Settings(grpc_port=0, write_token=TOKEN, data_dir=tmp_path)
+    settings = Settings(grpc_port=0, write_token=TOKEN, read_token=READ, data_dir=tmp_path)
     srv, health, port = build_grpc_server(settings, prefs)
     await srv.start()
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", interceptors=[Reader(), StreamReader()]
+    )
     yield pb_grpc.PreferencesServiceStub(channel), channel, port
     await channel.close()
     await srv.stop(0)

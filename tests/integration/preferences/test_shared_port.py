@@ -45,12 +45,14 @@ async def store(tmp_path):
 async def test_a_taken_port_fails_unless_replicas_share_it(store, tmp_path):
     port = free_port()
     first, _, _ = build_grpc_server(
-        Settings(grpc_port=port, data_dir=tmp_path), Preferences(store, ChangeFeed())
+        Settings(grpc_port=port, data_dir=tmp_path, allow_anonymous=True),
+        Preferences(store, ChangeFeed()),
     )
     try:
         with pytest.raises(RuntimeError):
             build_grpc_server(
-                Settings(grpc_port=port, data_dir=tmp_path), Preferences(store, ChangeFeed())
+                Settings(grpc_port=port, data_dir=tmp_path, allow_anonymous=True),
+                Preferences(store, ChangeFeed()),
             )
     finally:
         await first.stop(0)
@@ -59,7 +61,9 @@ async def test_a_taken_port_fails_unless_replicas_share_it(store, tmp_path):
     replicas = [Counting(store, ChangeFeed()) for _ in range(2)]
     servers = []
     for prefs in replicas:
-        settings = Settings(grpc_port=port, grpc_reuse_port=True, data_dir=tmp_path)
+        settings = Settings(
+            grpc_port=port, grpc_reuse_port=True, data_dir=tmp_path, allow_anonymous=True
+        )
         server, _, bound = build_grpc_server(settings, prefs)
         assert bound == port
         await server.start()

@@ -51,7 +51,7 @@ async def preferences_target(spans, tmp_path) -> AsyncIterator[str]:
         )
     )
     server, _health, port = build_grpc_server(
-        Settings(grpc_host="127.0.0.1", grpc_port=0, data_dir=tmp_path), prefs
+        Settings(grpc_host="127.0.0.1", grpc_port=0, data_dir=tmp_path, allow_anonymous=True), prefs
     )
     await server.start()
     yield f"127.0.0.1:{port}"
