@@ -49,7 +49,7 @@ from services.outreach.adapters.templates import TemplateCache
 from services.outreach.domain import decisions as pipeline
 from services.outreach.domain.decisions import ChannelOption, ContactPlan, DeliveryPolicy
 from services.outreach.domain.ramp import Paused
-from services.outreach.domain.rendering import RenderError
+from services.outreach.domain.rendering import RenderError, metric_kind
 from services.outreach.domain.states import Report, Status, reported
 
 # Key of a ledger change's payload holding the trace context (never published as data).
@@ -418,7 +418,7 @@ class DeliveryService:
                 request=request, row=row, links=self.links, now=now
             )
         except RenderError as exc:
-            RENDER_FAILURES.labels(row.message_kind, row.channel).inc()
+            RENDER_FAILURES.labels(metric_kind(row.message_kind), row.channel).inc()
             await self._fail(row, f"render_failed: {exc}", now, expected=(Status.DECIDED,))
             return None
         wall = self.wall()
@@ -988,7 +988,7 @@ class MessageComposer:
             renderer=self.renderer,
         )
         for template, exc in good.failures:
-            RENDER_FAILURES.labels(row.message_kind, row.channel).inc()
+            RENDER_FAILURES.labels(metric_kind(row.message_kind), row.channel).inc()
             log.error(
                 "template_render_failed",
                 message_kind=row.message_kind,

@@ -62,6 +62,14 @@ MESSAGE_KINDS = (
     "serial_returns",
     "churn_risk",
 )
+
+
+def metric_kind(message_kind: str) -> str:
+    """A message kind as a metric label: a request's kind is input, and an unknown one
+    is counted as `other` so that no producer can grow a metric's series without end."""
+    return message_kind if message_kind in MESSAGE_KINDS else "other"
+
+
 # Check-ins that may carry a goodwill offer are marketing (SPEC §6): their emails must
 # carry an unsubscribe link.
 MARKETING_KINDS = frozenset({"serial_returns", "churn_risk"})

@@ -36,6 +36,13 @@ def _twiml(message: str | None = None) -> web.Response:
     return web.Response(text=body + "</Response>", content_type="application/xml")
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
 def routes(outreach: Outreach) -> list[web.RouteDef]:
     settings = outreach.settings
     delivery = outreach.delivery
@@ -124,12 +131,19 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
             valid = False
         if not valid:
             return web.Response(status=403, text="invalid signature")
+        now = datetime.now(UTC)
+        # A valid signature over an old timestamp is a replayed request.
+        if abs(now.timestamp() - _number(timestamp)) > settings.webhook_max_age_s:
+            return web.Response(status=403, text="stale timestamp")
         try:
-            events: list[dict[str, Any]] = json.loads(payload)
+            events: Any = json.loads(payload)
         except json.JSONDecodeError:
             return web.Response(status=400, text="not JSON")
-        now = datetime.now(UTC)
-        for event in events if isinstance(events, list) else []:
+        if not isinstance(events, list):
+            return web.Response(status=400, text="not a list of events")
+        for event in events:
+            if not isinstance(event, dict):
+                continue  # SendGrid sends objects; anything else is not ours to act on
             kind = str(event.get("event", ""))
             decision_id = str(event.get("decision_id", ""))
             if kind in ("processed", "deferred"):

@@ -47,6 +47,7 @@ from services.outreach.studio.accounts import Accounts, SignedIn, TestSend, role
 from services.outreach.studio.security import (
     SECURITY_HEADERS,
     LoginThrottle,
+    client_address,
     parse_networks,
     safe_next,
     trusted,
@@ -138,6 +139,10 @@ class Studio:
             return current
         user = await self.accounts.sso_user(name, role)
         session = await self.accounts.start_session(user.username)
+        # Audited like a password sign-in: who, with which role, through which proxy.
+        await self.accounts.audit(
+            user.username, "signed_in", user.username, {"via": "sso", "role": role}
+        )
         request[NEW_SESSION] = session
         return session
 
@@ -311,7 +316,9 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
         username = str(form.get("username", "")).strip()
         password = str(form.get("password", ""))
         request[TYPED_USERNAME] = username
-        user_key, address_key = username.lower(), str(request.remote)
+        # Behind an Ingress the peer is the proxy: the throttle keys on the client.
+        address_key = client_address(request.remote, request.headers, studio.proxies)
+        user_key = username.lower()
         wait = max(studio.throttle.wait_s(user_key), studio.address_throttle.wait_s(address_key))
         if wait > 0:
             STUDIO_LOGIN_FAILURES.labels("throttled").inc()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from urllib.parse import unquote, urlsplit
 
 # Scripts and styles only from the studio itself; the email preview is a sandboxed
 # iframe (srcdoc) that may show images but runs nothing. CodeMirror sets inline styles.
@@ -67,10 +68,37 @@ class LoginThrottle:
 
 
 def safe_next(target: str | None, default: str = "/templates") -> str:
-    """Where to go after sign-in: only a path on this site, never another origin."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after sign-in: only a path on this site, never another origin. Browsers
+    drop tabs and newlines from a URL (`/\t/evil` is `//evil` to them) and some read a
+    backslash as a slash, so anything with whitespace, control characters (also
+    percent-encoded), backslashes, or a scheme or host once parsed is refused."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return default
+    decoded = unquote(target)
+    if any(c.isspace() or ord(c) < 32 or c == "\\" for c in decoded) or decoded.startswith("//"):
+        return default
+    parts = urlsplit(decoded)
+    if parts.scheme or parts.netloc:
         return default
     return target
+
+
+def client_address(
+    remote: str | None,
+    headers: Mapping[str, str],
+    proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str:
+    """The address a request came from: the peer, or — when the peer is a trusted proxy
+    (an Ingress) — the last address in X-Forwarded-For that is not a trusted proxy
+    itself (the addresses before it were written by the client, and may be anything)."""
+    peer = remote or ""
+    if not trusted(peer, proxies):
+        return peer
+    hops = [h.strip() for h in headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop, proxies):
+            return hop
+    return hops[0] if hops else peer
 
 
 def parse_networks(spec: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
