@@ -132,6 +132,7 @@ NOTES = {
     "OUTREACH_RENDER_TIMEOUT_S": "a render (or a preview, a publish check) taking longer is stopped and fails with a reason; the process is replaced",
     "OUTREACH_RENDER_MEMORY_MB": "address space of a render process: a template needing more fails with a reason",
     "OUTREACH_WEBHOOK_MAX_AGE_S": "a signed provider webhook (SendGrid's events) whose timestamp is further than this from now is refused as a replay",
+    "OUTREACH_LEDGER_RETENTION_DAYS": "settled messages older than this lose their personal data in the ledger (address, names, bodies); their decisions stay for the audit",
     "OUTREACH_RELAY_LEASE_S": "one worker at a time relays ledger changes to outreach.messages (in order); its lease, renewed while it relays",
     "OUTREACH_LEDGER_METRICS_S": "how often a worker counts the ledger by state (outreach_ledger_deliveries)",
     "OUTREACH_RESUME_RAMP_MINUTES": "default ramp after a resume: the held backlog climbs from 10 % to the full rate",

@@ -48,6 +48,7 @@ class Settings(ServiceSettings):
     relay_lease_s: float = Field(10.0, gt=0)
     event_retry_s: float = Field(3600.0, gt=0)
     webhook_max_age_s: float = Field(600.0, gt=0)
+    ledger_retention_days: float = Field(90.0, gt=0)
     render_processes: int = Field(2, ge=1, le=64)
     render_timeout_s: float = Field(2.0, gt=0)
     render_memory_mb: int = Field(512, ge=128)

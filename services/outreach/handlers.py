@@ -158,6 +158,21 @@ class DeliveryService:
                 now,
             )
 
+    async def on_customer_event(self, event: CloudEvent) -> int:
+        """commerce.customers: only an erasure matters here — the customer's personal
+        data leaves the ledger (ledger.erase_customer). Returns the rows scrubbed."""
+        if event.type != "customer.erased":
+            return 0
+        erased = schemas.parse_payload(event, schemas.CustomerErased)
+        scrubbed = await self.ledger.erase_customer(erased.customer_id, self.wall())
+        log.info("customer_erased", customer_id=erased.customer_id, rows_scrubbed=scrubbed)
+        return scrubbed
+
+    async def scrub_due(self, retention: timedelta) -> int:
+        """The ledger's retention: settled rows older than `retention` (and settled rows
+        of erased customers) lose their personal data."""
+        return await self.ledger.scrub_due(self.wall() - retention)
+
     async def on_request(self, event: CloudEvent, now: datetime) -> None:
         if event.type != "outreach.request.created":
             raise InvalidEvent(f"outreach does not handle {event.type!r}", code="unknown_type")

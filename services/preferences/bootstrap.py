@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -12,9 +13,16 @@ from grpc_reflection.v1alpha import reflection
 
 from common import tracing
 from common.admin import ensure_topics
-from common.envelope import CloudEvent
+from common.envelope import CloudEvent, derived_id, new_event
 from common.heap import freeze_startup_objects
-from common.kafka import AiokafkaProducer, ConsumerLoop, DeadLetters, InputMessage, MessageProcessor
+from common.kafka import (
+    AiokafkaProducer,
+    ConsumerLoop,
+    DeadLetters,
+    InputMessage,
+    MessageProcessor,
+    Outgoing,
+)
 from common.logs import get_logger
 from common.metrics import EVENTS_CONSUMED
 from common.ops_http import Heartbeat, OpsServer
@@ -74,14 +82,44 @@ def change_feed(store: PreferencesStore) -> ChangeFeed:
     return ChangeFeed()
 
 
+class ErasureAnnouncements:
+    """`customer.erased` on commerce.customers, as the shop would publish it: every
+    service that keeps something of the customer hears it and deletes it."""
+
+    def __init__(self, producer: AiokafkaProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+
+    async def announce(self, customer_id: str) -> None:
+        at = datetime.now(UTC)
+        event = new_event(
+            type="customer.erased",
+            source="/outreach/preferences",
+            subject=customer_id,
+            time=at,
+            id=derived_id("erased", customer_id, at.isoformat()),
+            data={"customer_id": customer_id},
+        )
+        record = Outgoing(self.topic, customer_id, event)
+        await self.producer.send(
+            self.topic, customer_id.encode(), event.to_bytes(), record.headers()
+        )
+
+
 async def serve(settings: Settings) -> None:
     url = settings.db_url()
     await asyncio.to_thread(migrate, url)
     store = PreferencesStore(url, settings.salt())
     feed = change_feed(store)
     await feed.start()
-    prefs = Preferences(store, feed, tuple(settings.default_channel_order.split(",")))
     topics = settings.topics
+    producer = AiokafkaProducer(settings.kafka_bootstrap_servers, f"{SERVICE}")
+    prefs = Preferences(
+        store,
+        feed,
+        tuple(settings.default_channel_order.split(",")),
+        erasures=ErasureAnnouncements(producer, topics.customers),
+    )
     ensure_topics(
         settings.kafka_bootstrap_servers,
         [
@@ -92,7 +130,6 @@ async def serve(settings: Settings) -> None:
     )
     clock = settings.make_clock()
     heartbeat = Heartbeat()
-    producer = AiokafkaProducer(settings.kafka_bootstrap_servers, f"{SERVICE}")
 
     async def handle(msg: InputMessage, event: CloudEvent) -> None:
         if msg.topic == topics.optouts:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, time
+from typing import Protocol
 
 from common import schemas
 from common.envelope import CloudEvent, InvalidEvent
@@ -26,16 +27,25 @@ from services.preferences.domain.validation import FieldViolation
 log = get_logger(__name__)
 
 
+class ErasureAnnouncer(Protocol):
+    """Tells every other service that a customer was erased (`customer.erased` on
+    commerce.customers, keyed by the customer), so that each deletes what it keeps."""
+
+    async def announce(self, customer_id: str) -> None: ...
+
+
 class Preferences:
     def __init__(
         self,
         store: PreferencesStore,
         feed: ChangeFeed,
         default_order: tuple[str, ...] = ("email", "sms", "whatsapp"),
+        erasures: ErasureAnnouncer | None = None,
     ) -> None:
         self.store = store
         self.feed = feed
         self.default_order = default_order
+        self.erasures = erasures
 
     # --- Kafka inputs --------------------------------------------------------------
 
@@ -198,8 +208,13 @@ class Preferences:
         return customer
 
     async def erase(self, customer_id: str, event_id: str | None = None) -> bool:
+        """Delete the customer's personal data (a pseudonymised tombstone stays). Asked
+        directly (EraseCustomer, no `event_id`), it also announces the erasure to the
+        other services; heard as `customer.erased`, the announcement is already out."""
         existed = await self.store.erase(customer_id, event_id=event_id)
         self.feed.publish(Change(customer_id, 0, "erased"))
+        if event_id is None and self.erasures is not None:
+            await self.erasures.announce(customer_id)
         return existed
 
 

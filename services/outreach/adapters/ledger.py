@@ -25,7 +25,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Integer, String, Text, delete, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
@@ -84,6 +97,8 @@ class Delivery(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     # A message not sent by then (a retry, or held too long) is given up.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Personal data (address, names, bodies) removed: an erasure, or the body retention.
+    scrubbed: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
 
 class DeliveryEvent(Base):
@@ -117,6 +132,31 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ErasedCustomer(Base):
+    """A customer erased (customer.erased): their rows are scrubbed, now or once settled."""
+
+    __tablename__ = "erased_customers"
+
+    customer_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# What stays of a request once its personal data is scrubbed: why and about what.
+_REQUEST_SKELETON = ("request_id", "customer_id", "order_id", "intent", "message_kind",
+                     "cause", "severity", "priority", "requested_at")  # fmt: skip
+# Rows a provider call may still be settling: their address and body are needed to ask
+# the provider, so they are scrubbed once settled.
+_IN_FLIGHT = (Status.SENDING, Status.IN_DOUBT)
+
+
+def _skeleton(request: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: request[k] for k in _REQUEST_SKELETON if k in request}
+    kept["reasons"] = [
+        {"code": r.get("code")} for r in request.get("reasons", []) if isinstance(r, dict)
+    ]
+    return kept | {"scrubbed": True}
 
 
 class Worker(Base):
@@ -318,6 +358,66 @@ class Ledger:
                 .limit(limit)
             )
             return list(result.scalars())
+
+    async def erase_customer(self, customer_id: str, wall_now: datetime) -> int:
+        """customer.erased: remember the erasure, and scrub the customer's rows — their
+        address, first name, subject and bodies, the addresses of their fallbacks, the
+        errors that may quote them — and studio test sends to those addresses. Rows a
+        provider call is still settling are scrubbed once settled (`scrub_due`). The
+        decision skeleton (ids, states, reasons, counts) stays for the audit. Returns
+        the rows scrubbed now."""
+        async with self.sessions() as s, s.begin():
+            if await s.get(ErasedCustomer, customer_id) is None:
+                s.add(ErasedCustomer(customer_id=customer_id, erased_at=wall_now))
+        return await self._scrub(Delivery.customer_id == customer_id)
+
+    async def scrub_due(self, retain_until: datetime) -> int:
+        """Scrub settled rows of erased customers, and every settled row decided before
+        `retain_until` (the body retention). Returns how many."""
+        erased = select(ErasedCustomer.customer_id)
+        return await self._scrub(
+            or_(Delivery.customer_id.in_(erased), Delivery.decided_at < retain_until)
+        )
+
+    async def _scrub(self, which: Any, batch: int = 500) -> int:
+        scrubbed = 0
+        while True:
+            async with self.sessions() as s, s.begin():
+                rows = list(
+                    (
+                        await s.execute(
+                            select(Delivery)
+                            .where(which, Delivery.scrubbed.is_(False))
+                            .where(Delivery.status.not_in(_IN_FLIGHT))
+                            .limit(batch)
+                            .with_for_update()
+                        )
+                    ).scalars()
+                )
+                addresses: set[str] = {r.address for r in rows if r.address}
+                for row in rows:
+                    addresses |= {
+                        str(f["address"]) for f in row.fallbacks or [] if f.get("address")
+                    }
+                for row in rows:
+                    row.address = None
+                    row.subject = row.body_text = row.body_html = row.last_error = None
+                    row.fallbacks = [
+                        {k: v for k, v in f.items() if k != "address"} for f in row.fallbacks or []
+                    ]
+                    row.request = _skeleton(row.request or {})
+                    row.scrubbed = True
+                if addresses:
+                    await s.execute(
+                        text(
+                            "UPDATE studio_test_sends SET \"to\" = '[erased]', subject = NULL, "
+                            "html = NULL, text = '' WHERE \"to\" IN :addresses"
+                        ).bindparams(bindparam("addresses", expanding=True)),
+                        {"addresses": sorted(addresses)},
+                    )
+            scrubbed += len(rows)
+            if len(rows) < batch:
+                return scrubbed
 
     async def worker_seen(self, worker_id: str, started_at: datetime, wall_now: datetime) -> None:
         """Record that this worker is up (and forget workers gone for a day)."""

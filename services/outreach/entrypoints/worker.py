@@ -58,7 +58,7 @@ class OutreachWorker:
         self.consumer = ConsumerLoop(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=f"{settings.topic_prefix}{SERVICE}",
-            topics=[self.topics.requests, self.topics.incidents],
+            topics=[self.topics.requests, self.topics.incidents, self.topics.customers],
             processor=self.processor,
             heartbeat=self.heartbeat,
             client_id=f"{SERVICE}-worker",
@@ -93,12 +93,18 @@ class OutreachWorker:
         now = self._now(event)
         if msg.topic == self.topics.incidents:
             await self.outreach.delivery.on_incident(event, now)
+        elif msg.topic == self.topics.customers:
+            await self.outreach.delivery.on_customer_event(event)
         else:
             await self.outreach.delivery.on_request(event, now)
 
     async def _send_due(self) -> int:
         self.heartbeat.beat()  # the scheduler's turns prove the worker alive, too
         return await self.outreach.delivery.send_due(self.clock.now())
+
+    async def _scrub(self) -> int:
+        retention = timedelta(days=self.settings.ledger_retention_days)
+        return await self.outreach.delivery.scrub_due(retention)
 
     async def _seen(self) -> None:
         """Record that this worker (and so the webhooks) is up."""
@@ -163,6 +169,7 @@ class OutreachWorker:
                     self.topics.incidents,
                     self.topics.messages,
                     self.topics.optouts,
+                    self.topics.customers,
                 )
             ]
             + [TopicSpec(self.topics.deadletter(SERVICE), 1)],
@@ -189,6 +196,8 @@ class OutreachWorker:
             ),
             asyncio.create_task(self._every(0.2, self._relay, "relay")),
             asyncio.create_task(self._every(1.0, self._seen, "seen")),
+            # Personal data leaves settled rows after the retention, and after an erasure.
+            asyncio.create_task(self._every(600.0, self._scrub, "scrub")),
             # Published templates stay fresh even while nothing is rendered, so a publish
             # in the studio is served within OUTREACH_TEMPLATE_REFRESH_S.
             asyncio.create_task(
