@@ -3,7 +3,8 @@
 outreachctl topics create            create every topic (partitions, retention, DLQs)
 outreachctl deadletters list SERVICE  list dead letters with their reasons
 outreachctl deadletters replay SERVICE [--offset N]   put them back on their topic
-outreachctl deadletters purge SERVICE [--before-offset N] [--older-than-days D] --yes
+outreachctl deadletters purge SERVICE [--before-offset N] [--older-than-days D]
+                                     [--customer ID] --yes
 outreachctl templates export|import ...   the studio's templates as one JSON document
 outreachctl sending status|pause|resume   the kill switch
 outreachctl explain CUSTOMER_ID      why did (or didn't) we message this person?
@@ -114,10 +115,13 @@ def cmd_deadletters_replay(args: argparse.Namespace) -> int:
 
 def cmd_deadletters_purge(args: argparse.Namespace) -> int:
     """Delete dead letters for good (Kafka DeleteRecords): all of them, those before an
-    offset (e.g. the ones just replayed), or those older than some days."""
+    offset (e.g. the ones just replayed), or those older than some days; with
+    `--customer`, only those about one customer (an erasure)."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.admin import KafkaAdminClient
 
+    if args.customer:
+        return _purge_customer(args)
     settings = _settings()
     servers = settings.kafka_bootstrap_servers.split(",")
     topic = settings.topics.deadletter(args.service)
@@ -151,6 +155,58 @@ def cmd_deadletters_purge(args: argparse.Namespace) -> int:
     finally:
         admin.close()
     print(f"purged {count} dead letter(s) of {topic}")
+    return 0
+
+
+def _purge_customer(args: argparse.Namespace) -> int:
+    """Remove one customer's dead letters (an erasure): a dead-letter topic has one
+    partition and Kafka deletes records only up to an offset, so the others are written
+    again after the end, in their order, and everything before is deleted. A dead letter
+    is the customer's when its key is the customer id or its bytes name it."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    settings = _settings()
+    servers = settings.kafka_bootstrap_servers.split(",")
+    topic = settings.topics.deadletter(args.service)
+    needle = args.customer.encode()
+    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, 0)
+        if not consumer.partitions_for_topic(topic):
+            print(f"error: no topic {topic}", file=sys.stderr)
+            return 1
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        records: list[Any] = []
+        deadline = time.monotonic() + 120
+        while consumer.position(tp) < end and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(r for r in batch if r.offset < end)
+    finally:
+        consumer.close()
+    theirs = [r for r in records if r.key == needle or needle in (r.value or b"")]
+    if not theirs:
+        print(f"no dead letter of {args.customer} in {topic}")
+        return 0
+    if not args.yes:
+        print(f"would delete {len(theirs)} dead letter(s) of {args.customer}; add --yes")
+        return 1
+    producer = KafkaProducer(bootstrap_servers=servers, acks="all")
+    try:
+        for r in records:
+            if r not in theirs:
+                producer.send(topic, key=r.key, value=r.value, headers=list(r.headers or []))
+        producer.flush()
+    finally:
+        producer.close()
+    admin = KafkaAdminClient(bootstrap_servers=servers)
+    try:
+        admin.delete_records({tp: end}, timeout_ms=30_000)
+    finally:
+        admin.close()
+    print(f"purged {len(theirs)} dead letter(s) of {args.customer} from {topic}")
     return 0
 
 
@@ -257,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     dl_purge.add_argument("service", choices=SERVICES)
     dl_purge.add_argument("--before-offset", type=int, help="only those before this offset")
     dl_purge.add_argument("--older-than-days", type=float, help="only those older than this")
+    dl_purge.add_argument("--customer", help="only those about this customer (an erasure)")
     dl_purge.add_argument("--yes", action="store_true", help="really delete them")
     dl_purge.set_defaults(func=cmd_deadletters_purge)
     tpl = sub.add_parser(

@@ -38,9 +38,18 @@ class TopicSpec:
     retention_ms: int = 7 * 24 * 3600 * 1000
 
 
+# Compacted: only the latest record per key is kept. commerce.customers is keyed by the
+# customer, so once `customer.erased` is a customer's latest record, compaction removes
+# their earlier upserts — names, addresses, phone numbers — from the topic.
+COMPACTED = frozenset({CUSTOMERS})
+
+
 def all_topics(prefix: str = "", partitions: int = 4) -> list[TopicSpec]:
     """The topics `outreachctl topics create` makes (Strimzi KafkaTopics mirror this)."""
-    specs = [TopicSpec(prefix + t, partitions) for t in INPUT_TOPICS + INTERNAL_TOPICS]
+    specs = [
+        TopicSpec(prefix + t, partitions, compacted=t in COMPACTED)
+        for t in INPUT_TOPICS + INTERNAL_TOPICS
+    ]
     specs += [TopicSpec(prefix + t, partitions) for t in OUTPUT_TOPICS]
     specs += [
         TopicSpec(prefix + deadletter_topic(s), 1, retention_ms=30 * 24 * 3600 * 1000)

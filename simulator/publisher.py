@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from common.topics import INPUT_TOPICS, TopicSpec
+from common.topics import COMPACTED, INPUT_TOPICS, TopicSpec
 from simulator.shop import Emission
 
 
@@ -26,7 +26,11 @@ class Publisher:
         from common.admin import ensure_topics
 
         ensure_topics(
-            self.bootstrap, [TopicSpec(self.prefix + t, self.partitions) for t in INPUT_TOPICS]
+            self.bootstrap,
+            [
+                TopicSpec(self.prefix + t, self.partitions, compacted=t in COMPACTED)
+                for t in INPUT_TOPICS
+            ],
         )
 
     def run(

@@ -123,7 +123,7 @@ async def serve(settings: Settings) -> None:
     ensure_topics(
         settings.kafka_bootstrap_servers,
         [
-            TopicSpec(topics.customers, settings.topic_partitions),
+            TopicSpec(topics.customers, settings.topic_partitions, compacted=True),
             TopicSpec(topics.optouts, settings.topic_partitions),
             TopicSpec(topics.deadletter(SERVICE), 1),
         ],

@@ -90,3 +90,34 @@ def test_list_show_replay_purge(kafka_bootstrap, topic_prefix, monkeypatch, caps
     assert records(kafka_bootstrap, dlq) == []
     assert outreachctl(["deadletters", "list", "orders_watcher"]) == 0
     assert printed(capsys) == ""
+
+
+def test_purge_one_customers_dead_letters_keeps_the_others_in_order(
+    kafka_bootstrap, topic_prefix, monkeypatch, capsys
+):
+    """An erasure: the dead letters naming the customer (by key or in their bytes) go,
+    the others stay, in their order, with their headers."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("OUTREACH_TOPIC_PREFIX", topic_prefix)
+    dlq = topic_prefix + "deadletter.preferences"
+    ensure_topics(kafka_bootstrap, [TopicSpec(dlq, 1)])
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    letters = [
+        (b"c-7", b'{"data": {"customer_id": "c-7", "email": "ada@example.com"}}'),
+        (b"c-8", b'{"data": {"customer_id": "c-8"}}'),
+        (b"o-1", b'{"data": {"order_id": "o-1", "customer_id": "c-7"}}'),
+        (b"c-9", b'{"data": {"customer_id": "c-9"}}'),
+    ]
+    for key, value in letters:
+        producer.send(dlq, key=key, value=value, headers=[("dlq.reason.code", b"bad_data")])
+    producer.flush()
+    producer.close()
+    capsys.readouterr()
+    purge = ["deadletters", "purge", "preferences", "--customer", "c-7"]
+    assert outreachctl(purge) == 1 and "would delete 2" in printed(capsys)
+    assert outreachctl([*purge, "--yes"]) == 0
+    assert "purged 2 dead letter(s) of c-7" in printed(capsys)
+    left = records(kafka_bootstrap, dlq)
+    assert [(r.key, r.value) for r in left] == [letters[1], letters[3]]
+    assert dict(left[0].headers)["dlq.reason.code"] == b"bad_data"
+    assert b"ada@example.com" not in b"".join(r.value for r in left)

@@ -169,9 +169,9 @@ class OutreachWorker:
                     self.topics.incidents,
                     self.topics.messages,
                     self.topics.optouts,
-                    self.topics.customers,
                 )
             ]
+            + [TopicSpec(self.topics.customers, self.settings.topic_partitions, compacted=True)]
             + [TopicSpec(self.topics.deadletter(SERVICE), 1)],
         )
         await self.outreach.start()
