@@ -88,8 +88,12 @@ class OpsServer:
         return app
 
     def add_routes_to(self, app: web.Application) -> None:
-        """The ops routes on an application of the service's own (the studio's)."""
+        """The ops routes on an application."""
         app.router.add_get("/metrics", self._metrics)
+        self.add_health_to(app)
+
+    def add_health_to(self, app: web.Application) -> None:
+        """Health only (the studio's public port: its metrics are on the ops port)."""
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/healthz", self._readyz)

@@ -137,6 +137,7 @@ NOTES = {
     "OUTREACH_LEDGER_METRICS_S": "how often a worker counts the ledger by state (outreach_ledger_deliveries)",
     "OUTREACH_RESUME_RAMP_MINUTES": "default ramp after a resume: the held backlog climbs from 10 % to the full rate",
     "OUTREACH_OPERATOR_TOKEN": "bearer token of /ops/sending (pause/resume); unset → loopback callers only",
+    "OUTREACH_STUDIO_OPS_PORT": "the studio's ops port: /metrics, /livez, /readyz (its own port serves the studio and health, no metrics)",
     "OUTREACH_STUDIO_PORT": "port of the template studio (its own process)",
     "OUTREACH_STUDIO_SECURE_COOKIES": "mark studio cookies Secure (set it behind HTTPS)",
     "OUTREACH_STUDIO_SESSION_HOURS": "a studio sign-in lasts this long",

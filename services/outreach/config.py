@@ -67,6 +67,7 @@ class Settings(ServiceSettings):
 
     # The template studio (python -m services.outreach.studio), see docs/studio.md.
     studio_port: int = 8085
+    studio_ops_port: int = 8086
     studio_secure_cookies: bool = False
     studio_session_hours: float = Field(12.0, gt=0)
     studio_login_attempts: int = Field(5, ge=1)

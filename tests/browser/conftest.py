@@ -48,6 +48,7 @@ class StudioProcess:
     data_dir: Path
     env: dict[str, str]
     port: int = field(default_factory=free_port)
+    ops_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,7 +58,11 @@ class StudioProcess:
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "services.outreach.studio", *args],
-            env=self.env | {"OUTREACH_STUDIO_PORT": str(self.port)},
+            env=self.env
+            | {
+                "OUTREACH_STUDIO_PORT": str(self.port),
+                "OUTREACH_STUDIO_OPS_PORT": str(self.ops_port),
+            },
             cwd=ROOT,
             input=stdin,
             capture_output=True,
@@ -69,7 +74,11 @@ class StudioProcess:
         log = open(self.data_dir / "studio.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.outreach.studio"],
-            env=self.env | {"OUTREACH_STUDIO_PORT": str(self.port)},
+            env=self.env
+            | {
+                "OUTREACH_STUDIO_PORT": str(self.port),
+                "OUTREACH_STUDIO_OPS_PORT": str(self.ops_port),
+            },
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

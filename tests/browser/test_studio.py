@@ -4,6 +4,8 @@ validation, publish, history and rollback, roles, CSRF, the sandbox, test sends.
 from __future__ import annotations
 
 import re
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -243,3 +245,22 @@ def test_sign_in_is_rate_limited(page, studio: StudioProcess):
     page.get_by_label("Password").fill(PASSWORDS["vic"][1])
     page.get_by_role("button", name="Sign in").click()
     assert "Too many failed sign-ins" in page.locator("#login-error").inner_text()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def test_metrics_are_served_on_the_ops_port_only(studio: StudioProcess):
+    """The studio process as deployed: its public port answers health and sends /metrics
+    to the sign-in page; the ops port (not behind the Ingress) serves the metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{studio.ops_port}/metrics", timeout=5) as r:
+        assert "outreach_studio_actions_total" in r.read().decode()
+    with urllib.request.urlopen(f"{studio.url}/livez", timeout=5) as r:
+        assert r.status == 200
+    opener = urllib.request.build_opener(_NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        opener.open(f"{studio.url}/metrics", timeout=5)
+    assert refused.value.code == 303
+    assert refused.value.headers["Location"].startswith("/login")

@@ -42,6 +42,7 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         self.ports.setdefault("grpc", free_port())
+        self.ports.setdefault("studio_ops", free_port())
         for name in MODULES:
             self.ports.setdefault(name, free_port())
         env = dict(os.environ)
@@ -63,6 +64,7 @@ class Stack:
             RISK_DETECTOR_HTTP_PORT=str(self.ports["risk_detector"]),
             OUTREACH_HTTP_PORT=str(self.ports["outreach"]),
             OUTREACH_STUDIO_PORT=str(self.ports["studio"]),
+            OUTREACH_STUDIO_OPS_PORT=str(self.ports["studio_ops"]),
             OUTREACH_PUBLIC_BASE_URL=f"http://127.0.0.1:{self.ports['outreach']}",
         )
         env.update(self.extra_env)

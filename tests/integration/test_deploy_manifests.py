@@ -49,7 +49,7 @@ OPS_PORTS = {
     "risk-detector": 8082,
     "outreach": 8083,
     "preferences": 8084,
-    "studio": 8085,
+    "studio": 8086,  # its ops port; the studio itself is the `web` port, 8085
 }
 MODULES = {
     "orders-watcher": "services.orders_watcher",

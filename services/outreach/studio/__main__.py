@@ -78,8 +78,11 @@ async def serve(settings: Settings) -> None:
     async def database() -> bool:
         return await studio.store.revision() >= 0
 
-    ops = OpsServer(settings.http_host, settings.studio_port, heartbeat, {"database": database})
-    app = create_app(studio, ops.add_routes_to)
+    # /metrics and the probes on the ops port (OUTREACH_STUDIO_OPS_PORT), which the chart
+    # does not expose through the Ingress; the studio's own port answers health only.
+    ops = OpsServer(settings.http_host, settings.studio_ops_port, heartbeat, {"database": database})
+    await ops.start()
+    app = create_app(studio, ops.add_health_to)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.studio_port)
@@ -100,6 +103,7 @@ async def serve(settings: Settings) -> None:
                 await asyncio.wait_for(stop.wait(), timeout=5)
     finally:
         await runner.cleanup()
+        await ops.stop()
         await studio.renderer.stop()
         await engine.dispose()  # type: ignore[attr-defined]
         log.info("studio_stopped")

@@ -92,6 +92,47 @@ async def test_every_page_carries_security_headers_and_cookies_are_locked_down(m
     assert redirect.status == 303 and redirect.headers["Location"].startswith("/login?next=")
 
 
+async def test_no_route_answers_a_caller_who_has_not_signed_in(make_client):
+    """Every route the studio has, filled in and called without a session: pages send
+    to the sign-in page, changes are refused, and nothing is changed or sent."""
+    client, studio, sender = await make_client()
+    public = {"/login", "/favicon.ico", "/livez", "/readyz", "/healthz"}
+    values = {"kind": "awaiting_pickup", "channel": "sms", "locale": "en", "version": "1"}
+
+    async def versions() -> list[tuple[int, str, str]]:
+        found = await studio.store.versions("awaiting_pickup", "sms", "en")
+        return [(v.version, v.status, v.text) for v in found]
+
+    before = await versions()
+    seen = 0
+    for route in client.server.app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        if "prefix" in info:  # the static assets: public by design
+            continue
+        template = info.get("formatter") or info.get("path")
+        path = template.format(**values)
+        if path in public or route.method == "HEAD":
+            continue
+        seen += 1
+        if route.method == "GET":
+            answer = await client.get(path, allow_redirects=False)
+            assert answer.status == 303, path
+            assert answer.headers["Location"].startswith("/login?next="), path
+        else:
+            answer = await client.request(
+                route.method,
+                path,
+                data={"text": "owned", "action": "publish"},
+                allow_redirects=False,
+            )
+            assert answer.status == 401, (route.method, path)
+    assert seen >= 12
+    assert await versions() == before
+    assert sender.sent == []
+    # Metrics are not the public's either: the studio serves them on its ops port only.
+    assert (await client.get("/metrics", allow_redirects=False)).status == 303
+
+
 async def test_trusted_proxy_headers_sign_in_with_the_role_they_carry(make_client):
     client, studio, _ = await make_client(
         studio_trusted_user_header="X-Forwarded-User",
