@@ -48,6 +48,11 @@ SYSTEM = "system"
 STATUSES = ("draft", "published", "archived")
 
 
+# A row to write in the same transaction as a change to a version (the studio's audit
+# entry): the change and its record commit together or not at all.
+AlsoRecord = Callable[["TemplateVersion"], Base]
+
+
 class TemplateVersion(Base):
     __tablename__ = "template_versions"
     __table_args__ = (UniqueConstraint("message_kind", "channel", "locale", "version"),)
@@ -349,6 +354,7 @@ class TemplateStore:
         html: str | None,
         text: str,
         author: str,
+        record: AlsoRecord | None = None,
     ) -> TemplateVersion:
         """A new draft version (the next number for its key)."""
         if channel not in CHANNELS:
@@ -358,8 +364,9 @@ class TemplateStore:
         for attempt in range(3):
             try:
                 return await self._add(
-                    kind, channel, locale, subject=subject, html=html, text=text, author=author
-                )
+                    kind, channel, locale,
+                    subject=subject, html=html, text=text, author=author, record=record,
+                )  # fmt: skip
             except IntegrityError:  # two editors saved the same key at once: next number
                 if attempt == 2:
                     raise
@@ -377,6 +384,7 @@ class TemplateStore:
         author: str,
         status: str = "draft",
         message: str = "",
+        record: AlsoRecord | None = None,
     ) -> TemplateVersion:
         now = self.now()
         async with self.sessions() as s, s.begin():
@@ -404,6 +412,8 @@ class TemplateStore:
                 published_at=now if status == "published" else None,
             )
             s.add(row)
+            if record is not None:
+                s.add(record(row))
             await self._bump(s)
         return row
 
@@ -414,10 +424,11 @@ class TemplateStore:
         author: str,
         message: str,
         samples: Mapping[str, Mapping[str, Any]] | None = None,
+        record: AlsoRecord | None = None,
     ) -> TemplateVersion:
         """Publish a draft (or re-publish an archived version). With `samples`, refuses
         (PublishRejected) a version that has errors against them. Publishing a
-        published version changes nothing."""
+        published version changes nothing (and records nothing)."""
         row = await self.get(version_id)
         if row is None:
             raise KeyError(version_id)
@@ -432,11 +443,20 @@ class TemplateStore:
             row.published_at = self.now()
             row.author = author  # who published it: the one answerable for what serves
             row.message = message
+            if record is not None:
+                s.add(record(row))
             await self._bump(s)
         return row
 
     async def rollback(
-        self, kind: str, channel: str, locale: str, to_version: int, *, author: str
+        self,
+        kind: str,
+        channel: str,
+        locale: str,
+        to_version: int,
+        *,
+        author: str,
+        record: AlsoRecord | None = None,
     ) -> TemplateVersion:
         """Publish a copy of an earlier version as a new version: history only grows,
         and what served when stays answerable. The copy is checked as a publish is (a
@@ -456,6 +476,7 @@ class TemplateStore:
             author=author,
             status="published",
             message=f"rollback to version {to_version}",
+            record=record,
         )
 
     async def _check(

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.outreach.adapters.db import Base, UTCDateTime
+from services.outreach.adapters.templates import TemplateVersion
 
 # Each role can do what the ones before it can.
 ROLES = ("viewer", "editor", "publisher", "admin")
@@ -159,7 +160,7 @@ class Accounts:
                 created_at=self.now(),
             )
             s.add(user)
-        await self.audit(SYSTEM_ACTOR, "user_created", name, {"role": role})
+            s.add(self.entry(SYSTEM_ACTOR, "user_created", name, {"role": role}))
         return user
 
     async def update_user(
@@ -186,11 +187,11 @@ class Accounts:
                 user.disabled = disabled
             if password is not None or disabled:
                 await s.execute(delete(StudioSession).where(StudioSession.username == username))
-        changed: dict[str, Any] = {"role": role, "disabled": disabled}
-        changed = {k: v for k, v in changed.items() if v is not None}
-        if password is not None:
-            changed["password"] = "changed"
-        await self.audit(SYSTEM_ACTOR, "user_changed", username, changed)
+            changed: dict[str, Any] = {"role": role, "disabled": disabled}
+            changed = {k: v for k, v in changed.items() if v is not None}
+            if password is not None:
+                changed["password"] = "changed"
+            s.add(self.entry(SYSTEM_ACTOR, "user_changed", username, changed))
 
     async def users(self) -> list[StudioUser]:
         async with self.sessions() as s:
@@ -240,7 +241,9 @@ class Accounts:
             user.role = role
         return user
 
-    async def start_session(self, username: str) -> SignedIn:
+    async def start_session(self, username: str, audit: dict[str, Any] | None = None) -> SignedIn:
+        """A new session; its `signed_in` audit entry (with `audit` as detail) commits with
+        it."""
         token = secrets.token_urlsafe(32)
         csrf = secrets.token_urlsafe(32)
         now = self.now()
@@ -255,6 +258,7 @@ class Accounts:
                     expires_at=now + self.session_lifetime,
                 )
             )
+            s.add(self.entry(username, "signed_in", username, audit or {}))
             user = await s.scalar(select(StudioUser).where(StudioUser.username == username))
         role = user.role if user is not None else "viewer"
         return SignedIn(username, role, csrf, token)
@@ -278,15 +282,32 @@ class Accounts:
 
     # -- audit --
 
+    def entry(
+        self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None
+    ) -> AuditEntry:
+        """An audit entry, to add in the transaction of the change it records."""
+        return AuditEntry(
+            at=self.now(), actor=actor, action=action, target=target, detail=detail or {}
+        )
+
+    def recorder(
+        self, actor: str, action: str, **detail: Any
+    ) -> Callable[[TemplateVersion], AuditEntry]:
+        """The audit entry of a change to a template version, for the template store to
+        write in the change's own transaction (its target is the version's key)."""
+
+        def record(row: TemplateVersion) -> AuditEntry:
+            target = f"{row.message_kind}/{row.channel}/{row.locale}"
+            return self.entry(actor, action, target, {"version": row.version, **detail})
+
+        return record
+
     async def audit(
         self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None
     ) -> None:
+        """An entry on its own (for what has no transaction of ours: a test send)."""
         async with self.sessions() as s, s.begin():
-            s.add(
-                AuditEntry(
-                    at=self.now(), actor=actor, action=action, target=target, detail=detail or {}
-                )
-            )
+            s.add(self.entry(actor, action, target, detail))
 
     async def audit_log(self, query: str = "", limit: int = 200) -> list[AuditEntry]:
         async with self.sessions() as s:
@@ -302,9 +323,12 @@ class Accounts:
 
     # -- test sends --
 
-    async def record_test_send(self, row: TestSend) -> None:
+    async def record_test_send(self, row: TestSend, entry: AuditEntry | None = None) -> None:
+        """The test send and its audit entry, together."""
         async with self.sessions() as s, s.begin():
             s.add(row)
+            if entry is not None:
+                s.add(entry)
 
     async def test_sends(self, query: str = "", limit: int = 100) -> list[TestSend]:
         async with self.sessions() as s:

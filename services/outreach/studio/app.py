@@ -138,11 +138,8 @@ class Studio:
         if current is not None and current.username == name and current.role == role:
             return current
         user = await self.accounts.sso_user(name, role)
-        session = await self.accounts.start_session(user.username)
         # Audited like a password sign-in: who, with which role, through which proxy.
-        await self.accounts.audit(
-            user.username, "signed_in", user.username, {"via": "sso", "role": role}
-        )
+        session = await self.accounts.start_session(user.username, {"via": "sso", "role": role})
         request[NEW_SESSION] = session
         return session
 
@@ -337,7 +334,6 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
             return await login_form(request, error="Wrong user name or password.", status=401)
         studio.throttle.succeeded(user_key)
         session = await accounts.start_session(user.username)
-        await accounts.audit(user.username, "signed_in", user.username, {})
         response = web.HTTPSeeOther(safe_next(str(form.get("next", ""))))
         assert session.token is not None
         response.set_cookie(SESSION_COOKIE, session.token, **cookie_flags(studio.settings))
@@ -472,8 +468,8 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
             row = await store.save_draft(
                 kind, channel, locale,
                 subject=source.subject, html=source.html, text=source.text, author=user.username,
+                record=accounts.recorder(user.username, "draft_saved"),
             )  # fmt: skip
-            await accounts.audit(user.username, "draft_saved", _key(row), {"version": row.version})
             STUDIO_ACTIONS.labels("draft_saved").inc()
             errors = [
                 p
@@ -495,12 +491,13 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
         if not user.can("publisher"):
             raise web.HTTPForbidden(text="Publishing needs the publisher role.")
         try:
-            published = await store.publish(
+            await store.publish(
                 row.id,
                 author=user.username,
                 message=message or "published",
                 samples=sample_contexts(row.message_kind),
-            )
+                record=accounts.recorder(user.username, "published", message=message),
+            )  # fmt: skip
         except PublishRejected as exc:
             problems = [
                 f"{p.part} line {p.line}: {p.message}" if p.line else f"{p.part}: {p.message}"
@@ -513,10 +510,6 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
                 status=422,
                 publish_problems=problems,
             )
-        await accounts.audit(
-            user.username, "published", _key(published),
-            {"version": published.version, "message": message},
-        )  # fmt: skip
         STUDIO_ACTIONS.labels("published").inc()
         raise web.HTTPSeeOther(
             _url(
@@ -544,12 +537,12 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
         if not target.isdigit():
             raise web.HTTPBadRequest(text="Choose the version to roll back to.")
         try:
-            row = await store.rollback(kind, channel, locale, int(target), author=user.username)
+            row = await store.rollback(
+                kind, channel, locale, int(target), author=user.username,
+                record=accounts.recorder(user.username, "rolled_back", to=int(target)),
+            )  # fmt: skip
         except KeyError:
             raise web.HTTPNotFound(text="There is no such version.") from None
-        await accounts.audit(
-            user.username, "rolled_back", _key(row), {"to": int(target), "version": row.version}
-        )
         STUDIO_ACTIONS.labels("rolled_back").inc()
         raise web.HTTPSeeOther(
             _url(kind, channel, locale, f"?version={row.version}&flash=rolled_back")
@@ -663,10 +656,12 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
             row.outbox = result.outbox
         except (PermanentProviderError, TransientProviderError) as exc:
             row.error = str(exc)[:500]
-        await accounts.record_test_send(row)
-        await accounts.audit(
-            user.username, "test_sent", row.template_key,
-            {"channel": channel, "to": _mask(to), "error": row.error, "outbox": row.outbox},
+        await accounts.record_test_send(
+            row,
+            accounts.entry(
+                user.username, "test_sent", row.template_key,
+                {"channel": channel, "to": _mask(to), "error": row.error, "outbox": row.outbox},
+            ),
         )  # fmt: skip
         STUDIO_ACTIONS.labels("test_sent").inc()
         if row.error:
@@ -716,10 +711,6 @@ def routes(studio: Studio) -> list[web.AbstractRouteDef]:
         web.get("/audit", audit),
         web.static("/static", HERE / "static", append_version=True),
     ]
-
-
-def _key(row: TemplateVersion) -> str:
-    return f"{row.message_kind}/{row.channel}/{row.locale}"
 
 
 def _recipient(channel: str, raw: str) -> str:

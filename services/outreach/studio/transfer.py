@@ -152,14 +152,18 @@ async def import_document(
             html=entry.get("html"),
             text=entry["text"],
             author=author,
+            record=accounts.recorder(author, "draft_imported"),
         )
-        await accounts.audit(author, "draft_imported", key, {"version": row.version})
         if not publish:
             report.drafted.append(key)
             continue
         try:
             await store.publish(
-                row.id, author=author, message=message, samples=sample_contexts(kind)
+                row.id,
+                author=author,
+                message=message,
+                samples=sample_contexts(kind),
+                record=accounts.recorder(author, "published", message=message, imported=True),
             )
         except PublishRejected as exc:
             report.rejected[key] = [
@@ -167,8 +171,5 @@ async def import_document(
                 for p in exc.problems
             ]
             continue
-        await accounts.audit(
-            author, "published", key, {"version": row.version, "message": message, "import": True}
-        )
         report.published.append(key)
     return report

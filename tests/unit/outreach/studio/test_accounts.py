@@ -53,7 +53,7 @@ async def test_sessions_expire_and_end_when_the_user_is_disabled(accounts):
     assert await accounts.session(again.token) is None
     assert await accounts.authenticate("ada", "long enough password") is None
     log = await accounts.audit_log()
-    assert [e.action for e in log] == ["user_changed", "user_created"]
+    assert [e.action for e in log] == ["user_changed", "signed_in", "signed_in", "user_created"]
 
 
 async def test_sso_users_follow_the_role_the_proxy_sends(accounts):
