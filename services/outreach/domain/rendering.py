@@ -515,9 +515,17 @@ def _bounded_filters(env: ImmutableSandboxedEnvironment) -> dict[str, Any]:
     }
 
 
+class _Undefined(StrictUndefined):
+    """Strict in every use, its repr too: a list holding a missing or forbidden value
+    (`[c]|map(attribute='__class__')|list`) is an error, never the text '[Undefined]'."""
+
+    __slots__ = ()
+    __repr__ = StrictUndefined._fail_with_undefined_error
+
+
 def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
     env = _Sandbox(
-        undefined=StrictUndefined,
+        undefined=_Undefined,
         autoescape=autoescape,
         trim_blocks=False,
         lstrip_blocks=True,
