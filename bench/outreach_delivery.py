@@ -39,7 +39,7 @@ from bench.harness import cpu_probe_ms  # noqa: E402
 from common.envelope import CloudEvent, new_event  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 from tests.doubles.sendgrid import SendGridDouble  # noqa: E402
-from tests.doubles.twilio import TwilioDouble  # noqa: E402
+from tests.doubles.twilio import TwilioDouble, provider_env  # noqa: E402
 from tests.e2e.stack import Stack  # noqa: E402
 
 ZONES = ("Pacific/Auckland", "Asia/Tokyo", "Asia/Kolkata", "Europe/Berlin",
@@ -204,13 +204,7 @@ def main() -> int:
             "OUTREACH_CLOCK": "wall",
             "LOG_LEVEL": "WARNING",
             "OUTREACH_PROVIDER_RATE_PER_S": str(args.provider_rate),
-            "TWILIO_ACCOUNT_SID": twilio.account_sid,
-            "TWILIO_AUTH_TOKEN": twilio.auth_token,
-            "TWILIO_FROM_NUMBER": "+15005550006",
-            "TWILIO_API_BASE_URL": twilio.base_url,
-            "SENDGRID_API_KEY": sendgrid.api_key,
-            "SENDGRID_FROM_EMAIL": "care@shop.example",
-            "SENDGRID_API_BASE_URL": sendgrid.base_url,
+            **provider_env(twilio, sendgrid),
         }
         if args.database_url:
             env["OUTREACH_DATABASE_URL"] = args.database_url

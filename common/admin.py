@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from common.logs import get_logger
 from common.topics import TopicSpec
 
 log = get_logger(__name__)
+
+
+#: Records keep the timestamp their producer gave them (the shop's publication time),
+#: which the event clock follows (docs/architecture.md, "Time"): a simulation, a
+#: rehearsal or a replay runs ahead of the wall clock. Kafka 4 rejects records stamped
+#: more than an hour ahead of the broker's clock by default (3.x did not); the topics we
+#: create accept them, as 3.x did. Brokers before 3.6 do not know the setting: then
+#: topics are created without it.
+_ACCEPT_ANY_STAMP = {"message.timestamp.after.max.ms": str(2**63 - 1)}
 
 
 def ensure_topics(
@@ -19,8 +29,8 @@ def ensure_topics(
     Retries while the cluster is still electing a controller (fresh brokers), up to
     `timeout_s`. Replication factor is min(3, number of brokers).
     """
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import InvalidConfigurationError, KafkaError
 
     deadline = time.monotonic() + timeout_s
     specs = list(specs)
@@ -37,22 +47,10 @@ def ensure_topics(
                 replication = min(3, brokers)
                 missing = [s for s in specs if s.name not in existing]
                 if missing:
-                    new = [
-                        NewTopic(
-                            name=s.name,
-                            num_partitions=s.partitions,
-                            replication_factor=replication,
-                            topic_configs={
-                                "cleanup.policy": "compact" if s.compacted else "delete",
-                                "retention.ms": str(s.retention_ms),
-                            },
-                        )
-                        for s in missing
-                    ]
                     try:
-                        admin.create_topics(new, validate_only=False)
-                    except TopicAlreadyExistsError:
-                        pass
+                        _create(admin, missing, replication, _ACCEPT_ANY_STAMP)
+                    except InvalidConfigurationError:
+                        _create(admin, missing, replication, {})
                     log.info("topics_created", topics=[s.name for s in missing])
                 return [s.name for s in missing]
             finally:
@@ -63,3 +61,26 @@ def ensure_topics(
                     f"could not create topics on {bootstrap_servers}: {exc}"
                 ) from exc
             time.sleep(0.5)
+
+
+def _create(admin: Any, specs: list[TopicSpec], replication: int, extra: dict[str, str]) -> None:
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    new = [
+        NewTopic(
+            name=s.name,
+            num_partitions=s.partitions,
+            replication_factor=replication,
+            topic_configs={
+                "cleanup.policy": "compact" if s.compacted else "delete",
+                "retention.ms": str(s.retention_ms),
+                **extra,
+            },
+        )
+        for s in specs
+    ]
+    try:
+        admin.create_topics(new, validate_only=False)
+    except TopicAlreadyExistsError:
+        pass

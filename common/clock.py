@@ -101,6 +101,25 @@ class EventClock:
         return self._now
 
 
+class WatermarkClock:
+    """The event clock of a service whose input records are released in one order by
+    common.watermark.Aligner: the arrival time of the last record released (or of the
+    last deadline acted on), moved by the runner only (`observe` is the Aligner's work)."""
+
+    def __init__(self, start: datetime = EPOCH) -> None:
+        self._now = start
+
+    def now(self) -> datetime:
+        return self._now
+
+    def observe(self, partition: Hashable, event_time: datetime, *, caught_up: bool) -> None:
+        return None
+
+    def advance_to(self, moment: datetime) -> None:
+        if moment > self._now:
+            self._now = moment
+
+
 class FixedClock:
     """A clock tests set by hand."""
 

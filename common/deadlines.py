@@ -113,6 +113,26 @@ class DeadlineIndex:
             count += 1
             yield key
 
+    def pop_earliest(self, until: float, *, inclusive: bool) -> tuple[str, int, float] | None:
+        """Unschedule and return (key, partition, moment) of the earliest key due before
+        `until` (or at it, with `inclusive`) over every partition; ties by partition,
+        then key: one order whatever the partitions' turns."""
+        best: tuple[float, int] | None = None
+        for partition, entries in self._lists.items():
+            if not entries:
+                continue
+            at = entries[0][0]
+            if (at < until or (inclusive and at == until)) and (
+                best is None or (at, partition) < best
+            ):
+                best = (at, partition)
+        if best is None:
+            return None
+        at, key = self._lists[best[1]].pop(0)
+        del self._current[key]
+        self.version += 1
+        return key, best[1], at
+
     def drop_partitions(self, keep: frozenset[int]) -> None:
         self.version += 1
         for partition in list(self._lists):

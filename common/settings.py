@@ -72,6 +72,13 @@ class ServiceSettings(BaseSettings):
     # Table recovery copies a changelog partition into RocksDB in bulk when at least this
     # many records are to be read, before faust's own record-by-record pass
     # (common/recovery.py; docs/performance.md, "Recovery").
+    # Event clock (common/watermark.py): how long a partition that cannot be confirmed
+    # read to its end holds the clock back, and how many records may wait per partition
+    # before it is paused.
+    watermark_idle_s: float = Field(30.0, gt=0, validation_alias=_env("OUTREACH_WATERMARK_IDLE_S"))
+    watermark_max_buffered: int = Field(
+        5_000, ge=10, validation_alias=_env("OUTREACH_WATERMARK_MAX_BUFFERED")
+    )
     bulk_recovery: bool = Field(True, validation_alias=_env("OUTREACH_BULK_RECOVERY"))
     bulk_recovery_min_records: int = Field(
         5_000, ge=1, validation_alias=_env("OUTREACH_BULK_RECOVERY_MIN_RECORDS")

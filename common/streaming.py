@@ -244,6 +244,63 @@ class PartitionHolds:
                 self.clock.release((tp.topic, tp.partition))
 
 
+class StreamFront:
+    """How far a stream has got on the broker: the latest arrival stamp (record
+    timestamp) of the last records of every partition of some topics, read with a
+    consumer of its own outside any group. For an event-clock service that reads only
+    some of those partitions (one of several workers): once its own are read to their
+    end, time has reached that stamp for it too, as it has for a worker reading them
+    all (every record stamped earlier was published before, so it has read its share)."""
+
+    def __init__(self, bootstrap_servers: str, topics: list[str]) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = topics
+        self._consumer: Any = None
+
+    async def latest(self, timeout_s: float = 2.0) -> int | None:
+        """The latest stamp (ms) among the partitions' last records; None if none came."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        try:
+            if self._consumer is None:
+                self._consumer = AIOKafkaConsumer(
+                    bootstrap_servers=self.bootstrap_servers,
+                    enable_auto_commit=False,
+                    group_id=None,
+                )
+                await self._consumer.start()
+            consumer = self._consumer
+            tps = [
+                TopicPartition(topic, p)
+                for topic in self.topics
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            if set(consumer.assignment()) != set(tps):
+                consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            waiting = {tp for tp, end in ends.items() if end > 0}
+            for tp in waiting:
+                consumer.seek(tp, ends[tp] - 1)
+            latest = None
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while waiting and asyncio.get_running_loop().time() < deadline:
+                fetched = await consumer.getmany(*waiting, timeout_ms=200)
+                for tp, records in fetched.items():
+                    waiting.discard(tp)
+                    for record in records:
+                        if latest is None or record.timestamp > latest:
+                            latest = record.timestamp
+            return latest
+        except Exception as exc:  # asked again when next idle
+            log.warning("stream_front_unknown", error=repr(exc))
+            return None
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+
 @dataclass
 class _Rewind:
     """A gap being re-read on one input partition: from `expected`, found at `trigger`."""
@@ -514,6 +571,27 @@ class InputProgress:
             if end is not None and end > self._ends.get(key, -1):
                 self._ends[key] = end
         return self.caught_up(partition)
+
+    async def read_to_end(self, lanes: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Of `lanes` (topic, partition), those whose records up to the end offset the
+        broker reports now have all been admitted (for the event clock's aligner, which
+        holds what was admitted); none when the broker does not answer in time."""
+        tps = [TP(topic, partition) for topic, partition in lanes]
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 5.0)
+        except Exception as exc:  # asked again on the next batch; idleness bounds the wait
+            log.warning("input_end_offsets_unknown", lanes=len(tps), error=repr(exc))
+            return []
+        committed: dict[Any, int | None] = getattr(self.app.consumer, "_committed_offset", {})
+        done = []
+        for tp, end in ends.items():
+            key = (tp.topic, tp.partition)
+            position = self._next.get(key)
+            if position is None:
+                position = committed.get(tp)
+            if end is not None and (end == 0 or (position is not None and position >= end)):
+                done.append(key)
+        return done
 
     def lag(self, partition: int) -> dict[str, list[int | None]]:
         """`topic:partition` → [next offset to read, highwater] of each input of the partition."""

@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "docs" / "configuration.md"
 NOTES = {
     "KAFKA_BOOTSTRAP_SERVERS": "Kafka cluster, host:port[,host:port]",
-    "OUTREACH_CLOCK": "`wall` (production) or `event` (watermark of consumed event times)",
+    "OUTREACH_CLOCK": (
+        "`wall` (production) or `event`: the low watermark of the arrival times (Kafka"
+        " timestamps) of the records consumed, never ahead of a partition that may hold an"
+        ' earlier record unread (docs/architecture.md, "Time")'
+    ),
     "OUTREACH_TOPIC_PREFIX": "prefix for every topic and consumer group (isolated pipelines)",
     "OUTREACH_TOPIC_PARTITIONS": "partitions of topics the services create",
     "OUTREACH_DATA_DIR": "where embedded state lives (SQLite files, RocksDB tables, secrets)",
@@ -36,6 +40,15 @@ NOTES = {
     "OUTREACH_PRODUCER_MAX_BATCH_BYTES": (
         "bytes the stream services' producers put in one batch per partition (faust's"
         " default 16 KiB sent the watcher's table writes in many small requests)"
+    ),
+    "OUTREACH_WATERMARK_IDLE_S": (
+        "event clock: wall seconds a partition that cannot be confirmed read to its end"
+        " (records on the broker that do not come, a broker that does not answer) holds the"
+        " clock back before it is passed over"
+    ),
+    "OUTREACH_WATERMARK_MAX_BUFFERED": (
+        "event clock: records that may wait per partition for the others to catch up before"
+        " that partition is paused"
     ),
     "OUTREACH_BULK_RECOVERY": (
         "copy changelog partitions straight into RocksDB when a table is recovered, before"

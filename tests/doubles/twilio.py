@@ -235,3 +235,16 @@ class TwilioDouble(ProviderDouble):
 
 
 __all__ = ["TwilioDouble", "segments", "threading"]
+
+
+def provider_env(twilio: TwilioDouble, sendgrid: Any) -> dict[str, str]:
+    """The environment that points the services' provider SDKs at these doubles."""
+    return {
+        "TWILIO_ACCOUNT_SID": twilio.account_sid,
+        "TWILIO_AUTH_TOKEN": twilio.auth_token,
+        "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_API_BASE_URL": twilio.base_url,
+        "SENDGRID_API_KEY": sendgrid.api_key,
+        "SENDGRID_FROM_EMAIL": "care@shop.example",
+        "SENDGRID_API_BASE_URL": sendgrid.base_url,
+    }

@@ -157,14 +157,27 @@ class Shop:
 
         self.prefix = prefix
         self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all")
+        self.stamp: int | None = None
 
-    def publish(self, topic: str, key: str, event: CloudEvent | bytes) -> None:
-        value = event if isinstance(event, bytes) else event.to_bytes()
+    def publish(
+        self, topic: str, key: str, event: CloudEvent | bytes, *, stamp_ms: int | None = None
+    ) -> None:
+        """Publish at once, stamped with the event's time (raw bytes: with the last
+        stamp; or `stamp_ms`), as a shop's system publishing each event when it happens
+        would."""
+        if isinstance(event, bytes):
+            value = event
+        else:
+            value = event.to_bytes()
+            self.stamp = int(event.time.timestamp() * 1000)
+        if stamp_ms is not None:
+            self.stamp = stamp_ms
         self.producer.send(
             self.prefix + topic,
             key=key.encode(),
             value=value,
             headers=[("content-type", b"application/cloudevents+json")],
+            timestamp_ms=self.stamp,
         )
         self.producer.flush()
 

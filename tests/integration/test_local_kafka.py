@@ -271,3 +271,33 @@ def test_faust_agent_with_changelog_table_consumes_and_commits(
             worker.kill()
             worker.wait()
         admin.close()
+
+
+def test_our_topics_keep_the_timestamps_their_producers_give(kafka_bootstrap: str) -> None:
+    """The event clock follows record timestamps: a simulation runs ahead of the wall
+    clock and a replay stamps records months back; the topics we create take both
+    (Kafka 4 refuses records stamped over an hour ahead by default)."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from common.admin import ensure_topics
+    from common.topics import TopicSpec
+
+    topic = f"stamps-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
+    now = int(time.time() * 1000)
+    stamps = [now - 200 * 86_400_000, now + 3 * 86_400_000]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for stamp in stamps:
+        producer.send(topic, b"x", timestamp_ms=stamp).get(timeout=10)
+    producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    found: list[int] = []
+    deadline = time.monotonic() + 20
+    while len(found) < 2 and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            found += [r.timestamp for r in records]
+    consumer.close()
+    assert found == stamps

@@ -341,3 +341,17 @@ async def test_without_a_ticks_topic_no_tick_is_sent():
     assert app.producer.sent == []
     assert schedule.partitions_due(20.0) == [0]
     assert schedule.due(0, 20.0) == ["o-0"]
+
+
+def test_pop_earliest_takes_the_earliest_over_every_partition_in_one_order():
+    index = DeadlineIndex()
+    index.set("b", 1, 20.0)
+    index.set("a", 0, 30.0)
+    index.set("c", 2, 20.0)
+    index.set("d", 0, 40.0)
+    assert index.pop_earliest(20.0, inclusive=False) is None
+    assert index.pop_earliest(20.0, inclusive=True) == ("b", 1, 20.0)  # a tie: by partition
+    assert index.pop_earliest(35.0, inclusive=False) == ("c", 2, 20.0)
+    assert index.pop_earliest(35.0, inclusive=False) == ("a", 0, 30.0)
+    assert index.pop_earliest(35.0, inclusive=False) is None
+    assert index.get("d") == 40.0 and len(index) == 1

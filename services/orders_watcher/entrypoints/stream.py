@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import faust
+from faust.types import TP
 
 from common.admin import ensure_topics
 from common.batched_input import InFlight, deliver_in_batches
-from common.clock import Clock, WallClock
+from common.clock import Clock, WallClock, WatermarkClock
 from common.deadlines import DeadlineSchedule
-from common.envelope import CloudEvent
+from common.envelope import CloudEvent, InvalidEvent
 from common.heap import freeze_startup_objects
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
@@ -38,6 +39,7 @@ from common.streaming import (
     FaustProducer,
     InputProgress,
     PartitionHolds,
+    StreamFront,
     changelog_specs,
     create_app,
     input_message_of,
@@ -47,6 +49,7 @@ from common.streaming import (
 )
 from common.tables import PartitionedTable
 from common.topics import TopicSpec
+from common.watermark import Aligner
 from services.orders_watcher.adapters import order_table
 from services.orders_watcher.adapters.state_cache import StateCache
 from services.orders_watcher.config import Settings
@@ -84,8 +87,21 @@ class _Batch:
 class WatcherRuntime:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
+        if clock is None and settings.outreach_clock == "event":
+            clock = WatermarkClock()
         self.clock = clock or settings.make_clock()
+        # On the event clock, records are handled in the order they arrived on the
+        # stream, across partitions (common/watermark.py).
+        self.aligner: Aligner[tuple[str, int], tuple[Any, InputMessage]] | None = None
         self.topics = settings.topics
+        if isinstance(self.clock, WatermarkClock):
+            self.aligner = Aligner(
+                idle_s=settings.watermark_idle_s, max_buffered=settings.watermark_max_buffered
+            )
+            self.front = StreamFront(
+                settings.kafka_bootstrap_servers,
+                [self.topics.orders, self.topics.shipments, self.topics.returns],
+            )
         self.handler = OrdersWatcher(settings.detection(), self.topics)
         # A rebalance waits for the batch in hand (its records are unacked until its
         # states are written): no batch straddles a revocation.
@@ -185,6 +201,10 @@ class WatcherRuntime:
             self.schedule.on_assigned()
             self.holds.on_assigned(assigned)
             self.progress.on_assigned(assigned)
+            if self.aligner is not None:
+                self.aligner.assign(
+                    (tp.topic, tp.partition) for tp in assigned if tp.topic in self.inputs
+                )
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             # Another worker may write these orders now: the table, not memory, is right.
@@ -193,6 +213,9 @@ class WatcherRuntime:
             self.schedule.on_revoked()
             self.holds.on_revoked()
             self.progress.on_revoked()
+            if self.aligner is not None:
+                # What waits unhandled is unacknowledged: read again by the next owner.
+                self.aligner.assign(())
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
@@ -208,6 +231,11 @@ class WatcherRuntime:
             fatal("batch_failed", exc)
 
     async def _handle_batch(self, messages: list[Any], in_flight: InFlight | None) -> bool:
+        if self.aligner is not None:
+            return await self._handle_aligned(messages, in_flight)
+        return await self._handle_fetched(messages, in_flight)
+
+    async def _handle_fetched(self, messages: list[Any], in_flight: InFlight | None) -> bool:
         """Handle the records in order, each order's state carried from record to record
         in memory, and the orders whose deadline the clock passes, as soon as it has;
         then hand the batch over to be finished (`_finish`) while the next one is handled.
@@ -238,18 +266,113 @@ class WatcherRuntime:
             if budget > 0 and self.schedule.partitions_due(self.clock.now().timestamp()):
                 budget -= (await self._handle_due(budget))[0]
         more = (await self._handle_due(budget))[1]
-        if batch.records or batch.touched or batch.acks:
-            # Batches are finished in order, a few at a time: the oldest must be done
-            # before another joins them.
-            while len(self._finishing) >= self.settings.batches_in_flight:
-                oldest = self._finishing[0].finished
-                assert oldest is not None
-                await asyncio.wait([oldest])
-            previous = self._finishing[-1].finished if self._finishing else None
-            self._finishing.append(batch)
-            batch.finished = asyncio.ensure_future(self._finish(batch, previous))
-            self._batch = _Batch(batch.number)
+        await self._hand_over(batch)
         return more
+
+    async def _handle_aligned(self, messages: list[Any], in_flight: InFlight | None) -> bool:
+        """On the event clock: the batch's records join those waiting in the aligner, and
+        what it releases is handled in arrival order, each after the deadlines its
+        arrival passes (each acted on at its own moment), whichever partitions the
+        fetches brought first. A record waits while another partition may hold an
+        earlier one unread: the broker is asked for the end offsets of those it can
+        release. The batch is what was handled, not what was fetched."""
+        aligner = self.aligner
+        assert aligner is not None
+        self.heartbeat.beat()
+        batch = self._batch = _Batch(self._batch.number + 1, [], in_flight)
+        aligner.received()
+        for message in messages:
+            msg = input_message_of(message)
+            if await self.progress.admit(message, msg):
+                aligner.add((msg.topic, msg.partition), _arrival_ms(message, msg), (message, msg))
+        if not self.schedule.ready:
+            self.schedule.check_recovered()
+        if self.schedule.ready:  # deadlines known: time may pass
+            for asked in (False, True):
+                await self._handle_released(batch)
+                lanes = aligner.unconfirmed()
+                if asked or not lanes:
+                    break
+                epoch = aligner.received()  # the request goes out after what is held came
+                aligner.confirm(await self.progress.read_to_end(lanes), epoch)
+            if not messages and not aligner.waiting:
+                await self._follow_the_stream()
+            await self._act_on_due(self.clock.now().timestamp(), inclusive=True)
+        pause, resume = aligner.paused()
+        if pause:
+            self.app.consumer.pause_partitions([TP(*lane) for lane in pause])
+        if resume:
+            self.app.consumer.resume_partitions([TP(*lane) for lane in resume])
+        await self._hand_over(batch)
+        return False
+
+    async def _handle_released(self, batch: _Batch) -> None:
+        assert self.aligner is not None and isinstance(self.clock, WatermarkClock)
+        for key, (message, msg) in self.aligner.release():
+            moment = key / 1000
+            await self._act_on_due(moment, inclusive=False)
+            self._before_record = self.clock.now().timestamp()
+            if moment < self._before_record:
+                # Only a partition passed over for idleness can bring one (it is judged
+                # at the clock, as a late record on the wall clock would be).
+                log.warning(
+                    "event_clock_record_late",
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    arrived=datetime.fromtimestamp(moment, UTC).isoformat(),
+                    clock=self.clock.now().isoformat(),
+                )
+            self.clock.advance_to(datetime.fromtimestamp(moment, UTC))
+            await self.processor.process(msg, acks=batch.acks)
+            self.progress.handled(msg)
+            batch.records.append(message)
+
+    async def _follow_the_stream(self) -> None:
+        """Idle, with nothing waiting: if the input as a whole has got further than this
+        worker's partitions (another worker reads the rest, or they fell silent), and
+        this worker's partitions are read to their end as the broker says after that
+        was seen, time has passed for them too: the deadlines up to there are due, as
+        they would be for a worker reading every partition."""
+        assert self.aligner is not None and isinstance(self.clock, WatermarkClock)
+        latest = await self.front.latest()
+        if latest is None or latest / 1000 <= self.clock.now().timestamp():
+            return
+        lanes = self.aligner.lanes
+        self.aligner.received()
+        if set(await self.progress.read_to_end(lanes)) != set(lanes):
+            return  # records of ours still to come: they move the clock
+        await self._act_on_due(latest / 1000, inclusive=True)
+        self.clock.advance_to(datetime.fromtimestamp(latest / 1000, UTC))
+
+    async def _act_on_due(self, until: float, *, inclusive: bool) -> None:
+        """On the event clock: act on every order whose deadline comes before `until`
+        (or at it), earliest first, each judged at its deadline (or now, if later), as
+        the wall clock would have acted when it came."""
+        assert isinstance(self.clock, WatermarkClock)
+        pop = self.schedule.index.pop_earliest
+        while (due := pop(until, inclusive=inclusive)) is not None:
+            order_id, partition, at = due
+            self.clock.advance_to(datetime.fromtimestamp(at, UTC))
+            state = self._load(order_id, partition)
+            await self._act_on_deadline(order_id, partition, state, self.clock.now())
+
+    async def _hand_over(self, batch: _Batch) -> None:
+        """Finish the batch in the background (`_finish`) while the next one is handled."""
+        if not (batch.records or batch.touched or batch.acks):
+            if batch.in_flight is not None:
+                batch.in_flight.done()
+            return
+        # Batches are finished in order, a few at a time: the oldest must be done
+        # before another joins them.
+        while len(self._finishing) >= self.settings.batches_in_flight:
+            oldest = self._finishing[0].finished
+            assert oldest is not None
+            await asyncio.wait([oldest])
+        previous = self._finishing[-1].finished if self._finishing else None
+        self._finishing.append(batch)
+        batch.finished = asyncio.ensure_future(self._finish(batch, previous))
+        self._batch = _Batch(batch.number)
 
     async def _finish(self, batch: _Batch, previous: asyncio.Future[None] | None) -> None:
         """Wait once for every output of the batch to be acknowledged, and only then write
@@ -408,6 +531,17 @@ class WatcherRuntime:
             value = order_table.encode(state_json, None if at is None else (at, partition))
         batch.touched[order_id] = _Touched(value, partition, outcome.state)
         self.schedule.plan(order_id, partition, at, batch.number)
+
+
+def _arrival_ms(message: Any, msg: InputMessage) -> int:
+    """When the record arrived on the stream: its timestamp (set by its producer when it
+    published it, kept by a replay), else the event's own time (0: with its partition)."""
+    if message.timestamp and message.timestamp > 0:
+        return int(message.timestamp * 1000)
+    try:
+        return int(CloudEvent.from_bytes(msg.value).time.timestamp() * 1000)
+    except InvalidEvent:
+        return 0
 
 
 def _original(held: HeldEvent) -> InputMessage:

@@ -1,0 +1,96 @@
+"""A shop's story replayed on the real broker decides the same, however it is replayed.
+
+The same three weeks (late scans, duplicates, customers in several time zones) published
+as fast as the broker takes them, paced, and read by one and by two watcher processes:
+the same incidents every time (compared by content), no orphan dead letter (every
+shipment's order is on the broker before it), and no order judged late that was on
+time. Only outside effects are compared: the records on the incidents and dead-letter
+topics.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from simulator.shop import Emission
+from tests.replay.harness import Replay, replay, story
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+WATCHER = ("orders_watcher",)
+
+
+def promises_kept(emissions: list[Emission]) -> tuple[set[str], set[str]]:
+    """(orders shipped by their promised dispatch, orders delivered by their promised
+    delivery), from the story itself."""
+    ship_by: dict[str, datetime] = {}
+    deliver_by: dict[str, datetime] = {}
+    shipped: dict[str, datetime] = {}
+    parcels: dict[str, set[str]] = {}
+    delivered: dict[str, datetime] = {}  # per shipment: its first delivery scan
+    for emission in emissions:
+        event = emission.event
+        if event is None:
+            continue
+        data: dict[str, Any] = event.data
+        order_id = data.get("order_id")
+        if event.type == "order.placed":
+            ship_by[order_id] = datetime.fromisoformat(data["promised_ship_by"])
+            deliver_by[order_id] = datetime.fromisoformat(data["promised_delivery_by"])
+        elif event.type == "shipment.created":
+            shipped[order_id] = min(event.time, shipped.get(order_id, event.time))
+            parcels.setdefault(order_id, set()).add(data["shipment_id"])
+        elif event.type == "shipment.tracking_updated" and data.get("status") == "delivered":
+            at = datetime.fromisoformat(data["checkpoint_at"])
+            shipment = data["shipment_id"]
+            delivered[shipment] = min(at, delivered.get(shipment, at))
+    on_time_dispatch = {o for o, at in shipped.items() if o in ship_by and at <= ship_by[o]}
+    # An order is delivered when its last parcel is.
+    on_time_delivery = {
+        o
+        for o, ids in parcels.items()
+        if o in deliver_by
+        and all(s in delivered for s in ids)
+        and max(delivered[s] for s in ids) <= deliver_by[o]
+    }
+    return on_time_dispatch, on_time_delivery
+
+
+def opened(run: Replay, kind: str) -> set[str]:
+    return {
+        order_id
+        for (type_, _time, _id, k, _revision, order_id) in run.incidents
+        if type_ == "incident.opened" and k == kind
+    }
+
+
+def test_a_story_gives_the_same_incidents_fast_paced_and_on_two_watchers(kafka_bootstrap, tmp_path):
+    emissions = story(customers=250, days=21, orders_per_hour=2.0)
+    span = (emissions[-1].at - emissions[0].at).total_seconds()
+    late_scans = sum(
+        1 for e in emissions if e.event is not None and e.event.time < e.at.replace(microsecond=0)
+    )
+    assert len(emissions) > 3_000 and late_scans > 20  # the story has what it should
+
+    runs = {
+        "fast": replay(kafka_bootstrap, emissions, tmp_path / "fast", services=WATCHER),
+        "paced": replay(
+            kafka_bootstrap, emissions, tmp_path / "paced", speed=span / 40, services=WATCHER
+        ),
+        "two watchers": replay(
+            kafka_bootstrap, emissions, tmp_path / "two", watchers=2, services=WATCHER
+        ),
+    }
+    fast = runs["fast"]
+    assert len(fast.incidents) > 100
+    for name, run in runs.items():
+        assert run.orphans == [], f"{name}: orphan dead letters for orders on the broker"
+        differences = run.differences(fast)
+        assert "incidents" not in differences, (name, differences["incidents"])
+
+    on_time_dispatch, on_time_delivery = promises_kept(emissions)
+    assert not opened(fast, "dispatch_late") & on_time_dispatch
+    assert not opened(fast, "delivery_late") & on_time_delivery
