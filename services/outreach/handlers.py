@@ -193,6 +193,7 @@ class DeliveryService:
             already_decided=False,
             resolved=await self.ledger.is_resolved(request.cause.id),
             superseded=await self.ledger.newer_revision(*cause, revision),
+            experienced=await self._experienced(request),
             paused=self.paused.applies(facts.intent),
             sent_in_window=await self.ledger.count_recent(
                 request.customer_id, now - self.policy.cap_window, besides_cause=cause
@@ -215,6 +216,19 @@ class DeliveryService:
         await self._supersede_older(row, now)
         if decision.outcome == "send":
             await self._deliver(row, now, plan=plan)
+
+    async def _experienced(self, request: schemas.OutreachRequest) -> bool:
+        """For a check-in after an incident (`post_incident_checkin`): whether its promise
+        was broken or a message about one of the order's incidents was sent. Any other
+        request: True."""
+        if request.message_kind != "post_incident_checkin":
+            return True
+        incident = (request.context or {}).get("incident") or {}
+        facts = incident.get("facts") or {}
+        if facts.get("promise_broken", True):  # older watchers did not say: as before
+            return True
+        ids = [str(i) for i in facts.get("incident_ids") or []]
+        return await self.ledger.reached_about(request.customer_id, ids)
 
     async def _supersede_older(self, row: Delivery, now: datetime) -> None:
         """A newer revision of a message replaces the older ones not yet handed over."""

@@ -592,9 +592,25 @@ def _checkin(
         facts={
             "delivered_at": _iso(delivered),
             "incidents": sorted({e.kind for e in state.emitted.values()}),
+            # Whether the customer experienced the incident (outreach asks): a promise
+            # broken, or a message about one of these incidents that was sent.
+            "promise_broken": _promise_broken(state, delivered),
+            "incident_ids": sorted(
+                iid for iid, e in state.emitted.items() if e.kind in DELIVERY_KINDS
+            ),
         },
     )
     return Transition("checkin_due", view, 1)
+
+
+def _promise_broken(state: OrderState, delivered: datetime) -> bool:
+    """Whether the order came after its promised delivery, or left after its promised
+    dispatch (the first shipment created after it)."""
+    assert state.order is not None
+    if delivered > state.order.promised_delivery_by:
+        return True
+    created = [s.created_at for s in state.shipments.values() if s.created_at is not None]
+    return bool(created) and min(created) > state.order.promised_ship_by
 
 
 def _had_delivery_incident(state: OrderState) -> bool:

@@ -240,6 +240,23 @@ class Ledger:
             waiting = await s.execute(pending)
             return int(sent.scalar_one()) + int(waiting.scalar_one())
 
+    async def reached_about(self, customer_id: str, cause_ids: list[str]) -> bool:
+        """Whether a message about any of these causes went to the customer (handed to a
+        provider: sent, delivered, or under way)."""
+        if not cause_ids:
+            return False
+        async with self.sessions() as s:
+            found = await s.execute(
+                select(Delivery.decision_id)
+                .where(
+                    Delivery.customer_id == customer_id,
+                    Delivery.cause_id.in_(cause_ids),
+                    Delivery.status.in_(tuple(UNDER_WAY)),
+                )
+                .limit(1)
+            )
+            return found.first() is not None
+
     async def count_by_status(self) -> dict[str, int]:
         """Rows per state (for `outreach_ledger_deliveries`); every state is present,
         and scheduled rows held by a pause are counted apart as `held`."""

@@ -28,6 +28,7 @@ class Suppression(StrEnum):
     PAUSED = "paused"
     SUPERSEDED = "superseded"
     UNKNOWN_CUSTOMER = "unknown_customer"
+    NOT_EXPERIENCED = "not_experienced"
 
 
 class Category(StrEnum):
@@ -143,7 +144,10 @@ def decide(
     now: datetime,
     policy: DeliveryPolicy,
     superseded: bool = False,
+    experienced: bool = True,
 ) -> Decision:
+    """`experienced`: for a check-in after an incident, whether the customer lived through
+    it (a message about it was sent, or its promise was broken)."""
     did = decision_id_for(request.request_id)
     category = category_of(request)
 
@@ -160,6 +164,12 @@ def decide(
     if superseded:
         return suppress(
             Suppression.SUPERSEDED, "superseded: a newer revision of this message came first"
+        )
+    if not experienced:
+        return suppress(
+            Suppression.NOT_EXPERIENCED,
+            "check-in: the incident passed unnoticed (no promise broken, no message sent"
+            " about it): nothing to ask about",
         )
     if paused:
         return Decision(

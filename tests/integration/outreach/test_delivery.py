@@ -374,3 +374,49 @@ async def test_the_operator_endpoint_needs_the_token_and_audits_who(
     finally:
         await client.close()
         await app.stop()
+
+
+def checkin(rid: str, *, promise_broken: bool, incidents: list[str]):
+    """A check-in request after the order's incidents (`post_incident_checkin`)."""
+    event = request(
+        rid,
+        kind="post_incident_checkin",
+        intent="check_in",
+        severity="info",
+        cause=f"chk-{rid}",
+        at=NOON + timedelta(days=2),
+    )
+    event.data["context"]["incident"]["facts"] = {
+        "promise_broken": promise_broken,
+        "incident_ids": incidents,
+    }
+    return event
+
+
+async def test_a_checkin_asks_only_a_customer_who_experienced_the_incident(
+    outreach, sendgrid_double
+):
+    later = NOON + timedelta(days=2)
+    # Predicted late, then on time after all: resolved before anything went out.
+    await outreach.delivery.on_incident(resolved("inc-quiet"), NOON)
+    await outreach.delivery.on_request(request("req-quiet", cause="inc-quiet"), NOON)
+    await outreach.delivery.on_request(
+        checkin("chk-quiet", promise_broken=False, incidents=["inc-quiet"]), later
+    )
+    row = await outreach.ledger.by_request("chk-quiet")
+    assert (row.status, row.reason) == ("suppressed", "not_experienced")
+    assert sendgrid_double.messages == []
+
+    # A failed attempt we told the customer about, delivered on time: asked.
+    await outreach.delivery.on_request(request("req-told", cause="inc-told"), NOON)
+    await outreach.delivery.on_request(
+        checkin("chk-told", promise_broken=False, incidents=["inc-told"]), later
+    )
+    assert (await outreach.ledger.by_request("chk-told")).status == "sent"
+
+    # The promise broken, nothing sent about it (say, the customer was unreachable then).
+    await outreach.delivery.on_request(
+        checkin("chk-broken", promise_broken=True, incidents=["inc-never"]), later
+    )
+    assert (await outreach.ledger.by_request("chk-broken")).status == "sent"
+    assert len(sendgrid_double.messages) == 3  # the apology about inc-told, two check-ins

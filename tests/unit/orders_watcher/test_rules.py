@@ -215,6 +215,34 @@ def test_post_incident_checkin_24h_after_delivery_of_an_order_that_had_an_incide
     assert run.kinds().count(("checkin_due", "post_incident_checkin")) == 1
 
 
+def test_a_checkin_says_whether_a_promise_was_broken_and_names_the_incidents():
+    late = Run().feed(
+        placed(deliver_by=72),
+        shipped(at=10),
+        scan(at=20, status="in_transit"),
+        scan(at=90, status="delivered"),
+        until=400,
+    )
+    checkin = late.emitted[-1].data
+    assert checkin["kind"] == "post_incident_checkin"
+    assert checkin["facts"]["promise_broken"] is True
+    opened = {e.data["incident_id"] for e in late.emitted if e.data["kind"] == "delivery_late"}
+    assert set(checkin["facts"]["incident_ids"]) >= opened and opened
+
+    # A failed attempt, then the delivery on time: an incident, no promise broken.
+    on_time = Run().feed(
+        placed(deliver_by=200),
+        shipped(at=10),
+        scan(at=30, status="attempt_failed"),
+        scan(at=60, status="delivered"),
+        until=400,
+    )
+    checkin = on_time.emitted[-1].data
+    assert checkin["kind"] == "post_incident_checkin"
+    assert checkin["facts"]["promise_broken"] is False
+    assert checkin["facts"]["incident_ids"]
+
+
 def test_no_checkin_for_an_order_without_incident():
     run = Run().feed(placed(), shipped(at=10), scan(at=50, status="delivered"), until=400)
     assert run.kinds() == []

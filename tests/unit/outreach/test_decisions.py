@@ -68,6 +68,7 @@ def run(
     sent=0,
     now=NOON_BERLIN,
     policy=DeliveryPolicy(),
+    experienced=True,
 ):
     return decide(
         req or request(),
@@ -78,6 +79,7 @@ def run(
         sent_in_window=sent,
         now=now,
         policy=policy,
+        experienced=experienced,
     )
 
 
@@ -95,6 +97,7 @@ def run(
         ),
         (dict(sent=3), "frequency_cap"),
         (dict(policy=DeliveryPolicy(holdout_share=1.0)), "holdout"),
+        (dict(req=request("check_in"), experienced=False), "not_experienced"),
     ],
 )
 def test_suppression_reasons(kwargs, reason):
