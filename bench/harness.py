@@ -103,6 +103,9 @@ def local_broker(env: str, port: int) -> tuple[str, Any]:
     `port` (returned, for the caller to stop; None when the environment named one)."""
     from deploy.kafka.local_kafka import LocalKafka
 
+    # The corpus stamps its records with its story's moments (months back, years ahead):
+    # the topics the benchmark creates keep every record (common.admin.ensure_topics).
+    os.environ.setdefault("OUTREACH_TOPIC_RETENTION_MS", "-1")
     bootstrap = os.environ.get(env)
     if bootstrap:
         return bootstrap, None

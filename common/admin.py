@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +20,16 @@ log = get_logger(__name__)
 #: create accept them, as 3.x did. Brokers before 3.6 do not know the setting: then
 #: topics are created without it.
 _ACCEPT_ANY_STAMP = {"message.timestamp.after.max.ms": str(2**63 - 1)}
+
+
+def _retention_ms(spec: TopicSpec) -> int:
+    """The spec's retention, or OUTREACH_TOPIC_RETENTION_MS for every topic created
+    (-1: keep everything). Retention by time judges a segment by the timestamps of its
+    records: a replay, a simulation or a benchmark stamps its records with the moments
+    of its story (months back), and a rolled segment of theirs would be deleted before it
+    is read. The local broker's environments (tests, `make run`, `make bench`) set -1."""
+    override = os.environ.get("OUTREACH_TOPIC_RETENTION_MS")
+    return int(override) if override else spec.retention_ms
 
 
 def ensure_topics(
@@ -74,7 +85,7 @@ def _create(admin: Any, specs: list[TopicSpec], replication: int, extra: dict[st
             replication_factor=replication,
             topic_configs={
                 "cleanup.policy": "compact" if s.compacted else "delete",
-                "retention.ms": str(s.retention_ms),
+                "retention.ms": str(_retention_ms(s)),
                 **extra,
             },
         )

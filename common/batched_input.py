@@ -252,6 +252,25 @@ class _BatchDrain:
             await self.commit()
 
 
+async def set_fetching(app: faust.App, tps: list[TP], *, paused: bool) -> None:
+    """Stop (or resume) fetching these partitions, at the aiokafka consumer (in faust's
+    consumer thread): aiokafka keeps a paused partition's position at its first record
+    not yet handed over, and reads on from there once resumed. (Faust's own
+    `pause_partitions` takes them out of its active set instead, and the drain loop
+    drops what was fetched for them meanwhile: offsets skipped, read again only after a
+    gap is noticed.)"""
+    from aiokafka.structs import TopicPartition
+
+    thread: Any = app.consumer._thread  # type: ignore[attr-defined]
+    partitions = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+
+    async def apply() -> None:
+        consumer = thread._ensure_consumer()
+        (consumer.pause if paused else consumer.resume)(*partitions)
+
+    await thread.call_thread(apply)
+
+
 def _in_turns(records: dict[TP, list[Any]]) -> Iterator[tuple[TP, Any]]:
     """(partition, record) pairs, a record of each partition in turn, in fetch order."""
     if len(records) == 1:
@@ -267,4 +286,4 @@ def _in_turns(records: dict[TP, list[Any]]) -> Iterator[tuple[TP, Any]]:
                 yield tp, fetched[i]
 
 
-__all__ = ["BatchHandler", "InFlight", "deliver_in_batches"]
+__all__ = ["BatchHandler", "InFlight", "deliver_in_batches", "set_fetching"]

@@ -79,6 +79,10 @@ class ServiceSettings(BaseSettings):
     watermark_max_buffered: int = Field(
         5_000, ge=10, validation_alias=_env("OUTREACH_WATERMARK_MAX_BUFFERED")
     )
+    # Read by common.admin.ensure_topics when it creates topics (unset: each topic's own).
+    topic_retention_ms: int | None = Field(
+        None, ge=-1, validation_alias=_env("OUTREACH_TOPIC_RETENTION_MS")
+    )
     bulk_recovery: bool = Field(True, validation_alias=_env("OUTREACH_BULK_RECOVERY"))
     bulk_recovery_min_records: int = Field(
         5_000, ge=1, validation_alias=_env("OUTREACH_BULK_RECOVERY_MIN_RECORDS")

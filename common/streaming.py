@@ -572,26 +572,25 @@ class InputProgress:
                 self._ends[key] = end
         return self.caught_up(partition)
 
-    async def read_to_end(self, lanes: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        """Of `lanes` (topic, partition), those whose records up to the end offset the
-        broker reports now have all been admitted (for the event clock's aligner, which
-        holds what was admitted); none when the broker does not answer in time."""
+    async def end_offsets(self, lanes: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The end offsets the broker reports now for `lanes` (topic, partition); none
+        when it does not answer in time."""
         tps = [TP(topic, partition) for topic, partition in lanes]
         try:
             ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 5.0)
         except Exception as exc:  # asked again on the next batch; idleness bounds the wait
             log.warning("input_end_offsets_unknown", lanes=len(tps), error=repr(exc))
-            return []
-        committed: dict[Any, int | None] = getattr(self.app.consumer, "_committed_offset", {})
-        done = []
-        for tp, end in ends.items():
-            key = (tp.topic, tp.partition)
-            position = self._next.get(key)
-            if position is None:
-                position = committed.get(tp)
-            if end is not None and (end == 0 or (position is not None and position >= end)):
-                done.append(key)
-        return done
+            return {}
+        return {(tp.topic, tp.partition): end for tp, end in ends.items() if end is not None}
+
+    def admitted_to(self, lane: tuple[str, int]) -> int | None:
+        """The offset up to which the records of `lane` have been admitted (the next one
+        to admit): since the assignment, else the group's committed offset."""
+        position = self._next.get(lane)
+        if position is None:
+            committed: dict[Any, int | None] = getattr(self.app.consumer, "_committed_offset", {})
+            position = committed.get(TP(*lane))
+        return position
 
     def lag(self, partition: int) -> dict[str, list[int | None]]:
         """`topic:partition` → [next offset to read, highwater] of each input of the partition."""

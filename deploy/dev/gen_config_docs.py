@@ -50,6 +50,13 @@ NOTES = {
         "event clock: records that may wait per partition for the others to catch up before"
         " that partition is paused"
     ),
+    "OUTREACH_TOPIC_RETENTION_MS": (
+        "retention of every topic the services and `outreachctl topics create` create"
+        " (unset: 7 days, dead letters 30); -1 keeps everything. Kafka judges retention by"
+        " the records' timestamps: a replay of recorded events (stamped months back) needs"
+        " -1 or more than the story's age, or its rolled segments are deleted before they"
+        " are read. Tests, `make run` and `make bench` use -1"
+    ),
     "OUTREACH_BULK_RECOVERY": (
         "copy changelog partitions straight into RocksDB when a table is recovered, before"
         " faust's own pass (`false`: faust alone)"

@@ -101,6 +101,8 @@ def main() -> None:
             PREFERENCES_READ_TOKEN=read_token,
             PREFERENCES_WRITE_TOKEN=write_token,
             OUTREACH_PREFERENCES_TOKEN=read_token,
+            # The simulator stamps its records with its story's time: keep them all.
+            OUTREACH_TOPIC_RETENTION_MS=env.get("OUTREACH_TOPIC_RETENTION_MS", "-1"),
             KAFKA_BOOTSTRAP_SERVERS=bootstrap,
             OUTREACH_CLOCK="event",
             OUTREACH_DATA_DIR=str(data_dir),

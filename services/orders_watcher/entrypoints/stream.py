@@ -26,7 +26,7 @@ import faust
 from faust.types import TP
 
 from common.admin import ensure_topics
-from common.batched_input import InFlight, deliver_in_batches
+from common.batched_input import InFlight, deliver_in_batches, set_fetching
 from common.clock import Clock, WallClock, WatermarkClock
 from common.deadlines import DeadlineSchedule
 from common.envelope import CloudEvent, InvalidEvent
@@ -93,6 +93,8 @@ class WatcherRuntime:
         # On the event clock, records are handled in the order they arrived on the
         # stream, across partitions (common/watermark.py).
         self.aligner: Aligner[tuple[str, int], tuple[Any, InputMessage]] | None = None
+        # Lane → (the aligner's epoch of the request, the end offset the broker gave).
+        self._asked: dict[tuple[str, int], tuple[int, int]] = {}
         self.topics = settings.topics
         if isinstance(self.clock, WatermarkClock):
             self.aligner = Aligner(
@@ -205,6 +207,7 @@ class WatcherRuntime:
                 self.aligner.assign(
                     (tp.topic, tp.partition) for tp in assigned if tp.topic in self.inputs
                 )
+                self._asked.clear()
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             # Another worker may write these orders now: the table, not memory, is right.
@@ -216,6 +219,7 @@ class WatcherRuntime:
             if self.aligner is not None:
                 # What waits unhandled is unacknowledged: read again by the next owner.
                 self.aligner.assign(())
+                self._asked.clear()
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
@@ -289,22 +293,42 @@ class WatcherRuntime:
             self.schedule.check_recovered()
         if self.schedule.ready:  # deadlines known: time may pass
             for asked in (False, True):
+                self._confirm_read()
                 await self._handle_released(batch)
                 lanes = aligner.unconfirmed()
                 if asked or not lanes:
                     break
-                epoch = aligner.received()  # the request goes out after what is held came
-                aligner.confirm(await self.progress.read_to_end(lanes), epoch)
+                await self._ask_ends(lanes)
             if not messages and not aligner.waiting:
                 await self._follow_the_stream()
             await self._act_on_due(self.clock.now().timestamp(), inclusive=True)
         pause, resume = aligner.paused()
         if pause:
-            self.app.consumer.pause_partitions([TP(*lane) for lane in pause])
+            await set_fetching(self.app, [TP(*lane) for lane in pause], paused=True)
         if resume:
-            self.app.consumer.resume_partitions([TP(*lane) for lane in resume])
+            await set_fetching(self.app, [TP(*lane) for lane in resume], paused=False)
         await self._hand_over(batch)
         return False
+
+    async def _ask_ends(self, lanes: list[tuple[str, int]]) -> None:
+        """Ask the broker where `lanes` end, after every record held so far came; a lane
+        is confirmed for those records once the consumer has read up to that end (now,
+        or in a later batch: records published since then came later, so they do not
+        count)."""
+        assert self.aligner is not None
+        epoch = self.aligner.received()
+        for lane, end in (await self.progress.end_offsets(lanes)).items():
+            self._asked[lane] = (epoch, end)
+        self._confirm_read()
+
+    def _confirm_read(self) -> None:
+        """Confirm the lanes read up to the end the broker last gave for them."""
+        assert self.aligner is not None
+        for lane, (epoch, end) in list(self._asked.items()):
+            position = self.progress.admitted_to(lane)
+            if end == 0 or (position is not None and position >= end):
+                self.aligner.confirm([lane], epoch)
+                del self._asked[lane]
 
     async def _handle_released(self, batch: _Batch) -> None:
         assert self.aligner is not None and isinstance(self.clock, WatermarkClock)
@@ -339,9 +363,12 @@ class WatcherRuntime:
         if latest is None or latest / 1000 <= self.clock.now().timestamp():
             return
         lanes = self.aligner.lanes
-        self.aligner.received()
-        if set(await self.progress.read_to_end(lanes)) != set(lanes):
-            return  # records of ours still to come: they move the clock
+        ends = await self.progress.end_offsets(lanes)
+        for lane in lanes:
+            position = self.progress.admitted_to(lane)
+            end = ends.get(lane)
+            if end is None or (end > 0 and (position is None or position < end)):
+                return  # records of ours still to come: they move the clock
         await self._act_on_due(latest / 1000, inclusive=True)
         self.clock.advance_to(datetime.fromtimestamp(latest / 1000, UTC))
 
