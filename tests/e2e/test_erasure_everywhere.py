@@ -27,6 +27,7 @@ from common.envelope import new_event
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from tests.conftest import wait_for
+from tests.doubles.twilio import provider_env
 from tests.e2e.stack import ROOT, WRITE_TOKEN, Shop, Stack
 from tests.e2e.test_walking_skeleton import at, consumed, order, publish_in_time_order, tracking
 from tests.e2e.test_walking_skeleton import shipment as shipped
@@ -68,13 +69,7 @@ def stack(kafka_bootstrap, topic_prefix, tmp_path, twilio_double, sendgrid_doubl
         topic_prefix,
         tmp_path,
         extra_env={
-            "TWILIO_ACCOUNT_SID": twilio_double.account_sid,
-            "TWILIO_AUTH_TOKEN": twilio_double.auth_token,
-            "TWILIO_FROM_NUMBER": "+15005550006",
-            "TWILIO_API_BASE_URL": twilio_double.base_url,
-            "SENDGRID_API_KEY": sendgrid_double.api_key,
-            "SENDGRID_FROM_EMAIL": "care@shop.example",
-            "SENDGRID_API_BASE_URL": sendgrid_double.base_url,
+            **provider_env(twilio_double, sendgrid_double),
         },
     )
     try:

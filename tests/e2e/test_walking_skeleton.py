@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.envelope import new_event
 from tests.conftest import wait_for
+from tests.doubles.twilio import provider_env
 from tests.e2e.stack import Shop, Stack, TopicReader
 from tests.monitoring import alert_expressions, dashboard_expressions, metrics_named
 
@@ -130,13 +131,7 @@ def stack(kafka_bootstrap, topic_prefix, tmp_path, twilio_double, sendgrid_doubl
         topic_prefix,
         tmp_path,
         extra_env={
-            "TWILIO_ACCOUNT_SID": twilio_double.account_sid,
-            "TWILIO_AUTH_TOKEN": twilio_double.auth_token,
-            "TWILIO_FROM_NUMBER": "+15005550006",
-            "TWILIO_API_BASE_URL": twilio_double.base_url,
-            "SENDGRID_API_KEY": sendgrid_double.api_key,
-            "SENDGRID_FROM_EMAIL": "care@shop.example",
-            "SENDGRID_API_BASE_URL": sendgrid_double.base_url,
+            **provider_env(twilio_double, sendgrid_double),
         },
     )
     try:
