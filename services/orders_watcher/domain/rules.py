@@ -215,19 +215,19 @@ def _evaluate(
         )
 
     # delivery_at_risk: the carrier's estimate is > margin past the promise, before it breaks.
-    # Whether it exists is judged on the estimates that have settled: a later scan may
-    # still arrive within the allowed lateness and replace it, and arrival order must not
-    # decide the incident. What it (and delivery_late) says is the newest estimate known.
+    # Whether it exists is judged on the estimates that have settled only: a scan dated
+    # before now may still arrive within the allowed lateness and replace one, and
+    # arrival order must not decide the incident (a newer estimate read already does not
+    # count before it settles either). What it (and delivery_late) says is the newest
+    # estimate known, while that one still lies past the promise.
     (settled_estimate, settled_event), (estimate, estimate_event) = _latest_estimates(
         state, settled, horizon
     )
     promise = order.promised_delivery_by
-    if (
-        settled_estimate is not None
-        and settled_estimate > promise + config.at_risk_margin
-        and estimate is not None
-        and estimate > promise + config.at_risk_margin
-    ):
+    if settled_estimate is not None and settled_estimate > promise + config.at_risk_margin:
+        told, told_event = estimate, estimate_event
+        if told is None or told <= promise + config.at_risk_margin:
+            told, told_event = settled_estimate, settled_event
         if settled_event[1] < promise:  # the slip was known while the promise still stood
             is_open, resolution, resolved_at = closing()
             views.append(
@@ -238,18 +238,18 @@ def _evaluate(
                     open=is_open,
                     resolution=resolution,
                     resolved_at=resolved_at,
-                    since=max(estimate_event[1], order.placed_at),
-                    changed_at=max(estimate_event[1], order.placed_at),
+                    since=max(told_event[1], order.placed_at),
+                    changed_at=max(told_event[1], order.placed_at),
                     explanation=(
                         f"The carrier now expects order {state.order_id} on "
-                        f"{estimate:%Y-%m-%d}, after the promised {promise:%Y-%m-%d}."
+                        f"{told:%Y-%m-%d}, after the promised {promise:%Y-%m-%d}."
                     ),
-                    evidence=(estimate_event[0],),
-                    material=(estimate,),
+                    evidence=(told_event[0],),
+                    material=(told,),
                     facts={
                         "promised_delivery_by": _iso(promise),
-                        "estimated_delivery_at": _iso(estimate),
-                        "delay_days": _days(estimate - promise),
+                        "estimated_delivery_at": _iso(told),
+                        "delay_days": _days(told - promise),
                     },
                 )
             )
