@@ -119,6 +119,13 @@ class WatermarkClock:
         if moment > self._now:
             self._now = moment
 
+    def reset(self, start: datetime = EPOCH) -> None:
+        """A new assignment: the partitions are read again from their committed offsets,
+        which the clock of the ones read before may have passed. Time starts over from
+        their first record (every state and deadline is per partition, so what another
+        partition's records decided stands)."""
+        self._now = start
+
 
 class FixedClock:
     """A clock tests set by hand."""

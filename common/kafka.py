@@ -105,33 +105,58 @@ class ProducerPort(abc.ABC):
     """Sends records; `send` returns once the broker has acknowledged the record."""
 
     @abc.abstractmethod
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
-        """Raises on a failure the caller must not treat as delivered."""
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        *,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Raises on a failure the caller must not treat as delivered. `timestamp_ms`:
+        the record's timestamp (None: the producer's wall time)."""
 
     async def send_soon(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        *,
+        timestamp_ms: int | None = None,
     ) -> Awaitable[Any]:
         """Hand the record over and return what completes on the broker's acknowledgement
         (raising if it failed), so that many records share one wait. This default
         waits at once; producers that can pipeline override it."""
-        await self.send(topic, key, value, headers)
+        await self.send(topic, key, value, headers, timestamp_ms=timestamp_ms)
         return _acknowledged()
 
     async def emit(
-        self, service: str, records: Sequence[Outgoing], acks: list[Awaitable[Any]] | None = None
+        self,
+        service: str,
+        records: Sequence[Outgoing],
+        acks: list[Awaitable[Any]] | None = None,
+        *,
+        at: datetime | None = None,
     ) -> None:
         """Produce the records in order, each under its PRODUCER span. Without `acks`,
         return once all are acknowledged; with it, append each record's acknowledgement
-        to `acks` for the caller to await before it acts on their delivery."""
+        to `acks` for the caller to await before it acts on their delivery. `at`: the
+        moment they were decided, their records' timestamp on the event clock (where a
+        downstream service takes them to have arrived, common/marks.py)."""
+        stamp = {} if at is None else {"timestamp_ms": int(at.timestamp() * 1000)}
         for record in records:
             with tracing.producing(record.topic, record.event) as event:
                 if event is not record.event:
                     record = Outgoing(record.topic, record.key, event)
                 key, value = record.key.encode(), record.event.to_bytes()
                 if acks is None:
-                    await self.send(record.topic, key, value, record.headers())
+                    await self.send(record.topic, key, value, record.headers(), **stamp)
                 else:
-                    acks.append(await self.send_soon(record.topic, key, value, record.headers()))
+                    acks.append(
+                        await self.send_soon(record.topic, key, value, record.headers(), **stamp)
+                    )
             child(EVENTS_PRODUCED, service, record.topic, record.event.type).inc()
 
     async def start(self) -> None:
@@ -153,7 +178,15 @@ class RecordingProducer(ProducerPort):
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes | None, bytes, Headers]] = []
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        *,
+        timestamp_ms: int | None = None,
+    ) -> None:
         self.records.append((topic, key, value, list(headers)))
 
     def events(self, topic: str | None = None) -> list[CloudEvent]:
@@ -185,16 +218,32 @@ class AiokafkaProducer(ProducerPort):
             await self._producer.stop()
             self._producer = None
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        *,
+        timestamp_ms: int | None = None,
+    ) -> None:
         assert self._producer is not None, "producer not started"
-        await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+        await self._producer.send_and_wait(
+            topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms
+        )
 
     async def send_soon(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        *,
+        timestamp_ms: int | None = None,
     ) -> Awaitable[Any]:
         assert self._producer is not None, "producer not started"
         ack: Awaitable[Any] = await self._producer.send(
-            topic, value=value, key=key, headers=headers
+            topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms
         )
         return ack
 

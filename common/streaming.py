@@ -119,16 +119,30 @@ class FaustProducer(ProducerPort):
     def __init__(self, app: faust.App) -> None:
         self.app = app
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        *,
+        timestamp_ms: int | None = None,
+    ) -> None:
         await self.app.producer.send_and_wait(
-            topic, key, value, partition=None, timestamp=None, headers=headers
+            topic, key, value, partition=None, timestamp=_seconds(timestamp_ms), headers=headers
         )
 
     async def send_soon(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        *,
+        timestamp_ms: int | None = None,
     ) -> Awaitable[Any]:
         return await self.app.producer.send(
-            topic, key, value, partition=None, timestamp=None, headers=headers
+            topic, key, value, partition=None, timestamp=_seconds(timestamp_ms), headers=headers
         )
 
     def send_now(self) -> None:
@@ -143,6 +157,11 @@ class FaustProducer(ProducerPort):
             task = asyncio.ensure_future(flush())
             _background.add(task)
             task.add_done_callback(_background.discard)
+
+
+def _seconds(timestamp_ms: int | None) -> float | None:
+    """Faust's producer takes a record's timestamp in seconds."""
+    return None if timestamp_ms is None else timestamp_ms / 1000
 
 
 @contextmanager

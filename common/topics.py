@@ -19,6 +19,10 @@ REQUESTS = "outreach.requests"
 MESSAGES = "outreach.messages"
 OPTOUTS = "outreach.optouts"
 HANDOFFS = "support.handoffs"
+# The event clock's watermarks between services (common/marks.py): one partition, made
+# by the services that use it (on the wall clock no one does).
+WATERMARKS = "outreach.watermarks"
+WATERMARKS_RETENTION_MS = 3600 * 1000
 
 INPUT_TOPICS = (ORDERS, SHIPMENTS, RETURNS, CUSTOMERS, FEEDBACK)
 INTERNAL_TOPICS = (INCIDENTS, REQUESTS, OPTOUTS)

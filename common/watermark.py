@@ -28,14 +28,25 @@ and releases a record only once no lane can still hold an earlier one unread:
   until it is down to half, so one partition far ahead costs bounded memory: Kafka
   Streams' `max.task.idle.ms` and Flink's watermark alignment do the same.
 
+A *derived* lane carries another service's outputs (orders_watcher's incidents, read by
+risk_detector and outreach). That service decides at its own clock and may publish a
+record long after a later one of the shop's, so the broker's end offsets say nothing
+about what is still to come on it. Its completeness comes from the service's
+watermarks instead (common/marks.py): the lane's *bound* says that every record it will
+carry stamped before the bound has been read. Its records are released in key order
+(several instances of the upstream may interleave theirs on one partition, so its keys
+may go back), each only below the bound, and it holds the head while its bound has not
+passed the head's key; the idleness applies to it too, counted from the bound's last
+move (an upstream that stopped publishing watermarks).
+
 Pure: the runner feeds it records and the broker's answers and does the I/O (asking
 for end offsets, pausing partitions, handling what is released).
 """
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -46,17 +57,25 @@ Lane = TypeVar("Lane", bound=Hashable)
 
 @dataclass
 class _Lane(Generic[T]):
-    """One input partition: its waiting records (key, epoch received, item), the key it
-    has reached (None: nothing read since the assignment), the epoch in which the broker
-    last confirmed it read to its end (-1: never), and since when it has held the head
-    back (wall seconds, None: it does not)."""
+    """One input partition: its waiting records, a heap of (key, arrival number, epoch
+    received, item); the key it has reached (None: nothing read since the assignment);
+    the epoch in which the broker last confirmed it read to its end (-1: never); since
+    when it has held the head back (wall seconds, None: it does not). A derived lane's
+    bound: every record before it is read (None: none known)."""
 
     order: int
-    waiting: deque[tuple[int, int, T]] = field(default_factory=deque)
+    derived: bool = False
+    waiting: list[tuple[int, int, int, T]] = field(default_factory=list)
+    last: int | None = None  # the key of the record added last
     reached: int | None = None
     confirmed: int = -1
+    bound: int | None = None
     holding_since: float | None = None
     idle: bool = False
+
+    def open_below(self, key: int) -> bool:
+        """Whether the derived lane may still bring a record before `key`."""
+        return self.bound is None or self.bound <= key
 
 
 class Aligner(Generic[Lane, T]):
@@ -72,18 +91,23 @@ class Aligner(Generic[Lane, T]):
         self._monotonic = monotonic
         self._lanes: dict[Lane, _Lane[T]] = {}
         self._epoch = 0
+        self._arrivals = 0
         self._paused: set[Lane] = set()
         self.waiting = 0
 
     # --- the lanes ---------------------------------------------------------------------
 
-    def assign(self, lanes: Iterable[Lane]) -> list[T]:
-        """A new assignment: these lanes, none read yet. Returns the records that were
-        waiting (the runner leaves them unacknowledged: the partitions' owners read them
-        again from the committed offsets)."""
-        dropped = [item for lane in self._lanes.values() for _, _, item in lane.waiting]
+    def assign(self, lanes: Iterable[Lane], derived: Iterable[Lane] = ()) -> list[T]:
+        """A new assignment: these lanes, none read yet (`derived`: those of them that
+        carry another service's outputs). Returns the records that were waiting (the
+        runner leaves them unacknowledged: the partitions' owners read them again from
+        the committed offsets)."""
+        dropped = [entry[-1] for lane in self._lanes.values() for entry in lane.waiting]
         ordered = sorted(lanes, key=repr)
-        self._lanes = {lane: _Lane(order=n) for n, lane in enumerate(ordered)}
+        marked = set(derived)
+        self._lanes = {
+            lane: _Lane(order=n, derived=lane in marked) for n, lane in enumerate(ordered)
+        }
         self._paused.clear()
         self.waiting = 0
         return dropped
@@ -104,12 +128,16 @@ class Aligner(Generic[Lane, T]):
         state = self._lanes.get(lane)
         if state is None:
             raise KeyError(f"{lane!r} is not an assigned lane")
-        if state.waiting:
-            key = max(key, state.waiting[-1][0])
-        elif state.reached is not None:
-            key = max(key, state.reached)
-        state.waiting.append((key, self._epoch, item))
-        state.holding_since, state.idle = None, False
+        if not state.derived:
+            if state.last is not None:
+                key = max(key, state.last)
+            elif state.reached is not None:
+                key = max(key, state.reached)
+        state.last = key
+        self._arrivals += 1
+        heapq.heappush(state.waiting, (key, self._arrivals, self._epoch, item))
+        if not state.derived:
+            state.holding_since, state.idle = None, False
         self.waiting += 1
 
     # --- the broker's answers ------------------------------------------------------------
@@ -124,7 +152,9 @@ class Aligner(Generic[Lane, T]):
         return [
             name
             for name, state in self._lanes.items()
-            if name != lane and self._holds(state, key, epoch, self._lanes[lane].order)
+            if name != lane
+            and not state.derived
+            and self._holds(state, key, epoch, self._lanes[lane].order)
         ]
 
     def confirm(self, lanes: Iterable[Lane], epoch: int) -> None:
@@ -135,6 +165,14 @@ class Aligner(Generic[Lane, T]):
             if state is not None and epoch > state.confirmed:
                 state.confirmed = epoch
                 state.holding_since, state.idle = None, False
+
+    def bound(self, lane: Lane, key: int) -> None:
+        """Every record of the derived `lane` stamped before `key` has been read (the
+        upstream's watermark, common/marks.py). A bound that moves ends the lane's idleness."""
+        state = self._lanes.get(lane)
+        if state is not None and state.derived and (state.bound is None or key > state.bound):
+            state.bound = key
+            state.holding_since, state.idle = None, False
 
     # --- records out ---------------------------------------------------------------------
 
@@ -149,8 +187,8 @@ class Aligner(Generic[Lane, T]):
             state = self._lanes[lane]
             if self._held(key, epoch, state.order, lane):
                 return
-            _, _, item = state.waiting.popleft()
-            state.reached = key
+            item = heapq.heappop(state.waiting)[-1]
+            state.reached = key if state.reached is None else max(key, state.reached)
             self.waiting -= 1
             yield key, item
 
@@ -178,13 +216,15 @@ class Aligner(Generic[Lane, T]):
         best: tuple[int, int, int, Lane] | None = None
         for name, state in self._lanes.items():
             if state.waiting:
-                key, epoch, _ = state.waiting[0]
+                key, _, epoch, _ = state.waiting[0]
                 if best is None or (key, state.order) < (best[0], best[2]):
                     best = (key, epoch, state.order, name)
         return None if best is None else (best[0], best[1], best[3])
 
     def _holds(self, state: _Lane[T], key: int, epoch: int, order: int) -> bool:
-        """Whether an empty lane may still hold a record to go before the head's."""
+        """Whether a lane may still hold a record to go before the head's."""
+        if state.derived:
+            return state.open_below(key) and not state.idle
         if state.waiting:
             return False  # not the head, so not earlier
         if state.reached is not None and (
@@ -198,7 +238,7 @@ class Aligner(Generic[Lane, T]):
         now = self._monotonic()
         held = False
         for name, state in self._lanes.items():
-            if name == head:
+            if name == head and not state.derived:
                 continue
             if not self._holds(state, key, epoch, order):
                 state.holding_since = None

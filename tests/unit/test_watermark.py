@@ -166,3 +166,53 @@ def test_the_order_does_not_depend_on_how_the_records_were_fetched(seed: int) ->
             found.confirm(empty, epoch)
             out += [item for _, item in found.release()]
     assert out == expected
+
+
+# --- derived lanes: another service's outputs, complete below the bound its marks give ---
+
+
+def derived(*lanes: tuple[str, int], wall: Wall | None = None) -> Aligner[tuple[str, int], str]:
+    found: Aligner[tuple[str, int], str] = Aligner(idle_s=5.0, monotonic=wall or Wall())
+    found.assign([A, *lanes], derived=lanes)
+    return found
+
+
+def test_a_derived_lane_holds_the_head_until_its_bound_passes_it() -> None:
+    found = derived(C)
+    found.received()
+    found.add(A, 10, "a10")
+    assert found.unconfirmed() == []  # the broker's end offsets say nothing about it
+    assert released(found) == []
+    found.bound(C, 10)  # complete below 10: a record at 10 may still come
+    assert released(found) == []
+    found.bound(C, 11)
+    assert released(found) == [(10, "a10")]
+
+
+def test_a_derived_lane_releases_its_own_records_below_its_bound_in_key_order() -> None:
+    found = derived(C)
+    found.confirm([A], found.received())
+    found.add(C, 40, "c40")  # two upstream instances interleave on one partition
+    found.add(C, 20, "c20")
+    assert released(found) == []
+    found.bound(C, 30)
+    assert released(found) == [(20, "c20")]
+    found.bound(C, 41)
+    assert released(found) == [(40, "c40")]
+
+
+def test_a_derived_lane_whose_upstream_is_silent_is_passed_over_after_the_idleness() -> None:
+    wall = Wall()
+    found = derived(C, wall=wall)
+    found.received()
+    found.add(A, 10, "a10")
+    found.bound(C, 5)
+    wall.now = 4.0
+    found.bound(C, 8)  # progress: the idleness counts again from here
+    assert released(found) == []
+    wall.now = 8.9
+    assert released(found) == []
+    wall.now = 9.0
+    assert released(found) == [(10, "a10")]
+    found.bound(C, 9)  # it speaks again
+    assert found.idle_lanes() == []

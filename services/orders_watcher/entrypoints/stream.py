@@ -33,6 +33,7 @@ from common.envelope import CloudEvent, InvalidEvent
 from common.heap import freeze_startup_objects
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
+from common.marks import MarkPublisher
 from common.metrics import EVENTS_CONSUMED, child
 from common.ops_http import Heartbeat, OpsServer
 from common.streaming import (
@@ -48,7 +49,7 @@ from common.streaming import (
     use_event_loop,
 )
 from common.tables import PartitionedTable
-from common.topics import TopicSpec
+from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
 from common.watermark import Aligner
 from services.orders_watcher.adapters import order_table
 from services.orders_watcher.adapters.state_cache import StateCache
@@ -82,6 +83,7 @@ class _Batch:
     touched: dict[str, _Touched] = field(default_factory=dict)
     acks: list[Awaitable[Any]] = field(default_factory=list)
     finished: asyncio.Future[None] | None = None  # its finishing (`_finish`), once begun
+    clock_ms: int = 0  # the event clock when it was handed over (ms)
 
 
 class WatcherRuntime:
@@ -96,6 +98,9 @@ class WatcherRuntime:
         # Lane → (the aligner's epoch of the request, the end offset the broker gave).
         self._asked: dict[tuple[str, int], tuple[int, int]] = {}
         self.topics = settings.topics
+        # On the event clock, how far its incidents are complete (common/marks.py).
+        self.marks: MarkPublisher | None = None
+        self._marked_at = 0.0  # when the last mark went (monotonic seconds)
         if isinstance(self.clock, WatermarkClock):
             self.aligner = Aligner(
                 idle_s=settings.watermark_idle_s, max_buffered=settings.watermark_max_buffered
@@ -103,6 +108,16 @@ class WatcherRuntime:
             self.front = StreamFront(
                 settings.kafka_bootstrap_servers,
                 [self.topics.orders, self.topics.shipments, self.topics.returns],
+            )
+            self.marks = MarkPublisher(
+                SERVICE,
+                f"{SERVICE}-{os.getpid()}-{os.urandom(4).hex()}",
+                {
+                    t: settings.topic_partitions
+                    for t in (self.topics.orders, self.topics.shipments, self.topics.returns)
+                },
+                self.topics.watermarks,
+                self._send_mark,
             )
         self.handler = OrdersWatcher(settings.detection(), self.topics)
         # A rebalance waits for the batch in hand (its records are unacked until its
@@ -208,6 +223,8 @@ class WatcherRuntime:
                     (tp.topic, tp.partition) for tp in assigned if tp.topic in self.inputs
                 )
                 self._asked.clear()
+                assert isinstance(self.clock, WatermarkClock)
+                self.clock.reset()
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             # Another worker may write these orders now: the table, not memory, is right.
@@ -386,9 +403,12 @@ class WatcherRuntime:
 
     async def _hand_over(self, batch: _Batch) -> None:
         """Finish the batch in the background (`_finish`) while the next one is handled."""
+        batch.clock_ms = int(self.clock.now().timestamp() * 1000)
         if not (batch.records or batch.touched or batch.acks):
             if batch.in_flight is not None:
                 batch.in_flight.done()
+            if not self._finishing:
+                await self._mark(batch.clock_ms)
             return
         # Batches are finished in order, a few at a time: the oldest must be done
         # before another joins them.
@@ -428,10 +448,14 @@ class WatcherRuntime:
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
                 fatal("outputs_undelivered", failed[0], count=len(failed))
+            if self.marks is not None:
+                self.marks.acknowledged(results)
         if previous is not None:
             # Its outputs are in; its table writes and acknowledgements go after those of
             # the batch before it (which a failure there ends the process before).
             await previous
+        # Every output decided before the batch's end is in (the batches before it are).
+        await self._mark(batch.clock_ms)
         by_partition: dict[int, list[tuple[str, bytes | None]]] = {}
         newer = [b.touched for b in self._finishing if b.number > batch.number]
         newer.append(self._batch.touched)
@@ -447,6 +471,24 @@ class WatcherRuntime:
         for partition, changes in by_partition.items():
             await self.table.write(partition, changes)
         self.schedule.written(batch.number)
+
+    async def _mark(self, clock_ms: int) -> None:
+        """On the event clock: say that every incident decided before `clock_ms` is on the
+        broker, when the clock has moved (or now and then, so that a reader starting
+        later finds one within the topic's retention)."""
+        marks = self.marks
+        if marks is None or self.aligner is None or clock_ms <= 0:
+            return
+        wall = asyncio.get_running_loop().time()
+        if clock_ms == marks.last_at and wall - self._marked_at < 60.0:
+            return
+        self._marked_at = wall
+        await marks.publish(clock_ms, self.aligner.lanes)
+
+    async def _send_mark(self, topic: str, key: bytes, value: bytes) -> None:
+        await self.app.producer.send_and_wait(
+            topic, key, value, partition=0, timestamp=None, headers=None
+        )
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -544,7 +586,9 @@ class WatcherRuntime:
         """Send the outcome's records (acknowledged before the batch is written) and keep
         the order's new state for the batch."""
         batch = self._batch
-        await self.producer.emit(SERVICE, outcome.records, acks=batch.acks)
+        # On the event clock, each incident is stamped with the moment it was decided.
+        decided = self.clock.now() if self.marks is not None else None
+        await self.producer.emit(SERVICE, outcome.records, acks=batch.acks, at=decided)
         for held, reason in outcome.dead_letters:
             # Released orphans: delivered with the outputs, before the state that
             # forgets them is written.
@@ -606,6 +650,8 @@ def ensure_own_topics(settings: Settings, app: faust.App) -> None:
     specs.append(
         TopicSpec(settings.topics.deadletter(SERVICE), 1, retention_ms=30 * 24 * 3600 * 1000)
     )
+    if settings.outreach_clock == "event":
+        specs.append(TopicSpec(settings.topics.watermarks, 1, retention_ms=WATERMARKS_RETENTION_MS))
     specs += changelog_specs(app, settings.topic_partitions)
     ensure_topics(settings.kafka_bootstrap_servers, specs)
 
