@@ -23,13 +23,13 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import faust
-from faust.types import TP
 
 from common.admin import ensure_topics
-from common.batched_input import InFlight, deliver_in_batches, set_fetching
+from common.aligned import AlignedInput
+from common.batched_input import InFlight, deliver_in_batches
 from common.clock import Clock, WallClock, WatermarkClock
 from common.deadlines import DeadlineSchedule
-from common.envelope import CloudEvent, InvalidEvent
+from common.envelope import CloudEvent
 from common.heap import freeze_startup_objects
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
@@ -40,7 +40,6 @@ from common.streaming import (
     FaustProducer,
     InputProgress,
     PartitionHolds,
-    StreamFront,
     changelog_specs,
     create_app,
     input_message_of,
@@ -50,7 +49,6 @@ from common.streaming import (
 )
 from common.tables import PartitionedTable
 from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
-from common.watermark import Aligner
 from services.orders_watcher.adapters import order_table
 from services.orders_watcher.adapters.state_cache import StateCache
 from services.orders_watcher.config import Settings
@@ -92,23 +90,14 @@ class WatcherRuntime:
         if clock is None and settings.outreach_clock == "event":
             clock = WatermarkClock()
         self.clock = clock or settings.make_clock()
-        # On the event clock, records are handled in the order they arrived on the
-        # stream, across partitions (common/watermark.py).
-        self.aligner: Aligner[tuple[str, int], tuple[Any, InputMessage]] | None = None
-        # Lane → (the aligner's epoch of the request, the end offset the broker gave).
-        self._asked: dict[tuple[str, int], tuple[int, int]] = {}
         self.topics = settings.topics
-        # On the event clock, how far its incidents are complete (common/marks.py).
+        # On the event clock, records are handled in the order they arrived on the
+        # stream, across partitions (common/aligned.py), and marks say how far its
+        # incidents are complete (common/marks.py).
+        self.aligned: AlignedInput | None = None
         self.marks: MarkPublisher | None = None
         self._marked_at = 0.0  # when the last mark went (monotonic seconds)
         if isinstance(self.clock, WatermarkClock):
-            self.aligner = Aligner(
-                idle_s=settings.watermark_idle_s, max_buffered=settings.watermark_max_buffered
-            )
-            self.front = StreamFront(
-                settings.kafka_bootstrap_servers,
-                [self.topics.orders, self.topics.shipments, self.topics.returns],
-            )
             self.marks = MarkPublisher(
                 SERVICE,
                 f"{SERVICE}-{os.getpid()}-{os.urandom(4).hex()}",
@@ -148,6 +137,16 @@ class WatcherRuntime:
         # On the wall clock, a partition's deadlines wait until its backlog is read.
         self.wall_clock = isinstance(self.clock, WallClock)
         self.progress = InputProgress(self.app, set(self.inputs), service=SERVICE)
+        if isinstance(self.clock, WatermarkClock):
+            self.aligned = AlignedInput(
+                self.app,
+                self.clock,
+                self.progress,
+                topics=self.inputs,
+                idle_s=settings.watermark_idle_s,
+                max_buffered=settings.watermark_max_buffered,
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+            )
         self.schedule = DeadlineSchedule(
             self.app,
             self.orders,
@@ -218,13 +217,8 @@ class WatcherRuntime:
             self.schedule.on_assigned()
             self.holds.on_assigned(assigned)
             self.progress.on_assigned(assigned)
-            if self.aligner is not None:
-                self.aligner.assign(
-                    (tp.topic, tp.partition) for tp in assigned if tp.topic in self.inputs
-                )
-                self._asked.clear()
-                assert isinstance(self.clock, WatermarkClock)
-                self.clock.reset()
+            if self.aligned is not None:
+                self.aligned.assign(assigned)
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             # Another worker may write these orders now: the table, not memory, is right.
@@ -233,10 +227,8 @@ class WatcherRuntime:
             self.schedule.on_revoked()
             self.holds.on_revoked()
             self.progress.on_revoked()
-            if self.aligner is not None:
-                # What waits unhandled is unacknowledged: read again by the next owner.
-                self.aligner.assign(())
-                self._asked.clear()
+            if self.aligned is not None:
+                self.aligned.revoke()
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
@@ -252,7 +244,7 @@ class WatcherRuntime:
             fatal("batch_failed", exc)
 
     async def _handle_batch(self, messages: list[Any], in_flight: InFlight | None) -> bool:
-        if self.aligner is not None:
+        if self.aligned is not None:
             return await self._handle_aligned(messages, in_flight)
         return await self._handle_fetched(messages, in_flight)
 
@@ -291,105 +283,33 @@ class WatcherRuntime:
         return more
 
     async def _handle_aligned(self, messages: list[Any], in_flight: InFlight | None) -> bool:
-        """On the event clock: the batch's records join those waiting in the aligner, and
-        what it releases is handled in arrival order, each after the deadlines its
+        """On the event clock: the batch's records join those waiting (common/aligned.py),
+        and what may go is handled in arrival order, each after the deadlines its
         arrival passes (each acted on at its own moment), whichever partitions the
-        fetches brought first. A record waits while another partition may hold an
-        earlier one unread: the broker is asked for the end offsets of those it can
-        release. The batch is what was handled, not what was fetched."""
-        aligner = self.aligner
-        assert aligner is not None
+        fetches brought first. The batch is what was handled, not what was fetched."""
+        aligned = self.aligned
+        assert aligned is not None
         self.heartbeat.beat()
         batch = self._batch = _Batch(self._batch.number + 1, [], in_flight)
-        aligner.received()
-        for message in messages:
-            msg = input_message_of(message)
-            if await self.progress.admit(message, msg):
-                aligner.add((msg.topic, msg.partition), _arrival_ms(message, msg), (message, msg))
+        await aligned.take(messages)
         if not self.schedule.ready:
             self.schedule.check_recovered()
         if self.schedule.ready:  # deadlines known: time may pass
-            for asked in (False, True):
-                self._confirm_read()
-                await self._handle_released(batch)
-                lanes = aligner.unconfirmed()
-                if asked or not lanes:
-                    break
-                await self._ask_ends(lanes)
-            if not messages and not aligner.waiting:
-                await self._follow_the_stream()
-            await self._act_on_due(self.clock.now().timestamp(), inclusive=True)
-        pause, resume = aligner.paused()
-        if pause:
-            await set_fetching(self.app, [TP(*lane) for lane in pause], paused=True)
-        if resume:
-            await set_fetching(self.app, [TP(*lane) for lane in resume], paused=False)
+
+            async def handle(message: Any, msg: InputMessage, before: float) -> None:
+                self._before_record = before
+                await self.processor.process(msg, acks=batch.acks)
+                batch.records.append(message)
+
+            await aligned.release(self._act_on_due, handle)
+            if not messages:
+                await aligned.follow_the_stream(self._act_on_due)
+            await self._act_on_due(self.clock.now().timestamp(), True)
+        await aligned.pace()
         await self._hand_over(batch)
         return False
 
-    async def _ask_ends(self, lanes: list[tuple[str, int]]) -> None:
-        """Ask the broker where `lanes` end, after every record held so far came; a lane
-        is confirmed for those records once the consumer has read up to that end (now,
-        or in a later batch: records published since then came later, so they do not
-        count)."""
-        assert self.aligner is not None
-        epoch = self.aligner.received()
-        for lane, end in (await self.progress.end_offsets(lanes)).items():
-            self._asked[lane] = (epoch, end)
-        self._confirm_read()
-
-    def _confirm_read(self) -> None:
-        """Confirm the lanes read up to the end the broker last gave for them."""
-        assert self.aligner is not None
-        for lane, (epoch, end) in list(self._asked.items()):
-            position = self.progress.admitted_to(lane)
-            if end == 0 or (position is not None and position >= end):
-                self.aligner.confirm([lane], epoch)
-                del self._asked[lane]
-
-    async def _handle_released(self, batch: _Batch) -> None:
-        assert self.aligner is not None and isinstance(self.clock, WatermarkClock)
-        for key, (message, msg) in self.aligner.release():
-            moment = key / 1000
-            await self._act_on_due(moment, inclusive=False)
-            self._before_record = self.clock.now().timestamp()
-            if moment < self._before_record:
-                # Only a partition passed over for idleness can bring one (it is judged
-                # at the clock, as a late record on the wall clock would be).
-                log.warning(
-                    "event_clock_record_late",
-                    topic=msg.topic,
-                    partition=msg.partition,
-                    offset=msg.offset,
-                    arrived=datetime.fromtimestamp(moment, UTC).isoformat(),
-                    clock=self.clock.now().isoformat(),
-                )
-            self.clock.advance_to(datetime.fromtimestamp(moment, UTC))
-            await self.processor.process(msg, acks=batch.acks)
-            self.progress.handled(msg)
-            batch.records.append(message)
-
-    async def _follow_the_stream(self) -> None:
-        """Idle, with nothing waiting: if the input as a whole has got further than this
-        worker's partitions (another worker reads the rest, or they fell silent), and
-        this worker's partitions are read to their end as the broker says after that
-        was seen, time has passed for them too: the deadlines up to there are due, as
-        they would be for a worker reading every partition."""
-        assert self.aligner is not None and isinstance(self.clock, WatermarkClock)
-        latest = await self.front.latest()
-        if latest is None or latest / 1000 <= self.clock.now().timestamp():
-            return
-        lanes = self.aligner.lanes
-        ends = await self.progress.end_offsets(lanes)
-        for lane in lanes:
-            position = self.progress.admitted_to(lane)
-            end = ends.get(lane)
-            if end is None or (end > 0 and (position is None or position < end)):
-                return  # records of ours still to come: they move the clock
-        await self._act_on_due(latest / 1000, inclusive=True)
-        self.clock.advance_to(datetime.fromtimestamp(latest / 1000, UTC))
-
-    async def _act_on_due(self, until: float, *, inclusive: bool) -> None:
+    async def _act_on_due(self, until: float, inclusive: bool) -> None:
         """On the event clock: act on every order whose deadline comes before `until`
         (or at it), earliest first, each judged at its deadline (or now, if later), as
         the wall clock would have acted when it came."""
@@ -477,13 +397,13 @@ class WatcherRuntime:
         broker, when the clock has moved (or now and then, so that a reader starting
         later finds one within the topic's retention)."""
         marks = self.marks
-        if marks is None or self.aligner is None or clock_ms <= 0:
+        if marks is None or self.aligned is None or clock_ms <= 0:
             return
         wall = asyncio.get_running_loop().time()
         if clock_ms == marks.last_at and wall - self._marked_at < 60.0:
             return
         self._marked_at = wall
-        await marks.publish(clock_ms, self.aligner.lanes)
+        await marks.publish(clock_ms, self.aligned.lanes)
 
     async def _send_mark(self, topic: str, key: bytes, value: bytes) -> None:
         await self.app.producer.send_and_wait(
@@ -602,17 +522,6 @@ class WatcherRuntime:
             value = order_table.encode(state_json, None if at is None else (at, partition))
         batch.touched[order_id] = _Touched(value, partition, outcome.state)
         self.schedule.plan(order_id, partition, at, batch.number)
-
-
-def _arrival_ms(message: Any, msg: InputMessage) -> int:
-    """When the record arrived on the stream: its timestamp (set by its producer when it
-    published it, kept by a replay), else the event's own time (0: with its partition)."""
-    if message.timestamp and message.timestamp > 0:
-        return int(message.timestamp * 1000)
-    try:
-        return int(CloudEvent.from_bytes(msg.value).time.timestamp() * 1000)
-    except InvalidEvent:
-        return 0
 
 
 def _original(held: HeldEvent) -> InputMessage:

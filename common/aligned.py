@@ -1,0 +1,230 @@
+"""The event clock's half of a faust batch runner: records in, released in one order.
+
+A stream service on the event clock (orders_watcher, risk_detector) hands each fetched
+batch to `AlignedInput.take`, then lets `release` hand back, in arrival order across all
+its input partitions, the records no unread one can precede (common/watermark.py), each
+after the deadlines its arrival passes. The broker is asked for the end offsets of the
+partitions that hold the head back; partitions carrying another service's outputs are
+bounded by that service's marks instead (common/marks.py); partitions far ahead are
+paused. `follow_the_stream` lets time pass for a worker whose partitions are read while
+the rest of the stream (read by other workers) has got further.
+
+The service keeps what is its own: its tables, its handlers, its batches' outputs and
+acknowledgements, and publishing its own marks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from common.batched_input import set_fetching
+from common.clock import WatermarkClock
+from common.envelope import CloudEvent, InvalidEvent
+from common.kafka import InputMessage
+from common.logs import get_logger
+from common.marks import MarkReader, UpstreamMarks
+from common.streaming import InputProgress, StreamFront, input_message_of
+from common.watermark import Aligner
+
+log = get_logger(__name__)
+
+Lane = tuple[str, int]
+#: Acts on every deadline before the moment given (or at it: `inclusive`), each at its own.
+ActOnDue = Callable[[float, bool], Awaitable[None]]
+#: Handles one released record (faust's message, as the handlers see it, and the clock
+#: before its arrival moved it).
+Handle = Callable[[Any, InputMessage, float], Awaitable[None]]
+
+
+class AlignedInput:
+    def __init__(
+        self,
+        app: faust.App,
+        clock: WatermarkClock,
+        progress: InputProgress,
+        *,
+        topics: Iterable[str],
+        idle_s: float,
+        max_buffered: int,
+        bootstrap_servers: str,
+        feeds: dict[str, str] | None = None,
+        marks_topic: str | None = None,
+    ) -> None:
+        """`topics`: the inputs to align. `feeds`: which of them carry another service's
+        outputs (topic → that service), bounded by its marks read from `marks_topic`."""
+        self.app = app
+        self.clock = clock
+        self.progress = progress
+        self.topics = frozenset(topics)
+        self.aligner: Aligner[Lane, tuple[Any, InputMessage]] = Aligner(
+            idle_s=idle_s, max_buffered=max_buffered
+        )
+        self.feeds = dict(feeds or {})
+        self.upstream = UpstreamMarks(self.feeds)
+        self.reader: MarkReader | None = None
+        if self.feeds:
+            assert marks_topic is not None
+            self.reader = MarkReader(bootstrap_servers, marks_topic, self.upstream)
+        external = sorted(self.topics - set(self.feeds))
+        self.front = StreamFront(bootstrap_servers, external)
+        # Lane → (the aligner's epoch of the request, the end offset the broker gave).
+        self._asked: dict[Lane, tuple[int, int]] = {}
+
+    @property
+    def lanes(self) -> list[Lane]:
+        return self.aligner.lanes
+
+    def assign(self, assigned: Iterable[Any]) -> None:
+        """A new assignment (faust's TPs): time starts over from its first records."""
+        lanes = [(tp.topic, tp.partition) for tp in assigned if tp.topic in self.topics]
+        self.aligner.assign(lanes, derived=[lane for lane in lanes if lane[0] in self.feeds])
+        self._asked.clear()
+        self.upstream.forget_lanes()
+        self.clock.reset()
+        if self.reader is not None:
+            self.reader.start()
+
+    def revoke(self) -> None:
+        # What waits unhandled is unacknowledged: read again by the next owner.
+        self.aligner.assign(())
+        self._asked.clear()
+
+    async def take(self, messages: list[Any]) -> list[tuple[Any, InputMessage]]:
+        """A fetched batch: its records of the aligned topics wait for release, once
+        admitted (in offset order, see InputProgress.admit); the others admitted are
+        returned, for the caller to handle at once."""
+        aligner = self.aligner
+        aligner.received()
+        others = []
+        for message in messages:
+            msg = input_message_of(message)
+            if not await self.progress.admit(message, msg):
+                continue  # read again later, or read already
+            if msg.topic in self.topics:
+                lane = (msg.topic, msg.partition)
+                aligner.add(lane, arrival_ms(message, msg), (message, msg))
+            else:
+                others.append((message, msg))
+        return others
+
+    async def release(self, act_on_due: ActOnDue, handle: Handle) -> None:
+        """Handle what may go now, in order, each after the deadlines before its arrival;
+        ask the broker once about the lanes that still hold the head back."""
+        aligner = self.aligner
+        for asked in (False, True):
+            self._bound()
+            self._confirm_read()
+            for key, (message, msg) in aligner.release():
+                moment = key / 1000
+                await act_on_due(moment, False)
+                if moment < self.clock.now().timestamp():
+                    # Only a lane passed over for idleness can bring one (it is judged at
+                    # the clock, as a late record on the wall clock would be).
+                    log.warning(
+                        "event_clock_record_late",
+                        topic=msg.topic,
+                        partition=msg.partition,
+                        offset=msg.offset,
+                        arrived=datetime.fromtimestamp(moment, UTC).isoformat(),
+                        clock=self.clock.now().isoformat(),
+                    )
+                before = self.clock.now().timestamp()
+                self.clock.advance_to(datetime.fromtimestamp(moment, UTC))
+                await handle(message, msg, before)
+                self.progress.handled(msg)
+            lanes = aligner.unconfirmed()
+            if asked or not lanes:
+                break
+            await self._ask_ends(lanes)
+
+    async def pace(self) -> None:
+        """Pause the lanes far ahead, resume those caught up."""
+        pause, resume = self.aligner.paused()
+        if pause:
+            await set_fetching(self.app, [TP(*lane) for lane in pause], paused=True)
+        if resume:
+            await set_fetching(self.app, [TP(*lane) for lane in resume], paused=False)
+
+    async def follow_the_stream(self, act_on_due: ActOnDue) -> None:
+        """Idle, with nothing waiting: if the input as a whole has got further than this
+        worker's partitions (another worker reads the rest, or they fell silent), and
+        this worker's partitions are read to their end as the broker says after that
+        was seen, and the lanes fed by other services are bounded past it, time has
+        passed for them too: the deadlines up to there are due, as they would be for a
+        worker reading every partition."""
+        if self.aligner.waiting:
+            return
+        latest = await self.front.latest()
+        if latest is None or latest / 1000 <= self.clock.now().timestamp():
+            return
+        self._bound()
+        lanes = [lane for lane in self.aligner.lanes if lane[0] not in self.feeds]
+        ends = await self.progress.end_offsets(lanes)
+        for lane in lanes:
+            position = self.progress.admitted_to(lane)
+            end = ends.get(lane)
+            if end is None or (end > 0 and (position is None or position < end)):
+                return  # records of ours still to come: they move the clock
+        # No further than every lane fed by another service is complete.
+        derived = [lane for lane in self.aligner.lanes if lane[0] in self.feeds]
+        bounds = self.upstream.bounds(derived, self.progress.admitted_to)
+        for lane in derived:
+            bound = bounds.get(lane)
+            if bound is None:
+                return
+            latest = min(latest, bound)
+        if latest / 1000 <= self.clock.now().timestamp():
+            return
+        await act_on_due(latest / 1000, True)
+        self.clock.advance_to(datetime.fromtimestamp(latest / 1000, UTC))
+
+    async def stop(self) -> None:
+        if self.reader is not None:
+            await self.reader.stop()
+        await self.front.stop()
+
+    # --- inside --------------------------------------------------------------------------
+
+    def _bound(self) -> None:
+        if not self.feeds:
+            return
+        derived = [lane for lane in self.aligner.lanes if lane[0] in self.feeds]
+        for lane, bound in self.upstream.bounds(derived, self.progress.admitted_to).items():
+            self.aligner.bound(lane, bound)
+
+    async def _ask_ends(self, lanes: list[Lane]) -> None:
+        """Ask the broker where `lanes` end, after every record held so far came; a lane
+        is confirmed for those records once the consumer has read up to that end (now,
+        or in a later batch: records published since then came later, so they do not
+        count)."""
+        epoch = self.aligner.received()
+        for lane, end in (await self.progress.end_offsets(lanes)).items():
+            self._asked[lane] = (epoch, end)
+        self._confirm_read()
+
+    def _confirm_read(self) -> None:
+        """Confirm the lanes read up to the end the broker last gave for them."""
+        for lane, (epoch, end) in list(self._asked.items()):
+            position = self.progress.admitted_to(lane)
+            if end == 0 or (position is not None and position >= end):
+                self.aligner.confirm([lane], epoch)
+                del self._asked[lane]
+
+
+def arrival_ms(message: Any, msg: InputMessage) -> int:
+    """When the record arrived on the stream: its timestamp (set by its producer when it
+    published it, kept by a replay), else the event's own time (0: with its partition)."""
+    if message.timestamp and message.timestamp > 0:
+        return int(message.timestamp * 1000)
+    try:
+        return int(CloudEvent.from_bytes(msg.value).time.timestamp() * 1000)
+    except InvalidEvent:
+        return 0
+
+
+__all__ = ["AlignedInput", "arrival_ms"]
