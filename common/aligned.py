@@ -15,6 +15,8 @@ acknowledgements, and publishing its own marks.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +34,8 @@ from common.streaming import InputProgress, StreamFront, input_message_of
 from common.watermark import Aligner
 
 log = get_logger(__name__)
+#: How long a batch waits for an upstream's mark while its lanes hold the head back.
+MARK_WAIT_S = 0.25
 
 Lane = tuple[str, int]
 #: Acts on every deadline before the moment given (or at it: `inclusive`), each at its own.
@@ -114,33 +118,47 @@ class AlignedInput:
 
     async def release(self, act_on_due: ActOnDue, handle: Handle) -> None:
         """Handle what may go now, in order, each after the deadlines before its arrival;
-        ask the broker once about the lanes that still hold the head back."""
+        ask the broker once about the lanes that still hold the head back, and wait a
+        moment for a mark if lanes fed by another service do."""
         aligner = self.aligner
-        for asked in (False, True):
+        asked = waited = False
+        while True:
             self._bound()
             self._confirm_read()
             for key, (message, msg) in aligner.release():
-                moment = key / 1000
-                await act_on_due(moment, False)
-                if moment < self.clock.now().timestamp():
-                    # Only a lane passed over for idleness can bring one (it is judged at
-                    # the clock, as a late record on the wall clock would be).
-                    log.warning(
-                        "event_clock_record_late",
-                        topic=msg.topic,
-                        partition=msg.partition,
-                        offset=msg.offset,
-                        arrived=datetime.fromtimestamp(moment, UTC).isoformat(),
-                        clock=self.clock.now().isoformat(),
-                    )
-                before = self.clock.now().timestamp()
-                self.clock.advance_to(datetime.fromtimestamp(moment, UTC))
-                await handle(message, msg, before)
-                self.progress.handled(msg)
+                await self._release(key, message, msg, act_on_due, handle)
             lanes = aligner.unconfirmed()
-            if asked or not lanes:
-                break
-            await self._ask_ends(lanes)
+            if lanes and not asked:
+                asked = True
+                await self._ask_ends(lanes)
+                continue
+            if self.reader is not None and aligner.waiting and not waited:
+                waited = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.reader.changed.wait(), MARK_WAIT_S)
+                continue
+            return
+
+    async def _release(
+        self, key: int, message: Any, msg: InputMessage, act_on_due: ActOnDue, handle: Handle
+    ) -> None:
+        moment = key / 1000
+        await act_on_due(moment, False)
+        before = self.clock.now().timestamp()
+        if moment < before:
+            # Only a lane passed over for idleness can bring one (it is judged at the
+            # clock, as a late record on the wall clock would be).
+            log.warning(
+                "event_clock_record_late",
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                arrived=datetime.fromtimestamp(moment, UTC).isoformat(),
+                clock=self.clock.now().isoformat(),
+            )
+        self.clock.advance_to(datetime.fromtimestamp(moment, UTC))
+        await handle(message, msg, before)
+        self.progress.handled(msg)
 
     async def pace(self) -> None:
         """Pause the lanes far ahead, resume those caught up."""
@@ -191,8 +209,9 @@ class AlignedInput:
     # --- inside --------------------------------------------------------------------------
 
     def _bound(self) -> None:
-        if not self.feeds:
+        if self.reader is None:
             return
+        self.reader.changed.clear()  # a mark from now on wakes `release`
         derived = [lane for lane in self.aligner.lanes if lane[0] in self.feeds]
         for lane, bound in self.upstream.bounds(derived, self.progress.admitted_to).items():
             self.aligner.bound(lane, bound)

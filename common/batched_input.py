@@ -30,8 +30,10 @@ from the committed offsets. Faust's commit timer commits what is acknowledged.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -42,6 +44,7 @@ from mode.utils.futures import notify
 from common.logs import get_logger
 
 log = get_logger(__name__)
+EXIT_FATAL = 70  # EX_SOFTWARE: the worker must not go on
 
 
 class InFlight:
@@ -286,4 +289,15 @@ def _in_turns(records: dict[TP, list[Any]]) -> Iterator[tuple[TP, Any]]:
                 yield tp, fetched[i]
 
 
-__all__ = ["BatchHandler", "InFlight", "deliver_in_batches", "set_fetching"]
+def fatal(what: str, error: BaseException, **fields: Any) -> NoReturn:
+    """A batch that cannot be completed (outputs the producer gave up on after its own
+    retries, a table that failed) must not count as handled: exit at once, before faust
+    acks the batch and commits its offsets. The supervisor restarts the worker, which
+    handles the batch again from the last commit."""
+    log.critical(what, error=repr(error), exit_code=EXIT_FATAL, **fields)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FATAL)
+
+
+__all__ = ["EXIT_FATAL", "BatchHandler", "InFlight", "deliver_in_batches", "fatal", "set_fetching"]

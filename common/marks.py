@@ -39,6 +39,8 @@ Lane = tuple[str, int]
 
 #: Marks of one upstream instance kept while the downstream has not read what they name.
 PENDING_PER_INSTANCE = 64
+#: The bound of a lane whose every source is read by this process itself.
+UNBOUNDED = 2**62
 #: Upstream incarnations remembered (the newest of each); the oldest go first beyond it.
 INSTANCES_KEPT = 256
 
@@ -104,6 +106,15 @@ class UpstreamMarks:
         # service → source partition → lane → the latest moment vouched for it.
         self._settled: dict[str, dict[Lane, dict[Lane, int]]] = {}
         self._inputs: dict[str, dict[str, int]] = {}
+        self._local: dict[str, frozenset[Lane]] = {}
+
+    def vouch_locally(self, service: str, inputs: dict[str, int], sources: Iterable[Lane]) -> None:
+        """This process reads these sources of `service` (whose inputs are `inputs`)
+        itself and handles what they derive for its own lanes inline, never through the
+        broker: for its lanes they hold nothing back (until the next assignment,
+        `forget_lanes`)."""
+        self._local[service] = frozenset(sources)
+        self._inputs.setdefault(service, dict(inputs))
 
     def add(self, mark: Mark) -> None:
         if mark.service not in self.feeds.values():
@@ -141,8 +152,12 @@ class UpstreamMarks:
             settled = self._settled.get(service, {})
             if not sources:
                 continue
+            local = self._local.get(service, frozenset())
             for lane in own:
-                moments = [settled.get(s, {}).get(lane) for s in sources]
+                moments = [settled.get(s, {}).get(lane) for s in sources if s not in local]
+                if not moments:
+                    result[lane] = UNBOUNDED
+                    continue
                 if all(m is not None for m in moments):
                     result[lane] = min(m for m in moments if m is not None)
         return result
@@ -151,6 +166,7 @@ class UpstreamMarks:
         """A new assignment: what was settled for the old lanes no longer holds (the
         downstream reads them again from the committed offsets); marks are kept."""
         self._settled.clear()
+        self._local.clear()
         for instance in self._instances.values():
             if instance.newest is not None and instance.newest not in instance.pending:
                 instance.pending.append(instance.newest)
@@ -195,8 +211,12 @@ class MarkPublisher:
         inputs: dict[str, int],
         topic: str,
         send: Callable[[str, bytes, bytes], Any],
+        *,
+        outputs: Iterable[str] | None = None,
     ) -> None:
+        """`outputs`: the topics whose offsets its marks name (None: every one acknowledged)."""
         self.service = service
+        self.output_topics = None if outputs is None else frozenset(outputs)
         self.instance = instance
         self.inputs = dict(inputs)
         self.topic = topic
@@ -210,6 +230,8 @@ class MarkPublisher:
             topic = getattr(meta, "topic", None)
             offset = getattr(meta, "offset", None)
             if topic is None or offset is None or offset < 0:
+                continue
+            if self.output_topics is not None and topic not in self.output_topics:
                 continue
             lane = (topic, int(meta.partition))
             if offset + 1 > self._outputs.get(lane, 0):

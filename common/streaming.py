@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -178,6 +179,24 @@ def as_current(event: faust.EventT[Any]) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+class _PartitionEvent:
+    """What faust's tables read of the current event: its message's topic and partition."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition)
+
+
+@contextmanager
+def at_partition(topic: str, partition: int) -> Iterator[None]:
+    """Faust's tables read and write the block's keys in `partition` (of a topic
+    co-partitioned with them), as they would while a record of it is handled: for a
+    runner that handles records outside faust's streams, and deadlines with no record."""
+    with as_current(_PartitionEvent(topic, partition)):  # type: ignore[arg-type]
+        yield
 
 
 def caught_up(app: faust.App, msg: InputMessage) -> bool:

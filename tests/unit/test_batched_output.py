@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from faust.streams import current_event
 
+from common import batched_input
 from common.envelope import new_event
 from common.kafka import Headers, Outgoing, ProducerPort, RecordingProducer
 from common.streaming import as_current
-from services.orders_watcher.entrypoints import stream
 
 MOMENT = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -86,10 +86,10 @@ def test_a_batch_that_cannot_complete_exits_before_faust_can_ack_it(monkeypatch)
         codes.append(code)
         raise SystemExit(code)
 
-    monkeypatch.setattr(stream.os, "_exit", exit_)
+    monkeypatch.setattr(batched_input.os, "_exit", exit_)
     with pytest.raises(SystemExit):
-        stream.fatal("outputs_undelivered", RuntimeError("broker gone"), count=2)
-    assert codes == [stream.EXIT_FATAL]
+        batched_input.fatal("outputs_undelivered", RuntimeError("broker gone"), count=2)
+    assert codes == [batched_input.EXIT_FATAL]
 
 
 class Accumulator:

@@ -96,3 +96,16 @@ async def test_the_publisher_names_the_offset_after_each_partitions_last_output(
     assert Mark.from_bytes(value) == Mark(
         "watcher", "w1", INPUTS, (("orders", 0), ("orders", 1)), 500, {LANE: 5}
     )
+
+
+def test_sources_read_locally_hold_nothing_back_until_the_next_assignment() -> None:
+    marks = UpstreamMarks({"incidents": "watcher"})
+    marks.vouch_locally("watcher", INPUTS, [("orders", 0)])
+    assert bounds(marks, 0) == {}  # partition 1 is read elsewhere: no word from it
+    marks.add(mark("w2", [1], 70))
+    assert bounds(marks, 0) == {LANE: 70}
+    marks.vouch_locally("watcher", INPUTS, [("orders", 0), ("orders", 1)])
+    assert bounds(marks, 0)[LANE] > 10**15
+    marks.forget_lanes()
+    marks.add(mark("w2", [1], 80))
+    assert bounds(marks, 0) == {}  # partition 0 vouched for by no one now

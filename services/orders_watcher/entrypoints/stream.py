@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 import faust
 
 from common.admin import ensure_topics
 from common.aligned import AlignedInput
-from common.batched_input import InFlight, deliver_in_batches
+from common.batched_input import InFlight, deliver_in_batches, fatal
 from common.clock import Clock, WallClock, WatermarkClock
 from common.deadlines import DeadlineSchedule
 from common.envelope import CloudEvent
@@ -56,7 +55,6 @@ from services.orders_watcher.domain.model import HeldEvent, OrderState, decode_s
 from services.orders_watcher.handlers import OrdersWatcher, Outcome
 
 SERVICE = "orders_watcher"
-EXIT_FATAL = 70  # EX_SOFTWARE: the worker must not go on
 log = get_logger(__name__)
 
 
@@ -533,17 +531,6 @@ def _original(held: HeldEvent) -> InputMessage:
         key=held.key.encode() if held.key else None,
         value=held.value.encode("latin-1"),
     )
-
-
-def fatal(what: str, error: BaseException, **fields: Any) -> NoReturn:
-    """A batch that cannot be completed (outputs the producer gave up on after its own
-    retries, a table that failed) must not count as handled: exit at once, before faust
-    acks the batch and commits its offsets. The supervisor restarts the worker, which
-    handles the batch again from the last commit."""
-    log.critical(what, error=repr(error), exit_code=EXIT_FATAL, **fields)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_FATAL)
 
 
 def ensure_own_topics(settings: Settings, app: faust.App) -> None:

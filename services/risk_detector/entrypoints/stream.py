@@ -26,7 +26,8 @@ from aiohttp import web
 
 from common import tracing
 from common.admin import ensure_topics
-from common.clock import Clock, WallClock
+from common.batched_input import deliver_in_batches
+from common.clock import Clock, WallClock, WatermarkClock
 from common.deadlines import DeadlineIndex, DeadlineSchedule
 from common.envelope import CloudEvent, InvalidEvent
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
@@ -46,10 +47,11 @@ from common.streaming import (
     run_worker,
     use_event_loop,
 )
-from common.topics import TopicSpec
+from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
 from services.risk_detector.config import Settings
 from services.risk_detector.domain.profile import Profile
 from services.risk_detector.domain.quantile import P2Quantile
+from services.risk_detector.entrypoints.event_clock import EventClockRunner
 from services.risk_detector.handlers import CUSTOMER_HEADER, Outcome, RiskDetector
 
 SERVICE = "risk_detector"
@@ -60,10 +62,16 @@ log = get_logger(__name__)
 class RiskRuntime:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
+        if clock is None and settings.outreach_clock == "event":
+            clock = WatermarkClock()
         self.clock = clock or settings.make_clock()
         self.topics = settings.topics
         self.detector = RiskDetector(settings.policy(), self.topics)
-        self.app = create_app(SERVICE, settings, store=settings.store)
+        event_clock = isinstance(self.clock, WatermarkClock)
+        # On the event clock a rebalance waits for the batch in hand (entrypoints/event_clock.py).
+        self.app = create_app(
+            SERVICE, settings, store=settings.store, stream_wait_empty=event_clock
+        )
         self.facts_name = f"{self.app.conf.id}-customer-facts"
         self.ticks_name = f"{self.app.conf.id}-ticks"
         # An erased customer's orders, keyed and partitioned like the order topics, so
@@ -102,7 +110,7 @@ class RiskRuntime:
         self.schedule = DeadlineSchedule(
             self.app,
             self.rhythm_deadlines,
-            self.ticks_name,
+            None if event_clock else self.ticks_name,
             gate=self.progress if isinstance(self.clock, WallClock) else None,
         )
         self.schedule.export_metrics(SERVICE, lambda: self._horizon().timestamp())
@@ -146,48 +154,26 @@ class RiskRuntime:
                 )
             ],
         )
+        self.runner: EventClockRunner | None = None
+        if isinstance(self.clock, WatermarkClock):
+            self.runner = EventClockRunner(self, self.clock)
         self._wire()
 
     def _wire(self) -> None:
         app = self.app
-        order_keyed = raw_topic(app, self.topics.orders, self.topics.returns, self.forget_name)
-        customer_keyed = raw_topic(
-            app,
-            self.topics.incidents,
-            self.topics.feedback,
-            self.topics.customers,
-            self.facts_name,
-            self.ticks_name,
-        )
-
-        @app.agent(order_keyed, name=f"{SERVICE}.rekey")
-        async def rekey(stream: faust.StreamT[Any]) -> None:
-            async for event in stream.events():
-                self.heartbeat.beat()
-                msg = input_message(event)
-                if msg.topic == self.forget_name:
-                    self._forget_order(msg)
-                    continue
-                if not await self.progress.admit(event.message, msg):
-                    continue  # read again later, or read already
-                await self.holds.ready()
-                await self.rekeyer.process(msg, caught_up=caught_up(app, msg))
-                self.progress.handled(msg)
-
-        @app.agent(customer_keyed, name=f"{SERVICE}.assess")
-        async def assess(stream: faust.StreamT[Any]) -> None:
-            async for event in stream.events():
-                self.heartbeat.beat()
-                msg = input_message(event)
-                if msg.topic == self.ticks_name:
-                    await self._on_tick(msg.partition)
-                    continue
-                if not await self.progress.admit(event.message, msg):
-                    continue
-                await self.holds.ready()
-                await self.assessor.process(msg, caught_up=caught_up(app, msg))
-                self.progress.handled(msg)
-                await self._request_ticks()
+        if self.runner is not None:
+            # Short fetch rounds, as orders_watcher's: a request to the broker for end
+            # offsets (common/aligned.py) waits behind a fetch in flight.
+            deliver_in_batches(
+                app,
+                raw_topic(app, *sorted(self.runner.topics), self.forget_name),
+                self.runner.on_batch,
+                idle_s=self.settings.tick_interval_s,
+                fetch_min_bytes=65_536,
+                fetch_max_wait_s=0.02,
+            )
+        else:
+            self._wire_agents()
 
         @app.timer(interval=self.settings.tick_interval_s)
         async def tick_timer() -> None:
@@ -212,6 +198,8 @@ class RiskRuntime:
             self.progress.on_assigned(assigned)
             self.order_expiry_ready = False
             self.order_expiry.clear()
+            if self.runner is not None:
+                self.runner.on_assigned(assigned)
 
         async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
             self.schedule.on_revoked()
@@ -221,9 +209,53 @@ class RiskRuntime:
             self.progress.on_revoked()
             self.order_expiry_ready = False
             self.order_expiry.clear()
+            if self.runner is not None:
+                self.runner.on_revoked()
 
         app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    def _wire_agents(self) -> None:
+        """On the wall clock: two agents, `rekey` and `assess`, and ticks."""
+        app = self.app
+        order_keyed = raw_topic(app, self.topics.orders, self.topics.returns, self.forget_name)
+        customer_keyed = raw_topic(
+            app,
+            self.topics.incidents,
+            self.topics.feedback,
+            self.topics.customers,
+            self.facts_name,
+            self.ticks_name,
+        )
+
+        @app.agent(order_keyed, name=f"{SERVICE}.rekey")
+        async def rekey(stream: faust.StreamT[Any]) -> None:
+            async for event in stream.events():
+                self.heartbeat.beat()
+                msg = input_message(event)
+                if msg.topic == self.forget_name:
+                    self.forget_order(msg)
+                    continue
+                if not await self.progress.admit(event.message, msg):
+                    continue  # read again later, or read already
+                await self.holds.ready()
+                await self.rekeyer.process(msg, caught_up=caught_up(app, msg))
+                self.progress.handled(msg)
+
+        @app.agent(customer_keyed, name=f"{SERVICE}.assess")
+        async def assess(stream: faust.StreamT[Any]) -> None:
+            async for event in stream.events():
+                self.heartbeat.beat()
+                msg = input_message(event)
+                if msg.topic == self.ticks_name:
+                    await self._on_tick(msg.partition)
+                    continue
+                if not await self.progress.admit(event.message, msg):
+                    continue
+                await self.holds.ready()
+                await self.assessor.process(msg, caught_up=caught_up(app, msg))
+                self.progress.handled(msg)
+                await self._request_ticks()
 
     async def _on_order_fact(self, msg: InputMessage, event: CloudEvent) -> None:
         data = event.data
@@ -249,6 +281,9 @@ class RiskRuntime:
         # The partition the default partitioner would pick, chosen explicitly so that we
         # know whether our own `assess` will read it (and must wait for it before ticks).
         partition = customer_partition(key, self.settings.topic_partitions)
+        if self.runner is not None:
+            await self.runner.forward(key, msg.value or b"", headers, partition)
+            return
         if self._assigned_here(self.facts_name, partition):
             self.facts_in_flight.set(event.id, 0, event.time.timestamp())
         await self.app.producer.send_and_wait(
@@ -260,7 +295,7 @@ class RiskRuntime:
             headers=headers,
         )
 
-    def _forget_order(self, msg: InputMessage) -> None:
+    def forget_order(self, msg: InputMessage) -> None:
         order_id = (msg.key or b"").decode(errors="replace")
         if order_id and self.order_customers.get(order_id) is not None:
             self.order_customers.pop(order_id, None)
@@ -363,16 +398,26 @@ class RiskRuntime:
     async def _on_tick(self, partition: int) -> None:
         horizon = self._horizon()
         for customer_id in self.schedule.due(partition, horizon.timestamp()):
-            raw = self.profiles.get(customer_id)
-            if not raw:
-                self.schedule.schedule(customer_id, partition, None)
-                continue
-            profile = Profile.model_validate(raw)
-            outcome = self.detector.handle_tick(profile, horizon, self._quantile(partition))
-            await self._apply(customer_id, partition, outcome)
+            await self.check_rhythm(customer_id, partition, horizon)
+
+    async def check_rhythm(self, customer_id: str, partition: int, now: datetime) -> None:
+        """The customer's rhythm check is due: judge it at `now`."""
+        raw = self.profiles.get(customer_id)
+        if not raw:
+            self.schedule.schedule(customer_id, partition, None)
+            return
+        profile = Profile.model_validate(raw)
+        outcome = self.detector.handle_tick(profile, now, self._quantile(partition))
+        await self._apply(customer_id, partition, outcome)
 
     async def _apply(self, customer_id: str, partition: int, outcome: Outcome) -> None:
-        await self.producer.emit(SERVICE, outcome.records)
+        if self.runner is None:
+            await self.producer.emit(SERVICE, outcome.records)
+        else:
+            # Stamped with the moment decided; acknowledged with the batch's outputs.
+            await self.producer.emit(
+                SERVICE, outcome.records, acks=self.runner.acks, at=self.clock.now()
+            )
         if outcome.profile is None:
             self.profiles.pop(customer_id, None)
             self.schedule.schedule(customer_id, partition, None)
@@ -444,6 +489,8 @@ def ensure_own_topics(settings: Settings, facts_name: str, ticks_name: str, app:
         TopicSpec(forget_topic(app), settings.topic_partitions, retention_ms=7 * 24 * 3600_000)
     )
     specs.append(TopicSpec(t.deadletter(SERVICE), 1, retention_ms=30 * 24 * 3600 * 1000))
+    if settings.outreach_clock == "event":
+        specs.append(TopicSpec(t.watermarks, 1, retention_ms=WATERMARKS_RETENTION_MS))
     specs += changelog_specs(app, settings.topic_partitions)
     ensure_topics(settings.kafka_bootstrap_servers, specs)
 

@@ -18,7 +18,17 @@ import pytest
 
 from common.admin import ensure_topics
 from common.envelope import CloudEvent, new_event
-from common.topics import CUSTOMERS, INCIDENTS, INPUT_TOPICS, ORDERS, RETURNS, TopicSpec
+from common.marks import Mark
+from common.topics import (
+    CUSTOMERS,
+    INCIDENTS,
+    INPUT_TOPICS,
+    ORDERS,
+    RETURNS,
+    SHIPMENTS,
+    WATERMARKS,
+    TopicSpec,
+)
 from tests.conftest import events_consumed, free_port, stop_process, wait_for
 from tests.risk_scenario import LAPSE_CHECK, at, history
 
@@ -91,24 +101,43 @@ class Detector:
 
 def create_inputs(bootstrap: str, prefix: str) -> None:
     names = [*INPUT_TOPICS, INCIDENTS]
-    ensure_topics(bootstrap, [TopicSpec(prefix + t, PARTITIONS) for t in names])
+    specs = [TopicSpec(prefix + t, PARTITIONS) for t in names]
+    ensure_topics(bootstrap, [*specs, TopicSpec(prefix + WATERMARKS, 1)])
 
 
 def publish(bootstrap: str, prefix: str, events: list, app: Detector | None = None) -> None:
-    """Each event in turn; with `app`, each once `app` has handled the ones before (an
-    order or return fact twice: by `rekey`, then re-keyed by `assess`)."""
+    """Each event in turn, stamped with its time as the shop stamps its records; with
+    `app`, each once `app` has handled the ones before (an order or return fact twice:
+    by `rekey`, then re-keyed by `assess`). The test stands in for orders_watcher too:
+    after each record, its mark says every incident up to that moment is published."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all")
     expected = app.handled() if app is not None else 0
+    incidents: dict[tuple[str, int], int] = {}
     try:
         for topic, key, event in events:
-            producer.send(
+            moment_ms = int(event.time.timestamp() * 1000)
+            sent = producer.send(
                 prefix + topic,
                 key=key.encode(),
                 value=event.to_bytes(),
                 headers=[("content-type", b"application/cloudevents+json")],
+                timestamp_ms=moment_ms,
+            ).get(timeout=10)
+            if topic == INCIDENTS:
+                incidents[(sent.topic, sent.partition)] = sent.offset + 1
+            watcher = Mark(
+                service="orders_watcher",
+                instance="test",
+                inputs={prefix + t: PARTITIONS for t in (ORDERS, SHIPMENTS, RETURNS)},
+                sources=tuple(
+                    (prefix + t, p) for t in (ORDERS, SHIPMENTS, RETURNS) for p in range(PARTITIONS)
+                ),
+                at_ms=moment_ms + 1,
+                outputs=dict(incidents),
             )
+            producer.send(prefix + WATERMARKS, key=b"test", value=watcher.to_bytes(), partition=0)
             producer.flush()
             if app is not None:
                 expected += 2 if topic in ORDER_KEYED else 1
