@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.types import TP
@@ -30,7 +30,7 @@ from common.envelope import CloudEvent, InvalidEvent
 from common.kafka import InputMessage
 from common.logs import get_logger
 from common.marks import MarkReader, UpstreamMarks
-from common.streaming import InputProgress, StreamFront, input_message_of
+from common.streaming import StreamFront, input_message_of
 from common.watermark import Aligner
 
 log = get_logger(__name__)
@@ -45,12 +45,38 @@ ActOnDue = Callable[[float, bool], Awaitable[None]]
 Handle = Callable[[Any, InputMessage, float], Awaitable[None]]
 
 
+class LaneProgress(Protocol):
+    """The consumer's side: which records to take, how far each lane is read, where the
+    broker says it ends, and stopping or resuming its fetches
+    (common.streaming.InputProgress for faust, common.aligned_consumer for aiokafka)."""
+
+    async def admit(self, message: Any, msg: InputMessage) -> bool: ...
+
+    def handled(self, msg: InputMessage) -> None: ...
+
+    def admitted_to(self, lane: Lane) -> int | None: ...
+
+    async def end_offsets(self, lanes: list[Lane]) -> dict[Lane, int]: ...
+
+
+Fetching = Callable[[list[Lane], bool], Awaitable[None]]
+
+
+def faust_fetching(app: faust.App) -> Fetching:
+    """Pause (True) or resume (False) lanes at faust's aiokafka consumer."""
+
+    async def fetching(lanes: list[Lane], paused: bool) -> None:
+        await set_fetching(app, [TP(*lane) for lane in lanes], paused=paused)
+
+    return fetching
+
+
 class AlignedInput:
     def __init__(
         self,
-        app: faust.App,
         clock: WatermarkClock,
-        progress: InputProgress,
+        progress: LaneProgress,
+        fetching: Fetching,
         *,
         topics: Iterable[str],
         idle_s: float,
@@ -61,9 +87,9 @@ class AlignedInput:
     ) -> None:
         """`topics`: the inputs to align. `feeds`: which of them carry another service's
         outputs (topic → that service), bounded by its marks read from `marks_topic`."""
-        self.app = app
         self.clock = clock
         self.progress = progress
+        self.fetching = fetching
         self.topics = frozenset(topics)
         self.aligner: Aligner[Lane, tuple[Any, InputMessage]] = Aligner(
             idle_s=idle_s, max_buffered=max_buffered
@@ -93,25 +119,38 @@ class AlignedInput:
         if self.reader is not None:
             self.reader.start()
 
+    def rewind(self) -> None:
+        """The consumer goes back to the first record not handled of every lane (after an
+        outage): what waits is read again; the clock and the marks stay."""
+        lanes = self.aligner.lanes
+        self.aligner.assign(lanes, derived=[lane for lane in lanes if lane[0] in self.feeds])
+        self._asked.clear()
+
     def revoke(self) -> None:
         # What waits unhandled is unacknowledged: read again by the next owner.
         self.aligner.assign(())
         self._asked.clear()
 
     async def take(self, messages: list[Any]) -> list[tuple[Any, InputMessage]]:
-        """A fetched batch: its records of the aligned topics wait for release, once
-        admitted (in offset order, see InputProgress.admit); the others admitted are
-        returned, for the caller to handle at once."""
+        """A batch faust fetched (see `take_records`)."""
+        return await self.take_records([(m, input_message_of(m)) for m in messages])
+
+    async def take_records(
+        self, records: list[tuple[Any, InputMessage]]
+    ) -> list[tuple[Any, InputMessage]]:
+        """A fetched batch (the consumer's record, and as the handlers see it): its
+        records of the aligned topics wait for release, once admitted (in offset order,
+        see InputProgress.admit); the others admitted are returned, for the caller to
+        handle at once."""
         aligner = self.aligner
         aligner.received()
         others = []
-        for message in messages:
-            msg = input_message_of(message)
+        for message, msg in records:
             if not await self.progress.admit(message, msg):
                 continue  # read again later, or read already
             if msg.topic in self.topics:
                 lane = (msg.topic, msg.partition)
-                aligner.add(lane, arrival_ms(message, msg), (message, msg))
+                aligner.add(lane, arrival_ms(msg), (message, msg))
             else:
                 others.append((message, msg))
         return others
@@ -164,9 +203,9 @@ class AlignedInput:
         """Pause the lanes far ahead, resume those caught up."""
         pause, resume = self.aligner.paused()
         if pause:
-            await set_fetching(self.app, [TP(*lane) for lane in pause], paused=True)
+            await self.fetching(pause, True)
         if resume:
-            await set_fetching(self.app, [TP(*lane) for lane in resume], paused=False)
+            await self.fetching(resume, False)
 
     async def follow_the_stream(self, act_on_due: ActOnDue) -> None:
         """Idle, with nothing waiting: if the input as a whole has got further than this
@@ -235,15 +274,15 @@ class AlignedInput:
                 del self._asked[lane]
 
 
-def arrival_ms(message: Any, msg: InputMessage) -> int:
+def arrival_ms(msg: InputMessage) -> int:
     """When the record arrived on the stream: its timestamp (set by its producer when it
     published it, kept by a replay), else the event's own time (0: with its partition)."""
-    if message.timestamp and message.timestamp > 0:
-        return int(message.timestamp * 1000)
+    if msg.timestamp_ms and msg.timestamp_ms > 0:
+        return msg.timestamp_ms
     try:
         return int(CloudEvent.from_bytes(msg.value).time.timestamp() * 1000)
     except InvalidEvent:
         return 0
 
 
-__all__ = ["AlignedInput", "arrival_ms"]
+__all__ = ["AlignedInput", "LaneProgress", "arrival_ms", "faust_fetching"]

@@ -464,10 +464,11 @@ class ConsumerLoop:
 
         class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             async def on_partitions_revoked(self, revoked: Any) -> None:
-                return None
+                await loop._on_revoked(revoked)
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
                 loop.assigned = True
+                await loop._on_assigned(assigned)
 
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
@@ -485,6 +486,19 @@ class ConsumerLoop:
 
     def ready(self) -> bool:
         return self.assigned
+
+    async def _on_assigned(self, assigned: Any) -> None:
+        return None
+
+    async def _on_revoked(self, revoked: Any) -> None:
+        return None
+
+    def _should_commit(self, batches: dict[Any, list[Any]]) -> bool:
+        return bool(batches)
+
+    async def _commit_handled(self, consumer: Any) -> None:
+        """Commit what the batch handled: everything fetched, here."""
+        await self._commit(consumer, None)
 
     async def run(self) -> None:
         from aiokafka.errors import KafkaError
@@ -506,9 +520,9 @@ class ConsumerLoop:
                 backoff = min(backoff * 2, self.hold_max_s)
                 continue
             backoff = self.hold_first_s
-            if batches:
+            if self._should_commit(batches):
                 failpoint(f"{self.processor.service}.before_offset_commit")
-                await self._commit(consumer, None)
+                await self._commit_handled(consumer)
                 await self._report_lag(consumer)
             elif self.on_idle is not None:
                 await self.on_idle()

@@ -206,6 +206,11 @@ class Aligner(Generic[Lane, T]):
                 resume.append(name)
         return pause, resume
 
+    def waiting_in(self, lane: Lane) -> list[T]:
+        """The records of `lane` waiting, in no particular order."""
+        state = self._lanes.get(lane)
+        return [] if state is None else [entry[-1] for entry in state.waiting]
+
     def idle_lanes(self) -> list[Lane]:
         """The lanes passed over for idleness (until they yield a record again)."""
         return [name for name, state in self._lanes.items() if state.idle]

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from common.clock import Clock, WallClock
+from common.clock import Clock, WallClock, WatermarkClock
 from common.metrics import RENDER_FAILURES, SUPPRESSIONS
 from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - registers tables
 from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
@@ -191,7 +191,7 @@ def build(
             controls, delivery.paused, full_rate_per_s=settings.provider_rate_per_s
         ),
         settings=settings,
-        clock=clock or settings.make_clock(),
+        clock=clock or _clock(settings),
         wall=wall,
         engine=engine,
         ledger=ledger,
@@ -202,3 +202,9 @@ def build(
         delivery=delivery,
         renderer=renderer,
     )
+
+
+def _clock(settings: Settings) -> Clock:
+    """The wall clock, or on the event clock one the worker's consumer moves as it hands
+    the records over in arrival order (common/aligned.py)."""
+    return WatermarkClock() if settings.outreach_clock == "event" else settings.make_clock()

@@ -24,7 +24,7 @@ from typing import Any
 import faust
 
 from common.admin import ensure_topics
-from common.aligned import AlignedInput
+from common.aligned import AlignedInput, faust_fetching
 from common.batched_input import InFlight, deliver_in_batches, fatal
 from common.clock import Clock, WallClock, WatermarkClock
 from common.deadlines import DeadlineSchedule
@@ -137,9 +137,9 @@ class WatcherRuntime:
         self.progress = InputProgress(self.app, set(self.inputs), service=SERVICE)
         if isinstance(self.clock, WatermarkClock):
             self.aligned = AlignedInput(
-                self.app,
                 self.clock,
                 self.progress,
+                faust_fetching(self.app),
                 topics=self.inputs,
                 idle_s=settings.watermark_idle_s,
                 max_buffered=settings.watermark_max_buffered,

@@ -22,7 +22,7 @@ between the database commit and the Kafka send.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -488,6 +488,18 @@ class Ledger:
                 .limit(limit)
             )
             return list(result.scalars())
+
+    async def earliest_due(self) -> datetime | None:
+        """When the next scheduled message is due (None: none is scheduled for a time)."""
+        async with self.sessions() as s:
+            found = await s.scalar(
+                select(func.min(Delivery.send_at)).where(
+                    Delivery.status == "scheduled", Delivery.send_at.is_not(None)
+                )
+            )
+        if found is not None and found.tzinfo is None:
+            found = found.replace(tzinfo=UTC)
+        return found
 
     async def held(self, limit: int = 100) -> list[Delivery]:
         """Scheduled with no time: held by a pause."""

@@ -20,7 +20,9 @@ from aiohttp import web
 
 from common import tracing
 from common.admin import ensure_topics
-from common.clock import EPOCH
+from common.aligned import AlignedInput
+from common.aligned_consumer import AlignedConsumerLoop, ConsumerLanes
+from common.clock import EPOCH, WatermarkClock
 from common.envelope import CloudEvent
 from common.kafka import (
     AiokafkaProducer,
@@ -34,7 +36,7 @@ from common.logs import configure_logging, get_logger
 from common.metrics import LEDGER_DELIVERIES
 from common.ops_http import Heartbeat, OpsServer
 from common.outages import outage_of
-from common.topics import TopicSpec
+from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
 from services.outreach.bootstrap import Outreach, build
 from services.outreach.config import Settings
 from services.outreach.domain.states import PUBLIC
@@ -55,16 +57,41 @@ class OutreachWorker:
         self.producer = AiokafkaProducer(settings.kafka_bootstrap_servers, f"{SERVICE}-worker")
         self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
         self.processor = MessageProcessor(SERVICE, self._handle, self.deadletters, self.clock)
-        self.consumer = ConsumerLoop(
+        inputs = [self.topics.requests, self.topics.incidents, self.topics.customers]
+        loop_options: dict[str, Any] = dict(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=f"{settings.topic_prefix}{SERVICE}",
-            topics=[self.topics.requests, self.topics.incidents, self.topics.customers],
+            topics=inputs,
             processor=self.processor,
             heartbeat=self.heartbeat,
             client_id=f"{SERVICE}-worker",
             session_timeout_s=settings.kafka_session_timeout_s,
             concurrency=settings.concurrency,
         )
+        self.consumer: ConsumerLoop
+        if isinstance(self.clock, WatermarkClock):
+            # On the event clock: every input in arrival order (common/aligned.py), the
+            # scheduled messages sent as the clock passes their time.
+            lanes = ConsumerLanes()
+            aligned = AlignedInput(
+                self.clock,
+                lanes,
+                lanes.fetching,
+                topics=inputs,
+                idle_s=settings.watermark_idle_s,
+                max_buffered=settings.watermark_max_buffered,
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                feeds={
+                    self.topics.requests: "risk_detector",
+                    self.topics.incidents: "orders_watcher",
+                },
+                marks_topic=self.topics.watermarks,
+            )
+            self.consumer = AlignedConsumerLoop(
+                aligned=aligned, lanes=lanes, act_on_due=self._send_due_until, **loop_options
+            )
+        else:
+            self.consumer = ConsumerLoop(**loop_options)
         self.ops = OpsServer(
             settings.http_host,
             settings.http_port,
@@ -83,10 +110,8 @@ class OutreachWorker:
         outreach.delivery.optouts = OptOutPublisher(self.producer, self.topics.optouts)
 
     def _now(self, event: CloudEvent | None = None) -> Any:
-        # In event-clock mode a decision happens at the time of the record that caused it,
-        # so a replay decides the same whatever the interleaving of partitions.
-        if event is not None and self.settings.outreach_clock == "event":
-            return event.time
+        # On the event clock a decision happens when the record that caused it arrived,
+        # as it does live (the records are handled in arrival order: common/aligned.py).
         return self.clock.now()
 
     async def _handle(self, msg: InputMessage, event: CloudEvent) -> None:
@@ -101,6 +126,30 @@ class OutreachWorker:
     async def _send_due(self) -> int:
         self.heartbeat.beat()  # the scheduler's turns prove the worker alive, too
         return await self.outreach.delivery.send_due(self.clock.now())
+
+    async def _send_held(self) -> int:
+        """On the event clock: what a pause held, once it is over (the rest is sent by
+        the consumer's loop, `_send_due_until`)."""
+        self.heartbeat.beat()
+        if self.outreach.delivery.paused.all or not await self.outreach.ledger.held(limit=1):
+            return 0
+        return await self.outreach.delivery.send_due(self.clock.now())
+
+    async def _send_due_until(self, until: float, inclusive: bool) -> None:
+        """On the event clock: send the messages scheduled before `until` (or at it),
+        earliest first, each at its own time, as the scheduler would have when it came."""
+        assert isinstance(self.clock, WatermarkClock)
+        last, repeats = None, 0
+        while (due := await self.outreach.ledger.earliest_due()) is not None:
+            moment = due.timestamp()
+            if moment > until or (moment == until and not inclusive):
+                return
+            repeats = repeats + 1 if moment == last else 0
+            if repeats > 2:
+                return  # rows that stay due (held by a pause): the scheduler's turn
+            last = moment
+            self.clock.advance_to(due)
+            await self.outreach.delivery.send_due(self.clock.now())
 
     async def _scrub(self) -> int:
         retention = timedelta(days=self.settings.ledger_retention_days)
@@ -172,7 +221,12 @@ class OutreachWorker:
                 )
             ]
             + [TopicSpec(self.topics.customers, self.settings.topic_partitions, compacted=True)]
-            + [TopicSpec(self.topics.deadletter(SERVICE), 1)],
+            + [TopicSpec(self.topics.deadletter(SERVICE), 1)]
+            + (
+                [TopicSpec(self.topics.watermarks, 1, retention_ms=WATERMARKS_RETENTION_MS)]
+                if isinstance(self.clock, WatermarkClock)
+                else []
+            ),
         )
         await self.outreach.start()
         await self.producer.start()
@@ -189,10 +243,13 @@ class OutreachWorker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         cache = self.outreach.template_cache
+        # On the event clock the consumer's loop sends what is due, in order with its
+        # records; the scheduler then only sends what a pause held, after a resume.
+        scheduler = self._send_held if isinstance(self.clock, WatermarkClock) else self._send_due
         tasks = [
             asyncio.create_task(self.consumer.run()),
             asyncio.create_task(
-                self._every(self.settings.scheduler_interval_s, self._send_due, "scheduler")
+                self._every(self.settings.scheduler_interval_s, scheduler, "scheduler")
             ),
             asyncio.create_task(self._every(0.2, self._relay, "relay")),
             asyncio.create_task(self._every(1.0, self._seen, "seen")),

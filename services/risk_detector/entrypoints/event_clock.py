@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import faust
 from faust.types import TP
 
-from common.aligned import AlignedInput
+from common.aligned import AlignedInput, faust_fetching
 from common.batched_input import InFlight, fatal
 from common.clock import WatermarkClock
 from common.deadlines import DeadlineSchedule
@@ -85,9 +85,9 @@ class EventClockRunner:
             service=SERVICE,
         )
         self.aligned = AlignedInput(
-            runtime.app,
             clock,
             self.progress,
+            faust_fetching(runtime.app),
             topics=self.topics,
             idle_s=settings.watermark_idle_s,
             max_buffered=settings.watermark_max_buffered,
