@@ -83,10 +83,14 @@ class AlignedInput:
         max_buffered: int,
         bootstrap_servers: str,
         feeds: dict[str, str] | None = None,
+        waits_for: Iterable[str] = (),
         marks_topic: str | None = None,
     ) -> None:
         """`topics`: the inputs to align. `feeds`: which of them carry another service's
-        outputs (topic → that service), bounded by its marks read from `marks_topic`."""
+        outputs (topic → that service), bounded by its marks read from `marks_topic`.
+        `waits_for`: services whose state this one reads as it decides (preferences'
+        contact data): no record goes before they have applied every input stamped
+        earlier, as their marks say (one lane without records each)."""
         self.clock = clock
         self.progress = progress
         self.fetching = fetching
@@ -95,6 +99,8 @@ class AlignedInput:
             idle_s=idle_s, max_buffered=max_buffered
         )
         self.feeds = dict(feeds or {})
+        self.virtual = [(f"~{service}", 0) for service in waits_for]
+        self.feeds.update({lane[0]: lane[0][1:] for lane in self.virtual})
         self.upstream = UpstreamMarks(self.feeds)
         self.reader: MarkReader | None = None
         if self.feeds:
@@ -112,6 +118,7 @@ class AlignedInput:
     def assign(self, assigned: Iterable[Any]) -> None:
         """A new assignment (faust's TPs): time starts over from its first records."""
         lanes = [(tp.topic, tp.partition) for tp in assigned if tp.topic in self.topics]
+        lanes += self.virtual if lanes else []
         self.aligner.assign(lanes, derived=[lane for lane in lanes if lane[0] in self.feeds])
         self._asked.clear()
         self.upstream.forget_lanes()

@@ -435,6 +435,7 @@ class ConsumerLoop:
         max_batch: int = 500,
         session_timeout_s: float = 30.0,
         on_idle: Callable[[], Awaitable[None]] | None = None,
+        after_batch: Callable[[Any, dict[Any, list[Any]]], Awaitable[None]] | None = None,
         concurrency: int = 1,
         hold_first_s: float = 0.5,
         hold_max_s: float = 30.0,
@@ -449,6 +450,7 @@ class ConsumerLoop:
         self.max_batch = max_batch
         self.session_timeout_s = session_timeout_s
         self.on_idle = on_idle
+        self.after_batch = after_batch
         self.hold_first_s = hold_first_s
         self.hold_max_s = hold_max_s
         self.assigned = False
@@ -526,6 +528,8 @@ class ConsumerLoop:
                 await self._report_lag(consumer)
             elif self.on_idle is not None:
                 await self.on_idle()
+            if self.after_batch is not None:  # what the round handled: none when idle
+                await self.after_batch(consumer, batches)
 
     async def _handle_batch(
         self, consumer: Any, batches: dict[Any, list[Any]]

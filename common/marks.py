@@ -251,6 +251,55 @@ class MarkPublisher:
         self.last_at = at_ms
 
 
+class AppliedFront:
+    """The marks of a plain consumer that applies records stamped in publication order
+    (the shop's, as the simulator and the test shop stamp them) to a state other
+    services read (preferences' contact data): every record stamped before the mark's
+    moment is applied. A partition read to the end the last fetch saw vouches up to just
+    past the latest stamp applied anywhere (a record published later is stamped later);
+    one behind, up to its own latest stamp applied."""
+
+    def __init__(self, publisher: MarkPublisher, topics: Iterable[str]) -> None:
+        self.publisher = publisher
+        self.topics = frozenset(topics)
+        self._applied: dict[Lane, int] = {}
+        self._latest: int | None = None
+        self._published_at = 0.0
+
+    async def after_batch(self, consumer: Any, batches: dict[Any, list[Any]]) -> None:
+        """A round of the consumer's loop applied these records (none: it was idle):
+        publish how far (when idle, now and then, so that a reader starting later finds
+        one within the topic's retention)."""
+        for tp, records in batches.items():
+            if tp.topic in self.topics and records:
+                stamp = max(r.timestamp for r in records)
+                self._applied[(tp.topic, tp.partition)] = stamp
+                self._latest = stamp if self._latest is None else max(self._latest, stamp)
+        if batches or asyncio.get_running_loop().time() - self._published_at >= 30.0:
+            await self._publish(consumer)
+
+    async def _publish(self, consumer: Any) -> None:
+        if self._latest is None:
+            return
+        at = self._latest + 1
+        sources = []
+        for tp in consumer.assignment():
+            if tp.topic not in self.topics:
+                continue
+            lane = (tp.topic, tp.partition)
+            sources.append(lane)
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                return  # not fetched yet: nothing to vouch for
+            if await consumer.position(tp) < highwater:
+                applied = self._applied.get(lane)
+                if applied is None:
+                    return
+                at = min(at, applied)
+        self._published_at = asyncio.get_running_loop().time()
+        await self.publisher.publish(at, sources)
+
+
 class MarkReader:
     """The downstream's end: follows the marks topic from its start with a consumer of
     its own (outside any group) and feeds `marks`."""
@@ -309,4 +358,4 @@ class MarkReader:
         self.changed.set()
 
 
-__all__ = ["Mark", "MarkPublisher", "MarkReader", "UpstreamMarks"]
+__all__ = ["AppliedFront", "Mark", "MarkPublisher", "MarkReader", "UpstreamMarks"]

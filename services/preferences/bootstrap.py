@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -24,11 +27,12 @@ from common.kafka import (
     Outgoing,
 )
 from common.logs import get_logger
+from common.marks import AppliedFront, MarkPublisher
 from common.metrics import EVENTS_CONSUMED
 from common.ops_http import Heartbeat, OpsServer
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
-from common.topics import TopicSpec
+from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
 from services.preferences.adapters.change_feed import ChangeFeed, PostgresChangeFeed
 from services.preferences.adapters.store import PreferencesStore, migrate, postgres_dsn
 from services.preferences.config import Settings
@@ -106,6 +110,30 @@ class ErasureAnnouncements:
         )
 
 
+def applied_front(
+    settings: Settings, producer: AiokafkaProducer
+) -> Callable[[Any, dict[Any, list[Any]]], Awaitable[None]] | None:
+    """On the event clock: marks saying how far the customers' contact data is applied,
+    so that outreach decides no record before the contact data stamped earlier is in
+    (common/marks.py). None on the wall clock."""
+    if settings.outreach_clock != "event":
+        return None
+    topics = settings.topics
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        await producer.send(topic, key, value, [])
+
+    publisher = MarkPublisher(
+        SERVICE,
+        f"{SERVICE}-{os.getpid()}-{os.urandom(4).hex()}",
+        {topics.customers: settings.topic_partitions},
+        topics.watermarks,
+        send,
+        outputs=(),
+    )
+    return AppliedFront(publisher, [topics.customers]).after_batch
+
+
 async def serve(settings: Settings) -> None:
     url = settings.db_url()
     await asyncio.to_thread(migrate, url)
@@ -126,7 +154,12 @@ async def serve(settings: Settings) -> None:
             TopicSpec(topics.customers, settings.topic_partitions, compacted=True),
             TopicSpec(topics.optouts, settings.topic_partitions),
             TopicSpec(topics.deadletter(SERVICE), 1),
-        ],
+        ]
+        + (
+            [TopicSpec(topics.watermarks, 1, retention_ms=WATERMARKS_RETENTION_MS)]
+            if settings.outreach_clock == "event"
+            else []
+        ),
     )
     clock = settings.make_clock()
     heartbeat = Heartbeat()
@@ -150,6 +183,7 @@ async def serve(settings: Settings) -> None:
         heartbeat=heartbeat,
         client_id=SERVICE,
         session_timeout_s=settings.kafka_session_timeout_s,
+        after_batch=applied_front(settings, producer),
     )
     server, health_servicer, port = build_grpc_server(settings, prefs)
     ops = OpsServer(

@@ -1,15 +1,15 @@
 """A shop's story replayed on the real broker decides the same, however it is replayed.
 
 The same three weeks (late scans, duplicates, customers in several time zones) published
-as fast as the broker takes them and paced: the same incidents both times (compared by
-content), no orphan dead letter (every shipment's order is on the broker before it), and
+through the whole pipeline as fast as the broker takes them and paced: the same
+incidents, requests and hand-offs (by content), the same decisions and suppressions in
+outreach's ledger, the same messages accepted by the provider doubles (with their
+counts), no orphan dead letter (every shipment's order is on the broker before it), and
 no order judged late that was on time. Only outside effects are compared: the records on
-the incidents and dead-letter topics.
+the topics, the ledger's rows, what the doubles accepted.
 
-Read by two watcher processes, the story does not yet reliably give the same incidents
-(`python -m tests.replay --watchers 1,2` compares them by hand): in one run of four,
-both watchers' clocks passed records of their own partitions still unread after the
-group's first rebalance (issue "replay fidelity", open).
+Several watcher processes are compared by hand (`python -m tests.replay --watchers 1,2`):
+see docs/architecture.md, "Time", for what they do not yet match.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from simulator.shop import Emission
 from tests.replay.harness import Replay, replay, story
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-
-WATCHER = ("orders_watcher",)
 
 
 def promises_kept(emissions: list[Emission]) -> tuple[set[str], set[str]]:
@@ -71,26 +69,31 @@ def opened(run: Replay, kind: str) -> set[str]:
     }
 
 
-def test_a_story_gives_the_same_incidents_fast_and_paced(kafka_bootstrap, tmp_path):
-    emissions = story(customers=250, days=21, orders_per_hour=2.0)
+def test_a_story_gives_the_same_outcomes_fast_and_paced(kafka_bootstrap, tmp_path):
+    emissions = story(customers=200, days=21, orders_per_hour=1.6)
     span = (emissions[-1].at - emissions[0].at).total_seconds()
     late_scans = sum(
         1 for e in emissions if e.event is not None and e.event.time < e.at.replace(microsecond=0)
     )
-    assert len(emissions) > 3_000 and late_scans > 20  # the story has what it should
+    assert len(emissions) > 2_500 and late_scans > 20  # the story has what it should
 
     runs = {
-        "fast": replay(kafka_bootstrap, emissions, tmp_path / "fast", services=WATCHER),
-        "paced": replay(
-            kafka_bootstrap, emissions, tmp_path / "paced", speed=span / 40, services=WATCHER
-        ),
+        "fast": replay(kafka_bootstrap, emissions, tmp_path / "fast"),
+        "paced": replay(kafka_bootstrap, emissions, tmp_path / "paced", speed=span / 40),
     }
     fast = runs["fast"]
-    assert len(fast.incidents) > 100
+    assert len(fast.incidents) > 100 and len(fast.requests) > 100
+    assert sum(fast.messages.values()) > 50
+    suppressed = {row[5] for row in fast.decisions if row[4] == "suppressed"}
+    assert {"already_resolved", "frequency_cap"} <= suppressed  # decisions that depend on order
     for name, run in runs.items():
         assert run.orphans == [], f"{name}: orphan dead letters for orders on the broker"
-        differences = run.differences(fast)
-        assert "incidents" not in differences, (name, differences["incidents"])
+    differences = runs["paced"].differences(fast)
+    for kind, (paced_only, fast_only) in differences.items():
+        print(f"{kind}: {len(paced_only)} only paced, {len(fast_only)} only fast")
+        for item in (paced_only[:5], fast_only[:5]):
+            print("  ", item)
+    assert not differences, sorted(differences)
 
     on_time_dispatch, on_time_delivery = promises_kept(emissions)
     assert not opened(fast, "dispatch_late") & on_time_dispatch

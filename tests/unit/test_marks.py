@@ -6,8 +6,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from faust.types import TP
 
-from common.marks import Mark, MarkPublisher, UpstreamMarks
+from common.marks import AppliedFront, Mark, MarkPublisher, UpstreamMarks
 
 INPUTS = {"orders": 2}
 LANE = ("incidents", 0)
@@ -109,3 +110,42 @@ def test_sources_read_locally_hold_nothing_back_until_the_next_assignment() -> N
     marks.forget_lanes()
     marks.add(mark("w2", [1], 80))
     assert bounds(marks, 0) == {}  # partition 0 vouched for by no one now
+
+
+class FakeConsumer:
+    """What AppliedFront reads of an aiokafka consumer."""
+
+    def __init__(self, ends: dict[int, int], positions: dict[int, int]) -> None:
+        self.ends, self.positions = ends, positions
+
+    def assignment(self) -> set[TP]:
+        return {TP("customers", p) for p in self.ends}
+
+    def highwater(self, tp: TP) -> int | None:
+        return self.ends.get(tp.partition)
+
+    async def position(self, tp: TP) -> int:
+        return self.positions[tp.partition]
+
+
+def records(partition: int, *stamps: int) -> tuple[TP, list[SimpleNamespace]]:
+    return TP("customers", partition), [SimpleNamespace(timestamp=s) for s in stamps]
+
+
+async def test_applied_front_vouches_past_the_latest_stamp_once_every_partition_is_read() -> None:
+    sent: list[Mark] = []
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        sent.append(Mark.from_bytes(value))
+
+    publisher = MarkPublisher("preferences", "p1", {"customers": 2}, "marks", send, outputs=())
+    front = AppliedFront(publisher, ["customers"])
+    consumer = FakeConsumer(ends={0: 2, 1: 5}, positions={0: 2, 1: 3})
+    await front.after_batch(consumer, dict([records(0, 10, 40), records(1, 20, 30)]))
+    assert sent[-1].at_ms == 30  # partition 1 has more to read: up to its last applied
+    consumer.positions[1] = 5
+    await front.after_batch(consumer, dict([records(1, 50)]))
+    assert sent[-1].at_ms == 51  # all read: just past the latest stamp applied
+    assert sent[-1].sources == (("customers", 0), ("customers", 1)) and sent[-1].outputs == {}
+    await front.after_batch(consumer, {})  # idle: not again so soon
+    assert len(sent) == 2

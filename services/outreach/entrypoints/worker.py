@@ -85,6 +85,8 @@ class OutreachWorker:
                     self.topics.requests: "risk_detector",
                     self.topics.incidents: "orders_watcher",
                 },
+                # Contact data comes from preferences, which reads the shop's customers.
+                waits_for=["preferences"],
                 marks_topic=self.topics.watermarks,
             )
             self.consumer = AlignedConsumerLoop(
