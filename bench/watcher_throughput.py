@@ -80,6 +80,7 @@ def stage_consumer(
     """The watcher itself, or one of the comparison consumers of bench/stages.py."""
     if stage == "watcher":
         command = [sys.executable, "-m", "services.orders_watcher"]
+        broker_stamped_incidents(bootstrap, prefix)
     else:
         command = [sys.executable, "-m", "bench.stages", stage]
     return Consumer(
@@ -91,6 +92,32 @@ def stage_consumer(
         port_env="ORDERS_WATCHER_HTTP_PORT",
         log_level=log_level,
     )
+
+
+def broker_stamped_incidents(bootstrap: str, prefix: str) -> None:
+    """The watcher's incidents topic, made before the watcher makes it, with the broker's
+    append time as each record's timestamp: on the event clock the watcher stamps an
+    incident with the moment it decided it (for the services downstream), and the
+    latency is measured from when it reached the broker."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    try:
+        admin.create_topics(
+            [
+                NewTopic(
+                    f"{prefix}outreach.incidents",
+                    PARTITIONS,
+                    1,
+                    topic_configs={"message.timestamp.type": "LogAppendTime"},
+                )
+            ]
+        )
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
 
 
 # --- one stage ----------------------------------------------------------------------------

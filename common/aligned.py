@@ -82,6 +82,7 @@ class AlignedInput:
         idle_s: float,
         max_buffered: int,
         bootstrap_servers: str,
+        partitions: int,
         feeds: dict[str, str] | None = None,
         waits_for: Iterable[str] = (),
         marks_topic: str | None = None,
@@ -107,9 +108,12 @@ class AlignedInput:
             assert marks_topic is not None
             self.reader = MarkReader(bootstrap_servers, marks_topic, self.upstream)
         external = sorted(self.topics - set(self.feeds))
-        self.front = StreamFront(bootstrap_servers, external)
+        self.front = StreamFront(bootstrap_servers, external, partitions)
         # Lane → (the aligner's epoch of the request, the end offset the broker gave).
         self._asked: dict[Lane, tuple[int, int]] = {}
+        # Whether, at the last idle look, nothing to read could be stamped at the clock.
+        self.complete = False
+        self._idle: list[Lane] = []
 
     @property
     def lanes(self) -> list[Lane]:
@@ -151,6 +155,8 @@ class AlignedInput:
         handle at once."""
         aligner = self.aligner
         aligner.received()
+        if records:
+            self.complete = False
         others = []
         for message, msg in records:
             if not await self.progress.admit(message, msg):
@@ -183,7 +189,21 @@ class AlignedInput:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.reader.changed.wait(), MARK_WAIT_S)
                 continue
+            self._report_idle()
             return
+
+    def _report_idle(self) -> None:
+        """Log the lanes passed over for idleness when they change (operators: a lane
+        that stays idle is one the broker would not confirm, or an upstream that stopped
+        publishing marks)."""
+        idle = sorted(self.aligner.idle_lanes())
+        if idle != self._idle:
+            self._idle = idle
+            log.warning(
+                "event_clock_lanes_idle",
+                lanes=[f"{topic}:{partition}" for topic, partition in idle],
+                clock=self.clock.now().isoformat(),
+            )
 
     async def _release(
         self, key: int, message: Any, msg: InputMessage, act_on_due: ActOnDue, handle: Handle
@@ -215,37 +235,40 @@ class AlignedInput:
             await self.fetching(resume, False)
 
     async def follow_the_stream(self, act_on_due: ActOnDue) -> None:
-        """Idle, with nothing waiting: if the input as a whole has got further than this
-        worker's partitions (another worker reads the rest, or they fell silent), and
-        this worker's partitions are read to their end as the broker says after that
-        was seen, and the lanes fed by other services are bounded past it, time has
-        passed for them too: the deadlines up to there are due, as they would be for a
-        worker reading every partition."""
+        """Idle, with nothing waiting: once this worker's partitions of the shop's topics
+        are read to the end the broker gives now, time may pass for it as far as the
+        stream has got elsewhere — the services it reads vouch for that (the lowest bound
+        of its derived lanes), or, reading only the shop's topics, the latest stamp on
+        them (other workers read the rest): the deadlines up to there are due, as they
+        would be for a worker reading every partition. Sets `complete`: nothing this
+        worker will read can come stamped at or before its clock (no record stamped the
+        same millisecond as one already released, the producers' promise)."""
+        self.complete = False
         if self.aligner.waiting:
             return
-        latest = await self.front.latest()
-        if latest is None or latest / 1000 <= self.clock.now().timestamp():
-            return
-        self._bound()
-        lanes = [lane for lane in self.aligner.lanes if lane[0] not in self.feeds]
-        ends = await self.progress.end_offsets(lanes)
-        for lane in lanes:
-            position = self.progress.admitted_to(lane)
-            end = ends.get(lane)
-            if end is None or (end > 0 and (position is None or position < end)):
-                return  # records of ours still to come: they move the clock
-        # No further than every lane fed by another service is complete.
+        external = [lane for lane in self.aligner.lanes if lane[0] not in self.feeds]
+        if external:
+            ends = await self.progress.end_offsets(external)
+            for lane in external:
+                position = self.progress.admitted_to(lane)
+                end = ends.get(lane)
+                if end is None or (end > 0 and (position is None or position < end)):
+                    return  # records of ours still to come: they move the clock
         derived = [lane for lane in self.aligner.lanes if lane[0] in self.feeds]
-        bounds = self.upstream.bounds(derived, self.progress.admitted_to)
-        for lane in derived:
-            bound = bounds.get(lane)
-            if bound is None:
+        low: int | None = None  # every derived record stamped before it is read
+        if derived:
+            self._bound()
+            bounds = self.upstream.bounds(derived, self.progress.admitted_to)
+            if any(lane not in bounds for lane in derived):
                 return
-            latest = min(latest, bound)
-        if latest / 1000 <= self.clock.now().timestamp():
-            return
-        await act_on_due(latest / 1000, True)
-        self.clock.advance_to(datetime.fromtimestamp(latest / 1000, UTC))
+            low = min(bounds[lane] for lane in derived)
+            target: int | None = low - 1
+        else:
+            target = await self.front.latest()
+        if target is not None and target > self.clock.now().timestamp() * 1000:
+            await act_on_due(target / 1000, True)
+            self.clock.advance_to(datetime.fromtimestamp(target / 1000, UTC))
+        self.complete = low is None or low > self.clock.now().timestamp() * 1000
 
     async def stop(self) -> None:
         if self.reader is not None:

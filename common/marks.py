@@ -255,49 +255,53 @@ class AppliedFront:
     """The marks of a plain consumer that applies records stamped in publication order
     (the shop's, as the simulator and the test shop stamp them) to a state other
     services read (preferences' contact data): every record stamped before the mark's
-    moment is applied. A partition read to the end the last fetch saw vouches up to just
-    past the latest stamp applied anywhere (a record published later is stamped later);
-    one behind, up to its own latest stamp applied."""
+    moment is applied. With its partitions read to the end the broker gives after the
+    front of the whole stream was seen (`front`: the latest stamp on every topic the
+    shop writes), it vouches up to just past that front (a record published later is
+    stamped later); with some behind, up to the latest stamp applied on those."""
 
-    def __init__(self, publisher: MarkPublisher, topics: Iterable[str]) -> None:
+    def __init__(self, publisher: MarkPublisher, topics: Iterable[str], front: Any = None) -> None:
         self.publisher = publisher
         self.topics = frozenset(topics)
+        self.front = front  # common.streaming.StreamFront, or None: its own topics only
         self._applied: dict[Lane, int] = {}
         self._latest: int | None = None
         self._published_at = 0.0
 
     async def after_batch(self, consumer: Any, batches: dict[Any, list[Any]]) -> None:
         """A round of the consumer's loop applied these records (none: it was idle):
-        publish how far (when idle, now and then, so that a reader starting later finds
-        one within the topic's retention)."""
+        publish how far (when idle, once a second at most)."""
         for tp, records in batches.items():
             if tp.topic in self.topics and records:
                 stamp = max(r.timestamp for r in records)
                 self._applied[(tp.topic, tp.partition)] = stamp
                 self._latest = stamp if self._latest is None else max(self._latest, stamp)
-        if batches or asyncio.get_running_loop().time() - self._published_at >= 30.0:
+        if batches or asyncio.get_running_loop().time() - self._published_at >= 1.0:
             await self._publish(consumer)
 
     async def _publish(self, consumer: Any) -> None:
-        if self._latest is None:
-            return
-        at = self._latest + 1
-        sources = []
-        for tp in consumer.assignment():
-            if tp.topic not in self.topics:
-                continue
-            lane = (tp.topic, tp.partition)
-            sources.append(lane)
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                return  # not fetched yet: nothing to vouch for
-            if await consumer.position(tp) < highwater:
-                applied = self._applied.get(lane)
-                if applied is None:
-                    return
-                at = min(at, applied)
         self._published_at = asyncio.get_running_loop().time()
-        await self.publisher.publish(at, sources)
+        front = await self.front.latest() if self.front is not None else None
+        tps = [tp for tp in consumer.assignment() if tp.topic in self.topics]
+        if not tps:
+            return
+        try:
+            ends = await consumer.end_offsets(tps)
+        except Exception as exc:  # asked again at the next round
+            log.warning("applied_front_unknown", error=repr(exc))
+            return
+        lagging = [tp for tp in tps if await consumer.position(tp) < ends.get(tp, 0)]
+        if lagging:
+            applied = [self._applied.get((tp.topic, tp.partition)) for tp in lagging]
+            if any(stamp is None for stamp in applied):
+                return  # not fetched yet: nothing to vouch for
+            at = min(stamp for stamp in applied if stamp is not None)
+        else:
+            known = [stamp for stamp in (front, self._latest) if stamp is not None]
+            if not known:
+                return
+            at = max(known) + 1
+        await self.publisher.publish(at, [(tp.topic, tp.partition) for tp in tps])
 
 
 class MarkReader:

@@ -290,9 +290,12 @@ class StreamFront:
     end, time has reached that stamp for it too, as it has for a worker reading them
     all (every record stamped earlier was published before, so it has read its share)."""
 
-    def __init__(self, bootstrap_servers: str, topics: list[str]) -> None:
+    def __init__(self, bootstrap_servers: str, topics: list[str], partitions: int) -> None:
+        """`partitions`: each topic's partition count (a consumer outside any group
+        learns no metadata of topics it has not been assigned)."""
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics
+        self.partitions = partitions
         self._consumer: Any = None
 
     async def latest(self, timeout_s: float = 2.0) -> int | None:
@@ -309,9 +312,7 @@ class StreamFront:
                 await self._consumer.start()
             consumer = self._consumer
             tps = [
-                TopicPartition(topic, p)
-                for topic in self.topics
-                for p in sorted(consumer.partitions_for_topic(topic) or ())
+                TopicPartition(topic, p) for topic in self.topics for p in range(self.partitions)
             ]
             if set(consumer.assignment()) != set(tps):
                 consumer.assign(tps)

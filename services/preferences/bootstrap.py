@@ -32,6 +32,7 @@ from common.metrics import EVENTS_CONSUMED
 from common.ops_http import Heartbeat, OpsServer
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
+from common.streaming import StreamFront
 from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
 from services.preferences.adapters.change_feed import ChangeFeed, PostgresChangeFeed
 from services.preferences.adapters.store import PreferencesStore, migrate, postgres_dsn
@@ -131,7 +132,9 @@ def applied_front(
         send,
         outputs=(),
     )
-    return AppliedFront(publisher, [topics.customers]).after_batch
+    shop = [topics.orders, topics.shipments, topics.returns, topics.customers, topics.feedback]
+    front = StreamFront(settings.kafka_bootstrap_servers, shop, settings.topic_partitions)
+    return AppliedFront(publisher, [topics.customers], front).after_batch
 
 
 async def serve(settings: Settings) -> None:

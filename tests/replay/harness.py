@@ -138,6 +138,10 @@ def replay(
             extra_env={
                 **provider_env(twilio, sendgrid),
                 "OUTREACH_KAFKA_SESSION_TIMEOUT_S": "8",
+                # The same secrets in every replay: offer codes and unsubscribe links
+                # are derived from them, so that messages compare by their words.
+                "OUTREACH_OFFER_SECRET": "replay-offers",
+                "OUTREACH_UNSUBSCRIBE_SECRET": "replay-unsubscribe",
                 **(env or {}),
             },
         )

@@ -121,8 +121,8 @@ class FakeConsumer:
     def assignment(self) -> set[TP]:
         return {TP("customers", p) for p in self.ends}
 
-    def highwater(self, tp: TP) -> int | None:
-        return self.ends.get(tp.partition)
+    async def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        return {tp: self.ends[tp.partition] for tp in tps}
 
     async def position(self, tp: TP) -> int:
         return self.positions[tp.partition]
@@ -149,3 +149,20 @@ async def test_applied_front_vouches_past_the_latest_stamp_once_every_partition_
     assert sent[-1].sources == (("customers", 0), ("customers", 1)) and sent[-1].outputs == {}
     await front.after_batch(consumer, {})  # idle: not again so soon
     assert len(sent) == 2
+
+
+async def test_applied_front_vouches_past_the_front_of_the_whole_stream() -> None:
+    sent: list[Mark] = []
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        sent.append(Mark.from_bytes(value))
+
+    class Front:
+        async def latest(self) -> int:
+            return 900  # an order stamped later than every customer record
+
+    publisher = MarkPublisher("preferences", "p1", {"customers": 2}, "marks", send, outputs=())
+    front = AppliedFront(publisher, ["customers"], Front())
+    consumer = FakeConsumer(ends={0: 1, 1: 0}, positions={0: 1, 1: 0})
+    await front.after_batch(consumer, dict([records(0, 10)]))
+    assert sent[-1].at_ms == 901

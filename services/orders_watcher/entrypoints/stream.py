@@ -144,6 +144,7 @@ class WatcherRuntime:
                 idle_s=settings.watermark_idle_s,
                 max_buffered=settings.watermark_max_buffered,
                 bootstrap_servers=settings.kafka_bootstrap_servers,
+                partitions=settings.topic_partitions,
             )
         self.schedule = DeadlineSchedule(
             self.app,
@@ -326,7 +327,9 @@ class WatcherRuntime:
             if batch.in_flight is not None:
                 batch.in_flight.done()
             if not self._finishing:
-                await self._mark(batch.clock_ms)
+                # Idle and read to the end: nothing can be decided at the clock any more.
+                complete = self.aligned is not None and self.aligned.complete
+                await self._mark(batch.clock_ms + (1 if complete else 0))
             return
         # Batches are finished in order, a few at a time: the oldest must be done
         # before another joins them.

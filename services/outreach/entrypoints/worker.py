@@ -81,6 +81,7 @@ class OutreachWorker:
                 idle_s=settings.watermark_idle_s,
                 max_buffered=settings.watermark_max_buffered,
                 bootstrap_servers=settings.kafka_bootstrap_servers,
+                partitions=settings.topic_partitions,
                 feeds={
                     self.topics.requests: "risk_detector",
                     self.topics.incidents: "orders_watcher",

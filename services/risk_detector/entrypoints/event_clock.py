@@ -92,6 +92,7 @@ class EventClockRunner:
             idle_s=settings.watermark_idle_s,
             max_buffered=settings.watermark_max_buffered,
             bootstrap_servers=settings.kafka_bootstrap_servers,
+            partitions=settings.topic_partitions,
             feeds={topics.incidents: "orders_watcher", runtime.facts_name: REKEY},
             marks_topic=topics.watermarks,
         )
@@ -170,7 +171,8 @@ class EventClockRunner:
                 await self.aligned.follow_the_stream(self._act_on_due)
             await self._act_on_due(self.clock.now().timestamp(), True)
         await self.aligned.pace()
-        await self._finish(handled)
+        # Idle and read to the end: nothing can be decided at the clock any more.
+        await self._finish(handled, past_clock=not messages and self.aligned.complete)
 
     async def _act_on_due(self, until: float, inclusive: bool) -> None:
         """Every rhythm check before `until` (or at it), earliest first, each at its own
@@ -182,7 +184,7 @@ class EventClockRunner:
             with at_partition(self.rt.facts_name, partition):
                 await self.rt.check_rhythm(customer_id, partition, self.clock.now())
 
-    async def _finish(self, handled: list[Any]) -> None:
+    async def _finish(self, handled: list[Any], *, past_clock: bool = False) -> None:
         """Once the batch's outputs are acknowledged: say how far they are complete, and
         acknowledge its records (faust commits their offsets after its tables' writes)."""
         acks, self.acks = self.acks, []
@@ -194,7 +196,7 @@ class EventClockRunner:
                 fatal("outputs_undelivered", failed[0], count=len(failed))
             self.marks.acknowledged(results)
             self.rekey_marks.acknowledged(results)
-        await self._mark(int(self.clock.now().timestamp() * 1000))
+        await self._mark(int(self.clock.now().timestamp() * 1000) + (1 if past_clock else 0))
         ack = self.rt.app.consumer.ack
         for message in handled:
             ack(message)
