@@ -266,21 +266,24 @@ class AppliedFront:
         self.front = front  # common.streaming.StreamFront, or None: its own topics only
         self._applied: dict[Lane, int] = {}
         self._latest: int | None = None
-        self._published_at = 0.0
+        self._looked_at = 0.0  # when it last looked how far it has got
+        self._published_at = 0.0  # when it last published a mark
 
     async def after_batch(self, consumer: Any, batches: dict[Any, list[Any]]) -> None:
         """A round of the consumer's loop applied these records (none: it was idle):
-        publish how far (when idle, once a second at most)."""
+        publish how far, when that has moved (looked at once a second while idle, and
+        published at least once a minute)."""
         for tp, records in batches.items():
             if tp.topic in self.topics and records:
                 stamp = max(r.timestamp for r in records)
                 self._applied[(tp.topic, tp.partition)] = stamp
                 self._latest = stamp if self._latest is None else max(self._latest, stamp)
-        if batches or asyncio.get_running_loop().time() - self._published_at >= 1.0:
+        if batches or asyncio.get_running_loop().time() - self._looked_at >= 1.0:
             await self._publish(consumer)
 
     async def _publish(self, consumer: Any) -> None:
-        self._published_at = asyncio.get_running_loop().time()
+        wall = asyncio.get_running_loop().time()
+        self._looked_at = wall
         front = await self.front.latest() if self.front is not None else None
         tps = [tp for tp in consumer.assignment() if tp.topic in self.topics]
         if not tps:
@@ -301,6 +304,9 @@ class AppliedFront:
             if not known:
                 return
             at = max(known) + 1
+        if at == self.publisher.last_at and wall - self._published_at < 60.0:
+            return  # nothing new: again within the minute only
+        self._published_at = wall
         await self.publisher.publish(at, [(tp.topic, tp.partition) for tp in tps])
 
 
