@@ -263,8 +263,10 @@ class AlignedInput:
                 return
             low = min(bounds[lane] for lane in derived)
             target: int | None = low - 1
+        elif len(external) < len(self.front.topics) * self.front.partitions:
+            target = await self.front.latest()  # other workers read the rest
         else:
-            target = await self.front.latest()
+            target = None  # it reads every partition: nothing has got further
         if target is not None and target > self.clock.now().timestamp() * 1000:
             await act_on_due(target / 1000, True)
             self.clock.advance_to(datetime.fromtimestamp(target / 1000, UTC))
