@@ -62,6 +62,17 @@ class LaneProgress(Protocol):
 Fetching = Callable[[list[Lane], bool], Awaitable[None]]
 
 
+def faust_mark_sender(app: faust.App) -> Callable[[str, bytes, bytes], Awaitable[None]]:
+    """Publishes a mark (common/marks.py) through the faust app's producer."""
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        await app.producer.send_and_wait(
+            topic, key, value, partition=0, timestamp=None, headers=None
+        )
+
+    return send
+
+
 def faust_fetching(app: faust.App) -> Fetching:
     """Pause (True) or resume (False) lanes at faust's aiokafka consumer."""
 
@@ -317,4 +328,4 @@ def arrival_ms(msg: InputMessage) -> int:
         return 0
 
 
-__all__ = ["AlignedInput", "LaneProgress", "arrival_ms", "faust_fetching"]
+__all__ = ["AlignedInput", "LaneProgress", "arrival_ms", "faust_fetching", "faust_mark_sender"]

@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from common.aligned import ActOnDue, AlignedInput
-from common.kafka import ConsumerLoop, InputMessage
+from common.kafka import ConsumerLoop, InputMessage, record_message
 from common.logs import get_logger
 from common.outages import DependencyUnavailable, outage_of
 
@@ -117,7 +117,7 @@ class AlignedConsumerLoop(ConsumerLoop):
     async def _handle_batch(
         self, consumer: Any, batches: dict[Any, list[Any]]
     ) -> tuple[DependencyUnavailable, dict[Any, int]] | None:
-        records = [(record, _message(record)) for rs in batches.values() for record in rs]
+        records = [(record, record_message(record)) for rs in batches.values() for record in rs]
         aligned = self.aligned
         await aligned.take_records(records)
         acks: list[Awaitable[Any]] = []
@@ -174,18 +174,6 @@ class AlignedConsumerLoop(ConsumerLoop):
     async def _commit_handled(self, consumer: Any) -> None:
         self._handled_since_commit = 0
         await self._commit(consumer, self._committable())
-
-
-def _message(record: Any) -> InputMessage:
-    return InputMessage(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        headers=list(record.headers or []),
-        timestamp_ms=record.timestamp,
-    )
 
 
 __all__ = ["AlignedConsumerLoop", "ConsumerLanes"]

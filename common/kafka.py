@@ -405,6 +405,19 @@ class MessageProcessor:
         await self.deadletters.publish(msg, reason, code, acks)
 
 
+def record_message(record: Any) -> InputMessage:
+    """An aiokafka consumer record as the handlers see it."""
+    return InputMessage(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=list(record.headers or []),
+        timestamp_ms=record.timestamp,
+    )
+
+
 class ConsumerLoop:
     """A plain aiokafka consumer-group loop for services that need no stream tables.
 
@@ -541,15 +554,7 @@ class ConsumerLoop:
         for tp, messages in batches.items():
             highwater = consumer.highwater(tp)
             for record in messages:
-                msg = InputMessage(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=record.key,
-                    value=record.value,
-                    headers=list(record.headers or []),
-                    timestamp_ms=record.timestamp,
-                )
+                msg = record_message(record)
                 caught_up = highwater is None or record.offset + 1 >= highwater
                 lane = zlib.crc32(record.key or b"") % self.concurrency
                 lanes.setdefault(lane, []).append((tp, msg, caught_up))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,6 +200,11 @@ class UpstreamMarks:
             if not done:
                 kept.append(mark)
         instance.pending = kept
+
+
+def instance_name(service: str) -> str:
+    """A name for this process's incarnation of `service` (its marks' key)."""
+    return f"{service}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 class MarkPublisher:

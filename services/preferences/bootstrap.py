@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from common.kafka import (
     Outgoing,
 )
 from common.logs import get_logger
-from common.marks import AppliedFront, MarkPublisher
+from common.marks import AppliedFront, MarkPublisher, instance_name
 from common.metrics import EVENTS_CONSUMED
 from common.ops_http import Heartbeat, OpsServer
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
@@ -126,7 +125,7 @@ def applied_front(
 
     publisher = MarkPublisher(
         SERVICE,
-        f"{SERVICE}-{os.getpid()}-{os.urandom(4).hex()}",
+        instance_name(SERVICE),
         {topics.customers: settings.topic_partitions},
         topics.watermarks,
         send,

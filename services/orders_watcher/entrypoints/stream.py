@@ -15,7 +15,6 @@ the clock has passed one) and when no record comes (every `tick_interval_s`).
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from typing import Any
 import faust
 
 from common.admin import ensure_topics
-from common.aligned import AlignedInput, faust_fetching
+from common.aligned import AlignedInput, faust_fetching, faust_mark_sender
 from common.batched_input import InFlight, deliver_in_batches, fatal
 from common.clock import Clock, WallClock, WatermarkClock
 from common.deadlines import DeadlineSchedule
@@ -32,7 +31,7 @@ from common.envelope import CloudEvent
 from common.heap import freeze_startup_objects
 from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
-from common.marks import MarkPublisher
+from common.marks import MarkPublisher, instance_name
 from common.metrics import EVENTS_CONSUMED, child
 from common.ops_http import Heartbeat, OpsServer
 from common.streaming import (
@@ -95,17 +94,6 @@ class WatcherRuntime:
         self.aligned: AlignedInput | None = None
         self.marks: MarkPublisher | None = None
         self._marked_at = 0.0  # when the last mark went (monotonic seconds)
-        if isinstance(self.clock, WatermarkClock):
-            self.marks = MarkPublisher(
-                SERVICE,
-                f"{SERVICE}-{os.getpid()}-{os.urandom(4).hex()}",
-                {
-                    t: settings.topic_partitions
-                    for t in (self.topics.orders, self.topics.shipments, self.topics.returns)
-                },
-                self.topics.watermarks,
-                self._send_mark,
-            )
         self.handler = OrdersWatcher(settings.detection(), self.topics)
         # A rebalance waits for the batch in hand (its records are unacked until its
         # states are written): no batch straddles a revocation.
@@ -136,6 +124,16 @@ class WatcherRuntime:
         self.wall_clock = isinstance(self.clock, WallClock)
         self.progress = InputProgress(self.app, set(self.inputs), service=SERVICE)
         if isinstance(self.clock, WatermarkClock):
+            self.marks = MarkPublisher(
+                SERVICE,
+                instance_name(SERVICE),
+                {
+                    t: settings.topic_partitions
+                    for t in (self.topics.orders, self.topics.shipments, self.topics.returns)
+                },
+                self.topics.watermarks,
+                faust_mark_sender(self.app),
+            )
             self.aligned = AlignedInput(
                 self.clock,
                 self.progress,
@@ -405,11 +403,6 @@ class WatcherRuntime:
             return
         self._marked_at = wall
         await marks.publish(clock_ms, self.aligned.lanes)
-
-    async def _send_mark(self, topic: str, key: bytes, value: bytes) -> None:
-        await self.app.producer.send_and_wait(
-            topic, key, value, partition=0, timestamp=None, headers=None
-        )
 
     # --- handlers ----------------------------------------------------------------------
 

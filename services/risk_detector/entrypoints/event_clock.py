@@ -24,7 +24,6 @@ and releases the records in the order they arrived on the stream (common/aligned
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -32,13 +31,13 @@ from typing import Any, Protocol
 import faust
 from faust.types import TP
 
-from common.aligned import AlignedInput, faust_fetching
+from common.aligned import AlignedInput, faust_fetching, faust_mark_sender
 from common.batched_input import InFlight, fatal
 from common.clock import WatermarkClock
 from common.deadlines import DeadlineSchedule
 from common.kafka import Headers, InputMessage, MessageProcessor
 from common.logs import get_logger
-from common.marks import MarkPublisher
+from common.marks import MarkPublisher, instance_name
 from common.ops_http import Heartbeat
 from common.streaming import FaustProducer, InputProgress, at_partition
 from services.risk_detector.config import Settings
@@ -97,14 +96,14 @@ class EventClockRunner:
             marks_topic=topics.watermarks,
         )
         n = settings.topic_partitions
-        instance = f"{SERVICE}-{os.getpid()}-{os.urandom(4).hex()}"
+        instance = instance_name(SERVICE)
         self.rekey_inputs = {t: n for t in sorted(self.order_keyed)}
         self.marks = MarkPublisher(
             SERVICE,
             instance,
             {t: n for t in sorted(self.customer_keyed)},
             topics.watermarks,
-            self._send_mark,
+            faust_mark_sender(runtime.app),
             outputs=(topics.requests, topics.handoffs),
         )
         self.rekey_marks = MarkPublisher(
@@ -112,7 +111,7 @@ class EventClockRunner:
             instance,
             self.rekey_inputs,
             topics.watermarks,
-            self._send_mark,
+            faust_mark_sender(runtime.app),
             outputs=(runtime.facts_name,),
         )
         self.acks: list[Awaitable[Any]] = []  # the batch's outputs
@@ -268,11 +267,6 @@ class EventClockRunner:
         )
         await self.rekey_marks.publish(
             clock_ms, [lane for lane in lanes if lane[0] in self.order_keyed]
-        )
-
-    async def _send_mark(self, topic: str, key: bytes, value: bytes) -> None:
-        await self.rt.app.producer.send_and_wait(
-            topic, key, value, partition=0, timestamp=None, headers=None
         )
 
 
