@@ -21,6 +21,7 @@ from common.aligned import ActOnDue, AlignedInput
 from common.kafka import ConsumerLoop, InputMessage, record_message
 from common.logs import get_logger
 from common.outages import DependencyUnavailable, outage_of
+from common.watermark import Aligner
 
 log = get_logger(__name__)
 
@@ -53,18 +54,31 @@ class ConsumerLanes:
         return True
 
     def handled(self, msg: InputMessage) -> None:
-        self._handled[(msg.topic, msg.partition)] = msg.offset + 1
+        # A derived lane's records go in time order, which need not be offset order
+        # (two upstream instances interleave theirs): the furthest handled counts, the
+        # ones still waiting below it are the aligner's to name (`AlignedConsumerLoop`).
+        lane = (msg.topic, msg.partition)
+        self._handled[lane] = max(self._handled.get(lane, 0), msg.offset + 1)
 
     def admitted_to(self, lane: Lane) -> int | None:
         return self._taken.get(lane)
 
-    def handled_to(self, lane: Lane) -> int | None:
-        return self._handled.get(lane)
+    def first_unhandled(self, aligner: Aligner[Lane, tuple[Any, InputMessage]]) -> dict[Lane, int]:
+        """Per partition: its first record not handled. One waiting in `aligner` is not;
+        on a derived lane it may lie below records handled already."""
+        offsets: dict[Lane, int] = {}
+        for lane in aligner.lanes:
+            waiting = [msg.offset for _, msg in aligner.waiting_in(lane)]
+            handled = self._handled.get(lane)
+            offset = min(waiting) if waiting else handled
+            if offset is not None:
+                offsets[lane] = offset
+        return offsets
 
-    def rewind(self) -> dict[Lane, int]:
-        """Take again from the first record not handled: the offsets to seek to."""
-        self._taken = dict(self._handled)
-        return dict(self._handled)
+    def rewind(self, offsets: dict[Lane, int]) -> None:
+        """Take again from `offsets` (each lane's first record not handled)."""
+        self._taken.update(offsets)
+        self._handled.update(offsets)
 
     async def end_offsets(self, lanes: list[Lane]) -> dict[Lane, int]:
         from aiokafka import TopicPartition
@@ -152,21 +166,18 @@ class AlignedConsumerLoop(ConsumerLoop):
     def _rewind(self) -> dict[Any, int]:
         from aiokafka import TopicPartition
 
+        offsets = self._first_unhandled()
         self.aligned.rewind()
-        return {TopicPartition(*lane): offset for lane, offset in self.lanes.rewind().items()}
+        self.lanes.rewind(offsets)
+        return {TopicPartition(*lane): offset for lane, offset in offsets.items()}
 
     def _committable(self) -> dict[Any, int]:
-        """Per partition: up to its first record not handled (waiting ones are not)."""
         from aiokafka import TopicPartition
 
-        offsets: dict[Any, int] = {}
-        for lane in self.aligned.lanes:
-            waiting = [msg.offset for _, msg in self.aligned.aligner.waiting_in(lane)]
-            handled = self.lanes.handled_to(lane)
-            offset = min(waiting) if waiting else handled
-            if offset is not None:
-                offsets[TopicPartition(*lane)] = offset
-        return offsets
+        return {TopicPartition(*lane): offset for lane, offset in self._first_unhandled().items()}
+
+    def _first_unhandled(self) -> dict[Lane, int]:
+        return self.lanes.first_unhandled(self.aligned.aligner)
 
     def _should_commit(self, batches: dict[Any, list[Any]]) -> bool:
         return self._handled_since_commit > 0

@@ -94,22 +94,23 @@ class Replay:
         return found
 
 
-def _group_lag(bootstrap: str, prefix: str, ends: dict[Any, int]) -> int:
+def _group_lag(bootstrap: str, prefix: str, ends: dict[Any, int]) -> dict[str, int]:
     """Records the pipeline's consumer groups have not committed yet, against `ends`
-    (every partition's end offset)."""
+    (every partition's end offset), per group and topic that lags."""
     from kafka import KafkaAdminClient, TopicPartition
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
     try:
-        lag = 0
+        lag: Counter[str] = Counter()
         for listed in admin.list_groups():
             group = listed["group_id"] if isinstance(listed, dict) else listed[0]
             if not group.startswith(prefix):
                 continue
             for tp, meta in admin.list_group_offsets(group)[group].items():
                 end = ends.get(TopicPartition(tp.topic, tp.partition), 0)
-                lag += max(0, end - meta.offset)
-        return lag
+                if end > meta.offset:
+                    lag[f"{group} {tp.topic}"] += end - meta.offset
+        return dict(lag)
     finally:
         admin.close()
 
@@ -178,6 +179,8 @@ def _wait_at_rest(bootstrap: str, prefix: str, quiet_s: float, timeout_s: float)
     try:
         last: dict[Any, int] = {}
         still_since = time.monotonic()
+        moving: list[str] = []
+        lagging: dict[str, int] = {}
         while time.monotonic() < deadline:
             # The services' marks keep coming while they are idle (each republishes now
             # and then): not a sign of work.
@@ -191,14 +194,16 @@ def _wait_at_rest(bootstrap: str, prefix: str, quiet_s: float, timeout_s: float)
             ]
             ends = consumer.end_offsets(tps)
             if ends != last:
+                moving = sorted({tp.topic for tp in ends if ends[tp] != last.get(tp)})
                 last, still_since = ends, time.monotonic()
-            elif (
-                time.monotonic() - still_since > quiet_s
-                and _group_lag(bootstrap, prefix, ends) == 0
-            ):
-                return
+            elif time.monotonic() - still_since > quiet_s:
+                lagging = _group_lag(bootstrap, prefix, ends)
+                if not lagging:
+                    return
             time.sleep(1.0)
-        raise TimeoutError("the pipeline did not come to rest")
+        raise TimeoutError(
+            f"the pipeline did not come to rest: last moved {moving}, lagging {lagging}"
+        )
     finally:
         consumer.close()
 
