@@ -228,8 +228,8 @@ def _build() -> Story:
     from services.risk_detector.config import Settings
     from services.risk_detector.domain.profile import Profile
     from services.risk_detector.domain.quantile import P2Quantile
-    from services.risk_detector.entrypoints.stream import customer_partition
     from services.risk_detector.handlers import RiskDetector
+    from services.risk_detector.runtime import customer_partition
 
     stream, start, orders_end = _risk_stream()
     split = start + timedelta(days=HISTORY_DAYS)

@@ -114,7 +114,7 @@ def _json(value: Any) -> bytes:
 
 
 def _partition(key: str) -> int:
-    from services.risk_detector.entrypoints.stream import customer_partition
+    from services.risk_detector.runtime import customer_partition
 
     return customer_partition(key.encode(), PARTITIONS)
 

@@ -26,6 +26,7 @@ from faust.types import TP
 
 from common.batched_input import set_fetching
 from common.clock import WatermarkClock
+from common.deadlines import DeadlineIndex
 from common.envelope import CloudEvent, InvalidEvent
 from common.kafka import InputMessage
 from common.logs import get_logger
@@ -60,17 +61,40 @@ class LaneProgress(Protocol):
 
 
 Fetching = Callable[[list[Lane], bool], Awaitable[None]]
+#: Acts on one deadline that has come: its key, its partition, and the moment.
+ActOnDeadline = Callable[[str, int, datetime], Awaitable[None]]
+
+
+def deadlines_in_order(clock: WatermarkClock, index: DeadlineIndex, act: ActOnDeadline) -> ActOnDue:
+    """The `ActOnDue` of a service whose deadlines are in `index`: every one before the
+    moment given (or at it), earliest first, each at its own moment (or the clock's, if
+    that is later), as the wall clock would have acted when it came."""
+
+    async def act_on_due(until: float, inclusive: bool) -> None:
+        while (due := index.pop_earliest(until, inclusive=inclusive)) is not None:
+            key, partition, at = due
+            clock.advance_to(datetime.fromtimestamp(at, UTC))
+            await act(key, partition, clock.now())
+
+    return act_on_due
 
 
 def faust_mark_sender(app: faust.App) -> Callable[[str, bytes, bytes], Awaitable[None]]:
-    """Publishes a mark (common/marks.py) through the faust app's producer."""
+    """Publishes a mark (common/marks.py) through the faust app's producer, without
+    waiting for the broker: a publisher's marks go to one partition in order, one that is
+    lost is superseded by the next (its readers only wait longer), and the batch that
+    publishes it need not wait a round trip for it."""
 
     async def send(topic: str, key: bytes, value: bytes) -> None:
-        await app.producer.send_and_wait(
-            topic, key, value, partition=0, timestamp=None, headers=None
-        )
+        sent = await app.producer.send(topic, key, value, partition=0, timestamp=None, headers=None)
+        asyncio.ensure_future(sent).add_done_callback(_mark_sent)
 
     return send
+
+
+def _mark_sent(sent: asyncio.Future[Any]) -> None:
+    if not sent.cancelled() and sent.exception() is not None:
+        log.warning("watermark_unsent", error=repr(sent.exception()))
 
 
 def faust_fetching(app: faust.App) -> Fetching:
@@ -178,6 +202,20 @@ class AlignedInput:
             else:
                 others.append((message, msg))
         return others
+
+    async def step(
+        self, fetched: bool, act_on_due: ActOnDue, handle: Handle, *, ready: bool = True
+    ) -> None:
+        """One round of the runner, after `take`: release what may go, let time pass as
+        far as the stream has got when the fetch brought nothing (`fetched`), act on what
+        is due at the clock, and pause or resume lanes. Time passes only once the
+        service's deadlines are known (`ready`)."""
+        if ready:
+            await self.release(act_on_due, handle)
+            if not fetched:
+                await self.follow_the_stream(act_on_due)
+            await act_on_due(self.clock.now().timestamp(), True)
+        await self.pace()
 
     async def release(self, act_on_due: ActOnDue, handle: Handle) -> None:
         """Handle what may go now, in order, each after the deadlines before its arrival;
@@ -328,4 +366,11 @@ def arrival_ms(msg: InputMessage) -> int:
         return 0
 
 
-__all__ = ["AlignedInput", "LaneProgress", "arrival_ms", "faust_fetching", "faust_mark_sender"]
+__all__ = [
+    "AlignedInput",
+    "LaneProgress",
+    "arrival_ms",
+    "deadlines_in_order",
+    "faust_fetching",
+    "faust_mark_sender",
+]

@@ -142,10 +142,7 @@ class AlignedConsumerLoop(ConsumerLoop):
             self.heartbeat.beat()
 
         try:
-            await aligned.release(self.act_on_due, handle)
-            if not records:
-                await aligned.follow_the_stream(self.act_on_due)
-            await self.act_on_due(aligned.clock.now().timestamp(), True)
+            await aligned.step(bool(records), self.act_on_due, handle)
             if acks:
                 await asyncio.gather(*acks)
         except Exception as exc:
@@ -160,7 +157,6 @@ class AlignedConsumerLoop(ConsumerLoop):
                 else DependencyUnavailable(dependency, type(exc).__name__)
             )
             return outage, self._rewind()
-        await aligned.pace()
         return None
 
     def _rewind(self) -> dict[Any, int]:

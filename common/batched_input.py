@@ -30,6 +30,7 @@ from the committed offsets. Faust's commit timer commits what is acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -289,6 +290,21 @@ def _in_turns(records: dict[TP, list[Any]]) -> Iterator[tuple[TP, Any]]:
                 yield tp, fetched[i]
 
 
+async def outputs_delivered(producer: Any, acks: list[Awaitable[Any]]) -> list[Any]:
+    """Wait once for every output of a batch (`acks`, the producer's futures) to be
+    acknowledged, sending what the producer still holds now; their results (the records'
+    metadata). One the producer gave up on ends the worker (`fatal`): the batch must not
+    count as handled."""
+    if not acks:
+        return []
+    producer.send_now()
+    results = await asyncio.gather(*acks, return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        fatal("outputs_undelivered", failed[0], count=len(failed))
+    return results
+
+
 def fatal(what: str, error: BaseException, **fields: Any) -> NoReturn:
     """A batch that cannot be completed (outputs the producer gave up on after its own
     retries, a table that failed) must not count as handled: exit at once, before faust
@@ -300,4 +316,12 @@ def fatal(what: str, error: BaseException, **fields: Any) -> NoReturn:
     os._exit(EXIT_FATAL)
 
 
-__all__ = ["EXIT_FATAL", "BatchHandler", "InFlight", "deliver_in_batches", "fatal", "set_fetching"]
+__all__ = [
+    "EXIT_FATAL",
+    "BatchHandler",
+    "InFlight",
+    "deliver_in_batches",
+    "fatal",
+    "outputs_delivered",
+    "set_fetching",
+]

@@ -17,7 +17,7 @@ import contextlib
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,21 +42,10 @@ from common.metrics import (
 )
 from common.ops_http import Heartbeat
 from common.outages import DependencyUnavailable, outage_of
+from common.records import Headers as Headers
+from common.records import InputMessage as InputMessage
 
 log = get_logger(__name__)
-
-Headers = list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
-class InputMessage:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers = field(default_factory=list)
-    timestamp_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +120,12 @@ class ProducerPort(abc.ABC):
         waits at once; producers that can pipeline override it."""
         await self.send(topic, key, value, headers, timestamp_ms=timestamp_ms)
         return _acknowledged()
+
+    def send_now(self) -> None:
+        """Send the records handed over (`send_soon`) and held back to fill a request,
+        now: the caller is about to wait for their acknowledgements. By default none are
+        held."""
+        return None
 
     async def emit(
         self,

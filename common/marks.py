@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ PENDING_PER_INSTANCE = 64
 UNBOUNDED = 2**62
 #: Upstream incarnations remembered (the newest of each); the oldest go first beyond it.
 INSTANCES_KEPT = 256
+#: A mark that has not moved is published again after this long (seconds).
+REPUBLISH_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,7 @@ class MarkPublisher:
         self._send = send
         self._outputs: dict[Lane, int] = {}
         self.last_at: int | None = None
+        self._published_at = 0.0  # when it last published (monotonic seconds)
 
     def acknowledged(self, results: Iterable[Any]) -> None:
         """Acknowledgements of outputs (aiokafka's RecordMetadata; others are ignored)."""
@@ -255,6 +259,17 @@ class MarkPublisher:
         )
         await self._send(self.topic, self.instance.encode(), mark.to_bytes())
         self.last_at = at_ms
+        self._published_at = time.monotonic()
+
+    async def publish_moved(self, at_ms: int, sources: Iterable[Lane]) -> None:
+        """`publish`, when `at_ms` has moved since the last mark, or again once
+        `REPUBLISH_S` has passed (a reader starting later finds one within the topic's
+        retention)."""
+        if at_ms <= 0:
+            return
+        if at_ms == self.last_at and time.monotonic() - self._published_at < REPUBLISH_S:
+            return
+        await self.publish(at_ms, sources)
 
 
 class AppliedFront:
@@ -273,7 +288,6 @@ class AppliedFront:
         self._applied: dict[Lane, int] = {}
         self._latest: int | None = None
         self._looked_at = 0.0  # when it last looked how far it has got
-        self._published_at = 0.0  # when it last published a mark
 
     async def after_batch(self, consumer: Any, batches: dict[Any, list[Any]]) -> None:
         """A round of the consumer's loop applied these records (none: it was idle):
@@ -288,8 +302,7 @@ class AppliedFront:
             await self._publish(consumer)
 
     async def _publish(self, consumer: Any) -> None:
-        wall = asyncio.get_running_loop().time()
-        self._looked_at = wall
+        self._looked_at = asyncio.get_running_loop().time()
         front = await self.front.latest() if self.front is not None else None
         tps = [tp for tp in consumer.assignment() if tp.topic in self.topics]
         if not tps:
@@ -310,10 +323,7 @@ class AppliedFront:
             if not known:
                 return
             at = max(known) + 1
-        if at == self.publisher.last_at and wall - self._published_at < 60.0:
-            return  # nothing new: again within the minute only
-        self._published_at = wall
-        await self.publisher.publish(at, [(tp.topic, tp.partition) for tp in tps])
+        await self.publisher.publish_moved(at, [(tp.topic, tp.partition) for tp in tps])
 
 
 class MarkReader:

@@ -17,13 +17,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
+from aiohttp import web
 from faust.streams import _current_event
 from faust.types import TP
 from yarl import URL
 
+from common.deadlines import DeadlineSchedule
 from common.kafka import CachedKeyPartitioner, Headers, InputMessage, ProducerPort
 from common.logs import get_logger
 from common.metrics import INPUT_DEFERRED, INPUT_GAPS
+from common.ops_http import Heartbeat, OpsServer
 from common.recovery import table_manager
 from common.settings import ServiceSettings
 
@@ -213,6 +216,71 @@ def use_event_loop(name: str) -> None:
         import mode.loop
 
         mode.loop.use("uvloop")
+
+
+class StreamWorker:
+    """What the runtime of every stream service has (orders_watcher, risk_detector): its
+    faust app, a heartbeat, the deadline schedule over its table, the holds on lagging
+    partitions and how far each input is read, all told of every rebalance; and its ops
+    HTTP server (at `http`, host and port), ready once partitions are assigned and the
+    tables recovered. A runtime
+    extends `on_assigned` and `on_revoked` with what is its own."""
+
+    def __init__(
+        self,
+        http: tuple[str, int],
+        app: faust.App,
+        schedule: DeadlineSchedule,
+        holds: PartitionHolds,
+        progress: InputProgress,
+        routes: list[web.RouteDef] | None = None,
+    ) -> None:
+        self.app = app
+        self.schedule = schedule
+        self.holds = holds
+        self.progress = progress
+        self.heartbeat = Heartbeat()
+        self.assigned = False
+        self.ops = OpsServer(
+            *http,
+            self.heartbeat,
+            checks={
+                "kafka_assignment": lambda: self.assigned,
+                "tables_recovered": lambda: self.schedule.ready,
+            },
+            routes=routes,
+        )
+
+    def on_assigned(self, assigned: Any) -> None:
+        self.assigned = True
+        self.schedule.on_assigned()
+        self.holds.on_assigned(assigned)
+        self.progress.on_assigned(assigned)
+
+    def on_revoked(self) -> None:
+        self.schedule.on_revoked()
+        self.holds.on_revoked()
+        self.progress.on_revoked()
+
+
+def wire_runtime(runtime: StreamWorker) -> None:
+    """Tell `runtime` of every rebalance of its app, and serve its ops HTTP (health,
+    readiness, metrics) once the worker runs."""
+    app = runtime.app
+
+    @app.task
+    async def start_ops() -> None:
+        await runtime.ops.start()
+        log.info("ops_http_started", port=runtime.ops.port)
+
+    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        runtime.on_assigned(assigned)
+
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        runtime.on_revoked()
+
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
 
 def run_worker(app: faust.App, service: str, settings: ServiceSettings) -> None:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
     from common.envelope import CloudEvent
-    from common.kafka import Headers, InputMessage
+    from common.records import Headers, InputMessage
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"

@@ -13,7 +13,8 @@ next record.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Awaitable, Iterable
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -21,6 +22,22 @@ PREFIX: Final = b'{"deadline":'
 SEPARATOR: Final = b',"state":'
 
 Deadline = tuple[float, int]
+
+
+class OrderTable(Protocol):
+    """The `orders` table by partition (common.tables.PartitionedTable): only the worker a
+    partition is assigned to reads and writes it."""
+
+    def get(self, partition: int, key: str) -> bytes | None:
+        """The order's value, or None."""
+
+    async def write(
+        self, partition: int, changes: Iterable[tuple[str, bytes | None]]
+    ) -> list[Awaitable[Any]]:
+        """Put (None: delete) each order's value; returns the changelog's acknowledgements."""
+
+    def forget(self) -> None:
+        """A rebalance: partitions may have moved, what is kept per partition goes."""
 
 
 def encode(state_json: bytes, deadline: Deadline | None) -> bytes:

@@ -1,532 +1,43 @@
-"""The faust worker of orders_watcher: thin glue between Kafka, the table and handlers.
-
-One table, `orders` (order_id → the order's state and its next deadline, one JSON value:
-adapters/order_table.py), with a changelog. The deadline index in memory is rebuilt
-from it after each rebalance.
-
-Records come a fetched batch at a time (common/batched_input.py), not through a faust
-agent: faust's per-record delivery cost more than the rules. The table is read and
-written by partition (common/tables.py), each changed order once per batch; see
-`_handle_batch` for what a batch promises. So the passing of time needs no tick records
-either: the worker acts on due deadlines in the same loop, between records (as soon as
-the clock has passed one) and when no record comes (every `tick_interval_s`).
-"""
+"""The faust worker of orders_watcher: wires the runtime (runtime.py, built by
+bootstrap.py) to the app's batches, timer and rebalances, and runs it."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import faust
 
 from common.admin import ensure_topics
-from common.aligned import AlignedInput, faust_fetching, faust_mark_sender
-from common.batched_input import InFlight, deliver_in_batches, fatal
-from common.clock import Clock, WallClock, WatermarkClock
-from common.deadlines import DeadlineSchedule
-from common.envelope import CloudEvent
-from common.heap import freeze_startup_objects
-from common.kafka import DeadLetters, InputMessage, MessageProcessor
+from common.batched_input import deliver_in_batches
 from common.logs import configure_logging, get_logger
-from common.marks import MarkPublisher, instance_name
-from common.metrics import EVENTS_CONSUMED, child
-from common.ops_http import Heartbeat, OpsServer
-from common.streaming import (
-    FaustProducer,
-    InputProgress,
-    PartitionHolds,
-    changelog_specs,
-    create_app,
-    input_message_of,
-    raw_topic,
-    run_worker,
-    use_event_loop,
-)
-from common.tables import PartitionedTable
+from common.streaming import changelog_specs, run_worker, use_event_loop, wire_runtime
 from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
-from services.orders_watcher.adapters import order_table
-from services.orders_watcher.adapters.state_cache import StateCache
+from services.orders_watcher.bootstrap import bootstrap
 from services.orders_watcher.config import Settings
-from services.orders_watcher.domain.model import HeldEvent, OrderState, decode_state, encode_state
-from services.orders_watcher.handlers import OrdersWatcher, Outcome
+from services.orders_watcher.runtime import SERVICE, WatcherRuntime
 
-SERVICE = "orders_watcher"
 log = get_logger(__name__)
 
 
-@dataclass
-class _Touched:
-    """An order the batch changed: its table value (None: drop it), its partition, and
-    the decoded state of `value` while no handler has taken it."""
-
-    value: bytes | None
-    partition: int
-    state: OrderState | None
-
-
-@dataclass
-class _Batch:
-    """What a batch of records decided, held until its outputs are delivered; its records,
-    to acknowledge once its states are written; its number (increasing)."""
-
-    number: int = 0
-    records: list[Any] = field(default_factory=list)
-    in_flight: InFlight | None = None
-    touched: dict[str, _Touched] = field(default_factory=dict)
-    acks: list[Awaitable[Any]] = field(default_factory=list)
-    finished: asyncio.Future[None] | None = None  # its finishing (`_finish`), once begun
-    clock_ms: int = 0  # the event clock when it was handed over (ms)
-
-
-class WatcherRuntime:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
-        self.settings = settings
-        if clock is None and settings.outreach_clock == "event":
-            clock = WatermarkClock()
-        self.clock = clock or settings.make_clock()
-        self.topics = settings.topics
-        # On the event clock, records are handled in the order they arrived on the
-        # stream, across partitions (common/aligned.py), and marks say how far its
-        # incidents are complete (common/marks.py).
-        self.aligned: AlignedInput | None = None
-        self.marks: MarkPublisher | None = None
-        self._marked_at = 0.0  # when the last mark went (monotonic seconds)
-        self.handler = OrdersWatcher(settings.detection(), self.topics)
-        # A rebalance waits for the batch in hand (its records are unacked until its
-        # states are written): no batch straddles a revocation.
-        # Outputs and changelog records are not awaited one by one: a few ms of linger
-        # lets the producer send them in fewer, larger requests.
-        self.app = create_app(
-            SERVICE,
-            settings,
-            store=settings.store,
-            stream_wait_empty=True,
-            producer_linger=settings.producer_linger_s,
-        )
-        self.inputs = [self.topics.orders, self.topics.shipments, self.topics.returns]
-        self.source = raw_topic(self.app, *self.inputs)
-        # Values are bytes we encode and decode ourselves (value_type=bytes: faust stores
-        # and changelogs them as they are).
-        self.orders = self.app.Table(
-            "orders",
-            default=None,
-            schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
-            value_type=bytes,
-            partitions=settings.topic_partitions,
-            options=settings.table_options(),
-        )
-        self.table = PartitionedTable(self.app, self.orders)
-        self.states = StateCache(settings.state_cache_max, SERVICE)
-        # On the wall clock, a partition's deadlines wait until its backlog is read.
-        self.wall_clock = isinstance(self.clock, WallClock)
-        self.progress = InputProgress(self.app, set(self.inputs), service=SERVICE)
-        if isinstance(self.clock, WatermarkClock):
-            self.marks = MarkPublisher(
-                SERVICE,
-                instance_name(SERVICE),
-                {
-                    t: settings.topic_partitions
-                    for t in (self.topics.orders, self.topics.shipments, self.topics.returns)
-                },
-                self.topics.watermarks,
-                faust_mark_sender(self.app),
-            )
-            self.aligned = AlignedInput(
-                self.clock,
-                self.progress,
-                faust_fetching(self.app),
-                topics=self.inputs,
-                idle_s=settings.watermark_idle_s,
-                max_buffered=settings.watermark_max_buffered,
-                bootstrap_servers=settings.kafka_bootstrap_servers,
-                partitions=settings.topic_partitions,
-            )
-        self.schedule = DeadlineSchedule(
-            self.app,
-            self.orders,
-            None,
-            gate=self.progress if self.wall_clock else None,
-            entry=order_table.deadline_of,
-        )
-        self.schedule.export_metrics(SERVICE, lambda: self.clock.now().timestamp())
-        self.assigned = False
-        self.heartbeat = Heartbeat()
-        self.producer = FaustProducer(self.app)
-        self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
-        self.processor = MessageProcessor(SERVICE, self._on_event, self.deadletters, self.clock)
-        self.holds = PartitionHolds(self.app, self.clock, set(self.inputs))
-        # The batch being handled, and the ones before it while they are being finished
-        # (outputs acknowledged, states written, records acknowledged) in the background,
-        # oldest first: at most `batches_in_flight` of them.
-        self._batch = _Batch()
-        self._finishing: list[_Batch] = []
-        self._due_turn = 0  # which partition's due orders go first (_handle_due)
-        self._before_record = 0.0  # the clock before the record in hand moved it
-        self._heap_frozen = False
-        self.ops = OpsServer(
-            settings.http_host,
-            settings.http_port,
-            self.heartbeat,
-            checks={
-                "kafka_assignment": lambda: self.assigned,
-                "tables_recovered": lambda: self.schedule.ready,
-            },
-        )
-        self._wire()
-
-    # --- faust wiring ------------------------------------------------------------------
-
-    def _wire(self) -> None:
-        app = self.app
-        deliver_in_batches(
-            app,
-            self.source,
-            self._on_batch,
-            max_records=self.settings.batch_max,
-            idle_s=self.settings.tick_interval_s,
-            fetch_min_bytes=self.settings.fetch_min_bytes,
-            fetch_max_wait_s=self.settings.fetch_max_wait_ms / 1000,
-        )
-
-        @app.timer(interval=self.settings.tick_interval_s)
-        async def tick_timer() -> None:
-            self.heartbeat.beat()
-            self.schedule.check_recovered()
-            if self.schedule.ready and not self._heap_frozen:
-                # Serving now: what start-up and recovery left alive (faust, aiokafka,
-                # modules: ~120,000 objects) is taken out of the collector's walks. Each
-                # full collection walked it for 55-80 ms on the benchmark's machine, a
-                # pause every record waited behind (docs/performance.md, run O).
-                self._heap_frozen = True
-                log.info("startup_heap_frozen", objects=freeze_startup_objects())
-
-        @app.task
-        async def start_ops() -> None:
-            await self.ops.start()
-            log.info("ops_http_started", port=self.ops.port)
-
-        async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
-            self.assigned = True
-            self.states.clear()
-            self.schedule.on_assigned()
-            self.holds.on_assigned(assigned)
-            self.progress.on_assigned(assigned)
-            if self.aligned is not None:
-                self.aligned.assign(assigned)
-
-        async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
-            # Another worker may write these orders now: the table, not memory, is right.
-            self.states.clear()
-            self.table.forget()
-            self.schedule.on_revoked()
-            self.holds.on_revoked()
-            self.progress.on_revoked()
-            if self.aligned is not None:
-                self.aligned.revoke()
-
-        app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
-        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
-
-    # --- a batch -----------------------------------------------------------------------
-
-    async def _on_batch(self, messages: list[Any], in_flight: InFlight | None) -> bool:
-        try:
-            return await self._handle_batch(messages, in_flight)
-        except Exception as exc:
-            # Not the input's fault (the processor dead-letters those): the table or the
-            # producer failed. Returning would let the batch's records be acknowledged.
-            fatal("batch_failed", exc)
-
-    async def _handle_batch(self, messages: list[Any], in_flight: InFlight | None) -> bool:
-        if self.aligned is not None:
-            return await self._handle_aligned(messages, in_flight)
-        return await self._handle_fetched(messages, in_flight)
-
-    async def _handle_fetched(self, messages: list[Any], in_flight: InFlight | None) -> bool:
-        """Handle the records in order, each order's state carried from record to record
-        in memory, and the orders whose deadline the clock passes, as soon as it has;
-        then hand the batch over to be finished (`_finish`) while the next one is handled.
-        Returns whether deadlines are still due (the consumer then calls again without
-        waiting for records)."""
-        batch = self._batch = _Batch(self._batch.number + 1, messages, in_flight)
-        self.heartbeat.beat()
-        highwater = self.app.consumer.highwater
-        # Due orders this batch may act on: a wave of deadlines is spread over the
-        # batches that follow, so that records arriving meanwhile are not held up behind
-        # it (an order's own deadline is acted on before its record regardless: _on_event).
-        budget = self.settings.tick_max_due + len(messages)
-        for message in messages:
-            msg = input_message_of(message)
-            if not await self.progress.admit(message, msg):
-                continue  # read again later, or read already
-            await self.holds.ready()
-            # Whether the partition holds nothing more to read (for the event clock): as
-            # the consumer knows it now, not when the batch was fetched.
-            end = highwater(message.tp)
-            self._before_record = self.clock.now().timestamp()
-            # A dead letter joins the batch's outputs: acknowledged before the batch's
-            # records are, without a wait of its own.
-            await self.processor.process(
-                msg, caught_up=end is None or msg.offset + 1 >= end, acks=batch.acks
-            )
-            self.progress.handled(msg)
-            if budget > 0 and self.schedule.partitions_due(self.clock.now().timestamp()):
-                budget -= (await self._handle_due(budget))[0]
-        more = (await self._handle_due(budget))[1]
-        await self._hand_over(batch)
-        return more
-
-    async def _handle_aligned(self, messages: list[Any], in_flight: InFlight | None) -> bool:
-        """On the event clock: the batch's records join those waiting (common/aligned.py),
-        and what may go is handled in arrival order, each after the deadlines its
-        arrival passes (each acted on at its own moment), whichever partitions the
-        fetches brought first. The batch is what was handled, not what was fetched."""
-        aligned = self.aligned
-        assert aligned is not None
-        self.heartbeat.beat()
-        batch = self._batch = _Batch(self._batch.number + 1, [], in_flight)
-        await aligned.take(messages)
-        if not self.schedule.ready:
-            self.schedule.check_recovered()
-        if self.schedule.ready:  # deadlines known: time may pass
-
-            async def handle(message: Any, msg: InputMessage, before: float) -> None:
-                self._before_record = before
-                await self.processor.process(msg, acks=batch.acks)
-                batch.records.append(message)
-
-            await aligned.release(self._act_on_due, handle)
-            if not messages:
-                await aligned.follow_the_stream(self._act_on_due)
-            await self._act_on_due(self.clock.now().timestamp(), True)
-        await aligned.pace()
-        await self._hand_over(batch)
-        return False
-
-    async def _act_on_due(self, until: float, inclusive: bool) -> None:
-        """On the event clock: act on every order whose deadline comes before `until`
-        (or at it), earliest first, each judged at its deadline (or now, if later), as
-        the wall clock would have acted when it came."""
-        assert isinstance(self.clock, WatermarkClock)
-        pop = self.schedule.index.pop_earliest
-        while (due := pop(until, inclusive=inclusive)) is not None:
-            order_id, partition, at = due
-            self.clock.advance_to(datetime.fromtimestamp(at, UTC))
-            state = self._load(order_id, partition)
-            await self._act_on_deadline(order_id, partition, state, self.clock.now())
-
-    async def _hand_over(self, batch: _Batch) -> None:
-        """Finish the batch in the background (`_finish`) while the next one is handled."""
-        batch.clock_ms = int(self.clock.now().timestamp() * 1000)
-        if not (batch.records or batch.touched or batch.acks):
-            if batch.in_flight is not None:
-                batch.in_flight.done()
-            if not self._finishing:
-                # Idle and read to the end: nothing can be decided at the clock any more.
-                complete = self.aligned is not None and self.aligned.complete
-                await self._mark(batch.clock_ms + (1 if complete else 0))
-            return
-        # Batches are finished in order, a few at a time: the oldest must be done
-        # before another joins them.
-        while len(self._finishing) >= self.settings.batches_in_flight:
-            oldest = self._finishing[0].finished
-            assert oldest is not None
-            await asyncio.wait([oldest])
-        previous = self._finishing[-1].finished if self._finishing else None
-        self._finishing.append(batch)
-        batch.finished = asyncio.ensure_future(self._finish(batch, previous))
-        self._batch = _Batch(batch.number)
-
-    async def _finish(self, batch: _Batch, previous: asyncio.Future[None] | None) -> None:
-        """Wait once for every output of the batch to be acknowledged, and only then write
-        its changed states (one table write per order per batch) and acknowledge its
-        records, after the batch before it (`previous`) has done the same. A crash before
-        the writes re-reads the batch from the last commit and emits the same records
-        again under the same ids (downstream dedupes by id); it cannot record as emitted
-        what never reached the broker. The next batches are handled meanwhile, reading
-        this one's states from memory, not from the table."""
-        try:
-            await self._write(batch, previous)
-        except Exception as exc:
-            fatal("batch_failed", exc)
-        finally:
-            self._finishing.remove(batch)
-        ack = self.app.consumer.ack
-        for message in batch.records:
-            ack(message)  # not the records admission keeps back (marked acked already)
-        if batch.in_flight is not None:
-            batch.in_flight.done()
-
-    async def _write(self, batch: _Batch, previous: asyncio.Future[None] | None = None) -> None:
-        if batch.acks:
-            self.producer.send_now()
-            results = await asyncio.gather(*batch.acks, return_exceptions=True)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                fatal("outputs_undelivered", failed[0], count=len(failed))
-            if self.marks is not None:
-                self.marks.acknowledged(results)
-        if previous is not None:
-            # Its outputs are in; its table writes and acknowledgements go after those of
-            # the batch before it (which a failure there ends the process before).
-            await previous
-        # Every output decided before the batch's end is in (the batches before it are).
-        await self._mark(batch.clock_ms)
-        by_partition: dict[int, list[tuple[str, bytes | None]]] = {}
-        newer = [b.touched for b in self._finishing if b.number > batch.number]
-        newer.append(self._batch.touched)
-        for order_id, touched in batch.touched.items():
-            by_partition.setdefault(touched.partition, []).append((order_id, touched.value))
-            if touched.state is None or any(order_id in later for later in newer):
-                # Dropped, or changed again by a later batch: that one puts its own.
-                self.states.discard(order_id)
-            else:
-                # Handed over: the cache holds the object now, not the batch.
-                self.states.put(order_id, touched.state)
-                touched.state = None
-        for partition, changes in by_partition.items():
-            await self.table.write(partition, changes)
-        self.schedule.written(batch.number)
-
-    async def _mark(self, clock_ms: int) -> None:
-        """On the event clock: say that every incident decided before `clock_ms` is on the
-        broker, when the clock has moved (or now and then, so that a reader starting
-        later finds one within the topic's retention)."""
-        marks = self.marks
-        if marks is None or self.aligned is None or clock_ms <= 0:
-            return
-        wall = asyncio.get_running_loop().time()
-        if clock_ms == marks.last_at and wall - self._marked_at < 60.0:
-            return
-        self._marked_at = wall
-        await marks.publish(clock_ms, self.aligned.lanes)
-
-    # --- handlers ----------------------------------------------------------------------
-
-    async def _on_event(self, msg: InputMessage, event: CloudEvent) -> None:
-        order_id = self.handler.order_id_of(msg, event)
-        state = self._load(order_id, msg.partition)
-        now = self.clock.now()
-        if self.wall_clock:
-            # A record read late (a backlog after a rebalance or a restart) is judged at
-            # its own partition's time (its successors may still be unread), not at a
-            # wall-clock moment they passed.
-            self.progress.observe(msg, event.time)
-            now = self.progress.time_of(msg.partition, now, at_least=event.time)
-        if state is not None:
-            due = self.schedule.index.get(order_id)
-            if due is not None and due <= self._before_record:
-                # The order's deadline passed before this record came (held back with the
-                # rest of its wave): acted on first, as it was when it passed. One that
-                # this record's own time passes comes after it, as ever.
-                await self._act_on_deadline(order_id, msg.partition, state, now)
-                state = self._load(order_id, msg.partition)
-        outcome = self.handler.handle_event(state, msg, event, now)
-        if outcome.duplicate:
-            child(EVENTS_CONSUMED, SERVICE, msg.topic, "duplicate").inc()
-            return
-        await self._stage(order_id, msg.partition, outcome)
-
-    async def _handle_due(self, budget: int) -> tuple[int, bool]:
-        """Act on up to `budget` orders whose deadline has passed, shared out among the
-        partitions whose input is read (on the wall clock, a backlog first: absence is
-        judged only once the records up to now are in), the first partition served in
-        turn. Returns how many were acted on and whether more are due."""
-        now = self.clock.now()
-        moment = now.timestamp()
-        confirmed = self.schedule.input_confirmed
-        ready = [p for p in self.schedule.partitions_due(moment) if await confirmed(p)]
-        if not ready:
-            return 0, False
-        handled = 0
-        if budget > 0:
-            self._due_turn = turn = (self._due_turn + 1) % len(ready)
-            share = -(-budget // len(ready))  # ceiling: small budgets still go round
-            for partition in ready[turn:] + ready[:turn]:
-                limit = min(share, budget - handled)
-                if limit <= 0:
-                    break
-                for order_id in self.schedule.due(partition, moment, limit):
-                    state = self._load(order_id, partition)
-                    await self._act_on_deadline(order_id, partition, state, now)
-                    handled += 1
-        earliest = self.schedule.index.earliest
-        more = any((at := earliest(p)) is not None and at <= moment for p in ready)
-        return handled, more
-
-    async def _act_on_deadline(
-        self, order_id: str, partition: int, state: OrderState | None, now: datetime
-    ) -> None:
-        """The order's deadline has passed: judge it at `now` (an order with no state
-        left is unscheduled)."""
-        outcome = Outcome(state=None) if state is None else self.handler.handle_tick(state, now)
-        await self._stage(order_id, partition, outcome)
-
-    def _load(self, order_id: str, partition: int) -> OrderState | None:
-        """The order's state, for a handler to change: the batch's own, else the cache's,
-        else that of the latest batch being finished that changed it, else the table's.
-        What is handed out is taken out of the batch or the cache until it is staged
-        again (see adapters/state_cache.py); a state a batch being finished hands to the
-        cache is in one place at a time."""
-        touched = self._batch.touched.get(order_id)
-        if touched is not None:
-            state, touched.state = touched.state, None
-            value = touched.value
-        else:
-            state = self.states.take_quietly(order_id)
-            finishing = None
-            for earlier in reversed(self._finishing):
-                finishing = earlier.touched.get(order_id)
-                if finishing is not None:
-                    break
-            # A hit: the state comes from memory (the cache, or a batch being finished),
-            # not the table.
-            self.states.count(state is not None or finishing is not None)
-            if state is not None:
-                return state
-            if finishing is not None:
-                state, finishing.state = finishing.state, None
-                value = finishing.value
-            else:
-                value = self.table.get(partition, order_id)
-        if state is not None:
-            return state
-        return decode_state(order_table.state_of(value)) if value else None
-
-    async def _stage(self, order_id: str, partition: int, outcome: Outcome) -> None:
-        """Send the outcome's records (acknowledged before the batch is written) and keep
-        the order's new state for the batch."""
-        batch = self._batch
-        # On the event clock, each incident is stamped with the moment it was decided.
-        decided = self.clock.now() if self.marks is not None else None
-        await self.producer.emit(SERVICE, outcome.records, acks=batch.acks, at=decided)
-        for held, reason in outcome.dead_letters:
-            # Released orphans: delivered with the outputs, before the state that
-            # forgets them is written.
-            await self.deadletters.publish(
-                _original(held), reason, "orphan_expired", acks=batch.acks
-            )
-        value, at = None, None
-        if outcome.state is not None:
-            at = outcome.deadline.timestamp() if outcome.deadline else None
-            state_json = encode_state(outcome.state)
-            value = order_table.encode(state_json, None if at is None else (at, partition))
-        batch.touched[order_id] = _Touched(value, partition, outcome.state)
-        self.schedule.plan(order_id, partition, at, batch.number)
-
-
-def _original(held: HeldEvent) -> InputMessage:
-    """The input record a held event came in, as it was."""
-    return InputMessage(
-        topic=held.topic,
-        partition=held.partition,
-        offset=held.offset,
-        key=held.key.encode() if held.key else None,
-        value=held.value.encode("latin-1"),
+def wire(runtime: WatcherRuntime) -> None:
+    """The app hands the runtime its input a fetched batch at a time (and, idle, every
+    `tick_interval_s`), ticks it, tells it of rebalances and serves its ops HTTP."""
+    app, settings = runtime.app, runtime.settings
+    deliver_in_batches(
+        app,
+        runtime.source,
+        runtime.on_batch,
+        max_records=settings.batch_max,
+        idle_s=settings.tick_interval_s,
+        fetch_min_bytes=settings.fetch_min_bytes,
+        fetch_max_wait_s=settings.fetch_max_wait_ms / 1000,
     )
+
+    @app.timer(interval=settings.tick_interval_s)
+    async def tick_timer() -> None:
+        runtime.on_timer()
+
+    wire_runtime(runtime)
 
 
 def ensure_own_topics(settings: Settings, app: faust.App) -> None:
@@ -553,7 +64,8 @@ def main() -> None:
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     settings.configure_tracing(SERVICE)
     use_event_loop(settings.event_loop)
-    runtime = WatcherRuntime(settings)
+    runtime = bootstrap(settings)
+    wire(runtime)
     ensure_own_topics(settings, runtime.app)
     log.info(
         "starting",
@@ -564,4 +76,4 @@ def main() -> None:
     run_worker(runtime.app, SERVICE, settings)
 
 
-__all__ = ["WatcherRuntime", "main"]
+__all__ = ["main", "wire"]

@@ -10,10 +10,12 @@ import pytest
 from common.metrics import STATE_CACHE
 from services.orders_watcher.adapters import order_table
 from services.orders_watcher.adapters.state_cache import StateCache
+from services.orders_watcher.bootstrap import bootstrap
 from services.orders_watcher.config import Settings
 from services.orders_watcher.domain.model import OrderState, decode_state, encode_state
-from services.orders_watcher.entrypoints import stream
+from services.orders_watcher.entrypoints.stream import wire
 from services.orders_watcher.handlers import Outcome
+from services.orders_watcher.runtime import WatcherRuntime, _Batch
 from tests.unit.orders_watcher.fakes import Table
 
 
@@ -45,23 +47,24 @@ def test_the_least_recently_put_goes_first_and_zero_capacity_keeps_nothing():
 
 
 @pytest.fixture
-def runtime(monkeypatch: pytest.MonkeyPatch) -> stream.WatcherRuntime:
+def runtime(monkeypatch: pytest.MonkeyPatch) -> WatcherRuntime:
     monkeypatch.setenv("ORDERS_WATCHER_STORE", "memory://")
     monkeypatch.setenv("ORDERS_WATCHER_STATE_CACHE_MAX", "100")
-    runtime = stream.WatcherRuntime(Settings())
-    runtime.table = table = Table()  # type: ignore[assignment]
+    table = Table()
+    runtime = bootstrap(Settings(), table=table)
+    wire(runtime)  # rebalances reach it through the app's signals
     table.values["o-1"] = order_table.encode(encode_state(state("o-1")), None)
     return runtime
 
 
-def handled(runtime: stream.WatcherRuntime, order_id: str) -> OrderState:
+def handled(runtime: WatcherRuntime, order_id: str) -> OrderState:
     """One record's round: load, change, stage, write the batch."""
-    runtime._batch = stream._Batch()
+    runtime._batch = _Batch()
     loaded = runtime._load(order_id, 0)
     assert loaded is not None
     loaded.remember(f"e-{len(loaded.seen_event_ids)}")
     asyncio.run(runtime._stage(order_id, 0, Outcome(state=loaded)))
-    batch, runtime._batch = runtime._batch, stream._Batch()  # the next batch is handled
+    batch, runtime._batch = runtime._batch, _Batch()  # the next batch is handled
     asyncio.run(runtime._write(batch))
     return loaded
 
@@ -78,7 +81,7 @@ def test_the_next_batch_gets_the_written_state_without_reading_the_table(runtime
 
 def test_a_state_a_handler_failed_on_is_read_again_from_the_table(runtime):
     handled(runtime, "o-1")
-    runtime._batch = stream._Batch()
+    runtime._batch = _Batch()
     taken = runtime._load("o-1", 0)
     assert taken is not None
     taken.remember("e-half-way")  # the handler fails here: nothing is staged
@@ -88,7 +91,7 @@ def test_a_state_a_handler_failed_on_is_read_again_from_the_table(runtime):
 
 
 def test_within_a_batch_a_failed_handler_leaves_the_staged_value_not_its_changes(runtime):
-    runtime._batch = stream._Batch()
+    runtime._batch = _Batch()
     loaded = runtime._load("o-1", 0)
     assert loaded is not None
     loaded.remember("e-0")
@@ -106,12 +109,12 @@ def test_a_rebalance_forgets_every_state(runtime):
     asyncio.run(runtime.app.on_partitions_revoked.send(revoked=set()))
     assert len(runtime.states) == 0
     reads = runtime.table.reads
-    runtime._batch = stream._Batch()
+    runtime._batch = _Batch()
     assert runtime._load("o-1", 0) is not None
     assert runtime.table.reads == reads + 1
 
 
-def change(runtime: stream.WatcherRuntime, event_id: str) -> OrderState:
+def change(runtime: WatcherRuntime, event_id: str) -> OrderState:
     """The batch in hand loads o-1, remembers `event_id` in it and stages it."""
     loaded = runtime._load("o-1", 0)
     assert loaded is not None
@@ -120,23 +123,23 @@ def change(runtime: stream.WatcherRuntime, event_id: str) -> OrderState:
     return loaded
 
 
-def finish_later(runtime: stream.WatcherRuntime) -> stream._Batch:
+def finish_later(runtime: WatcherRuntime) -> _Batch:
     """The batch in hand goes to be finished (its outputs not acknowledged yet, so not
     written), and the next one is handled."""
     batch = runtime._batch
     runtime._finishing.append(batch)
-    runtime._batch = stream._Batch(batch.number + 1)
+    runtime._batch = _Batch(batch.number + 1)
     return batch
 
 
-def seen_in_table(runtime: stream.WatcherRuntime) -> tuple[str, ...]:
+def seen_in_table(runtime: WatcherRuntime) -> tuple[str, ...]:
     return decode_state(order_table.state_of(runtime.table.values["o-1"])).seen_event_ids
 
 
 def test_the_batch_being_finished_lends_its_states_to_the_next_one_once(runtime):
     # Batch 1 waits for its outputs while batch 2 is handled: batch 2 takes the order's
     # state from batch 1 (not the table), and batch 1's write then leaves it to batch 2.
-    runtime._batch = stream._Batch(1)
+    runtime._batch = _Batch(1)
     loaded = change(runtime, "e-0")
     first = finish_later(runtime)
     reads = runtime.table.reads
@@ -152,7 +155,7 @@ def test_of_batches_being_finished_the_next_one_takes_the_latest_state(runtime):
     # Batches 1 and 2 both changed the order and wait for their outputs while batch 3 is
     # handled (ORDERS_WATCHER_BATCHES_IN_FLIGHT=3): batch 3 takes batch 2's state; the
     # writes, in order, leave the cache alone until the last batch that changed it.
-    runtime._batch = stream._Batch(1)
+    runtime._batch = _Batch(1)
     loaded = change(runtime, "e-0")
     first = finish_later(runtime)
     again = change(runtime, "e-1")

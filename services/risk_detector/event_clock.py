@@ -1,6 +1,6 @@
 """risk_detector on the event clock: every input in one order, as orders_watcher's.
 
-On the wall clock two faust agents share the work (entrypoints/stream.py): `rekey` moves
+On the wall clock two faust agents share the work (runtime.py): `rekey` moves
 each order fact to its customer's partition through `<group>-customer-facts`, `assess`
 reads the customer-keyed topics, and ticks make time pass. Judged in the order the
 broker hands records over, a replay would score a customer on whichever of their
@@ -23,23 +23,22 @@ and releases the records in the order they arrived on the stream (common/aligned
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import faust
 from faust.types import TP
 
-from common.aligned import AlignedInput, faust_fetching, faust_mark_sender
-from common.batched_input import InFlight, fatal
+from common.aligned import AlignedInput, deadlines_in_order, faust_fetching, faust_mark_sender
+from common.batched_input import InFlight, fatal, outputs_delivered
 from common.clock import WatermarkClock
 from common.deadlines import DeadlineSchedule
-from common.kafka import Headers, InputMessage, MessageProcessor
+from common.kafka import Headers, InputMessage, MessageProcessor, ProducerPort
 from common.logs import get_logger
 from common.marks import MarkPublisher, instance_name
 from common.ops_http import Heartbeat
-from common.streaming import FaustProducer, InputProgress, at_partition
+from common.streaming import InputProgress, at_partition
 from services.risk_detector.config import Settings
 
 SERVICE = "risk_detector"
@@ -48,7 +47,7 @@ log = get_logger(__name__)
 
 
 class RiskWorker(Protocol):
-    """What the runner uses of the worker (entrypoints/stream.py): its app, tables'
+    """What the runner uses of the worker (runtime.py): its app, tables'
     schedule, processors and the two handlers without a record of their own."""
 
     settings: Settings
@@ -60,7 +59,7 @@ class RiskWorker(Protocol):
     schedule: DeadlineSchedule
     rekeyer: MessageProcessor
     assessor: MessageProcessor
-    producer: FaustProducer
+    producer: ProducerPort
 
     def forget_order(self, msg: InputMessage) -> None: ...
 
@@ -117,7 +116,7 @@ class EventClockRunner:
         self.acks: list[Awaitable[Any]] = []  # the batch's outputs
         self._facts_ends: dict[tuple[str, int], int] | None = None
         self._own_facts_read = False
-        self._marked_at = 0.0
+        self._act_on_due = deadlines_in_order(clock, runtime.schedule.index, self._check_rhythm)
 
     # --- the assignment ------------------------------------------------------------------
 
@@ -159,42 +158,27 @@ class EventClockRunner:
         if rt.schedule.ready:
             await self._vouch_for_own_facts()
 
-            async def handle(message: Any, msg: InputMessage, before: float) -> None:
-                processor = rt.rekeyer if msg.topic in self.order_keyed else rt.assessor
-                with at_partition(msg.topic, msg.partition):
-                    await processor.process(msg, acks=self.acks)
-                handled.append(message)
+        async def handle(message: Any, msg: InputMessage, before: float) -> None:
+            processor = rt.rekeyer if msg.topic in self.order_keyed else rt.assessor
+            with at_partition(msg.topic, msg.partition):
+                await processor.process(msg, acks=self.acks)
+            handled.append(message)
 
-            await self.aligned.release(self._act_on_due, handle)
-            if not messages:
-                await self.aligned.follow_the_stream(self._act_on_due)
-            await self._act_on_due(self.clock.now().timestamp(), True)
-        await self.aligned.pace()
+        await self.aligned.step(bool(messages), self._act_on_due, handle, ready=rt.schedule.ready)
         # Idle and read to the end: nothing can be decided at the clock any more.
         await self._finish(handled, past_clock=not messages and self.aligned.complete)
 
-    async def _act_on_due(self, until: float, inclusive: bool) -> None:
-        """Every rhythm check before `until` (or at it), earliest first, each at its own
-        moment (or now, if later)."""
-        pop = self.rt.schedule.index.pop_earliest
-        while (due := pop(until, inclusive=inclusive)) is not None:
-            customer_id, partition, at = due
-            self.clock.advance_to(datetime.fromtimestamp(at, UTC))
-            with at_partition(self.rt.facts_name, partition):
-                await self.rt.check_rhythm(customer_id, partition, self.clock.now())
+    async def _check_rhythm(self, customer_id: str, partition: int, now: datetime) -> None:
+        with at_partition(self.rt.facts_name, partition):
+            await self.rt.check_rhythm(customer_id, partition, now)
 
     async def _finish(self, handled: list[Any], *, past_clock: bool = False) -> None:
         """Once the batch's outputs are acknowledged: say how far they are complete, and
         acknowledge its records (faust commits their offsets after its tables' writes)."""
         acks, self.acks = self.acks, []
-        if acks:
-            self.rt.producer.send_now()
-            results = await asyncio.gather(*acks, return_exceptions=True)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                fatal("outputs_undelivered", failed[0], count=len(failed))
-            self.marks.acknowledged(results)
-            self.rekey_marks.acknowledged(results)
+        results = await outputs_delivered(self.rt.producer, acks)
+        self.marks.acknowledged(results)
+        self.rekey_marks.acknowledged(results)
         await self._mark(int(self.clock.now().timestamp() * 1000) + (1 if past_clock else 0))
         ack = self.rt.app.consumer.ack
         for message in handled:
@@ -255,17 +239,11 @@ class EventClockRunner:
     async def _mark(self, clock_ms: int) -> None:
         """Every request, hand-off and forwarded fact decided before `clock_ms` is on the
         broker: say so when the clock has moved (or now and then)."""
-        if clock_ms <= 0:
-            return
-        wall = asyncio.get_running_loop().time()
-        if clock_ms == self.marks.last_at and wall - self._marked_at < 60.0:
-            return
-        self._marked_at = wall
         lanes = self.aligned.lanes
-        await self.marks.publish(
+        await self.marks.publish_moved(
             clock_ms, [lane for lane in lanes if lane[0] in self.customer_keyed]
         )
-        await self.rekey_marks.publish(
+        await self.rekey_marks.publish_moved(
             clock_ms, [lane for lane in lanes if lane[0] in self.order_keyed]
         )
 
