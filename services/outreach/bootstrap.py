@@ -3,19 +3,19 @@ providers (or the outbox, without credentials) and the delivery service."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from aiohttp import web
-
 from common.clock import Clock, WallClock, WatermarkClock
+from common.kafka import AiokafkaProducer
 from common.metrics import RENDER_FAILURES, SUPPRESSIONS
 from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - registers tables
 from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
 from services.outreach.adapters.controls import ControlsWatcher, SendingControls
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.ledger import Ledger
+from services.outreach.adapters.optouts import OptOutPublisher, OptOuts
 from services.outreach.adapters.providers import (
     GuardedSender,
     MessageSender,
@@ -97,7 +97,7 @@ class Outreach:
     controls: SendingControls
     controls_watcher: ControlsWatcher
     renderer: Renderer
-    extra_routes: list[web.RouteDef] = field(default_factory=list)
+    producer: AiokafkaProducer  # started and stopped by the worker that runs outreach
 
     async def start(self) -> None:
         await self.renderer.start()
@@ -117,11 +117,6 @@ class Outreach:
             await conn.exec_driver_sql("SELECT 1")
         return True
 
-    def routes(self) -> list[web.RouteDef]:
-        from services.outreach.entrypoints.http import routes
-
-        return routes(self) + self.extra_routes
-
 
 def build(
     settings: Settings,
@@ -131,11 +126,14 @@ def build(
     clock: Clock | None = None,
     wall: Clock | None = None,
     renderer: Renderer | None = None,
+    producer: AiokafkaProducer | None = None,
+    optouts: OptOuts | None = None,
 ) -> Outreach:
     """Wire outreach. `clock` decides (wall or event time, OUTREACH_CLOCK); `wall` runs
     leases, claims and operators' pauses in real time (tests pass a clock they move);
     `renderer` renders templates (the render pool's processes unless a test passes
-    another)."""
+    another); `producer` publishes outreach's events (the worker starts it); `optouts`
+    tells preferences of opt-outs (by default on `outreach.optouts` through it)."""
     wall = wall or WallClock()
     engine = create_engine(settings.db_url())
     sessions = session_factory(engine)
@@ -151,6 +149,8 @@ def build(
         tls=settings.preferences_channel_tls(),
     )
     senders = senders or build_senders(settings)
+    producer = producer or AiokafkaProducer(settings.kafka_bootstrap_servers, "outreach-worker")
+    optouts = optouts or OptOutPublisher(producer, settings.topics.optouts)
     links = Links(
         public_base_url=settings.public_base_url.rstrip("/"),
         support_url=settings.support_url,
@@ -181,6 +181,7 @@ def build(
             ),
         ),
         links=links,
+        optouts=optouts,
         wall=wall.now,
     )
     controls = SendingControls(sessions)
@@ -201,6 +202,7 @@ def build(
         senders=senders,
         delivery=delivery,
         renderer=renderer,
+        producer=producer,
     )
 
 

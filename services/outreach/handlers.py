@@ -35,6 +35,7 @@ from common.metrics import (
 from common.outages import DependencyUnavailable
 from services.outreach.adapters.contact_plans import ContactPlans
 from services.outreach.adapters.ledger import Delivery, DeliveryEvent, Ledger
+from services.outreach.adapters.optouts import OptOuts
 from services.outreach.adapters.providers import (
     ABSENT,
     RETRY,
@@ -122,7 +123,7 @@ class DeliveryService:
         policy: DeliveryPolicy,
         sending: SendingPolicy,
         links: Links,
-        optouts: Any = None,
+        optouts: OptOuts | None = None,
         paused: Paused | None = None,
         wall: Callable[[], datetime] | None = None,
     ) -> None:

@@ -15,6 +15,7 @@ from services.outreach.adapters.contact_plans import StaticContactPlans
 from services.outreach.adapters.providers import OutboxSender
 from services.outreach.bootstrap import build
 from services.outreach.config import Settings as OutreachSettings
+from services.outreach.entrypoints.http import routes
 from services.preferences.bootstrap import build_grpc_server
 from services.preferences.config import Settings as PreferencesSettings
 from services.preferences.domain.access import Credentials
@@ -33,7 +34,7 @@ async def outreach_http(tmp_path):
     app = build(settings, plans=StaticContactPlans({}), senders={"email": OutboxSender()})
     await app.start()
     web_app = web.Application()
-    web_app.add_routes(app.routes())
+    web_app.add_routes(routes(app))
     client = TestClient(TestServer(web_app))
     await client.start_server()
     yield client

@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from services.outreach.entrypoints.http import routes
 from services.outreach.studio.security import client_address, parse_networks, safe_next
 from tests.integration.outreach.test_studio_http import make_client, sign_in
 
@@ -102,7 +103,7 @@ async def webhook(tmp_path, signing_key):
     app = build(settings, plans=StaticContactPlans({}), senders={"email": OutboxSender()})
     await app.start()
     web_app = web.Application()
-    web_app.add_routes(app.routes())
+    web_app.add_routes(routes(app))
     client = TestClient(TestServer(web_app))
     await client.start_server()
     yield client

@@ -74,14 +74,6 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def import_tables() -> None:
-    """Import every module that declares outreach tables, so `Base.metadata` has them."""
-    import services.outreach.adapters.controls
-    import services.outreach.adapters.ledger
-    import services.outreach.adapters.templates
-    import services.outreach.studio.accounts  # noqa: F401
-
-
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 _LOCK_KEY = 0x6F757472  # pg_advisory_lock key of outreach's schema upgrades ("outr")
 

@@ -25,7 +25,6 @@ from common.aligned_consumer import AlignedConsumerLoop, ConsumerLanes
 from common.clock import EPOCH, WatermarkClock
 from common.envelope import CloudEvent
 from common.kafka import (
-    AiokafkaProducer,
     ConsumerLoop,
     DeadLetters,
     InputMessage,
@@ -40,6 +39,7 @@ from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
 from services.outreach.bootstrap import Outreach, build
 from services.outreach.config import Settings
 from services.outreach.domain.states import PUBLIC
+from services.outreach.entrypoints.http import routes
 from services.outreach.handlers import message_event
 
 SERVICE = "outreach"
@@ -54,7 +54,7 @@ class OutreachWorker:
         self.topics = settings.topics
         self.clock = outreach.clock
         self.heartbeat = Heartbeat()
-        self.producer = AiokafkaProducer(settings.kafka_bootstrap_servers, f"{SERVICE}-worker")
+        self.producer = outreach.producer
         self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
         self.processor = MessageProcessor(SERVICE, self._handle, self.deadletters, self.clock)
         inputs = [self.topics.requests, self.topics.incidents, self.topics.customers]
@@ -104,13 +104,12 @@ class OutreachWorker:
                 "database": outreach.database_ready,
                 "preferences": outreach.plans.ready,
             },
-            routes=outreach.routes(),
+            routes=routes(outreach),
         )
         self._stop = asyncio.Event()
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.started_at: datetime | None = None  # when the webhooks began to listen
         self._relay_until = EPOCH  # this worker holds the relay's lease until then
-        outreach.delivery.optouts = OptOutPublisher(self.producer, self.topics.optouts)
 
     def _now(self, event: CloudEvent | None = None) -> Any:
         # On the event clock a decision happens when the record that caused it arrived,
@@ -298,63 +297,6 @@ class OutreachWorker:
         await self.producer.stop()
         await self.outreach.stop()
         log.info("stopped")
-
-
-class OptOutPublisher:
-    """Tells preferences (via outreach.optouts) that a contact point opted out."""
-
-    def __init__(self, producer: AiokafkaProducer, topic: str) -> None:
-        self.producer = producer
-        self.topic = topic
-
-    async def opted_out(
-        self, customer_id: str, channel: str, source: str, at: Any, code: str | None = None
-    ) -> None:
-        from common.envelope import derived_id, new_event
-
-        event = new_event(
-            type="contact.opted_out",
-            source="/outreach/outreach",
-            subject=customer_id,
-            time=at,
-            id=derived_id("optout", customer_id, channel, source, at.isoformat()),
-            data={
-                "customer_id": customer_id,
-                "channel": channel,
-                "source": source,
-                "evidence": code or "",
-                "occurred_at": at.isoformat(),
-            },
-        )
-        await self.producer.send(
-            self.topic,
-            customer_id.encode(),
-            event.to_bytes(),
-            [("content-type", b"application/cloudevents+json")],
-        )
-
-    async def opted_in(self, customer_id: str, channel: str, source: str, at: Any) -> None:
-        from common.envelope import derived_id, new_event
-
-        event = new_event(
-            type="contact.opted_in",
-            source="/outreach/outreach",
-            subject=customer_id,
-            time=at,
-            id=derived_id("optin", customer_id, channel, source, at.isoformat()),
-            data={
-                "customer_id": customer_id,
-                "channel": channel,
-                "source": source,
-                "occurred_at": at.isoformat(),
-            },
-        )
-        await self.producer.send(
-            self.topic,
-            customer_id.encode(),
-            event.to_bytes(),
-            [("content-type", b"application/cloudevents+json")],
-        )
 
 
 def main() -> None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, engine_from_config, pool
 
-from services.outreach.adapters.db import Base, import_tables
+from services.outreach.adapters.schema import all_tables
 
-import_tables()
 config = context.config
-target_metadata = Base.metadata
+target_metadata = all_tables()
 
 
 def run(connection: Connection) -> None:

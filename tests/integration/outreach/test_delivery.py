@@ -10,6 +10,7 @@ import pytest
 from common.clock import FixedClock
 from common.envelope import new_event
 from services.outreach.adapters.contact_plans import StaticContactPlans
+from services.outreach.adapters.optouts import RecordingOptOuts
 from services.outreach.adapters.providers import (
     OutboxSender,
     SendGridEmailSender,
@@ -18,6 +19,7 @@ from services.outreach.adapters.providers import (
 from services.outreach.bootstrap import build
 from services.outreach.config import Settings
 from services.outreach.domain.decisions import ChannelOption, ContactPlan
+from services.outreach.entrypoints.http import routes
 
 pytestmark = pytest.mark.integration
 NOON = datetime(2026, 3, 4, 11, 0, tzinfo=UTC)  # 12:00 in Berlin
@@ -139,7 +141,9 @@ async def outreach(database_url, tmp_path, twilio_double, sendgrid_double):
     senders["whatsapp"] = OutboxSender()
     plans = StaticContactPlans({("c-1", "*"): plan(EMAIL, SMS)})
     # Leases and the ramp run in wall time: a clock the tests move.
-    app = build(settings, plans=plans, senders=senders, wall=FixedClock(WALL))
+    app = build(
+        settings, plans=plans, senders=senders, wall=FixedClock(WALL), optouts=RecordingOptOuts()
+    )
     await app.start()
     app.plans_fake = plans  # type: ignore[attr-defined]
     yield app
@@ -194,17 +198,13 @@ async def test_an_invalid_number_falls_back_to_email(outreach, twilio_double, se
 
 async def test_an_unsubscribed_number_is_recorded_as_an_opt_out(outreach, twilio_double):
     twilio_double.opted_out.add("+4915112345678")
-    seen = []
-
-    class Recorder:
-        async def opted_out(self, customer_id, channel, source, at, code=None):
-            seen.append((customer_id, channel, code))
-
-    outreach.delivery.optouts = Recorder()
     outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
     await outreach.delivery.on_request(request(), NOON)
     row, _ = await statuses(outreach)
-    assert row.status == "failed" and seen == [("c-1", "sms", "21610")]
+    optouts = outreach.delivery.optouts
+    seen = [(c, ch) for _, c, ch, _ in optouts.seen]
+    assert row.status == "failed" and seen == [("c-1", "sms")]
+    assert optouts.evidence == ["21610"]
 
 
 async def test_sms_at_night_waits_for_8_local_and_is_suppressed_if_resolved_meanwhile(
@@ -340,7 +340,7 @@ async def test_the_operator_endpoint_needs_the_token_and_audits_who(
     app = build(settings, plans=StaticContactPlans({}), senders={"email": OutboxSender()})
     await app.start()
     web_app = web.Application()
-    web_app.add_routes(app.routes())
+    web_app.add_routes(routes(app))
     client = TestClient(TestServer(web_app))
     await client.start_server()
     try:

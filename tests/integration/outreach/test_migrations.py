@@ -15,17 +15,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from services.outreach.adapters.db import Base, create_engine, create_schema, import_tables
+from services.outreach.adapters.db import create_engine, create_schema
+from services.outreach.adapters.schema import all_tables
 from tests.e2e.stack import ROOT
 
 pytestmark = pytest.mark.integration
 
 
 async def differences(engine) -> list:
-    import_tables()
     async with engine.connect() as conn:
         return await conn.run_sync(
-            lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+            lambda sync: compare_metadata(MigrationContext.configure(sync), all_tables())
         )
 
 

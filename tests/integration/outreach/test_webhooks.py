@@ -18,25 +18,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.outreach.adapters.contact_plans import StaticContactPlans
+from services.outreach.adapters.optouts import RecordingOptOuts
 from services.outreach.adapters.providers import SendGridEmailSender, TwilioMessageSender
 from services.outreach.bootstrap import build
 from services.outreach.config import Settings
 from services.outreach.domain.decisions import ChannelOption, ContactPlan
+from services.outreach.entrypoints.http import routes
 from tests.conftest import free_port
 from tests.integration.outreach.test_delivery import NOON, request
 
 pytestmark = pytest.mark.integration
-
-
-class OptOuts:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str, str, str]] = []
-
-    async def opted_out(self, customer_id, channel, source, at, code=None):
-        self.seen.append(("out", customer_id, channel, source))
-
-    async def opted_in(self, customer_id, channel, source, at):
-        self.seen.append(("in", customer_id, channel, source))
 
 
 @pytest.fixture
@@ -88,11 +79,10 @@ async def app(tmp_path, twilio_double, sendgrid_double, signing_key):
             )
         }
     )
-    outreach = build(settings, plans=plans, senders=senders)
+    outreach = build(settings, plans=plans, senders=senders, optouts=RecordingOptOuts())
     await outreach.start()
-    outreach.delivery.optouts = OptOuts()
     application = web.Application()
-    application.add_routes(outreach.routes())
+    application.add_routes(routes(outreach))
     runner = web.AppRunner(application)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
