@@ -27,9 +27,15 @@ class Clock(Protocol):
         that partition holds no more unread events."""
 
 
+def wall_now() -> datetime:
+    """The machine's time, in UTC: what runs in real time whatever the clock (leases,
+    operators' pauses, audit stamps), and the default of the stores that stamp rows."""
+    return datetime.now(UTC)
+
+
 class WallClock:
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return wall_now()
 
     def observe(self, partition: Hashable, event_time: datetime, *, caught_up: bool) -> None:
         return None

@@ -380,6 +380,22 @@ class OrderContext(_Payload):
     estimated_delivery_at: Moment | None = None
 
 
+class IncidentKind(StrEnum):
+    """What orders_watcher detects (docs/detection.md). Each is also the message kind of
+    the message that tells a customer about it (services/outreach/domain/rendering.py)
+    and has an intent in risk_detector's decisions."""
+
+    DISPATCH_LATE = "dispatch_late"
+    DELIVERY_AT_RISK = "delivery_at_risk"
+    DELIVERY_LATE = "delivery_late"
+    SHIPMENT_STALLED = "shipment_stalled"
+    DELIVERY_FAILED = "delivery_failed"
+    AWAITING_PICKUP = "awaiting_pickup"
+    CARRIER_EXCEPTION = "carrier_exception"
+    RETURNED_TO_SENDER = "returned_to_sender"
+    REFUND_LATE = "refund_late"
+
+
 class Incident(_Payload):
     """`outreach.incidents` payload: incident.opened | updated | resolved | checkin_due."""
 

@@ -67,12 +67,17 @@ class Topics:
 
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
-
-    def __getattr__(self, name: str) -> str:
-        value = globals().get(name.upper())
-        if not isinstance(value, str):
-            raise AttributeError(name)
-        return self.prefix + value
+        self.orders = prefix + ORDERS
+        self.shipments = prefix + SHIPMENTS
+        self.returns = prefix + RETURNS
+        self.customers = prefix + CUSTOMERS
+        self.feedback = prefix + FEEDBACK
+        self.incidents = prefix + INCIDENTS
+        self.requests = prefix + REQUESTS
+        self.messages = prefix + MESSAGES
+        self.optouts = prefix + OPTOUTS
+        self.handoffs = prefix + HANDOFFS
+        self.watermarks = prefix + WATERMARKS
 
     def deadletter(self, service: str) -> str:
         return self.prefix + deadletter_topic(service)

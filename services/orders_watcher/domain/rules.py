@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from common.schemas import IncidentKind
 from services.orders_watcher.domain.model import (
     Checkpoint,
     EmittedIncident,
@@ -23,23 +24,19 @@ from services.orders_watcher.domain.model import (
     ShipmentState,
 )
 
-DELIVERY_KINDS = frozenset(
-    {
-        "dispatch_late",
-        "delivery_at_risk",
-        "delivery_late",
-        "shipment_stalled",
-        "delivery_failed",
-        "awaiting_pickup",
-        "carrier_exception",
-        "returned_to_sender",
-    }
-)
-RETRACTABLE = DELIVERY_KINDS | {"refund_late"}
+# Every kind but the refund's is about getting the parcel to the customer.
+DELIVERY_KINDS = frozenset(IncidentKind) - {IncidentKind.REFUND_LATE}
+RETRACTABLE = frozenset(IncidentKind)
 # Kinds judged on settled facts: told (opened, updated) once the allowed lateness has
 # passed after their moment, since a late event within it may still show otherwise.
 SETTLED_KINDS = frozenset(
-    {"dispatch_late", "delivery_at_risk", "delivery_late", "shipment_stalled", "refund_late"}
+    {
+        IncidentKind.DISPATCH_LATE,
+        IncidentKind.DELIVERY_AT_RISK,
+        IncidentKind.DELIVERY_LATE,
+        IncidentKind.SHIPMENT_STALLED,
+        IncidentKind.REFUND_LATE,
+    }
 )
 CRITICAL_SUBSTATUSES = frozenset({"lost", "damaged"})
 # Tracking statuses that raise an incident at once: status -> (kind, severity).

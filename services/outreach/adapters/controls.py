@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Boolean, Float, Integer, String, Text, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from common.clock import wall_now
 from common.metrics import SENDING_PAUSED
 from common.schemas import Intent
 from services.outreach.adapters.db import Base, UTCDateTime
@@ -69,16 +70,12 @@ class ControlState:
         }
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class SendingControls:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
         *,
-        now: Callable[[], datetime] = _utcnow,
+        now: Callable[[], datetime] = wall_now,
     ) -> None:
         self.sessions = sessions
         self.now = now

@@ -18,7 +18,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from common.clock import wall_now
 from common.metrics import TEMPLATE_REVISION
 from services.outreach.adapters.db import Base, UTCDateTime
 from services.outreach.adapters.render_pool import InlineRenderer, Renderer
@@ -180,10 +181,6 @@ def default_templates() -> tuple[DefaultTemplate, ...]:
 # --- the store ----------------------------------------------------------------------------
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def _same(row: TemplateVersion, default: DefaultTemplate) -> bool:
     return (row.subject, row.html, row.text) == (default.subject, default.html, default.text)
 
@@ -195,7 +192,7 @@ class TemplateStore:
         self,
         sessions: async_sessionmaker[AsyncSession],
         *,
-        now: Callable[[], datetime] = _utcnow,
+        now: Callable[[], datetime] = wall_now,
         renderer: Renderer | None = None,
     ) -> None:
         self.sessions = sessions

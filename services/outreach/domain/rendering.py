@@ -44,19 +44,13 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from common.schemas import IncidentKind
 from services.outreach.domain.sms import Segments, count
 
 CHANNELS = ("email", "sms", "whatsapp")
+# A message about an incident has the incident's kind; risk_detector adds its own.
 MESSAGE_KINDS = (
-    "dispatch_late",
-    "delivery_at_risk",
-    "delivery_late",
-    "shipment_stalled",
-    "delivery_failed",
-    "awaiting_pickup",
-    "carrier_exception",
-    "returned_to_sender",
-    "refund_late",
+    *(kind.value for kind in IncidentKind),
     "post_incident_checkin",
     "merchant_fault_return",
     "serial_returns",

@@ -12,7 +12,7 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -21,6 +21,7 @@ from sqlalchemy import JSON, Boolean, Integer, String, Text, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from common.clock import wall_now
 from services.outreach.adapters.db import Base, UTCDateTime
 from services.outreach.adapters.templates import TemplateVersion
 
@@ -105,10 +106,6 @@ class SignedIn:
         return role_at_least(self.role, needed)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -131,7 +128,7 @@ class Accounts:
         sessions: async_sessionmaker[AsyncSession],
         *,
         session_lifetime: timedelta = timedelta(hours=12),
-        now: Callable[[], datetime] = _utcnow,
+        now: Callable[[], datetime] = wall_now,
         hasher: PasswordHasher | None = None,
     ) -> None:
         self.sessions = sessions

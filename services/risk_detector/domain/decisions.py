@@ -12,19 +12,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from common.schemas import IncidentKind
 from services.risk_detector.domain.profile import HandoffMade, Profile, RequestMade
 from services.risk_detector.domain.scoring import Score, Weights, score
 
 INCIDENT_INTENTS: dict[str, str] = {
-    "dispatch_late": "apology",
-    "delivery_at_risk": "status_update",
-    "delivery_late": "apology",
-    "shipment_stalled": "status_update",
-    "delivery_failed": "status_update",
-    "awaiting_pickup": "status_update",
-    "carrier_exception": "status_update",
-    "returned_to_sender": "status_update",
-    "refund_late": "apology",
+    IncidentKind.DISPATCH_LATE: "apology",
+    IncidentKind.DELIVERY_AT_RISK: "status_update",
+    IncidentKind.DELIVERY_LATE: "apology",
+    IncidentKind.SHIPMENT_STALLED: "status_update",
+    IncidentKind.DELIVERY_FAILED: "status_update",
+    IncidentKind.AWAITING_PICKUP: "status_update",
+    IncidentKind.CARRIER_EXCEPTION: "status_update",
+    IncidentKind.RETURNED_TO_SENDER: "status_update",
+    IncidentKind.REFUND_LATE: "apology",
     "post_incident_checkin": "check_in",
 }
 PRIORITY = {"critical": 90, "warning": 60, "info": 30}
