@@ -124,7 +124,7 @@ def lagging(events: list[CloudEvent], lags: list[float], until: float) -> Run:
     for i, (event, lag) in enumerate(zip(events, lags, strict=True)):
         watermark = max(run.now, event.time - timedelta(hours=lag))
         run.now = watermark
-        run._advance(watermark)
+        run._advance(watermark, inclusive=False)
         outcome = run.watcher.handle_event(run.state, message(event, i), event, watermark)
         run.state, run.deadline = outcome.state, outcome.deadline
         run.emitted += [r.event for r in outcome.records]

@@ -175,8 +175,14 @@ class Run:
     def __post_init__(self) -> None:
         self.watcher = OrdersWatcher(self.config, Topics())
 
-    def _advance(self, now: datetime) -> None:
-        while self.state is not None and self.deadline is not None and self.deadline <= now:
+    def _advance(self, now: datetime, *, inclusive: bool = True) -> None:
+        """Act on the deadlines up to `now` (a record at `now` is handled before a
+        deadline at the same moment, as the worker does: `inclusive=False`)."""
+        while (
+            self.state is not None
+            and self.deadline is not None
+            and (self.deadline <= now if inclusive else self.deadline < now)
+        ):
             outcome = self.watcher.handle_tick(self.state, self.deadline)
             self.state, self.deadline = outcome.state, outcome.deadline
             self.emitted += [r.event for r in outcome.records]
@@ -185,7 +191,7 @@ class Run:
         for i, event in enumerate(events):
             # Like the event clock: time follows the events and never goes backwards.
             self.now = max(self.now, event.time)
-            self._advance(self.now)
+            self._advance(self.now, inclusive=False)
             outcome = self.watcher.handle_event(self.state, message(event, i), event, self.now)
             self.state, self.deadline = outcome.state, outcome.deadline
             self.emitted += [r.event for r in outcome.records]
