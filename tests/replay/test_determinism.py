@@ -72,13 +72,13 @@ def opened(run: Replay, kind: str) -> set[str]:
 def test_a_story_gives_the_same_outcomes_fast_paced_and_with_two_watchers(
     kafka_bootstrap, tmp_path
 ):
-    emissions = story(customers=250, days=21, orders_per_hour=2.6)
+    emissions = story(customers=300, days=21, orders_per_hour=4.0)
     span = (emissions[-1].at - emissions[0].at).total_seconds()
     late_scans = sum(
         1 for e in emissions if e.event is not None and e.event.time < e.at.replace(microsecond=0)
     )
     orders = sum(1 for e in emissions if e.event is not None and e.event.type == "order.placed")
-    assert orders > 1_200 and late_scans > 20  # the story has what it should
+    assert orders > 2_000 and late_scans > 20  # the story has what it should
 
     fast = replay(kafka_bootstrap, emissions, tmp_path / "fast")
     runs = {
