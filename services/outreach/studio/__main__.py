@@ -37,7 +37,8 @@ from services.outreach.adapters.templates import TemplateStore
 from services.outreach.bootstrap import build_senders
 from services.outreach.config import Settings
 from services.outreach.studio.accounts import ROLES, AccountError, Accounts, role_at_least
-from services.outreach.studio.app import Studio, create_app
+from services.outreach.studio.app import create_app
+from services.outreach.studio.context import Studio
 from services.outreach.studio.security import LoginThrottle
 from services.outreach.studio.transfer import (
     ImportReport,

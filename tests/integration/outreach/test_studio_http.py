@@ -17,7 +17,8 @@ from services.outreach.adapters.render_pool import InlineRenderer, Renderer
 from services.outreach.adapters.templates import TemplateStore
 from services.outreach.config import Settings
 from services.outreach.studio.accounts import Accounts
-from services.outreach.studio.app import Studio, create_app
+from services.outreach.studio.app import create_app
+from services.outreach.studio.context import Studio
 from services.outreach.studio.security import LoginThrottle
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,178 @@
+"""What every studio handler needs of a request: the studio (its stores, settings and
+pages), who is asking and with which role, and the template a URL names. The handlers
+themselves are module-level functions per resource: sign_in.py, template_pages.py,
+activity.py; app.py puts them behind the middlewares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from services.outreach.adapters.ledger import Ledger
+from services.outreach.adapters.providers import (
+    MessageSender,
+)
+from services.outreach.adapters.render_pool import Renderer
+from services.outreach.adapters.templates import TemplateStore
+from services.outreach.config import Settings
+from services.outreach.domain.rendering import (
+    CHANNELS,
+    MESSAGE_KINDS,
+)
+from services.outreach.studio.accounts import Accounts, SignedIn, role_at_least
+from services.outreach.studio.security import (
+    LoginThrottle,
+    parse_networks,
+    trusted,
+)
+
+HERE = Path(__file__).resolve().parent
+SESSION_COOKIE = "studio_session"
+LOGIN_COOKIE = "studio_login_csrf"
+PUBLIC_PATHS = ("/login", "/static/", "/favicon.ico", "/livez", "/readyz", "/healthz")
+ADDRESS_LIMIT_FACTOR = 4
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+FLASH = {
+    "saved": "Draft saved.",
+    "saved_with_errors": "Draft saved. It has errors: fix them before publishing.",
+    "published": "Published. Running workers use it within seconds.",
+    "rolled_back": "Rolled back: the old text is published again as a new version.",
+    "test_sent": "Test message sent.",
+    "unchanged": "Nothing changed since the last version.",
+}
+
+
+USER = web.RequestKey("user", SignedIn)
+NEW_SESSION = web.RequestKey("new_session", SignedIn)  # opened by the trusted proxy
+TYPED_USERNAME = web.RequestKey("typed_username", str)  # kept in the form after a failure
+
+
+@dataclass
+class Studio:
+    settings: Settings
+    store: TemplateStore
+    ledger: Ledger
+    accounts: Accounts
+    senders: dict[str, MessageSender]
+    throttle: LoginThrottle
+    renderer: Renderer  # previews, test sends and checks render here (the render pool)
+
+    def __post_init__(self) -> None:
+        self.pages = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "pages"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.pages.globals.update(
+            roles_at_least=role_at_least, channels=CHANNELS, kinds=MESSAGE_KINDS
+        )
+        self.proxies = parse_networks(self.settings.studio_trusted_proxies)
+        # An address may fail more often than one user (an office behind one NAT), but
+        # not endlessly: that is password spraying across users.
+        self.address_throttle = LoginThrottle(
+            self.throttle.limit * ADDRESS_LIMIT_FACTOR, self.throttle.window_s, self.throttle.clock
+        )
+
+    # -- pages --
+
+    def page(
+        self, request: web.Request, name: str, status: int = 200, **context: Any
+    ) -> web.Response:
+        user = request.get(USER)
+        flash = FLASH.get(request.query.get("flash", ""))
+        body = self.pages.get_template(name).render(
+            user=user, csrf=user.csrf_token if user else "", flash=flash, path=request.path,
+            **context,
+        )  # fmt: skip
+        return web.Response(text=body, content_type="text/html", status=status)
+
+    def error(self, request: web.Request, status: int, title: str, detail: str) -> web.Response:
+        return self.page(request, "error.html", status=status, title=title, detail=detail)
+
+    # -- who is asking --
+
+    async def signed_in(self, request: web.Request) -> SignedIn | None:
+        header = self.settings.studio_trusted_user_header
+        if header and trusted(request.remote, self.proxies):
+            name = request.headers.get(header, "").strip()
+            if name:
+                return await self._sso(request, name)
+        return await self.accounts.session(request.cookies.get(SESSION_COOKIE, ""))
+
+    async def _sso(self, request: web.Request, name: str) -> SignedIn | None:
+        role_header = self.settings.studio_trusted_role_header
+        role = (request.headers.get(role_header, "") if role_header else "").strip().lower()
+        role = role or self.settings.studio_trusted_default_role
+        current = await self.accounts.session(request.cookies.get(SESSION_COOKIE, ""))
+        if current is not None and current.username == name and current.role == role:
+            return current
+        user = await self.accounts.sso_user(name, role)
+        # Audited like a password sign-in: who, with which role, through which proxy.
+        session = await self.accounts.start_session(user.username, {"via": "sso", "role": role})
+        request[NEW_SESSION] = session
+        return session
+
+
+#: The studio an application serves (set by app.create_app).
+STUDIO = web.AppKey("studio", Studio)
+
+
+def studio_of(request: web.Request) -> Studio:
+    return request.app[STUDIO]
+
+
+def cookie_flags(settings: Settings) -> dict[str, Any]:
+    return {
+        "httponly": True,
+        "samesite": "Lax",
+        "secure": settings.studio_secure_cookies,
+        "path": "/",
+    }
+
+
+def current_user(request: web.Request) -> SignedIn:
+    user = request.get(USER)
+    assert isinstance(user, SignedIn)
+    return user
+
+
+def require(request: web.Request, role: str) -> SignedIn:
+    user = current_user(request)
+    if not user.can(role):
+        raise web.HTTPForbidden(
+            text=f"Your role ({user.role}) cannot do this; it needs {role}.",
+        )
+    return user
+
+
+def template_key(request: web.Request) -> tuple[str, str, str]:
+    kind = request.match_info["kind"]
+    channel = request.match_info["channel"]
+    locale = request.match_info["locale"]
+    if kind not in MESSAGE_KINDS or channel not in CHANNELS or not locale_ok(locale):
+        raise web.HTTPNotFound(text="There is no such template.")
+    return kind, channel, locale
+
+
+def locale_ok(tag: str) -> bool:
+    parts = tag.split("-")
+    return 1 <= len(parts) <= 3 and all(p.isalnum() and 1 <= len(p) <= 8 for p in parts)
+
+
+def template_url(kind: str, channel: str, locale: str, suffix: str = "") -> str:
+    return f"/templates/{kind}/{channel}/{locale}{suffix}"
+
+
+def mask(address: str | None) -> str:
+    if not address:
+        return ""
+    if "@" in address:
+        name, _, domain = address.partition("@")
+        return f"{name[:1]}***@{domain}"
+    return f"{address[:3]}***{address[-2:]}"
