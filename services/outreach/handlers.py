@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common import schemas, tracing
+from common.clock import WatermarkClock
 from common.envelope import CloudEvent, InvalidEvent, derived_id, new_event
 from common.failpoints import failpoint
 from common.logs import get_logger
@@ -274,6 +275,29 @@ class DeliveryService:
                     )
                     raise
         return len(rows)
+
+    async def send_held(self, now: datetime) -> int:
+        """`send_due` only if a pause held something and is over (on the event clock the
+        consumer sends the rest in order with its records: `send_due_until`)."""
+        if self.paused.all or not await self.ledger.held(limit=1):
+            return 0
+        return await self.send_due(now)
+
+    async def send_due_until(self, clock: WatermarkClock, until: float, inclusive: bool) -> None:
+        """On the event clock: send the messages scheduled before `until` (or at it),
+        earliest first, each at its own time (`clock` moved there), as the scheduler
+        would have when it came."""
+        last, repeats = None, 0
+        while (due := await self.ledger.earliest_due()) is not None:
+            moment = due.timestamp()
+            if moment > until or (moment == until and not inclusive):
+                return
+            repeats = repeats + 1 if moment == last else 0
+            if repeats > 2:
+                return  # rows that stay due (held by a pause): the scheduler's turn
+            last = moment
+            clock.advance_to(due)
+            await self.send_due(clock.now())
 
     async def _release(self, row: Delivery, now: datetime) -> bool:
         """scheduled → decided, leased to this worker until it claims the send."""

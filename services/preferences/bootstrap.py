@@ -36,11 +36,8 @@ from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
 from services.preferences.adapters.change_feed import ChangeFeed, PostgresChangeFeed
 from services.preferences.adapters.store import PreferencesStore, migrate, postgres_dsn
 from services.preferences.config import Settings
-from services.preferences.entrypoints.grpc_api import (
-    OpsInterceptor,
-    PreferencesServicer,
-    ReflectionDescriptors,
-)
+from services.preferences.entrypoints.grpc_api import PreferencesServicer
+from services.preferences.entrypoints.grpc_guard import OpsInterceptor, ReflectionDescriptors
 from services.preferences.handlers import Preferences
 
 SERVICE = "preferences"

@@ -3,115 +3,30 @@ status codes with details (INVALID_ARGUMENT carries google.rpc.BadRequest)."""
 
 from __future__ import annotations
 
-import time as _time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from prometheus_client import Counter, Histogram
 
 from common.logs import get_logger
-from common.outages import outage_of
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from services.preferences.adapters.change_feed import FeedInterrupted
 from services.preferences.domain import validation
-from services.preferences.domain.access import Credentials, open_method
-from services.preferences.domain.model import ConsentRecord, Customer, Plan, marketing_opt_in
+from services.preferences.domain.model import ConsentRecord, Customer
 from services.preferences.domain.validation import FieldViolation
+from services.preferences.entrypoints.grpc_messages import (
+    CATEGORY_NAMES,
+    CHANNEL_NAMES,
+    bad_request,
+    plan_message,
+    preferences_message,
+)
 from services.preferences.handlers import Preferences
 
 log = get_logger(__name__)
-RPCS = Counter(
-    "outreach_grpc_requests_total", "gRPC requests by method and status code.", ["method", "code"]
-)
-RPC_SECONDS = Histogram(
-    "outreach_grpc_request_seconds",
-    "gRPC latency by method.",
-    ["method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),
-)
-CHANNEL_NAMES = {pb.CHANNEL_EMAIL: "email", pb.CHANNEL_SMS: "sms", pb.CHANNEL_WHATSAPP: "whatsapp"}
-CHANNEL_ENUMS = {v: k for k, v in CHANNEL_NAMES.items()}
-CATEGORY_NAMES = {pb.CATEGORY_SERVICE: "service", pb.CATEGORY_MARKETING: "marketing"}
-
-
-def _hhmm(t: time) -> str:
-    return f"{t.hour:02d}:{t.minute:02d}"
-
-
-def plan_message(plan: Plan) -> pb.ContactPlan:
-    return pb.ContactPlan(
-        customer_id=plan.customer_id,
-        known=plan.known,
-        first_name=plan.first_name,
-        locale=plan.locale,
-        time_zone=plan.time_zone,
-        quiet_hours=pb.QuietHours(start=_hhmm(plan.quiet_start), end=_hhmm(plan.quiet_end)),
-        marketing_opt_in=plan.marketing_opt_in,
-        version=plan.version,
-        channels=[
-            pb.ChannelOption(
-                channel=CHANNEL_ENUMS[c.channel],
-                address=c.address,
-                usable=c.usable,
-                reason=c.reason,
-            )
-            for c in plan.channels
-        ],
-    )
-
-
-def preferences_message(c: Customer) -> pb.Preferences:
-    message = pb.Preferences(
-        customer_id=c.customer_id,
-        first_name=c.first_name,
-        last_name=c.last_name or "",
-        email=c.email or "",
-        phone=c.phone or "",
-        locale=c.locale,
-        time_zone=c.time_zone,
-        quiet_hours=pb.QuietHours(start=_hhmm(c.quiet_start), end=_hhmm(c.quiet_end)),
-        channel_order=[CHANNEL_ENUMS[ch] for ch in c.channel_order if ch in CHANNEL_ENUMS],
-        marketing_opt_in=marketing_opt_in(c),
-        version=c.version,
-    )
-    from services.preferences.domain.model import opted_out
-
-    message.opted_out.extend(CHANNEL_ENUMS[ch] for ch in opted_out(c))
-    for r in c.consents:
-        consent = message.consent_history.add(
-            channel=CHANNEL_ENUMS.get(r.channel or "", pb.CHANNEL_UNSPECIFIED),
-            category=pb.CATEGORY_MARKETING if r.category == "marketing" else pb.CATEGORY_SERVICE,
-            granted=r.granted,
-            source=r.source,
-            evidence=r.evidence,
-        )
-        consent.occurred_at.FromDatetime(r.occurred_at.astimezone(UTC).replace(tzinfo=None))
-    return message
-
-
-def _bad_request(*violations: FieldViolation) -> status_pb2.Status:
-    detail = any_pb2.Any()
-    detail.Pack(
-        error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in violations
-            ]
-        )
-    )
-    return status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT,
-        message="; ".join(str(v) for v in violations),
-        details=[detail],
-    )
 
 
 class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
@@ -124,7 +39,7 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
         try:
             return await call()
         except FieldViolation as exc:
-            await context.abort_with_status(rpc_status.to_status(_bad_request(exc)))
+            await context.abort_with_status(rpc_status.to_status(bad_request(exc)))
 
     async def _existing(
         self, context: grpc.aio.ServicerContext, customer: Customer | None, customer_id: str
@@ -139,7 +54,7 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
         if category is None:
             await context.abort_with_status(
                 rpc_status.to_status(
-                    _bad_request(
+                    bad_request(
                         FieldViolation("category", "must be CATEGORY_SERVICE or CATEGORY_MARKETING")
                     )
                 )
@@ -168,7 +83,7 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
         if not paths or unknown:
             await context.abort_with_status(
                 rpc_status.to_status(
-                    _bad_request(
+                    bad_request(
                         FieldViolation(
                             "update_mask",
                             f"must name some of {sorted(allowed)}; not {unknown or 'nothing'}",
@@ -234,7 +149,7 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
         if not request.customer_id:
             await context.abort_with_status(
                 rpc_status.to_status(
-                    _bad_request(FieldViolation("customer_id", "must not be empty"))
+                    bad_request(FieldViolation("customer_id", "must not be empty"))
                 )
             )
         return pb.EraseCustomerResponse(erased=await self.prefs.erase(request.customer_id))
@@ -259,129 +174,3 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         finally:
             subscription.close()
-
-
-class ReflectionDescriptors:
-    """The descriptor pool server reflection answers from, finding methods too.
-
-    The reflection protocol resolves `<package>.<service>.<method>` in
-    file_containing_symbol; Python's (upb) pool knows services and types only, so a
-    client that asks by method (ghz, bojand/ghz#419) got "Symbol not found" while
-    grpcurl, which asks by service, worked. Everything else goes to the wrapped pool."""
-
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
-
-    def FindFileContainingSymbol(self, name: str) -> Any:
-        try:
-            return self._pool.FindFileContainingSymbol(name)
-        except KeyError:
-            service, _, method = name.rpartition(".")
-            try:
-                descriptor = self._pool.FindServiceByName(service)
-            except KeyError:
-                descriptor = None
-            if descriptor is None or method not in descriptor.methods_by_name:
-                raise
-            return descriptor.file
-
-
-class OpsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Credentials, metrics and logs per call (domain/access.py says who may call what;
-    health and reflection are open to every caller)."""
-
-    def __init__(self, credentials: Credentials) -> None:
-        self.credentials = credentials
-        # method path -> (the handler wrapped, the wrapper): built once per method, not
-        # per call (unless an interceptor before this one hands out new handlers).
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        method = details.method.rsplit("/", 1)[-1]
-        guarded = not open_method(details.method)
-        if handler.unary_unary is not None:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                self._observed(method, handler.unary_unary, guarded),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        elif handler.unary_stream is not None and guarded:
-            wrapped = grpc.unary_stream_rpc_method_handler(
-                self._streamed(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        else:
-            return handler
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
-
-    async def _check(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        if not self.credentials.allows(method, _authorization(context)):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, self.credentials.what_is_needed(method)
-            )
-
-    def _streamed(self, method: str, behaviour: Any) -> Any:
-        async def streamed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await self._check(method, context)
-            async for item in behaviour(request, context):
-                yield item
-
-        return streamed
-
-    def _observed(self, method: str, behaviour: Any, guarded: bool) -> Any:
-        ok, seconds = RPCS.labels(method, "OK"), RPC_SECONDS.labels(method)
-
-        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = _time.perf_counter()
-            code = "OK"
-            try:
-                if guarded:
-                    await self._check(method, context)
-                try:
-                    return await behaviour(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await _abort_unexpected(method, exc, context)
-                    raise  # abort raised already; this keeps type checkers content
-            except BaseException:
-                code = context.code().name if context.code() else "UNKNOWN"
-                raise
-            finally:
-                (ok if code == "OK" else RPCS.labels(method, code)).inc()
-                seconds.observe(_time.perf_counter() - started)
-
-        return observed
-
-
-async def _abort_unexpected(method: str, exc: Exception, context: grpc.aio.ServicerContext) -> None:
-    """An exception a servicer did not turn into a status. A dependency that cannot be
-    reached (the database restarting) is UNAVAILABLE — callers try again —; anything
-    else is INTERNAL. Neither echoes the exception's text (SQL, parameters, personal
-    data): that goes to our log only."""
-    dependency = outage_of(exc)
-    if dependency is not None:
-        log.warning("rpc_unavailable", method=method, dependency=dependency)
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, f"preferences cannot reach its {dependency}; try again"
-        )
-    log.error("rpc_failed", method=method, error=type(exc).__name__)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-
-def _authorization(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return str(value)
-    return None

@@ -1,0 +1,65 @@
+"""The transactional outbox's relay: ledger changes published to `outreach.messages` in
+the order they were written (docs/delivery.md). One worker at a time holds the relay's
+lease, so that two workers never publish the same rows in different orders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from common import tracing
+from common.clock import EPOCH, wall_now
+from common.envelope import CloudEvent
+from common.kafka import Outgoing, ProducerPort
+from services.outreach.adapters.ledger import DeliveryEvent, Ledger
+from services.outreach.domain.states import PUBLIC
+
+PUBLIC_STATUSES = frozenset(s.value for s in PUBLIC)
+
+
+class MessageRelay:
+    """`publish` sends the ledger's unpublished public changes, each as the event
+    `to_event` makes of it (keyed by customer), and marks them published."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        producer: ProducerPort,
+        topic: str,
+        holder: str,
+        lease: timedelta,
+        to_event: Callable[[DeliveryEvent], CloudEvent],
+        wall: Callable[[], datetime] = wall_now,
+    ) -> None:
+        self.ledger = ledger
+        self.producer = producer
+        self.topic = topic
+        self.holder = holder
+        self.lease = lease
+        self.to_event = to_event
+        self.wall = wall
+        self._held_until = EPOCH  # this worker holds the relay's lease until then
+
+    async def publish(self) -> bool:
+        """One round: whether there may be more to publish at once (False also when
+        another worker holds the lease)."""
+        wall = self.wall()
+        if self._held_until - wall < self.lease / 2:  # renewed when half of it is left
+            if not await self.ledger.hold_lease("relay", self.holder, wall + self.lease, wall):
+                self._held_until = EPOCH
+                return False
+            self._held_until = wall + self.lease
+        rows = await self.ledger.unpublished()
+        for row in rows:
+            if row.status not in PUBLIC_STATUSES:
+                continue
+            with tracing.producing(self.topic, self.to_event(row)) as event:
+                record = Outgoing(self.topic, row.customer_id, event)
+                await self.producer.send(
+                    self.topic, record.key.encode(), event.to_bytes(), record.headers()
+                )
+        await self.ledger.mark_published([r.id for r in rows])
+        return bool(rows)
+
+
+__all__ = ["PUBLIC_STATUSES", "MessageRelay"]
