@@ -40,8 +40,8 @@ import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
-from mode.utils.futures import notify
 
+from common import faust_private
 from common.logs import get_logger
 
 log = get_logger(__name__)
@@ -59,15 +59,14 @@ class InFlight:
         self._consumer = consumer
         self.acked = False
         self.refcount = 1
-        consumer._unacked_messages.add(self)
+        faust_private.hold_commit(consumer, self)
 
     def done(self) -> None:
         """Every record of the batch is acknowledged (or left for a later read)."""
         if not self.acked:
             self.acked = True
             self.refcount = 0
-            self._consumer._unacked_messages.discard(self)
-            notify(self._consumer._waiting_for_ack)
+            faust_private.release_commit(self._consumer, self)
 
     def __repr__(self) -> str:
         return "<batch in flight>"

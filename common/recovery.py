@@ -30,6 +30,7 @@ from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
 
+from common import faust_private
 from common.logs import get_logger
 
 log = get_logger(__name__)
@@ -56,7 +57,7 @@ def bulk_loadable(table: Any) -> bool:
     """Whether a table's changelog can be copied into its store as raw records: a store
     that keeps serialized bytes (RocksDB) and no per-record changelog hook."""
     store = table.data
-    return hasattr(store, "_db_for_partition") and not getattr(table, "_on_changelog_event", None)
+    return faust_private.is_rocksdb(store) and not faust_private.has_changelog_hook(table)
 
 
 class BulkRecovery(Recovery):

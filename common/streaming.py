@@ -8,7 +8,6 @@ crashing the agent inside faust's codec.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,10 +17,10 @@ from typing import Any
 
 import faust
 from aiohttp import web
-from faust.streams import _current_event
 from faust.types import TP
 from yarl import URL
 
+from common import faust_private
 from common.deadlines import DeadlineSchedule
 from common.kafka import CachedKeyPartitioner, Headers, InputMessage, ProducerPort
 from common.logs import get_logger
@@ -154,9 +153,7 @@ class FaustProducer(ProducerPort):
         to wait for those records' acknowledgements, the linger is pure delay. (aiokafka
         has no public call for it; `flush_for_commit` closes the batches being filled and
         wakes the sender. Without it, nothing happens: the linger then runs its course.)"""
-        client = getattr(self.app.producer, "_producer", None)
-        accumulator = getattr(client, "_message_accumulator", None)
-        flush = getattr(accumulator, "flush_for_commit", None)
+        flush = faust_private.flush_now(self.app.producer)
         if flush is not None:
             task = asyncio.ensure_future(flush())
             _background.add(task)
@@ -177,11 +174,11 @@ def as_current(event: faust.EventT[Any]) -> Iterator[None]:
     stream is drained in another task), and a batch mixes partitions: each table access
     must name the event whose partition the key belongs to.
     """
-    token = _current_event.set(weakref.ref(event))
+    token = faust_private.set_current_event(event)
     try:
         yield
     finally:
-        _current_event.reset(token)
+        faust_private.reset_current_event(token)
 
 
 class _PartitionEvent:
@@ -518,7 +515,7 @@ class InputProgress:
         key = (msg.topic, msg.partition)
         expected = self._next.get(key)
         if expected is None:
-            committed = getattr(self.app.consumer, "_committed_offset", {}).get(_tp(msg))
+            committed = faust_private.committed_offset(self.app.consumer, _tp(msg))
             expected = msg.offset if committed is None else committed
         if msg.offset < expected:
             # Read and handled before (a seek back re-reads from an earlier offset).
@@ -595,10 +592,7 @@ class InputProgress:
     def _leave_unacked(self, message: Any) -> None:
         """Keep faust from counting the record as done: a message already marked acked is
         not acknowledged to the consumer again, so its offset holds the commit back."""
-        message.acked = True
-        unacked = getattr(self.app.consumer, "_unacked_messages", None)
-        if unacked is not None:
-            unacked.discard(message)
+        faust_private.leave_unacked(self.app.consumer, message)
 
     # --- progress ------------------------------------------------------------------------
 
@@ -635,8 +629,7 @@ class InputProgress:
         handled = self._handled.get((tp.topic, tp.partition))
         if handled is not None:
             return handled + 1
-        committed: dict[Any, int | None] = getattr(self.app.consumer, "_committed_offset", {})
-        return committed.get(tp)
+        return faust_private.committed_offset(self.app.consumer, tp)
 
     def _highwater(self, tp: Any) -> int | None:
         fetched = self.app.consumer.highwater(tp)
@@ -695,8 +688,7 @@ class InputProgress:
         to admit): since the assignment, else the group's committed offset."""
         position = self._next.get(lane)
         if position is None:
-            committed: dict[Any, int | None] = getattr(self.app.consumer, "_committed_offset", {})
-            position = committed.get(TP(*lane))
+            position = faust_private.committed_offset(self.app.consumer, TP(*lane))
         return position
 
     def lag(self, partition: int) -> dict[str, list[int | None]]:

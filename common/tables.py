@@ -27,6 +27,7 @@ from typing import Any
 
 from faust.types import TP
 
+from common import faust_private
 from common.logs import get_logger
 
 log = get_logger(__name__)
@@ -50,16 +51,16 @@ class PartitionedTable:
         return self.table.data
 
     def _rocksdb(self) -> bool:
-        return hasattr(self._store, "_db_for_partition")
+        return faust_private.is_rocksdb(self._store)
 
     def key_bytes(self, key: str) -> bytes:
-        encoded: bytes = self._store._encode_key(key) if self._rocksdb() else key.encode()
-        return encoded
+        return faust_private.store_key(self._store, key) if self._rocksdb() else key.encode()
 
     def get(self, partition: int, key: str) -> bytes | None:
         store = self._store
         if self._rocksdb():
-            value: bytes | None = store._db_for_partition(partition).get(store._encode_key(key))
+            db = faust_private.rocksdb_partition(store, partition)
+            value: bytes | None = db.get(faust_private.store_key(store, key))
             return value
         found: bytes | None = store.data.get(key)
         return found
@@ -93,16 +94,17 @@ class PartitionedTable:
                     batch.delete(encoded)
                 else:
                     batch.put(encoded, value)
-            store._db_for_partition(partition).write(batch)
+            faust_private.rocksdb_partition(store, partition).write(batch)
             return
         # faust's memory store keeps decoded keys and values, and each key's partition.
+        partitions = faust_private.memory_partitions(store)
         for key, _, value in changes:
             if value is None:
                 store.data.pop(key, None)
-                store._key_partition.pop(key, None)
+                partitions.pop(key, None)
             else:
                 store.data[key] = value
-                store._key_partition[key] = partition
+                partitions[key] = partition
 
     def _persist_when_sent(self, partition: int, acks: list[Awaitable[Any]]) -> None:
         previous = self._latest.get(partition)
