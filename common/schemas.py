@@ -443,3 +443,28 @@ class OutreachRequest(_Payload):
     reasons: list[Reason] = Field(default_factory=list)
     context: dict[str, Any] = Field(default_factory=dict)
     requested_at: Moment
+
+
+class ContactChoice(_Payload):
+    """`outreach.optouts` payload: contact.opted_out | contact.opted_in. Written by
+    outreach (a STOP reply, a provider's "unsubscribed", the unsubscribe page), applied
+    by preferences at the event's time."""
+
+    customer_id: str = Field(min_length=1)
+    channel: Literal["email", "sms", "whatsapp"]
+    source: str = ""
+    evidence: str = ""
+    occurred_at: Moment | None = None
+    address: str | None = None
+
+
+class HandoffRequested(_Payload):
+    """`support.handoffs` payload (type support.handoff.requested): a customer a person
+    should look at, with why (for the agent)."""
+
+    handoff_id: str
+    customer_id: str
+    order_ids: list[str] = Field(default_factory=list)
+    risk_score: float
+    reasons: list[Reason] = Field(default_factory=list)
+    summary: str = ""

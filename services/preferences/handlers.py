@@ -100,25 +100,17 @@ class Preferences:
     async def on_optout_event(self, event: CloudEvent) -> str:
         if await self.store.seen(event.id):
             return "duplicate"
-        data = event.data
-        customer_id = data.get("customer_id")
-        channel = data.get("channel")
-        if not isinstance(customer_id, str) or channel not in CHANNELS:
-            raise InvalidEvent(f"{event.type} needs customer_id and a channel", code="bad_data")
-        if event.type == "contact.opted_out":
-            granted = False
-        elif event.type == "contact.opted_in":
-            granted = True
-        else:
+        if event.type not in ("contact.opted_out", "contact.opted_in"):
             raise InvalidEvent(f"preferences does not handle {event.type!r}", code="unknown_type")
-        source = str(data.get("source") or event.type)
+        choice = schemas.parse_payload(event, schemas.ContactChoice)
+        granted = event.type == "contact.opted_in"
         await self.set_opt_out(
-            customer_id,
-            channel,
+            choice.customer_id,
+            choice.channel,
             not granted,
-            source,
+            choice.source or event.type,
             event.time,
-            evidence=str(data.get("evidence") or event.id)[: validation.EVIDENCE_MAX],
+            evidence=(choice.evidence or event.id)[: validation.EVIDENCE_MAX],
             event_id=event.id,
         )
         return "processed"

@@ -248,14 +248,14 @@ class RiskDetector:
                         subject=profile.customer_id,
                         id=derived_id("handoff", h.handoff_id),
                         time=now,
-                        data={
-                            "handoff_id": h.handoff_id,
-                            "customer_id": profile.customer_id,
-                            "order_ids": h.order_ids,
-                            "risk_score": h.score,
-                            "reasons": h.reasons,
-                            "summary": h.summary,
-                        },
+                        data=schemas.HandoffRequested(
+                            handoff_id=h.handoff_id,
+                            customer_id=profile.customer_id,
+                            order_ids=h.order_ids,
+                            risk_score=h.score,
+                            reasons=[schemas.Reason.model_validate(r) for r in h.reasons],
+                            summary=h.summary,
+                        ).model_dump(mode="json"),
                     ),
                 )
             )

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from common.envelope import derived_id, new_event
 from common.kafka import ProducerPort
+from common.schemas import ContactChoice
 
 CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
 
@@ -38,32 +39,45 @@ class OptOutPublisher:
         await self._publish(
             "contact.opted_out",
             derived_id("optout", customer_id, channel, source, at.isoformat()),
-            customer_id,
-            at,
-            {"channel": channel, "source": source, "evidence": code or ""},
+            ContactChoice.model_validate(
+                {
+                    "customer_id": customer_id,
+                    "channel": channel,
+                    "source": source,
+                    "evidence": code or "",
+                    "occurred_at": at,
+                }
+            ),
         )
 
     async def opted_in(self, customer_id: str, channel: str, source: str, at: datetime) -> None:
         await self._publish(
             "contact.opted_in",
             derived_id("optin", customer_id, channel, source, at.isoformat()),
-            customer_id,
-            at,
-            {"channel": channel, "source": source},
+            ContactChoice.model_validate(
+                {
+                    "customer_id": customer_id,
+                    "channel": channel,
+                    "source": source,
+                    "occurred_at": at,
+                }
+            ),
         )
 
-    async def _publish(
-        self, type_: str, event_id: str, customer_id: str, at: datetime, data: dict[str, str]
-    ) -> None:
+    async def _publish(self, type_: str, event_id: str, choice: ContactChoice) -> None:
+        """The choice as its event, at the moment it was made (`occurred_at`)."""
+        assert choice.occurred_at is not None
         event = new_event(
             type=type_,
             source="/outreach/outreach",
-            subject=customer_id,
-            time=at,
+            subject=choice.customer_id,
+            time=choice.occurred_at,
             id=event_id,
-            data={"customer_id": customer_id, **data, "occurred_at": at.isoformat()},
+            data=choice.model_dump(mode="json", exclude_none=True),
         )
-        await self.producer.send(self.topic, customer_id.encode(), event.to_bytes(), [CONTENT_TYPE])
+        await self.producer.send(
+            self.topic, choice.customer_id.encode(), event.to_bytes(), [CONTENT_TYPE]
+        )
 
 
 class RecordingOptOuts:
