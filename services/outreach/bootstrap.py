@@ -141,24 +141,10 @@ def build(
     renderer = renderer or settings.render_pool()
     store = TemplateStore(sessions, renderer=renderer)
     cache = TemplateCache(store, settings.template_refresh_s)
-    plans = plans or GrpcContactPlans(
-        settings.preferences_grpc_target,
-        cache_ttl_s=settings.preferences_cache_ttl_s,
-        max_entries=settings.preferences_cache_max_entries,
-        token=settings.preferences_token.get_secret_value() if settings.preferences_token else None,
-        tls=settings.preferences_channel_tls(),
-    )
+    plans = plans or _contact_plans(settings)
     senders = senders or build_senders(settings)
     producer = producer or AiokafkaProducer(settings.kafka_bootstrap_servers, "outreach-worker")
     optouts = optouts or OptOutPublisher(producer, settings.topics.optouts)
-    links = Links(
-        public_base_url=settings.public_base_url.rstrip("/"),
-        support_url=settings.support_url,
-        shop_name=settings.shop_name,
-        support_email=settings.support_email,
-        support_phone=settings.support_phone,
-        unsubscribe_secret=settings.secret(settings.unsubscribe_secret, "unsubscribe"),
-    )
     delivery = DeliveryService(
         ledger=ledger,
         plans=plans,
@@ -170,17 +156,8 @@ def build(
             cap_window=timedelta(days=settings.cap_window_days),
             holdout_share=settings.holdout_share,
         ),
-        sending=SendingPolicy(
-            max_attempts=settings.max_attempts,
-            in_doubt_after=timedelta(seconds=settings.in_doubt_after_s),
-            in_doubt_settle=timedelta(seconds=settings.in_doubt_settle_s),
-            in_doubt_give_up=timedelta(seconds=settings.in_doubt_give_up_s),
-            events_retried_within=timedelta(seconds=settings.event_retry_s),
-            confirmed_by_events=frozenset(
-                {"email"} if settings.sendgrid_webhook_public_key else ()
-            ),
-        ),
-        links=links,
+        sending=_sending_policy(settings),
+        links=_links(settings),
         optouts=optouts,
         wall=wall.now,
     )
@@ -203,6 +180,42 @@ def build(
         delivery=delivery,
         renderer=renderer,
         producer=producer,
+    )
+
+
+def _contact_plans(settings: Settings) -> ContactPlans:
+    """preferences over gRPC, cached while its change stream is up."""
+    token = settings.preferences_token
+    return GrpcContactPlans(
+        settings.preferences_grpc_target,
+        cache_ttl_s=settings.preferences_cache_ttl_s,
+        max_entries=settings.preferences_cache_max_entries,
+        token=token.get_secret_value() if token else None,
+        tls=settings.preferences_channel_tls(),
+    )
+
+
+def _links(settings: Settings) -> Links:
+    """What messages link to and sign with."""
+    return Links(
+        public_base_url=settings.public_base_url.rstrip("/"),
+        support_url=settings.support_url,
+        shop_name=settings.shop_name,
+        support_email=settings.support_email,
+        support_phone=settings.support_phone,
+        unsubscribe_secret=settings.secret(settings.unsubscribe_secret, "unsubscribe"),
+    )
+
+
+def _sending_policy(settings: Settings) -> SendingPolicy:
+    return SendingPolicy(
+        max_attempts=settings.max_attempts,
+        in_doubt_after=timedelta(seconds=settings.in_doubt_after_s),
+        in_doubt_settle=timedelta(seconds=settings.in_doubt_settle_s),
+        in_doubt_give_up=timedelta(seconds=settings.in_doubt_give_up_s),
+        events_retried_within=timedelta(seconds=settings.event_retry_s),
+        # Email sends are confirmed by SendGrid's signed events when they are set up.
+        confirmed_by_events=frozenset({"email"} if settings.sendgrid_webhook_public_key else ()),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common import tracing
 from common.admin import ensure_topics
+from common.clock import wall_now
 from common.envelope import CloudEvent, derived_id, new_event
 from common.heap import freeze_startup_objects
 from common.kafka import (
@@ -92,7 +93,7 @@ class ErasureAnnouncements:
         self.topic = topic
 
     async def announce(self, customer_id: str) -> None:
-        at = datetime.now(UTC)
+        at = wall_now()
         event = new_event(
             type="customer.erased",
             source="/outreach/preferences",
@@ -133,35 +134,25 @@ def applied_front(
     return AppliedFront(publisher, [topics.customers], front).after_batch
 
 
-async def serve(settings: Settings) -> None:
-    url = settings.db_url()
-    await asyncio.to_thread(migrate, url)
-    store = PreferencesStore(url, settings.salt())
-    feed = change_feed(store)
-    await feed.start()
+def own_topics(settings: Settings) -> list[TopicSpec]:
+    """The topics preferences reads and writes, made if missing."""
+    topics, partitions = settings.topics, settings.topic_partitions
+    specs = [
+        TopicSpec(topics.customers, partitions, compacted=True),
+        TopicSpec(topics.optouts, partitions),
+        TopicSpec(topics.deadletter(SERVICE), 1),
+    ]
+    if settings.outreach_clock == "event":
+        specs.append(TopicSpec(topics.watermarks, 1, retention_ms=WATERMARKS_RETENTION_MS))
+    return specs
+
+
+def input_consumer(
+    settings: Settings, prefs: Preferences, producer: AiokafkaProducer, heartbeat: Heartbeat
+) -> ConsumerLoop:
+    """The shop's customer records and outreach's opt-outs, applied in order per
+    partition; on the event clock each round ends with a mark of how far (applied_front)."""
     topics = settings.topics
-    producer = AiokafkaProducer(settings.kafka_bootstrap_servers, f"{SERVICE}")
-    prefs = Preferences(
-        store,
-        feed,
-        tuple(settings.default_channel_order.split(",")),
-        erasures=ErasureAnnouncements(producer, topics.customers),
-    )
-    ensure_topics(
-        settings.kafka_bootstrap_servers,
-        [
-            TopicSpec(topics.customers, settings.topic_partitions, compacted=True),
-            TopicSpec(topics.optouts, settings.topic_partitions),
-            TopicSpec(topics.deadletter(SERVICE), 1),
-        ]
-        + (
-            [TopicSpec(topics.watermarks, 1, retention_ms=WATERMARKS_RETENTION_MS)]
-            if settings.outreach_clock == "event"
-            else []
-        ),
-    )
-    clock = settings.make_clock()
-    heartbeat = Heartbeat()
 
     async def handle(msg: InputMessage, event: CloudEvent) -> None:
         if msg.topic == topics.optouts:
@@ -172,9 +163,12 @@ async def serve(settings: Settings) -> None:
             EVENTS_CONSUMED.labels(SERVICE, msg.topic, outcome).inc()
 
     processor = MessageProcessor(
-        SERVICE, handle, DeadLetters(producer, topics.deadletter(SERVICE), SERVICE), clock
+        SERVICE,
+        handle,
+        DeadLetters(producer, topics.deadletter(SERVICE), SERVICE),
+        settings.make_clock(),
     )
-    consumer = ConsumerLoop(
+    return ConsumerLoop(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=f"{settings.topic_prefix}{SERVICE}",
         topics=[topics.customers, topics.optouts],
@@ -184,6 +178,81 @@ async def serve(settings: Settings) -> None:
         session_timeout_s=settings.kafka_session_timeout_s,
         after_batch=applied_front(settings, producer),
     )
+
+
+@dataclass
+class PreferencesService:
+    """preferences, wired: the store and its change feed, the handlers, the producer, the
+    consumer, the gRPC server with its health service, and the ops server."""
+
+    settings: Settings
+    store: PreferencesStore
+    feed: ChangeFeed
+    producer: AiokafkaProducer
+    prefs: Preferences
+    consumer: ConsumerLoop
+    server: grpc.aio.Server
+    health_service: health.aio.HealthServicer
+    grpc_port: int
+    ops: OpsServer
+
+    async def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        await self._start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        consuming = asyncio.create_task(self.consumer.run())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([consuming, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if consuming.done() and consuming.exception() is not None:
+            log.error("consumer_died", error=repr(consuming.exception()))
+        await self.health_service.enter_graceful_shutdown()
+        await self.consumer.stop()
+        consuming.cancel()
+        await self.server.stop(self.settings.shutdown_grace_s)
+        await self.ops.stop()
+        await self.producer.stop()
+        await self.feed.stop()
+        await self.store.close()
+        log.info("stopped")
+
+    async def _start(self) -> None:
+        await self.producer.start()
+        await self.consumer.start()
+        await self.server.start()
+        await self.health_service.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await self.health_service.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.ops.start()
+        frozen = freeze_startup_objects()
+        log.info(
+            "started",
+            grpc_port=self.grpc_port,
+            http_port=self.ops.port,
+            database=self.settings.db_url().split(":", 1)[0],
+            gc_frozen_objects=frozen,
+        )
+
+
+async def bootstrap(settings: Settings) -> PreferencesService:
+    """preferences, wired: the database migrated, the change feed started, the topics
+    made."""
+    url = settings.db_url()
+    await asyncio.to_thread(migrate, url)
+    store = PreferencesStore(url, settings.salt())
+    feed = change_feed(store)
+    await feed.start()
+    producer = AiokafkaProducer(settings.kafka_bootstrap_servers, f"{SERVICE}")
+    prefs = Preferences(
+        store,
+        feed,
+        tuple(settings.default_channel_order.split(",")),
+        erasures=ErasureAnnouncements(producer, settings.topics.customers),
+    )
+    ensure_topics(settings.kafka_bootstrap_servers, own_topics(settings))
+    heartbeat = Heartbeat()
+    consumer = input_consumer(settings, prefs, producer, heartbeat)
     server, health_servicer, port = build_grpc_server(settings, prefs)
     ops = OpsServer(
         settings.http_host,
@@ -195,36 +264,10 @@ async def serve(settings: Settings) -> None:
             "change_feed": lambda: feed.live,
         },
     )
-    await producer.start()
-    await consumer.start()
-    await server.start()
-    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await ops.start()
-    frozen = freeze_startup_objects()
-    log.info(
-        "started",
-        grpc_port=port,
-        http_port=ops.port,
-        database=url.split(":", 1)[0],
-        gc_frozen_objects=frozen,
+    return PreferencesService(
+        settings, store, feed, producer, prefs, consumer, server, health_servicer, port, ops
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    consuming = asyncio.create_task(consumer.run())
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait([consuming, stopping], return_when=asyncio.FIRST_COMPLETED)
-    if consuming.done() and consuming.exception() is not None:
-        log.error("consumer_died", error=repr(consuming.exception()))
-    await health_servicer.enter_graceful_shutdown()
-    await consumer.stop()
-    consuming.cancel()
-    await server.stop(settings.shutdown_grace_s)
-    await ops.stop()
-    await producer.stop()
-    await feed.stop()
-    await store.close()
-    log.info("stopped")
+
+async def serve(settings: Settings) -> None:
+    await (await bootstrap(settings)).run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,6 +40,11 @@ class Outcome:
     quantile_changed: bool = False
 
 
+#: What a fact did: the requests it decided (None: none, and the score is not looked at
+#: again), and whether it fed the spend estimate.
+Applied = tuple[list[rules.RequestDecision] | None, bool]
+
+
 class RiskDetector:
     def __init__(self, policy: rules.Policy, topics: Topics) -> None:
         self.policy = policy
@@ -46,6 +52,14 @@ class RiskDetector:
         # Used when the caller keeps no estimate of its own (the stream keeps one per
         # partition, in a changelogged table).
         self.spend_quantile = self.new_quantile()
+        self._facts: dict[str, Callable[[Profile, CloudEvent, P2Quantile], Applied]] = {
+            "incident": self._incident,
+            "customer.upserted": self._customer,
+            "order.placed": self._order_placed,
+            "order.cancelled": self._order_cancelled,
+            "return.requested": self._return_requested,
+            "feedback.received": self._feedback,
+        }
 
     def new_quantile(self) -> P2Quantile:
         return P2Quantile(self.policy.high_value_quantile)
@@ -67,89 +81,26 @@ class RiskDetector:
         kind = event.type
         if kind == "customer.erased":
             return Outcome(profile=None, erased=True)
+        apply = self._facts.get("incident" if kind.startswith("incident.") else kind)
+        if apply is None:
+            raise InvalidEvent(f"risk_detector does not handle {kind!r}", code="unknown_type")
         # Silence that had already passed before this fact is judged first, each rhythm
         # check as of its own moment: the same decisions whether or not a tick came first.
         early = self.check_rhythm(profile, now, spend)
         profile.remember(event.id)
         if profile.last_event_at is None or now > profile.last_event_at:
             profile.last_event_at = now
-        decided: list[rules.RequestDecision] = []
-        handoffs: list[rules.HandoffDecision] = []
-        sampled = False
-        if kind.startswith("incident."):
-            incident = schemas.parse_payload(event, schemas.Incident)
-            change = kind.split(".", 1)[1]
-            if change != "checkin_due":
-                profile.incidents[incident.incident_id] = IncidentSeen(
-                    incident_id=incident.incident_id,
-                    kind=incident.kind,
-                    severity=incident.severity.value,
-                    order_id=incident.order_id,
-                    at=incident.detected_at,
-                    status=incident.status,
-                    revision=incident.revision,
-                )
-            decided += rules.on_incident(profile, incident.model_dump(mode="json"), change)
-        elif kind == "customer.upserted":
-            upsert = schemas.parse_payload(event, schemas.CustomerUpserted)
-            profile.known = True
-            profile.marketing_opt_in = upsert.marketing_opt_in
+        decided, sampled = apply(profile, event, spend)
+        if decided is None:  # a fact that changes no score (the customer's record)
             return Outcome(
                 profile=profile,
                 records=early,
                 rhythm_due=next_rhythm_check(profile, self.policy.weights),
             )
-        elif kind == "order.placed":
-            placed = schemas.parse_payload(event, schemas.OrderPlaced)
-            if all(o.order_id != placed.order_id for o in profile.orders):
-                profile.orders.append(
-                    OrderSeen(
-                        order_id=placed.order_id,
-                        at=now,
-                        total=float(placed.total),
-                        currency=placed.currency,
-                    )
-                )
-                spend.add(profile.spend(now))
-                sampled = True
-        elif kind == "order.cancelled":
-            cancel = schemas.parse_payload(event, schemas.OrderCancelled)
-            profile.cancellations.append(
-                CancellationSeen(order_id=cancel.order_id, at=now, by=cancel.cancelled_by)
-            )
-        elif kind == "return.requested":
-            ret = schemas.parse_payload(event, schemas.ReturnRequested)
-            fault = ret.reason in schemas.MERCHANT_FAULT_REASONS
-            if all(r.return_id != ret.return_id for r in profile.returns):
-                profile.returns.append(
-                    ReturnSeen(
-                        return_id=ret.return_id,
-                        order_id=ret.order_id,
-                        reason=ret.reason.value,
-                        merchant_fault=fault,
-                        at=now,
-                    )
-                )
-            decided += rules.on_return(
-                profile,
-                {"return_id": ret.return_id, "order_id": ret.order_id, "reason": ret.reason.value},
-                fault,
-                now,
-                self.policy,
-            )
-        elif kind == "feedback.received":
-            fb = schemas.parse_payload(event, schemas.FeedbackReceived)
-            profile.feedback.append(
-                FeedbackSeen(kind=fb.kind, score=fb.score, at=now, order_id=fb.order_id)
-            )
-        else:
-            raise InvalidEvent(f"risk_detector does not handle {kind!r}", code="unknown_type")
-
         scored = rules.on_score(profile, now, self.policy, spend.value())
         profile.last_score = scored.score.value if scored.score else 0.0
         decided += scored.requests
-        handoffs += scored.handoffs
-        records = early + self._emit(profile, decided, handoffs, now, scored.score)
+        records = early + self._emit(profile, decided, scored.handoffs, now, scored.score)
         profile.prune(now)
         return Outcome(
             profile=profile,
@@ -157,6 +108,81 @@ class RiskDetector:
             rhythm_due=next_rhythm_check(profile, self.policy.weights),
             quantile_changed=sampled,
         )
+
+    # --- one function per fact: what it changes in the profile, and the requests it
+    # --- decides (None: none, and no scoring), and whether it fed the spend estimate.
+
+    def _incident(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
+        incident = schemas.parse_payload(event, schemas.Incident)
+        change = event.type.split(".", 1)[1]
+        if change != "checkin_due":
+            profile.incidents[incident.incident_id] = IncidentSeen(
+                incident_id=incident.incident_id,
+                kind=incident.kind,
+                severity=incident.severity.value,
+                order_id=incident.order_id,
+                at=incident.detected_at,
+                status=incident.status,
+                revision=incident.revision,
+            )
+        return rules.on_incident(profile, incident.model_dump(mode="json"), change), False
+
+    def _customer(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
+        upsert = schemas.parse_payload(event, schemas.CustomerUpserted)
+        profile.known = True
+        profile.marketing_opt_in = upsert.marketing_opt_in
+        return None, False
+
+    def _order_placed(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
+        placed = schemas.parse_payload(event, schemas.OrderPlaced)
+        if any(o.order_id == placed.order_id for o in profile.orders):
+            return [], False
+        profile.orders.append(
+            OrderSeen(
+                order_id=placed.order_id,
+                at=event.time,
+                total=float(placed.total),
+                currency=placed.currency,
+            )
+        )
+        spend.add(profile.spend(event.time))
+        return [], True
+
+    def _order_cancelled(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
+        cancel = schemas.parse_payload(event, schemas.OrderCancelled)
+        profile.cancellations.append(
+            CancellationSeen(order_id=cancel.order_id, at=event.time, by=cancel.cancelled_by)
+        )
+        return [], False
+
+    def _return_requested(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
+        ret = schemas.parse_payload(event, schemas.ReturnRequested)
+        fault = ret.reason in schemas.MERCHANT_FAULT_REASONS
+        if all(r.return_id != ret.return_id for r in profile.returns):
+            profile.returns.append(
+                ReturnSeen(
+                    return_id=ret.return_id,
+                    order_id=ret.order_id,
+                    reason=ret.reason.value,
+                    merchant_fault=fault,
+                    at=event.time,
+                )
+            )
+        decided = rules.on_return(
+            profile,
+            {"return_id": ret.return_id, "order_id": ret.order_id, "reason": ret.reason.value},
+            fault,
+            event.time,
+            self.policy,
+        )
+        return decided, False
+
+    def _feedback(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
+        fb = schemas.parse_payload(event, schemas.FeedbackReceived)
+        profile.feedback.append(
+            FeedbackSeen(kind=fb.kind, score=fb.score, at=event.time, order_id=fb.order_id)
+        )
+        return [], False
 
     def handle_tick(
         self, profile: Profile, now: datetime, quantile: P2Quantile | None = None

@@ -4,7 +4,6 @@ unsubscribe (customers)."""
 from __future__ import annotations
 
 import html
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -13,6 +12,7 @@ from common.ops_http import operator_only
 from services.outreach.adapters.controls import ControlError
 from services.outreach.domain.ramp import GLOBAL
 from services.outreach.domain.unsubscribe import read_token
+from services.outreach.entrypoints.webhooks import routes as webhook_routes
 
 if TYPE_CHECKING:
     from services.outreach.bootstrap import Outreach
@@ -83,12 +83,14 @@ async def _explain(
     return out
 
 
-def routes(outreach: Outreach) -> list[web.RouteDef]:
-    secret = outreach.delivery.links.unsubscribe_secret
-    settings = outreach.settings
-    token = settings.operator_token.get_secret_value() if settings.operator_token else None
+class WorkerRoutes:
+    """The worker's own HTTP handlers, over one outreach."""
 
-    async def sending_state() -> dict[str, Any]:
+    def __init__(self, outreach: Outreach) -> None:
+        self.outreach = outreach
+
+    async def sending_state(self) -> dict[str, Any]:
+        outreach = self.outreach
         return {
             "paused": [s.as_json() for s in await outreach.controls.state() if s.paused],
             "controls": [s.as_json() for s in await outreach.controls.state()],
@@ -105,9 +107,10 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
             ],
         }
 
-    async def sending(request: web.Request) -> web.Response:
+    async def sending(self, request: web.Request) -> web.Response:
+        outreach, settings = self.outreach, self.outreach.settings
         if request.method == "GET":
-            return web.json_response(await sending_state())
+            return web.json_response(await self.sending_state())
         try:
             body = await request.json()
         except ValueError:
@@ -130,9 +133,10 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
         except (ControlError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         await outreach.controls_watcher.refresh()  # this worker at once, the others within 1 s
-        return web.json_response(await sending_state())
+        return web.json_response(await self.sending_state())
 
-    async def explain_customer(request: web.Request) -> web.Response:
+    async def explain_customer(self, request: web.Request) -> web.Response:
+        outreach = self.outreach
         customer_id = request.match_info["customer_id"]
         return web.json_response(
             {
@@ -141,15 +145,17 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
             }
         )
 
-    async def explain_order(request: web.Request) -> web.Response:
+    async def explain_order(self, request: web.Request) -> web.Response:
+        outreach = self.outreach
         order_id = request.match_info["order_id"]
         return web.json_response(
             {"order_id": order_id, "decisions": await _explain(outreach, order_id=order_id)}
         )
 
-    async def unsubscribe(request: web.Request) -> web.Response:
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        outreach = self.outreach
         token = request.query.get("token", "")
-        parsed = read_token(token, secret)
+        parsed = read_token(token, outreach.delivery.links.unsubscribe_secret)
         if parsed is None:
             return web.Response(status=400, text="This unsubscribe link is not valid.")
         customer_id, channel, _decision = parsed
@@ -162,19 +168,24 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
             return web.Response(text=page, content_type="text/html")
         if outreach.delivery.optouts is not None:
             await outreach.delivery.optouts.opted_out(
-                customer_id, channel, "email_unsubscribe", datetime.now(UTC)
+                customer_id, channel, "email_unsubscribe", outreach.wall.now()
             )
         return web.Response(text="You are unsubscribed. We will not message you this way again.")
 
-    from services.outreach.entrypoints.webhooks import routes as webhook_routes
 
+def routes(outreach: Outreach) -> list[web.RouteDef]:
+    settings = outreach.settings
+    token = settings.operator_token.get_secret_value() if settings.operator_token else None
+    handlers = WorkerRoutes(outreach)
     return [
         *webhook_routes(outreach),
         # Operators only: who was written to, why, and the kill switch.
-        web.get("/customers/{customer_id}/explain", operator_only(token, explain_customer)),
-        web.get("/orders/{order_id}/explain", operator_only(token, explain_order)),
-        web.get("/ops/sending", operator_only(token, sending)),
-        web.post("/ops/sending/{action:pause|resume}", operator_only(token, sending)),
-        web.get("/unsubscribe", unsubscribe),
-        web.post("/unsubscribe", unsubscribe),
+        web.get(
+            "/customers/{customer_id}/explain", operator_only(token, handlers.explain_customer)
+        ),
+        web.get("/orders/{order_id}/explain", operator_only(token, handlers.explain_order)),
+        web.get("/ops/sending", operator_only(token, handlers.sending)),
+        web.post("/ops/sending/{action:pause|resume}", operator_only(token, handlers.sending)),
+        web.get("/unsubscribe", handlers.unsubscribe),
+        web.post("/unsubscribe", handlers.unsubscribe),
     ]

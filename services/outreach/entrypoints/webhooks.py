@@ -6,7 +6,7 @@ tells preferences through outreach.optouts."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -43,30 +43,35 @@ def _number(text: str) -> float:
         return 0.0
 
 
-def routes(outreach: Outreach) -> list[web.RouteDef]:
-    settings = outreach.settings
-    delivery = outreach.delivery
-    base = settings.public_base_url.rstrip("/")
+class Webhooks:
+    """The handlers, each checking its provider's signature first."""
 
-    def twilio_valid(request: web.Request, params: dict[str, str]) -> bool:
-        token = settings.twilio_auth_token
+    def __init__(self, outreach: Outreach) -> None:
+        self.outreach = outreach
+        self.settings = outreach.settings
+        self.delivery = outreach.delivery
+        self.base = self.settings.public_base_url.rstrip("/")
+
+    def twilio_valid(self, request: web.Request, params: dict[str, str]) -> bool:
+        token = self.settings.twilio_auth_token
         if token is None:
             return False
         from twilio.request_validator import RequestValidator
 
-        url = base + request.path_qs
+        url = self.base + request.path_qs
         signature = request.headers.get("X-Twilio-Signature", "")
         return bool(signature) and RequestValidator(token.get_secret_value()).validate(
             url, params, signature
         )
 
-    async def twilio_status(request: web.Request) -> web.Response:
+    async def twilio_status(self, request: web.Request) -> web.Response:
         params = {k: str(v) for k, v in (await request.post()).items()}
-        if not twilio_valid(request, params):
+        if not self.twilio_valid(request, params):
             return web.Response(status=403, text="invalid signature")
+        delivery = self.delivery
         decision_id = request.query.get("decision_id", "")
         status = params.get("MessageStatus", "")
-        now = datetime.now(UTC)
+        now = self.outreach.wall.now()
         if status in ("queued", "sending", "sent", "accepted", "scheduled"):
             await delivery.on_delivery_status(
                 decision_id, "accepted", now, provider_message_id=params.get("MessageSid")
@@ -81,23 +86,24 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
                 decision_id, "failed", now, reason=f"twilio_{status}_{code}".rstrip("_")
             )
             if code == "21610" and delivery.optouts is not None:
-                row = await outreach.ledger.get(decision_id)
+                row = await self.outreach.ledger.get(decision_id)
                 if row is not None:
                     await delivery.optouts.opted_out(
                         row.customer_id, row.channel or "sms", "twilio_error_21610", now, code=code
                     )
         return web.Response(status=204)
 
-    async def twilio_inbound(request: web.Request) -> web.Response:
+    async def twilio_inbound(self, request: web.Request) -> web.Response:
         params = {k: str(v) for k, v in (await request.post()).items()}
-        if not twilio_valid(request, params):
+        if not self.twilio_valid(request, params):
             return web.Response(status=403, text="invalid signature")
+        delivery = self.delivery
         word = params.get("Body", "").strip().upper()
         sender = params.get("From", "")
         channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
         address = sender.removeprefix("whatsapp:")
         customer_id = await delivery.customer_for_address(channel, address)
-        now = datetime.now(UTC)
+        now = self.outreach.wall.now()
         if word in STOP_WORDS:
             if customer_id and delivery.optouts is not None:
                 await delivery.optouts.opted_out(customer_id, channel, "sms_stop", now)
@@ -115,8 +121,8 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
             )
         return _twiml()
 
-    async def sendgrid_events(request: web.Request) -> web.Response:
-        key = settings.sendgrid_webhook_public_key
+    async def sendgrid_events(self, request: web.Request) -> web.Response:
+        key = self.settings.sendgrid_webhook_public_key
         payload = await request.text()
         signature = request.headers.get("X-Twilio-Email-Event-Webhook-Signature", "")
         timestamp = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", "")
@@ -131,9 +137,9 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
             valid = False
         if not valid:
             return web.Response(status=403, text="invalid signature")
-        now = datetime.now(UTC)
+        now = self.outreach.wall.now()
         # A valid signature over an old timestamp is a replayed request.
-        if abs(now.timestamp() - _number(timestamp)) > settings.webhook_max_age_s:
+        if abs(now.timestamp() - _number(timestamp)) > self.settings.webhook_max_age_s:
             return web.Response(status=403, text="stale timestamp")
         try:
             events: Any = json.loads(payload)
@@ -142,31 +148,35 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
         if not isinstance(events, list):
             return web.Response(status=400, text="not a list of events")
         for event in events:
-            if not isinstance(event, dict):
-                continue  # SendGrid sends objects; anything else is not ours to act on
-            kind = str(event.get("event", ""))
-            decision_id = str(event.get("decision_id", ""))
-            if kind in ("processed", "deferred"):
-                await delivery.on_delivery_status(
-                    decision_id, "accepted", now, provider_message_id=event.get("sg_message_id")
-                )
-            elif kind == "delivered":
-                await delivery.on_delivery_status(
-                    decision_id, "delivered", now, provider_message_id=event.get("sg_message_id")
-                )
-            elif kind in SENDGRID_FAILED:
-                await delivery.on_delivery_status(
-                    decision_id, "failed", now, reason=f"sendgrid_{kind}"
-                )
-            if kind in SENDGRID_OPT_OUT and delivery.optouts is not None:
-                row = await outreach.ledger.get(decision_id)
-                if row is not None:
-                    source = "spam_report" if kind == "spamreport" else "email_unsubscribe"
-                    await delivery.optouts.opted_out(row.customer_id, "email", source, now)
+            if isinstance(event, dict):  # anything else is not SendGrid's, not ours to act on
+                await self._sendgrid_event(event, now)
         return web.Response(status=204)
 
+    async def _sendgrid_event(self, event: dict[str, Any], now: datetime) -> None:
+        delivery = self.delivery
+        kind = str(event.get("event", ""))
+        decision_id = str(event.get("decision_id", ""))
+        if kind in ("processed", "deferred"):
+            await delivery.on_delivery_status(
+                decision_id, "accepted", now, provider_message_id=event.get("sg_message_id")
+            )
+        elif kind == "delivered":
+            await delivery.on_delivery_status(
+                decision_id, "delivered", now, provider_message_id=event.get("sg_message_id")
+            )
+        elif kind in SENDGRID_FAILED:
+            await delivery.on_delivery_status(decision_id, "failed", now, reason=f"sendgrid_{kind}")
+        if kind in SENDGRID_OPT_OUT and delivery.optouts is not None:
+            row = await self.outreach.ledger.get(decision_id)
+            if row is not None:
+                source = "spam_report" if kind == "spamreport" else "email_unsubscribe"
+                await delivery.optouts.opted_out(row.customer_id, "email", source, now)
+
+
+def routes(outreach: Outreach) -> list[web.RouteDef]:
+    hooks = Webhooks(outreach)
     return [
-        web.post("/webhooks/twilio/status", twilio_status),
-        web.post("/webhooks/twilio/inbound", twilio_inbound),
-        web.post("/webhooks/sendgrid/events", sendgrid_events),
+        web.post("/webhooks/twilio/status", hooks.twilio_status),
+        web.post("/webhooks/twilio/inbound", hooks.twilio_inbound),
+        web.post("/webhooks/sendgrid/events", hooks.sendgrid_events),
     ]
