@@ -18,13 +18,13 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from common import tracing
-from common.clock import Clock
+from common.clock import Clock, wall_now
 from common.envelope import CONTENT_TYPE_HEADER, CloudEvent, InvalidEvent
 from common.failpoints import failpoint
 from common.logs import get_logger, handling, redact
@@ -273,7 +273,7 @@ class DeadLetters:
             ("dlq.reason", redact(reason)[:2000].encode()),
             ("dlq.reason.code", code.encode()),
             ("dlq.service", self.service.encode()),
-            ("dlq.failed_at", datetime.now(UTC).isoformat().encode()),
+            ("dlq.failed_at", wall_now().isoformat().encode()),
         ]
         headers += [(k, v) for k, v in msg.headers if not k.startswith("dlq.")]
         if acks is None:

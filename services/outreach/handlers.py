@@ -17,11 +17,11 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from common import schemas, tracing
-from common.clock import WatermarkClock
+from common.clock import WatermarkClock, wall_now
 from common.envelope import CloudEvent, InvalidEvent, derived_id, new_event
 from common.failpoints import failpoint
 from common.logs import get_logger
@@ -140,7 +140,7 @@ class DeliveryService:
         self.paused = paused or Paused()
         # Leases, claims and operators' pauses run in wall time, whatever clock decides:
         # a replay in event time still holds a claim for real seconds.
-        self.wall = wall or (lambda: datetime.now(UTC))
+        self.wall = wall or wall_now
 
     # --- inputs --------------------------------------------------------------------
 

@@ -3,12 +3,11 @@ bootstrap.py) to the app's batches, timer and rebalances, and runs it."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import faust
 
 from common.admin import ensure_topics
 from common.batched_input import deliver_in_batches
+from common.clock import wall_now
 from common.logs import configure_logging, get_logger
 from common.streaming import changelog_specs, run_worker, use_event_loop, wire_runtime
 from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
@@ -71,7 +70,7 @@ def main() -> None:
         "starting",
         clock=settings.outreach_clock,
         store=settings.store,
-        started_at=datetime.now(UTC).isoformat(),
+        started_at=wall_now().isoformat(),
     )
     run_worker(runtime.app, SERVICE, settings)
 

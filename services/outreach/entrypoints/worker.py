@@ -12,7 +12,7 @@ import secrets
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -108,7 +108,9 @@ class OutreachWorker:
     async def _seen(self) -> None:
         """Record that this worker (and so the webhooks) is up."""
         assert self.started_at is not None
-        await self.outreach.ledger.worker_seen(self.worker_id, self.started_at, datetime.now(UTC))
+        await self.outreach.ledger.worker_seen(
+            self.worker_id, self.started_at, self.outreach.wall.now()
+        )
 
     async def _ledger_gauge(self) -> None:
         for status, count in (await self.outreach.ledger.count_by_status()).items():
@@ -123,7 +125,7 @@ class OutreachWorker:
         await self.producer.start()
         await self.consumer.start()
         await self.ops.start()
-        self.started_at = datetime.now(UTC)
+        self.started_at = self.outreach.wall.now()
         log.info(
             "started",
             clock=self.settings.outreach_clock,

@@ -4,7 +4,7 @@ rollback, history and test sends — docs/studio.md."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from html import escape as html_escape
 from typing import Any
 
@@ -12,6 +12,7 @@ import phonenumbers
 from aiohttp import web
 from email_validator import EmailNotValidError, validate_email
 
+from common.clock import wall_now
 from common.metrics import STUDIO_ACTIONS
 from services.outreach.adapters.providers import (
     OutboundMessage,
@@ -326,7 +327,7 @@ async def test_send(request: web.Request) -> web.StreamResponse:
     if await accounts.test_send(send_key) is not None:  # the same form sent twice
         raise web.HTTPSeeOther(template_url(kind, channel, locale, "?flash=test_sent"))
     limit = studio.settings.studio_test_sends_per_hour
-    since = datetime.now(UTC) - timedelta(hours=1)
+    since = wall_now() - timedelta(hours=1)
     if await accounts.test_sends_since(user.username, since) >= limit:
         return await refuse(f"You sent {limit} test messages in the last hour; wait a little.")
     shown = await catalog.preview(source, str(form.get("sample", "")) or None, studio.renderer)
@@ -361,7 +362,7 @@ def _test_message(
         else None
     )
     return TestSend(
-        send_key=send_key, at=datetime.now(UTC), actor=user.username,
+        send_key=send_key, at=wall_now(), actor=user.username,
         template_key=f"{kind}/{channel}/{locale}",
         channel=channel, to=to,
         subject=f"[TEST] {shown.subject}" if shown.subject is not None else None,

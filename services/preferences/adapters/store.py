@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from common.clock import wall_now
 from services.preferences.adapters.change_feed import NOTIFY_CHANNEL, Change
 from services.preferences.domain.model import ConsentRecord, Customer
 
@@ -318,7 +319,7 @@ class PreferencesStore:
         """Write the customer and append the consent records in one transaction; returns
         the change (new version, `kind`). On PostgreSQL the transaction also announces it
         to every process's change feed."""
-        now = datetime.now(UTC)
+        now = wall_now()
         async with self.sessions() as s, s.begin():
             row = await s.get(CustomerRow, customer.customer_id)
             if row is None:
@@ -358,11 +359,11 @@ class PreferencesStore:
     async def mark_processed(self, event_id: str) -> None:
         async with self.sessions() as s, s.begin():
             if await s.get(ProcessedEventRow, event_id) is None:
-                s.add(ProcessedEventRow(event_id=event_id, processed_at=datetime.now(UTC)))
+                s.add(ProcessedEventRow(event_id=event_id, processed_at=wall_now()))
 
     async def erase(self, customer_id: str, event_id: str | None = None) -> bool:
         pseudonym = self.pseudonym(customer_id)
-        now = datetime.now(UTC)
+        now = wall_now()
         async with self.sessions() as s, s.begin():
             existed = await s.get(CustomerRow, customer_id) is not None
             await s.execute(delete(CustomerRow).where(CustomerRow.customer_id == customer_id))

@@ -4,12 +4,13 @@ status codes with details (INVALID_ARGUMENT carries google.rpc.BadRequest)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import grpc
 from grpc_status import rpc_status
 
+from common.clock import wall_now
 from common.logs import get_logger
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
@@ -110,7 +111,7 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
         return await self._existing(context, customer, p.customer_id)
 
     async def SetOptOut(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        now = datetime.now(UTC)
+        now = wall_now()
         at = request.occurred_at.ToDatetime(tzinfo=UTC) if request.HasField("occurred_at") else now
 
         async def change() -> Customer | None:
@@ -128,7 +129,7 @@ class PreferencesServicer(pb_grpc.PreferencesServiceServicer):
 
     async def RecordConsent(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         c = request.consent
-        now = datetime.now(UTC)
+        now = wall_now()
         at = c.occurred_at.ToDatetime(tzinfo=UTC) if c.HasField("occurred_at") else now
 
         async def change() -> Customer | None:
