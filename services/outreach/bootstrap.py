@@ -118,7 +118,7 @@ class Outreach:
         return True
 
 
-def build(
+def bootstrap(
     settings: Settings,
     *,
     plans: ContactPlans | None = None,

@@ -217,75 +217,81 @@ class RiskDetector:
         now: datetime,
         current: Any,
     ) -> list[Outgoing]:
+        """The requests not made before (each recorded in the profile) and the hand-offs."""
         out: list[Outgoing] = []
         made = {r.request_id for r in profile.requests}
         for d in decided:
             if d.request_id in made:
                 continue
-            at = d.at or now
-            request = schemas.OutreachRequest(
-                request_id=d.request_id,
-                customer_id=profile.customer_id,
-                order_id=d.order_id,
-                intent=schemas.Intent(d.intent),
-                message_kind=d.message_kind,
-                cause=schemas.Cause(type=d.cause_type, id=d.cause_id, kind=d.cause_kind),
-                severity=schemas.Severity(d.severity),
-                priority=d.priority,
-                offer_tier=d.offer_tier,
-                risk_score=self._risk_score(profile, d, current),
-                reasons=[
-                    schemas.Reason(
-                        code=str(r["code"]),
-                        contribution=float(r["contribution"]),
-                        detail=str(r["detail"]),
-                    )
-                    for r in d.reasons
-                ],
-                context=d.context,
-                requested_at=at,
-            )
-            rules.record_request(profile, d, at)
             made.add(d.request_id)
-            REQUESTS.labels(d.intent, d.message_kind).inc()
-            out.append(
-                Outgoing(
-                    topic=self.topics.requests,
-                    key=profile.customer_id,
-                    event=new_event(
-                        type="outreach.request.created",
-                        source=SOURCE,
-                        subject=d.request_id,
-                        id=derived_id("request", d.request_id),
-                        time=at,
-                        data=request.model_dump(mode="json"),
-                    ),
-                )
-            )
+            out.append(self._request(profile, d, now, current))
         for h in handoffs:
             rules.record_handoff(profile, h, now)
-            out.append(
-                Outgoing(
-                    topic=self.topics.handoffs,
-                    key=profile.customer_id,
-                    event=new_event(
-                        type="support.handoff.requested",
-                        source=SOURCE,
-                        subject=profile.customer_id,
-                        id=derived_id("handoff", h.handoff_id),
-                        time=now,
-                        data=schemas.HandoffRequested(
-                            handoff_id=h.handoff_id,
-                            customer_id=profile.customer_id,
-                            order_ids=h.order_ids,
-                            risk_score=h.score,
-                            reasons=[schemas.Reason.model_validate(r) for r in h.reasons],
-                            summary=h.summary,
-                        ).model_dump(mode="json"),
-                    ),
-                )
-            )
+            out.append(self._handoff(profile, h, now))
         return out
+
+    def _request(
+        self, profile: Profile, d: rules.RequestDecision, now: datetime, current: Any
+    ) -> Outgoing:
+        at = d.at or now
+        request = schemas.OutreachRequest(
+            request_id=d.request_id,
+            customer_id=profile.customer_id,
+            order_id=d.order_id,
+            intent=schemas.Intent(d.intent),
+            message_kind=d.message_kind,
+            cause=schemas.Cause(type=d.cause_type, id=d.cause_id, kind=d.cause_kind),
+            severity=schemas.Severity(d.severity),
+            priority=d.priority,
+            offer_tier=d.offer_tier,
+            risk_score=self._risk_score(profile, d, current),
+            reasons=[
+                schemas.Reason(
+                    code=str(r["code"]),
+                    contribution=float(r["contribution"]),
+                    detail=str(r["detail"]),
+                )
+                for r in d.reasons
+            ],
+            context=d.context,
+            requested_at=at,
+        )
+        rules.record_request(profile, d, at)
+        REQUESTS.labels(d.intent, d.message_kind).inc()
+        return Outgoing(
+            topic=self.topics.requests,
+            key=profile.customer_id,
+            event=new_event(
+                type="outreach.request.created",
+                source=SOURCE,
+                subject=d.request_id,
+                id=derived_id("request", d.request_id),
+                time=at,
+                data=request.model_dump(mode="json"),
+            ),
+        )
+
+    def _handoff(self, profile: Profile, h: rules.HandoffDecision, now: datetime) -> Outgoing:
+        handoff = schemas.HandoffRequested(
+            handoff_id=h.handoff_id,
+            customer_id=profile.customer_id,
+            order_ids=h.order_ids,
+            risk_score=h.score,
+            reasons=[schemas.Reason.model_validate(r) for r in h.reasons],
+            summary=h.summary,
+        )
+        return Outgoing(
+            topic=self.topics.handoffs,
+            key=profile.customer_id,
+            event=new_event(
+                type="support.handoff.requested",
+                source=SOURCE,
+                subject=profile.customer_id,
+                id=derived_id("handoff", h.handoff_id),
+                time=now,
+                data=handoff.model_dump(mode="json"),
+            ),
+        )
 
     def _risk_score(self, profile: Profile, d: rules.RequestDecision, current: Any) -> float | None:
         if d.risk_score is not None:

@@ -13,7 +13,7 @@ from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from services.outreach.adapters.contact_plans import StaticContactPlans
 from services.outreach.adapters.providers import OutboxSender
-from services.outreach.bootstrap import build
+from services.outreach.bootstrap import bootstrap
 from services.outreach.config import Settings as OutreachSettings
 from services.outreach.entrypoints.http import routes
 from services.preferences.bootstrap import build_grpc_server
@@ -31,7 +31,7 @@ async def outreach_http(tmp_path):
     settings = OutreachSettings(
         database_url=f"sqlite:///{tmp_path / 'o.db'}", data_dir=tmp_path, operator_token=OPERATOR
     )
-    app = build(settings, plans=StaticContactPlans({}), senders={"email": OutboxSender()})
+    app = bootstrap(settings, plans=StaticContactPlans({}), senders={"email": OutboxSender()})
     await app.start()
     web_app = web.Application()
     web_app.add_routes(routes(app))

@@ -89,7 +89,7 @@ async def webhook(tmp_path, signing_key):
 
     from services.outreach.adapters.contact_plans import StaticContactPlans
     from services.outreach.adapters.providers import OutboxSender
-    from services.outreach.bootstrap import build
+    from services.outreach.bootstrap import bootstrap
     from services.outreach.config import Settings
 
     public = signing_key.public_key().public_bytes(
@@ -100,7 +100,7 @@ async def webhook(tmp_path, signing_key):
         data_dir=tmp_path,
         sendgrid_webhook_public_key=base64.b64encode(public).decode(),
     )
-    app = build(settings, plans=StaticContactPlans({}), senders={"email": OutboxSender()})
+    app = bootstrap(settings, plans=StaticContactPlans({}), senders={"email": OutboxSender()})
     await app.start()
     web_app = web.Application()
     web_app.add_routes(routes(app))

@@ -30,7 +30,7 @@ from common.metrics import LEDGER_DELIVERIES
 from common.ops_http import Heartbeat, OpsServer
 from common.periodic import every
 from services.outreach.adapters.relay import MessageRelay
-from services.outreach.bootstrap import Outreach, build
+from services.outreach.bootstrap import Outreach, bootstrap
 from services.outreach.config import Settings
 from services.outreach.entrypoints.http import routes
 from services.outreach.entrypoints.inputs import SERVICE, input_consumer, own_topics
@@ -184,7 +184,7 @@ def main() -> None:
     settings = Settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     settings.configure_tracing(SERVICE)
-    worker = OutreachWorker(settings, build(settings))
+    worker = OutreachWorker(settings, bootstrap(settings))
     asyncio.run(worker.run())
 
 

@@ -16,7 +16,7 @@ from services.outreach.adapters.providers import (
     SendGridEmailSender,
     TwilioMessageSender,
 )
-from services.outreach.bootstrap import build
+from services.outreach.bootstrap import bootstrap
 from services.outreach.config import Settings
 from services.outreach.domain.decisions import ChannelOption, ContactPlan
 from services.outreach.entrypoints.http import routes
@@ -141,7 +141,7 @@ async def outreach(database_url, tmp_path, twilio_double, sendgrid_double):
     senders["whatsapp"] = OutboxSender()
     plans = StaticContactPlans({("c-1", "*"): plan(EMAIL, SMS)})
     # Leases and the ramp run in wall time: a clock the tests move.
-    app = build(
+    app = bootstrap(
         settings, plans=plans, senders=senders, wall=FixedClock(WALL), optouts=RecordingOptOuts()
     )
     await app.start()
@@ -337,7 +337,7 @@ async def test_the_operator_endpoint_needs_the_token_and_audits_who(
     from common.cli import main as outreachctl
 
     settings = Settings(database_url=database_url, data_dir=tmp_path, operator_token="s3cret-token")
-    app = build(settings, plans=StaticContactPlans({}), senders={"email": OutboxSender()})
+    app = bootstrap(settings, plans=StaticContactPlans({}), senders={"email": OutboxSender()})
     await app.start()
     web_app = web.Application()
     web_app.add_routes(routes(app))

@@ -14,7 +14,7 @@ from opentelemetry.trace import SpanKind
 
 from services.outreach.adapters.contact_plans import StaticContactPlans
 from services.outreach.adapters.providers import OutboxSender
-from services.outreach.bootstrap import build
+from services.outreach.bootstrap import bootstrap
 from services.outreach.config import Settings
 from services.outreach.entrypoints.worker import OutreachWorker
 from tests.integration.outreach.test_delivery import EMAIL, plan, request
@@ -49,7 +49,7 @@ async def test_the_message_event_is_in_the_trace_of_the_request_that_caused_it(
         tracing_enabled=True,
     )
     outbox = OutboxSender()
-    app = build(
+    app = bootstrap(
         settings,
         plans=StaticContactPlans({("c-1", "*"): plan(EMAIL)}),
         senders={"email": outbox, "sms": outbox, "whatsapp": outbox},

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from services.outreach.adapters.contact_plans import StaticContactPlans
 from services.outreach.adapters.optouts import RecordingOptOuts
 from services.outreach.adapters.providers import SendGridEmailSender, TwilioMessageSender
-from services.outreach.bootstrap import build
+from services.outreach.bootstrap import bootstrap
 from services.outreach.config import Settings
 from services.outreach.domain.decisions import ChannelOption, ContactPlan
 from services.outreach.entrypoints.http import routes
@@ -79,7 +79,7 @@ async def app(tmp_path, twilio_double, sendgrid_double, signing_key):
             )
         }
     )
-    outreach = build(settings, plans=plans, senders=senders, optouts=RecordingOptOuts())
+    outreach = bootstrap(settings, plans=plans, senders=senders, optouts=RecordingOptOuts())
     await outreach.start()
     application = web.Application()
     application.add_routes(routes(outreach))
