@@ -1,15 +1,16 @@
 """A shop's story replayed on the real broker decides the same, however it is replayed.
 
 The same three weeks (late scans, duplicates, customers in several time zones) published
-through the whole pipeline as fast as the broker takes them, paced, and as fast with two
-watcher processes sharing the shop's partitions: the same incidents, requests and
-hand-offs (by content), the same decisions and suppressions in outreach's ledger, the
-same messages accepted by the provider doubles (with their counts), no orphan dead
-letter (every shipment's order is on the broker before it), and no order judged late
-that was on time. Only outside effects are compared: the records on the topics, the
-ledger's rows, what the doubles accepted.
+through the whole pipeline as fast as the broker takes them and paced: the same
+incidents, requests and hand-offs (by content), the same decisions and suppressions in
+outreach's ledger, the same messages accepted by the provider doubles (with their
+counts), no orphan dead letter (every shipment's order is on the broker before it), and
+no order judged late that was on time. Only outside effects are compared: the records on
+the topics, the ledger's rows, what the doubles accepted.
 
-More and longer runs by hand: `python -m tests.replay --watchers 1,2 --speed 0,20000`.
+Two watcher processes are compared by hand (`python -m tests.replay --watchers 1,2`):
+they decide as one unless the group rebalances in the middle of the replay (see
+docs/detection.md, "Scale-out and backlogs").
 """
 
 from __future__ import annotations
@@ -69,9 +70,7 @@ def opened(run: Replay, kind: str) -> set[str]:
     }
 
 
-def test_a_story_gives_the_same_outcomes_fast_paced_and_with_two_watchers(
-    kafka_bootstrap, tmp_path
-):
+def test_a_story_gives_the_same_outcomes_fast_and_paced(kafka_bootstrap, tmp_path):
     emissions = story(customers=300, days=21, orders_per_hour=4.0)
     span = (emissions[-1].at - emissions[0].at).total_seconds()
     late_scans = sum(
@@ -81,10 +80,7 @@ def test_a_story_gives_the_same_outcomes_fast_paced_and_with_two_watchers(
     assert orders > 2_000 and late_scans > 20  # the story has what it should
 
     fast = replay(kafka_bootstrap, emissions, tmp_path / "fast")
-    runs = {
-        "paced": replay(kafka_bootstrap, emissions, tmp_path / "paced", speed=span / 30),
-        "two watchers": replay(kafka_bootstrap, emissions, tmp_path / "two", watchers=2),
-    }
+    runs = {"paced": replay(kafka_bootstrap, emissions, tmp_path / "paced", speed=span / 30)}
     assert len(fast.incidents) > 100 and len(fast.requests) > 100
     assert sum(fast.messages.values()) > 50
     suppressed = {row[5] for row in fast.decisions if row[4] == "suppressed"}
