@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
+from kafka.partitioner.default import murmur2
+
 from common.topics import COMPACTED, INPUT_TOPICS, TopicSpec
 from simulator.shop import Emission
 
@@ -23,19 +25,10 @@ class Publisher:
             acks="all",
             linger_ms=5,
             retries=5,
-            # Records become visible in the order they were sent, across partitions too
-            # (the services' event clock relies on it, docs/architecture.md "Time"): one
-            # request at a time on the connection, and each takes the one batch waiting
-            # per partition, i.e. everything sent since the request before. A batch is
-            # never full before it goes (a second batch of a partition would wait for
-            # the next request while later records of the others go now), nor is a
-            # request (a partition left for the next one). Several requests in flight,
-            # or an idempotent producer, would hold back a partition with a batch in
-            # flight while later records of the others go ahead.
+            batch_size=256 * 1024,
             max_in_flight_requests_per_connection=1,
-            batch_size=1024 * 1024,
-            max_request_size=64 * 1024 * 1024,
         )
+        self._partition_counts: dict[str, int] = {}
 
     def ensure_topics(self) -> None:
         from common.admin import ensure_topics
@@ -61,14 +54,29 @@ class Publisher:
         Each record is stamped with the moment of the story it is published at (strictly
         increasing, a millisecond apart at least), as a shop's systems stamp a record
         when they publish it: the services' event clock follows these stamps
-        (docs/architecture.md, "Time"). One producer, one request in flight per broker:
-        the records become visible in the order they are sent."""
+        (docs/architecture.md, "Time").
+
+        The records become visible on the broker in the order they are sent, across
+        partitions too, which the event clock relies on. A producer does not promise
+        that by itself: its I/O thread drains one partition's batch after another while
+        `send` keeps appending, and the broker appends a request's partitions one after
+        another (tens of milliseconds apart under load, hours of a fast replay's story),
+        so a later record of one partition may be read before an earlier one of
+        another is on the broker. So the records go in runs of one partition each, and
+        a run is acknowledged before the next one is sent (about a millisecond a run
+        on a local broker)."""
         counts: Counter[str] = Counter()
         stamp = 0
         wall_start = time.monotonic()
         sim_start = None
         last_report = wall_start
+        run: tuple[str, int] | None = None
         for emission in emissions:
+            topic, key = self.prefix + emission.topic, emission.key.encode()
+            partition = self._partition(topic, key)
+            if run is not None and run != (topic, partition):
+                self.producer.flush()
+            run = (topic, partition)
             if speed > 0:
                 sim_start = sim_start or emission.at
                 due = (emission.at - sim_start).total_seconds() / speed
@@ -78,8 +86,9 @@ class Publisher:
                     time.sleep(delay)  # pacing the simulation in wall time is the point
             stamp = max(stamp + 1, int(emission.at.timestamp() * 1000))
             self.producer.send(
-                self.prefix + emission.topic,
-                key=emission.key.encode(),
+                topic,
+                key=key,
+                partition=partition,
                 value=emission.value(),
                 headers=[("content-type", b"application/cloudevents+json")],
                 timestamp_ms=stamp,
@@ -97,6 +106,14 @@ class Publisher:
                 )  # type: ignore[call-overload]
         self.producer.flush()
         return counts
+
+    def _partition(self, topic: str, key: bytes) -> int:
+        """The partition the producer's default partitioner gives `key` (murmur2, as
+        Kafka's Java clients and the services' co-partitioning expect)."""
+        count = self._partition_counts.get(topic)
+        if count is None:
+            count = self._partition_counts[topic] = len(self.producer.partitions_for(topic))
+        return int(murmur2(key) & 0x7FFFFFFF) % count
 
     def close(self) -> None:
         self.producer.close()
