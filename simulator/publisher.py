@@ -29,6 +29,7 @@ class Publisher:
             max_in_flight_requests_per_connection=1,
         )
         self._partition_counts: dict[str, int] = {}
+        self._stamp = 0  # the last record's, over every run
 
     def ensure_topics(self) -> None:
         from common.admin import ensure_topics
@@ -66,7 +67,6 @@ class Publisher:
         a run is acknowledged before the next one is sent (about a millisecond a run
         on a local broker)."""
         counts: Counter[str] = Counter()
-        stamp = 0
         wall_start = time.monotonic()
         sim_start = None
         last_report = wall_start
@@ -84,14 +84,14 @@ class Publisher:
                 if delay > 0:
                     self.producer.flush()
                     time.sleep(delay)  # pacing the simulation in wall time is the point
-            stamp = max(stamp + 1, int(emission.at.timestamp() * 1000))
+            self._stamp = max(self._stamp + 1, int(emission.at.timestamp() * 1000))
             self.producer.send(
                 topic,
                 key=key,
                 partition=partition,
                 value=emission.value(),
                 headers=[("content-type", b"application/cloudevents+json")],
-                timestamp_ms=stamp,
+                timestamp_ms=self._stamp,
             )
             counts[emission.event.type if emission.event else "malformed"] += 1
             now = time.monotonic()

@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--watchers", default="1", help="watcher instances, comma-separated per run"
     )
+    parser.add_argument(
+        "--join-at",
+        type=float,
+        default=None,
+        help="the fraction of the story after which watchers beyond the first join",
+    )
     args = parser.parse_args(argv)
     emissions = story(customers=args.customers, days=args.days, orders_per_hour=args.rate)
     print(f"story: {len(emissions)} events", flush=True)
@@ -45,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for n in range(args.runs):
             speed, count = speeds[n % len(speeds)], watchers[n % len(watchers)]
-            result = replay(bootstrap, emissions, work / f"run{n}", speed=speed, watchers=count)
+            result = replay(
+                bootstrap,
+                emissions,
+                work / f"run{n}",
+                speed=speed,
+                watchers=count,
+                join_at=args.join_at,
+            )
             results.append(result)
             print(
                 f"run {n}: speed {speed:g}, {count} watcher(s), {result.seconds:.0f} s:"

@@ -122,6 +122,7 @@ def replay(
     *,
     speed: float = 0.0,
     watchers: int = 1,
+    join_at: float | None = None,
     quiet_s: float = 8.0,
     timeout_s: float = 600.0,
     env: dict[str, str] | None = None,
@@ -129,7 +130,10 @@ def replay(
 ) -> Replay:
     """Publish `emissions` at `speed` (event seconds per wall second; 0: as fast as the
     broker takes them) into a fresh pipeline and collect what it did once it is at rest:
-    no input left uncommitted and nothing new on its topics for `quiet_s`."""
+    no input left uncommitted and nothing new on its topics for `quiet_s`. `watchers`
+    orders_watcher instances; with `join_at` (a fraction of the story) all but the first
+    are started once that much of it is published, and join while the rest is: the
+    group rebalances in the middle of the replay."""
     prefix = f"rp{uuid.uuid4().hex[:8]}."
     started = time.monotonic()
     with SendGridDouble() as sendgrid, TwilioDouble() as twilio:
@@ -139,7 +143,6 @@ def replay(
             work,
             extra_env={
                 **provider_env(twilio, sendgrid),
-                "OUTREACH_KAFKA_SESSION_TIMEOUT_S": "8",
                 # The same secrets in every replay: offer codes and unsubscribe links
                 # are derived from them, so that messages compare by their words.
                 "OUTREACH_OFFER_SECRET": "replay-offers",
@@ -151,16 +154,17 @@ def replay(
         try:
             publisher.ensure_topics()
             stack.start(*services)
-            for n in range(2, watchers + 1):
-                name = f"orders_watcher-{n}"
-                stack.ports[name] = free_port()
-                stack.launch(
-                    name,
-                    ORDERS_WATCHER_HTTP_PORT=str(stack.ports[name]),
-                    OUTREACH_DATA_DIR=str(work / name),
-                )
-                wait_for(lambda name=name: stack.ready(name), timeout=90, message=name)
-            publisher.run(emissions, speed=speed, report_every_s=3600)
+            joining = [f"orders_watcher-{n}" for n in range(2, watchers + 1)]
+            cut = len(emissions) if join_at is None else int(len(emissions) * join_at)
+            if join_at is None:
+                _launch_watchers(stack, work, joining)
+            publisher.run(emissions[:cut], speed=speed, report_every_s=3600)
+            if join_at is not None:
+                # The story goes on while they start, join and take over partitions.
+                _launch_watchers(stack, work, joining, wait=False)
+                publisher.run(emissions[cut:], speed=speed, report_every_s=3600)
+                for name in joining:
+                    wait_for(lambda name=name: stack.ready(name), timeout=90, message=name)
             publisher.producer.flush()
             _wait_at_rest(bootstrap, prefix, quiet_s, timeout_s)
             result = _collect(bootstrap, prefix, stack, sendgrid, twilio)
@@ -169,6 +173,18 @@ def replay(
             stack.stop()
     result.seconds = time.monotonic() - started
     return result
+
+
+def _launch_watchers(stack: Stack, work: Path, names: list[str], *, wait: bool = True) -> None:
+    for name in names:
+        stack.ports[name] = free_port()
+        stack.launch(
+            name,
+            ORDERS_WATCHER_HTTP_PORT=str(stack.ports[name]),
+            OUTREACH_DATA_DIR=str(work / name),
+        )
+        if wait:
+            wait_for(lambda name=name: stack.ready(name), timeout=90, message=name)
 
 
 def _wait_at_rest(bootstrap: str, prefix: str, quiet_s: float, timeout_s: float) -> None:

@@ -1,16 +1,17 @@
 """A shop's story replayed on the real broker decides the same, however it is replayed.
 
 The same three weeks (late scans, duplicates, customers in several time zones) published
-through the whole pipeline as fast as the broker takes them and paced: the same
+through the whole pipeline as fast as the broker takes them with one watcher, and paced
+with a second watcher joining when a third of the story is out (the group rebalances in
+the middle of the replay and half the orders' state moves to the newcomer): the same
 incidents, requests and hand-offs (by content), the same decisions and suppressions in
 outreach's ledger, the same messages accepted by the provider doubles (with their
 counts), no orphan dead letter (every shipment's order is on the broker before it), and
 no order judged late that was on time. Only outside effects are compared: the records on
 the topics, the ledger's rows, what the doubles accepted.
 
-Two watcher processes are compared by hand (`python -m tests.replay --watchers 1,2`):
-they decide as one unless the group rebalances in the middle of the replay (see
-docs/detection.md, "Scale-out and backlogs").
+More combinations by hand: `python -m tests.replay --watchers 1,2,2 --speed 0,0,20000
+--join-at 0.3 --runs 3`.
 """
 
 from __future__ import annotations
@@ -80,7 +81,16 @@ def test_a_story_gives_the_same_outcomes_fast_and_paced(kafka_bootstrap, tmp_pat
     assert orders > 2_000 and late_scans > 20  # the story has what it should
 
     fast = replay(kafka_bootstrap, emissions, tmp_path / "fast")
-    runs = {"paced": replay(kafka_bootstrap, emissions, tmp_path / "paced", speed=span / 30)}
+    runs = {
+        "paced, two watchers, one joining": replay(
+            kafka_bootstrap,
+            emissions,
+            tmp_path / "paced",
+            speed=span / 30,
+            watchers=2,
+            join_at=0.3,
+        )
+    }
     assert len(fast.incidents) > 100 and len(fast.requests) > 100
     assert sum(fast.messages.values()) > 50
     suppressed = {row[5] for row in fast.decisions if row[4] == "suppressed"}
