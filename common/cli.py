@@ -296,6 +296,25 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     topics = sub.add_parser("topics").add_subparsers(dest="action", required=True)
     topics.add_parser("create").set_defaults(func=cmd_topics_create)
+    _deadletter_commands(sub)
+    tpl = sub.add_parser(
+        "templates",
+        help="export/import templates (see `outreachctl templates export|import --help`)",
+        add_help=False,
+    )
+    tpl.add_argument("rest", nargs=argparse.REMAINDER)
+    tpl.set_defaults(func=cmd_templates)
+    explain = sub.add_parser("explain")
+    explain.add_argument("customer_id")
+    explain.add_argument("--risk-url", default="http://127.0.0.1:8082")
+    explain.add_argument("--outreach-url", default="http://127.0.0.1:8083")
+    explain.set_defaults(func=cmd_explain)
+    _sending_commands(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def _deadletter_commands(sub: Any) -> None:
     dl = sub.add_parser("deadletters").add_subparsers(dest="action", required=True)
     dl_list = dl.add_parser("list")
     dl_list.add_argument("service", choices=SERVICES)
@@ -316,18 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     dl_purge.add_argument("--customer", help="only those about this customer (an erasure)")
     dl_purge.add_argument("--yes", action="store_true", help="really delete them")
     dl_purge.set_defaults(func=cmd_deadletters_purge)
-    tpl = sub.add_parser(
-        "templates",
-        help="export/import templates (see `outreachctl templates export|import --help`)",
-        add_help=False,
-    )
-    tpl.add_argument("rest", nargs=argparse.REMAINDER)
-    tpl.set_defaults(func=cmd_templates)
-    explain = sub.add_parser("explain")
-    explain.add_argument("customer_id")
-    explain.add_argument("--risk-url", default="http://127.0.0.1:8082")
-    explain.add_argument("--outreach-url", default="http://127.0.0.1:8083")
-    explain.set_defaults(func=cmd_explain)
+
+
+def _sending_commands(sub: Any) -> None:
     send = sub.add_parser(
         "sending", help="the kill switch: pause or resume sending (all, or one intent)"
     )
@@ -355,8 +365,6 @@ def main(argv: list[str] | None = None) -> int:
                 help="release the held backlog over this long (default: the worker's setting)",
             )
         cmd.set_defaults(func=cmd_sending)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
 
 
 if __name__ == "__main__":

@@ -135,10 +135,6 @@ class OrdersWatcher:
         view = transition.incident
         order = state.order
         assert order is not None
-        shipment = state.shipments.get(view.shipment_id or "") if view.shipment_id else None
-        if shipment is None and state.shipments:
-            shipment = sorted(state.shipments.values(), key=lambda s: s.shipment_id)[0]
-        estimate = view.facts.get("estimated_delivery_at")
         status = "resolved" if transition.change == "resolved" else "open"
         moment = view.moment(transition.change)
         # The `outreach.incidents` payload (schemas.Incident) written directly: the
@@ -158,19 +154,7 @@ class OrdersWatcher:
             "explanation": view.explanation,
             "evidence": list(view.evidence),
             "facts": view.facts,
-            "order": {
-                "order_id": state.order_id,
-                "currency": order.currency,
-                "total": order.total,
-                "items": [msgspec.structs.asdict(item) for item in order.items],
-                "shipping_method": order.shipping_method,
-                "placed_at": order.placed_at,
-                "promised_delivery_by": order.promised_delivery_by,
-                "carrier": shipment.carrier if shipment else None,
-                "tracking_number": shipment.tracking_number if shipment else None,
-                "tracking_url": shipment.tracking_url if shipment else None,
-                "estimated_delivery_at": datetime.fromisoformat(estimate) if estimate else None,
-            },
+            "order": _order_summary(state, view),
             "resolution": view.resolution if status == "resolved" else None,
         }
         child(INCIDENTS, view.kind, transition.change).inc()
@@ -192,3 +176,26 @@ class OrdersWatcher:
             data=msgspec.to_builtins(incident),
         )
         return Outgoing(topic=self.topics.incidents, key=order.customer_id, event=event)
+
+
+def _order_summary(state: OrderState, view: rules.IncidentView) -> dict[str, Any]:
+    """The order as an incident carries it: its parcel (the incident's, else the first)."""
+    order = state.order
+    assert order is not None
+    shipment = state.shipments.get(view.shipment_id or "") if view.shipment_id else None
+    if shipment is None and state.shipments:
+        shipment = sorted(state.shipments.values(), key=lambda s: s.shipment_id)[0]
+    estimate = view.facts.get("estimated_delivery_at")
+    return {
+        "order_id": state.order_id,
+        "currency": order.currency,
+        "total": order.total,
+        "items": [msgspec.structs.asdict(item) for item in order.items],
+        "shipping_method": order.shipping_method,
+        "placed_at": order.placed_at,
+        "promised_delivery_by": order.promised_delivery_by,
+        "carrier": shipment.carrier if shipment else None,
+        "tracking_number": shipment.tracking_number if shipment else None,
+        "tracking_url": shipment.tracking_url if shipment else None,
+        "estimated_delivery_at": datetime.fromisoformat(estimate) if estimate else None,
+    }

@@ -145,22 +145,8 @@ def bootstrap(
     senders = senders or build_senders(settings)
     producer = producer or AiokafkaProducer(settings.kafka_bootstrap_servers, "outreach-worker")
     optouts = optouts or OptOutPublisher(producer, settings.topics.optouts)
-    delivery = DeliveryService(
-        ledger=ledger,
-        plans=plans,
-        senders=senders,
-        renderer=MessageComposer(cache, settings.secret(settings.offer_secret, "offers"), renderer),
-        offers=None,
-        policy=DeliveryPolicy(
-            cap_messages=settings.cap_messages,
-            cap_window=timedelta(days=settings.cap_window_days),
-            holdout_share=settings.holdout_share,
-        ),
-        sending=_sending_policy(settings),
-        links=_links(settings),
-        optouts=optouts,
-        wall=wall.now,
-    )
+    composer = MessageComposer(cache, settings.secret(settings.offer_secret, "offers"), renderer)
+    delivery = _delivery(settings, ledger, plans, senders, composer, optouts, wall)
     controls = SendingControls(sessions)
     export_zero_series()
     return Outreach(
@@ -180,6 +166,33 @@ def bootstrap(
         delivery=delivery,
         renderer=renderer,
         producer=producer,
+    )
+
+
+def _delivery(
+    settings: Settings,
+    ledger: Ledger,
+    plans: ContactPlans,
+    senders: dict[str, MessageSender],
+    composer: MessageComposer,
+    optouts: OptOuts,
+    wall: Clock,
+) -> DeliveryService:
+    return DeliveryService(
+        ledger=ledger,
+        plans=plans,
+        senders=senders,
+        renderer=composer,
+        offers=None,
+        policy=DeliveryPolicy(
+            cap_messages=settings.cap_messages,
+            cap_window=timedelta(days=settings.cap_window_days),
+            holdout_share=settings.holdout_share,
+        ),
+        sending=_sending_policy(settings),
+        links=_links(settings),
+        optouts=optouts,
+        wall=wall.now,
     )
 
 

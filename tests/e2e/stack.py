@@ -10,6 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ class Stack:
         for name in names or PIPELINE:
             self.launch(name)
         for name in names or PIPELINE:
-            wait_for(lambda n=name: self.ready(n), timeout=90, message=f"{name} ready")
+            wait_for(partial(self.ready, name), timeout=90, message=f"{name} ready")
 
     def launch(self, name: str, **overrides: str) -> subprocess.Popen[bytes]:
         """Start one service (again), with extra environment for this process only.

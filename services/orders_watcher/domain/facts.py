@@ -30,22 +30,7 @@ def apply(state: OrderState, payload: Any, event_id: str, event_time: datetime) 
         state.last_event_at = event_time
     match payload:
         case schemas.OrderPlaced():
-            state.order = OrderFacts(
-                customer_id=payload.customer_id,
-                placed_at=event_time,
-                placed_event_id=event_id,
-                currency=payload.currency,
-                total=str(payload.total),
-                items=tuple(
-                    OrderItem(
-                        sku=i.sku, name=i.name, quantity=i.quantity, unit_price=str(i.unit_price)
-                    )
-                    for i in payload.items
-                ),
-                shipping_method=payload.shipping_method.value,
-                promised_ship_by=payload.promised_ship_by,
-                promised_delivery_by=payload.promised_delivery_by,
-            )
+            state.order = _order_facts(payload, event_id, event_time)
         case schemas.OrderCancelled():
             if state.cancelled_at is None or event_time < state.cancelled_at:
                 state.cancelled_at = event_time
@@ -87,3 +72,20 @@ def apply(state: OrderState, payload: Any, event_id: str, event_time: datetime) 
             ret.refunded_event_id = event_id
         case _:
             raise TypeError(f"orders_watcher does not handle {type(payload).__name__}")
+
+
+def _order_facts(payload: schemas.OrderPlaced, event_id: str, event_time: datetime) -> OrderFacts:
+    return OrderFacts(
+        customer_id=payload.customer_id,
+        placed_at=event_time,
+        placed_event_id=event_id,
+        currency=payload.currency,
+        total=str(payload.total),
+        items=tuple(
+            OrderItem(sku=i.sku, name=i.name, quantity=i.quantity, unit_price=str(i.unit_price))
+            for i in payload.items
+        ),
+        shipping_method=payload.shipping_method.value,
+        promised_ship_by=payload.promised_ship_by,
+        promised_delivery_by=payload.promised_delivery_by,
+    )

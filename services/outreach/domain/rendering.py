@@ -599,18 +599,7 @@ def render_part(
     part: str,
 ) -> str:
     """One part (subject, html, text) rendered, or RenderError."""
-    try:
-        template = _compile(source, html)
-    except TemplateSyntaxError as exc:
-        raise RenderError(
-            f"syntax error: {exc.message}", part=part, line=exc.lineno, kind="syntax"
-        ) from None
-    except RecursionError:
-        raise RenderError(
-            "the template nests too deeply (brackets or blocks within each other)",
-            part=part,
-            kind="syntax",
-        ) from None
+    template = _compiled(source, html, part)
     budget = _LOOP_BUDGET.set([MAX_LOOP_ITERATIONS])
     try:
         with _formatting(locale, timezone):
@@ -630,9 +619,7 @@ def render_part(
             kind="undefined",
         ) from None
     except TemplateSyntaxError as exc:  # e.g. an unknown filter, found at compile time
-        raise RenderError(
-            f"syntax error: {exc.message}", part=part, line=exc.lineno, kind="syntax"
-        ) from None
+        raise _syntax_error(exc, part) from None
     except RecursionError:
         raise RenderError(
             "the template calls itself without end (a macro that recurses)",
@@ -650,6 +637,23 @@ def render_part(
         ) from None
     finally:
         _LOOP_BUDGET.reset(budget)
+
+
+def _syntax_error(exc: TemplateSyntaxError, part: str) -> RenderError:
+    return RenderError(f"syntax error: {exc.message}", part=part, line=exc.lineno, kind="syntax")
+
+
+def _compiled(source: str, html: bool, part: str) -> Template:
+    try:
+        return _compile(source, html)
+    except TemplateSyntaxError as exc:
+        raise _syntax_error(exc, part) from None
+    except RecursionError:
+        raise RenderError(
+            "the template nests too deeply (brackets or blocks within each other)",
+            part=part,
+            kind="syntax",
+        ) from None
 
 
 def _bounded_output(template: Template, context: Mapping[str, Any]) -> str:
@@ -868,37 +872,44 @@ def _rendered_problems(
     sample: str,
     is_marketing: bool,
 ) -> list[Problem]:
-    problems: list[Problem] = []
+    """What a message rendered for one sample case would meet at the inbox or handset."""
     if source.channel == "email":
-        subject = rendered.subject or ""
-        if len(subject) > SUBJECT_MAX:
-            problems.append(
-                Problem(
-                    "warning",
-                    "subject_too_long",
-                    f"subject is {len(subject)} characters; inboxes cut it after about "
-                    f"{SUBJECT_MAX}",
-                    "subject",
-                    sample=sample,
-                )
+        return _email_problems(rendered, context, sample, is_marketing)
+    return _text_problems(source, rendered, sample)
+
+
+def _email_problems(
+    rendered: RenderedMessage, context: Mapping[str, Any], sample: str, is_marketing: bool
+) -> list[Problem]:
+    problems: list[Problem] = []
+    subject = rendered.subject or ""
+    if len(subject) > SUBJECT_MAX:
+        problems.append(
+            Problem(
+                "warning",
+                "subject_too_long",
+                f"subject is {len(subject)} characters; inboxes cut it after about {SUBJECT_MAX}",
+                "subject",
+                sample=sample,
             )
-        url = str((context.get("links") or {}).get("unsubscribe_url") or "")
-        if (
-            is_marketing
-            and url
-            and url not in (rendered.html or "")
-            and (html_lib.escape(url) not in (rendered.html or ""))
-        ):
-            problems.append(
-                Problem(
-                    "error",
-                    "unsubscribe_missing",
-                    "the unsubscribe link is not shown for this case",
-                    "html",
-                    sample=sample,
-                )
+        )
+    url = str((context.get("links") or {}).get("unsubscribe_url") or "")
+    html = rendered.html or ""
+    if is_marketing and url and url not in html and html_lib.escape(url) not in html:
+        problems.append(
+            Problem(
+                "error",
+                "unsubscribe_missing",
+                "the unsubscribe link is not shown for this case",
+                "html",
+                sample=sample,
             )
-        return problems
+        )
+    return problems
+
+
+def _text_problems(source: TemplateSource, rendered: RenderedMessage, sample: str) -> list[Problem]:
+    problems: list[Problem] = []
     segments = rendered.segments
     if len(rendered.text) > PROVIDER_BODY_MAX:
         problems.append(
@@ -911,29 +922,30 @@ def _rendered_problems(
                 sample=sample,
             )
         )
-    if segments is not None and source.channel == "sms":
-        if segments.segments > SMS_MAX_SEGMENTS:
-            problems.append(
-                Problem(
-                    "warning",
-                    "sms_segments",
-                    f"{segments.segments} SMS segments ({segments.encoding}, "
-                    f"{segments.units} units); keep it to {SMS_MAX_SEGMENTS} or fewer",
-                    "text",
-                    sample=sample,
-                )
+    if segments is None or source.channel != "sms":
+        return problems
+    if segments.segments > SMS_MAX_SEGMENTS:
+        problems.append(
+            Problem(
+                "warning",
+                "sms_segments",
+                f"{segments.segments} SMS segments ({segments.encoding}, "
+                f"{segments.units} units); keep it to {SMS_MAX_SEGMENTS} or fewer",
+                "text",
+                sample=sample,
             )
-        if segments.non_gsm:
-            problems.append(
-                Problem(
-                    "info",
-                    "ucs2",
-                    "these characters make the SMS UCS-2 (70 instead of 160 per segment): "
-                    + " ".join(repr(c) for c in segments.non_gsm),
-                    "text",
-                    sample=sample,
-                )
+        )
+    if segments.non_gsm:
+        problems.append(
+            Problem(
+                "info",
+                "ucs2",
+                "these characters make the SMS UCS-2 (70 instead of 160 per segment): "
+                + " ".join(repr(c) for c in segments.non_gsm),
+                "text",
+                sample=sample,
             )
+        )
     return problems
 
 

@@ -65,6 +65,18 @@ def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
     delay = _base()
     delay["message_kind"] = message_kind
     delay["incident"] = {**delay["incident"], "kind": message_kind}
+    lost, returner, large = _lost(message_kind), _returner(message_kind), _large(message_kind)
+    cases = {
+        "delay of 2 days": delay,
+        "lost parcel with an offer": lost,
+        f"order of {LARGE_ORDER_ITEMS} items": large,
+    }
+    if message_kind in ("serial_returns", "churn_risk", "merchant_fault_return"):
+        cases["serial returner with an offer"] = returner
+    return cases
+
+
+def _lost(message_kind: str) -> dict[str, Any]:
     lost = _base("Jürgen")
     lost["message_kind"] = message_kind
     lost["incident"] = {
@@ -81,6 +93,10 @@ def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
         "currency": None,
         "expires_at": datetime(2026, 4, 5, tzinfo=UTC),
     }
+    return lost
+
+
+def _returner(message_kind: str) -> dict[str, Any]:
     returner = _base("Zoé")
     returner.update(
         message_kind=message_kind,
@@ -95,8 +111,12 @@ def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
             "expires_at": datetime(2026, 4, 5, tzinfo=UTC),
         },
     )
-    # The largest order a shop sends: a template that loops over items, or does a lot
-    # per item, shows its cost here before it costs every worker at send time.
+    return returner
+
+
+def _large(message_kind: str) -> dict[str, Any]:
+    """The largest order a shop sends: a template that loops over items, or does a lot
+    per item, shows its cost here before it costs every worker at send time."""
     large = _base("Maximilian-Alexander")
     large["message_kind"] = message_kind
     large["incident"] = {**large["incident"], "kind": message_kind}
@@ -113,11 +133,4 @@ def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
             for n in range(LARGE_ORDER_ITEMS)
         ],
     }
-    cases = {
-        "delay of 2 days": delay,
-        "lost parcel with an offer": lost,
-        f"order of {LARGE_ORDER_ITEMS} items": large,
-    }
-    if message_kind in ("serial_returns", "churn_risk", "merchant_fault_return"):
-        cases["serial returner with an offer"] = returner
-    return cases
+    return large

@@ -7,6 +7,7 @@ and every contribution shrinks as the signal ages. docs/risk.md has worked examp
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -71,7 +72,19 @@ def _decay(weight: float, age: timedelta, half_life_days: float) -> float:
 
 
 def score(profile: Profile, now: datetime, w: Weights = Weights()) -> Score:
-    parts: list[Contribution] = []
+    parts = [
+        *_incident_parts(profile, now, w),
+        *_return_and_cancellation_parts(profile, now, w),
+        *_feedback_parts(profile, now, w),
+    ]
+    rhythm = falling_rhythm(profile, now, w)
+    if rhythm is not None:
+        parts.append(rhythm)
+    total = min(100.0, sum(p.points for p in parts))
+    return Score(round(total, 2), tuple(parts))
+
+
+def _incident_parts(profile: Profile, now: datetime, w: Weights) -> Iterator[Contribution]:
     incident_window = timedelta(days=w.incident_window_days)
     by_severity = {
         "info": w.incident_info,
@@ -85,34 +98,37 @@ def score(profile: Profile, now: datetime, w: Weights = Weights()) -> Score:
         points = _decay(
             by_severity.get(inc.severity, w.incident_warning), age, w.incident_half_life_days
         )
-        parts.append(
-            Contribution(
-                f"incident_{inc.severity}", points, f"{inc.kind} on order {inc.order_id}", inc.at
-            )
+        yield Contribution(
+            f"incident_{inc.severity}", points, f"{inc.kind} on order {inc.order_id}", inc.at
         )
+
+
+def _return_and_cancellation_parts(
+    profile: Profile, now: datetime, w: Weights
+) -> Iterator[Contribution]:
     window = timedelta(days=w.signal_window_days)
     for ret in profile.returns:
         age = now - ret.at
         if ret.merchant_fault and timedelta(0) <= age <= window:
-            parts.append(
-                Contribution(
-                    "merchant_fault_return",
-                    _decay(w.merchant_fault_return, age, w.return_half_life_days),
-                    f"return {ret.return_id}: {ret.reason}",
-                    ret.at,
-                )
+            yield Contribution(
+                "merchant_fault_return",
+                _decay(w.merchant_fault_return, age, w.return_half_life_days),
+                f"return {ret.return_id}: {ret.reason}",
+                ret.at,
             )
     for c in profile.cancellations:
         age = now - c.at
         if c.by == "merchant" and timedelta(0) <= age <= window:
-            parts.append(
-                Contribution(
-                    "merchant_cancellation",
-                    _decay(w.merchant_cancellation, age, w.cancellation_half_life_days),
-                    f"order {c.order_id} cancelled by the shop",
-                    c.at,
-                )
+            yield Contribution(
+                "merchant_cancellation",
+                _decay(w.merchant_cancellation, age, w.cancellation_half_life_days),
+                f"order {c.order_id} cancelled by the shop",
+                c.at,
             )
+
+
+def _feedback_parts(profile: Profile, now: datetime, w: Weights) -> Iterator[Contribution]:
+    window = timedelta(days=w.signal_window_days)
     for f in profile.feedback:
         age = now - f.at
         if not timedelta(0) <= age <= window:
@@ -127,14 +143,7 @@ def score(profile: Profile, now: datetime, w: Weights = Weights()) -> Score:
         elif f.kind == "csat" and f.score is not None and f.score <= 2:
             weight, code, detail = w.csat_low, "low_csat", f"CSAT {f.score}/5"
         if weight:
-            parts.append(
-                Contribution(code, _decay(weight, age, w.feedback_half_life_days), detail, f.at)
-            )
-    rhythm = falling_rhythm(profile, now, w)
-    if rhythm is not None:
-        parts.append(rhythm)
-    total = min(100.0, sum(p.points for p in parts))
-    return Score(round(total, 2), tuple(parts))
+            yield Contribution(code, _decay(weight, age, w.feedback_half_life_days), detail, f.at)
 
 
 def falling_rhythm(profile: Profile, now: datetime, w: Weights = Weights()) -> Contribution | None:

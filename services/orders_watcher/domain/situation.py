@@ -1,0 +1,280 @@
+"""What every incident rule looks at: the vocabulary of detection (its thresholds, an
+incident as the facts imply it) and one order's facts at a moment, with what they imply
+derived once for all the rules (`Situation`, and `Parcel` per shipment). Pure."""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any, Literal
+
+from services.orders_watcher.domain.model import (
+    Checkpoint,
+    OrderFacts,
+    OrderState,
+    ShipmentState,
+)
+
+Severity = Literal["info", "warning", "critical"]
+#: A carrier estimate as the rules weigh it: (the estimate, (its event's id, when it
+#: was said)); (None, ("", moment)) when none was said by that moment.
+Estimate = tuple[datetime | None, tuple[str, datetime]]
+#: Whether an incident is still open; if not, why and since when.
+Closing = tuple[bool, str | None, datetime | None]
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Every threshold of the watcher; defaults are SPEC §6's."""
+
+    at_risk_margin: timedelta = timedelta(hours=12)
+    stall_after: timedelta = timedelta(hours=72)
+    stall_after_fast: timedelta = timedelta(hours=48)
+    fast_methods: frozenset[str] = frozenset({"express", "next_day"})
+    refund_within: timedelta = timedelta(days=5)
+    checkin_after: timedelta = timedelta(hours=24)
+    orphan_hold: timedelta = timedelta(hours=1)
+    # How late an event may arrive and still count as on time: absence rules (nothing
+    # happened by a deadline) wait this long past the deadline before they fire, so a
+    # scan that was merely delayed in transit does not raise a false alarm.
+    allowed_lateness: timedelta = timedelta(minutes=5)
+    retention: timedelta = timedelta(days=90)
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    """An incident as the facts imply it at `now`."""
+
+    incident_id: str
+    kind: str
+    severity: Severity
+    open: bool
+    explanation: str
+    evidence: tuple[str, ...]
+    material: tuple[Any, ...]
+    since: datetime | None = None
+    changed_at: datetime | None = None
+    shipment_id: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    resolution: str | None = None
+    resolved_at: datetime | None = None
+
+    def moment(self, change: str) -> datetime:
+        """When the facts say the change happened: the event time of an incident's
+        transition, independent of when the watcher noticed (replays are identical)."""
+        assert self.since is not None
+        if change == "resolved" and self.resolved_at is not None:
+            return self.resolved_at
+        if change == "updated" and self.changed_at is not None:
+            return self.changed_at
+        return self.since
+
+    @property
+    def fingerprint(self) -> str:
+        """What the incident says that matters, hashed: times by their ISO text, so that
+        the same fact read from an event or from a stored state (another tzinfo class for
+        the same offset) hashes the same."""
+        return hashlib.sha256(repr(_canonical(self.material)).encode()).hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return tuple(_canonical(v) for v in value)
+    return value
+
+
+def incident_id(order_id: str, kind: str, scope: str = "") -> str:
+    raw = f"{order_id}\x1f{kind}\x1f{scope}"
+    return "inc_" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def days(delta: timedelta) -> int:
+    """Whole days, rounded up, never below 0."""
+    return max(0, -(-int(delta.total_seconds()) // 86400))
+
+
+def known(moment: datetime | None, now: datetime) -> datetime | None:
+    """A fact's moment if it has happened by `now`. Facts dated later (read while an
+    event clock waits for a lagging partition) take effect when time reaches them: an
+    order delivered tomorrow is not delivered yet, late or not."""
+    return moment if moment is not None and moment <= now else None
+
+
+@dataclass(frozen=True)
+class Situation:
+    """One order at `now`. `delivered`: when it was delivered, if by `now`;
+    `delivered_any`: also if a delivery scan dated later was read already. Only for an
+    order whose placement is known (`order`)."""
+
+    state: OrderState
+    order: OrderFacts
+    now: datetime
+    config: DetectionConfig
+    delivered: datetime | None
+    delivered_any: datetime | None
+
+    @classmethod
+    def of(
+        cls, state: OrderState, now: datetime, config: DetectionConfig, delivered_any: Any
+    ) -> Situation | None:
+        if state.order is None:
+            return None
+        delivered = known(delivered_any, now)
+        return cls(state, state.order, now, config, delivered, delivered_any)
+
+    @property
+    def cancelled_at(self) -> datetime | None:
+        return self.state.cancelled_at
+
+    @property
+    def under_way(self) -> bool:
+        """Not cancelled (whenever the cancellation is dated)."""
+        return self.state.cancelled_at is None
+
+    @cached_property
+    def horizon(self) -> datetime:
+        """Delay rules stop at cancellation: nothing after it is a delay."""
+        cancelled = self.cancelled_at
+        return self.now if cancelled is None or self.now <= cancelled else cancelled
+
+    @cached_property
+    def settled(self) -> datetime:
+        """Absence is only certain once late events have had their chance to arrive:
+        facts dated before this moment are all known (a cancellation ends it earlier)."""
+        settled = self.now - self.config.allowed_lateness
+        cancelled = self.cancelled_at
+        return cancelled if cancelled is not None and cancelled < settled else settled
+
+    def closing(self) -> Closing:
+        """Whether an incident about the order's delivery is still open; if not, why and
+        since when."""
+        cancelled = self.cancelled_at
+        if cancelled is not None and cancelled <= self.now:
+            return False, "cancelled", cancelled
+        if self.delivered is not None and self.delivered <= self.now:
+            return False, "delivered", self.delivered
+        return True, None, None
+
+    @cached_property
+    def estimates(self) -> tuple[Estimate, Estimate]:
+        """The carrier's latest estimate said by `settled`, and by `horizon`."""
+        return latest_estimates(self.state, self.settled, self.horizon)
+
+    @property
+    def at_risk_after(self) -> datetime:
+        """An estimate past this puts the promised delivery at risk."""
+        return self.order.promised_delivery_by + self.config.at_risk_margin
+
+    @cached_property
+    def any_open(self) -> bool:
+        return any(e.status == "open" for e in self.state.emitted.values())
+
+    @cached_property
+    def slipped_ever(self) -> bool:
+        """Whether an estimate said (by now or later) lies past the promise and margin."""
+        after = self.at_risk_after
+        return any(
+            (sh.initial_estimate is not None and sh.initial_estimate > after)
+            or any(
+                cp.estimated_delivery_at is not None and cp.estimated_delivery_at > after
+                for cp in sh.checkpoints
+            )
+            for sh in self.state.shipments.values()
+        )
+
+    @cached_property
+    def stall_threshold(self) -> timedelta:
+        config = self.config
+        fast = self.order.shipping_method in config.fast_methods
+        return config.stall_after_fast if fast else config.stall_after
+
+
+@dataclass(frozen=True)
+class Parcel:
+    """One shipment of the order at the situation's moment: its checkpoints split into
+    those that have happened (`seen`) and those dated later, read already (`later`;
+    checkpoints are kept in event order, so the later ones are at the end)."""
+
+    shipment: ShipmentState
+    seen: tuple[Checkpoint, ...]
+    later: tuple[Checkpoint, ...]
+    delivered: datetime | None  # its first delivery scan, if by now
+
+    @classmethod
+    def of(cls, shipment: ShipmentState, now: datetime) -> Parcel:
+        points = shipment.checkpoints
+        split = bisect_right(points, now, key=lambda cp: cp.at)
+        return cls(shipment, points[:split], points[split:], known(shipment.delivered_at(), now))
+
+    @property
+    def sid(self) -> str:
+        return self.shipment.shipment_id
+
+    @property
+    def name(self) -> str:
+        """How a customer knows the parcel: its tracking number."""
+        return self.shipment.tracking_number or self.shipment.shipment_id
+
+    def facts(self) -> dict[str, Any]:
+        shipment = self.shipment
+        return {
+            "shipment_id": shipment.shipment_id,
+            "carrier": shipment.carrier,
+            "tracking_number": shipment.tracking_number,
+            "tracking_url": shipment.tracking_url,
+        }
+
+    @cached_property
+    def by_status(self) -> dict[str, list[Checkpoint]]:
+        """The checkpoints that have happened, per status, in event order."""
+        grouped: dict[str, list[Checkpoint]] = {}
+        for cp in self.seen:
+            grouped.setdefault(cp.status, []).append(cp)
+        return grouped
+
+    def closing(self, s: Situation) -> Closing:
+        """Whether an incident about this parcel is still open; if not, why and since when."""
+        cancelled = s.cancelled_at is not None and s.cancelled_at <= s.now
+        if cancelled:
+            return False, "cancelled", s.cancelled_at
+        if self.delivered is not None:
+            return False, "delivered", self.delivered
+        return True, None, None
+
+
+def latest_estimates(
+    state: OrderState, settled: datetime, horizon: datetime
+) -> tuple[Estimate, Estimate]:
+    """The latest carrier estimate known by `settled` and by `horizon` (settled <= horizon),
+    each with (event id, when it was said): one pass for both."""
+    early: tuple[datetime, datetime, str] | None = None  # (said_at, estimate, event id)
+    best: tuple[datetime, datetime, str] | None = None
+    for shipment in state.shipments.values():
+        if shipment.initial_estimate is not None and shipment.created_at is not None:
+            said = shipment.created_at
+            if said <= horizon:
+                candidate = (said, shipment.initial_estimate, shipment.created_event_id or "")
+                if best is None or said >= best[0]:
+                    best = candidate
+                if said <= settled and (early is None or said >= early[0]):
+                    early = candidate
+        for cp in shipment.checkpoints:
+            if cp.estimated_delivery_at is None or cp.at > horizon:
+                continue
+            if best is None or (cp.at, cp.event_id) >= (best[0], best[2]):
+                best = (cp.at, cp.estimated_delivery_at, cp.event_id)
+            if cp.at <= settled and (early is None or (cp.at, cp.event_id) >= (early[0], early[2])):
+                early = (cp.at, cp.estimated_delivery_at, cp.event_id)
+    return (
+        (None, ("", settled)) if early is None else (early[1], (early[2], early[0])),
+        (None, ("", horizon)) if best is None else (best[1], (best[2], best[0])),
+    )
