@@ -80,6 +80,35 @@ def changelog_specs(app: faust.App, partitions: int) -> list[Any]:
     ]
 
 
+def ensure_stream_topics(
+    settings: ServiceSettings, service: str, app: faust.App, specs: list[Any]
+) -> None:
+    """Create a stream service's topics if missing: `specs` (its inputs and outputs),
+    its dead letters, the watermarks on the event clock, its tables' changelogs."""
+    from common.admin import ensure_topics
+    from common.topics import DEADLETTER_RETENTION_MS, WATERMARKS_RETENTION_MS, TopicSpec
+
+    topics = settings.topics
+    specs = [
+        *specs,
+        TopicSpec(topics.deadletter(service), 1, retention_ms=DEADLETTER_RETENTION_MS),
+    ]
+    if settings.outreach_clock == "event":
+        specs.append(TopicSpec(topics.watermarks, 1, retention_ms=WATERMARKS_RETENTION_MS))
+    specs += changelog_specs(app, settings.topic_partitions)
+    ensure_topics(settings.kafka_bootstrap_servers, specs)
+
+
+def prepare_process(service: str, settings: ServiceSettings) -> None:
+    """What a stream service's process sets up before its app exists: logging, tracing,
+    the event loop."""
+    from common.logs import configure_logging
+
+    configure_logging(service, settings.log_level, settings.log_format)
+    settings.configure_tracing(service)
+    use_event_loop(settings.event_loop)
+
+
 def raw_topic(app: faust.App, *names: str, **kwargs: Any) -> faust.TopicT:
     return app.topic(
         *names,

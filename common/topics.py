@@ -23,6 +23,8 @@ HANDOFFS = "support.handoffs"
 # by the services that use it (on the wall clock no one does).
 WATERMARKS = "outreach.watermarks"
 WATERMARKS_RETENTION_MS = 3600 * 1000
+#: Dead letters wait a month for an operator.
+DEADLETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 INPUT_TOPICS = (ORDERS, SHIPMENTS, RETURNS, CUSTOMERS, FEEDBACK)
 INTERNAL_TOPICS = (INCIDENTS, REQUESTS, OPTOUTS)
@@ -56,7 +58,7 @@ def all_topics(prefix: str = "", partitions: int = 4) -> list[TopicSpec]:
     ]
     specs += [TopicSpec(prefix + t, partitions) for t in OUTPUT_TOPICS]
     specs += [
-        TopicSpec(prefix + deadletter_topic(s), 1, retention_ms=30 * 24 * 3600 * 1000)
+        TopicSpec(prefix + deadletter_topic(s), 1, retention_ms=DEADLETTER_RETENTION_MS)
         for s in SERVICES
     ]
     return specs

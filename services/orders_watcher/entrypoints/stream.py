@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import faust
 
-from common.admin import ensure_topics
 from common.batched_input import deliver_in_batches
 from common.clock import wall_now
-from common.logs import configure_logging, get_logger
-from common.streaming import changelog_specs, run_worker, use_event_loop, wire_runtime
-from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
+from common.logs import get_logger
+from common.streaming import ensure_stream_topics, prepare_process, run_worker, wire_runtime
+from common.topics import TopicSpec
 from services.orders_watcher.bootstrap import bootstrap
 from services.orders_watcher.config import Settings
 from services.orders_watcher.runtime import SERVICE, WatcherRuntime
@@ -40,29 +39,17 @@ def wire(runtime: WatcherRuntime) -> None:
 
 
 def ensure_own_topics(settings: Settings, app: faust.App) -> None:
+    t = settings.topics
     specs = [
-        TopicSpec(t, settings.topic_partitions)
-        for t in (
-            settings.topics.orders,
-            settings.topics.shipments,
-            settings.topics.returns,
-            settings.topics.incidents,
-        )
+        TopicSpec(name, settings.topic_partitions)
+        for name in (t.orders, t.shipments, t.returns, t.incidents)
     ]
-    specs.append(
-        TopicSpec(settings.topics.deadletter(SERVICE), 1, retention_ms=30 * 24 * 3600 * 1000)
-    )
-    if settings.outreach_clock == "event":
-        specs.append(TopicSpec(settings.topics.watermarks, 1, retention_ms=WATERMARKS_RETENTION_MS))
-    specs += changelog_specs(app, settings.topic_partitions)
-    ensure_topics(settings.kafka_bootstrap_servers, specs)
+    ensure_stream_topics(settings, SERVICE, app, specs)
 
 
 def main() -> None:
     settings = Settings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    settings.configure_tracing(SERVICE)
-    use_event_loop(settings.event_loop)
+    prepare_process(SERVICE, settings)
     runtime = bootstrap(settings)
     wire(runtime)
     ensure_own_topics(settings, runtime.app)

@@ -8,11 +8,16 @@ from typing import Any
 
 import faust
 
-from common.admin import ensure_topics
 from common.batched_input import deliver_in_batches
-from common.logs import configure_logging, get_logger
-from common.streaming import changelog_specs, raw_topic, run_worker, use_event_loop, wire_runtime
-from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
+from common.logs import get_logger
+from common.streaming import (
+    ensure_stream_topics,
+    prepare_process,
+    raw_topic,
+    run_worker,
+    wire_runtime,
+)
+from common.topics import TopicSpec
 from services.risk_detector.bootstrap import bootstrap
 from services.risk_detector.config import Settings
 from services.risk_detector.runtime import SERVICE, RiskRuntime, forget_topic
@@ -86,18 +91,12 @@ def ensure_own_topics(settings: Settings, facts_name: str, ticks_name: str, app:
     specs.append(
         TopicSpec(forget_topic(app), settings.topic_partitions, retention_ms=7 * 24 * 3600_000)
     )
-    specs.append(TopicSpec(t.deadletter(SERVICE), 1, retention_ms=30 * 24 * 3600 * 1000))
-    if settings.outreach_clock == "event":
-        specs.append(TopicSpec(t.watermarks, 1, retention_ms=WATERMARKS_RETENTION_MS))
-    specs += changelog_specs(app, settings.topic_partitions)
-    ensure_topics(settings.kafka_bootstrap_servers, specs)
+    ensure_stream_topics(settings, SERVICE, app, specs)
 
 
 def main() -> None:
     settings = Settings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    settings.configure_tracing(SERVICE)
-    use_event_loop(settings.event_loop)
+    prepare_process(SERVICE, settings)
     runtime = bootstrap(settings)
     wire(runtime)
     ensure_own_topics(settings, runtime.facts_name, runtime.ticks_name, runtime.app)
