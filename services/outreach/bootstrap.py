@@ -14,7 +14,7 @@ from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - 
 from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
 from services.outreach.adapters.controls import ControlsWatcher, SendingControls
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
-from services.outreach.adapters.ledger import Ledger
+from services.outreach.adapters.ledger import Ledger, LedgerPort
 from services.outreach.adapters.optouts import OptOutPublisher, OptOuts
 from services.outreach.adapters.providers import (
     GuardedSender,
@@ -88,7 +88,7 @@ class Outreach:
     clock: Clock
     wall: Clock
     engine: Any
-    ledger: Ledger
+    ledger: LedgerPort
     templates: TemplateStore
     template_cache: TemplateCache
     plans: ContactPlans
@@ -128,16 +128,19 @@ def bootstrap(
     renderer: Renderer | None = None,
     producer: AiokafkaProducer | None = None,
     optouts: OptOuts | None = None,
+    ledger: LedgerPort | None = None,
 ) -> Outreach:
     """Wire outreach. `clock` decides (wall or event time, OUTREACH_CLOCK); `wall` runs
     leases, claims and operators' pauses in real time (tests pass a clock they move);
     `renderer` renders templates (the render pool's processes unless a test passes
     another); `producer` publishes outreach's events (the worker starts it); `optouts`
-    tells preferences of opt-outs (by default on `outreach.optouts` through it)."""
+    tells preferences of opt-outs (by default on `outreach.optouts` through it);
+    `ledger` keeps the decisions (by default on the database: tests may pass the
+    in-memory one)."""
     wall = wall or WallClock()
     engine = create_engine(settings.db_url())
     sessions = session_factory(engine)
-    ledger = Ledger(sessions)
+    ledger = ledger or Ledger(sessions)
     renderer = renderer or settings.render_pool()
     store = TemplateStore(sessions, renderer=renderer)
     cache = TemplateCache(store, settings.template_refresh_s)
@@ -171,7 +174,7 @@ def bootstrap(
 
 def _delivery(
     settings: Settings,
-    ledger: Ledger,
+    ledger: LedgerPort,
     plans: ContactPlans,
     senders: dict[str, MessageSender],
     composer: MessageComposer,

@@ -35,7 +35,7 @@ from common.metrics import (
 )
 from common.outages import DependencyUnavailable
 from services.outreach.adapters.contact_plans import ContactPlans
-from services.outreach.adapters.ledger import Delivery, DeliveryEvent, Ledger
+from services.outreach.adapters.ledger import Delivery, DeliveryEvent, LedgerPort
 from services.outreach.adapters.optouts import OptOuts
 from services.outreach.adapters.providers import (
     ABSENT,
@@ -116,7 +116,7 @@ class DeliveryService:
     def __init__(
         self,
         *,
-        ledger: Ledger,
+        ledger: LedgerPort,
         plans: ContactPlans,
         senders: dict[str, MessageSender],
         renderer: Any,

@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import wait_for
 from tests.e2e.stack import Shop, Stack
 from tests.e2e.test_walking_skeleton import consumed
-from tests.integration.outreach.test_delivery import request
+from tests.outreach_requests import request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 IN_DOUBT_AFTER_S = 3.0

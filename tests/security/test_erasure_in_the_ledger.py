@@ -13,8 +13,9 @@ from sqlalchemy import text
 
 from common.envelope import new_event
 from tests.integration.outreach import test_delivery
-from tests.integration.outreach.test_delivery import EMAIL, NIGHT, NOON, SMS, WALL, plan, request
+from tests.integration.outreach.test_delivery import WALL
 from tests.integration.outreach.test_in_doubt import crash_while_sending
+from tests.outreach_requests import EMAIL, NIGHT, NOON, SMS, plan, request
 
 outreach = test_delivery.outreach  # the fixture: the same app on SQLite and PostgreSQL
 pytestmark = pytest.mark.integration

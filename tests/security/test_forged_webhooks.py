@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from services.outreach.domain.unsubscribe import token_for
 from tests.doubles.callbacks import sendgrid_signature, twilio_signature
 from tests.integration.outreach import test_webhooks
-from tests.integration.outreach.test_delivery import NOON, request
 from tests.integration.outreach.test_webhooks import post, status_of
+from tests.outreach_requests import NOON, request
 
 pytestmark = pytest.mark.integration
 

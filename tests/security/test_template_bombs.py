@@ -20,7 +20,7 @@ from services.outreach.adapters.templates import PublishRejected, TemplateCache,
 from services.outreach.domain.rendering import RenderError, TemplateSource
 from services.outreach.domain.samples import sample_contexts
 from tests.integration.outreach import test_delivery
-from tests.integration.outreach.test_delivery import NOON, request
+from tests.outreach_requests import NOON, request
 
 outreach = test_delivery.outreach  # a real outreach build, on SQLite and PostgreSQL
 

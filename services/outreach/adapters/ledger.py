@@ -23,7 +23,7 @@ between the database commit and the Kafka send.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypedDict, Unpack
 
 from sqlalchemy import (
     JSON,
@@ -168,6 +168,106 @@ class Worker(Base):
     worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class RowChanges(TypedDict, total=False):
+    """What a transition may write besides the state check: a decision row's columns."""
+
+    status: str
+    reason: str | None
+    rule: str
+    channel: str | None
+    address: str | None
+    send_at: datetime | None
+    sent_at: datetime | None
+    updated_at: datetime
+    template_key: str | None
+    template_version: int | None
+    subject: str | None
+    body_text: str | None
+    body_html: str | None
+    provider: str | None
+    provider_message_id: str | None
+    outbox: bool
+    attempts: int
+    fallbacks: list[dict[str, Any]]
+    last_error: str | None
+    lease_until: datetime | None
+    claimed_at: datetime | None
+    failures: int
+    expires_at: datetime | None
+
+
+class LedgerPort(Protocol):
+    """The ledger as outreach uses it: `Ledger` on SQL (SQLite, PostgreSQL), and
+    `adapters/memory_ledger.py`'s `InMemoryLedger` for unit tests; tests/contract holds
+    the two to the same behaviour. Rows returned are copies: changing one writes nothing."""
+
+    async def get(self, decision_id: str) -> Delivery | None: ...
+    async def by_request(self, request_id: str) -> Delivery | None: ...
+    async def by_provider_id(self, provider_message_id: str) -> Delivery | None: ...
+    async def latest_to(self, channel: str, address: str) -> Delivery | None: ...
+    async def count_recent(
+        self, customer_id: str, since: datetime, *, besides_cause: tuple[str, str] | None = None
+    ) -> int: ...
+    async def reached_about(self, customer_id: str, cause_ids: list[str]) -> bool: ...
+    async def count_by_status(self) -> dict[str, int]: ...
+    async def is_resolved(self, cause_id: str) -> bool: ...
+    async def mark_resolved(self, cause_id: str, at: datetime, resolution: str) -> None: ...
+    async def open_for_cause(self, cause_id: str) -> list[Delivery]: ...
+    async def older_unsent(
+        self, cause_type: str, cause_id: str, revision: int
+    ) -> list[Delivery]: ...
+    async def newer_revision(self, cause_type: str, cause_id: str, revision: int) -> bool: ...
+    async def create(self, row: Delivery, event: DeliveryEvent) -> bool: ...
+    async def transition(
+        self,
+        decision_id: str,
+        expected: tuple[str, ...],
+        event: DeliveryEvent | None,
+        *,
+        fence: int | None = None,
+        **values: Unpack[RowChanges],
+    ) -> bool: ...
+    async def stale(self, wall_now: datetime, limit: int = 100) -> list[Delivery]: ...
+    async def erase_customer(self, customer_id: str, wall_now: datetime) -> int: ...
+    async def scrub_due(self, retain_until: datetime) -> int: ...
+    async def worker_seen(
+        self, worker_id: str, started_at: datetime, wall_now: datetime
+    ) -> None: ...
+    async def receivers_up_since(
+        self, wall_now: datetime, within: timedelta
+    ) -> datetime | None: ...
+    async def hold_lease(
+        self, name: str, holder: str, until: datetime, wall_now: datetime
+    ) -> bool: ...
+    async def due(self, now: datetime, limit: int = 100) -> list[Delivery]: ...
+    async def earliest_due(self) -> datetime | None: ...
+    async def held(self, limit: int = 100) -> list[Delivery]: ...
+    async def unpublished(self, limit: int = 500) -> list[DeliveryEvent]: ...
+    async def mark_published(self, ids: list[int]) -> None: ...
+    async def history(
+        self, customer_id: str | None = None, order_id: str | None = None, limit: int = 200
+    ) -> list[Delivery]: ...
+    async def events_of(self, decision_id: str) -> list[DeliveryEvent]: ...
+
+
+def scrub_row(row: Delivery) -> set[str]:
+    """Remove a row's personal data in place (an erasure, the body retention); returns
+    the addresses it held (its own and its fallbacks'), whose studio test sends go too."""
+    addresses = {row.address} if row.address else set()
+    addresses |= {str(f["address"]) for f in row.fallbacks or [] if f.get("address")}
+    row.address = None
+    row.subject = row.body_text = row.body_html = row.last_error = None
+    row.fallbacks = [{k: v for k, v in f.items() if k != "address"} for f in row.fallbacks or []]
+    row.request = _skeleton(row.request or {})
+    row.scrubbed = True
+    return addresses
+
+
+def settled(row: Delivery) -> bool:
+    """Whether no provider call may still be settling the row (it can be scrubbed)."""
+    return row.status not in _IN_FLIGHT
 
 
 class Ledger:
@@ -336,7 +436,7 @@ class Ledger:
         event: DeliveryEvent | None,
         *,
         fence: int | None = None,
-        **values: Any,
+        **values: Unpack[RowChanges],
     ) -> bool:
         """Compare-and-set the row's state; the event is recorded in the same transaction.
         False if the row was not in an expected state (another worker moved it) or, with
@@ -411,19 +511,9 @@ class Ledger:
                         )
                     ).scalars()
                 )
-                addresses: set[str] = {r.address for r in rows if r.address}
+                addresses: set[str] = set()
                 for row in rows:
-                    addresses |= {
-                        str(f["address"]) for f in row.fallbacks or [] if f.get("address")
-                    }
-                for row in rows:
-                    row.address = None
-                    row.subject = row.body_text = row.body_html = row.last_error = None
-                    row.fallbacks = [
-                        {k: v for k, v in f.items() if k != "address"} for f in row.fallbacks or []
-                    ]
-                    row.request = _skeleton(row.request or {})
-                    row.scrubbed = True
+                    addresses |= scrub_row(row)
                 if addresses:
                     await s.execute(
                         text(

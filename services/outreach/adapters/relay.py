@@ -11,7 +11,7 @@ from common import tracing
 from common.clock import EPOCH, wall_now
 from common.envelope import CloudEvent
 from common.kafka import Outgoing, ProducerPort
-from services.outreach.adapters.ledger import DeliveryEvent, Ledger
+from services.outreach.adapters.ledger import DeliveryEvent, LedgerPort
 from services.outreach.domain.states import PUBLIC
 
 PUBLIC_STATUSES = frozenset(s.value for s in PUBLIC)
@@ -23,7 +23,7 @@ class MessageRelay:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: LedgerPort,
         producer: ProducerPort,
         topic: str,
         holder: str,

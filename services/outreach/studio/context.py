@@ -12,7 +12,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from services.outreach.adapters.ledger import Ledger
+from services.outreach.adapters.ledger import LedgerPort
 from services.outreach.adapters.providers import (
     MessageSender,
 )
@@ -55,7 +55,7 @@ TYPED_USERNAME = web.RequestKey("typed_username", str)  # kept in the form after
 class Studio:
     settings: Settings
     store: TemplateStore
-    ledger: Ledger
+    ledger: LedgerPort
     accounts: Accounts
     senders: dict[str, MessageSender]
     throttle: LoginThrottle

@@ -17,7 +17,8 @@ from services.outreach.adapters.providers import (
     TransientProviderError,
 )
 from tests.integration.outreach import test_delivery
-from tests.integration.outreach.test_delivery import EMAIL, NOON, SMS, WALL, plan, request
+from tests.integration.outreach.test_delivery import WALL
+from tests.outreach_requests import EMAIL, NOON, SMS, plan, request
 
 outreach = test_delivery.outreach  # the fixture: the same app on SQLite and PostgreSQL
 

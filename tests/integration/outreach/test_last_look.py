@@ -12,7 +12,7 @@ import pytest
 
 from services.outreach.domain.decisions import ChannelOption
 from tests.integration.outreach import test_delivery
-from tests.integration.outreach.test_delivery import EMAIL, NIGHT, NOON, SMS, plan, request
+from tests.outreach_requests import EMAIL, NIGHT, NOON, SMS, plan, request
 
 outreach = test_delivery.outreach  # the fixture: the same app on SQLite and PostgreSQL
 

@@ -17,7 +17,7 @@ from services.outreach.adapters.providers import OutboxSender
 from services.outreach.bootstrap import bootstrap
 from services.outreach.config import Settings
 from services.outreach.entrypoints.worker import OutreachWorker
-from tests.integration.outreach.test_delivery import EMAIL, plan, request
+from tests.outreach_requests import EMAIL, plan, request
 
 pytestmark = pytest.mark.integration
 UPSTREAM_TRACE = "5b8aa5a2d2c872e8321cf37308d69df2"

@@ -25,7 +25,7 @@ from services.outreach.config import Settings
 from services.outreach.domain.decisions import ChannelOption, ContactPlan
 from services.outreach.entrypoints.http import routes
 from tests.conftest import free_port
-from tests.integration.outreach.test_delivery import NOON, request
+from tests.outreach_requests import NOON, request
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,264 @@
+"""The delivery ledger in memory: `LedgerPort` for unit tests of what uses the ledger
+(outreach's delivery service, the relay, the studio's views), without a database.
+
+It keeps the SQL ledger's contract — compare-and-set moves checked against the state
+machine, fenced claims, one row per decision and per request, the outbox in order,
+leases, erasure and retention scrubbing — and tests/contract/test_ledger.py runs the same
+suite on it, on SQLite and on PostgreSQL. What it does not have is the rest of the
+database: an erasure here does not reach the studio's test sends (a table of the
+template store), and nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
+
+from sqlalchemy.exc import IntegrityError
+
+from services.outreach.adapters.ledger import (
+    STATES,
+    Delivery,
+    DeliveryEvent,
+    LedgerPort,
+    RowChanges,
+    scrub_row,
+    settled,
+)
+from services.outreach.domain.states import LEASED, UNDER_WAY, Status, check_move
+
+Row = TypeVar("Row", Delivery, DeliveryEvent)
+_PENDING = (Status.SCHEDULED, Status.DECIDED)
+
+
+def _duplicate(what: str) -> IntegrityError:
+    return IntegrityError(f"duplicate {what}", None, ValueError(what))
+
+
+def _copy(row: Row) -> Row:
+    """A detached copy, as a query returns: the caller's changes stay its own."""
+    fresh = type(row)()
+    for column in type(row).__table__.columns:
+        setattr(fresh, column.key, copy.deepcopy(getattr(row, column.key)))
+    return fresh
+
+
+def _with_defaults(row: Row) -> Row:
+    """The row as the database stores it: columns left unset take their defaults."""
+    fresh = _copy(row)
+    for column in type(row).__table__.columns:
+        default = column.default
+        if getattr(fresh, column.key) is None and default is not None:
+            arg: Any = getattr(default, "arg", None)
+            setattr(fresh, column.key, arg(None) if callable(arg) else arg)
+    return fresh
+
+
+class InMemoryLedger:
+    def __init__(self) -> None:
+        self.rows: dict[str, Delivery] = {}
+        self.events: list[DeliveryEvent] = []
+        self.resolved: dict[str, tuple[datetime, str]] = {}
+        self.leases: dict[str, tuple[str, datetime]] = {}
+        self.workers: dict[str, tuple[datetime, datetime]] = {}  # id → (started, seen)
+        self.erased: dict[str, datetime] = {}
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _find(self, **equal: Any) -> list[Delivery]:
+        return [
+            row
+            for row in self.rows.values()
+            if all(getattr(row, key) == value for key, value in equal.items())
+        ]
+
+    async def get(self, decision_id: str) -> Delivery | None:
+        row = self.rows.get(decision_id)
+        return None if row is None else _copy(row)
+
+    async def by_request(self, request_id: str) -> Delivery | None:
+        return next((_copy(r) for r in self._find(request_id=request_id)), None)
+
+    async def by_provider_id(self, provider_message_id: str) -> Delivery | None:
+        found = self._find(provider_message_id=provider_message_id)
+        return next((_copy(r) for r in found), None)
+
+    async def latest_to(self, channel: str, address: str) -> Delivery | None:
+        channels = ("sms", "whatsapp") if channel in ("sms", "whatsapp") else (channel,)
+        rows = [r for r in self._find(address=address) if r.channel in channels]
+        return _copy(max(rows, key=lambda r: r.decided_at)) if rows else None
+
+    async def count_recent(
+        self, customer_id: str, since: datetime, *, besides_cause: tuple[str, str] | None = None
+    ) -> int:
+        count = 0
+        for row in self._find(customer_id=customer_id):
+            if (row.status in UNDER_WAY and (row.sent_at or row.decided_at) >= since) or (
+                row.status in _PENDING
+                and row.channel is not None
+                and row.decided_at >= since
+                and (row.cause_type, row.cause_id) != besides_cause
+            ):
+                count += 1
+        return count
+
+    async def reached_about(self, customer_id: str, cause_ids: list[str]) -> bool:
+        return any(
+            row.cause_id in cause_ids and row.status in UNDER_WAY
+            for row in self._find(customer_id=customer_id)
+        )
+
+    async def count_by_status(self) -> dict[str, int]:
+        counts = dict.fromkeys((*STATES, "held"), 0)
+        for row in self.rows.values():
+            held = row.status == Status.SCHEDULED and row.send_at is None
+            counts["held" if held else row.status] += 1
+        return counts
+
+    async def is_resolved(self, cause_id: str) -> bool:
+        return cause_id in self.resolved
+
+    async def open_for_cause(self, cause_id: str) -> list[Delivery]:
+        return [_copy(r) for r in self._find(cause_id=cause_id) if r.status in _PENDING]
+
+    async def older_unsent(self, cause_type: str, cause_id: str, revision: int) -> list[Delivery]:
+        rows = self._find(cause_type=cause_type, cause_id=cause_id)
+        return [_copy(r) for r in rows if r.revision < revision and r.status in _PENDING]
+
+    async def newer_revision(self, cause_type: str, cause_id: str, revision: int) -> bool:
+        rows = self._find(cause_type=cause_type, cause_id=cause_id)
+        return any(r.revision > revision for r in rows)
+
+    async def stale(self, wall_now: datetime, limit: int = 100) -> list[Delivery]:
+        rows = [
+            r
+            for r in self.rows.values()
+            if r.status in LEASED and r.lease_until is not None and r.lease_until <= wall_now
+        ]
+        return [_copy(r) for r in sorted(rows, key=lambda r: r.lease_until or wall_now)[:limit]]
+
+    async def due(self, now: datetime, limit: int = 100) -> list[Delivery]:
+        rows = [r for r in self._scheduled() if r.send_at is not None and r.send_at <= now]
+        return [_copy(r) for r in sorted(rows, key=lambda r: r.send_at or now)[:limit]]
+
+    async def earliest_due(self) -> datetime | None:
+        times = [r.send_at for r in self._scheduled() if r.send_at is not None]
+        return min(times) if times else None
+
+    async def held(self, limit: int = 100) -> list[Delivery]:
+        return [_copy(r) for r in self._scheduled() if r.send_at is None][:limit]
+
+    def _scheduled(self) -> list[Delivery]:
+        return self._find(status=Status.SCHEDULED)
+
+    async def unpublished(self, limit: int = 500) -> list[DeliveryEvent]:
+        return [_copy(e) for e in self.events if not e.published][:limit]
+
+    async def history(
+        self, customer_id: str | None = None, order_id: str | None = None, limit: int = 200
+    ) -> list[Delivery]:
+        rows = [
+            r
+            for r in self.rows.values()
+            if (not customer_id or r.customer_id == customer_id)
+            and (not order_id or r.order_id == order_id)
+        ]
+        rows.sort(key=lambda r: r.decided_at, reverse=True)
+        return [_copy(r) for r in rows[:limit]]
+
+    async def events_of(self, decision_id: str) -> list[DeliveryEvent]:
+        return [_copy(e) for e in self.events if e.decision_id == decision_id]
+
+    async def receivers_up_since(self, wall_now: datetime, within: timedelta) -> datetime | None:
+        live = [started for started, seen in self.workers.values() if seen >= wall_now - within]
+        return min(live) if live else None
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def mark_resolved(self, cause_id: str, at: datetime, resolution: str) -> None:
+        self.resolved.setdefault(cause_id, (at, resolution))
+
+    async def create(self, row: Delivery, event: DeliveryEvent) -> bool:
+        if row.decision_id in self.rows or self._find(request_id=row.request_id):
+            return False
+        if any(e.event_id == event.event_id for e in self.events):
+            return False
+        self.rows[row.decision_id] = _with_defaults(row)
+        self._append(event)
+        return True
+
+    async def transition(
+        self,
+        decision_id: str,
+        expected: tuple[str, ...],
+        event: DeliveryEvent | None,
+        *,
+        fence: int | None = None,
+        **values: Unpack[RowChanges],
+    ) -> bool:
+        target = values.get("status")
+        if target is not None:
+            for source in expected:
+                check_move(Status(source), Status(target))
+        row = self.rows.get(decision_id)
+        if row is None or row.status not in expected:
+            return False
+        if fence is not None and row.attempts != fence:
+            return False
+        if event is not None and any(e.event_id == event.event_id for e in self.events):
+            raise _duplicate("event_id")
+        for key, value in values.items():
+            setattr(row, key, copy.deepcopy(value))
+        if event is not None:
+            self._append(event)
+        return True
+
+    def _append(self, event: DeliveryEvent) -> None:
+        stored = _with_defaults(event)
+        stored.id = len(self.events) + 1
+        self.events.append(stored)
+
+    async def mark_published(self, ids: list[int]) -> None:
+        wanted = set(ids)
+        for event in self.events:
+            if event.id in wanted:
+                event.published = True
+
+    async def erase_customer(self, customer_id: str, wall_now: datetime) -> int:
+        self.erased.setdefault(customer_id, wall_now)
+        return self._scrub(lambda row: row.customer_id == customer_id)
+
+    async def scrub_due(self, retain_until: datetime) -> int:
+        return self._scrub(
+            lambda row: row.customer_id in self.erased or row.decided_at < retain_until
+        )
+
+    def _scrub(self, which: Any) -> int:
+        rows = [r for r in self.rows.values() if which(r) and not r.scrubbed and settled(r)]
+        for row in rows:
+            scrub_row(row)
+        return len(rows)
+
+    async def worker_seen(self, worker_id: str, started_at: datetime, wall_now: datetime) -> None:
+        known = self.workers.get(worker_id)
+        if known is not None:
+            self.workers[worker_id] = (known[0], wall_now)
+            return
+        self.workers[worker_id] = (started_at, wall_now)
+        gone = wall_now - timedelta(days=1)
+        self.workers = {k: v for k, v in self.workers.items() if v[1] >= gone}
+
+    async def hold_lease(self, name: str, holder: str, until: datetime, wall_now: datetime) -> bool:
+        current = self.leases.get(name)
+        if current is not None and current[0] != holder and current[1] > wall_now:
+            return False
+        self.leases[name] = (holder, until)
+        return True
+
+
+__all__ = ["InMemoryLedger"]
+
+
+if TYPE_CHECKING:
+    _contract: LedgerPort = InMemoryLedger()

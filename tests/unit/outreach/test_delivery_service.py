@@ -1,0 +1,114 @@
+"""Outreach's delivery service on the in-memory ledger (held to the SQL ledger's contract by
+tests/contract/test_ledger.py), with recording senders and static contact plans: the
+decisions and the state machine, without a database for the ledger or a provider. The
+same paths on SQLite and PostgreSQL through the official SDKs: tests/integration/outreach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from common.clock import FixedClock
+from services.outreach.adapters.contact_plans import StaticContactPlans
+from services.outreach.adapters.memory_ledger import InMemoryLedger
+from services.outreach.adapters.optouts import RecordingOptOuts
+from services.outreach.adapters.providers import (
+    PermanentProviderError,
+    RecordingSender,
+    TransientProviderError,
+)
+from services.outreach.adapters.render_pool import InlineRenderer
+from services.outreach.bootstrap import Outreach, bootstrap
+from services.outreach.config import Settings
+from tests.outreach_requests import EMAIL, NIGHT, NOON, SMS, plan, request, resolved
+
+
+@dataclass
+class World:
+    outreach: Outreach
+    ledger: InMemoryLedger
+    plans: StaticContactPlans
+    email: RecordingSender
+    sms: RecordingSender
+
+    async def history(self, rid: str = "req-1") -> tuple[str, str | None, list[str]]:
+        row = await self.ledger.by_request(rid)
+        assert row is not None
+        events = await self.ledger.events_of(row.decision_id)
+        return row.status, row.reason, [e.status for e in events]
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    ledger = InMemoryLedger()
+    plans = StaticContactPlans({("c-1", "*"): plan(EMAIL, SMS)})
+    email, sms = RecordingSender("email-rec"), RecordingSender("sms-rec")
+    outreach = bootstrap(
+        Settings(data_dir=tmp_path, public_base_url="http://127.0.0.1:9"),
+        plans=plans,
+        senders={"email": email, "sms": sms, "whatsapp": sms},
+        wall=FixedClock(datetime(2026, 11, 1, 12, 0, tzinfo=UTC)),
+        renderer=InlineRenderer(),
+        optouts=RecordingOptOuts(),
+        ledger=ledger,
+    )
+    await outreach.start()
+    try:
+        yield World(outreach, ledger, plans, email, sms)
+    finally:
+        await outreach.stop()
+
+
+async def test_a_request_is_decided_sent_once_and_told_on_the_outbox(world: World) -> None:
+    await world.outreach.delivery.on_request(request(), NOON)
+    await world.outreach.delivery.on_request(request(), NOON)  # redelivered
+    assert await world.history() == ("sent", None, ["decided", "sending", "sent"])
+    assert [m.to for m in world.email.sent] == ["ada@example.com"]
+    assert "Ada" in (world.email.sent[0].text or "")
+    assert [e.status for e in await world.ledger.unpublished()] == ["decided", "sending", "sent"]
+
+
+async def test_at_night_an_sms_waits_for_8_local_and_a_resolution_meanwhile_suppresses_it(
+    world: World,
+) -> None:
+    world.plans.plans[("c-1", "*")] = plan(SMS, EMAIL)
+    delivery = world.outreach.delivery
+    await delivery.on_request(request(at=NIGHT), NIGHT)
+    row = await world.ledger.by_request("req-1")
+    assert row is not None and row.status == "scheduled"
+    assert row.send_at == datetime(2026, 3, 5, 7, 0, tzinfo=UTC)
+    await delivery.on_incident(resolved("inc-1", NIGHT + timedelta(hours=2)), NIGHT)
+    await delivery.send_due(datetime(2026, 3, 5, 7, 0, tzinfo=UTC))
+    assert (await world.history())[:2] == ("suppressed", "already_resolved")
+    assert world.sms.sent == [] and world.email.sent == []
+
+
+async def test_no_channel_is_a_suppression_with_its_reason(world: World) -> None:
+    world.plans.plans.clear()
+    await world.outreach.delivery.on_request(request(), NOON)
+    assert await world.history() == ("suppressed", "no_contact", ["suppressed"])
+
+
+async def test_a_throttled_provider_is_tried_again_later_and_sends_once(world: World) -> None:
+    world.email.errors.append(TransientProviderError("429", retry_after=30, throttled=True))
+    delivery = world.outreach.delivery
+    await delivery.on_request(request(), NOON)
+    row = await world.ledger.by_request("req-1")
+    assert row is not None and row.status == "scheduled"
+    assert row.send_at is not None and row.send_at >= NOON + timedelta(seconds=30)
+    assert await delivery.send_due(NOON + timedelta(seconds=10)) == 0
+    await delivery.send_due(NOON + timedelta(minutes=1))
+    assert (await world.history())[0] == "sent" and len(world.email.sent) == 1
+
+
+async def test_a_refused_address_falls_back_to_the_next_channel(world: World) -> None:
+    world.email.errors.append(PermanentProviderError("550", "no mailbox", category="recipient"))
+    await world.outreach.delivery.on_request(request(), NOON)
+    row = await world.ledger.by_request("req-1")
+    assert row is not None and (row.status, row.channel) == ("sent", "sms")
+    assert [m.to for m in world.sms.sent] == ["+4915112345678"]
