@@ -12,7 +12,7 @@ from common import schemas
 from common.envelope import CloudEvent, InvalidEvent
 from common.logs import get_logger
 from services.preferences.adapters.change_feed import Change, ChangeFeed
-from services.preferences.adapters.store import PreferencesStore
+from services.preferences.adapters.store import PreferencesStorePort
 from services.preferences.domain import validation
 from services.preferences.domain.model import (
     CHANNELS,
@@ -37,7 +37,7 @@ class ErasureAnnouncer(Protocol):
 class Preferences:
     def __init__(
         self,
-        store: PreferencesStore,
+        store: PreferencesStorePort,
         feed: ChangeFeed,
         default_order: tuple[str, ...] = ("email", "sms", "whatsapp"),
         erasures: ErasureAnnouncer | None = None,

@@ -14,7 +14,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy import (
@@ -250,6 +250,38 @@ class _PostgresReads:
             await self._pool.close()
 
 
+class PreferencesStorePort(Protocol):
+    """The customer store as preferences uses it: `PreferencesStore` on SQL (SQLite,
+    PostgreSQL), `adapters/memory_store.py`'s `InMemoryPreferencesStore` for unit tests;
+    tests/contract/test_preferences_store.py holds the two to the same behaviour."""
+
+    def pseudonym(self, customer_id: str) -> str: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+    async def load(self, customer_id: str) -> Customer | None: ...
+    async def is_erased(self, customer_id: str) -> bool: ...
+    async def seen(self, event_id: str) -> bool: ...
+    async def save(
+        self,
+        customer: Customer,
+        new_consents: list[ConsentRecord],
+        event_id: str | None = None,
+        kind: str = "upserted",
+    ) -> Change: ...
+    async def mark_processed(self, event_id: str) -> None: ...
+    async def erase(self, customer_id: str, event_id: str | None = None) -> bool: ...
+
+
+def pseudonym(salt: str, customer_id: str) -> str:
+    """What stands for an erased customer in the consent history and the tombstones."""
+    return hmac.new(salt.encode(), customer_id.encode(), hashlib.sha256).hexdigest()
+
+
+def minutes(moment: time) -> time:
+    """A quiet-hours bound as the store keeps it: to the minute."""
+    return _time(_hhmm(moment))
+
+
 class PreferencesStore:
     def __init__(self, url: str, pseudonym_salt: str, read_pool_size: int = 10) -> None:
         self.url = url
@@ -280,7 +312,7 @@ class PreferencesStore:
         return True
 
     def pseudonym(self, customer_id: str) -> str:
-        return hmac.new(self.salt.encode(), customer_id.encode(), hashlib.sha256).hexdigest()
+        return pseudonym(self.salt, customer_id)
 
     async def load(self, customer_id: str) -> Customer | None:
         """The customer with their consent history, in one round trip: the hot path of
