@@ -25,6 +25,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from common import tracing
 from common.clock import Clock, wall_now
+from common.consumer import ConsumerFactory, aiokafka_consumer
 from common.envelope import CONTENT_TYPE_HEADER, CloudEvent, InvalidEvent
 from common.failpoints import failpoint
 from common.logs import get_logger, handling, redact
@@ -447,8 +448,12 @@ class ConsumerLoop:
         concurrency: int = 1,
         hold_first_s: float = 0.5,
         hold_max_s: float = 30.0,
+        consumer_factory: ConsumerFactory = aiokafka_consumer,
     ) -> None:
+        """`consumer_factory` makes the group's consumer (aiokafka's; unit tests pass
+        `common.local_broker.LocalBroker.consumer`)."""
         self.concurrency = max(1, concurrency)
+        self.consumer_factory = consumer_factory
         self.bootstrap_servers = bootstrap_servers
         self.group_id = group_id
         self.topics = list(topics)
@@ -468,7 +473,7 @@ class ConsumerLoop:
         self._held.set(0)
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+        from aiokafka import ConsumerRebalanceListener
 
         loop = self
 
@@ -480,16 +485,12 @@ class ConsumerLoop:
                 loop.assigned = True
                 await loop._on_assigned(assigned)
 
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            group_id=self.group_id,
-            client_id=self.client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_records=self.max_batch,
-            session_timeout_ms=int(self.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(max(1000, self.session_timeout_s * 100)),
+        self._consumer = self.consumer_factory(
+            self.bootstrap_servers,
+            self.group_id,
+            self.client_id,
+            self.max_batch,
+            self.session_timeout_s,
         )
         await self._consumer.start()
         self._consumer.subscribe(self.topics, listener=_Listener())
