@@ -271,20 +271,20 @@ def _build() -> Story:
         if outcome.duplicate:
             continue
         requests += len(outcome.records)
-        if outcome.profile is None:
+        if outcome.state is None:
             profiles.pop(customer_id, None)
             continue
-        profiles[customer_id] = outcome.profile
+        profiles[customer_id] = outcome.state
         if outcome.quantile_changed:
-            samples.append((customer_id, outcome.profile.spend(event.time)))
+            samples.append((customer_id, outcome.state.spend(event.time)))
     # The rhythm checks the service would have made by the end of the history.
     templates = []
     for customer_id in sorted(profiles):
         outcome = detector.handle_tick(profiles[customer_id], split, quantile(customer_id))
         requests += len(outcome.records)
-        profile = outcome.profile
+        profile = outcome.state
         assert profile is not None
-        due = outcome.rhythm_due.timestamp() if outcome.rhythm_due else None
+        due = outcome.deadline.timestamp() if outcome.deadline else None
         value = codecs.dumps("json", profile.model_dump(mode="json"))
         templates.append(ProfileTemplate(customer_id, value, due))
     return Story(

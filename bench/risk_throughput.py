@@ -287,8 +287,8 @@ def domain_cost(base: Story, copies: int, facts: list[Fact], warmup: int = 200) 
         except InvalidEvent:
             continue
         t3 = clock()
-        if outcome.profile is not None and not outcome.duplicate:
-            stored[customer_id] = _json(outcome.profile.model_dump(mode="json"))
+        if outcome.state is not None and not outcome.duplicate:
+            stored[customer_id] = _json(outcome.state.model_dump(mode="json"))
         t4 = clock()
         spent["load"] += t2 - t1
         spent["rules"] += t3 - t2

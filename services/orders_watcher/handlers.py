@@ -6,13 +6,12 @@ state and sends. Nothing here touches Kafka, the table or the clock directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from common import schemas
+from common import handling, schemas
 from common.envelope import CloudEvent, InvalidEvent, derived_id, new_event
 from common.kafka import InputMessage, Outgoing
 from common.logs import get_logger
@@ -23,34 +22,16 @@ from services.orders_watcher.domain.model import HeldEvent, OrderState
 
 SOURCE = "/outreach/orders_watcher"
 log = get_logger(__name__)
-HANDLED_TYPES = frozenset(
-    {
-        "order.placed",
-        "order.cancelled",
-        "shipment.created",
-        "shipment.tracking_updated",
-        "return.requested",
-        "return.received",
-        "return.refunded",
-    }
-)
-
-
-@dataclass
-class Outcome:
-    """What one handler call decided."""
-
-    state: OrderState | None
-    records: list[Outgoing] = field(default_factory=list)
-    dead_letters: list[tuple[HeldEvent, str]] = field(default_factory=list)
-    duplicate: bool = False
-    deadline: datetime | None = None
+#: What one handler call decided about an order (common/handling.py).
+Outcome = handling.Outcome[OrderState]
+HANDLED_TYPES = frozenset(facts.FACTS)
 
 
 class OrdersWatcher:
     def __init__(self, config: rules.DetectionConfig, topics: Topics) -> None:
         self.config = config
         self.topics = topics
+        self.facts = handling.Dispatch("orders_watcher", facts.FACTS)
 
     def order_id_of(self, msg: InputMessage, event: CloudEvent) -> str:
         order_id = event.data.get("order_id") if isinstance(event.data, dict) else None
@@ -61,11 +42,7 @@ class OrdersWatcher:
     def handle_event(
         self, state: OrderState | None, msg: InputMessage, event: CloudEvent, now: datetime
     ) -> Outcome:
-        if event.type not in HANDLED_TYPES:
-            raise InvalidEvent(
-                f"orders_watcher does not handle {event.type!r} on {msg.topic}",
-                code="unknown_type",
-            )
+        apply = self.facts(event.type, msg.topic)
         payload = schemas.parse_input(event, self.topics.unprefixed(msg.topic))
         order_id = self.order_id_of(msg, event)
         state = state or OrderState(order_id=order_id)
@@ -76,8 +53,8 @@ class OrdersWatcher:
                 raise InvalidEvent(
                     f"order {order_id} placed again for another customer", code="conflict"
                 )
-        facts.apply(state, payload, event.id, event.time)
-        if state.order is None and facts.needs_order(payload):
+        apply(state, payload, event.id, event.time)
+        if state.order is None and facts.needs_order(event.type):
             state.held += (
                 HeldEvent(
                     event_id=event.id,
@@ -100,10 +77,11 @@ class OrdersWatcher:
             expired = [h for h in state.held if h.release_at <= now]
             if expired:
                 outcome.dead_letters = [
-                    (
-                        h,
+                    handling.Rejected(
+                        _original(h),
                         f"no order.placed for order {state.order_id} within "
                         f"{self.config.orphan_hold}; event held and released",
+                        "orphan_expired",
                     )
                     for h in expired
                 ]
@@ -199,3 +177,14 @@ def _order_summary(state: OrderState, view: rules.IncidentView) -> dict[str, Any
         "tracking_url": shipment.tracking_url if shipment else None,
         "estimated_delivery_at": datetime.fromisoformat(estimate) if estimate else None,
     }
+
+
+def _original(held: HeldEvent) -> InputMessage:
+    """The input record a held event came in, as it was."""
+    return InputMessage(
+        topic=held.topic,
+        partition=held.partition,
+        offset=held.offset,
+        key=held.key.encode() if held.key else None,
+        value=held.value.encode("latin-1"),
+    )

@@ -39,7 +39,7 @@ from services.orders_watcher.adapters import order_table
 from services.orders_watcher.adapters.order_table import OrderTable
 from services.orders_watcher.adapters.state_cache import StateCache
 from services.orders_watcher.config import Settings
-from services.orders_watcher.domain.model import HeldEvent, OrderState, decode_state, encode_state
+from services.orders_watcher.domain.model import OrderState, decode_state, encode_state
 from services.orders_watcher.handlers import OrdersWatcher, Outcome
 
 SERVICE = "orders_watcher"
@@ -407,11 +407,11 @@ class WatcherRuntime(StreamWorker):
         # On the event clock, each incident is stamped with the moment it was decided.
         decided = self.clock.now() if self.marks is not None else None
         await self.producer.emit(SERVICE, outcome.records, acks=batch.acks, at=decided)
-        for held, reason in outcome.dead_letters:
+        for rejected in outcome.dead_letters:
             # Released orphans: delivered with the outputs, before the state that
             # forgets them is written.
             await self.deadletters.publish(
-                _original(held), reason, "orphan_expired", acks=batch.acks
+                rejected.message, rejected.reason, rejected.code, acks=batch.acks
             )
         value, at = None, None
         if outcome.state is not None:
@@ -420,17 +420,6 @@ class WatcherRuntime(StreamWorker):
             value = order_table.encode(state_json, None if at is None else (at, partition))
         batch.touched[order_id] = _Touched(value, partition, outcome.state)
         self.schedule.plan(order_id, partition, at, batch.number)
-
-
-def _original(held: HeldEvent) -> InputMessage:
-    """The input record a held event came in, as it was."""
-    return InputMessage(
-        topic=held.topic,
-        partition=held.partition,
-        offset=held.offset,
-        key=held.key.encode() if held.key else None,
-        value=held.value.encode("latin-1"),
-    )
 
 
 __all__ = ["SERVICE", "WatcherPorts", "WatcherRuntime"]

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from common import schemas
 from common.envelope import CloudEvent, InvalidEvent
+from common.handling import Dispatch
 from common.logs import get_logger
 from services.preferences.adapters.change_feed import Change, ChangeFeed
 from services.preferences.adapters.store import PreferencesStorePort
@@ -21,6 +22,7 @@ from services.preferences.domain.model import (
     Plan,
     consents_from_upsert,
     contact_plan,
+    customer_from_upsert,
 )
 from services.preferences.domain.validation import FieldViolation
 
@@ -46,52 +48,35 @@ class Preferences:
         self.feed = feed
         self.default_order = default_order
         self.erasures = erasures
+        self.customer_events = Dispatch(
+            "preferences", {"customer.upserted": self._upserted, "customer.erased": self._erased}
+        )
 
     # --- Kafka inputs --------------------------------------------------------------
 
     async def on_customer_event(self, event: CloudEvent) -> str:
+        """customer.upserted or customer.erased; returns the outcome's name."""
+        handle = self.customer_events(event.type)
         if await self.store.seen(event.id):
             return "duplicate"
-        if event.type == "customer.erased":
-            erased = schemas.parse_payload(event, schemas.CustomerErased)
-            await self.erase(erased.customer_id, event_id=event.id)
-            return "erased"
-        if event.type != "customer.upserted":
-            raise InvalidEvent(f"preferences does not handle {event.type!r}", code="unknown_type")
+        return await handle(event)
+
+    async def _erased(self, event: CloudEvent) -> str:
+        erased = schemas.parse_payload(event, schemas.CustomerErased)
+        await self.erase(erased.customer_id, event_id=event.id)
+        return "erased"
+
+    async def _upserted(self, event: CloudEvent) -> str:
         upsert = schemas.parse_payload(event, schemas.CustomerUpserted)
         if await self.store.is_erased(upsert.customer_id):
             await self.store.mark_processed(event.id)
             return "erased_customer_ignored"
+        existing = await self.store.load(upsert.customer_id)
         try:
-            email = validation.email(upsert.email) if upsert.email else None
-            phone = validation.phone(upsert.phone) if upsert.phone else None
-            locale = validation.locale(upsert.locale)
-            time_zone = validation.time_zone(upsert.timezone)
+            customer = customer_from_upsert(existing, upsert, self.default_order)
         except FieldViolation as exc:
             raise InvalidEvent(f"customer.upserted {exc}", code="bad_data") from exc
-        existing = await self.store.load(upsert.customer_id)
         consents = consents_from_upsert(existing, upsert.marketing_opt_in, event.time, event.id)
-        if existing is None:
-            customer = Customer(
-                customer_id=upsert.customer_id,
-                first_name=upsert.first_name,
-                last_name=upsert.last_name,
-                channel_order=self.default_order,
-                email=email,
-                phone=phone,
-                locale=locale,
-                time_zone=time_zone,
-            )
-        else:
-            customer = replace(
-                existing,
-                first_name=upsert.first_name,
-                last_name=upsert.last_name,
-                email=email,
-                phone=phone,
-                locale=locale,
-                time_zone=time_zone,
-            )
         self.feed.publish(
             await self.store.save(customer, consents, event_id=event.id, kind="upserted")
         )

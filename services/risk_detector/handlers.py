@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from common import schemas
-from common.envelope import CloudEvent, InvalidEvent, derived_id, new_event
+from common import handling, schemas
+from common.envelope import CloudEvent, derived_id, new_event
 from common.kafka import Outgoing
 from common.metrics import REQUESTS
 from common.topics import Topics
@@ -25,18 +25,19 @@ from services.risk_detector.domain.quantile import P2Quantile
 from services.risk_detector.domain.rhythm import due_rhythm_checks, next_rhythm_check
 
 SOURCE = "/outreach/risk_detector"
+#: The changes of an incident on `outreach.incidents` (incident.<change>).
+INCIDENT_CHANGES = ("opened", "updated", "resolved", "checkin_due")
 CUSTOMER_HEADER = "x-outreach-customer-id"
 
 
 @dataclass
-class Outcome:
-    profile: Profile | None
-    records: list[Outgoing] = field(default_factory=list)
-    duplicate: bool = False
+class Outcome(handling.Outcome[Profile]):
+    """What one fact or tick decided about a customer (common/handling.py); `deadline` is
+    the next moment the silence since their last order must be looked at. `erased`: the
+    customer is to be forgotten, their orders too; `quantile_changed`: the spend estimate
+    took a new sample (the caller persists it)."""
+
     erased: bool = False
-    # The next moment the silence since the last order must be looked at (None: none).
-    rhythm_due: datetime | None = None
-    # The spend quantile estimate took a new sample (the caller persists it).
     quantile_changed: bool = False
 
 
@@ -52,14 +53,18 @@ class RiskDetector:
         # Used when the caller keeps no estimate of its own (the stream keeps one per
         # partition, in a changelogged table).
         self.spend_quantile = self.new_quantile()
-        self._facts: dict[str, Callable[[Profile, CloudEvent, P2Quantile], Applied]] = {
-            "incident": self._incident,
-            "customer.upserted": self._customer,
-            "order.placed": self._order_placed,
-            "order.cancelled": self._order_cancelled,
-            "return.requested": self._return_requested,
-            "feedback.received": self._feedback,
-        }
+        self.facts: handling.Dispatch[Callable[[Profile, CloudEvent, P2Quantile], Applied]]
+        self.facts = handling.Dispatch(
+            "risk_detector",
+            {
+                **{f"incident.{change}": self._incident for change in INCIDENT_CHANGES},
+                "customer.upserted": self._customer,
+                "order.placed": self._order_placed,
+                "order.cancelled": self._order_cancelled,
+                "return.requested": self._return_requested,
+                "feedback.received": self._feedback,
+            },
+        )
 
     def new_quantile(self) -> P2Quantile:
         return P2Quantile(self.policy.high_value_quantile)
@@ -76,14 +81,12 @@ class RiskDetector:
         spend = quantile if quantile is not None else self.spend_quantile
         profile = profile or Profile(customer_id=customer_id)
         if profile.seen(event.id):
-            return Outcome(profile=profile, duplicate=True)
+            return Outcome(state=profile, duplicate=True)
         now = event.time
         kind = event.type
         if kind == "customer.erased":
-            return Outcome(profile=None, erased=True)
-        apply = self._facts.get("incident" if kind.startswith("incident.") else kind)
-        if apply is None:
-            raise InvalidEvent(f"risk_detector does not handle {kind!r}", code="unknown_type")
+            return Outcome(state=None, erased=True)
+        apply = self.facts(kind)
         # Silence that had already passed before this fact is judged first, each rhythm
         # check as of its own moment: the same decisions whether or not a tick came first.
         early = self.check_rhythm(profile, now, spend)
@@ -93,9 +96,9 @@ class RiskDetector:
         decided, sampled = apply(profile, event, spend)
         if decided is None:  # a fact that changes no score (the customer's record)
             return Outcome(
-                profile=profile,
+                state=profile,
                 records=early,
-                rhythm_due=next_rhythm_check(profile, self.policy.weights),
+                deadline=next_rhythm_check(profile, self.policy.weights),
             )
         scored = rules.on_score(profile, now, self.policy, spend.value())
         profile.last_score = scored.score.value if scored.score else 0.0
@@ -103,9 +106,9 @@ class RiskDetector:
         records = early + self._emit(profile, decided, scored.handoffs, now, scored.score)
         profile.prune(now)
         return Outcome(
-            profile=profile,
+            state=profile,
             records=records,
-            rhythm_due=next_rhythm_check(profile, self.policy.weights),
+            deadline=next_rhythm_check(profile, self.policy.weights),
             quantile_changed=sampled,
         )
 
@@ -193,9 +196,9 @@ class RiskDetector:
         if profile.rhythm_checked_at is not None:
             profile.prune(profile.rhythm_checked_at)
         return Outcome(
-            profile=profile,
+            state=profile,
             records=records,
-            rhythm_due=next_rhythm_check(profile, self.policy.weights),
+            deadline=next_rhythm_check(profile, self.policy.weights),
         )
 
     def check_rhythm(self, profile: Profile, until: datetime, spend: P2Quantile) -> list[Outgoing]:

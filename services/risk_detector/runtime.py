@@ -350,12 +350,12 @@ class RiskRuntime(StreamWorker):
             await self.producer.emit(
                 SERVICE, outcome.records, acks=self.runner.acks, at=self.clock.now()
             )
-        if outcome.profile is None:
+        if outcome.state is None:
             self.profiles.pop(customer_id, None)
             self.schedule.schedule(customer_id, partition, None)
             return
-        self.profiles[customer_id] = outcome.profile.model_dump(mode="json")
-        due = outcome.rhythm_due.timestamp() if outcome.rhythm_due else None
+        self.profiles[customer_id] = outcome.state.model_dump(mode="json")
+        due = outcome.deadline.timestamp() if outcome.deadline else None
         self.schedule.schedule(customer_id, partition, due)
 
     async def _explain(self, request: web.Request) -> web.Response:

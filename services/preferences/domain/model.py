@@ -12,8 +12,11 @@ consent record can.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time
+
+from common import schemas
+from services.preferences.domain import validation
 
 CHANNELS = ("email", "sms", "whatsapp")
 CATEGORIES = ("service", "marketing")
@@ -158,3 +161,34 @@ def consents_from_upsert(
     if not ever_decided and opt_in:
         return [record]
     return []
+
+
+def customer_from_upsert(
+    existing: Customer | None, upsert: schemas.CustomerUpserted, default_order: tuple[str, ...]
+) -> Customer:
+    """The customer after a `customer.upserted` from the shop: its contact data validated
+    (FieldViolation otherwise) over what was kept; a new customer gets `default_order`."""
+    email = validation.email(upsert.email) if upsert.email else None
+    phone = validation.phone(upsert.phone) if upsert.phone else None
+    locale = validation.locale(upsert.locale)
+    time_zone = validation.time_zone(upsert.timezone)
+    if existing is None:
+        return Customer(
+            customer_id=upsert.customer_id,
+            first_name=upsert.first_name,
+            last_name=upsert.last_name,
+            channel_order=default_order,
+            email=email,
+            phone=phone,
+            locale=locale,
+            time_zone=time_zone,
+        )
+    return replace(
+        existing,
+        first_name=upsert.first_name,
+        last_name=upsert.last_name,
+        email=email,
+        phone=phone,
+        locale=locale,
+        time_zone=time_zone,
+    )

@@ -72,7 +72,7 @@ def run(*events, policy=None):
     profile, out = None, []
     for e in events:
         outcome = detector.handle(profile, "c-1", e)
-        profile = outcome.profile
+        profile = outcome.state
         out += [r.event for r in outcome.records]
     return profile, out
 

@@ -39,7 +39,7 @@ def feed(detector: RiskDetector, events, until=None):
     for _topic, key, event in events:
         customer = event.data.get("customer_id", key)
         outcome = detector.handle(profiles.get(customer), customer, event)
-        profiles[customer] = outcome.profile
+        profiles[customer] = outcome.state
         out += outcome.records
     if until is not None:
         for profile in profiles.values():
@@ -89,7 +89,7 @@ def test_a_regular_who_stops_ordering_gets_one_check_in_when_the_silence_passes_
     assert request["context"]["order_rhythm"]["usual_gap_days"] == 5.0
     assert request["offer_tier"] is not None  # opted into marketing
     # Every later check (30, 35 days) falls in the quiet period: nothing more.
-    assert outcome.rhythm_due is None
+    assert outcome.deadline is None
     assert detector.handle_tick(profile, LAPSE_CHECK + timedelta(days=60)).records == []
 
 
@@ -103,7 +103,7 @@ def test_the_check_in_does_not_depend_on_whether_a_tick_or_a_later_fact_comes_fi
         if tick_first:
             tick = detector.handle_tick(profile, at(26))
             out += tick.records
-            out += detector.handle(tick.profile, "c-lapse", later).records
+            out += detector.handle(tick.state, "c-lapse", later).records
         else:
             out += detector.handle(profile, "c-lapse", later).records
         return [r.event.to_bytes() for r in out if r.event.data["cause"]["type"] == "risk"]
@@ -131,7 +131,7 @@ def test_the_whole_history_decides_the_same_whenever_the_ticks_come():
     for _topic, key, event in history():
         customer = event.data.get("customer_id", key)
         outcome = detector.handle(profiles.get(customer), customer, event)
-        profiles[customer] = outcome.profile
+        profiles[customer] = outcome.state
         late += outcome.records
         for other, profile in profiles.items():  # a tick after every fact
             if profile is not None and other != customer:
