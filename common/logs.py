@@ -48,6 +48,15 @@ _PHONE = re.compile(r"\+\d{8,15}")
 _SQL_PARAMETERS = re.compile(r"\[parameters: .*?\](?=\n|$|\s*\(Background)", re.DOTALL)
 
 
+def mask_address(address: str) -> str:
+    """An address as operators may see it: enough to tell two apart, not to write to
+    (a***@example.com, +49***78)."""
+    if "@" in address:
+        name, _, domain = address.partition("@")
+        return f"{name[:1]}***@{domain}"
+    return f"{address[:3]}***{address[-2:]}"
+
+
 def redact(value: str) -> str:
     # An e-mail address has an @ and a phone number (E.164) a +: most values have
     # neither, and are returned without running the patterns.

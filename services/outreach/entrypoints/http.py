@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from common.logs import mask_address
 from common.ops_http import operator_only
 from services.outreach.adapters.controls import ControlError
 from services.outreach.domain.ramp import GLOBAL
@@ -16,15 +17,6 @@ from services.outreach.entrypoints.webhooks import routes as webhook_routes
 
 if TYPE_CHECKING:
     from services.outreach.bootstrap import Outreach
-
-
-def _mask(address: str | None) -> str | None:
-    if not address:
-        return address
-    if "@" in address:
-        name, _, domain = address.partition("@")
-        return f"{name[:1]}***@{domain}"
-    return f"{address[:3]}***{address[-2:]}"
 
 
 async def _explain(
@@ -48,7 +40,7 @@ async def _explain(
                 "reason": row.reason,
                 "rule": row.rule,
                 "channel": row.channel,
-                "address": _mask(row.address),
+                "address": mask_address(row.address) if row.address else row.address,
                 "template": row.template_key,
                 "template_version": row.template_version,
                 "provider": row.provider,

@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from common.logs import mask_address
 from services.outreach.adapters.ledger import LedgerPort
 from services.outreach.adapters.providers import (
     MessageSender,
@@ -170,9 +171,4 @@ def template_url(kind: str, channel: str, locale: str, suffix: str = "") -> str:
 
 
 def mask(address: str | None) -> str:
-    if not address:
-        return ""
-    if "@" in address:
-        name, _, domain = address.partition("@")
-        return f"{name[:1]}***@{domain}"
-    return f"{address[:3]}***{address[-2:]}"
+    return mask_address(address) if address else ""
