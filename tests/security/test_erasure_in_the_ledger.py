@@ -60,7 +60,7 @@ async def a_test_send_to(app, address: str) -> None:
 async def test_an_erased_customer_leaves_the_ledger_but_the_decisions_stay(
     outreach, twilio_double, sendgrid_double
 ):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS, EMAIL)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS, EMAIL)
     await outreach.delivery.on_request(request("req-1", cause="inc-1"), NOON)  # sent
     await outreach.delivery.on_request(request("req-2", cause="inc-2", at=NIGHT), NIGHT)  # held
     await a_test_send_to(outreach, SMS.address)
@@ -80,7 +80,7 @@ async def test_an_erased_customer_leaves_the_ledger_but_the_decisions_stay(
 async def test_a_message_settling_with_its_provider_is_scrubbed_once_settled(
     outreach, twilio_double
 ):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     decision_id = await crash_while_sending(outreach, "sms", after=True)
     await outreach.delivery.on_customer_event(erased())
     assert SMS.address in await everything_stored(outreach)  # needed to ask Twilio

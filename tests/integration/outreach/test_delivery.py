@@ -49,7 +49,6 @@ async def outreach(database_url, tmp_path, twilio_double, sendgrid_double):
         settings, plans=plans, senders=senders, wall=FixedClock(WALL), optouts=RecordingOptOuts()
     )
     await app.start()
-    app.plans_fake = plans  # type: ignore[attr-defined]
     yield app
     await app.stop()
 
@@ -90,7 +89,7 @@ async def test_429_is_retried_later_honouring_retry_after(outreach, sendgrid_dou
 
 
 async def test_an_invalid_number_falls_back_to_email(outreach, twilio_double, sendgrid_double):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(
+    outreach.plans.plans[("c-1", "*")] = plan(
         ChannelOption("sms", "+4900000", True, "ok"), EMAIL
     )
     await outreach.delivery.on_request(request(), NOON)
@@ -102,7 +101,7 @@ async def test_an_invalid_number_falls_back_to_email(outreach, twilio_double, se
 
 async def test_an_unsubscribed_number_is_recorded_as_an_opt_out(outreach, twilio_double):
     twilio_double.opted_out.add("+4915112345678")
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     await outreach.delivery.on_request(request(), NOON)
     row, _ = await statuses(outreach)
     optouts = outreach.delivery.optouts
@@ -114,7 +113,7 @@ async def test_an_unsubscribed_number_is_recorded_as_an_opt_out(outreach, twilio
 async def test_sms_at_night_waits_for_8_local_and_is_suppressed_if_resolved_meanwhile(
     outreach, twilio_double
 ):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS, EMAIL)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS, EMAIL)
     await outreach.delivery.on_request(request(at=NIGHT), NIGHT)
     row, _ = await statuses(outreach)
     assert row.status == "scheduled" and row.send_at == datetime(2026, 3, 5, 7, 0, tzinfo=UTC)
@@ -133,9 +132,9 @@ async def test_sms_at_night_waits_for_8_local_and_is_suppressed_if_resolved_mean
 @pytest.mark.parametrize(
     ("setup", "reason"),
     [
-        (lambda o: o.plans_fake.plans.clear(), "no_contact"),
+        (lambda o: o.plans.plans.clear(), "no_contact"),
         (
-            lambda o: o.plans_fake.plans.__setitem__(
+            lambda o: o.plans.plans.__setitem__(
                 ("c-1", "*"), plan(ChannelOption("sms", "+4915112345678", False, "opted_out"))
             ),
             "opted_out",
@@ -157,7 +156,7 @@ async def test_marketing_check_in_needs_consent_and_offers_are_deterministic(
     )
     row, _ = await statuses(outreach, "req-m")
     assert (row.status, row.reason) == ("suppressed", "no_consent")
-    outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL, opt_in=True)
+    outreach.plans.plans[("c-1", "*")] = plan(EMAIL, opt_in=True)
     await outreach.delivery.on_request(
         request("req-n", kind="churn_risk", intent="check_in", offer="standard"), NOON
     )

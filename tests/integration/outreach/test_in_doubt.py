@@ -71,7 +71,7 @@ async def history(outreach, decision_id):
 
 
 async def test_found_at_twilio_is_recorded_as_sent_and_not_sent_again(outreach, twilio_double):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     decision_id = await crash_while_sending(outreach, "sms", after=True)
     assert len(twilio_double.messages) == 1
 
@@ -88,7 +88,7 @@ async def test_found_at_twilio_is_recorded_as_sent_and_not_sent_again(outreach, 
 
 
 async def test_absent_at_twilio_is_sent_once_now(outreach, twilio_double):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     # Another message to the same number must not be taken for ours.
     other = OutboundMessage("d-other", "sms", SMS.address, None, None, "Ihr Gutschein", "x", "y")
     await outreach.delivery.senders["sms"].send(other)
@@ -108,7 +108,7 @@ async def test_absent_at_twilio_is_sent_once_now(outreach, twilio_double):
 async def test_a_lost_answer_is_never_retried_blindly_but_asked_about(outreach, twilio_double):
     """The Twilio call timed out after Twilio took the message: before, the row went back
     to `scheduled` and the retry sent the same SMS twice."""
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     real = outreach.delivery.senders["sms"]
     outreach.delivery.senders["sms"] = LostAnswer(real)
     await outreach.delivery.on_request(request(), NOON)
@@ -129,7 +129,7 @@ async def test_a_lost_answer_is_never_retried_blindly_but_asked_about(outreach, 
 async def test_two_sweepers_at_once_send_at_most_once(outreach, twilio_double):
     """Two workers' sweepers find the same row in doubt at the same moment: the look is
     fenced by the claim's attempt number, so only one of them acts on it."""
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     decision_id = await crash_while_sending(outreach, "sms", after=False)
     outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
     settled = await asyncio.gather(*(outreach.delivery.sweep(NOON) for _ in range(3)))
@@ -141,7 +141,7 @@ async def test_two_sweepers_at_once_send_at_most_once(outreach, twilio_double):
 async def test_a_stalled_worker_cannot_record_over_a_newer_claim(outreach, twilio_double):
     """A worker stalled past its lease; the sweeper took the row over and sent it under
     attempt 2. The stalled worker's late answer for attempt 1 changes nothing."""
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     decision_id = await crash_while_sending(outreach, "sms", after=False)
     stale = await outreach.ledger.get(decision_id)
     outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
@@ -156,7 +156,7 @@ async def test_a_stalled_worker_cannot_record_over_a_newer_claim(outreach, twili
 async def test_email_without_signed_events_is_failed_for_a_person_not_resent(
     outreach, sendgrid_double
 ):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
+    outreach.plans.plans[("c-1", "*")] = plan(EMAIL)
     decision_id = await crash_while_sending(outreach, "email", after=True)
     outreach.wall.set(WALL + LEASE + timedelta(seconds=1))
     assert await outreach.delivery.sweep(NOON) == 1
@@ -174,7 +174,7 @@ async def worker_up(outreach, since, until):
 async def test_email_with_signed_events_and_none_came_is_sent_again(outreach, sendgrid_double):
     """Another worker's webhooks were up from before the claim until now: SendGrid's
     event would have reached them, so no event means no message."""
-    outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
+    outreach.plans.plans[("c-1", "*")] = plan(EMAIL)
     outreach.delivery.sending.confirmed_by_events = frozenset({"email"})
     decision_id = await crash_while_sending(outreach, "email", after=False)
     later = WALL + LEASE + timedelta(seconds=1)
@@ -191,7 +191,7 @@ async def test_email_in_doubt_waits_for_retried_events_when_the_webhooks_were_do
     """The only worker died after SendGrid took the email: its event could not be
     delivered then. The restarted worker waits for SendGrid's retry of the event
     (OUTREACH_EVENT_RETRY_S) rather than send again; the retried event settles it."""
-    outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
+    outreach.plans.plans[("c-1", "*")] = plan(EMAIL)
     outreach.delivery.sending.confirmed_by_events = frozenset({"email"})
     decision_id = await crash_while_sending(outreach, "email", after=True)
     restarted = WALL + LEASE
@@ -207,7 +207,7 @@ async def test_email_in_doubt_waits_for_retried_events_when_the_webhooks_were_do
 async def test_email_in_doubt_is_sent_again_once_no_retried_event_can_come(
     outreach, sendgrid_double
 ):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
+    outreach.plans.plans[("c-1", "*")] = plan(EMAIL)
     outreach.delivery.sending.confirmed_by_events = frozenset({"email"})
     decision_id = await crash_while_sending(outreach, "email", after=False)
     restarted = WALL + LEASE
@@ -220,7 +220,7 @@ async def test_email_in_doubt_is_sent_again_once_no_retried_event_can_come(
 
 
 async def test_a_provider_event_settles_the_doubt_before_anyone_asks(outreach, sendgrid_double):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
+    outreach.plans.plans[("c-1", "*")] = plan(EMAIL)
     decision_id = await crash_while_sending(outreach, "email", after=True)
     assert await outreach.delivery.on_delivery_status(
         decision_id, "accepted", NOON, provider_message_id="sg-1"
@@ -238,7 +238,7 @@ async def test_a_decision_whose_worker_died_before_the_claim_is_swept_and_sent(
 ):
     """Recorded as decided, then the process died before it claimed the send (and the
     request's offset was committed by someone): the sweeper delivers it once."""
-    outreach.plans_fake.plans[("c-1", "*")] = plan(EMAIL)
+    outreach.plans.plans[("c-1", "*")] = plan(EMAIL)
     real = outreach.delivery._deliver
 
     async def die(*_args, **_kwargs):

@@ -26,10 +26,10 @@ async def row_of(app, rid="req-1"):
 
 
 async def test_an_opt_out_during_quiet_hours_stops_the_held_sms(outreach, twilio_double):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     await outreach.delivery.on_request(request(at=NIGHT), NIGHT)
     assert (await row_of(outreach)).status == "scheduled"
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS_OPTED_OUT)  # STOP at 02:00
+    outreach.plans.plans[("c-1", "*")] = plan(SMS_OPTED_OUT)  # STOP at 02:00
     await outreach.delivery.send_due(EIGHT)
     row = await row_of(outreach)
     assert (row.status, row.reason) == ("suppressed", "opted_out")
@@ -39,9 +39,9 @@ async def test_an_opt_out_during_quiet_hours_stops_the_held_sms(outreach, twilio
 async def test_a_held_sms_whose_channel_was_opted_out_goes_by_the_next_usable_one(
     outreach, twilio_double, sendgrid_double
 ):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS, EMAIL)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS, EMAIL)
     await outreach.delivery.on_request(request(at=NIGHT), NIGHT)
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS_OPTED_OUT, EMAIL)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS_OPTED_OUT, EMAIL)
     await outreach.delivery.send_due(EIGHT)
     row = await row_of(outreach)
     assert (row.status, row.channel) == ("sent", "email")
@@ -49,11 +49,11 @@ async def test_a_held_sms_whose_channel_was_opted_out_goes_by_the_next_usable_on
 
 
 async def test_withdrawn_marketing_consent_stops_a_held_check_in(outreach, twilio_double):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS, opt_in=True)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS, opt_in=True)
     check_in = request("req-m", kind="churn_risk", intent="check_in", offer="standard", at=NIGHT)
     await outreach.delivery.on_request(check_in, NIGHT)
     assert (await row_of(outreach, "req-m")).status == "scheduled"
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS, opt_in=False)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS, opt_in=False)
     await outreach.delivery.send_due(EIGHT)
     row = await row_of(outreach, "req-m")
     assert (row.status, row.reason) == ("suppressed", "no_consent")
@@ -62,7 +62,7 @@ async def test_withdrawn_marketing_consent_stops_a_held_check_in(outreach, twili
 
 async def test_a_retry_that_falls_due_at_night_waits_for_the_morning(outreach, twilio_double):
     evening = datetime(2026, 3, 4, 19, 59, tzinfo=UTC)  # 20:59 in Berlin
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     twilio_double.fail_next(1, status=429, retry_after=120)
     await outreach.delivery.on_request(request(at=evening), evening)
     assert (await row_of(outreach)).status == "scheduled"
@@ -75,7 +75,7 @@ async def test_a_retry_that_falls_due_at_night_waits_for_the_morning(outreach, t
 
 
 async def test_of_two_held_revisions_only_the_newest_is_sent(outreach, twilio_double):
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     await outreach.delivery.on_request(request("req-r1", revision=1, at=NIGHT), NIGHT)
     later = NIGHT + timedelta(hours=3)
     await outreach.delivery.on_request(request("req-r2", revision=2, at=later), later)
@@ -100,7 +100,7 @@ async def test_a_newer_revision_replaces_held_ones_without_counting_them_against
 ):
     """Paused, three revisions of one incident arrive; on resume only the newest goes,
     although two other messages already fill the cap up to the third."""
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     for i in range(2):
         await outreach.delivery.on_request(request(f"other-{i}", cause=f"inc-o{i}"), NOON)
     await outreach.controls.pause("all", actor="oncall", reason="carrier feed check")
@@ -133,7 +133,7 @@ async def test_a_late_failed_report_never_moves_a_delivered_message_back(outreac
 async def test_a_resolution_between_decision_and_claim_stops_the_message(outreach, sendgrid_double):
     """The incident closed after the decision was recorded and before the worker claimed
     the send (the last look reads the ledger's resolutions again)."""
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     await outreach.delivery.on_request(request(at=NIGHT), NIGHT)
     await outreach.ledger.mark_resolved("inc-1", NIGHT, "delivered")
     await outreach.delivery.send_due(EIGHT)
@@ -148,8 +148,8 @@ async def test_a_release_without_preferences_waits_instead_of_sending_unchecked(
     look, nor lost; it waits and goes once preferences answers again."""
     from services.outreach.adapters.contact_plans import PreferencesUnavailable
 
-    fake = outreach.plans_fake
-    outreach.plans_fake.plans[("c-1", "*")] = plan(SMS)
+    fake = outreach.plans
+    outreach.plans.plans[("c-1", "*")] = plan(SMS)
     await outreach.delivery.on_request(request(at=NIGHT), NIGHT)
     real_get = fake.get
 
