@@ -9,7 +9,6 @@ compares what they say with what was told. Pure.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -46,7 +45,7 @@ class Rule:
     """What every rule answers; the defaults: no deadline of its own, and no fact dated
     later changes it by itself."""
 
-    kind: IncidentKind
+    kind: str
 
     def looks_at(self, s: Situation, at: datetime, status: str | None, estimate: bool) -> bool:
         """Whether a fact dated `at`, after now (a checkpoint with this status, or a
@@ -74,8 +73,8 @@ class Rule:
         is_open, resolution, resolved_at = closing
         scope = shipment_id or return_id or ""
         return IncidentView(
-            incident_id=incident_id(s.state.order_id, self.kind.value, scope),
-            kind=self.kind.value,
+            incident_id=incident_id(s.state.order_id, self.kind, scope),
+            kind=self.kind,
             severity=severity,
             open=is_open,
             resolution=resolution,
@@ -91,19 +90,19 @@ class Rule:
 
 
 class OrderRule(Rule):
-    def incidents(self, s: Situation) -> Iterator[IncidentView]:
+    def incident(self, s: Situation) -> IncidentView | None:
         raise NotImplementedError
 
-    def deadlines(self, s: Situation) -> Iterator[datetime]:
-        return iter(())
+    def deadlines(self, s: Situation) -> list[datetime]:
+        return []
 
 
 class ShipmentRule(Rule):
-    def incidents(self, s: Situation, parcel: Parcel) -> Iterator[IncidentView]:
+    def incident(self, s: Situation, parcel: Parcel) -> IncidentView | None:
         raise NotImplementedError
 
-    def deadlines(self, s: Situation, parcel: Parcel) -> Iterator[datetime]:
-        return iter(())
+    def deadlines(self, s: Situation, parcel: Parcel) -> list[datetime]:
+        return []
 
 
 # --- the order's ---------------------------------------------------------------------
@@ -112,9 +111,9 @@ class ShipmentRule(Rule):
 class DispatchLate(OrderRule):
     """No shipment.created by promised_ship_by."""
 
-    kind = IncidentKind.DISPATCH_LATE
+    kind = IncidentKind.DISPATCH_LATE.value
 
-    def incidents(self, s: Situation) -> Iterator[IncidentView]:
+    def incident(self, s: Situation) -> IncidentView | None:
         order, promised = s.order, s.order.promised_ship_by
         dispatched = known(s.state.dispatched_at(), s.now)
         late = (dispatched is None and s.settled >= promised) or (
@@ -123,8 +122,8 @@ class DispatchLate(OrderRule):
             and (s.cancelled_at is None or s.cancelled_at > promised)
         )
         if not late:
-            return
-        yield self.view(
+            return None
+        return self.view(
             s,
             s.closing(),
             since=promised,
@@ -137,15 +136,16 @@ class DispatchLate(OrderRule):
             facts={"promised_ship_by": iso(promised), "dispatched_at": iso(dispatched)},
         )
 
-    def deadlines(self, s: Situation) -> Iterator[datetime]:
+    def deadlines(self, s: Situation) -> list[datetime]:
         shipments = s.state.shipments.values()
         if not s.under_way or any(
             sh.created_at is not None and sh.created_at <= s.now for sh in shipments
         ):
-            return
+            return []
         first = s.state.dispatched_at()  # a dispatch dated later, read already
         if first is None or first > s.order.promised_ship_by:
-            yield s.order.promised_ship_by + s.config.allowed_lateness
+            return [s.order.promised_ship_by + s.config.allowed_lateness]
+        return []
 
 
 class DeliveryAtRisk(OrderRule):
@@ -157,20 +157,20 @@ class DeliveryAtRisk(OrderRule):
     before it settles either). What it (and delivery_late) says is the newest estimate
     known, while that one still lies past the promise."""
 
-    kind = IncidentKind.DELIVERY_AT_RISK
+    kind = IncidentKind.DELIVERY_AT_RISK.value
 
-    def incidents(self, s: Situation) -> Iterator[IncidentView]:
+    def incident(self, s: Situation) -> IncidentView | None:
         (settled, settled_event), (estimate, estimate_event) = s.estimates
         promise, after = s.order.promised_delivery_by, s.at_risk_after
         if settled is None or settled <= after:
-            return
+            return None
         told, told_event = estimate, estimate_event
         if told is None or told <= after:
             told, told_event = settled, settled_event
         if settled_event[1] >= promise:
-            return  # the slip became known only once the promise had broken
+            return None  # the slip became known only once the promise had broken
         said = max(told_event[1], s.order.placed_at)
-        yield self.view(
+        return self.view(
             s,
             s.closing(),
             since=said,
@@ -188,7 +188,7 @@ class DeliveryAtRisk(OrderRule):
             },
         )
 
-    def deadlines(self, s: Situation) -> Iterator[datetime]:
+    def deadlines(self, s: Situation) -> list[datetime]:
         """While an estimate known by now lies past the promise and its margin, each
         estimate's settling (its moment plus the allowed lateness) may change which
         one the incident tells."""
@@ -196,7 +196,7 @@ class DeliveryAtRisk(OrderRule):
         settling: list[datetime] = []
         slipped = False
         for shipment in s.state.shipments.values():
-            for cp in Parcel.of(shipment, s.now).seen:
+            for cp in s.parcel(shipment).seen:
                 if cp.estimated_delivery_at is not None:
                     settling.append(cp.at + late)
                     slipped = slipped or cp.estimated_delivery_at > after
@@ -204,8 +204,7 @@ class DeliveryAtRisk(OrderRule):
             if created is not None and estimate is not None and created <= s.now:
                 settling.append(created + late)
                 slipped = slipped or estimate > after
-        if slipped:
-            yield from settling
+        return settling if slipped else []
 
     def looks_at(self, s: Situation, at: datetime, status: str | None, estimate: bool) -> bool:
         return estimate and s.slipped_ever
@@ -214,17 +213,17 @@ class DeliveryAtRisk(OrderRule):
 class DeliveryLate(OrderRule):
     """Not delivered at promised_delivery_by."""
 
-    kind = IncidentKind.DELIVERY_LATE
+    kind = IncidentKind.DELIVERY_LATE.value
 
-    def incidents(self, s: Situation) -> Iterator[IncidentView]:
+    def incident(self, s: Situation) -> IncidentView | None:
         promise, delivered = s.order.promised_delivery_by, s.delivered
         was_late = (delivered is None and s.settled >= promise) or (
             delivered is not None and delivered > promise
         )
         if not was_late or (s.cancelled_at is not None and s.cancelled_at <= promise):
-            return
+            return None
         _, (estimate, estimate_event) = s.estimates
-        yield self.view(
+        return self.view(
             s,
             s.closing(),
             since=promise,
@@ -242,14 +241,15 @@ class DeliveryLate(OrderRule):
             },
         )
 
-    def deadlines(self, s: Situation) -> Iterator[datetime]:
+    def deadlines(self, s: Situation) -> list[datetime]:
         promise = s.order.promised_delivery_by
         if (
             s.under_way
             and s.delivered is None
             and (s.delivered_any is None or s.delivered_any > promise)
         ):
-            yield promise + s.config.allowed_lateness
+            return [promise + s.config.allowed_lateness]
+        return []
 
     def looks_at(self, s: Situation, at: datetime, status: str | None, estimate: bool) -> bool:
         return estimate and at > s.order.promised_delivery_by
@@ -266,16 +266,16 @@ class StatusRule(ShipmentRule):
         self, status: str, kind: IncidentKind, severity: Severity, explanation: str
     ) -> None:
         """`explanation`: a format of `parcel` and `where` (" (location)" or "")."""
-        self.status, self.kind, self.severity = status, kind, severity
+        self.status, self.kind, self.severity = status, kind.value, severity
         self.explanation = explanation
 
-    def incidents(self, s: Situation, parcel: Parcel) -> Iterator[IncidentView]:
+    def incident(self, s: Situation, parcel: Parcel) -> IncidentView | None:
         hits = parcel.by_status.get(self.status)
         if not hits:
-            return
+            return None
         last = hits[-1]
         where = f" ({last.location})" if last.location else ""
-        yield self.view(
+        return self.view(
             s,
             parcel.closing(s),
             severity=self.severity,
@@ -301,17 +301,17 @@ class StatusRule(ShipmentRule):
 class CarrierException(ShipmentRule):
     """The carrier reported a problem; critical if a parcel is lost or damaged."""
 
-    kind = IncidentKind.CARRIER_EXCEPTION
+    kind = IncidentKind.CARRIER_EXCEPTION.value
 
-    def incidents(self, s: Situation, parcel: Parcel) -> Iterator[IncidentView]:
+    def incident(self, s: Situation, parcel: Parcel) -> IncidentView | None:
         exceptions = parcel.by_status.get("exception")
         if not exceptions:
-            return
+            return None
         last = exceptions[-1]
         substatus = last.substatus if last.substatus in KNOWN_SUBSTATUSES else "other"
         critical = any(cp.substatus in CRITICAL_SUBSTATUSES for cp in exceptions)
         carrier = parcel.shipment.carrier or "The carrier"
-        yield self.view(
+        return self.view(
             s,
             parcel.closing(s),
             severity="critical" if critical else "warning",
@@ -340,12 +340,12 @@ class CarrierException(ShipmentRule):
 class ShipmentStalled(ShipmentRule):
     """No tracking update for the threshold (shorter for fast methods) while not delivered."""
 
-    kind = IncidentKind.SHIPMENT_STALLED
+    kind = IncidentKind.SHIPMENT_STALLED.value
 
-    def incidents(self, s: Situation, parcel: Parcel) -> Iterator[IncidentView]:
+    def incident(self, s: Situation, parcel: Parcel) -> IncidentView | None:
         shipment, threshold = parcel.shipment, s.stall_threshold
         if shipment.created_at is None or (s.cancelled_at is not None and s.cancelled_at <= s.now):
-            return
+            return None
         scans = sorted([shipment.created_at] + [cp.at for cp in parcel.seen])
         end = parcel.delivered or s.settled
         stalls = [
@@ -354,8 +354,8 @@ class ShipmentStalled(ShipmentRule):
             if after - before >= threshold and before < end
         ]
         if not stalls or "returned_to_sender" in parcel.by_status:
-            return
-        yield self.view(
+            return None
+        return self.view(
             s,
             parcel.closing(s),
             since=stalls[0] + threshold,
@@ -375,15 +375,15 @@ class ShipmentStalled(ShipmentRule):
             },
         )
 
-    def deadlines(self, s: Situation, parcel: Parcel) -> Iterator[datetime]:
+    def deadlines(self, s: Situation, parcel: Parcel) -> list[datetime]:
         """Absence of a scan for the threshold. From the last scan that has happened,
         along the scans dated later (read already): the first gap of the threshold that
         has not passed yet is the next look."""
         created = parcel.shipment.created_at
         if not s.under_way or s.delivered is not None or created is None:
-            return
+            return []
         if parcel.delivered is not None:
-            return
+            return []
         threshold, late = s.stall_threshold, s.config.allowed_lateness
         last_scan = parcel.seen[-1].at if parcel.seen else None
         point: datetime | None = created if last_scan is None or created > last_scan else last_scan
@@ -393,9 +393,10 @@ class ShipmentStalled(ShipmentRule):
                 break
             point = None if cp.status == "delivered" else cp.at
             if point is None:
-                return
+                return []
         if point is not None:
-            yield point + threshold + late
+            return [point + threshold + late]
+        return []
 
 
 # --- each return's -------------------------------------------------------------------
@@ -404,19 +405,19 @@ class ShipmentStalled(ShipmentRule):
 class RefundLate(Rule):
     """A received return not refunded within refund_within."""
 
-    kind = IncidentKind.REFUND_LATE
+    kind = IncidentKind.REFUND_LATE.value
 
-    def incidents(self, s: Situation, ret: ReturnState) -> Iterator[IncidentView]:
+    def incident(self, s: Situation, ret: ReturnState) -> IncidentView | None:
         received = known(ret.received_at, s.now)
         if received is None:
-            return
+            return None
         due = received + s.config.refund_within
         refunded = known(ret.refunded_at, s.now)
         settled = s.now - s.config.allowed_lateness  # a cancellation does not end refunds
         if not (refunded > due if refunded is not None else settled >= due):
-            return
+            return None
         closing = (False, "refunded", refunded) if refunded is not None else (True, None, None)
-        yield self.view(
+        return self.view(
             s,
             closing,
             return_id=ret.return_id,
@@ -430,17 +431,17 @@ class RefundLate(Rule):
             facts={"return_id": ret.return_id, "received_at": iso(received)},
         )
 
-    def deadlines(self, s: Situation, ret: ReturnState) -> Iterator[datetime]:
+    def deadlines(self, s: Situation, ret: ReturnState) -> list[datetime]:
         if ret.received_at is None:
-            return
+            return []
         due = ret.received_at + s.config.refund_within
         refunded = ret.refunded_at
         if refunded is not None and refunded <= due:
-            return
-        if known(refunded, s.now) is None:
-            yield due + s.config.allowed_lateness
+            return []
+        found = [due + s.config.allowed_lateness] if known(refunded, s.now) is None else []
         if refunded is not None:
-            yield refunded
+            found.append(refunded)  # a refund dated later, read already
+        return found
 
 
 # In the order their incidents are told (and were, before rules were objects).
@@ -474,6 +475,10 @@ SHIPMENT_RULES: tuple[ShipmentRule, ...] = (
     CarrierException(),
     ShipmentStalled(),
 )
+#: The shipment rules with deadlines of their own (time alone changes them).
+TIMED_SHIPMENT_RULES = tuple(
+    r for r in SHIPMENT_RULES if type(r).deadlines is not ShipmentRule.deadlines
+)
 REFUND_LATE = RefundLate()
 LOOKING: tuple[Rule, ...] = (*ORDER_RULES, *SHIPMENT_RULES)
 
@@ -497,5 +502,6 @@ __all__ = [
     "REFUND_LATE",
     "SHIPMENT_RULES",
     "STATUS_RULES",
+    "TIMED_SHIPMENT_RULES",
     "looks_at",
 ]

@@ -20,13 +20,13 @@ from services.orders_watcher.domain.kinds import (
     ORDER_RULES,
     REFUND_LATE,
     SHIPMENT_RULES,
+    TIMED_SHIPMENT_RULES,
     looks_at,
 )
 from services.orders_watcher.domain.model import EmittedIncident, OrderState
 from services.orders_watcher.domain.situation import (
     DetectionConfig,
     IncidentView,
-    Parcel,
     Situation,
     incident_id,
     iso,
@@ -65,13 +65,15 @@ def evaluate(state: OrderState, now: datetime, config: DetectionConfig) -> list[
 def _evaluate(s: Situation) -> list[IncidentView]:
     """Every incident the facts imply, in a fixed order: the order's, then each
     shipment's and each return's (by id)."""
-    views = [view for rule in ORDER_RULES for view in rule.incidents(s)]
-    for shipment in sorted(s.state.shipments.values(), key=lambda sh: sh.shipment_id):
-        parcel = Parcel.of(shipment, s.now)
-        views += [view for rule in SHIPMENT_RULES for view in rule.incidents(s, parcel)]
-    for ret in sorted(s.state.returns.values(), key=lambda r: r.return_id):
-        views += REFUND_LATE.incidents(s, ret)
-    return views
+    found = [rule.incident(s) for rule in ORDER_RULES]
+    shipments = s.state.shipments
+    for sid in sorted(shipments) if len(shipments) > 1 else shipments:
+        parcel = s.parcel(shipments[sid])
+        found += [rule.incident(s, parcel) for rule in SHIPMENT_RULES]
+    returns = s.state.returns
+    for rid in sorted(returns) if len(returns) > 1 else returns:
+        found.append(REFUND_LATE.incident(s, returns[rid]))
+    return [view for view in found if view is not None]
 
 
 DERIVE: Any = object()  # "derive it from the state" (None is a value: not delivered)
@@ -89,8 +91,6 @@ def conclude(
     if situation is None:
         return [], _next_deadline(state, now, config, None)
     changes = _transitions(situation)
-    # The incidents told may have changed: what depends on them is derived again.
-    situation = Situation.of(state, now, config, delivered_any)
     return changes, _next_deadline(state, now, config, situation)
 
 
@@ -224,12 +224,13 @@ def _next_deadline(
     for rule in ORDER_RULES:
         candidates += rule.deadlines(s)
     for shipment in state.shipments.values():
-        parcel = Parcel.of(shipment, now)
-        for shipment_rule in SHIPMENT_RULES:
+        parcel = s.parcel(shipment)
+        for shipment_rule in TIMED_SHIPMENT_RULES:
             candidates += shipment_rule.deadlines(s, parcel)
-        later = next((cp.at for cp in parcel.later if looks_at(s, cp)), None)
-        if later is not None:
-            candidates.append(later)
+        if parcel.later:
+            later = next((cp.at for cp in parcel.later if looks_at(s, cp)), None)
+            if later is not None:
+                candidates.append(later)
         created = shipment.created_at
         if created is not None and created > now and shipment.initial_estimate is not None:
             if any(rule.looks_at(s, created, None, True) for rule in LOOKING):

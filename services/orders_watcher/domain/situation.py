@@ -5,10 +5,8 @@ derived once for all the rules (`Situation`, and `Parcel` per shipment). Pure.""
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cached_property
 from typing import Any, Literal
 
 from services.orders_watcher.domain.model import (
@@ -109,50 +107,66 @@ def known(moment: datetime | None, now: datetime) -> datetime | None:
     return moment if moment is not None and moment <= now else None
 
 
-@dataclass(frozen=True)
 class Situation:
-    """One order at `now`. `delivered`: when it was delivered, if by `now`;
-    `delivered_any`: also if a delivery scan dated later was read already. Only for an
-    order whose placement is known (`order`)."""
+    """One order at `now`, with what the rules share derived once (this runs for every
+    record: plain attributes, the costlier parts computed when first asked).
+    `delivered`: when the order was delivered, if by `now`; `delivered_any`: also if a
+    delivery scan dated later was read already. Only for an order whose placement is
+    known (`order`)."""
 
-    state: OrderState
-    order: OrderFacts
-    now: datetime
-    config: DetectionConfig
-    delivered: datetime | None
-    delivered_any: datetime | None
+    __slots__ = (
+        "_estimates",
+        "_parcels",
+        "_slipped_ever",
+        "at_risk_after",
+        "cancelled_at",
+        "config",
+        "delivered",
+        "delivered_any",
+        "horizon",
+        "now",
+        "order",
+        "settled",
+        "stall_threshold",
+        "state",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        state: OrderState,
+        order: OrderFacts,
+        now: datetime,
+        config: DetectionConfig,
+        delivered_any: datetime | None,
+    ) -> None:
+        self.state, self.order, self.now, self.config = state, order, now, config
+        self.delivered_any = delivered_any
+        self.delivered = known(delivered_any, now)
+        cancelled = self.cancelled_at = state.cancelled_at
+        #: Delay rules stop at cancellation: nothing after it is a delay.
+        self.horizon = now if cancelled is None or now <= cancelled else cancelled
+        #: Absence is only certain once late events have had their chance to arrive:
+        #: facts dated before this moment are all known (a cancellation ends it earlier).
+        settled = now - config.allowed_lateness
+        self.settled = cancelled if cancelled is not None and cancelled < settled else settled
+        #: An estimate past this puts the promised delivery at risk.
+        self.at_risk_after = order.promised_delivery_by + config.at_risk_margin
+        fast = order.shipping_method in config.fast_methods
+        self.stall_threshold = config.stall_after_fast if fast else config.stall_after
+        self._estimates: tuple[Estimate, Estimate] | None = None
+        self._slipped_ever: bool | None = None
+        self._parcels: dict[str, Parcel] = {}
 
     @classmethod
     def of(
         cls, state: OrderState, now: datetime, config: DetectionConfig, delivered_any: Any
     ) -> Situation | None:
-        if state.order is None:
-            return None
-        delivered = known(delivered_any, now)
-        return cls(state, state.order, now, config, delivered, delivered_any)
-
-    @property
-    def cancelled_at(self) -> datetime | None:
-        return self.state.cancelled_at
+        return None if state.order is None else cls(state, state.order, now, config, delivered_any)
 
     @property
     def under_way(self) -> bool:
         """Not cancelled (whenever the cancellation is dated)."""
-        return self.state.cancelled_at is None
-
-    @cached_property
-    def horizon(self) -> datetime:
-        """Delay rules stop at cancellation: nothing after it is a delay."""
-        cancelled = self.cancelled_at
-        return self.now if cancelled is None or self.now <= cancelled else cancelled
-
-    @cached_property
-    def settled(self) -> datetime:
-        """Absence is only certain once late events have had their chance to arrive:
-        facts dated before this moment are all known (a cancellation ends it earlier)."""
-        settled = self.now - self.config.allowed_lateness
-        cancelled = self.cancelled_at
-        return cancelled if cancelled is not None and cancelled < settled else settled
+        return self.cancelled_at is None
 
     def closing(self) -> Closing:
         """Whether an incident about the order's delivery is still open; if not, why and
@@ -160,45 +174,47 @@ class Situation:
         cancelled = self.cancelled_at
         if cancelled is not None and cancelled <= self.now:
             return False, "cancelled", cancelled
-        if self.delivered is not None and self.delivered <= self.now:
+        if self.delivered is not None:
             return False, "delivered", self.delivered
         return True, None, None
 
-    @cached_property
+    @property
     def estimates(self) -> tuple[Estimate, Estimate]:
         """The carrier's latest estimate said by `settled`, and by `horizon`."""
-        return latest_estimates(self.state, self.settled, self.horizon)
+        if self._estimates is None:
+            self._estimates = latest_estimates(self.state, self.settled, self.horizon)
+        return self._estimates
 
     @property
-    def at_risk_after(self) -> datetime:
-        """An estimate past this puts the promised delivery at risk."""
-        return self.order.promised_delivery_by + self.config.at_risk_margin
-
-    @cached_property
     def any_open(self) -> bool:
+        """Whether an incident told about the order is open (asked anew each time: the
+        incidents told change as a conclusion goes)."""
         return any(e.status == "open" for e in self.state.emitted.values())
 
-    @cached_property
+    @property
     def slipped_ever(self) -> bool:
         """Whether an estimate said (by now or later) lies past the promise and margin."""
-        after = self.at_risk_after
-        return any(
-            (sh.initial_estimate is not None and sh.initial_estimate > after)
-            or any(
-                cp.estimated_delivery_at is not None and cp.estimated_delivery_at > after
-                for cp in sh.checkpoints
+        if self._slipped_ever is None:
+            after = self.at_risk_after
+            self._slipped_ever = any(
+                (sh.initial_estimate is not None and sh.initial_estimate > after)
+                or any(
+                    cp.estimated_delivery_at is not None and cp.estimated_delivery_at > after
+                    for cp in sh.checkpoints
+                )
+                for sh in self.state.shipments.values()
             )
-            for sh in self.state.shipments.values()
-        )
+        return self._slipped_ever
 
-    @cached_property
-    def stall_threshold(self) -> timedelta:
-        config = self.config
-        fast = self.order.shipping_method in config.fast_methods
-        return config.stall_after_fast if fast else config.stall_after
+    def parcel(self, shipment: ShipmentState) -> Parcel:
+        """The shipment at this moment (derived once per situation)."""
+        found = self._parcels.get(shipment.shipment_id)
+        if found is None:
+            found = self._parcels[shipment.shipment_id] = Parcel.of(shipment, self.now)
+        return found
 
 
-@dataclass(frozen=True)
+@dataclass
 class Parcel:
     """One shipment of the order at the situation's moment: its checkpoints split into
     those that have happened (`seen`) and those dated later, read already (`later`;
@@ -208,12 +224,22 @@ class Parcel:
     seen: tuple[Checkpoint, ...]
     later: tuple[Checkpoint, ...]
     delivered: datetime | None  # its first delivery scan, if by now
+    by_status: dict[str, list[Checkpoint]]  # those seen, per status, in event order
 
     @classmethod
     def of(cls, shipment: ShipmentState, now: datetime) -> Parcel:
         points = shipment.checkpoints
-        split = bisect_right(points, now, key=lambda cp: cp.at)
-        return cls(shipment, points[:split], points[split:], known(shipment.delivered_at(), now))
+        split = len(points)
+        while split and points[split - 1].at > now:  # the later ones are few, at the end
+            split -= 1
+        seen = points[:split]
+        by_status: dict[str, list[Checkpoint]] = {}
+        delivered = None
+        for cp in seen:
+            by_status.setdefault(cp.status, []).append(cp)
+            if delivered is None and cp.status == "delivered":
+                delivered = cp.at
+        return cls(shipment, seen, points[split:], delivered, by_status)
 
     @property
     def sid(self) -> str:
@@ -232,14 +258,6 @@ class Parcel:
             "tracking_number": shipment.tracking_number,
             "tracking_url": shipment.tracking_url,
         }
-
-    @cached_property
-    def by_status(self) -> dict[str, list[Checkpoint]]:
-        """The checkpoints that have happened, per status, in event order."""
-        grouped: dict[str, list[Checkpoint]] = {}
-        for cp in self.seen:
-            grouped.setdefault(cp.status, []).append(cp)
-        return grouped
 
     def closing(self, s: Situation) -> Closing:
         """Whether an incident about this parcel is still open; if not, why and since when."""
