@@ -115,7 +115,7 @@ class DispatchLate(OrderRule):
 
     def incident(self, s: Situation) -> IncidentView | None:
         order, promised = s.order, s.order.promised_ship_by
-        dispatched = known(s.state.dispatched_at(), s.now)
+        dispatched = known(s.dispatched_any, s.now)
         late = (dispatched is None and s.settled >= promised) or (
             dispatched is not None
             and dispatched > promised
@@ -137,12 +137,9 @@ class DispatchLate(OrderRule):
         )
 
     def deadlines(self, s: Situation) -> list[datetime]:
-        shipments = s.state.shipments.values()
-        if not s.under_way or any(
-            sh.created_at is not None and sh.created_at <= s.now for sh in shipments
-        ):
+        first = s.dispatched_any  # a dispatch dated later, read already, counts too
+        if not s.under_way or (first is not None and first <= s.now):
             return []
-        first = s.state.dispatched_at()  # a dispatch dated later, read already
         if first is None or first > s.order.promised_ship_by:
             return [s.order.promised_ship_by + s.config.allowed_lateness]
         return []
@@ -192,6 +189,8 @@ class DeliveryAtRisk(OrderRule):
         """While an estimate known by now lies past the promise and its margin, each
         estimate's settling (its moment plus the allowed lateness) may change which
         one the incident tells."""
+        if not s.slipped_ever:
+            return []  # no estimate, known now or later, lies past the margin
         late, after = s.config.allowed_lateness, s.at_risk_after
         settling: list[datetime] = []
         slipped = False

@@ -123,6 +123,7 @@ class Situation:
         "config",
         "delivered",
         "delivered_any",
+        "dispatched_any",
         "horizon",
         "now",
         "order",
@@ -153,6 +154,8 @@ class Situation:
         self.at_risk_after = order.promised_delivery_by + config.at_risk_margin
         fast = order.shipping_method in config.fast_methods
         self.stall_threshold = config.stall_after_fast if fast else config.stall_after
+        #: The first shipment's creation, if dated later too.
+        self.dispatched_any = state.dispatched_at()
         self._estimates: tuple[Estimate, Estimate] | None = None
         self._slipped_ever: bool | None = None
         self._parcels: dict[str, Parcel] = {}
