@@ -22,9 +22,13 @@ from services.orders_watcher.domain.model import HeldEvent, OrderState
 
 SOURCE = "/outreach/orders_watcher"
 log = get_logger(__name__)
+
+
 class Outcome(handling.Outcome[OrderState]):
     """What one handler call decided about an order (common/handling.py). A class of its
     own, not the generic alias: calling an alias costs a microsecond a record."""
+
+
 HANDLED_TYPES = frozenset(facts.FACTS)
 
 

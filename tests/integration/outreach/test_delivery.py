@@ -89,9 +89,7 @@ async def test_429_is_retried_later_honouring_retry_after(outreach, sendgrid_dou
 
 
 async def test_an_invalid_number_falls_back_to_email(outreach, twilio_double, sendgrid_double):
-    outreach.plans.plans[("c-1", "*")] = plan(
-        ChannelOption("sms", "+4900000", True, "ok"), EMAIL
-    )
+    outreach.plans.plans[("c-1", "*")] = plan(ChannelOption("sms", "+4900000", True, "ok"), EMAIL)
     await outreach.delivery.on_request(request(), NOON)
     row, history = await statuses(outreach)
     assert row.status == "sent" and row.channel == "email"
