@@ -28,7 +28,7 @@ class LocalBroker:
     partitions: int = 4
     topics: dict[str, list[list[ConsumerRecord[bytes, bytes]]]] = field(default_factory=dict)
     committed: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
-    _arrived: asyncio.Event | None = None
+    _arrived: asyncio.Event | None = field(default=None, init=False, repr=False)
 
     def create_topic(self, name: str, partitions: int | None = None) -> None:
         self.topics.setdefault(name, [[] for _ in range(partitions or self.partitions)])
@@ -68,7 +68,8 @@ class LocalBroker:
         return partition, offset
 
     def end(self, tp: TopicPartition) -> int:
-        return len(self.topics.get(tp.topic, [[]] * (tp.partition + 1))[tp.partition])
+        partitions = self.topics.get(tp.topic)
+        return len(partitions[tp.partition]) if partitions else 0
 
     def consumer(
         self,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
+
 from common import handling, schemas
 from common.envelope import CloudEvent, derived_id, new_event
 from common.kafka import Outgoing
@@ -261,17 +263,14 @@ class RiskDetector:
         )
         rules.record_request(profile, d, at)
         REQUESTS.labels(d.intent, d.message_kind).inc()
-        return Outgoing(
-            topic=self.topics.requests,
-            key=profile.customer_id,
-            event=new_event(
-                type="outreach.request.created",
-                source=SOURCE,
-                subject=d.request_id,
-                id=derived_id("request", d.request_id),
-                time=at,
-                data=request.model_dump(mode="json"),
-            ),
+        return _outgoing(
+            self.topics.requests,
+            profile.customer_id,
+            "outreach.request.created",
+            d.request_id,
+            derived_id("request", d.request_id),
+            at,
+            request,
         )
 
     def _handoff(self, profile: Profile, h: rules.HandoffDecision, now: datetime) -> Outgoing:
@@ -283,17 +282,14 @@ class RiskDetector:
             reasons=[schemas.Reason.model_validate(r) for r in h.reasons],
             summary=h.summary,
         )
-        return Outgoing(
-            topic=self.topics.handoffs,
-            key=profile.customer_id,
-            event=new_event(
-                type="support.handoff.requested",
-                source=SOURCE,
-                subject=profile.customer_id,
-                id=derived_id("handoff", h.handoff_id),
-                time=now,
-                data=handoff.model_dump(mode="json"),
-            ),
+        return _outgoing(
+            self.topics.handoffs,
+            profile.customer_id,
+            "support.handoff.requested",
+            profile.customer_id,
+            derived_id("handoff", h.handoff_id),
+            now,
+            handoff,
         )
 
     def _risk_score(self, profile: Profile, d: rules.RequestDecision, current: Any) -> float | None:
@@ -334,3 +330,24 @@ class RiskDetector:
             "requests": [r.model_dump(mode="json") for r in profile.requests],
             "handoffs": [h.model_dump(mode="json") for h in profile.handoffs],
         }
+
+
+def _outgoing(
+    topic: str,
+    key: str,
+    type_: str,
+    subject: str,
+    event_id: str,
+    at: datetime,
+    payload: BaseModel,
+) -> Outgoing:
+    """A record of risk_detector's, keyed by the customer."""
+    event = new_event(
+        type=type_,
+        source=SOURCE,
+        subject=subject,
+        id=event_id,
+        time=at,
+        data=payload.model_dump(mode="json"),
+    )
+    return Outgoing(topic=topic, key=key, event=event)

@@ -9,11 +9,12 @@ compares what they say with what was told. Pure.
 
 from __future__ import annotations
 
+import abc
 from datetime import datetime
 from typing import Any
 
 from common.schemas import IncidentKind
-from services.orders_watcher.domain.model import Checkpoint, ReturnState
+from services.orders_watcher.domain.model import ReturnState
 from services.orders_watcher.domain.situation import (
     Closing,
     IncidentView,
@@ -89,17 +90,23 @@ class Rule:
         )
 
 
-class OrderRule(Rule):
+class OrderRule(Rule, abc.ABC):
+    """A rule about the order as a whole."""
+
+    @abc.abstractmethod
     def incident(self, s: Situation) -> IncidentView | None:
-        raise NotImplementedError
+        """The incident the order's facts imply now, if any."""
 
     def deadlines(self, s: Situation) -> list[datetime]:
         return []
 
 
-class ShipmentRule(Rule):
+class ShipmentRule(Rule, abc.ABC):
+    """A rule about one shipment of the order."""
+
+    @abc.abstractmethod
     def incident(self, s: Situation, parcel: Parcel) -> IncidentView | None:
-        raise NotImplementedError
+        """The incident the parcel's facts imply now, if any."""
 
     def deadlines(self, s: Situation, parcel: Parcel) -> list[datetime]:
         return []
@@ -482,15 +489,15 @@ REFUND_LATE = RefundLate()
 LOOKING: tuple[Rule, ...] = (*ORDER_RULES, *SHIPMENT_RULES)
 
 
-def looks_at(s: Situation, cp: Checkpoint) -> bool:
-    """Whether a checkpoint dated later, read already, changes some incident by itself
-    when time reaches it: a status that raises or updates one at once, a delivery while
-    one is open (it closes it), an estimate that may move delivery_at_risk or
-    delivery_late."""
-    if cp.status == "delivered" and s.any_open:
+def looks_at(s: Situation, at: datetime, status: str | None, estimate: bool) -> bool:
+    """Whether a fact dated later, read already (a checkpoint with `status`, or a
+    shipment's creation: `status` None; `estimate`: it carries a carrier estimate),
+    changes some incident by itself when time reaches it: a status that raises or
+    updates one at once, a delivery while one is open (it closes it), an estimate that
+    may move delivery_at_risk or delivery_late."""
+    if status == "delivered" and s.any_open:
         return True
-    estimate = cp.estimated_delivery_at is not None
-    return any(rule.looks_at(s, cp.at, cp.status, estimate) for rule in LOOKING)
+    return any(rule.looks_at(s, at, status, estimate) for rule in LOOKING)
 
 
 __all__ = [

@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from common.schemas import IncidentKind
 from services.orders_watcher.domain.kinds import (
-    LOOKING,
     ORDER_RULES,
     REFUND_LATE,
     SHIPMENT_RULES,
@@ -228,12 +227,19 @@ def _next_deadline(
         for shipment_rule in TIMED_SHIPMENT_RULES:
             candidates += shipment_rule.deadlines(s, parcel)
         if parcel.later:
-            later = next((cp.at for cp in parcel.later if looks_at(s, cp)), None)
+            later = next(
+                (
+                    cp.at
+                    for cp in parcel.later
+                    if looks_at(s, cp.at, cp.status, cp.estimated_delivery_at is not None)
+                ),
+                None,
+            )
             if later is not None:
                 candidates.append(later)
         created = shipment.created_at
         if created is not None and created > now and shipment.initial_estimate is not None:
-            if any(rule.looks_at(s, created, None, True) for rule in LOOKING):
+            if looks_at(s, created, None, True):
                 candidates.append(created)
     for ret in state.returns.values():
         candidates += REFUND_LATE.deadlines(s, ret)

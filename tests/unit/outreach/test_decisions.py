@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, time
 
 import pytest
@@ -19,27 +20,18 @@ from services.outreach.domain.decisions import (
     recheck,
     revision_of,
 )
+from tests.outreach_requests import EMAIL, SMS
+from tests.outreach_requests import plan as base_plan
 
 NOON_BERLIN = datetime(2026, 3, 2, 11, 0, tzinfo=UTC)  # 12:00 in Berlin
 NIGHT_BERLIN = datetime(2026, 3, 2, 22, 30, tzinfo=UTC)  # 23:30 in Berlin
 
 
 def plan(*channels: ChannelOption, known: bool = True, opt_in: bool = True) -> ContactPlan:
-    return ContactPlan(
-        customer_id="c-1",
-        known=known,
-        first_name="Ada",
-        locale="de-DE",
-        time_zone="Europe/Berlin",
-        quiet_start=time(21),
-        quiet_end=time(8),
-        marketing_opt_in=opt_in,
-        channels=channels,
-    )
+    """Ada's plan, consenting to marketing unless told otherwise."""
+    return replace(base_plan(*channels, opt_in=opt_in), known=known)
 
 
-EMAIL = ChannelOption("email", "ada@example.com", True, "ok")
-SMS = ChannelOption("sms", "+4915112345678", True, "ok")
 SMS_OPTED_OUT = ChannelOption("sms", "+4915112345678", False, "opted_out")
 EMAIL_MISSING = ChannelOption("email", "", False, "no_contact")
 
