@@ -16,16 +16,14 @@ comes (every `tick_interval_s`). Built by bootstrap.py.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import faust
 
 from common.aligned import AlignedInput, deadlines_in_order
-from common.batched_input import InFlight, fatal, outputs_delivered
+from common.batched_input import InFlight, fatal
 from common.clock import Clock, WallClock, WatermarkClock
 from common.deadlines import DeadlineSchedule
 from common.envelope import CloudEvent
@@ -34,6 +32,7 @@ from common.kafka import DeadLetters, InputMessage, MessageProcessor, ProducerPo
 from common.logs import get_logger
 from common.marks import MarkPublisher
 from common.metrics import EVENTS_CONSUMED, child
+from common.pipeline import Batch, BatchPipeline, faust_acknowledge
 from common.streaming import InputProgress, PartitionHolds, StreamWorker, input_message_of
 from services.orders_watcher.adapters import order_table
 from services.orders_watcher.adapters.order_table import OrderTable
@@ -78,20 +77,6 @@ class _Touched:
     state: OrderState | None
 
 
-@dataclass
-class _Batch:
-    """What a batch of records decided, held until its outputs are delivered; its records,
-    to acknowledge once its states are written; its number (increasing)."""
-
-    number: int = 0
-    records: list[Any] = field(default_factory=list)
-    in_flight: InFlight | None = None
-    touched: dict[str, _Touched] = field(default_factory=dict)
-    acks: list[Awaitable[Any]] = field(default_factory=list)
-    finished: asyncio.Future[None] | None = None  # its finishing (`_finish`), once begun
-    clock_ms: int = 0  # the event clock when it was handed over (ms)
-
-
 class WatcherRuntime(StreamWorker):
     def __init__(self, settings: Settings, ports: WatcherPorts) -> None:
         self.clock = ports.clock
@@ -123,10 +108,11 @@ class WatcherRuntime(StreamWorker):
         self.deadletters = DeadLetters(self.producer, self.topics.deadletter(SERVICE), SERVICE)
         self.processor = MessageProcessor(SERVICE, self._on_event, self.deadletters, self.clock)
         # The batch being handled, and the ones before it while they are being finished
-        # (outputs acknowledged, states written, records acknowledged) in the background,
-        # oldest first: at most `batches_in_flight` of them.
-        self._batch = _Batch()
-        self._finishing: list[_Batch] = []
+        # (outputs acknowledged, states written, records acknowledged) in the background:
+        # at most `batches_in_flight` of them.
+        self.pipeline: BatchPipeline[_Touched] = BatchPipeline(
+            self.producer, faust_acknowledge(self.app), self, settings.batches_in_flight
+        )
         self._due_turn = 0  # which partition's due orders go first (_handle_due)
         self._before_record = 0.0  # the clock before the record in hand moved it
         self._heap_frozen = False
@@ -176,10 +162,11 @@ class WatcherRuntime(StreamWorker):
     async def _handle_fetched(self, messages: list[Any], in_flight: InFlight | None) -> bool:
         """Handle the records in order, each order's state carried from record to record
         in memory, and the orders whose deadline the clock passes, as soon as it has;
-        then hand the batch over to be finished (`_finish`) while the next one is handled.
+        then hand the batch over to be finished (common/pipeline.py) while the next one is
+        handled.
         Returns whether deadlines are still due (the consumer then calls again without
         waiting for records)."""
-        batch = self._batch = _Batch(self._batch.number + 1, messages, in_flight)
+        batch = self.pipeline.begin(in_flight, messages)
         self.heartbeat.beat()
         highwater = self.app.consumer.highwater
         # Due orders this batch may act on: a wave of deadlines is spread over the
@@ -204,7 +191,7 @@ class WatcherRuntime(StreamWorker):
             if budget > 0 and self.schedule.partitions_due(self.clock.now().timestamp()):
                 budget -= (await self._handle_due(budget))[0]
         more = (await self._handle_due(budget))[1]
-        await self._hand_over(batch)
+        await self.pipeline.hand_over(self._clock_ms())
         return more
 
     async def _handle_aligned(self, messages: list[Any], in_flight: InFlight | None) -> bool:
@@ -215,7 +202,7 @@ class WatcherRuntime(StreamWorker):
         aligned = self.aligned
         assert aligned is not None
         self.heartbeat.beat()
-        batch = self._batch = _Batch(self._batch.number + 1, [], in_flight)
+        batch = self.pipeline.begin(in_flight)
         await aligned.take(messages)
         if not self.schedule.ready:
             self.schedule.check_recovered()
@@ -227,70 +214,29 @@ class WatcherRuntime(StreamWorker):
 
         # Time passes once the deadlines are known.
         await aligned.step(bool(messages), self._act_on_due, handle, ready=self.schedule.ready)
-        await self._hand_over(batch)
+        await self.pipeline.hand_over(self._clock_ms())
         return False
 
     async def _deadline_passed(self, order_id: str, partition: int, now: datetime) -> None:
         await self._act_on_deadline(order_id, partition, self._load(order_id, partition), now)
 
-    async def _hand_over(self, batch: _Batch) -> None:
-        """Finish the batch in the background (`_finish`) while the next one is handled."""
-        batch.clock_ms = int(self.clock.now().timestamp() * 1000)
-        if not (batch.records or batch.touched or batch.acks):
-            if batch.in_flight is not None:
-                batch.in_flight.done()
-            if not self._finishing:
-                # Idle and read to the end: nothing can be decided at the clock any more.
-                complete = self.aligned is not None and self.aligned.complete
-                await self._mark(batch.clock_ms + (1 if complete else 0))
-            return
-        # Batches are finished in order, a few at a time: the oldest must be done
-        # before another joins them.
-        while len(self._finishing) >= self.settings.batches_in_flight:
-            oldest = self._finishing[0].finished
-            assert oldest is not None
-            await asyncio.wait([oldest])
-        previous = self._finishing[-1].finished if self._finishing else None
-        self._finishing.append(batch)
-        batch.finished = asyncio.ensure_future(self._finish(batch, previous))
-        self._batch = _Batch(batch.number)
+    def _clock_ms(self) -> int:
+        return int(self.clock.now().timestamp() * 1000)
 
-    async def _finish(self, batch: _Batch, previous: asyncio.Future[None] | None) -> None:
-        """Wait once for every output of the batch to be acknowledged, and only then write
-        its changed states (one table write per order per batch) and acknowledge its
-        records, after the batch before it (`previous`) has done the same. A crash before
-        the writes re-reads the batch from the last commit and emits the same records
-        again under the same ids (downstream dedupes by id); it cannot record as emitted
-        what never reached the broker. The next batches are handled meanwhile, reading
-        this one's states from memory, not from the table."""
-        try:
-            await self._write(batch, previous)
-        except Exception as exc:
-            fatal("batch_failed", exc)
-        finally:
-            self._finishing.remove(batch)
-        ack = self.app.consumer.ack
-        for message in batch.records:
-            ack(message)  # not the records admission keeps back (marked acked already)
-        if batch.in_flight is not None:
-            batch.in_flight.done()
+    # --- a batch finished (common/pipeline.py) -------------------------------------------
 
-    async def _write(self, batch: _Batch, previous: asyncio.Future[None] | None = None) -> None:
-        results = await outputs_delivered(self.producer, batch.acks)
+    async def delivered(self, batch: Batch[_Touched], results: list[Any]) -> None:
         if self.marks is not None:
             self.marks.acknowledged(results)
-        if previous is not None:
-            # Its outputs are in; its table writes and acknowledgements go after those of
-            # the batch before it (which a failure there ends the process before).
-            await previous
-        # Every output decided before the batch's end is in (the batches before it are).
+
+    async def write(self, batch: Batch[_Touched]) -> None:
+        """Every output decided before the batch's end is in (the batches before it are
+        written): write its changed states, one table write per order."""
         await self._mark(batch.clock_ms)
         by_partition: dict[int, list[tuple[str, bytes | None]]] = {}
-        newer = [b.touched for b in self._finishing if b.number > batch.number]
-        newer.append(self._batch.touched)
         for order_id, touched in batch.touched.items():
             by_partition.setdefault(touched.partition, []).append((order_id, touched.value))
-            if touched.state is None or any(order_id in later for later in newer):
+            if touched.state is None or self.pipeline.changed_later(batch, order_id):
                 # Dropped, or changed again by a later batch: that one puts its own.
                 self.states.discard(order_id)
             else:
@@ -300,6 +246,13 @@ class WatcherRuntime(StreamWorker):
         for partition, changes in by_partition.items():
             await self.table.write(partition, changes)
         self.schedule.written(batch.number)
+
+    async def idle(self, batch: Batch[_Touched]) -> None:
+        """Nothing handled and nothing being finished: on the event clock, say how far
+        incidents are complete (past the clock when read to the end: nothing can be
+        decided at it any more)."""
+        complete = self.aligned is not None and self.aligned.complete
+        await self._mark(batch.clock_ms + (1 if complete else 0))
 
     async def _mark(self, clock_ms: int) -> None:
         """On the event clock: say that every incident decided before `clock_ms` is on the
@@ -375,17 +328,13 @@ class WatcherRuntime(StreamWorker):
         What is handed out is taken out of the batch or the cache until it is staged
         again (see adapters/state_cache.py); a state a batch being finished hands to the
         cache is in one place at a time."""
-        touched = self._batch.touched.get(order_id)
+        touched = self.pipeline.current.touched.get(order_id)
         if touched is not None:
             state, touched.state = touched.state, None
             value = touched.value
         else:
             state = self.states.take_quietly(order_id)
-            finishing = None
-            for earlier in reversed(self._finishing):
-                finishing = earlier.touched.get(order_id)
-                if finishing is not None:
-                    break
+            finishing = self.pipeline.latest_finishing(order_id)
             # A hit: the state comes from memory (the cache, or a batch being finished),
             # not the table.
             self.states.count(state is not None or finishing is not None)
@@ -403,7 +352,7 @@ class WatcherRuntime(StreamWorker):
     async def _stage(self, order_id: str, partition: int, outcome: Outcome) -> None:
         """Send the outcome's records (acknowledged before the batch is written) and keep
         the order's new state for the batch."""
-        batch = self._batch
+        batch = self.pipeline.current
         # On the event clock, each incident is stamped with the moment it was decided.
         decided = self.clock.now() if self.marks is not None else None
         await self.producer.emit(SERVICE, outcome.records, acks=batch.acks, at=decided)

@@ -31,13 +31,14 @@ import faust
 from faust.types import TP
 
 from common.aligned import AlignedInput, deadlines_in_order, faust_fetching, faust_mark_sender
-from common.batched_input import InFlight, fatal, outputs_delivered
+from common.batched_input import InFlight, fatal
 from common.clock import WatermarkClock
 from common.deadlines import DeadlineSchedule
 from common.kafka import Headers, InputMessage, MessageProcessor, ProducerPort
 from common.logs import get_logger
 from common.marks import MarkPublisher, instance_name
 from common.ops_http import Heartbeat
+from common.pipeline import Batch, BatchPipeline, faust_acknowledge
 from common.streaming import InputProgress, at_partition
 from services.risk_detector.config import Settings
 
@@ -113,7 +114,11 @@ class EventClockRunner:
             faust_mark_sender(runtime.app),
             outputs=(runtime.facts_name,),
         )
-        self.acks: list[Awaitable[Any]] = []  # the batch's outputs
+        # Each batch finished before the next is handled (`depth` 0): its tables are
+        # faust's, written as it is handled.
+        self.pipeline: BatchPipeline[None] = BatchPipeline(
+            runtime.producer, faust_acknowledge(runtime.app), self, 0
+        )
         self._facts_ends: dict[tuple[str, int], int] | None = None
         self._own_facts_read = False
         self._act_on_due = deadlines_in_order(clock, runtime.schedule.index, self._check_rhythm)
@@ -132,22 +137,24 @@ class EventClockRunner:
 
     # --- a batch -------------------------------------------------------------------------
 
+    @property
+    def acks(self) -> list[Awaitable[Any]]:
+        """The outputs of the batch in hand."""
+        return self.pipeline.current.acks
+
     async def on_batch(self, messages: list[Any], in_flight: InFlight | None) -> bool:
         try:
-            await self._handle_batch(messages)
+            await self._handle_batch(messages, in_flight)
         except Exception as exc:
             # Not the input's fault (the processors dead-letter those): a table or the
             # producer failed. Returning would let the batch's records be acknowledged.
             fatal("batch_failed", exc)
-        if in_flight is not None:
-            in_flight.done()
         return False
 
-    async def _handle_batch(self, messages: list[Any]) -> None:
+    async def _handle_batch(self, messages: list[Any], in_flight: InFlight | None) -> None:
         rt = self.rt
         rt.heartbeat.beat()
-        self.acks = []
-        handled: list[Any] = []
+        handled = self.pipeline.begin(in_flight).records
         for message, msg in await self.aligned.take(messages):
             # An erased customer's orders to forget: a command, not a fact in time.
             with at_partition(msg.topic, msg.partition):
@@ -166,23 +173,26 @@ class EventClockRunner:
 
         await self.aligned.step(bool(messages), self._act_on_due, handle, ready=rt.schedule.ready)
         # Idle and read to the end: nothing can be decided at the clock any more.
-        await self._finish(handled, past_clock=not messages and self.aligned.complete)
+        past_clock = not messages and self.aligned.complete
+        await self.pipeline.hand_over(int(self.clock.now().timestamp() * 1000) + past_clock)
 
     async def _check_rhythm(self, customer_id: str, partition: int, now: datetime) -> None:
         with at_partition(self.rt.facts_name, partition):
             await self.rt.check_rhythm(customer_id, partition, now)
 
-    async def _finish(self, handled: list[Any], *, past_clock: bool = False) -> None:
-        """Once the batch's outputs are acknowledged: say how far they are complete, and
-        acknowledge its records (faust commits their offsets after its tables' writes)."""
-        acks, self.acks = self.acks, []
-        results = await outputs_delivered(self.rt.producer, acks)
+    # --- a batch finished (common/pipeline.py) -----------------------------------------
+
+    async def delivered(self, batch: Batch[None], results: list[Any]) -> None:
         self.marks.acknowledged(results)
         self.rekey_marks.acknowledged(results)
-        await self._mark(int(self.clock.now().timestamp() * 1000) + (1 if past_clock else 0))
-        ack = self.rt.app.consumer.ack
-        for message in handled:
-            ack(message)
+
+    async def write(self, batch: Batch[None]) -> None:
+        """The batch's outputs are in: say how far they are complete (faust commits its
+        records' offsets after its tables' writes)."""
+        await self._mark(batch.clock_ms)
+
+    async def idle(self, batch: Batch[None]) -> None:
+        await self._mark(batch.clock_ms)
 
     # --- order facts -------------------------------------------------------------------
 

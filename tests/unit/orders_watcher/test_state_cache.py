@@ -4,10 +4,12 @@ failed handler changed, and forgotten on every rebalance."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from common.metrics import STATE_CACHE
+from common.pipeline import Batch
 from services.orders_watcher.adapters import order_table
 from services.orders_watcher.adapters.state_cache import StateCache
 from services.orders_watcher.bootstrap import bootstrap
@@ -15,7 +17,7 @@ from services.orders_watcher.config import Settings
 from services.orders_watcher.domain.model import OrderState, decode_state, encode_state
 from services.orders_watcher.entrypoints.stream import wire
 from services.orders_watcher.handlers import Outcome
-from services.orders_watcher.runtime import WatcherRuntime, _Batch
+from services.orders_watcher.runtime import WatcherRuntime
 from tests.unit.orders_watcher.fakes import Table
 
 
@@ -59,13 +61,13 @@ def runtime(monkeypatch: pytest.MonkeyPatch) -> WatcherRuntime:
 
 def handled(runtime: WatcherRuntime, order_id: str) -> OrderState:
     """One record's round: load, change, stage, write the batch."""
-    runtime._batch = _Batch()
+    runtime.pipeline.current = Batch()
     loaded = runtime._load(order_id, 0)
     assert loaded is not None
     loaded.remember(f"e-{len(loaded.seen_event_ids)}")
     asyncio.run(runtime._stage(order_id, 0, Outcome(state=loaded)))
-    batch, runtime._batch = runtime._batch, _Batch()  # the next batch is handled
-    asyncio.run(runtime._write(batch))
+    batch, runtime.pipeline.current = runtime.pipeline.current, Batch()  # the next batch is handled
+    asyncio.run(runtime.write(batch))
     return loaded
 
 
@@ -81,7 +83,7 @@ def test_the_next_batch_gets_the_written_state_without_reading_the_table(runtime
 
 def test_a_state_a_handler_failed_on_is_read_again_from_the_table(runtime):
     handled(runtime, "o-1")
-    runtime._batch = _Batch()
+    runtime.pipeline.current = Batch()
     taken = runtime._load("o-1", 0)
     assert taken is not None
     taken.remember("e-half-way")  # the handler fails here: nothing is staged
@@ -91,7 +93,7 @@ def test_a_state_a_handler_failed_on_is_read_again_from_the_table(runtime):
 
 
 def test_within_a_batch_a_failed_handler_leaves_the_staged_value_not_its_changes(runtime):
-    runtime._batch = _Batch()
+    runtime.pipeline.current = Batch()
     loaded = runtime._load("o-1", 0)
     assert loaded is not None
     loaded.remember("e-0")
@@ -109,7 +111,7 @@ def test_a_rebalance_forgets_every_state(runtime):
     asyncio.run(runtime.app.on_partitions_revoked.send(revoked=set()))
     assert len(runtime.states) == 0
     reads = runtime.table.reads
-    runtime._batch = _Batch()
+    runtime.pipeline.current = Batch()
     assert runtime._load("o-1", 0) is not None
     assert runtime.table.reads == reads + 1
 
@@ -123,12 +125,12 @@ def change(runtime: WatcherRuntime, event_id: str) -> OrderState:
     return loaded
 
 
-def finish_later(runtime: WatcherRuntime) -> _Batch:
+def finish_later(runtime: WatcherRuntime) -> Batch[Any]:
     """The batch in hand goes to be finished (its outputs not acknowledged yet, so not
     written), and the next one is handled."""
-    batch = runtime._batch
-    runtime._finishing.append(batch)
-    runtime._batch = _Batch(batch.number + 1)
+    batch = runtime.pipeline.current
+    runtime.pipeline.finishing.append(batch)
+    runtime.pipeline.current = Batch(batch.number + 1)
     return batch
 
 
@@ -139,13 +141,13 @@ def seen_in_table(runtime: WatcherRuntime) -> tuple[str, ...]:
 def test_the_batch_being_finished_lends_its_states_to_the_next_one_once(runtime):
     # Batch 1 waits for its outputs while batch 2 is handled: batch 2 takes the order's
     # state from batch 1 (not the table), and batch 1's write then leaves it to batch 2.
-    runtime._batch = _Batch(1)
+    runtime.pipeline.current = Batch(1)
     loaded = change(runtime, "e-0")
     first = finish_later(runtime)
     reads = runtime.table.reads
     again = change(runtime, "e-1")
     assert again is loaded and runtime.table.reads == reads
-    asyncio.run(runtime._write(first))
+    asyncio.run(runtime.write(first))
     assert runtime.states.take("o-1") is None  # batch 2 will put its own
     assert seen_in_table(runtime) == ("e-0",)
     assert runtime._load("o-1", 0) is again  # batch 2's own
@@ -155,7 +157,7 @@ def test_of_batches_being_finished_the_next_one_takes_the_latest_state(runtime):
     # Batches 1 and 2 both changed the order and wait for their outputs while batch 3 is
     # handled (ORDERS_WATCHER_BATCHES_IN_FLIGHT=3): batch 3 takes batch 2's state; the
     # writes, in order, leave the cache alone until the last batch that changed it.
-    runtime._batch = _Batch(1)
+    runtime.pipeline.current = Batch(1)
     loaded = change(runtime, "e-0")
     first = finish_later(runtime)
     again = change(runtime, "e-1")
@@ -168,11 +170,11 @@ def test_of_batches_being_finished_the_next_one_takes_the_latest_state(runtime):
     assert runtime.table.reads == reads
     third = finish_later(runtime)
 
-    asyncio.run(runtime._write(first))
+    asyncio.run(runtime.write(first))
     assert runtime.states.take("o-1") is None and seen_in_table(runtime) == ("e-0",)
-    asyncio.run(runtime._write(second))
+    asyncio.run(runtime.write(second))
     assert runtime.states.take("o-1") is None and seen_in_table(runtime) == ("e-0", "e-1")
-    runtime._finishing = [third]
-    asyncio.run(runtime._write(third))
+    runtime.pipeline.finishing = [third]
+    asyncio.run(runtime.write(third))
     assert seen_in_table(runtime) == ("e-0", "e-1", "e-2")
     assert runtime.states.take("o-1") is latest  # handed over once no later batch has it
