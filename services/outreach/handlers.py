@@ -189,17 +189,18 @@ class DeliveryService:
         revision = pipeline.revision_of(request.context)
         cause = (request.cause.type, request.cause.id)
         plan = await self.plans.get(request.customer_id, pipeline.category_of(facts).value)
+        known = await self.ledger.cause_state(
+            *cause, revision, recent=(request.customer_id, now - self.policy.cap_window)
+        )
         decision = pipeline.decide(
             facts,
             plan=plan,
             already_decided=False,
-            resolved=await self.ledger.is_resolved(request.cause.id),
-            superseded=await self.ledger.newer_revision(*cause, revision),
+            resolved=known.resolved,
+            superseded=known.superseded,
             experienced=await self._experienced(request),
             paused=self.paused.applies(facts.intent),
-            sent_in_window=await self.ledger.count_recent(
-                request.customer_id, now - self.policy.cap_window, besides_cause=cause
-            ),
+            sent_in_window=known.sent_in_window,
             now=now,
             policy=self.policy,
         )
@@ -234,6 +235,8 @@ class DeliveryService:
 
     async def _supersede_older(self, row: Delivery, now: datetime) -> None:
         """A newer revision of a message replaces the older ones not yet handed over."""
+        if row.revision <= 1:
+            return  # the first revision (revision_of): there is none older
         for older in await self.ledger.older_unsent(row.cause_type, row.cause_id, row.revision):
             await self._suppress_existing(
                 older,
@@ -349,18 +352,20 @@ class DeliveryService:
         request = schemas.OutreachRequest.model_validate(row.request)
         facts = _facts(request)
         plan = await self.plans.get(row.customer_id, row.category)
+        known = await self.ledger.cause_state(
+            row.cause_type,
+            row.cause_id,
+            row.revision,
+            recent=(row.customer_id, now - self.policy.cap_window),
+        )
         decision = pipeline.decide(
             facts,
             plan=plan,
             already_decided=False,
-            resolved=await self.ledger.is_resolved(row.cause_id),
-            superseded=await self.ledger.newer_revision(row.cause_type, row.cause_id, row.revision),
+            resolved=known.resolved,
+            superseded=known.superseded,
             paused=False,
-            sent_in_window=await self.ledger.count_recent(
-                row.customer_id,
-                now - self.policy.cap_window,
-                besides_cause=(row.cause_type, row.cause_id),
-            ),
+            sent_in_window=known.sent_in_window,
             now=now,
             policy=self.policy,
         )
@@ -421,12 +426,13 @@ class DeliveryService:
         request = schemas.OutreachRequest.model_validate(row.request)
         if plan is None:
             plan = await self.plans.get(row.customer_id, row.category)
+        known = await self.ledger.cause_state(row.cause_type, row.cause_id, row.revision)
         last_look = pipeline.recheck(
             _facts(request),
             channel=row.channel,
             plan=plan,
-            resolved=await self.ledger.is_resolved(row.cause_id),
-            superseded=await self.ledger.newer_revision(row.cause_type, row.cause_id, row.revision),
+            resolved=known.resolved,
+            superseded=known.superseded,
             paused=self.paused.applies(row.intent),
             now=now,
             policy=self.policy,

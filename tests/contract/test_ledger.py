@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
-from services.outreach.adapters.ledger import Delivery, DeliveryEvent, Ledger, LedgerPort
+from services.outreach.adapters.ledger import (
+    CauseState,
+    Delivery,
+    DeliveryEvent,
+    Ledger,
+    LedgerPort,
+)
 from services.outreach.adapters.memory_ledger import InMemoryLedger
 from services.outreach.domain.states import IllegalMove, Status
 
@@ -147,6 +153,9 @@ async def test_the_frequency_cap_counts_sent_under_way_and_planned_messages(ledg
     assert await ledger.reached_about("c-1", ["inc-1", "inc-3"])
     assert not await ledger.reached_about("c-1", ["inc-3", "inc-5"])
     assert not await ledger.reached_about("c-1", [])
+    state = await ledger.cause_state("incident", "inc-3", 1, recent=("c-1", since))
+    assert state.sent_in_window == 1  # what count_recent says besides the cause
+    assert (await ledger.cause_state("incident", "inc-3", 1)).sent_in_window == 0
 
 
 async def test_causes_their_revisions_and_their_resolution(ledger):
@@ -158,9 +167,12 @@ async def test_causes_their_revisions_and_their_resolution(ledger):
     assert await ledger.newer_revision("incident", "inc-x", 2)
     assert not await ledger.newer_revision("incident", "inc-x", 3)
     assert not await ledger.is_resolved("inc-x")
+    assert await ledger.cause_state("incident", "inc-x", 2) == CauseState(False, True)
     await ledger.mark_resolved("inc-x", T0, "delivered")
     await ledger.mark_resolved("inc-x", T0 + timedelta(hours=1), "cancelled")
     assert await ledger.is_resolved("inc-x")
+    assert await ledger.cause_state("incident", "inc-x", 3) == CauseState(True, False)
+    assert await ledger.cause_state("incident", "inc-y", 1) == CauseState(False, False)
 
 
 async def test_due_held_and_stale_rows(ledger):

@@ -22,26 +22,35 @@ between the database commit and the Kafka send.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import Any, Protocol, TypedDict, Unpack, cast
 
 from sqlalchemy import (
     JSON,
     Boolean,
     Integer,
+    Select,
     String,
+    Table,
     Text,
     bindparam,
     delete,
+    exists,
     func,
+    insert,
     or_,
     select,
     text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from services.outreach.adapters.db import Base, UTCDateTime
 from services.outreach.domain.states import LEASED, UNDER_WAY, Status, check_move
@@ -198,6 +207,21 @@ class RowChanges(TypedDict, total=False):
     expires_at: datetime | None
 
 
+#: The customer and the start of the frequency cap's window.
+Recent = tuple[str, datetime]
+
+
+@dataclass(frozen=True)
+class CauseState:
+    """What the ledger says of a message's cause at one moment: resolved; a message about
+    a newer revision exists (`superseded`); the customer's proactive messages in the cap
+    window besides this cause (0 unless asked)."""
+
+    resolved: bool
+    superseded: bool
+    sent_in_window: int = 0
+
+
 class LedgerPort(Protocol):
     """The ledger as outreach uses it: `Ledger` on SQL (SQLite, PostgreSQL), and
     `adapters/memory_ledger.py`'s `InMemoryLedger` for unit tests; tests/contract holds
@@ -219,6 +243,9 @@ class LedgerPort(Protocol):
         self, cause_type: str, cause_id: str, revision: int
     ) -> list[Delivery]: ...
     async def newer_revision(self, cause_type: str, cause_id: str, revision: int) -> bool: ...
+    async def cause_state(
+        self, cause_type: str, cause_id: str, revision: int, *, recent: Recent | None = None
+    ) -> CauseState: ...
     async def create(self, row: Delivery, event: DeliveryEvent) -> bool: ...
     async def transition(
         self,
@@ -252,6 +279,81 @@ class LedgerPort(Protocol):
     async def events_of(self, decision_id: str) -> list[DeliveryEvent]: ...
 
 
+_DELIVERIES = cast(Table, Delivery.__table__)
+_EVENTS = cast(Table, DeliveryEvent.__table__)
+
+
+def _new_values(obj: Base) -> dict[str, Any]:
+    """The columns of a new ORM object, for a plain insert; the scalar defaults of those
+    not set are set on it too (as the ORM's insert would have)."""
+    table = cast(Table, obj.__table__)
+    given = {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    for column in table.columns:
+        default = column.default
+        if column.key not in given and default is not None and default.is_scalar:
+            value = default.arg  # type: ignore[attr-defined]
+            setattr(obj, column.key, value)
+            given[column.key] = value
+    return given
+
+
+def _recent(
+    customer_id: Any, since: Any, besides_cause: tuple[Any, Any] | None
+) -> ColumnElement[int]:
+    """count_recent as one expression: the customer's messages sent or under way since
+    `since`, plus those decided since then and waiting (not of `besides_cause`)."""
+    sent = (
+        select(func.count())
+        .select_from(Delivery)
+        .where(
+            Delivery.customer_id == customer_id,
+            Delivery.status.in_(tuple(UNDER_WAY)),
+            func.coalesce(Delivery.sent_at, Delivery.decided_at) >= since,
+        )
+    )
+    pending = (
+        select(func.count())
+        .select_from(Delivery)
+        .where(
+            Delivery.customer_id == customer_id,
+            Delivery.status.in_((Status.SCHEDULED, Status.DECIDED)),
+            Delivery.channel.is_not(None),  # held by a pause: not decided yet
+            Delivery.decided_at >= since,
+        )
+    )
+    if besides_cause is not None:
+        pending = pending.where(
+            or_(Delivery.cause_type != besides_cause[0], Delivery.cause_id != besides_cause[1])
+        )
+    return sent.scalar_subquery() + pending.scalar_subquery()
+
+
+# The statements every message runs, built once (with bind parameters named b_*, apart
+# from the columns an update sets): building them per call cost more than running them.
+_BY_DECISION = select(_DELIVERIES).where(Delivery.decision_id == bindparam("b_key"))
+_BY_REQUEST = select(_DELIVERIES).where(Delivery.request_id == bindparam("b_key"))
+_INSERT_DELIVERY = insert(_DELIVERIES)
+_INSERT_EVENT = insert(_EVENTS)
+_MOVE = update(_DELIVERIES).where(
+    Delivery.decision_id == bindparam("b_decision_id"),
+    Delivery.status.in_(bindparam("b_expected", expanding=True)),
+)
+_MOVE_FENCED = _MOVE.where(Delivery.attempts == bindparam("b_fence"))
+_CAUSE_STATE = select(
+    exists().where(ResolvedCause.cause_id == bindparam("b_cause_id")),
+    exists().where(
+        Delivery.cause_type == bindparam("b_cause_type"),
+        Delivery.cause_id == bindparam("b_cause_id"),
+        Delivery.revision > bindparam("b_revision"),
+    ),
+    _recent(
+        bindparam("b_customer", type_=String),
+        bindparam("b_since", type_=UTCDateTime),
+        (bindparam("b_cause_type"), bindparam("b_cause_id")),
+    ),
+)
+
+
 def scrub_row(row: Delivery) -> set[str]:
     """Remove a row's personal data in place (an erasure, the body retention); returns
     the addresses it held (its own and its fallbacks'), whose studio test sends go too."""
@@ -275,15 +377,40 @@ class Ledger:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+        bind = sessions.kw.get("bind")
+        assert isinstance(bind, AsyncEngine)
+        self.engine = bind
+        # SQLite takes one writer at a time, and a second one waits in its busy handler,
+        # which sleeps for milliseconds at a time: this process's writers queue here
+        # instead (other processes, the studio, still meet the busy timeout).
+        one_writer = bind.dialect.name == "sqlite"
+        self._write_turn: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if one_writer else contextlib.nullcontext()
+        )
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction (committed on leaving, rolled back on an error)."""
+        async with self._write_turn, self.sessions() as s, s.begin():
+            yield s
+
+    @contextlib.asynccontextmanager
+    async def _changing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction of plain statements, without the ORM's unit of work: the
+        paths every message takes (create, transition, the relay) cost a fraction."""
+        async with self._write_turn, self.engine.begin() as conn:
+            yield conn
 
     async def get(self, decision_id: str) -> Delivery | None:
-        async with self.sessions() as s:
-            return await s.get(Delivery, decision_id)
+        return await self._one(_BY_DECISION, decision_id)
 
     async def by_request(self, request_id: str) -> Delivery | None:
-        async with self.sessions() as s:
-            result = await s.execute(select(Delivery).where(Delivery.request_id == request_id))
-            return result.scalar_one_or_none()
+        return await self._one(_BY_REQUEST, request_id)
+
+    async def _one(self, query: Select[Any], key: str) -> Delivery | None:
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(query, {"b_key": key})).first()
+        return None if found is None else Delivery(**found._mapping)
 
     async def by_provider_id(self, provider_message_id: str) -> Delivery | None:
         async with self.sessions() as s:
@@ -311,34 +438,24 @@ class Ledger:
         to go), not counting unsent ones of `besides_cause` (type, id): a newer revision
         of a message replaces them rather than adding to them."""
         async with self.sessions() as s:
-            sent = await s.execute(
-                select(func.count())
-                .select_from(Delivery)
-                .where(
-                    Delivery.customer_id == customer_id,
-                    Delivery.status.in_(tuple(UNDER_WAY)),
-                    func.coalesce(Delivery.sent_at, Delivery.decided_at) >= since,
-                )
-            )
-            pending = (
-                select(func.count())
-                .select_from(Delivery)
-                .where(
-                    Delivery.customer_id == customer_id,
-                    Delivery.status.in_((Status.SCHEDULED, Status.DECIDED)),
-                    Delivery.channel.is_not(None),  # held by a pause: not decided yet
-                    Delivery.decided_at >= since,
-                )
-            )
-            if besides_cause is not None:
-                pending = pending.where(
-                    or_(
-                        Delivery.cause_type != besides_cause[0],
-                        Delivery.cause_id != besides_cause[1],
-                    )
-                )
-            waiting = await s.execute(pending)
-            return int(sent.scalar_one()) + int(waiting.scalar_one())
+            return int(await s.scalar(select(_recent(customer_id, since, besides_cause))) or 0)
+
+    async def cause_state(
+        self, cause_type: str, cause_id: str, revision: int, *, recent: Recent | None = None
+    ) -> CauseState:
+        """`is_resolved`, `newer_revision` and (with `recent`: the customer and the start
+        of the cap window) `count_recent` besides this cause, read together."""
+        customer, since = recent or (None, None)  # no customer: nothing counted
+        params = dict(
+            b_cause_type=cause_type,
+            b_cause_id=cause_id,
+            b_revision=revision,
+            b_customer=customer,
+            b_since=since,
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_CAUSE_STATE, params)).one()
+        return CauseState(bool(row[0]), bool(row[1]), int(row[2] or 0))
 
     async def reached_about(self, customer_id: str, cause_ids: list[str]) -> bool:
         """Whether a message about any of these causes went to the customer (handed to a
@@ -377,7 +494,7 @@ class Ledger:
             return await s.get(ResolvedCause, cause_id) is not None
 
     async def mark_resolved(self, cause_id: str, at: datetime, resolution: str) -> None:
-        async with self.sessions() as s, s.begin():
+        async with self._writing() as s:
             if await s.get(ResolvedCause, cause_id) is None:
                 s.add(ResolvedCause(cause_id=cause_id, resolved_at=at, resolution=resolution))
 
@@ -422,9 +539,9 @@ class Ledger:
     async def create(self, row: Delivery, event: DeliveryEvent) -> bool:
         """Insert a new decision with its first event; False if it already existed."""
         try:
-            async with self.sessions() as s, s.begin():
-                s.add(row)
-                s.add(event)
+            async with self._changing() as conn:
+                await conn.execute(_INSERT_DELIVERY, _new_values(row))
+                await conn.execute(_INSERT_EVENT, _new_values(event))
             return True
         except IntegrityError:
             return False
@@ -446,17 +563,15 @@ class Ledger:
         if target is not None:
             for source in expected:
                 check_move(Status(source), Status(target))
-        query = update(Delivery).where(
-            Delivery.decision_id == decision_id, Delivery.status.in_(expected)
-        )
+        query, params = _MOVE, dict(values, b_decision_id=decision_id, b_expected=list(expected))
         if fence is not None:
-            query = query.where(Delivery.attempts == fence)
-        async with self.sessions() as s, s.begin():
-            result = await s.execute(query.values(**values))
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            query, params["b_fence"] = _MOVE_FENCED, fence
+        async with self._changing() as conn:
+            result = await conn.execute(query, params)
+            if result.rowcount != 1:
                 return False
             if event is not None:
-                s.add(event)
+                await conn.execute(_INSERT_EVENT, _new_values(event))
             return True
 
     async def stale(self, wall_now: datetime, limit: int = 100) -> list[Delivery]:
@@ -483,7 +598,7 @@ class Ledger:
         provider call is still settling are scrubbed once settled (`scrub_due`). The
         decision skeleton (ids, states, reasons, counts) stays for the audit. Returns
         the rows scrubbed now."""
-        async with self.sessions() as s, s.begin():
+        async with self._writing() as s:
             if await s.get(ErasedCustomer, customer_id) is None:
                 s.add(ErasedCustomer(customer_id=customer_id, erased_at=wall_now))
         return await self._scrub(Delivery.customer_id == customer_id)
@@ -499,7 +614,7 @@ class Ledger:
     async def _scrub(self, which: Any, batch: int = 500) -> int:
         scrubbed = 0
         while True:
-            async with self.sessions() as s, s.begin():
+            async with self._writing() as s:
                 rows = list(
                     (
                         await s.execute(
@@ -528,7 +643,7 @@ class Ledger:
 
     async def worker_seen(self, worker_id: str, started_at: datetime, wall_now: datetime) -> None:
         """Record that this worker is up (and forget workers gone for a day)."""
-        async with self.sessions() as s, s.begin():
+        async with self._writing() as s:
             seen = await s.execute(
                 update(Worker).where(Worker.worker_id == worker_id).values(seen_at=wall_now)
             )
@@ -548,7 +663,7 @@ class Ledger:
     async def hold_lease(self, name: str, holder: str, until: datetime, wall_now: datetime) -> bool:
         """Take or renew the lease `name` for `holder` until `until`; False while another
         holder's lease runs."""
-        async with self.sessions() as s, s.begin():
+        async with self._writing() as s:
             result = await s.execute(
                 update(Lease)
                 .where(Lease.name == name, or_(Lease.holder == holder, Lease.until <= wall_now))
@@ -559,7 +674,7 @@ class Ledger:
             if await s.get(Lease, name) is not None:
                 return False
         try:
-            async with self.sessions() as s, s.begin():
+            async with self._writing() as s:
                 s.add(Lease(name=name, holder=holder, until=until))
             return True
         except IntegrityError:
@@ -602,21 +717,21 @@ class Ledger:
             return list(result.scalars())
 
     async def unpublished(self, limit: int = 500) -> list[DeliveryEvent]:
-        async with self.sessions() as s:
-            result = await s.execute(
-                select(DeliveryEvent)
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                select(_EVENTS)
                 .where(DeliveryEvent.published.is_(False))
                 .order_by(DeliveryEvent.id)
                 .limit(limit)
             )
-            return list(result.scalars())
+            return [DeliveryEvent(**found._mapping) for found in result]
 
     async def mark_published(self, ids: list[int]) -> None:
         if not ids:
             return
-        async with self.sessions() as s, s.begin():
-            await s.execute(
-                update(DeliveryEvent).where(DeliveryEvent.id.in_(ids)).values(published=True)
+        async with self._changing() as conn:
+            await conn.execute(
+                update(_EVENTS).where(DeliveryEvent.id.in_(ids)).values(published=True)
             )
 
     async def history(

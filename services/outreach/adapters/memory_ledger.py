@@ -19,9 +19,11 @@ from sqlalchemy.exc import IntegrityError
 
 from services.outreach.adapters.ledger import (
     STATES,
+    CauseState,
     Delivery,
     DeliveryEvent,
     LedgerPort,
+    Recent,
     RowChanges,
     scrub_row,
     settled,
@@ -129,6 +131,18 @@ class InMemoryLedger:
     async def newer_revision(self, cause_type: str, cause_id: str, revision: int) -> bool:
         rows = self._find(cause_type=cause_type, cause_id=cause_id)
         return any(r.revision > revision for r in rows)
+
+    async def cause_state(
+        self, cause_type: str, cause_id: str, revision: int, *, recent: Recent | None = None
+    ) -> CauseState:
+        counted = 0
+        if recent is not None:
+            counted = await self.count_recent(*recent, besides_cause=(cause_type, cause_id))
+        return CauseState(
+            await self.is_resolved(cause_id),
+            await self.newer_revision(cause_type, cause_id, revision),
+            counted,
+        )
 
     async def stale(self, wall_now: datetime, limit: int = 100) -> list[Delivery]:
         rows = [
