@@ -140,6 +140,11 @@ SENDING_PAUSED = Gauge(
     "1 while sending is paused by the kill switch, by scope (all or an intent).",
     ["scope"],
 )
+WORKERS_LIVE = Gauge(
+    "outreach_workers_live",
+    "outreach workers seen within the last seconds: each sends its even share of the "
+    "providers' rates and of the resume ramp.",
+)
 LEDGER_DELIVERIES = Gauge(
     "outreach_ledger_deliveries",
     "Decisions in the delivery ledger by state (held: scheduled by a pause, no time yet).",

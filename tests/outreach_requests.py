@@ -38,6 +38,7 @@ def request(
     at=NOON,
     offer=None,
     revision=1,
+    customer="c-1",
 ):
     order = {
         "order_id": "o-1",
@@ -69,7 +70,7 @@ def request(
         id=f"evt-{rid}",
         data={
             "request_id": rid,
-            "customer_id": "c-1",
+            "customer_id": customer,
             "order_id": "o-1",
             "intent": intent,
             "message_kind": kind,

@@ -27,6 +27,10 @@ NOTES = {
         " timestamps) of the records consumed, never ahead of a partition that may hold an"
         ' earlier record unread (docs/architecture.md, "Time")'
     ),
+    "OUTREACH_PROVIDER_RATE_PER_S": (
+        "messages per second one provider takes from the whole group of outreach workers;"
+        " each live worker sends its even share (docs/delivery.md)"
+    ),
     "OUTREACH_TOPIC_PREFIX": "prefix for every topic and consumer group (isolated pipelines)",
     "OUTREACH_TOPIC_PARTITIONS": "partitions of topics the services create",
     "OUTREACH_DATA_DIR": "where embedded state lives (SQLite files, RocksDB tables, secrets)",

@@ -27,6 +27,7 @@ from services.outreach.adapters.render_pool import Renderer
 from services.outreach.adapters.templates import TemplateCache, TemplateStore
 from services.outreach.config import Settings
 from services.outreach.domain.decisions import DeliveryPolicy, Suppression
+from services.outreach.domain.guards import GroupShare
 from services.outreach.domain.rendering import CHANNELS, MESSAGE_KINDS
 from services.outreach.handlers import DeliveryService, Links, MessageComposer, SendingPolicy
 
@@ -41,13 +42,17 @@ def export_zero_series() -> None:
             RENDER_FAILURES.labels(kind, channel)
 
 
-def build_senders(settings: Settings) -> dict[str, MessageSender]:
+def build_senders(settings: Settings, share: GroupShare | None = None) -> dict[str, MessageSender]:
+    """The providers' senders, each guarded by a breaker and the provider's rate (of the
+    group of workers: `share` is this worker's part)."""
+
     def guarded(sender: MessageSender) -> MessageSender:
         return GuardedSender(
             sender,
             failure_threshold=settings.breaker_failures,
             reset_after_s=settings.breaker_reset_s,
             rate_per_s=settings.provider_rate_per_s,
+            share=share,
         )
 
     outbox = OutboxSender()
@@ -98,6 +103,9 @@ class Outreach:
     controls_watcher: ControlsWatcher
     renderer: Renderer
     producer: AiokafkaProducer  # started and stopped by the worker that runs outreach
+    # This worker's part of the group's limits (provider rates, the resume ramp): the
+    # worker counts the live workers in the ledger every second.
+    share: GroupShare
 
     async def start(self) -> None:
         await self.renderer.start()
@@ -145,7 +153,8 @@ def bootstrap(
     store = TemplateStore(sessions, renderer=renderer)
     cache = TemplateCache(store, settings.template_refresh_s)
     plans = plans or _contact_plans(settings)
-    senders = senders or build_senders(settings)
+    share = GroupShare()
+    senders = senders or build_senders(settings, share)
     producer = producer or AiokafkaProducer(settings.kafka_bootstrap_servers, "outreach-worker")
     optouts = optouts or OptOutPublisher(producer, settings.topics.optouts)
     composer = MessageComposer(cache, settings.secret(settings.offer_secret, "offers"), renderer)
@@ -155,7 +164,7 @@ def bootstrap(
     return Outreach(
         controls=controls,
         controls_watcher=ControlsWatcher(
-            controls, delivery.paused, full_rate_per_s=settings.provider_rate_per_s
+            controls, delivery.paused, full_rate_per_s=settings.provider_rate_per_s, share=share
         ),
         settings=settings,
         clock=clock or _clock(settings),
@@ -169,6 +178,7 @@ def bootstrap(
         delivery=delivery,
         renderer=renderer,
         producer=producer,
+        share=share,
     )
 
 

@@ -258,5 +258,7 @@ async def test_workers_seen_tell_since_when_the_receivers_were_up(ledger):
     await ledger.worker_seen("w-2", T0 + timedelta(minutes=1), T0 + timedelta(minutes=1))
     now = T0 + timedelta(minutes=1, seconds=2)
     assert await ledger.receivers_up_since(now, timedelta(seconds=5)) == T0 + timedelta(minutes=1)
+    assert await ledger.live_workers(now, timedelta(seconds=5)) == 1  # w-1 went quiet
     await ledger.worker_seen("w-1", T0, now)
     assert await ledger.receivers_up_since(now, timedelta(seconds=5)) == T0
+    assert await ledger.live_workers(now, timedelta(seconds=5)) == 2

@@ -80,6 +80,28 @@ class RequestInfo:
 Policy = Callable[[RequestInfo], Fault | None]
 
 
+def rate_limited(per_s: float, burst: float | None = None, retry_after: float = 1.0) -> Policy:
+    """A provider's rate limit, as a policy: message creations beyond `per_s` a second
+    (bursts up to `burst`, default one second's worth) are answered 429 with
+    Retry-After; other requests (lookups) are not limited."""
+    capacity = burst if burst is not None else per_s
+    bucket = {"tokens": capacity, "at": time.monotonic()}
+
+    def policy(info: RequestInfo) -> Fault | None:
+        if not info.creates:
+            return None
+        now = time.monotonic()
+        tokens = min(capacity, bucket["tokens"] + (now - bucket["at"]) * per_s)
+        bucket["at"] = now
+        if tokens >= 1:
+            bucket["tokens"] = tokens - 1
+            return None
+        bucket["tokens"] = tokens
+        return Fault(429, retry_after=retry_after)
+
+    return policy
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() must not wait for held or idle keep-alive connections

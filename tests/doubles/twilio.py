@@ -237,14 +237,17 @@ class TwilioDouble(ProviderDouble):
 __all__ = ["TwilioDouble", "segments", "threading"]
 
 
-def provider_env(twilio: TwilioDouble, sendgrid: Any) -> dict[str, str]:
-    """The environment that points the services' provider SDKs at these doubles."""
-    return {
+def provider_env(twilio: TwilioDouble, sendgrid: Any = None) -> dict[str, str]:
+    """The environment that points the services' provider SDKs at these doubles (Twilio
+    alone without `sendgrid`)."""
+    env = {
         "TWILIO_ACCOUNT_SID": twilio.account_sid,
         "TWILIO_AUTH_TOKEN": twilio.auth_token,
         "TWILIO_FROM_NUMBER": "+15005550006",
         "TWILIO_API_BASE_URL": twilio.base_url,
-        "SENDGRID_API_KEY": sendgrid.api_key,
-        "SENDGRID_FROM_EMAIL": "care@shop.example",
-        "SENDGRID_API_BASE_URL": sendgrid.base_url,
     }
+    if sendgrid is not None:
+        env["SENDGRID_API_KEY"] = sendgrid.api_key
+        env["SENDGRID_FROM_EMAIL"] = "care@shop.example"
+        env["SENDGRID_API_BASE_URL"] = sendgrid.base_url
+    return env

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.conftest import wait_for
+from tests.doubles.twilio import provider_env
 from tests.e2e.stack import Shop, Stack
 from tests.e2e.test_walking_skeleton import consumed
 from tests.outreach_requests import request
@@ -77,10 +78,7 @@ def test_exactly_one_sms_whatever_the_kill_point(
             "OUTREACH_IN_DOUBT_CHECK_S": "0.5",
             "OUTREACH_IN_DOUBT_SETTLE_S": "1",
             "OUTREACH_PROVIDER_TIMEOUT_S": "1",
-            "TWILIO_ACCOUNT_SID": twilio_double.account_sid,
-            "TWILIO_AUTH_TOKEN": twilio_double.auth_token,
-            "TWILIO_FROM_NUMBER": "+15005550006",
-            "TWILIO_API_BASE_URL": twilio_double.base_url,
+            **provider_env(twilio_double),
         },
     )
     shop = Shop(kafka_bootstrap, topic_prefix)

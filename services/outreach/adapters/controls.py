@@ -17,6 +17,7 @@ from common.clock import wall_now
 from common.metrics import SENDING_PAUSED
 from common.schemas import Intent
 from services.outreach.adapters.db import Base, UTCDateTime
+from services.outreach.domain.guards import GroupShare
 from services.outreach.domain.ramp import GLOBAL, Paused, Ramp, ReleaseBudget
 
 log = logging.getLogger(__name__)
@@ -142,10 +143,17 @@ class SendingControls:
 class ControlsWatcher:
     """Keeps a worker's `Paused` in step with the store (called every refresh)."""
 
-    def __init__(self, controls: SendingControls, paused: Paused, full_rate_per_s: float) -> None:
+    def __init__(
+        self,
+        controls: SendingControls,
+        paused: Paused,
+        full_rate_per_s: float,
+        share: GroupShare | None = None,
+    ) -> None:
         self.controls = controls
         self.paused = paused
         self.full_rate_per_s = full_rate_per_s
+        self.share = share  # the ramp is the group's: this worker's part of it
         self._seen: dict[str, tuple[bool, datetime]] = {}  # scope → the last state applied
         for scope in SCOPES:
             SENDING_PAUSED.labels(scope).set(0)
@@ -164,6 +172,7 @@ class ControlsWatcher:
                 state.changed_at,
             ):  # a resume not applied yet: start its ramp
                 self.paused.ramps[state.scope] = ReleaseBudget(
-                    Ramp(state.changed_at, state.ramp_minutes, self.full_rate_per_s)
+                    Ramp(state.changed_at, state.ramp_minutes, self.full_rate_per_s),
+                    share=self.share,
                 )
             self._seen[state.scope] = (state.paused, state.changed_at)

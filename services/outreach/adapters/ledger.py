@@ -265,6 +265,7 @@ class LedgerPort(Protocol):
     async def receivers_up_since(
         self, wall_now: datetime, within: timedelta
     ) -> datetime | None: ...
+    async def live_workers(self, wall_now: datetime, within: timedelta) -> int: ...
     async def hold_lease(
         self, name: str, holder: str, until: datetime, wall_now: datetime
     ) -> bool: ...
@@ -659,6 +660,14 @@ class Ledger:
                 select(func.min(Worker.started_at)).where(Worker.seen_at >= wall_now - within)
             )
             return result.scalar_one_or_none()
+
+    async def live_workers(self, wall_now: datetime, within: timedelta) -> int:
+        """How many workers were seen within `within` of now."""
+        async with self.sessions() as s:
+            found = await s.scalar(
+                select(func.count()).select_from(Worker).where(Worker.seen_at >= wall_now - within)
+            )
+            return int(found or 0)
 
     async def hold_lease(self, name: str, holder: str, until: datetime, wall_now: datetime) -> bool:
         """Take or renew the lease `name` for `holder` until `until`; False while another

@@ -188,6 +188,9 @@ class InMemoryLedger:
         live = [started for started, seen in self.workers.values() if seen >= wall_now - within]
         return min(live) if live else None
 
+    async def live_workers(self, wall_now: datetime, within: timedelta) -> int:
+        return sum(1 for _, seen in self.workers.values() if seen >= wall_now - within)
+
     # --- writing -------------------------------------------------------------------------
 
     async def mark_resolved(self, cause_id: str, at: datetime, resolution: str) -> None:

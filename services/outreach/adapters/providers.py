@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from common.metrics import PROVIDER_CIRCUIT_OPEN, PROVIDER_SECONDS
+from services.outreach.domain.guards import GroupShare
 
 LOOKUP_SKEW = timedelta(minutes=2)  # our clock against the provider's
 LOOKUP_LIMIT = 50  # the newest messages to one number we look through
@@ -526,13 +527,17 @@ class GuardedSender(MessageSender):
         reset_after_s: float = 30.0,
         rate_per_s: float = 50.0,
         max_wait_s: float = 2.0,
+        share: GroupShare | None = None,
     ) -> None:
         from services.outreach.domain.guards import CircuitBreaker, TokenBucket
 
         self.inner = inner
         self.provider = inner.provider
         self.breaker = CircuitBreaker(failure_threshold, reset_after_s)
-        self.bucket = TokenBucket(rate=rate_per_s, burst=max(1.0, rate_per_s))
+        # The provider's rate is the group's: `share` is this worker's part of it. Sends
+        # are paced evenly (a tenth of a second's worth at once), so that a provider
+        # enforcing the same rate keeps its own burst for the jitter on the way.
+        self.bucket = TokenBucket(rate=rate_per_s, burst=max(1.0, rate_per_s / 10), share=share)
         self.max_wait_s = max_wait_s
         PROVIDER_CIRCUIT_OPEN.labels(self.provider).set(0)
 
@@ -545,7 +550,7 @@ class GuardedSender(MessageSender):
                 retry_after=self.breaker.retry_in(now),
                 throttled=True,
             )
-        wait = self.bucket.take(now)
+        wait = self.bucket.take(now, self.max_wait_s)
         if wait > self.max_wait_s:
             raise TransientProviderError(
                 f"{self.provider} rate limit", retry_after=wait, throttled=True

@@ -5,6 +5,7 @@ Pure state machines: the caller passes the (monotonic) time, nothing here sleeps
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -44,21 +45,43 @@ class CircuitBreaker:
 
 
 @dataclass
+class GroupShare:
+    """This worker's part of a limit set for the whole group of workers (a provider's
+    rate, the resume ramp): an even share among the workers live now, which every worker
+    counts in the ledger (`live_workers`)."""
+
+    workers: int = 1
+
+    def of(self, limit: float) -> float:
+        return limit / max(1, self.workers)
+
+
+@dataclass
 class TokenBucket:
-    """At most `rate` calls per second on average, bursts up to `burst`."""
+    """At most `rate` calls per second on average, bursts up to `burst` (of the group,
+    with `share`: this worker's part of both)."""
 
     rate: float
     burst: float
-    tokens: float = -1.0
+    share: GroupShare | None = None
+    tokens: float | None = None
     updated: float = 0.0
 
-    def take(self, now: float) -> float:
-        """Take a token; returns 0 when granted, else the seconds to wait for one."""
-        if self.tokens < 0:
-            self.tokens, self.updated = self.burst, now
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+    def take(self, now: float, max_wait: float = math.inf) -> float:
+        """Take a token: 0 when one is there, else the seconds until the one reserved for
+        the caller comes. Callers that take at once are spaced a token apart, not all
+        sent when the first one is due. A wait longer than `max_wait` reserves nothing."""
+        rate, burst = self.rate, self.burst
+        if self.share is not None:
+            rate, burst = self.share.of(rate), max(1.0, self.share.of(burst))
+        if self.tokens is None:
+            self.tokens, self.updated = burst, now
+        self.tokens = min(burst, self.tokens + (now - self.updated) * rate)
         self.updated = now
         if self.tokens >= 1:
             self.tokens -= 1
             return 0.0
-        return (1 - self.tokens) / self.rate
+        wait = (1 - self.tokens) / rate
+        if wait <= max_wait:
+            self.tokens -= 1  # reserved: it may go negative, the next caller waits longer
+        return wait

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from services.outreach.domain.guards import GroupShare
+
 GLOBAL = "all"
 
 
@@ -40,11 +42,15 @@ class ReleaseBudget:
     ramp: Ramp
     tokens: float = 1.0
     last: datetime | None = None
+    share: GroupShare | None = None  # the ramp is the group's: this worker's part of it
 
     def take(self, now: datetime, wanted: int) -> int:
         if self.last is not None:
             elapsed = max((now - self.last).total_seconds(), 0.0)
-            self.tokens = min(self.tokens + elapsed * self.ramp.rate_at(now), max(wanted, 1))
+            rate = self.ramp.rate_at(now)
+            if self.share is not None:
+                rate = self.share.of(rate)
+            self.tokens = min(self.tokens + elapsed * rate, max(wanted, 1))
         self.last = now
         granted = min(wanted, int(self.tokens))
         self.tokens -= granted

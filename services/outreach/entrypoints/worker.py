@@ -26,7 +26,7 @@ from common.kafka import (
     MessageProcessor,
 )
 from common.logs import configure_logging, get_logger
-from common.metrics import LEDGER_DELIVERIES
+from common.metrics import LEDGER_DELIVERIES, WORKERS_LIVE
 from common.ops_http import Heartbeat, OpsServer
 from common.periodic import every
 from services.outreach.adapters.relay import MessageRelay
@@ -106,11 +106,14 @@ class OutreachWorker:
         return await self.outreach.delivery.scrub_due(retention)
 
     async def _seen(self) -> None:
-        """Record that this worker (and so the webhooks) is up."""
+        """Record that this worker (and so the webhooks) is up, and count the workers
+        that share the group's limits."""
         assert self.started_at is not None
-        await self.outreach.ledger.worker_seen(
-            self.worker_id, self.started_at, self.outreach.wall.now()
-        )
+        ledger, wall = self.outreach.ledger, self.outreach.wall.now()
+        await ledger.worker_seen(self.worker_id, self.started_at, wall)
+        live = await ledger.live_workers(wall, self.outreach.delivery.sending.worker_seen_within)
+        self.outreach.share.workers = max(1, live)
+        WORKERS_LIVE.set(self.outreach.share.workers)
 
     async def _ledger_gauge(self) -> None:
         for status, count in (await self.outreach.ledger.count_by_status()).items():

@@ -10,7 +10,7 @@ from services.outreach.adapters.providers import (
     RecordingSender,
     TransientProviderError,
 )
-from services.outreach.domain.guards import CircuitBreaker, TokenBucket
+from services.outreach.domain.guards import CircuitBreaker, GroupShare, TokenBucket
 
 
 def test_breaker_opens_after_consecutive_failures_and_lets_one_trial_through_later():
@@ -32,7 +32,26 @@ def test_token_bucket_allows_bursts_then_paces():
     bucket = TokenBucket(rate=2, burst=2)
     assert bucket.take(0) == 0 and bucket.take(0) == 0
     assert bucket.take(0) == pytest.approx(0.5)
-    assert bucket.take(0.5) == 0
+    assert bucket.take(1.5) == 0  # the waiter's token came at 0.5; this one at 1.0
+
+
+def test_callers_at_once_are_spaced_a_token_apart_and_one_that_will_not_wait_takes_none():
+    bucket = TokenBucket(rate=10, burst=1)
+    waits = [bucket.take(0, max_wait=0.35) for _ in range(5)]
+    assert waits == pytest.approx([0, 0.1, 0.2, 0.3, 0.4])
+    # the fifth would wait 0.4 s: it reserved nothing, so the next is due at 0.4 too
+    assert bucket.take(0) == pytest.approx(0.4)
+    sent = sum(1 for w in waits if w <= 0.35)
+    assert sent == 4  # at most rate x time + burst by 0.3 s: 10 x 0.3 + 1
+
+
+def test_a_group_share_divides_the_rate_and_the_burst_among_the_live_workers():
+    share = GroupShare(workers=1)
+    bucket = TokenBucket(rate=10, burst=10, share=share)
+    share.workers = 4  # four workers split the provider's 10/s: 2.5/s and a burst of 2.5
+    assert [bucket.take(0) for _ in range(2)] == [0, 0]
+    assert bucket.take(0) == pytest.approx(0.2)  # (1 - 0.5) / 2.5
+    assert GroupShare(workers=0).of(10) == 10  # never divided by nought
 
 
 MESSAGE = OutboundMessage(

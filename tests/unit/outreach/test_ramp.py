@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.outreach.domain.guards import GroupShare
 from services.outreach.domain.ramp import Paused, Ramp, ReleaseBudget
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -29,6 +30,16 @@ def test_budget_grants_what_the_rate_has_earned_and_never_more_than_wanted():
     late = T0 + timedelta(minutes=20)  # the full rate, but only what is waiting
     assert budget.take(late, 3) == 3
     assert budget.take(late + timedelta(seconds=1), 100) >= 1
+
+
+def test_each_worker_releases_its_share_of_the_groups_ramp():
+    share = GroupShare(workers=2)
+    budget = ReleaseBudget(Ramp(T0, minutes=10, full_per_s=10), share=share)
+    assert budget.take(T0, 100) == 1
+    # 10 s later the group's ramp allows 1.15/s: this worker 0.575/s
+    assert budget.take(T0 + timedelta(seconds=10), 100) == 5
+    share.workers = 1  # the other one is gone: this one takes the whole ramp (1.3/s)
+    assert budget.take(T0 + timedelta(seconds=20), 100) == 13
 
 
 def test_the_global_ramp_limits_every_intent_and_an_intent_ramp_only_its_own():
