@@ -11,7 +11,8 @@ latency. Every request goes to its own customer (half email, half SMS in a time 
 where it is day), so no frequency cap or quiet hour holds anything back.
 
 1. drain: `--requests` requests are published at once; decisions/s = requests / time
-   from the first publish to the last message reaching a provider.
+   from the first publish to the last message reaching a provider; and the outreach
+   process's CPU time per message over the drain (what the host's speed changes least).
 2. latency: requests at `--rate-share` x the drain rate for `--latency-s` seconds (open
    loop); p50/p99 from publish to the provider receiving the message.
 
@@ -35,7 +36,7 @@ from zoneinfo import ZoneInfo
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import cpu_probe_ms  # noqa: E402
+from bench.harness import cpu_probe_ms, cpu_seconds  # noqa: E402
 from common.envelope import CloudEvent, new_event  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 from tests.doubles.sendgrid import SendGridDouble  # noqa: E402
@@ -71,6 +72,11 @@ class TimedSendGrid(Timed, SendGridDouble):
     pass
 
 
+# Every id of a run carries its tag: a ledger on a server outlives the run, and the next
+# run's requests must not be taken for redeliveries (nor its customers capped).
+RUN = f"{int(time.time())}"
+
+
 def address(n: int) -> tuple[str, str]:
     """(channel, address) of customer n: even ones by email, odd ones by SMS."""
     return ("email", f"bench{n}@example.com") if n % 2 == 0 else ("sms", f"+4915{n:09d}")
@@ -79,7 +85,7 @@ def address(n: int) -> tuple[str, str]:
 def customer(n: int, zone: str) -> CloudEvent:
     channel, addr = address(n)
     data: dict[str, Any] = {
-        "customer_id": f"c{n}",
+        "customer_id": f"c{RUN}-{n}",
         "first_name": "Ada",
         "locale": "de-DE" if n % 3 else "en-GB",
         "timezone": zone,
@@ -89,18 +95,18 @@ def customer(n: int, zone: str) -> CloudEvent:
     return new_event(
         type="customer.upserted",
         source="/bench",
-        subject=f"c{n}",
+        subject=f"c{RUN}-{n}",
         time=datetime.now(UTC) - timedelta(hours=1),
-        id=f"cust-{n}",
+        id=f"cust-{RUN}-{n}",
         data=data,
     )
 
 
 def request(n: int) -> CloudEvent:
     now = datetime.now(UTC)
-    cause = f"inc-{n}"
+    cause = f"inc-{RUN}-{n}"
     order = {
-        "order_id": f"o{n}",
+        "order_id": f"o{RUN}-{n}",
         "currency": "EUR",
         "total": "89.90",
         "items": [{"sku": "L", "name": "Lamp", "quantity": 1, "unit_price": "89.90"}],
@@ -122,13 +128,13 @@ def request(n: int) -> CloudEvent:
     return new_event(
         type="outreach.request.created",
         source="/bench",
-        subject=f"req-{n}",
+        subject=f"req-{RUN}-{n}",
         time=now,
-        id=f"evt-req-{n}",
+        id=f"evt-req-{RUN}-{n}",
         data={
-            "request_id": f"req-{n}",
-            "customer_id": f"c{n}",
-            "order_id": f"o{n}",
+            "request_id": f"req-{RUN}-{n}",
+            "customer_id": f"c{RUN}-{n}",
+            "order_id": f"o{RUN}-{n}",
             "intent": "apology",
             "message_kind": "delivery_late",
             "cause": {"type": "incident", "id": cause, "kind": "delivery_late"},
@@ -213,7 +219,7 @@ def main() -> int:
 
         def customers(first: int, count: int) -> None:
             for n in range(first, first + count):
-                shop.publish("commerce.customers", f"c{n}", customer(n, zone))
+                shop.publish("commerce.customers", f"c{RUN}-{n}", customer(n, zone))
             shop.flush()
             wait_for(
                 lambda: _consumed(stack) >= first + count,
@@ -228,9 +234,11 @@ def main() -> int:
             stack.start("outreach")
 
             # 1. drain
+            worker = stack.procs["outreach"].pid
+            cpu_before = cpu_seconds(worker)
             started = time.time()
             for n in range(args.requests):
-                shop.publish("outreach.requests", f"c{n}", request(n))
+                shop.publish("outreach.requests", f"c{RUN}-{n}", request(n))
             shop.flush()
             published = time.time() - started
             wait_for(
@@ -241,6 +249,8 @@ def main() -> int:
             )
             last = max(max(d.arrivals.values()) for d in doubles if d.arrivals)
             drain = args.requests / (last - started)
+            # outreach's own CPU per message: what the host's speed changes least
+            cpu_ms = (cpu_seconds(worker) - cpu_before) * 1000 / args.requests
 
             # 2. latency at a share of the drain rate, open loop
             rate = max(1.0, drain * args.rate_share)
@@ -254,7 +264,7 @@ def main() -> int:
                 if pause > 0:
                     time.sleep(pause)
                 sent_at[address(n)[1]] = time.time()
-                shop.publish("outreach.requests", f"c{n}", request(n))
+                shop.publish("outreach.requests", f"c{RUN}-{n}", request(n))
                 if i % 50 == 0:
                     shop.flush()
             shop.flush()
@@ -281,7 +291,7 @@ def main() -> int:
           f"ledger {'PostgreSQL' if args.database_url else 'SQLite'}, provider latency "
           f"{args.provider_latency_ms:.0f} ms:")  # fmt: skip
     print(f"  drain: {args.requests} requests published in {published:.1f} s, "
-          f"{drain:.0f} decisions+sends/s")  # fmt: skip
+          f"{drain:.0f} decisions+sends/s, outreach CPU {cpu_ms:.1f} ms a message")  # fmt: skip
     print(f"  open loop at {rate:.0f}/s for {args.latency_s:.0f} s ({count} requests): "
           f"request -> provider p50 {quantile(waits, 0.5):.0f} ms, "
           f"p99 {quantile(waits, 0.99):.0f} ms, max {max(waits):.0f} ms")  # fmt: skip

@@ -54,7 +54,10 @@ def async_url(url: str) -> str:
 def create_engine(url: str) -> AsyncEngine:
     # hide_parameters: errors name the statement, never the values bound to it (an
     # address, a message body).
-    engine = create_async_engine(async_url(url), pool_pre_ping=True, hide_parameters=True)
+    # A server's connections may go stale (a restart, a failover): each is pinged when
+    # taken from the pool. A SQLite file's cannot, and the ping cost a statement per use.
+    sqlite = async_url(url).startswith("sqlite")
+    engine = create_async_engine(async_url(url), pool_pre_ping=not sqlite, hide_parameters=True)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine.sync_engine, "connect")
