@@ -85,6 +85,8 @@ format: venv
 BENCH_ARGS ?=
 BENCH_OUTREACH_ARGS ?=
 BENCH_RISK_ARGS ?=
+# e.g. BENCH_STORM_ARGS="--orders 100000" or "--outreach-workers 2"
+BENCH_STORM_ARGS ?=
 
 .PHONY: bench
 bench: venv system-deps ## benchmarks on the real local broker (figures in docs/performance.md)
@@ -93,3 +95,8 @@ bench: venv system-deps ## benchmarks on the real local broker (figures in docs/
 	$(PY) -m bench.outreach_delivery $(BENCH_OUTREACH_ARGS)
 	$(PY) -m bench.risk_throughput $(BENCH_RISK_ARGS)
 	$(MAKE) --no-print-directory bench-preferences
+	$(MAKE) --no-print-directory bench-storm
+
+.PHONY: bench-storm
+bench-storm: venv system-deps ## a carrier storm through the four services (20,000 parcels; PostgreSQL, rate-limited provider doubles)
+	$(PY) -m bench.storm $(BENCH_STORM_ARGS)
