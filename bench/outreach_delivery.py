@@ -174,6 +174,12 @@ class Publisher:
         self.producer.close(timeout=10)
 
 
+def print_log_tails(stack: Stack, names: tuple[str, ...]) -> None:
+    """What the services last logged, for a run that failed."""
+    for name in names:
+        print(f"--- {name} log tail ---\n{stack.logs(name)[-3000:]}", file=sys.stderr)
+
+
 def received(doubles: tuple[Timed, Timed]) -> int:
     return sum(len(d.arrivals) for d in doubles)
 
@@ -277,8 +283,7 @@ def main() -> int:
             arrivals = {**twilio.arrivals, **sendgrid.arrivals}
             waits = [(arrivals[a] - t) * 1000 for a, t in sent_at.items()]
         except AssertionError:
-            for name in ("preferences", "outreach"):
-                print(f"--- {name} log tail ---\n{stack.logs(name)[-3000:]}", file=sys.stderr)
+            print_log_tails(stack, ("preferences", "outreach"))
             raise
         finally:
             shop.close()

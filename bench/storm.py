@@ -50,6 +50,7 @@ from bench.outreach_delivery import (  # noqa: E402
     address,
     customer,
     daytime_zone,
+    print_log_tails,
     quantile,
 )
 from common.envelope import CloudEvent, new_event  # noqa: E402
@@ -252,8 +253,7 @@ def main() -> int:
                 broker.bootstrap, f"{stack.prefix}outreach.incidents", n, timeout_s=120
             )
         except AssertionError:
-            for name in (*PIPELINE, *workers[1:]):
-                print(f"--- {name} log tail ---\n{stack.logs(name)[-3000:]}", file=sys.stderr)
+            print_log_tails(stack, (*PIPELINE, *workers[1:]))
             raise
         finally:
             shop.close()

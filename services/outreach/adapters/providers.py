@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from common.metrics import PROVIDER_CIRCUIT_OPEN, PROVIDER_SECONDS
-from services.outreach.domain.guards import GroupShare
+from services.outreach.domain.guards import CircuitBreaker, GroupShare, TokenBucket
 
 LOOKUP_SKEW = timedelta(minutes=2)  # our clock against the provider's
 LOOKUP_LIMIT = 50  # the newest messages to one number we look through
@@ -529,8 +529,6 @@ class GuardedSender(MessageSender):
         max_wait_s: float = 2.0,
         share: GroupShare | None = None,
     ) -> None:
-        from services.outreach.domain.guards import CircuitBreaker, TokenBucket
-
         self.inner = inner
         self.provider = inner.provider
         self.breaker = CircuitBreaker(failure_threshold, reset_after_s)
