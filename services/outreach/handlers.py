@@ -35,7 +35,7 @@ from common.metrics import (
 )
 from common.outages import DependencyUnavailable
 from services.outreach.adapters.contact_plans import ContactPlans
-from services.outreach.adapters.ledger import Delivery, DeliveryEvent, LedgerPort
+from services.outreach.adapters.ledger import CauseState, Delivery, DeliveryEvent, LedgerPort
 from services.outreach.adapters.optouts import OptOuts
 from services.outreach.adapters.providers import (
     ABSENT,
@@ -179,12 +179,6 @@ class DeliveryService:
         if event.type != "outreach.request.created":
             raise InvalidEvent(f"outreach does not handle {event.type!r}", code="unknown_type")
         request = schemas.parse_payload(event, schemas.OutreachRequest)
-        existing = await self.ledger.by_request(request.request_id)
-        if existing is not None:
-            # Redelivery after a crash: finish what the first delivery started.
-            if existing.status == Status.DECIDED:
-                await self._deliver(existing, now)
-            return
         facts = _facts(request)
         revision = pipeline.revision_of(request.context)
         cause = (request.cause.type, request.cause.id)
@@ -208,7 +202,12 @@ class DeliveryService:
         if not await self.ledger.create(
             row, self._event(row, row.status, now, reason=decision.reason)
         ):
-            return  # another worker decided it first
+            # Decided before (a redelivery after a crash, or another worker first): the
+            # decision that stands is the first; finish what its delivery started.
+            existing = await self.ledger.by_request(request.request_id)
+            if existing is not None and existing.status == Status.DECIDED:
+                await self._deliver(existing, now)
+            return
         failpoint("outreach.after_decision")
         if decision.outcome == "suppress":
             SUPPRESSIONS.labels(decision.reason or "unknown").inc()
@@ -218,7 +217,8 @@ class DeliveryService:
             MESSAGES.labels(row.channel or "none", "scheduled").inc()
         await self._supersede_older(row, now)
         if decision.outcome == "send":
-            await self._deliver(row, now, plan=plan)
+            # The last look needs nothing new of the ledger: it was read just now.
+            await self._deliver(row, now, plan=plan, known=known)
 
     async def _experienced(self, request: schemas.OutreachRequest) -> bool:
         """For a check-in after an incident (`post_incident_checkin`): whether its promise
@@ -419,14 +419,20 @@ class DeliveryService:
     # --- delivery ------------------------------------------------------------------
 
     async def _deliver(
-        self, row: Delivery, now: datetime, *, plan: ContactPlan | None = None
+        self,
+        row: Delivery,
+        now: datetime,
+        *,
+        plan: ContactPlan | None = None,
+        known: CauseState | None = None,
     ) -> None:
         """decided → (the last look) → sending → sent | in doubt | retry | fallback |
         failed: at most one provider call per claim, the ledger written before it."""
         request = schemas.OutreachRequest.model_validate(row.request)
         if plan is None:
             plan = await self.plans.get(row.customer_id, row.category)
-        known = await self.ledger.cause_state(row.cause_type, row.cause_id, row.revision)
+        if known is None:
+            known = await self.ledger.cause_state(row.cause_type, row.cause_id, row.revision)
         last_look = pipeline.recheck(
             _facts(request),
             channel=row.channel,

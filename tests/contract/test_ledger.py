@@ -4,6 +4,7 @@ between them fails here, not in a unit test that trusted the fake."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -123,6 +124,32 @@ async def test_a_transition_is_a_compare_and_set_on_the_state_and_the_claim(ledg
     assert (await ledger.by_provider_id("pm-1")).decision_id == "d-1"
     assert [e.status for e in await ledger.events_of("d-1")] == ["decided", "sending", "sent"]
     assert not await ledger.transition("d-9", (Status.DECIDED,), None, status=Status.SENDING)
+
+
+async def test_writes_asked_for_at_once_each_get_their_own_answer(ledger):
+    """As the worker's lanes ask: many decisions and claims at the same moment (the SQL
+    ledger writes them in one transaction). Each caller learns whether its own write took
+    effect, the same decision or claim twice takes effect once, and only writes that took
+    effect leave an event."""
+    await add(ledger, 1)
+    decided = [row(n) for n in range(2, 7)] + [row(2), row(9, request_id="r-3")]
+    claims = [
+        ledger.transition(
+            "d-1", (Status.DECIDED,), event("d-1", "sending", n), fence=0,
+            status=Status.SENDING, attempts=1,
+        )
+        for n in range(2)
+    ]  # fmt: skip
+    answers = await asyncio.gather(
+        *(ledger.create(r, event(r.decision_id, "decided", i)) for i, r in enumerate(decided)),
+        *claims,
+    )
+    assert answers[:7] == [True] * 5 + [False, False]
+    assert sorted(answers[7:]) == [False, True]
+    assert await ledger.get("d-9") is None
+    assert [e.status for e in await ledger.events_of("d-1")] == ["decided", "sending"]
+    for n in range(2, 7):
+        assert len(await ledger.events_of(f"d-{n}")) == 1
 
 
 async def test_a_move_the_state_machine_forbids_raises(ledger):

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypedDict, Unpack, cast
@@ -37,22 +38,25 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    Update,
     bindparam,
     delete,
     exists,
     func,
-    insert,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
 from services.outreach.adapters.db import Base, UTCDateTime
+from services.outreach.adapters.group_commit import Change, GroupCommit
 from services.outreach.domain.states import LEASED, UNDER_WAY, Status, check_move
 
 STATES = tuple(s.value for s in Status)
@@ -333,13 +337,6 @@ def _recent(
 # from the columns an update sets): building them per call cost more than running them.
 _BY_DECISION = select(_DELIVERIES).where(Delivery.decision_id == bindparam("b_key"))
 _BY_REQUEST = select(_DELIVERIES).where(Delivery.request_id == bindparam("b_key"))
-_INSERT_DELIVERY = insert(_DELIVERIES)
-_INSERT_EVENT = insert(_EVENTS)
-_MOVE = update(_DELIVERIES).where(
-    Delivery.decision_id == bindparam("b_decision_id"),
-    Delivery.status.in_(bindparam("b_expected", expanding=True)),
-)
-_MOVE_FENCED = _MOVE.where(Delivery.attempts == bindparam("b_fence"))
 _CAUSE_STATE = select(
     exists().where(ResolvedCause.cause_id == bindparam("b_cause_id")),
     exists().where(
@@ -353,6 +350,26 @@ _CAUSE_STATE = select(
         (bindparam("b_cause_type"), bindparam("b_cause_id")),
     ),
 )
+
+
+@functools.cache
+def _move(expected: int, fenced: bool) -> Update:
+    """The compare-and-set of a transition from one of `expected` states (b_s0, b_s1,
+    ...), with `fenced` on the attempt (b_fence). The states are plain parameters, not
+    an expanding IN: that one is compiled again on every call."""
+    query = update(_DELIVERIES).where(
+        Delivery.decision_id == bindparam("b_decision_id"),
+        or_(*(Delivery.status == bindparam(f"b_s{i}") for i in range(expected))),
+    )
+    return query.where(Delivery.attempts == bindparam("b_fence")) if fenced else query
+
+
+def _group_by_keys(values: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows to insert, in groups that set the same columns (one statement each)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in values:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    return list(groups.values())
 
 
 def scrub_row(row: Delivery) -> set[str]:
@@ -388,6 +405,14 @@ class Ledger:
         self._write_turn: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if one_writer else contextlib.nullcontext()
         )
+        # Decisions and transitions share their transactions (group_commit.py); only
+        # they insert into these tables on the hot path, skipping rows that exist.
+        self._group = GroupCommit(self._changing, self._write_group)
+        on_conflict: Any = sqlite_insert if one_writer else postgresql_insert
+        self._insert_new = (
+            on_conflict(_DELIVERIES).on_conflict_do_nothing().returning(Delivery.decision_id)
+        )
+        self._insert_events = on_conflict(_EVENTS).on_conflict_do_nothing()
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncSession]:
@@ -539,13 +564,7 @@ class Ledger:
 
     async def create(self, row: Delivery, event: DeliveryEvent) -> bool:
         """Insert a new decision with its first event; False if it already existed."""
-        try:
-            async with self._changing() as conn:
-                await conn.execute(_INSERT_DELIVERY, _new_values(row))
-                await conn.execute(_INSERT_EVENT, _new_values(event))
-            return True
-        except IntegrityError:
-            return False
+        return await self._group.submit(Change("create", _new_values(row), _new_values(event)))
 
     async def transition(
         self,
@@ -564,16 +583,39 @@ class Ledger:
         if target is not None:
             for source in expected:
                 check_move(Status(source), Status(target))
-        query, params = _MOVE, dict(values, b_decision_id=decision_id, b_expected=list(expected))
+        params: dict[str, Any] = dict(values, b_decision_id=decision_id)
+        params.update((f"b_s{i}", state) for i, state in enumerate(expected))
         if fence is not None:
-            query, params["b_fence"] = _MOVE_FENCED, fence
-        async with self._changing() as conn:
-            result = await conn.execute(query, params)
-            if result.rowcount != 1:
-                return False
-            if event is not None:
-                await conn.execute(_INSERT_EVENT, _new_values(event))
-            return True
+            params["b_fence"] = fence
+        move = Change(
+            "move",
+            params,
+            None if event is None else _new_values(event),
+            _move(len(expected), fence is not None),
+        )
+        return await self._group.submit(move)
+
+    async def _write_group(self, conn: AsyncConnection, group: Sequence[Change]) -> list[bool]:
+        """A group's changes in one transaction: its new rows in one statement (a row that
+        exists is skipped: False), each move as its compare-and-set, then the events of
+        the changes that took effect in one statement."""
+        inserted: set[str] = set()
+        creates = [c.params for c in group if c.kind == "create"]
+        for rows in _group_by_keys(creates):
+            result = await conn.execute(self._insert_new, rows)
+            inserted.update(found[0] for found in result)
+        took: list[bool] = []
+        for change in group:
+            if change.kind == "create":
+                decision_id = change.params["decision_id"]
+                took.append(decision_id in inserted)
+                inserted.discard(decision_id)  # the same decision twice: the first one
+            else:
+                took.append((await conn.execute(change.statement, change.params)).rowcount == 1)
+        events = [c.event for c, ok in zip(group, took, strict=True) if ok and c.event]
+        for rows in _group_by_keys(events):
+            await conn.execute(self._insert_events, rows)
+        return took
 
     async def stale(self, wall_now: datetime, limit: int = 100) -> list[Delivery]:
         """Rows in an intermediate state whose lease ran out: their holder died or

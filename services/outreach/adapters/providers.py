@@ -289,6 +289,12 @@ class TwilioMessageSender(BlockingSdkSender):
         quiet = logging.getLogger("outreach.twilio_sdk")
         quiet.setLevel(logging.WARNING)
         self.http = _HeaderKeepingClient(timeout=timeout_s, logger=quiet)
+        # One kept-alive connection per send in flight: the SDK's pool holds fewer, and
+        # every send beyond them opened (and dropped) a connection of its own.
+        from requests.adapters import HTTPAdapter
+
+        for scheme in ("https://", "http://"):
+            self.http.session.mount(scheme, HTTPAdapter(pool_maxsize=max(1, max_in_flight)))
         self.client = Client(account_sid, auth_token, http_client=self.http)
         self.client.api.base_url = base_url.rstrip("/")
         self.from_number = from_number
