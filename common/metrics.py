@@ -182,6 +182,18 @@ INPUT_HOLDS = Counter(
 )
 
 
+# preferences' gRPC server (services/preferences/entrypoints/grpc_guard.py).
+GRPC_REQUESTS = Counter(
+    "outreach_grpc_requests_total", "gRPC requests by method and status code.", ["method", "code"]
+)
+GRPC_SECONDS = Histogram(
+    "outreach_grpc_request_seconds",
+    "gRPC latency by method.",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),
+)
+
+
 @functools.lru_cache(maxsize=4096)
 def child(metric: Any, *labels: str) -> Any:
     """`metric.labels(*labels)`, looked up once per label set: on a per-record path the

@@ -8,24 +8,13 @@ import time as _time
 from typing import Any
 
 import grpc
-from prometheus_client import Counter, Histogram
 
 from common.logs import get_logger
+from common.metrics import GRPC_REQUESTS, GRPC_SECONDS
 from common.outages import outage_of
 from services.preferences.domain.access import Credentials, open_method
 
 log = get_logger(__name__)
-RPCS = Counter(
-    "outreach_grpc_requests_total", "gRPC requests by method and status code.", ["method", "code"]
-)
-
-
-RPC_SECONDS = Histogram(
-    "outreach_grpc_request_seconds",
-    "gRPC latency by method.",
-    ["method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),
-)
 
 
 class ReflectionDescriptors:
@@ -107,7 +96,7 @@ class OpsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return streamed
 
     def _observed(self, method: str, behaviour: Any, guarded: bool) -> Any:
-        ok, seconds = RPCS.labels(method, "OK"), RPC_SECONDS.labels(method)
+        ok, seconds = GRPC_REQUESTS.labels(method, "OK"), GRPC_SECONDS.labels(method)
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = _time.perf_counter()
@@ -126,7 +115,7 @@ class OpsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 code = context.code().name if context.code() else "UNKNOWN"
                 raise
             finally:
-                (ok if code == "OK" else RPCS.labels(method, code)).inc()
+                (ok if code == "OK" else GRPC_REQUESTS.labels(method, code)).inc()
                 seconds.observe(_time.perf_counter() - started)
 
         return observed
@@ -154,4 +143,4 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-__all__ = ["RPCS", "RPC_SECONDS", "OpsInterceptor", "ReflectionDescriptors"]
+__all__ = ["OpsInterceptor", "ReflectionDescriptors"]
