@@ -116,6 +116,8 @@ class Outreach:
         await self.plans.start()
 
     async def stop(self) -> None:
+        for sender in {id(s): s for s in self.senders.values()}.values():
+            await sender.close()
         await self.plans.stop()
         await self.renderer.stop()
         await self.engine.dispose()

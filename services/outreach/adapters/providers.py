@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
+import contextvars
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiohttp
 
 from common.metrics import PROVIDER_CIRCUIT_OPEN, PROVIDER_SECONDS
 from services.outreach.domain.guards import CircuitBreaker, GroupShare, TokenBucket
@@ -131,6 +134,9 @@ class MessageSender(abc.ABC):
         only when the provider can say so for certain; `unknown` when it never can;
         `retry` when it could not be asked now."""
         return UNKNOWN
+
+    async def close(self) -> None:  # noqa: B027 - most senders hold nothing to let go of
+        """Let go of connections (the worker is stopping)."""
 
 
 class BlockingSdkSender(MessageSender):
@@ -254,8 +260,14 @@ TWILIO_PERMANENT = {
 }
 
 
-class TwilioMessageSender(BlockingSdkSender):
-    """SMS and WhatsApp through the official twilio SDK (messages.create)."""
+#: The response headers of the Twilio call made last in this task (Retry-After on a 429).
+_TWILIO_HEADERS: contextvars.ContextVar[Any] = contextvars.ContextVar("twilio_headers")
+
+
+class TwilioMessageSender(MessageSender):
+    """SMS and WhatsApp through the official twilio SDK's async client
+    (messages.create_async over aiohttp): a send in flight holds a connection of a pool
+    of `max_in_flight`, not a thread."""
 
     provider = "twilio"
 
@@ -270,36 +282,50 @@ class TwilioMessageSender(BlockingSdkSender):
         timeout_s: float = 10.0,
         max_in_flight: int = 16,
     ) -> None:
-        super().__init__(max_in_flight)
-        from twilio.http.http_client import TwilioHttpClient
+        from twilio.http.async_http_client import AsyncTwilioHttpClient
         from twilio.rest import Client
 
-        class _HeaderKeepingClient(TwilioHttpClient):  # type: ignore[misc]
-            """Keeps each thread's last response headers (Retry-After on a 429)."""
+        class _PooledClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+            """The SDK's aiohttp client with a session made on first use (on the loop
+            that sends), `max_in_flight` connections, its timeout on every request, and
+            each response's headers kept for the task that asked."""
 
-            local = threading.local()
+            session: Any
 
-            def request(self, *args: Any, **kwargs: Any) -> Any:
-                response = super().request(*args, **kwargs)
-                self.local.headers = response.headers
+            def __init__(self) -> None:
+                super().__init__(pool_connections=False, timeout=timeout_s, logger=quiet)
+
+            async def request(self, *args: Any, **kwargs: Any) -> Any:
+                if self.session is None:
+                    self.session = aiohttp.ClientSession(
+                        connector=aiohttp.TCPConnector(limit=max(1, max_in_flight))
+                    )
+                if kwargs.get("timeout") is None:
+                    kwargs["timeout"] = timeout_s
+                auth = kwargs.pop("auth", None)
+                if auth is not None:  # as a header: aiohttp deprecates its BasicAuth
+                    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+                    kwargs["headers"] = {**(kwargs.get("headers") or {}),
+                                         "Authorization": f"Basic {token}"}  # fmt: skip
+                response = await super().request(*args, **kwargs)
+                _TWILIO_HEADERS.set(response.headers)
                 return response
 
         # The SDK logs requests at INFO; keep its logger quiet so no address or body
         # can reach the logs whatever the root level.
         quiet = logging.getLogger("outreach.twilio_sdk")
         quiet.setLevel(logging.WARNING)
-        self.http = _HeaderKeepingClient(timeout=timeout_s, logger=quiet)
-        # One kept-alive connection per send in flight: the SDK's pool holds fewer, and
-        # every send beyond them opened (and dropped) a connection of its own.
-        from requests.adapters import HTTPAdapter
-
-        for scheme in ("https://", "http://"):
-            self.http.session.mount(scheme, HTTPAdapter(pool_maxsize=max(1, max_in_flight)))
+        self.http = _PooledClient()
         self.client = Client(account_sid, auth_token, http_client=self.http)
         self.client.api.base_url = base_url.rstrip("/")
         self.from_number = from_number
         self.whatsapp_from = whatsapp_from
         self.timeout_s = timeout_s
+
+    async def close(self) -> None:
+        if self.http.session is not None:
+            await self.http.session.close()
+            self.http.session = None
 
     def _addresses(self, message: OutboundMessage) -> tuple[str, str]:
         """(to, from) as Twilio writes them, `whatsapp:` prefixes included."""
@@ -319,7 +345,7 @@ class TwilioMessageSender(BlockingSdkSender):
             to, sender = message.to, self.from_number
         return to, sender
 
-    def _create(self, message: OutboundMessage) -> str:
+    async def _create(self, message: OutboundMessage) -> str:
         to, sender = self._addresses(message)
         kwargs: dict[str, Any] = {"to": to, "from_": sender, "body": message.text}
         if message.status_callback_url:
@@ -329,10 +355,10 @@ class TwilioMessageSender(BlockingSdkSender):
         from twilio.base.exceptions import TwilioRestException
 
         try:
-            created = self.client.messages.create(**kwargs)
+            created = await self.client.messages.create_async(**kwargs)
         except TwilioRestException as exc:
-            # The response headers live in this worker thread; carry Retry-After out.
-            exc.retry_after = _retry_after(getattr(self.http.local, "headers", None))
+            # The response headers were kept in this task; carry Retry-After out.
+            exc.retry_after = _retry_after(_TWILIO_HEADERS.get(None))
             raise
         return str(created.sid)
 
@@ -342,7 +368,7 @@ class TwilioMessageSender(BlockingSdkSender):
         started = time.perf_counter()
         outcome = "error"
         try:
-            sid = await asyncio.wait_for(self._in_pool(self._create, message), self.timeout_s + 1)
+            sid = await asyncio.wait_for(self._create(message), self.timeout_s + 1)
             outcome = "ok"
             return SendResult(self.provider, sid)
         except TwilioRestException as exc:
@@ -364,17 +390,18 @@ class TwilioMessageSender(BlockingSdkSender):
             ) from None
         except PermanentProviderError:
             raise
-        except (TimeoutError, TwilioException, OSError) as exc:
+        except (TimeoutError, TwilioException, aiohttp.ClientError, OSError) as exc:
             raise TransientProviderError(
                 f"twilio unreachable: {type(exc).__name__}", maybe_sent=_maybe_sent(exc)
             ) from None
         finally:
             PROVIDER_SECONDS.labels(self.provider, outcome).observe(time.perf_counter() - started)
 
-    def _find(self, message: OutboundMessage, since: datetime) -> Lookup:
+    async def _find(self, message: OutboundMessage, since: datetime) -> Lookup:
         to, sender = self._addresses(message)
         earliest = since - LOOKUP_SKEW
-        for found in self.client.messages.list(to=to, from_=sender, limit=LOOKUP_LIMIT):
+        listed = await self.client.messages.list_async(to=to, from_=sender, limit=LOOKUP_LIMIT)
+        for found in listed:
             created = found.date_created
             if created is not None and created.tzinfo is None:
                 created = created.replace(tzinfo=UTC)
@@ -389,12 +416,10 @@ class TwilioMessageSender(BlockingSdkSender):
         from twilio.base.exceptions import TwilioException
 
         try:
-            return await asyncio.wait_for(
-                self._in_pool(self._find, message, since), self.timeout_s + 1
-            )
+            return await asyncio.wait_for(self._find(message, since), self.timeout_s + 1)
         except PermanentProviderError:
             return UNKNOWN
-        except (TimeoutError, TwilioException, OSError):
+        except (TimeoutError, TwilioException, aiohttp.ClientError, OSError):
             return RETRY  # ask again on the next round
 
 
@@ -512,6 +537,8 @@ def _maybe_sent(exc: BaseException) -> bool:
         "unreachable",
         "connecttimeout",
         "connect timeout",
+        "connectiontimeouterror",  # aiohttp: no connection within the timeout
+        "cannot connect",  # aiohttp's ClientConnectorError
         "newconnectionerror",
     )
     return not any(word in text for word in never)
@@ -573,3 +600,6 @@ class GuardedSender(MessageSender):
 
     async def find_sent(self, message: OutboundMessage, since: datetime) -> Lookup:
         return await self.inner.find_sent(message, since)
+
+    async def close(self) -> None:
+        await self.inner.close()
