@@ -2,12 +2,18 @@
 
 outreachctl topics create            create every topic (partitions, retention, DLQs)
 outreachctl deadletters list SERVICE  list dead letters with their reasons
+outreachctl deadletters show SERVICE OFFSET   one dead letter: headers and bytes
 outreachctl deadletters replay SERVICE [--offset N]   put them back on their topic
 outreachctl deadletters purge SERVICE [--before-offset N] [--older-than-days D]
                                      [--customer ID] --yes
 outreachctl templates export|import ...   the studio's templates as one JSON document
 outreachctl sending status|pause|resume   the kill switch
 outreachctl explain CUSTOMER_ID      why did (or didn't) we message this person?
+
+Every command but templates takes --output text|json (json: one JSON document on
+stdout, nothing else). Exit codes: 0 done; 1 failed or refused (a missing topic, nothing at
+that offset, a purge without --yes, a service that did not answer); 2 a usage error;
+3 partly done (explain: one of the two services did not answer).
 """
 
 from __future__ import annotations
@@ -23,9 +29,24 @@ from typing import Any
 from common.settings import ServiceSettings
 from common.topics import SERVICES, all_topics
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
 
 def _settings() -> ServiceSettings:
     return ServiceSettings()
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """Print the command's result: `data` as JSON with --output json, else `text`."""
+    if getattr(args, "output", "text") == "json":
+        print(json.dumps(data, indent=2, default=str))
+    elif text:
+        print(text)
+
+
+def _failed(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
@@ -36,11 +57,17 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
         settings.kafka_bootstrap_servers,
         all_topics(settings.topic_prefix, settings.topic_partitions),
     )
-    print(f"{len(created)} topic(s) created" + (f": {', '.join(created)}" if created else ""))
-    return 0
+    text = f"{len(created)} topic(s) created" + (f": {', '.join(created)}" if created else "")
+    _emit(args, {"created": list(created)}, text)
+    return EXIT_OK
 
 
-def _read_deadletters(service: str, limit: int) -> list[Any]:
+def _deadletter_topic(service: str) -> str:
+    return _settings().topics.deadletter(service)
+
+
+def _read_deadletters(service: str, limit: int) -> list[Any] | None:
+    """The first `limit` dead letters of `service`; None if its topic does not exist."""
     from kafka import KafkaConsumer, TopicPartition
 
     settings = _settings()
@@ -50,7 +77,10 @@ def _read_deadletters(service: str, limit: int) -> list[Any]:
         enable_auto_commit=False,
         consumer_timeout_ms=2000,
     )
-    partitions = consumer.partitions_for_topic(topic) or set()
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        consumer.close()
+        return None
     tps = [TopicPartition(topic, p) for p in partitions]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
@@ -63,30 +93,50 @@ def _read_deadletters(service: str, limit: int) -> list[Any]:
     return records
 
 
+def _described(record: Any) -> dict[str, Any]:
+    headers = {k: v.decode(errors="replace") for k, v in record.headers}
+    return {
+        "offset": record.offset,
+        "timestamp_ms": record.timestamp,
+        "original": {
+            "topic": headers.get("dlq.original.topic"),
+            "partition": headers.get("dlq.original.partition"),
+            "offset": headers.get("dlq.original.offset"),
+        },
+        "code": headers.get("dlq.reason.code"),
+        "reason": headers.get("dlq.reason", ""),
+    }
+
+
 def cmd_deadletters_list(args: argparse.Namespace) -> int:
-    for record in _read_deadletters(args.service, args.limit):
-        headers = {k: v.decode(errors="replace") for k, v in record.headers}
-        print(
-            f"{record.offset:>8}  {headers.get('dlq.original.topic', '?')}"
-            f"[{headers.get('dlq.original.partition', '?')}]@"
-            f"{headers.get('dlq.original.offset', '?')}  "
-            f"{headers.get('dlq.reason.code', '?')}: {headers.get('dlq.reason', '')}"
-        )
-    return 0
+    records = _read_deadletters(args.service, args.limit)
+    if records is None:
+        return _failed(f"no topic {_deadletter_topic(args.service)}")
+    listed = [_described(r) for r in records]
+    lines = [
+        f"{d['offset']:>8}  {d['original']['topic'] or '?'}[{d['original']['partition'] or '?'}]@"
+        f"{d['original']['offset'] or '?'}  {d['code'] or '?'}: {d['reason']}"
+        for d in listed
+    ]
+    _emit(args, listed, "\n".join(lines) or f"no dead letters in {_deadletter_topic(args.service)}")
+    return EXIT_OK
 
 
 def cmd_deadletters_show(args: argparse.Namespace) -> int:
-    for record in _read_deadletters(args.service, 100_000):
+    records = _read_deadletters(args.service, 100_000)
+    if records is None:
+        return _failed(f"no topic {_deadletter_topic(args.service)}")
+    for record in records:
         if record.offset == args.offset:
             headers = {k: v.decode(errors="replace") for k, v in record.headers}
-            print(
-                json.dumps(
-                    {"headers": headers, "value": record.value.decode(errors="replace")}, indent=2
-                )
-            )
-            return 0
-    print(f"no dead letter at offset {args.offset}", file=sys.stderr)
-    return 1
+            found = {
+                "offset": record.offset,
+                "headers": headers,
+                "value": record.value.decode(errors="replace"),
+            }
+            _emit(args, found, json.dumps(found, indent=2))
+            return EXIT_OK
+    return _failed(f"no dead letter at offset {args.offset}")
 
 
 def cmd_deadletters_replay(args: argparse.Namespace) -> int:
@@ -96,8 +146,11 @@ def cmd_deadletters_replay(args: argparse.Namespace) -> int:
     producer = KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers.split(","), acks="all"
     )
+    records = _read_deadletters(args.service, 100_000)
+    if records is None:
+        return _failed(f"no topic {_deadletter_topic(args.service)}")
     count = 0
-    for record in _read_deadletters(args.service, 100_000):
+    for record in records:
         if args.offset is not None and record.offset != args.offset:
             continue
         headers = dict(record.headers)
@@ -109,8 +162,10 @@ def cmd_deadletters_replay(args: argparse.Namespace) -> int:
         producer.send(topic, key=record.key, value=record.value, headers=kept)
         count += 1
     producer.flush()
-    print(f"replayed {count} dead letter(s)")
-    return 0
+    _emit(args, {"replayed": count}, f"replayed {count} dead letter(s)")
+    if args.offset is not None and count == 0:
+        return _failed(f"no dead letter at offset {args.offset}")
+    return EXIT_OK
 
 
 def cmd_deadletters_purge(args: argparse.Namespace) -> int:
@@ -129,8 +184,7 @@ def cmd_deadletters_purge(args: argparse.Namespace) -> int:
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not tps:
-            print(f"error: no topic {topic}", file=sys.stderr)
-            return 1
+            return _failed(f"no topic {topic}")
         start, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
         cut = dict(end)
         if args.before_offset is not None:
@@ -144,18 +198,19 @@ def cmd_deadletters_purge(args: argparse.Namespace) -> int:
     doomed = {tp: cut[tp] for tp in tps if cut[tp] > start[tp]}
     count = sum(cut[tp] - start[tp] for tp in doomed)
     if not doomed:
-        print("nothing to purge")
-        return 0
+        _emit(args, {"topic": topic, "purged": 0}, "nothing to purge")
+        return EXIT_OK
     if not args.yes:
-        print(f"would delete {count} dead letter(s) of {topic} for good; add --yes to do it")
-        return 1
+        text = f"would delete {count} dead letter(s) of {topic} for good; add --yes to do it"
+        _emit(args, {"topic": topic, "would_purge": count}, text)
+        return EXIT_FAILED
     admin = KafkaAdminClient(bootstrap_servers=servers)
     try:
         admin.delete_records(doomed, timeout_ms=30_000)
     finally:
         admin.close()
-    print(f"purged {count} dead letter(s) of {topic}")
-    return 0
+    _emit(args, {"topic": topic, "purged": count}, f"purged {count} dead letter(s) of {topic}")
+    return EXIT_OK
 
 
 def _purge_customer(args: argparse.Namespace) -> int:
@@ -174,8 +229,7 @@ def _purge_customer(args: argparse.Namespace) -> int:
     try:
         tp = TopicPartition(topic, 0)
         if not consumer.partitions_for_topic(topic):
-            print(f"error: no topic {topic}", file=sys.stderr)
-            return 1
+            return _failed(f"no topic {topic}")
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
         end = consumer.end_offsets([tp])[tp]
@@ -188,11 +242,12 @@ def _purge_customer(args: argparse.Namespace) -> int:
         consumer.close()
     theirs = [r for r in records if r.key == needle or needle in (r.value or b"")]
     if not theirs:
-        print(f"no dead letter of {args.customer} in {topic}")
-        return 0
+        _emit(args, {"topic": topic, "purged": 0}, f"no dead letter of {args.customer} in {topic}")
+        return EXIT_OK
     if not args.yes:
-        print(f"would delete {len(theirs)} dead letter(s) of {args.customer}; add --yes")
-        return 1
+        text = f"would delete {len(theirs)} dead letter(s) of {args.customer}; add --yes"
+        _emit(args, {"topic": topic, "would_purge": len(theirs)}, text)
+        return EXIT_FAILED
     producer = KafkaProducer(bootstrap_servers=servers, acks="all")
     try:
         for r in records:
@@ -206,31 +261,35 @@ def _purge_customer(args: argparse.Namespace) -> int:
         admin.delete_records({tp: end}, timeout_ms=30_000)
     finally:
         admin.close()
-    print(f"purged {len(theirs)} dead letter(s) of {args.customer} from {topic}")
-    return 0
+    text = f"purged {len(theirs)} dead letter(s) of {args.customer} from {topic}"
+    _emit(args, {"topic": topic, "purged": len(theirs)}, text)
+    return EXIT_OK
 
 
-def _get_json(url: str) -> Any:
+def _get_json(url: str) -> tuple[bool, Any]:
+    """(answered, the JSON document or what went wrong)."""
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
+            return True, json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return {"error": f"HTTP {exc.code}", "body": exc.read().decode(errors="replace")}
-    except OSError as exc:
-        return {"error": str(exc)}
+        body = exc.read().decode(errors="replace")
+        return False, {"error": f"HTTP {exc.code}", "body": body}
+    except (OSError, ValueError) as exc:
+        return False, {"error": str(exc)}
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    risk = _get_json(f"{args.risk_url}/customers/{args.customer_id}/explain")
-    outreach = _get_json(f"{args.outreach_url}/customers/{args.customer_id}/explain")
-    print(
-        json.dumps(
-            {"customer_id": args.customer_id, "risk": risk, "outreach": outreach},
-            indent=2,
-            default=str,
-        )
-    )
-    return 0
+    """Both services' explanations in one document; each part that did not come says why
+    (an `error`), and the exit code says how many did (0 both, 3 one, 1 none)."""
+    risk_ok, risk = _get_json(f"{args.risk_url}/customers/{args.customer_id}/explain")
+    outreach_ok, outreach = _get_json(f"{args.outreach_url}/customers/{args.customer_id}/explain")
+    document = {"customer_id": args.customer_id, "risk": risk, "outreach": outreach}
+    print(json.dumps(document, indent=2, default=str))
+    for name, ok, part in (("risk_detector", risk_ok, risk), ("outreach", outreach_ok, outreach)):
+        if not ok:
+            print(f"error: {name} did not answer: {part['error']}", file=sys.stderr)
+    answered = int(risk_ok) + int(outreach_ok)
+    return {2: EXIT_OK, 1: EXIT_PARTIAL}.get(answered, EXIT_FAILED)
 
 
 def _operator_request(url: str, body: dict[str, Any] | None = None) -> Any:
@@ -273,10 +332,10 @@ def cmd_sending(args: argparse.Namespace) -> int:
         )
     paused = ", ".join(f"{p['scope']} (since {p['changed_at']}, {p['actor']}: {p['reason']})"
                        for p in state["paused"]) or "nothing"  # fmt: skip
-    print(f"paused: {paused}")
     if args.json:
-        print(json.dumps(state, indent=2))
-    return 0
+        args.output = "json"
+    _emit(args, state, f"paused: {paused}")
+    return EXIT_OK
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
@@ -287,49 +346,87 @@ def cmd_templates(args: argparse.Namespace) -> int:
     return subprocess.run(command, check=False).returncode
 
 
+def _output_option() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default), json for scripts: one document on stdout",
+    )
+    return parent
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="outreachctl",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    topics = sub.add_parser("topics").add_subparsers(dest="action", required=True)
-    topics.add_parser("create").set_defaults(func=cmd_topics_create)
-    _deadletter_commands(sub)
+    out = _output_option()
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    topics = sub.add_parser("topics", help="the Kafka topics every service needs")
+    topics_sub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
+    topics_sub.add_parser(
+        "create",
+        parents=[out],
+        help="create every topic that is missing (partitions, retention, dead letters)",
+    ).set_defaults(func=cmd_topics_create)
+    _deadletter_commands(sub, out)
     tpl = sub.add_parser(
         "templates",
         help="export/import templates (see `outreachctl templates export|import --help`)",
         add_help=False,
     )
-    tpl.add_argument("rest", nargs=argparse.REMAINDER)
+    tpl.add_argument("rest", nargs=argparse.REMAINDER, help="the studio command's arguments")
     tpl.set_defaults(func=cmd_templates)
-    explain = sub.add_parser("explain")
-    explain.add_argument("customer_id")
-    explain.add_argument("--risk-url", default="http://127.0.0.1:8082")
-    explain.add_argument("--outreach-url", default="http://127.0.0.1:8083")
+    explain = sub.add_parser(
+        "explain",
+        parents=[out],
+        help="why did (or didn't) we message this person: risk_detector's and outreach's "
+        "account of the customer, as one JSON document",
+    )
+    explain.add_argument("customer_id", help="the shop's customer id")
+    explain.add_argument(
+        "--risk-url", default="http://127.0.0.1:8082", help="risk_detector's HTTP address"
+    )
+    explain.add_argument(
+        "--outreach-url", default="http://127.0.0.1:8083", help="outreach's HTTP address"
+    )
     explain.set_defaults(func=cmd_explain)
-    _sending_commands(sub)
+    _sending_commands(sub, out)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
 
-def _deadletter_commands(sub: Any) -> None:
-    dl = sub.add_parser("deadletters").add_subparsers(dest="action", required=True)
-    dl_list = dl.add_parser("list")
-    dl_list.add_argument("service", choices=SERVICES)
-    dl_list.add_argument("--limit", type=int, default=100)
+def _deadletter_commands(sub: Any, out: argparse.ArgumentParser) -> None:
+    group = sub.add_parser("deadletters", help="what a service could not process, and why")
+    dl = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    service = {"choices": SERVICES, "help": "whose dead letters: " + ", ".join(SERVICES)}
+    dl_list = dl.add_parser("list", parents=[out], help="list dead letters with their reasons")
+    dl_list.add_argument("service", **service)
+    dl_list.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     dl_list.set_defaults(func=cmd_deadletters_list)
-    dl_show = dl.add_parser("show")
-    dl_show.add_argument("service", choices=SERVICES)
-    dl_show.add_argument("offset", type=int)
+    dl_show = dl.add_parser(
+        "show", parents=[out], help="one dead letter: its headers and original bytes"
+    )
+    dl_show.add_argument("service", **service)
+    dl_show.add_argument("offset", type=int, help="its offset (from `list`)")
     dl_show.set_defaults(func=cmd_deadletters_show)
-    dl_replay = dl.add_parser("replay")
-    dl_replay.add_argument("service", choices=SERVICES)
-    dl_replay.add_argument("--offset", type=int, default=None)
+    dl_replay = dl.add_parser(
+        "replay",
+        parents=[out],
+        help="put dead letters back on their original topic (every handler dedupes by id)",
+    )
+    dl_replay.add_argument("service", **service)
+    dl_replay.add_argument(
+        "--offset", type=int, default=None, help="only the one at this offset (default: all)"
+    )
     dl_replay.set_defaults(func=cmd_deadletters_replay)
-    dl_purge = dl.add_parser("purge", help="delete dead letters for good (asks for --yes)")
-    dl_purge.add_argument("service", choices=SERVICES)
+    dl_purge = dl.add_parser(
+        "purge", parents=[out], help="delete dead letters for good (asks for --yes)"
+    )
+    dl_purge.add_argument("service", **service)
     dl_purge.add_argument("--before-offset", type=int, help="only those before this offset")
     dl_purge.add_argument("--older-than-days", type=float, help="only those older than this")
     dl_purge.add_argument("--customer", help="only those about this customer (an erasure)")
@@ -337,15 +434,22 @@ def _deadletter_commands(sub: Any) -> None:
     dl_purge.set_defaults(func=cmd_deadletters_purge)
 
 
-def _sending_commands(sub: Any) -> None:
+def _sending_commands(sub: Any, out: argparse.ArgumentParser) -> None:
     send = sub.add_parser(
         "sending", help="the kill switch: pause or resume sending (all, or one intent)"
     )
-    send_sub = send.add_subparsers(dest="action", required=True)
-    for action in ("status", "pause", "resume"):
-        cmd = send_sub.add_parser(action)
-        cmd.add_argument("--outreach-url", default="http://127.0.0.1:8083")
-        cmd.add_argument("--json", action="store_true", help="print the whole state")
+    send_sub = send.add_subparsers(dest="action", required=True, metavar="ACTION")
+    helps = {
+        "status": "what is paused, since when, by whom and why",
+        "pause": "hold every new decision (of one intent, or all) until resumed",
+        "resume": "release what a pause held, gradually over a ramp",
+    }
+    for action, text in helps.items():
+        cmd = send_sub.add_parser(action, parents=[out], help=text)
+        cmd.add_argument(
+            "--outreach-url", default="http://127.0.0.1:8083", help="outreach's HTTP address"
+        )
+        cmd.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # --output json
         if action != "status":
             cmd.add_argument(
                 "--intent",

@@ -89,7 +89,39 @@ def test_list_show_replay_purge(kafka_bootstrap, topic_prefix, monkeypatch, caps
     assert "purged 1 dead letter(s)" in printed(capsys)
     assert records(kafka_bootstrap, dlq) == []
     assert outreachctl(["deadletters", "list", "orders_watcher"]) == 0
-    assert printed(capsys) == ""
+    assert printed(capsys).startswith("no dead letters in ")
+    assert outreachctl(["deadletters", "list", "orders_watcher", "--output", "json"]) == 0
+    assert json.loads(printed(capsys)) == []
+
+
+def test_json_output_and_a_missing_topic(kafka_bootstrap, topic_prefix, monkeypatch, capsys):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("OUTREACH_TOPIC_PREFIX", topic_prefix)
+    dlq, orders = topic_prefix + "deadletter.risk_detector", topic_prefix + "commerce.orders"
+    ensure_topics(kafka_bootstrap, [TopicSpec(dlq, 1)])
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    dead_letter(producer, dlq, orders, 5)
+    producer.flush()
+    producer.close()
+    capsys.readouterr()
+
+    assert outreachctl(["deadletters", "list", "risk_detector", "--output", "json"]) == 0
+    (listed,) = json.loads(printed(capsys))
+    assert listed["offset"] == 0 and listed["code"] == "bad_data"
+    assert listed["original"] == {"topic": orders, "partition": "0", "offset": "105"}
+    purge = ["deadletters", "purge", "risk_detector", "--output", "json"]
+    assert outreachctl(purge) == 1  # not without --yes
+    assert json.loads(printed(capsys)) == {"topic": dlq, "would_purge": 1}
+
+    # A service whose dead-letter topic does not exist: an error, not an empty list.
+    for command in (
+        ["list", "preferences"],
+        ["show", "preferences", "0"],
+        ["replay", "preferences"],
+    ):
+        assert outreachctl(["deadletters", *command]) == 1
+        err = capsys.readouterr().err
+        assert f"error: no topic {topic_prefix}deadletter.preferences" in err
 
 
 def test_purge_one_customers_dead_letters_keeps_the_others_in_order(
