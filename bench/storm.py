@@ -244,6 +244,7 @@ def main() -> int:
                 message=f"{n} messages at the providers",
             )
             arrivals = {**twilio.arrivals, **sendgrid.arrivals}
+            per_provider = {"twilio": twilio.arrivals, "sendgrid": sendgrid.arrivals}
             memory = {
                 name: rss_mib(proc.pid)[1]
                 for name, proc in stack.procs.items()
@@ -276,6 +277,20 @@ def main() -> int:
     print(f"  sending: {sending:.0f} messages/s sustained; storm event -> provider call "
           f"p50 {quantile(waits, 0.5) / 1000:.1f} s, p99 {quantile(waits, 0.99) / 1000:.1f} s; "
           f"429s: {throttled}")  # fmt: skip
+    used = []
+    for name, times in per_provider.items():
+        stamps = sorted(times.values())
+        if len(stamps) > 10:
+            rate = (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9)
+            # Between its 10th and 90th percentile call: without the start (the first
+            # requests still on their way) and the tail (sends a full bucket put off).
+            low, high = len(stamps) // 10, len(stamps) * 9 // 10
+            steady = (high - low) / max(stamps[high] - stamps[low], 1e-9)
+            used.append(
+                f"{name} {rate:.1f}/s first to last ({rate / args.provider_rate:.0%} of its "
+                f"limit), {steady:.1f}/s steady ({steady / args.provider_rate:.0%})"
+            )
+    print("  providers: " + ", ".join(used))
     print(f"  detection: {len(incidents)} incidents at {detecting:.0f}/s sustained; "
           f"sending / detection = {sending / detecting:.3f}")  # fmt: skip
     print("  peak memory (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(memory.items())))
