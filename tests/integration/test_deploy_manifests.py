@@ -397,11 +397,17 @@ def test_monitoring_objects_carry_the_one_source() -> None:
     assert len(rule) == 1 and rule[0]["apiVersion"] == "monitoring.coreos.com/v1"
     yq = _tool("yq")
     source = json.loads(_run(yq, "-o=json", "-I=0", ".", str(MONITORING / "alerts.yaml")).stdout)
+    base = "https://github.com/example/proactive-outreach/blob/main/"
+    for group in source["groups"]:  # the chart makes the runbook links absolute
+        for alert in group["rules"]:
+            alert["annotations"]["runbook_url"] = base + alert["annotations"]["runbook_url"]
     assert rule[0]["spec"]["groups"] == source["groups"]
     monitors = _kind(docs, "ServiceMonitor")
     assert len(monitors) == 1
     assert monitors[0]["spec"]["endpoints"][0]["port"] == "http"
     assert monitors[0]["spec"]["endpoints"][0]["path"] == "/metrics"
+    # our `service` label, not the one the Prometheus Operator sets from the Service
+    assert monitors[0]["spec"]["endpoints"][0]["honorLabels"] is True
     dashboards = [
         c
         for c in _kind(docs, "ConfigMap")
@@ -410,6 +416,48 @@ def test_monitoring_objects_carry_the_one_source() -> None:
     assert len(dashboards) == 1
     (content,) = dashboards[0]["data"].values()
     assert json.loads(content) == json.loads((MONITORING / "dashboard.json").read_text())
+
+
+def _checksums(*sets: str) -> dict[str, str]:
+    return {
+        _component(d): d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        for d in _kind(_render(*sets), "Deployment")
+    }
+
+
+def test_images_scheduling_and_a_restart_only_for_ones_own_configuration() -> None:
+    for dep in _kind(_render(), "Deployment"):
+        image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert image == "ghcr.io/example/proactive-outreach:0.1.0"
+    digest = "sha256:" + "a" * 64
+    docs = _render(
+        f"image.digest={digest}",
+        "global.imageRegistry=mirror.example",
+        "nodeSelector.pool=outreach",
+        "services.outreach.nodeSelector.pool=senders",
+        "tolerations[0].key=dedicated",
+        "tolerations[0].operator=Exists",
+        "podAnnotations.team=care",
+        "services.studio.podLabels.exposed=yes",
+        "extraEnv[0].name=EXTRA",
+        "extraEnv[0].value=1",
+    )
+    for dep in _kind(docs, "Deployment"):
+        name, pod = _component(dep), dep["spec"]["template"]
+        (container,) = pod["spec"]["containers"]
+        assert container["image"] == f"mirror.example/example/proactive-outreach@{digest}"
+        assert pod["spec"]["nodeSelector"] == {
+            "pool": "senders" if name == "outreach" else "outreach"
+        }
+        assert pod["spec"]["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+        assert pod["metadata"]["annotations"]["team"] == "care"
+        assert (pod["metadata"]["labels"].get("exposed") == "yes") == (name == "studio")
+        assert {"name": "EXTRA", "value": "1"} in container["env"]
+    before = _checksums()
+    after = _checksums("services.risk-detector.env.RISK_DETECTOR_LOG_EXTRA=1")
+    assert {n for n in before if before[n] != after[n]} == {"risk-detector"}
+    common = _checksums("config.LOG_LEVEL=DEBUG")
+    assert all(before[n] != common[n] for n in before)
 
 
 def test_manifests_validate_offline_against_kubernetes_schemas(tmp_path: Path) -> None:

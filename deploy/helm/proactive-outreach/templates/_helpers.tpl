@@ -45,8 +45,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-%s" (include "po.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* registry/repository@digest, or :tag (the chart's appVersion by default). */}}
 {{- define "po.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $registry := default .Values.image.registry (.Values.global).imageRegistry -}}
+{{- $repository := .Values.image.repository -}}
+{{- if $registry -}}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository -}}
+{{- end -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* A Kubernetes object name from a topic name (no underscores, lower case). */}}
