@@ -460,6 +460,34 @@ def test_images_scheduling_and_a_restart_only_for_ones_own_configuration() -> No
     assert all(before[n] != common[n] for n in before)
 
 
+def _notes(tmp_path: Path, *sets: str) -> str:
+    """NOTES.txt as `helm install` would print it (`helm template` leaves it out: it is
+    rendered here as the value of a YAML document in a copy of the chart)."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart, symlinks=False)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "NOTES.txt").unlink()
+    wrapped = "notes: |\n" + "".join(f"  {line}" for line in notes.splitlines(keepends=True))
+    (chart / "templates" / "notes.yaml").write_text(wrapped)
+    helm = _tool("helm")
+    args = [helm, "template", "po", str(chart), "--kube-version", K8S_VERSION.lstrip("v")]
+    args += ["-n", "care", "--show-only", "templates/notes.yaml"]
+    for one in sets:
+        args += ["--set", one]
+    return _run(*args).stdout
+
+
+def test_the_notes_say_how_to_reach_the_studio_and_what_is_left_to_do(tmp_path: Path) -> None:
+    notes = _notes(tmp_path)
+    assert "exec -it deploy/po-proactive-outreach-studio" in notes
+    assert "users add alice --role admin" in notes
+    assert "port-forward svc/po-proactive-outreach-studio 8085" in notes
+    assert 'Secret "po-proactive-outreach-secrets" is yours to create' in notes
+    assert "topics create" not in notes  # Strimzi's KafkaTopics make them
+    bare = _notes(tmp_path / "bare", "strimzi.enabled=false", "services.studio.enabled=false")
+    assert "outreachctl topics create" in bare and "studio" not in bare
+
+
 def test_manifests_validate_offline_against_kubernetes_schemas(tmp_path: Path) -> None:
     kubeconform = _tool("kubeconform")
     schemas = CACHE / "k8s-schemas" / K8S_VERSION
