@@ -145,7 +145,7 @@ NOTES = {
     "OUTREACH_MAX_ATTEMPTS": "provider calls that may fail (not counting throttling: 429, our rate limit, an open breaker) before a message is failed",
     "OUTREACH_TEMPLATE_REFRESH_S": "how often workers look for newly published templates",
     "OUTREACH_CONTROLS_REFRESH_S": "how often workers read the kill switch (pause/resume)",
-    "OUTREACH_CONCURRENCY": "requests a worker handles at once (in lanes by customer: one customer's stay in order)",
+    "OUTREACH_CONCURRENCY": "requests a worker handles at once, in lanes by customer (one customer's stay in order); on the wall clock four times as many are fetched ahead, so a lane never waits for another",
     "OUTREACH_IN_DOUBT_AFTER_S": "lease of a claimed send (and of a decision not yet claimed): a row still there after it was left by a process that died or stalled, and is taken over; at least twice OUTREACH_PROVIDER_TIMEOUT_S",
     "OUTREACH_IN_DOUBT_CHECK_S": "how often a worker sweeps the ledger for rows whose lease ran out and sends in doubt due for a look",
     "OUTREACH_IN_DOUBT_SETTLE_S": "after an ambiguous provider answer (a timeout, a 5xx, a reset after the request left), wait this long before asking the provider whether it has the message; at least OUTREACH_PROVIDER_TIMEOUT_S",

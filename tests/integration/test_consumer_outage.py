@@ -13,6 +13,7 @@ import pytest
 
 from common.clock import WallClock
 from common.envelope import CloudEvent, new_event
+from common.flowing import FlowingConsumerLoop
 from common.kafka import AiokafkaProducer, ConsumerLoop, DeadLetters, InputMessage, MessageProcessor
 from common.ops_http import Heartbeat
 from common.outages import DependencyUnavailable
@@ -54,8 +55,11 @@ class FlakyDependency:
             self.all_seen.set()
 
 
+@pytest.mark.parametrize("kind", [ConsumerLoop, FlowingConsumerLoop], ids=["batches", "flowing"])
 @pytest.mark.parametrize("concurrency", [1, 4])
-async def test_an_outage_holds_the_input_and_nothing_is_dead_lettered(kafka_bootstrap, concurrency):
+async def test_an_outage_holds_the_input_and_nothing_is_dead_lettered(
+    kafka_bootstrap, concurrency, kind
+):
     topic, deadletter = f"t-{uuid.uuid4().hex[:8]}", f"dl-{uuid.uuid4().hex[:8]}"
     producer = AiokafkaProducer(kafka_bootstrap, "test")
     await producer.start()
@@ -65,7 +69,7 @@ async def test_an_outage_holds_the_input_and_nothing_is_dead_lettered(kafka_boot
     processor = MessageProcessor(
         "test", dependency.handle, DeadLetters(producer, deadletter, "test"), WallClock()
     )
-    loop = ConsumerLoop(
+    loop = kind(
         bootstrap_servers=kafka_bootstrap,
         group_id=f"g-{topic}",
         topics=[topic],

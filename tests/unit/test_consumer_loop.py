@@ -1,6 +1,7 @@
-"""The plain consumer loop on the in-memory broker (common/local_broker.py, held to
-aiokafka's behaviour by tests/contract/test_consumer.py): what it commits, what it
-dead-letters, and how an outage holds its input. The same on the real broker:
+"""The plain consumer loops on the in-memory broker (common/local_broker.py, held to
+aiokafka's behaviour by tests/contract/test_consumer.py): what they commit, what they
+dead-letter, and how an outage holds their input — `ConsumerLoop` (a batch at a time)
+and `FlowingConsumerLoop` (lanes kept fed). The same on the real broker:
 tests/integration/test_consumer_outage.py."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from common.clock import WallClock
 from common.envelope import CloudEvent, new_event
+from common.flowing import FlowingConsumerLoop
 from common.kafka import (
     ConsumerLoop,
     DeadLetters,
@@ -47,12 +49,15 @@ class Handler:
     handled: list[str] = field(default_factory=list)
     refused: int = 0
     down: bool = False
+    slow: dict[str, asyncio.Event] = field(default_factory=dict)  # event id -> let it finish
 
     async def __call__(self, msg: InputMessage, event: CloudEvent) -> None:
         if self.down:
             self.refused += 1
             raise DependencyUnavailable("database", "connection refused")
         await asyncio.sleep(0)
+        if event.id in self.slow:
+            await self.slow[event.id].wait()
         self.handled.append(event.id)
 
 
@@ -73,14 +78,34 @@ class Run:
             await asyncio.sleep(0.01)
 
 
-@pytest.fixture(params=[1, 4], ids=["one lane", "four lanes"])
+LOOPS = {
+    "batches, one lane": (ConsumerLoop, 1, {}),
+    "batches, four lanes": (ConsumerLoop, 4, {}),
+    "flowing, one lane": (FlowingConsumerLoop, 1, {"commit_interval_s": 0.02}),
+    "flowing, four lanes": (FlowingConsumerLoop, 4, {"commit_interval_s": 0.02}),
+}
+
+
+@pytest.fixture(params=list(LOOPS))
 async def run(request: pytest.FixtureRequest) -> AsyncIterator[Run]:
+    async for started in _run(*LOOPS[request.param]):
+        yield started
+
+
+@pytest.fixture
+async def flowing() -> AsyncIterator[Run]:
+    async for started in _run(*LOOPS["flowing, four lanes"]):
+        yield started
+
+
+async def _run(kind: type[ConsumerLoop], lanes: int, options: dict) -> AsyncIterator[Run]:
     broker, handler, producer = LocalBroker(partitions=3), Handler(), RecordingProducer()
     broker.create_topic(TOPIC)
     processor = MessageProcessor(
         "test", handler, DeadLetters(producer, "deadletter.test", "test"), WallClock()
     )
-    loop = ConsumerLoop(
+    loop = kind(
+        **options,
         bootstrap_servers="local",
         group_id="g",
         topics=[TOPIC],
@@ -88,7 +113,7 @@ async def run(request: pytest.FixtureRequest) -> AsyncIterator[Run]:
         heartbeat=Heartbeat(),
         client_id="test",
         max_batch=10,
-        concurrency=request.param,
+        concurrency=lanes,
         hold_first_s=0.05,
         hold_max_s=0.2,
         consumer_factory=broker.consumer,
@@ -130,3 +155,38 @@ async def test_an_outage_holds_the_input_and_loses_or_dead_letters_nothing(run):
     assert sorted(set(run.handler.handled)) == sorted(f"evt-{i}" for i in range(25))
     assert len(run.handler.handled) == 25  # nothing handled before the outage was redone
     assert run.deadletters.records == []
+
+
+def _keys_in_one_partition(broker: LocalBroker, count: int) -> list[bytes]:
+    """`count` customer keys that Kafka's partitioner puts in one partition."""
+    by_partition: dict[int, list[bytes]] = {}
+    for i in range(200):
+        key = f"c-{i}".encode()
+        partition, _ = broker.produce("scratch", key, b"")
+        by_partition.setdefault(partition, []).append(key)
+    return max(by_partition.values(), key=len)[:count]
+
+
+async def test_a_slow_record_holds_up_neither_the_other_lanes_nor_records_that_come_later(
+    flowing,
+):
+    keys = _keys_in_one_partition(flowing.broker, 4)
+    flowing.handler.slow["evt-0"] = release = asyncio.Event()
+    flowing.broker.produce(TOPIC, keys[0], upserted(0))
+    flowing.broker.produce(TOPIC, keys[1], upserted(1))
+    deadline = time.monotonic() + 5
+    while "evt-1" not in flowing.handler.handled:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    # Records that come while the slow one is still being handled go through too...
+    for i, key in enumerate(keys[2:], start=2):
+        flowing.broker.produce(TOPIC, key, upserted(i))
+    while len(flowing.handler.handled) < 3:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    # ...but the partition's commit waits for the slow one, the first not finished.
+    await asyncio.sleep(0.1)
+    assert flowing.committed() == 0 and "evt-0" not in flowing.handler.handled
+    release.set()
+    await flowing.until_committed(4)
+    assert sorted(flowing.handler.handled) == ["evt-0", "evt-1", "evt-2", "evt-3"]

@@ -8,6 +8,7 @@ from typing import Any
 from common.aligned import ActOnDue, AlignedInput
 from common.aligned_consumer import AlignedConsumerLoop, ConsumerLanes
 from common.clock import Clock, WatermarkClock
+from common.flowing import FlowingConsumerLoop
 from common.kafka import ConsumerLoop, MessageProcessor
 from common.ops_http import Heartbeat
 from common.topics import WATERMARKS_RETENTION_MS, TopicSpec
@@ -39,7 +40,7 @@ def input_consumer(
         concurrency=settings.concurrency,
     )
     if not isinstance(clock, WatermarkClock):
-        return ConsumerLoop(**options)
+        return FlowingConsumerLoop(**options)  # lanes kept fed (common/flowing.py)
     lanes = ConsumerLanes()
     aligned = AlignedInput(
         clock,
