@@ -26,6 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.failpoints import failpoint
 from common.kafka import ConsumerLoop, InputMessage, record_message
 from common.logs import get_logger
 from common.outages import DependencyUnavailable, outage_of
@@ -49,6 +50,7 @@ class _Flow:
     failure: BaseException | None = None
     room: asyncio.Event = field(default_factory=asyncio.Event)
     in_flight: int = 0
+    finished: int = 0  # records finished since the last commit
 
     def take(self, tp: Any, offset: int) -> None:
         self.unfinished.setdefault(tp, set()).add(offset)
@@ -63,6 +65,7 @@ class _Flow:
         self.running[tp] = max(0, self.running.get(tp, 0) - 1)
         if offset is not None:
             self.unfinished.get(tp, set()).discard(offset)
+            self.finished += 1
         self.in_flight -= 1
         self.room.set()
 
@@ -153,8 +156,9 @@ class FlowingConsumerLoop(ConsumerLoop):
                         lanes[zlib.crc32(record.key or b"") % self.concurrency].put_nowait(item)
                 if not fetched and flow.in_flight == 0 and self.on_idle is not None:
                     await self.on_idle()
-                if time.monotonic() - committed_at >= self.commit_interval_s:
-                    committed_at = time.monotonic()
+                if flow.finished and time.monotonic() - committed_at >= self.commit_interval_s:
+                    committed_at, flow.finished = time.monotonic(), 0
+                    failpoint(f"{self.processor.service}.before_offset_commit")
                     await self._commit(consumer, flow.first_unfinished())
                     await self._report_lag(consumer)
         finally:
