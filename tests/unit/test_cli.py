@@ -75,7 +75,11 @@ def explain(capsys: pytest.CaptureFixture[str], risk_url: str, outreach_url: str
          "--output", "json"]
     )  # fmt: skip
     out = capsys.readouterr()
-    return code, json.loads(out.out), out.err
+    # Log lines of the in-process HTTP server may share stdout (JSON, one per line).
+    printed = "".join(
+        line for line in out.out.splitlines(keepends=True) if not line.startswith('{"event"')
+    )
+    return code, json.loads(printed), out.err
 
 
 def test_explain_says_how_many_services_answered(risk: str, capsys: Any) -> None:
