@@ -460,6 +460,19 @@ def test_images_scheduling_and_a_restart_only_for_ones_own_configuration() -> No
     assert all(before[n] != common[n] for n in before)
 
 
+def test_values_schema_turns_a_typo_away_before_anything_is_rendered() -> None:
+    helm = _tool("helm")
+    base = [helm, "template", "po", str(CHART), "--kube-version", K8S_VERSION.lstrip("v")]
+    for bad, says in (
+        ("services.outreach.replcas=3", "Additional property replcas is not allowed"),
+        ("config.OUTREACH_CLOCK=evnt", 'must be one of the following: "wall", "event"'),
+        ("image.digest=latest", "image.digest"),
+        ("services.preferences.grpcPort=0", "grpcPort"),
+    ):
+        proc = subprocess.run([*base, "--set", bad], capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0 and says in proc.stderr, (bad, proc.stderr[-500:])
+
+
 def _notes(tmp_path: Path, *sets: str) -> str:
     """NOTES.txt as `helm install` would print it (`helm template` leaves it out: it is
     rendered here as the value of a YAML document in a copy of the chart)."""
