@@ -460,6 +460,65 @@ def test_images_scheduling_and_a_restart_only_for_ones_own_configuration() -> No
     assert all(before[n] != common[n] for n in before)
 
 
+def test_the_ingress_exposes_only_webhooks_unsubscribe_and_the_studio() -> None:
+    assert not _kind(_render(), "Ingress")
+    docs = _render(
+        "ingress.enabled=true",
+        "ingress.outreachHost=outreach.example.com",
+        "ingress.studioHost=studio.example.com",
+        "ingress.className=nginx",
+    )
+    (ingress,) = _kind(docs, "Ingress")
+    routes = {
+        (rule["host"], path["path"]): (
+            path["backend"]["service"]["name"],
+            path["backend"]["service"]["port"]["name"],
+        )
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    assert routes == {
+        ("outreach.example.com", "/webhooks/"): ("po-proactive-outreach-outreach", "http"),
+        ("outreach.example.com", "/unsubscribe"): ("po-proactive-outreach-outreach", "http"),
+        ("studio.example.com", "/"): ("po-proactive-outreach-studio", "web"),
+    }
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+
+
+def test_every_component_has_its_own_service_account_without_a_token() -> None:
+    docs = _render()
+    accounts = {a["metadata"]["name"]: a for a in _kind(docs, "ServiceAccount")}
+    for dep in _kind(docs, "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == f"po-proactive-outreach-{_component(dep)}"
+        assert accounts[pod["serviceAccountName"]]["automountServiceAccountToken"] is False
+        assert pod["automountServiceAccountToken"] is False
+    shared = _render("serviceAccount.create=false", "serviceAccount.name=outreach-runner")
+    assert not _kind(shared, "ServiceAccount")
+    for dep in _kind(shared, "Deployment"):
+        assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "outreach-runner"
+
+
+def test_helm_test_asks_each_service_for_readyz_and_the_network_policy_lets_it() -> None:
+    docs = _render()
+    pods = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in _kind(docs, "Pod")}
+    assert set(pods) == {f"{name}-test" for name in OPS_PORTS}
+    policies = {p["metadata"]["name"]: p for p in _kind(docs, "NetworkPolicy")}
+    for name, port in OPS_PORTS.items():
+        pod = pods[f"{name}-test"]
+        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        script = pod["spec"]["containers"][0]["command"][-1]
+        assert f"http://po-proactive-outreach-{name}:{port}/readyz" in script
+        allowed = policies[f"po-proactive-outreach-{name}-allow-monitoring"]["spec"]["ingress"]
+        assert any(
+            peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+            == f"{name}-test"
+            and rule["ports"] == [{"port": port, "protocol": "TCP"}]
+            for rule in allowed
+            for peer in rule["from"]
+        ), name
+
+
 def test_values_schema_turns_a_typo_away_before_anything_is_rendered() -> None:
     helm = _tool("helm")
     base = [helm, "template", "po", str(CHART), "--kube-version", K8S_VERSION.lstrip("v")]
@@ -507,7 +566,10 @@ def test_manifests_validate_offline_against_kubernetes_schemas(tmp_path: Path) -
     if not (schemas / ".done").exists():
         pytest.skip(f"no Kubernetes schemas in {schemas} (make deploy-tools)")
     helm = _tool("helm")
-    for i, extra in enumerate(([], ["--set", "keda.enabled=true"])):
+    with_ingress = (
+        "ingress.enabled=true,ingress.outreachHost=o.example,ingress.studioHost=s.example"
+    )
+    for i, extra in enumerate(([], ["--set", "keda.enabled=true"], ["--set", with_ingress])):
         rendered = tmp_path / f"rendered-{i}.yaml"
         rendered.write_text(
             _run(

@@ -21,6 +21,9 @@ KINDS = {
     ("", "v1", "ConfigMap"),
     ("", "v1", "Secret"),
     ("", "v1", "Service"),
+    ("", "v1", "ServiceAccount"),
+    ("", "v1", "Pod"),  # helm test's
+    ("networking.k8s.io", "v1", "Ingress"),
     ("apps", "v1", "Deployment"),
     ("policy", "v1", "PodDisruptionBudget"),
     ("autoscaling", "v2", "HorizontalPodAutoscaler"),

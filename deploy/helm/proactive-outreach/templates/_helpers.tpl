@@ -63,3 +63,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "po.topicObjectName" -}}
 {{- . | lower | replace "_" "-" | trunc 63 | trimSuffix "-" | trimSuffix "." -}}
 {{- end -}}
+
+{{/* A component's ServiceAccount; call with (dict "root" $ "component" $name). */}}
+{{- define "po.serviceAccountName" -}}
+{{- if .root.Values.serviceAccount.create -}}
+{{- include "po.componentFullname" . -}}
+{{- else -}}
+{{- default "default" .root.Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
