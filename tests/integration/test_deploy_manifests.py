@@ -460,6 +460,24 @@ def test_images_scheduling_and_a_restart_only_for_ones_own_configuration() -> No
     assert all(before[n] != common[n] for n in before)
 
 
+def test_the_chart_readme_explains_every_value() -> None:
+    """Every value the schema knows — top level, one level down, and each service's —
+    is named in the chart's README."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    readme = re.sub(r"```.*?```", "", (CHART / "README.md").read_text(), flags=re.S)
+    named = set(re.findall(r"`([^`\n]+)`", readme))
+    missing = []
+    for key, spec in schema["properties"].items():
+        children = spec.get("properties", {}) if key not in ("services", "config") else {}
+        if not children:
+            missing += [key] if not any(n == key or n.startswith(f"{key}.") for n in named) else []
+        missing += [f"{key}.{child}" for child in children if f"{key}.{child}" not in named]
+    for child in schema["definitions"]["service"]["properties"]:
+        if f"services.<name>.{child}" not in named:
+            missing.append(f"services.<name>.{child}")
+    assert not missing, f"not in deploy/helm/proactive-outreach/README.md: {missing}"
+
+
 def test_the_ingress_exposes_only_webhooks_unsubscribe_and_the_studio() -> None:
     assert not _kind(_render(), "Ingress")
     docs = _render(
