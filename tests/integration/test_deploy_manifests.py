@@ -460,6 +460,30 @@ def test_images_scheduling_and_a_restart_only_for_ones_own_configuration() -> No
     assert all(before[n] != common[n] for n in before)
 
 
+def test_a_job_upgrades_both_databases_before_anything_new_starts() -> None:
+    (job,) = _kind(_render(), "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    commands = {c["name"]: c["command"] for c in pod["containers"]}
+    assert commands == {
+        "outreach": ["python", "-m", "services.outreach.migrate"],
+        "preferences": ["python", "-m", "services.preferences.migrate"],
+    }
+    for container in pod["containers"]:
+        (url,) = [e for e in container["env"] if e["name"].endswith("_DATABASE_URL")]
+        assert (
+            url["valueFrom"]["secretKeyRef"]["key"] == f"{container['name'].upper()}_DATABASE_URL"
+        )
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    (only,) = _kind(_render("services.preferences.enabled=false"), "Job")
+    assert [c["name"] for c in only["spec"]["template"]["spec"]["containers"]] == ["outreach"]
+    assert not _kind(_render("migrations.enabled=false"), "Job")
+    # A Secret the chart makes (development) exists before the Job that reads it.
+    (secret,) = _kind(_render("secrets.create=true", "secrets.data.A=b"), "Secret")
+    assert secret["metadata"]["annotations"]["helm.sh/hook-weight"] == "-10"
+
+
 def test_the_chart_readme_explains_every_value() -> None:
     """Every value the schema knows — top level, one level down, and each service's —
     is named in the chart's README."""

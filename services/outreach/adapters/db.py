@@ -7,9 +7,6 @@ SQLite (a file under the data dir) by default, PostgreSQL in production through
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,8 @@ from sqlalchemy import Connection, DateTime, event, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+
+from common.schema_lock import file_lock, sqlite_lock_path
 
 
 class Base(DeclarativeBase):
@@ -89,8 +88,7 @@ async def create_schema(engine: AsyncEngine) -> None:
     A database made before outreach had migrations (tables, no version) is adopted at
     the first revision, which is the schema it has."""
     if engine.dialect.name == "sqlite":
-        database = engine.url.database
-        with _file_lock(Path(f"{database}.migrate.lock") if database else None):
+        with file_lock(sqlite_lock_path(engine.url.database)):
             async with engine.connect() as conn:
                 await conn.run_sync(_upgrade)
         return
@@ -115,16 +113,3 @@ def _upgrade(connection: Connection) -> None:
         command.stamp(config, "0001")
     command.upgrade(config, "head")
     connection.commit()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path | None) -> Iterator[None]:
-    if path is None or str(path).startswith(":memory:"):
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

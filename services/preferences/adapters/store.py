@@ -40,8 +40,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
 
 from common.clock import wall_now
+from common.schema_lock import file_lock, sqlite_lock_path
 from services.preferences.adapters.change_feed import NOTIFY_CHANNEL, Change
 from services.preferences.domain.model import ConsentRecord, Customer
 
@@ -111,17 +113,37 @@ def sync_url(url: str) -> str:
     return url
 
 
+_LOCK_KEY = 0x70726566  # pg_advisory_lock key of preferences' schema upgrades ("pref")
+
+
 def migrate(url: str) -> None:
-    """Upgrade the schema to the newest Alembic revision (idempotent)."""
+    """Upgrade the schema to the newest Alembic revision (idempotent), one process at a
+    time (common/schema_lock.py): replicas and the migrations Job may start together."""
     from alembic import command
     from alembic.config import Config
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
 
     config = Config()
     config.set_main_option(
         "script_location", str(Path(__file__).resolve().parents[1] / "migrations")
     )
     config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
-    command.upgrade(config, "head")
+    target = make_url(sync_url(url))
+    if target.get_backend_name() == "sqlite":
+        with file_lock(sqlite_lock_path(target.database)):
+            command.upgrade(config, "head")
+        return
+    engine = create_engine(target, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:  # holds the lock while alembic upgrades on its own
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({_LOCK_KEY})")
+            try:
+                command.upgrade(config, "head")
+            finally:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_LOCK_KEY})")
+    finally:
+        engine.dispose()
 
 
 def _hhmm(t: time) -> str:
