@@ -103,6 +103,8 @@ class FlowingConsumerLoop(ConsumerLoop):
     def __init__(
         self, *, max_in_flight: int | None = None, commit_interval_s: float = 1.0, **kwargs: Any
     ) -> None:
+        if kwargs.get("after_batch") is not None:
+            raise ValueError("FlowingConsumerLoop has no batches to report (after_batch)")
         super().__init__(**kwargs)
         self.max_in_flight = max_in_flight or 4 * self.concurrency
         self.commit_interval_s = commit_interval_s
