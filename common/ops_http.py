@@ -46,6 +46,34 @@ def operator_only(token: str | None, handler: Handler) -> Handler:
     return guarded
 
 
+#: Set on a request one replica passes to another: the second answers, never passes on.
+FORWARDED_BY = "X-Outreach-Forwarded-By"
+
+
+async def forward_get(base_url: str, request: web.Request, by: str) -> web.Response:
+    """Ask the replica at `base_url` the same GET (path, query, the operator's token) and
+    answer what it answers; 502 if it cannot be reached."""
+    import aiohttp
+
+    headers = {FORWARDED_BY: by}
+    if "Authorization" in request.headers:
+        headers["Authorization"] = request.headers["Authorization"]
+    url = f"{base_url}{request.rel_url}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.get(url, headers=headers) as answer,
+        ):
+            body = await answer.read()
+            return web.Response(status=answer.status, body=body, content_type="application/json")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return web.json_response(
+            {"error": "the replica that owns it did not answer", "replica": base_url,
+             "reason": type(exc).__name__},
+            status=502,
+        )  # fmt: skip
+
+
 class Heartbeat:
     """Beaten by the service's main loop; stale → not live."""
 

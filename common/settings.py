@@ -100,6 +100,10 @@ class ServiceSettings(BaseSettings):
         ge=1024 * 1024,
         validation_alias=_env("OUTREACH_ROCKSDB_BLOCK_CACHE_BYTES"),
     )
+    # How the other replicas of a stream service reach this one's HTTP port (the pod's
+    # address on Kubernetes): a question about a key another replica owns (explain) is
+    # passed to it. Unset: this host's name and the service's HTTP port.
+    advertised_url: str | None = Field(None, validation_alias=_env("OUTREACH_ADVERTISED_URL"))
     # The stream services' (faust) event loop; the others run on asyncio's own.
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "uvloop", validation_alias=_env("OUTREACH_EVENT_LOOP")

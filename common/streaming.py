@@ -8,6 +8,7 @@ crashing the agent inside faust's codec.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,12 +33,34 @@ from common.settings import ServiceSettings
 log = get_logger(__name__)
 
 
+def advertised_url(settings: ServiceSettings) -> str:
+    """Where the other replicas reach this one's HTTP port (OUTREACH_ADVERTISED_URL)."""
+    if settings.advertised_url:
+        return settings.advertised_url.rstrip("/")
+    return f"http://{socket.gethostname()}:{getattr(settings, 'http_port', 6066)}"
+
+
+def owner_of(app: faust.App, table: str, key: str) -> str | None:
+    """The advertised URL of the replica whose partition holds `key` in `table` (None
+    while the group's assignment is not known). A table's rows sit in the partition of
+    the record that wrote them, which Kafka's partitioner chose from the key's own
+    bytes: the partition is found from those (faust's router would hash the key as its
+    changelog serializes it, which is not how these tables are keyed)."""
+    try:
+        topic = app.tables[table].changelog_topic.get_topic_name()
+        return str(app.assignor.key_store(topic, key.encode())).rstrip("/")
+    except Exception:  # no assignment yet, a table this app does not have
+        return None
+
+
 def create_app(
     service: str, settings: ServiceSettings, *, store: str, **overrides: Any
 ) -> faust.App:
     brokers = [URL(f"kafka://{host}") for host in settings.kafka_bootstrap_servers.split(",")]
     options: dict[str, Any] = dict(
         broker=brokers,
+        # Told to the group with the assignment: `owner_of` finds a key's replica by it.
+        canonical_url=advertised_url(settings),
         store=store,
         datadir=str(settings.service_dir(service) / "faust"),
         topic_partitions=settings.topic_partitions,

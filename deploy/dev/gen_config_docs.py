@@ -76,6 +76,7 @@ NOTES = {
     ),
     "OUTREACH_TRACING_ENABLED": "OpenTelemetry traces over OTLP/HTTP (the `OTEL_*` variables below); off → no spans, no cost",
     "OUTREACH_EVENT_LOOP": "event loop of the stream services (orders_watcher, risk_detector): `uvloop` or `asyncio`",
+    "OUTREACH_ADVERTISED_URL": "how the other replicas of a stream service reach this one's HTTP port (the chart sets the pod's address): `explain` about a customer another replica holds is passed to it; unset: this host's name and the service's HTTP port",
     "PREFERENCES_GRPC_TARGET": "where outreach finds preferences",
     "ORDERS_WATCHER_STORE": "faust table store: `rocksdb://` (rocksdict) or `memory://`",
     "RISK_DETECTOR_STORE": "faust table store: `rocksdb://` (rocksdict) or `memory://`",

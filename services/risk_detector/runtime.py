@@ -34,14 +34,16 @@ from common.envelope import CloudEvent, InvalidEvent
 from common.kafka import DeadLetters, InputMessage, MessageProcessor, ProducerPort
 from common.logs import get_logger
 from common.metrics import EVENTS_CONSUMED, ORDERS_FORGOTTEN
-from common.ops_http import operator_only
+from common.ops_http import FORWARDED_BY, forward_get, operator_only
 from common.settings import secret_value
 from common.streaming import (
     InputProgress,
     PartitionHolds,
     StreamWorker,
+    advertised_url,
     caught_up,
     input_message,
+    owner_of,
 )
 from services.risk_detector.config import Settings
 from services.risk_detector.domain.profile import Profile
@@ -362,6 +364,11 @@ class RiskRuntime(StreamWorker):
         customer_id = request.match_info["customer_id"]
         raw = self.profiles.get(customer_id)
         if not raw:
+            owner = owner_of(self.app, "profiles", customer_id)
+            here = advertised_url(self.settings)
+            if owner and owner != here and FORWARDED_BY not in request.headers:
+                # Another replica holds this customer's partition: ask it.
+                return await forward_get(owner, request, here)
             return web.json_response(
                 {"error": "unknown customer", "customer_id": customer_id}, status=404
             )

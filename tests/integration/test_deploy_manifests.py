@@ -254,9 +254,14 @@ def test_every_deployment_is_probed_limited_and_locked_down() -> None:
             assert {"/data", "/tmp"} <= set(mounts), name
             for path in ("/data", "/tmp"):
                 assert "emptyDir" in volumes[mounts[path]], (name, path)
-            for env in c.get("env", []):
-                assert env["name"] in SECRET_ENV, f"{name}: plain env {env['name']}"
-                assert "secretKeyRef" in env["valueFrom"], env
+            env = {e["name"]: e for e in c.get("env", [])}
+            # Its own address, for the other replicas (explain): from the pod's IP.
+            assert env.pop("POD_IP")["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+            advertised = env.pop("OUTREACH_ADVERTISED_URL")["value"]
+            assert advertised == f"http://$(POD_IP):{OPS_PORTS[name]}"
+            for entry in env.values():
+                assert entry["name"] in SECRET_ENV, f"{name}: plain env {entry['name']}"
+                assert "secretKeyRef" in entry["valueFrom"], entry
 
 
 def test_preferences_tls_mounts_the_secret_and_probes_liveness_over_http() -> None:
@@ -319,7 +324,7 @@ def test_config_and_secrets() -> None:
         for c in dep["spec"]["template"]["spec"]["containers"]
         for env in c.get("env", [])
     }
-    assert refs == SECRET_ENV
+    assert refs - {"POD_IP", "OUTREACH_ADVERTISED_URL"} == SECRET_ENV
 
 
 def test_services_pdbs_hpas_networkpolicies() -> None:
