@@ -489,6 +489,26 @@ def test_a_job_upgrades_both_databases_before_anything_new_starts() -> None:
     assert secret["metadata"]["annotations"]["helm.sh/hook-weight"] == "-10"
 
 
+def test_stream_state_on_a_volume_makes_a_stateful_set() -> None:
+    docs = _render(
+        "services.risk-detector.persistence.enabled=true",
+        "services.risk-detector.persistence.storageClass=fast",
+    )
+    (stateful,) = _kind(docs, "StatefulSet")
+    assert _component(stateful) == "risk-detector"
+    assert "risk-detector" not in {_component(d) for d in _kind(docs, "Deployment")}
+    (claim,) = stateful["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert claim["spec"]["storageClassName"] == "fast"
+    pod = stateful["spec"]["template"]["spec"]
+    assert "data" not in {v["name"] for v in pod["volumes"]}  # the claim, not an emptyDir
+    assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
+    hpas = {_component(h): h for h in _kind(docs, "HorizontalPodAutoscaler")}
+    assert hpas["risk-detector"]["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+    assert hpas["orders-watcher"]["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+
+
 def test_the_chart_readme_explains_every_value() -> None:
     """Every value the schema knows — top level, one level down, and each service's —
     is named in the chart's README."""
@@ -616,7 +636,9 @@ def test_manifests_validate_offline_against_kubernetes_schemas(tmp_path: Path) -
     with_ingress = (
         "ingress.enabled=true,ingress.outreachHost=o.example,ingress.studioHost=s.example"
     )
-    for i, extra in enumerate(([], ["--set", "keda.enabled=true"], ["--set", with_ingress])):
+    stateful = "services.risk-detector.persistence.enabled=true"
+    renders = ([], ["--set", "keda.enabled=true"], ["--set", with_ingress], ["--set", stateful])
+    for i, extra in enumerate(renders):
         rendered = tmp_path / f"rendered-{i}.yaml"
         rendered.write_text(
             _run(

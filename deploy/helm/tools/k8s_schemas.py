@@ -25,6 +25,7 @@ KINDS = {
     ("", "v1", "Pod"),  # helm test's
     ("networking.k8s.io", "v1", "Ingress"),
     ("apps", "v1", "Deployment"),
+    ("apps", "v1", "StatefulSet"),
     ("batch", "v1", "Job"),
     ("policy", "v1", "PodDisruptionBudget"),
     ("autoscaling", "v2", "HorizontalPodAutoscaler"),

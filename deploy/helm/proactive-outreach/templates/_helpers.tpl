@@ -72,3 +72,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- default "default" .root.Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The workload kind of a service: a StatefulSet when its state is kept on a volume
+     (services.<name>.persistence.enabled), else a Deployment. */}}
+{{- define "po.workloadKind" -}}
+{{- if (.persistence).enabled -}}StatefulSet{{- else -}}Deployment{{- end -}}
+{{- end -}}
