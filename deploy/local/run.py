@@ -248,8 +248,8 @@ def watch(bootstrap: str, children: list[tuple[str, subprocess.Popen[bytes]]]) -
                 )
             elif kind.startswith("outreach.message"):
                 extra = data.get("reason") or data.get("provider_message_id") or ""
-                line = (
-                    f"{data.get('channel')} {data.get('message_kind')} to customer "
+                line = (  # a message suppressed before a channel was chosen has none
+                    f"{data.get('channel') or '-'} {data.get('message_kind')} to customer "
                     f"{data.get('customer_id')} {extra}"
                 )
             else:
