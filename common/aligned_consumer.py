@@ -20,7 +20,7 @@ from typing import Any
 from common.aligned import ActOnDue, AlignedInput
 from common.kafka import ConsumerLoop, InputMessage, record_message
 from common.logs import get_logger
-from common.outages import DependencyUnavailable, outage_of
+from common.outages import DependencyUnavailable, as_outage
 from common.watermark import Aligner
 
 log = get_logger(__name__)
@@ -146,16 +146,11 @@ class AlignedConsumerLoop(ConsumerLoop):
             if acks:
                 await asyncio.gather(*acks)
         except Exception as exc:
-            dependency = outage_of(exc)
-            if dependency is None:
+            outage = as_outage(exc)
+            if outage is None:
                 raise  # nothing committed past what was handled: it comes again
             if acks:
                 await asyncio.gather(*acks, return_exceptions=True)
-            outage = (
-                exc
-                if isinstance(exc, DependencyUnavailable)
-                else DependencyUnavailable(dependency, type(exc).__name__)
-            )
             return outage, self._rewind()
         return None
 

@@ -29,7 +29,7 @@ from typing import Any
 from common.failpoints import failpoint
 from common.kafka import ConsumerLoop, InputMessage, record_message
 from common.logs import get_logger
-from common.outages import DependencyUnavailable, outage_of
+from common.outages import as_outage
 
 log = get_logger(__name__)
 
@@ -123,14 +123,9 @@ class FlowingConsumerLoop(ConsumerLoop):
             if flow.failure is None:
                 await self._commit(consumer, flow.first_unfinished())
                 return
-            dependency = outage_of(flow.failure)
-            if dependency is None:
+            outage = as_outage(flow.failure)
+            if outage is None:
                 raise flow.failure  # a bug: what was not finished comes again
-            outage = (
-                flow.failure
-                if isinstance(flow.failure, DependencyUnavailable)
-                else DependencyUnavailable(dependency, type(flow.failure).__name__)
-            )
             await self._hold(consumer, (outage, flow.first_unfinished()), backoff)
             backoff = min(backoff * 2, self.hold_max_s)
 

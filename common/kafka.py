@@ -42,7 +42,7 @@ from common.metrics import (
     child,
 )
 from common.ops_http import Heartbeat
-from common.outages import DependencyUnavailable, outage_of
+from common.outages import DependencyUnavailable, as_outage, outage_of
 from common.records import Headers as Headers
 from common.records import InputMessage as InputMessage
 
@@ -569,14 +569,9 @@ class ConsumerLoop:
         outage: DependencyUnavailable | None = None
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
-                dependency = outage_of(outcome)
-                if dependency is None:
+                outage = as_outage(outcome)
+                if outage is None:
                     raise outcome  # nothing committed: the batch comes again
-                outage = (
-                    outcome
-                    if isinstance(outcome, DependencyUnavailable)
-                    else (DependencyUnavailable(dependency, type(outcome).__name__))
-                )
         if outage is None:
             return None
         if acks and any(isinstance(o, BaseException) for o in outcomes[-len(acks) :]):

@@ -22,6 +22,15 @@ class DependencyUnavailable(RuntimeError):
         self.dependency = dependency
 
 
+def as_outage(exc: BaseException) -> DependencyUnavailable | None:
+    """`exc` as the outage it reports (itself when it is one already), or None if it is
+    no outage."""
+    if isinstance(exc, DependencyUnavailable):
+        return exc
+    dependency = outage_of(exc)
+    return None if dependency is None else DependencyUnavailable(dependency, type(exc).__name__)
+
+
 def outage_of(exc: BaseException) -> str | None:
     """The dependency an exception says is unreachable, or None if it is no outage."""
     if isinstance(exc, DependencyUnavailable):
