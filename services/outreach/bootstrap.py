@@ -28,8 +28,9 @@ from services.outreach.adapters.templates import TemplateCache, TemplateStore
 from services.outreach.config import Settings
 from services.outreach.domain.decisions import DeliveryPolicy, Suppression
 from services.outreach.domain.guards import GroupShare
+from services.outreach.domain.lifecycle import SendingPolicy
 from services.outreach.domain.rendering import CHANNELS, MESSAGE_KINDS
-from services.outreach.handlers import DeliveryService, Links, MessageComposer, SendingPolicy
+from services.outreach.runtime import DeliveryService, Links, MessageComposer
 
 
 def export_zero_series() -> None:
@@ -198,7 +199,6 @@ def _delivery(
         plans=plans,
         senders=senders,
         renderer=composer,
-        offers=None,
         policy=DeliveryPolicy(
             cap_messages=settings.cap_messages,
             cap_window=timedelta(days=settings.cap_window_days),

@@ -12,14 +12,9 @@ from typing import Any
 import pytest
 
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
-from services.outreach.adapters.ledger import (
-    CauseState,
-    Delivery,
-    DeliveryEvent,
-    Ledger,
-    LedgerPort,
-)
+from services.outreach.adapters.ledger import Delivery, DeliveryEvent, Ledger, LedgerPort
 from services.outreach.adapters.memory_ledger import InMemoryLedger
+from services.outreach.domain.lifecycle import CauseState
 from services.outreach.domain.states import IllegalMove, Status
 
 T0 = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)

@@ -26,9 +26,8 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypedDict, Unpack, cast
+from typing import Any, Protocol, Unpack, cast
 
 from sqlalchemy import (
     JSON,
@@ -57,6 +56,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from services.outreach.adapters.db import Base, UTCDateTime
 from services.outreach.adapters.group_commit import Change, GroupCommit
+from services.outreach.domain.lifecycle import CauseState, RowChanges
 from services.outreach.domain.states import LEASED, UNDER_WAY, Status, check_move
 
 STATES = tuple(s.value for s in Status)
@@ -183,47 +183,8 @@ class Worker(Base):
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
-class RowChanges(TypedDict, total=False):
-    """What a transition may write besides the state check: a decision row's columns."""
-
-    status: str
-    reason: str | None
-    rule: str
-    channel: str | None
-    address: str | None
-    send_at: datetime | None
-    sent_at: datetime | None
-    updated_at: datetime
-    template_key: str | None
-    template_version: int | None
-    subject: str | None
-    body_text: str | None
-    body_html: str | None
-    provider: str | None
-    provider_message_id: str | None
-    outbox: bool
-    attempts: int
-    fallbacks: list[dict[str, Any]]
-    last_error: str | None
-    lease_until: datetime | None
-    claimed_at: datetime | None
-    failures: int
-    expires_at: datetime | None
-
-
 #: The customer and the start of the frequency cap's window.
 Recent = tuple[str, datetime]
-
-
-@dataclass(frozen=True)
-class CauseState:
-    """What the ledger says of a message's cause at one moment: resolved; a message about
-    a newer revision exists (`superseded`); the customer's proactive messages in the cap
-    window besides this cause (0 unless asked)."""
-
-    resolved: bool
-    superseded: bool
-    sent_in_window: int = 0
 
 
 class LedgerPort(Protocol):

@@ -19,15 +19,14 @@ from sqlalchemy.exc import IntegrityError
 
 from services.outreach.adapters.ledger import (
     STATES,
-    CauseState,
     Delivery,
     DeliveryEvent,
     LedgerPort,
     Recent,
-    RowChanges,
     scrub_row,
     settled,
 )
+from services.outreach.domain.lifecycle import CauseState, RowChanges
 from services.outreach.domain.states import LEASED, UNDER_WAY, Status, check_move
 
 Row = TypeVar("Row", Delivery, DeliveryEvent)

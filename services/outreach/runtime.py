@@ -1,0 +1,636 @@
+"""outreach's runtime: the ledger, the contact plans and the providers around the pure
+handlers (handlers.py, domain/lifecycle.py).
+
+`DeliveryService` reads what a decision needs, asks the handlers what to do, records
+the decision in the ledger *before* any provider call, takes a last look at the moment
+of sending (resolution, a newer revision, the pause, opt-outs and consent as of now,
+quiet hours), renders, claims the row (a fenced compare-and-set), sends, and records
+the outcome. An answer that leaves it open whether the provider took the message (a
+timeout, a 5xx, a reset after the request left) puts the row in doubt: it is settled by
+asking the provider, never by sending blindly again. The scheduler (`send_due`)
+releases what quiet hours, a pause or a retry held back; the sweeper (`sweep`) takes
+over rows whose holder died or stalled. docs/reliability.md lists the guarantees and
+the faults they were tested against.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from common import schemas
+from common.clock import WatermarkClock, wall_now
+from common.envelope import CloudEvent, InvalidEvent
+from common.failpoints import failpoint
+from common.logs import get_logger
+from common.metrics import (
+    IN_DOUBT,
+    MESSAGES,
+    RENDER_FAILURES,
+    STALE_REPORTS,
+    SUPPRESSIONS,
+    SWEPT,
+)
+from common.outages import DependencyUnavailable
+from services.outreach import handlers
+from services.outreach.adapters.contact_plans import ContactPlans
+from services.outreach.adapters.ledger import Delivery, DeliveryEvent, LedgerPort
+from services.outreach.adapters.optouts import OptOuts
+from services.outreach.adapters.providers import (
+    ABSENT,
+    RETRY,
+    MessageSender,
+    OutboundMessage,
+    PermanentProviderError,
+    SendResult,
+    TransientProviderError,
+)
+from services.outreach.adapters.render_pool import Renderer
+from services.outreach.adapters.templates import TemplateCache
+from services.outreach.domain import decisions as pipeline
+from services.outreach.domain import lifecycle
+from services.outreach.domain.context import build_context
+from services.outreach.domain.decisions import ContactPlan, DeliveryPolicy
+from services.outreach.domain.lifecycle import CauseState, Moment, Move, Rendered, SendingPolicy
+from services.outreach.domain.offers import make_offer
+from services.outreach.domain.ramp import Paused
+from services.outreach.domain.rendering import RenderError, metric_kind
+from services.outreach.domain.states import Report, Status
+from services.outreach.domain.unsubscribe import token_for
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Links:
+    public_base_url: str = "http://127.0.0.1:8083"
+    support_url: str = "https://shop.example/help"
+    shop_name: str = "Example Shop"
+    support_email: str = "help@shop.example"
+    support_phone: str = "+49 30 1234567"
+    unsubscribe_secret: str = ""
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        *,
+        ledger: LedgerPort,
+        plans: ContactPlans,
+        senders: dict[str, MessageSender],
+        renderer: MessageComposer,
+        policy: DeliveryPolicy,
+        sending: SendingPolicy,
+        links: Links,
+        optouts: OptOuts | None = None,
+        paused: Paused | None = None,
+        wall: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.plans = plans
+        self.senders = senders
+        self.renderer = renderer
+        self.policy = policy
+        self.sending = sending
+        self.links = links
+        self.optouts = optouts
+        self.paused = paused or Paused()
+        # Leases, claims and operators' pauses run in wall time, whatever clock decides:
+        # a replay in event time still holds a claim for real seconds.
+        self.wall = wall or wall_now
+
+    def _at(self, now: datetime) -> Moment:
+        return handlers.moment(now, self.wall(), self.sending.in_doubt_after)
+
+    async def _move(self, move: Move, row: Delivery | None = None) -> bool:
+        """Write one move (a fenced compare-and-set); on success, `row` (the caller's
+        copy) takes its values, as the ledger now has them."""
+        event = None if move.entry is None else DeliveryEvent(**vars(move.entry), published=False)
+        moved = await self.ledger.transition(
+            move.decision_id, move.expected, event, fence=move.fence, **move.values
+        )
+        if moved and row is not None:
+            for key, value in move.values.items():
+                setattr(row, key, value)
+        return moved
+
+    # --- inputs --------------------------------------------------------------------
+
+    async def on_incident(self, event: CloudEvent, now: datetime) -> None:
+        """Only resolutions matter here: they stop what has not been sent yet."""
+        if event.type != "incident.resolved":
+            return
+        incident = schemas.parse_payload(event, schemas.Incident)
+        await self.ledger.mark_resolved(
+            incident.incident_id, event.time, incident.resolution or "resolved"
+        )
+        at = self._at(now)
+        rule = "already resolved: incident closed while held"
+        for row in await self.ledger.open_for_cause(incident.incident_id):
+            reason = pipeline.Suppression.ALREADY_RESOLVED
+            await self._end(row, lifecycle.suppress(row, reason, rule, at))
+
+    async def on_customer_event(self, event: CloudEvent) -> int:
+        """commerce.customers: only an erasure matters here — the customer's personal
+        data leaves the ledger (ledger.erase_customer). Returns the rows scrubbed."""
+        if event.type != "customer.erased":
+            return 0
+        erased = schemas.parse_payload(event, schemas.CustomerErased)
+        scrubbed = await self.ledger.erase_customer(erased.customer_id, self.wall())
+        log.info("customer_erased", customer_id=erased.customer_id, rows_scrubbed=scrubbed)
+        return scrubbed
+
+    async def scrub_due(self, retention: timedelta) -> int:
+        """The ledger's retention: settled rows older than `retention` (and settled rows
+        of erased customers) lose their personal data."""
+        return await self.ledger.scrub_due(self.wall() - retention)
+
+    async def on_request(self, event: CloudEvent, now: datetime) -> None:
+        if event.type != handlers.REQUEST_CREATED:
+            raise InvalidEvent(f"outreach does not handle {event.type!r}", code="unknown_type")
+        request = schemas.parse_payload(event, schemas.OutreachRequest)
+        revision = pipeline.revision_of(request.context)
+        category = pipeline.category_of(handlers.facts_of(request)).value
+        plan = await self.plans.get(request.customer_id, category)
+        known = await self.ledger.cause_state(
+            request.cause.type,
+            request.cause.id,
+            revision,
+            recent=(request.customer_id, now - self.policy.cap_window),
+        )
+        asked = handlers.experience_to_ask(request)
+        experienced = (
+            True if asked is None else await self.ledger.reached_about(request.customer_id, asked)
+        )
+        seen = handlers.Seen(plan, known, experienced, self.paused.applies(request.intent.value))
+        at = self._at(now)
+        decided = handlers.on_request(request, seen, at, self.policy)
+        row = Delivery(**vars(decided.row))
+        if not await self.ledger.create(row, DeliveryEvent(**vars(decided.entry), published=False)):
+            # Decided before (a redelivery after a crash, or another worker first): the
+            # decision that stands is the first; finish what its delivery started.
+            existing = await self.ledger.by_request(request.request_id)
+            if existing is not None and existing.status == Status.DECIDED:
+                await self._deliver(existing, now)
+            return
+        failpoint("outreach.after_decision")
+        await self._decided(row, decided, at, plan, known)
+
+    async def _decided(
+        self,
+        row: Delivery,
+        decided: handlers.Decided,
+        at: Moment,
+        plan: ContactPlan | None,
+        known: CauseState,
+    ) -> None:
+        outcome = decided.decision.outcome
+        if outcome == "suppress":
+            SUPPRESSIONS.labels(decided.decision.reason or "unknown").inc()
+            MESSAGES.labels(row.channel or "none", "suppressed").inc()
+            return
+        if outcome == "schedule":
+            MESSAGES.labels(row.channel or "none", "scheduled").inc()
+        if decided.supersedes:
+            await self._supersede_older(row, at)
+        if outcome == "send":
+            # The last look needs nothing new of the ledger: it was read just now.
+            await self._deliver(row, at.now, plan=plan, known=known)
+
+    async def _supersede_older(self, row: Delivery, at: Moment) -> None:
+        """A newer revision of a message replaces the older ones not yet handed over."""
+        for older in await self.ledger.older_unsent(row.cause_type, row.cause_id, row.revision):
+            rule = f"superseded: revision {row.revision} replaces revision {older.revision}"
+            reason = pipeline.Suppression.SUPERSEDED
+            await self._end(older, lifecycle.suppress(older, reason, rule, at))
+
+    # --- time ----------------------------------------------------------------------
+
+    async def send_due(self, now: datetime) -> int:
+        """Release scheduled messages whose time has come (quiet hours over, a retry due)
+        and, after a resume, the held ones (on the ramp); each gets the last look before
+        it is sent. Returns how many were handled."""
+        rows = await self.ledger.due(now)
+        if not self.paused.all:
+            rows += [r for r in await self.ledger.held() if not self.paused.applies(r.intent)]
+        rows = self._within_ramp(rows, self.wall())
+        for row in rows:
+            if self.paused.applies(row.intent):
+                continue
+            at = self._at(now)
+            if row.expires_at is not None and now > row.expires_at:
+                await self._end(row, handlers.expired(row, at))
+            elif row.channel is None:  # held by a pause before a channel was chosen
+                await self._redecide(row, at)
+            elif await self._move(lifecycle.release(row, at), row):
+                try:
+                    await self._deliver(row, now)
+                except DependencyUnavailable:
+                    # No last look without preferences: back to waiting, a little later.
+                    await self._move(lifecycle.wait_for_preferences(row, at))
+                    raise
+        return len(rows)
+
+    async def send_held(self, now: datetime) -> int:
+        """`send_due` only if a pause held something and is over (on the event clock the
+        consumer sends the rest in order with its records: `send_due_until`)."""
+        if self.paused.all or not await self.ledger.held(limit=1):
+            return 0
+        return await self.send_due(now)
+
+    async def send_due_until(self, clock: WatermarkClock, until: float, inclusive: bool) -> None:
+        """On the event clock: send the messages scheduled before `until` (or at it),
+        earliest first, each at its own time (`clock` moved there), as the scheduler
+        would have when it came."""
+        last, repeats = None, 0
+        while (due := await self.ledger.earliest_due()) is not None:
+            moment = due.timestamp()
+            if moment > until or (moment == until and not inclusive):
+                return
+            repeats = repeats + 1 if moment == last else 0
+            if repeats > 2:
+                return  # rows that stay due (held by a pause): the scheduler's turn
+            last = moment
+            clock.advance_to(due)
+            await self.send_due(clock.now())
+
+    def _within_ramp(self, rows: list[Delivery], now: datetime) -> list[Delivery]:
+        """After a resume with a ramp, release the held backlog gradually: each ramp's
+        budget limits how many of its rows go in this round; the rest wait their turn."""
+        out: list[Delivery] = []
+        wanted: dict[int, list[Delivery]] = {}
+        budgets = {}
+        for row in rows:
+            budget = self.paused.ramping(row.intent, now)
+            if budget is None:
+                out.append(row)
+                continue
+            budgets[id(budget)] = budget
+            wanted.setdefault(id(budget), []).append(row)
+        for key, waiting in wanted.items():
+            out.extend(waiting[: budgets[key].take(now, len(waiting))])
+        return out
+
+    async def _seen(self, row: Delivery, now: datetime, *, recent: bool = False) -> handlers.Seen:
+        """What a held or decided row's (re)decision reads: the plan and the cause as of
+        now (with the cap window, `recent`, for a decision taken again)."""
+        plan = await self.plans.get(row.customer_id, row.category)
+        window = (row.customer_id, now - self.policy.cap_window) if recent else None
+        known = await self.ledger.cause_state(
+            row.cause_type, row.cause_id, row.revision, recent=window
+        )
+        return handlers.Seen(plan, known, paused=self.paused.applies(row.intent))
+
+    async def _redecide(self, row: Delivery, at: Moment) -> None:
+        """A decision held by a pause is decided now, from the contact plan on."""
+        seen = await self._seen(row, at.now, recent=True)
+        await self._redecided(row, handlers.on_held(row, seen, at, self.policy), at, seen.plan)
+
+    async def _redecided(
+        self, row: Delivery, move: Move, at: Moment, plan: ContactPlan | None
+    ) -> None:
+        """Write a (re)decision's move: suppressed, scheduled, or decided now and then
+        delivered."""
+        if move.values.get("status") == Status.SUPPRESSED:
+            await self._end(row, move)
+        elif await self._move(move) and move.values.get("status") == Status.DECIDED:
+            refreshed = await self.ledger.get(row.decision_id)
+            if refreshed is not None:
+                await self._deliver(refreshed, at.now, plan=plan)
+
+    # --- delivery ------------------------------------------------------------------
+
+    async def _deliver(
+        self,
+        row: Delivery,
+        now: datetime,
+        *,
+        plan: ContactPlan | None = None,
+        known: CauseState | None = None,
+    ) -> None:
+        """decided → (the last look) → sending → sent | in doubt | retry | fallback |
+        failed: at most one provider call per claim, the ledger written before it."""
+        if plan is None:
+            plan = await self.plans.get(row.customer_id, row.category)
+        if known is None:
+            known = await self.ledger.cause_state(row.cause_type, row.cause_id, row.revision)
+        seen = handlers.Seen(plan, known, paused=self.paused.applies(row.intent))
+        at = self._at(now)
+        look = handlers.last_look(row, seen, at, self.policy)
+        if isinstance(look, Move):
+            await self._redecided(row, look, at, plan)
+            return
+        if (look.channel, look.address) != (row.channel, row.address):
+            row.channel, row.address = look.channel, look.address
+            row.fallbacks = [f.__dict__ for f in look.fallbacks]
+        message = await self._claim(row, at)
+        if message is None:
+            return
+        failpoint("outreach.before_provider_call")
+        try:
+            result = await self.senders[message.channel].send(message)
+        except TransientProviderError as exc:
+            at = self._at(now)
+            if exc.maybe_sent:
+                await self._in_doubt(row, str(exc), at)
+            else:
+                jitter = random.uniform(0.5, 1.0)
+                await self._end(
+                    row,
+                    lifecycle.refused(
+                        row,
+                        str(exc),
+                        at,
+                        self.sending,
+                        throttled=exc.throttled,
+                        retry_after=exc.retry_after,
+                        jitter=jitter,
+                    ),
+                )
+            return
+        except PermanentProviderError as exc:
+            await self._on_permanent(row, exc, now)
+            return
+        failpoint("outreach.after_provider_call")
+        await self._sent(row, result, now)
+
+    async def _claim(self, row: Delivery, at: Moment) -> OutboundMessage | None:
+        """Render, then claim the row for one provider call: decided → sending with the
+        next attempt number (the fence) and a lease. None when the template fails to
+        render (the message is failed) or another worker claimed it first."""
+        assert row.channel is not None and row.address is not None
+        request = schemas.OutreachRequest.model_validate(row.request)
+        try:
+            rendered = await self.renderer.render_for(
+                request=request, row=row, links=self.links, now=at.now
+            )
+        except RenderError as exc:
+            RENDER_FAILURES.labels(metric_kind(row.message_kind), row.channel).inc()
+            reason = f"render_failed: {exc}"
+            await self._end(row, lifecycle.fail(row, reason, at, expected=(Status.DECIDED,)))
+            return None
+        # Wall time again: rendering may have taken a while.
+        at = self._at(at.now)
+        if not await self._move(lifecycle.claim(row, rendered, at, address=row.address), row):
+            return None
+        return self._message(row, rendered.subject, rendered.html, rendered.text)
+
+    async def _sent(self, row: Delivery, result: SendResult, now: datetime) -> None:
+        move = lifecycle.sent(
+            row,
+            self._at(now),
+            provider=result.provider,
+            provider_message_id=result.provider_message_id,
+            outbox=result.outbox,
+        )
+        if await self._move(move):
+            MESSAGES.labels(row.channel, "sent").inc()
+            failpoint("outreach.after_ledger_sent")
+
+    def _message(
+        self, row: Delivery, subject: str | None, html: str | None, text: str
+    ) -> OutboundMessage:
+        assert row.channel is not None and row.address is not None
+        return OutboundMessage(
+            decision_id=row.decision_id,
+            channel=row.channel,
+            to=row.address,
+            subject=subject,
+            html=html,
+            text=text,
+            message_kind=row.message_kind,
+            intent=row.intent,
+            unsubscribe_url=self._unsubscribe_url(row),
+            status_callback_url=f"{self.links.public_base_url}/webhooks/twilio/status"
+            f"?decision_id={row.decision_id}",
+        )
+
+    # --- in doubt, and rows whose holder went away ------------------------------------
+
+    async def _in_doubt(self, row: Delivery, reason: str, at: Moment) -> None:
+        """The provider may have the message: ask it later, never resend now."""
+        move = lifecycle.in_doubt(row, reason, at, look_in=self.sending.in_doubt_settle)
+        if await self._move(move):
+            log.warning("send_in_doubt", decision_id=row.decision_id, reason=reason[:200])
+
+    async def sweep(self, now: datetime) -> int:
+        """Take over rows whose lease ran out: decided but never claimed (its holder
+        died before the provider call) → delivered now; sending with no answer recorded
+        (its holder died or stalled during the call) or in doubt and due for a look →
+        the provider is asked. Returns how many were settled."""
+        settled = 0
+        for row in await self.ledger.stale(self.wall()):
+            SWEPT.labels(row.status).inc()
+            if row.status == Status.DECIDED:
+                await self._deliver(row, now)
+                settled += 1
+            else:
+                settled += int(await self._reconcile(row, now))
+        return settled
+
+    async def _reconcile(self, row: Delivery, now: datetime) -> bool:
+        """Ask the provider whether it has the message of this row's last claim: found →
+        sent; certainly absent → sent again, once, after the last look; it cannot say →
+        failed with reason in_doubt for a person (or, if it could not be asked now,
+        asked again later). The look is itself leased and fenced, so two sweepers never
+        both act on one claim."""
+        if row.channel is None or row.address is None:
+            return False
+        if not await self._move(lifecycle.look(row, self._at(now)), row):
+            return False
+        sender = self.senders[row.channel]
+        claimed_at = row.claimed_at or self.wall()
+        message = self._message(row, row.subject, row.body_html, row.body_text or "")
+        lookup = await sender.find_sent(message, claimed_at)
+        if lookup.state == "unknown" and row.channel in self.sending.confirmed_by_events:
+            lookup = ABSENT if await self._events_would_have_come(claimed_at) else RETRY
+        IN_DOUBT.labels(row.channel, lookup.state).inc()
+        log.warning("in_doubt_reconciled", decision_id=row.decision_id, outcome=lookup.state)
+        at = self._at(now)
+        if lookup.state == "found":
+            found = lifecycle.sent(
+                row,
+                at,
+                provider=sender.provider,
+                provider_message_id=lookup.provider_message_id,
+                outbox=False,
+                reconciled=True,
+            )
+            if moved := await self._move(found):
+                MESSAGES.labels(row.channel, "sent").inc()
+            return moved
+        if lookup.state == "absent":
+            return await self._absent(row, at)
+        if lookup.state == "retry" and self.wall() - claimed_at < self.sending.in_doubt_give_up:
+            await self._move(lifecycle.look_again(row, at, settle=self.sending.in_doubt_settle))
+            return False
+        reason = "in_doubt: the provider cannot tell whether it was sent"
+        await self._end(row, lifecycle.fail(row, reason, at, expected=(Status.IN_DOUBT,)))
+        return True
+
+    async def _events_would_have_come(self, claimed_at: datetime) -> bool:
+        """Would the provider's report of a message claimed at `claimed_at` have reached
+        us by now? Yes if a worker (our webhooks) has been up without a break since the
+        claim — the report's first delivery found it; or, if they were all down at some
+        point since (a crash of the only worker), once one has been up for longer than
+        the provider takes to retry a report it could not deliver."""
+        wall = self.wall()
+        up_since = await self.ledger.receivers_up_since(wall, self.sending.worker_seen_within)
+        if up_since is None:
+            return False
+        return up_since <= claimed_at or wall - up_since >= self.sending.events_retried_within
+
+    async def _absent(self, row: Delivery, at: Moment) -> bool:
+        """Certainly not at the provider: decided again (counted as a failed attempt)
+        and delivered after the last look, under a new claim."""
+        move = lifecycle.absent(row, at, self.sending)
+        if move.values.get("status") == Status.FAILED:
+            await self._end(row, move)
+            return True
+        if moved := await self._move(move):
+            await self._deliver_again(row.decision_id, at.now)
+        return moved
+
+    async def _deliver_again(self, decision_id: str, now: datetime) -> None:
+        refreshed = await self.ledger.get(decision_id)
+        if refreshed is not None:
+            await self._deliver(refreshed, now)
+
+    async def _on_permanent(
+        self, row: Delivery, exc: PermanentProviderError, now: datetime
+    ) -> None:
+        if exc.opt_out and self.optouts is not None:
+            await self.optouts.opted_out(
+                row.customer_id, row.channel or "", "provider_error", now, code=str(exc.code)
+            )
+        move = lifecycle.rejected(row, str(exc.code), exc.reason, self._at(now))
+        if move.values.get("status") == Status.FAILED:
+            await self._end(row, move)
+        elif await self._move(move):
+            MESSAGES.labels(row.channel or "none", "failed").inc()
+            await self._deliver_again(row.decision_id, now)
+
+    async def _end(self, row: Delivery, move: Move) -> None:
+        """Write a move that may end the message (failed, suppressed), counting it."""
+        if not await self._move(move):
+            return
+        channel = row.channel or "none"
+        if move.values.get("status") == Status.FAILED:
+            reason = move.values.get("last_error") or ""
+            MESSAGES.labels(channel, "failed").inc()
+            log.warning("message_failed", decision_id=row.decision_id, reason=reason[:200])
+        elif move.values.get("status") == Status.SUPPRESSED:
+            SUPPRESSIONS.labels(move.values.get("reason") or "unknown").inc()
+            MESSAGES.labels(channel, "suppressed").inc()
+
+    # --- provider feedback (webhooks) -------------------------------------------------
+
+    async def on_delivery_status(
+        self, decision_id: str, status: str, now: datetime, **detail: Any
+    ) -> bool:
+        """A provider reported the fate of a message: accepted, delivered or failed.
+        States only move forward: a report the message is already past (a late, repeated
+        or reordered webhook) changes nothing and returns False, as does one for an
+        unknown decision. A report for a row still sending or in doubt is proof the
+        provider took it."""
+        try:
+            said = Report(status)
+        except ValueError:
+            return False
+        row = await self.ledger.get(decision_id)
+        if row is None:
+            return False
+        provider = self.senders[row.channel].provider if row.channel else None
+        move = lifecycle.report(row, said, self._at(now), provider=provider, detail=detail)
+        if move is None:
+            STALE_REPORTS.labels(said.value, row.status).inc()
+            return False
+        moved = await self._move(move)
+        if moved:
+            MESSAGES.labels(row.channel or "none", str(move.values.get("status"))).inc()
+        return moved
+
+    async def customer_for_address(self, channel: str, address: str) -> str | None:
+        row = await self.ledger.latest_to(channel, address)
+        return row.customer_id if row is not None else None
+
+    def _unsubscribe_url(self, row: Delivery) -> str:
+        token = token_for(
+            row.customer_id, row.channel or "email", row.decision_id, self.links.unsubscribe_secret
+        )
+        return f"{self.links.public_base_url}/unsubscribe?token={token}"
+
+
+class MessageComposer:
+    """Chooses the template (kind × channel × locale, with fallbacks), builds the context
+    and renders it through the renderer (a pool of processes under hard limits). If the
+    newest published version fails to render — an error, a limit reached — the last one
+    that does serves (its version is recorded with the decision), and the failure is
+    counted and logged; if none renders, RenderError (the message is failed with it)."""
+
+    def __init__(self, cache: TemplateCache, offer_secret: str, renderer: Renderer) -> None:
+        self.cache = cache
+        self.offer_secret = offer_secret
+        self.renderer = renderer
+
+    async def render_for(
+        self, *, request: schemas.OutreachRequest, row: Delivery, links: Links, now: datetime
+    ) -> Rendered:
+        """The rendered message, its template key, the version that served and the newer
+        published versions skipped because they failed."""
+        assert row.channel is not None
+        locale = row.locale or "en"
+        timezone = row.time_zone or "UTC"
+        offer = make_offer(
+            row.decision_id,
+            request.offer_tier,
+            request.severity.value,
+            row.decided_at,
+            self.offer_secret,
+        )
+        token = token_for(row.customer_id, row.channel, row.decision_id, links.unsubscribe_secret)
+        context = build_context(
+            row.request,
+            first_name=str(row.request.get("first_name") or ""),
+            locale=locale,
+            timezone=timezone,
+            offer=offer.as_context() if offer else None,
+            unsubscribe_url=f"{links.public_base_url}/unsubscribe?token={token}",
+            support_url=links.support_url,
+            shop={
+                "name": links.shop_name,
+                "support_email": links.support_email,
+                "support_phone": links.support_phone,
+            },
+        )
+        good = await self.cache.last_good(
+            row.message_kind,
+            row.channel,
+            locale,
+            context,
+            timezone=timezone,
+            renderer=self.renderer,
+        )
+        for template, exc in good.failures:
+            RENDER_FAILURES.labels(metric_kind(row.message_kind), row.channel).inc()
+            log.error(
+                "template_render_failed",
+                message_kind=row.message_kind,
+                channel=row.channel,
+                locale=template.locale,
+                version=template.version,
+                reason=exc.reason,
+                served_version=good.template.version,
+            )
+        template, rendered = good.template, good.rendered
+        return Rendered(
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            template_key=f"{template.message_kind}.{template.channel}.{template.locale}",
+            template_version=template.version,
+            skipped=[t.version for t, _ in good.failures],
+        )
