@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from common import kafka_security
 from common.logs import get_logger
 from common.topics import TopicSpec
 
@@ -45,12 +46,15 @@ def ensure_topics(
 
     deadline = time.monotonic() + timeout_s
     specs = list(specs)
+    # Refused credentials or certificates fail at once, saying what to fix.
+    kafka_security.check(bootstrap_servers)
     while True:
         try:
             admin = KafkaAdminClient(
                 bootstrap_servers=bootstrap_servers.split(","),
                 client_id="outreach-admin",
                 request_timeout_ms=10_000,
+                **kafka_security.client_options(),
             )
             try:
                 existing = set(admin.list_topics())

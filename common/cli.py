@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from common import kafka_security
 from common.settings import ServiceSettings
 from common.topics import SERVICES, all_topics
 
@@ -76,6 +77,7 @@ def _read_deadletters(service: str, limit: int) -> list[Any] | None:
         bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
         enable_auto_commit=False,
         consumer_timeout_ms=2000,
+        **kafka_security.client_options(),
     )
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
@@ -144,7 +146,9 @@ def cmd_deadletters_replay(args: argparse.Namespace) -> int:
 
     settings = _settings()
     producer = KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers.split(","), acks="all"
+        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        acks="all",
+        **kafka_security.client_options(),
     )
     records = _read_deadletters(args.service, 100_000)
     if records is None:
@@ -180,7 +184,9 @@ def cmd_deadletters_purge(args: argparse.Namespace) -> int:
     settings = _settings()
     servers = settings.kafka_bootstrap_servers.split(",")
     topic = settings.topics.deadletter(args.service)
-    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=servers, enable_auto_commit=False, **kafka_security.client_options()
+    )
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not tps:
@@ -204,7 +210,7 @@ def cmd_deadletters_purge(args: argparse.Namespace) -> int:
         text = f"would delete {count} dead letter(s) of {topic} for good; add --yes to do it"
         _emit(args, {"topic": topic, "would_purge": count}, text)
         return EXIT_FAILED
-    admin = KafkaAdminClient(bootstrap_servers=servers)
+    admin = KafkaAdminClient(bootstrap_servers=servers, **kafka_security.client_options())
     try:
         admin.delete_records(doomed, timeout_ms=30_000)
     finally:
@@ -225,7 +231,9 @@ def _purge_customer(args: argparse.Namespace) -> int:
     servers = settings.kafka_bootstrap_servers.split(",")
     topic = settings.topics.deadletter(args.service)
     needle = args.customer.encode()
-    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=servers, enable_auto_commit=False, **kafka_security.client_options()
+    )
     try:
         tp = TopicPartition(topic, 0)
         if not consumer.partitions_for_topic(topic):
@@ -248,7 +256,9 @@ def _purge_customer(args: argparse.Namespace) -> int:
         text = f"would delete {len(theirs)} dead letter(s) of {args.customer}; add --yes"
         _emit(args, {"topic": topic, "would_purge": len(theirs)}, text)
         return EXIT_FAILED
-    producer = KafkaProducer(bootstrap_servers=servers, acks="all")
+    producer = KafkaProducer(
+        bootstrap_servers=servers, acks="all", **kafka_security.client_options()
+    )
     try:
         for r in records:
             if r not in theirs:
@@ -256,7 +266,7 @@ def _purge_customer(args: argparse.Namespace) -> int:
         producer.flush()
     finally:
         producer.close()
-    admin = KafkaAdminClient(bootstrap_servers=servers)
+    admin = KafkaAdminClient(bootstrap_servers=servers, **kafka_security.client_options())
     try:
         admin.delete_records({tp: end}, timeout_ms=30_000)
     finally:
@@ -396,7 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     explain.set_defaults(func=cmd_explain)
     _sending_commands(sub, out)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except kafka_security.KafkaAccessDenied as exc:
+        print(f"outreachctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _deadletter_commands(sub: Any, out: argparse.ArgumentParser) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from common import kafka_security
+
 
 class ConsumerPort(Protocol):
     async def start(self) -> None: ...
@@ -63,6 +65,7 @@ def aiokafka_consumer(
         max_poll_records=max_batch,
         session_timeout_ms=int(session_timeout_s * 1000),
         heartbeat_interval_ms=int(max(1000, session_timeout_s * 100)),
+        **kafka_security.client_options(),
     )
     return consumer
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
-from common import tracing
+from common import kafka_security, tracing
 from common.clock import Clock, wall_now
 from common.consumer import ConsumerFactory, aiokafka_consumer
 from common.envelope import CONTENT_TYPE_HEADER, CloudEvent, InvalidEvent
@@ -206,6 +206,7 @@ class AiokafkaProducer(ProducerPort):
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
+            **kafka_security.client_options(),
         )
         await self._producer.start()
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import kafka_security
 from common.logs import get_logger
 
 log = get_logger(__name__)
@@ -357,6 +358,7 @@ class MarkReader:
                 enable_auto_commit=False,
                 group_id=None,
                 auto_offset_reset="earliest",
+                **kafka_security.client_options(),
             )
             try:
                 await consumer.start()

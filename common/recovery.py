@@ -30,7 +30,7 @@ from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
 
-from common import faust_private
+from common import faust_private, kafka_security
 from common.logs import get_logger
 
 log = get_logger(__name__)
@@ -101,24 +101,28 @@ class BulkRecovery(Recovery):
             destination[tp] = batch[-1].offset
         return len(batch)
 
-    async def _bulk_load(self, todo: dict[TP, tuple[int, int]], destination: Any) -> None:
-        """Copy each partition's records after its start offset up to its highwater
-        (the last offset, as faust counts) into the table's store."""
-        started = time.monotonic()
-        deadline = started + self._budget_s()
+    def _reader(self, partitions: int) -> AIOKafkaConsumer:
+        """A consumer outside any group, fetching as much as `partitions` can take."""
         conf = self.app.conf
-        bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in conf.broker)
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+        return AIOKafkaConsumer(
+            bootstrap_servers=",".join(f"{url.host}:{url.port or 9092}" for url in conf.broker),
             client_id=f"{conf.broker_client_id}-recovery",
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed" if self.app.in_transaction else "read_uncommitted",
             max_partition_fetch_bytes=conf.consumer_max_fetch_size,
-            fetch_max_bytes=max(conf.consumer_max_fetch_size * len(todo), 50 * 1024 * 1024),
+            fetch_max_bytes=max(conf.consumer_max_fetch_size * partitions, 50 * 1024 * 1024),
             # Tables hold what the service wrote: no client-side CRC pass over them again.
             check_crcs=False,
+            **kafka_security.client_options(),
         )
+
+    async def _bulk_load(self, todo: dict[TP, tuple[int, int]], destination: Any) -> None:
+        """Copy each partition's records after its start offset up to its highwater
+        (the last offset, as faust counts) into the table's store."""
+        started = time.monotonic()
+        deadline = started + self._budget_s()
+        reader = self._reader(len(todo))
         copied = {tp: 0 for tp in todo}
         try:
             await reader.start()

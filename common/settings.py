@@ -10,9 +10,17 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common import kafka_security
 from common.clock import Clock, clock_from_mode
 from common.topics import Topics
 
@@ -116,6 +124,17 @@ class ServiceSettings(BaseSettings):
         if not hosts or any(":" not in h for h in hosts):
             raise ValueError("KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...]")
         return ",".join(hosts)
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> ServiceSettings:
+        """KAFKA_SECURITY_PROTOCOL and the KAFKA_SSL_* / KAFKA_SASL_* settings are checked
+        with the others, at start-up (common/kafka_security.py)."""
+        try:
+            kafka_security.current()
+        except ValidationError as exc:
+            problems = "; ".join(str(e["msg"]) for e in exc.errors())
+            raise ValueError(f"Kafka security: {problems}") from None
+        return self
 
     @property
     def topics(self) -> Topics:

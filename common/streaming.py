@@ -21,7 +21,7 @@ from aiohttp import web
 from faust.types import TP
 from yarl import URL
 
-from common import faust_private
+from common import faust_private, kafka_security
 from common.deadlines import DeadlineSchedule
 from common.kafka import CachedKeyPartitioner, Headers, InputMessage, ProducerPort
 from common.logs import get_logger
@@ -59,6 +59,7 @@ def create_app(
     brokers = [URL(f"kafka://{host}") for host in settings.kafka_bootstrap_servers.split(",")]
     options: dict[str, Any] = dict(
         broker=brokers,
+        broker_credentials=kafka_security.faust_credentials(),
         # Told to the group with the assignment: `owner_of` finds a key's replica by it.
         canonical_url=advertised_url(settings),
         store=store,
@@ -425,6 +426,7 @@ class StreamFront:
                     bootstrap_servers=self.bootstrap_servers,
                     enable_auto_commit=False,
                     group_id=None,
+                    **kafka_security.client_options(),
                 )
                 await self._consumer.start()
             consumer = self._consumer

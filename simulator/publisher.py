@@ -17,6 +17,8 @@ class Publisher:
     def __init__(self, bootstrap_servers: str, prefix: str = "", partitions: int = 4) -> None:
         from kafka import KafkaProducer
 
+        from common.kafka_security import client_options
+
         self.prefix = prefix
         self.bootstrap = bootstrap_servers
         self.partitions = partitions
@@ -27,6 +29,7 @@ class Publisher:
             retries=5,
             batch_size=256 * 1024,
             max_in_flight_requests_per_connection=1,
+            **client_options(),
         )
         self._partition_counts: dict[str, int] = {}
         self._stamp = 0  # the last record's, over every run

@@ -6,6 +6,7 @@ project's own script starts a single-node KRaft broker on a free port of 127.0.0
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -53,19 +54,48 @@ def spans() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's broker, started by the project's script with its TLS, mutual TLS and
+    SASL_SSL listeners beside PLAINTEXT; None when KAFKA_BOOTSTRAP_SERVERS names one
+    already running (then only its plaintext address is known)."""
     existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if existing and _reachable(existing):
-        yield existing
+        yield None
         return
     from deploy.kafka.local_kafka import LocalKafka
 
-    broker = LocalKafka(port=0, data_dir=str(tmp_path_factory.mktemp("kafka")))
+    broker = LocalKafka(port=0, data_dir=str(tmp_path_factory.mktemp("kafka")), secure=True)
     broker.start()
     try:
-        yield broker.bootstrap
+        yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: Any) -> str:
+    """The broker's PLAINTEXT address (the e2e suite runs over SASL_SSL: tests/e2e)."""
+    return kafka_broker.bootstrap if kafka_broker else os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+@contextlib.contextmanager
+def kafka_client_env(env: dict[str, str]) -> Iterator[None]:
+    """This process's Kafka clients (and the services it starts) use `env`'s KAFKA_*
+    settings (common/kafka_security.py) within the block."""
+    from common import kafka_security
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    kafka_security.current.cache_clear()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        kafka_security.current.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
+from common.kafka_security import KafkaSecurity
 from common.settings import ServiceSettings
 from common.tracing import OTEL_ENVIRONMENT
 from services.orders_watcher.config import Settings as WatcherSettings
@@ -22,6 +23,19 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "docs" / "configuration.md"
 NOTES = {
     "KAFKA_BOOTSTRAP_SERVERS": "Kafka cluster, host:port[,host:port]",
+    "KAFKA_SECURITY_PROTOCOL": (
+        "`PLAINTEXT`, `SSL` (TLS), `SASL_PLAINTEXT` or `SASL_SSL`: how every Kafka client of"
+        " the process connects (its consumers and producers, faust, topic creation,"
+        " outreachctl, the simulator)"
+    ),
+    "KAFKA_SSL_CAFILE": "PEM of the CA the brokers' certificates are checked against (unset: the system's trust store)",
+    "KAFKA_SSL_CERTFILE": "PEM of this client's certificate, for mutual TLS (with `KAFKA_SSL_KEYFILE`)",
+    "KAFKA_SSL_KEYFILE": "PEM of that certificate's private key",
+    "KAFKA_SSL_KEY_PASSWORD": "the key's password, if it is encrypted",
+    "KAFKA_SSL_CHECK_HOSTNAME": "whether the broker's name must match its certificate",
+    "KAFKA_SASL_MECHANISM": "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (needed with `SASL_*`)",
+    "KAFKA_SASL_USERNAME": "the SASL user (needed with `SASL_*`)",
+    "KAFKA_SASL_PASSWORD": "its password (masked in every repr and log line)",
     "OUTREACH_CLOCK": (
         "`wall` (production) or `event`: the low watermark of the arrival times (Kafka"
         " timestamps) of the records consumed, never ahead of a partition that may hold an"
@@ -194,6 +208,22 @@ NOTES = {
     "OUTREACH_PREFERENCES_TLS_SERVER_NAME": "name checked against preferences' certificate instead of the target's host",
 }
 
+KAFKA_SECURITY = """\
+A production cluster (Strimzi with its TLS listener, a managed Kafka) wants TLS and a
+user. These settings are read once at start-up and checked with the others: a protocol
+that needs SASL without a user, a certificate without its key, a file that does not
+exist or TLS files with a plaintext protocol stop the service with the variable's name.
+At start-up each service then connects once as all its clients will
+(`common/kafka_security.py`, `check`): a password the cluster refuses, a broker
+certificate the CA does not vouch for, or a listener that wants a client certificate
+this one lacks stops it at once with the setting to fix (`KafkaAccessDenied`) instead of
+retrying for ever; the password is never in the message. On Kubernetes the chart sets
+these from `kafka.securityProtocol`, `kafka.caSecret` and `kafka.authentication`, and
+can declare one Strimzi KafkaUser per service with ACLs for its own topics and group
+(deploy/helm/proactive-outreach/README.md). Locally, `python
+deploy/kafka/local_kafka.py up --secure` opens TLS, mutual-TLS and SASL_SSL listeners
+with a CA of its own; the e2e suite runs over its SASL_SSL listener with SCRAM-SHA-512."""
+
 
 def env_name(cls: type[BaseSettings], name: str, field: FieldInfo) -> str:
     alias = field.validation_alias
@@ -235,6 +265,12 @@ def render() -> str:
         "## Every service",
         "",
         *table(ServiceSettings, set()),
+        "",
+        "### Kafka security",
+        "",
+        *KAFKA_SECURITY.splitlines(),
+        "",
+        *table(KafkaSecurity, set()),
     ]
     for title, cls in (
         ("orders_watcher", WatcherSettings),

@@ -7,6 +7,7 @@ is formatted with kafka.tools.StorageTool, and the JVM runs detached in its own 
 with its pid in <data dir>/kafka.pid.
 
     python deploy/kafka/local_kafka.py up      [--port 9092] start (idempotent), wait until ready
+                                       [--secure] with TLS, mutual-TLS and SASL_SSL listeners
     python deploy/kafka/local_kafka.py wait    [--timeout S] wait until the broker answers
     python deploy/kafka/local_kafka.py status  running or not (exit 0 / 1)
     python deploy/kafka/local_kafka.py down    stop by pid (SIGTERM, then SIGKILL)
@@ -253,6 +254,91 @@ log4j.logger.kafka.request.logger=WARN
 """
 
 
+SECURE_LISTENERS = ("SSL", "MTLS", "SASL_SSL")
+SASL_USER = "outreach"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    result = subprocess.run(
+        ["openssl", *args], cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed:\n{result.stderr}")
+
+
+def make_certificates(tls: Path, days: int = 30) -> None:
+    """A CA of its own, the broker's certificate (127.0.0.1, localhost) and a client's,
+    as PEM files in `tls` (made once; kept with the data dir), and the SASL user's
+    password."""
+    if (tls / "client.pem").exists():
+        return
+    tls.mkdir(parents=True, exist_ok=True)
+    os.chmod(tls, 0o700)
+    (tls / "sasl.password").write_text(base64.urlsafe_b64encode(os.urandom(18)).decode() + "\n")
+    ca = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", str(days)]
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        str(days),
+        "-subj",
+        "/CN=outreach-local-ca",
+        cwd=tls,
+    )
+    for name, extensions in (
+        ("broker", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        (tls / f"{name}.ext").write_text(extensions + "\n")
+        _openssl(
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            f"{name}.key",
+            cwd=tls,
+        )
+        _openssl(
+            "req",
+            "-new",
+            "-key",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN=outreach-{name}",
+            cwd=tls,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            *ca,
+            "-out",
+            f"{name}.crt",
+            "-extfile",
+            f"{name}.ext",
+            cwd=tls,
+        )
+    # The broker's PEM keystore: its key (PKCS#8) then its certificate.
+    (tls / "broker.pem").write_text(
+        (tls / "broker.key").read_text() + (tls / "broker.crt").read_text()
+    )
+    (tls / "client.pem").write_text((tls / "client.crt").read_text())
+    for path in tls.iterdir():
+        os.chmod(path, 0o600)
+
+
 class LocalKafka:
     """One single-node KRaft broker on 127.0.0.1, owned by this object (or its pid file).
 
@@ -269,8 +355,12 @@ class LocalKafka:
         heap: str = "512m",
         log_dir: str | os.PathLike[str] | None = None,
         version: str = KAFKA_VERSION,
+        secure: bool = False,
     ) -> None:
         self._own_dir = data_dir is None
+        # Besides PLAINTEXT, listeners for TLS (SSL), mutual TLS (MTLS) and SASL over TLS
+        # (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512): certificates from a CA of its own.
+        self.secure = secure
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="outreach-kafka-")).resolve()
         self.log_dir = Path(log_dir).resolve() if log_dir else self.data_dir
         self.version = version
@@ -285,29 +375,58 @@ class LocalKafka:
         # A broker already running from this data dir keeps its ports.
         recorded = self._recorded_ports() if self.running_pid() is not None else None
         if recorded:
-            self.port, self.controller_port = recorded
+            self.port, self.controller_port = recorded["PLAINTEXT"], recorded["CONTROLLER"]
+            self.secure_ports = {n: recorded[n] for n in SECURE_LISTENERS if n in recorded}
+            self.secure = bool(self.secure_ports)
         else:
             self.port = port or free_port()
             self.controller_port = controller_port or free_port()
+            self.secure_ports = {n: free_port() for n in SECURE_LISTENERS} if secure else {}
+        self.tls_dir = self.data_dir / "tls"
 
     @property
     def bootstrap(self) -> str:
         return f"{HOST}:{self.port}"
 
+    def secure_bootstrap(self, listener: str) -> str:
+        """The address of one of the secure listeners (SSL, MTLS, SASL_SSL)."""
+        if listener not in self.secure_ports:
+            raise ValueError(f"no {listener} listener: start LocalKafka(secure=True)")
+        return f"{HOST}:{self.secure_ports[listener]}"
+
+    def client_env(self, listener: str, mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+        """The KAFKA_* settings (common/kafka_security.py) of a client of `listener`:
+        the CA to trust; for MTLS the client's certificate; for SASL_SSL the user."""
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.secure_bootstrap(listener),
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL" if listener == "SASL_SSL" else "SSL",
+            "KAFKA_SSL_CAFILE": str(self.tls_dir / "ca.pem"),
+        }
+        if listener == "MTLS":
+            env["KAFKA_SSL_CERTFILE"] = str(self.tls_dir / "client.pem")
+            env["KAFKA_SSL_KEYFILE"] = str(self.tls_dir / "client.key")
+        if listener == "SASL_SSL":
+            env["KAFKA_SASL_MECHANISM"] = mechanism
+            env["KAFKA_SASL_USERNAME"] = SASL_USER
+            env["KAFKA_SASL_PASSWORD"] = self.sasl_password()
+        return env
+
+    def sasl_password(self) -> str:
+        return (self.tls_dir / "sasl.password").read_text().strip()
+
     # -- state ------------------------------------------------------------------------
 
-    def _recorded_ports(self) -> tuple[int, int] | None:
+    def _recorded_ports(self) -> dict[str, int] | None:
         try:
             lines = self.properties.read_text().splitlines()
         except OSError:
             return None
         for line in lines:
             if line.startswith("listeners="):
-                ports = dict(
+                return dict(
                     (item.split("://")[0], int(item.rsplit(":", 1)[1]))
                     for item in line.split("=", 1)[1].split(",")
                 )
-                return ports["PLAINTEXT"], ports["CONTROLLER"]
         return None
 
     def running_pid(self) -> int | None:
@@ -334,11 +453,15 @@ class LocalKafka:
             # A static quorum: no --standalone at format time, and the controller port may
             # change between restarts of the same data dir.
             f"controller.quorum.voters=1@{HOST}:{self.controller_port}",
-            f"listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://{HOST}:{self.port}",
+            f"listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}"
+            + "".join(f",{n}://{HOST}:{p}" for n, p in self.secure_ports.items()),
+            f"advertised.listeners=PLAINTEXT://{HOST}:{self.port}"
+            + "".join(f",{n}://{HOST}:{p}" for n, p in self.secure_ports.items()),
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+            + (",SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL" if self.secure_ports else ""),
+            *(self._secure_config() if self.secure_ports else []),
             f"log.dirs={kafka_logs}",
             f"num.partitions={self.partitions}",
             "default.replication.factor=1",
@@ -362,6 +485,29 @@ class LocalKafka:
             (self.data_dir / "log4j2.properties").write_text(LOG4J2.format(log=self.log_file))
         else:
             (self.data_dir / "log4j.properties").write_text(LOG4J1.format(log=self.log_file))
+
+    def _secure_config(self) -> list[str]:
+        """TLS from PEM files (no keystore tool needed); SASL users: PLAIN in the
+        listener's JAAS line, SCRAM in the cluster's metadata (added at format)."""
+        tls = self.tls_dir
+        password = self.sasl_password()
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        plain = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'user_{SASL_USER}="{password}";'
+        )
+        return [
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={tls / 'broker.pem'}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={tls / 'ca.pem'}",
+            "ssl.client.auth=none",
+            "listener.name.mtls.ssl.client.auth=required",
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            f"listener.name.sasl_ssl.plain.sasl.jaas.config={plain}",
+            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+        ]
 
     def _java(self, libs: Path) -> list[str]:
         java = shutil.which("java")
@@ -399,6 +545,10 @@ class LocalKafka:
             str(self.properties),
             "--ignore-formatted",
         ]
+        if self.secure_ports:
+            password = self.sasl_password()
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                cmd += ["--add-scram", f"{mechanism}=[name={SASL_USER},password={password}]"]
         result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(
@@ -419,6 +569,8 @@ class LocalKafka:
                 if port_in_use(port):
                     raise RuntimeError(f"port {HOST}:{port} is already in use by another process")
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            if self.secure_ports:
+                make_certificates(self.tls_dir)
             self._write_config()
             java = self._java(libs)
             self._format_storage(java)
@@ -547,6 +699,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=float(os.environ.get("KAFKA_START_TIMEOUT", "90"))
     )
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="also TLS, mutual-TLS and SASL_SSL listeners (a fresh data dir); prints each "
+        "one's client settings",
+    )
     args = parser.parse_args(argv)
     if args.command == "fetch":
         print(ensure_jars())
@@ -558,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         partitions=args.partitions,
         heap=args.heap,
         log_dir=args.log_dir,
+        secure=args.secure,
     )
     pid = kafka.running_pid()
     if args.command == "status":
@@ -592,6 +751,12 @@ def main(argv: list[str] | None = None) -> int:
         f"kafka {kafka.version} up at {kafka.bootstrap} (pid {kafka.running_pid()}) "
         f"in {kafka.startup_seconds:.1f}s; data in {kafka.data_dir}, log {kafka.log_file}"
     )
+    password = f"$(cat {kafka.tls_dir / 'sasl.password'})"  # not printed itself
+    for listener in kafka.secure_ports:
+        env = kafka.client_env(listener) | (
+            {"KAFKA_SASL_PASSWORD": password} if "SASL" in listener else {}
+        )
+        print(f"  {listener}: " + " ".join(f"{k}={v}" for k, v in env.items()))
     return 0
 
 

@@ -212,6 +212,8 @@ def watch(bootstrap: str, children: list[tuple[str, subprocess.Popen[bytes]]]) -
     """Print incidents, requests and messages as they happen."""
     from kafka import KafkaConsumer
 
+    from common.kafka_security import client_options
+
     prefix = os.environ.get("OUTREACH_TOPIC_PREFIX", "")
     consumer = KafkaConsumer(
         f"{prefix}outreach.incidents",
@@ -223,6 +225,7 @@ def watch(bootstrap: str, children: list[tuple[str, subprocess.Popen[bytes]]]) -
         enable_auto_commit=False,
         group_id=None,
         consumer_timeout_ms=1000,
+        **client_options(),
     )
     counts: dict[str, int] = {}
     while True:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from common.envelope import CloudEvent
+from common.kafka_security import client_options
 from tests.conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +158,9 @@ class Shop:
         from kafka import KafkaProducer
 
         self.prefix = prefix
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all")
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap.split(","), acks="all", **client_options()
+        )
         self.stamp: int | None = None
 
     def publish(
@@ -199,6 +202,7 @@ class TopicReader:
             enable_auto_commit=False,
             group_id=None,
             consumer_timeout_ms=500,
+            **client_options(),
         )
         self.records: list[Any] = []
 

@@ -24,6 +24,7 @@ import grpc
 import pytest
 
 from common.envelope import new_event
+from common.kafka_security import client_options
 from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from tests.conftest import wait_for
@@ -85,7 +86,7 @@ def compact_fast(bootstrap: str, topic: str) -> None:
     production topic compacts on the broker's defaults: within hours)."""
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), **client_options())
     try:
         admin.alter_configs(
             [
@@ -110,7 +111,9 @@ def every_topic(bootstrap: str, prefix: str) -> dict[str, bytes]:
     """Every record (key, value, headers) of every topic of this pipeline, as bytes."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, **client_options()
+    )
     found: dict[str, bytes] = {}
     try:
         for topic in sorted(t for t in consumer.topics() if prefix in t):

@@ -396,6 +396,86 @@ def test_kafka_topics_mirror_common_topics() -> None:
     assert not _kind(_render("strimzi.enabled=false"), "KafkaTopic")
 
 
+SCRAM = "kafka.users.create=true,kafka.authentication=scram-sha-512,kafka.securityProtocol=SASL_SSL"
+
+
+def _kafka_env(docs: list[dict[str, Any]], workload: dict[str, Any]) -> dict[str, Any]:
+    """What a workload's container gets: its ConfigMaps' data, then its env."""
+    container = workload["spec"]["template"]["spec"]["containers"][0]
+    maps = {m["metadata"]["name"]: m.get("data", {}) for m in _kind(docs, "ConfigMap")}
+    env: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        env |= maps[source["configMapRef"]["name"]]
+    env |= {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+    return {k: v for k, v in env.items() if k.startswith("KAFKA_S")}
+
+
+def test_each_service_connects_as_its_own_kafka_user_limited_to_its_topics() -> None:
+    docs = _render(SCRAM, "kafka.caSecret=outreach-cluster-ca-cert")
+    users = {_component(u): u for u in _kind(docs, "KafkaUser")}
+    assert set(users) == {"orders-watcher", "risk-detector", "outreach", "preferences"}
+    known = {s.name for s in all_topics()} | {"outreach.watermarks"}
+    for component, user in users.items():
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "outreach"
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        acls = user["spec"]["authorization"]["acls"]
+        topics = {a["resource"]["name"] for a in acls if a["resource"]["type"] == "topic"}
+        assert {"type": "cluster"} in [a["resource"] for a in acls]
+        group = component.replace("-", "_")
+        assert topics - {f"{group}-"} <= known, component  # no topic outside the pipeline's
+        assert f"deadletter.{group}" in topics
+        groups = [a for a in acls if a["resource"]["type"] == "group"]
+        assert [g["resource"]["name"] for g in groups] == [group]
+        writes = {a["resource"].get("name") for a in acls if "Write" in a["operations"]}
+        assert "commerce.orders" not in writes  # nobody writes the shop's topics
+    # outreach reads what its worker consumes and writes what it publishes.
+    outreach = {
+        (a["resource"].get("name"), op)
+        for a in users["outreach"]["spec"]["authorization"]["acls"]
+        for op in a["operations"]
+    }
+    for topic in ("outreach.requests", "outreach.incidents", "commerce.customers"):
+        assert (topic, "Read") in outreach
+    for topic in ("outreach.messages", "outreach.optouts"):
+        assert (topic, "Write") in outreach
+    assert ("outreach.requests", "Write") not in outreach
+    for workload in _kind(docs, "Deployment"):
+        env = _kafka_env(docs, workload)
+        if _component(workload) == "studio":
+            assert "KAFKA_SASL_PASSWORD" not in env  # the studio never talks to Kafka
+            continue
+        user = users[_component(workload)]["metadata"]["name"]
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["KAFKA_SASL_USERNAME"] == user
+        assert env["KAFKA_SASL_PASSWORD"] == {"secretKeyRef": {"name": user, "key": "password"}}
+        assert env["KAFKA_SSL_CAFILE"] == "/etc/kafka/ca/ca.crt"
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["kafka-ca"]["secret"]["secretName"] == "outreach-cluster-ca-cert"
+
+
+def test_mutual_tls_mounts_each_users_certificate_and_plaintext_needs_nothing() -> None:
+    docs = _render(
+        "kafka.users.create=true,kafka.authentication=tls,kafka.securityProtocol=SSL",
+        "kafka.userSecrets.outreach=outreach-from-vault",
+    )
+    for workload in _kind(docs, "Deployment"):
+        if _component(workload) == "studio":
+            continue
+        pod = workload["spec"]["template"]["spec"]
+        env = _kafka_env(docs, workload)
+        assert env["KAFKA_SSL_CERTFILE"] == "/etc/kafka/user/user.crt"
+        assert "KAFKA_SASL_PASSWORD" not in env
+        secret = {v["name"]: v for v in pod["volumes"]}["kafka-user"]["secret"]["secretName"]
+        assert secret.endswith(_component(workload)) or secret == "outreach-from-vault"
+    assert {u["spec"]["authentication"]["type"] for u in _kind(docs, "KafkaUser")} == {"tls"}
+    plain = _render()
+    assert not _kind(plain, "KafkaUser")
+    for workload in _kind(plain, "Deployment"):
+        env = _kafka_env(plain, workload)
+        assert env.get("KAFKA_SECURITY_PROTOCOL") in (None, "PLAINTEXT")
+        assert not set(env) - {"KAFKA_SECURITY_PROTOCOL"}
+
+
 def test_monitoring_objects_carry_the_one_source() -> None:
     docs = _render()
     rule = _kind(docs, "PrometheusRule")
@@ -637,7 +717,14 @@ def test_manifests_validate_offline_against_kubernetes_schemas(tmp_path: Path) -
         "ingress.enabled=true,ingress.outreachHost=o.example,ingress.studioHost=s.example"
     )
     stateful = "services.risk-detector.persistence.enabled=true"
-    renders = ([], ["--set", "keda.enabled=true"], ["--set", with_ingress], ["--set", stateful])
+    secured = f"{SCRAM},kafka.caSecret=ca"
+    renders = (
+        [],
+        ["--set", "keda.enabled=true"],
+        ["--set", with_ingress],
+        ["--set", stateful],
+        ["--set", secured],
+    )
     for i, extra in enumerate(renders):
         rendered = tmp_path / f"rendered-{i}.yaml"
         rendered.write_text(
@@ -656,7 +743,7 @@ def test_manifests_validate_offline_against_kubernetes_schemas(tmp_path: Path) -
             "-strict",
             "-summary",
             "-skip",
-            "KafkaTopic,ServiceMonitor,PrometheusRule,ScaledObject",
+            "KafkaTopic,KafkaUser,ServiceMonitor,PrometheusRule,ScaledObject",
             "-schema-location",
             str(schemas) + "/{{.ResourceKind}}{{.KindSuffix}}.json",
             str(rendered),

@@ -100,61 +100,36 @@ class RowChanges(TypedDict, total=False):
 class Recorded(Protocol):
     """A ledger event as written: `Entry`, or the ledger's own row of it."""
 
-    @property
-    def event_id(self) -> str: ...
-    @property
-    def decision_id(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def at(self) -> datetime: ...
-    @property
-    def payload(self) -> dict[str, Any]: ...
+    event_id: str
+    decision_id: str
+    status: str
+    at: datetime
+    payload: dict[str, Any]
 
 
 class Row(Protocol):
     """The columns of a decision's ledger row these functions read."""
 
-    @property
-    def decision_id(self) -> str: ...
-    @property
-    def request_id(self) -> str: ...
-    @property
-    def customer_id(self) -> str: ...
-    @property
-    def order_id(self) -> str | None: ...
-    @property
-    def cause_type(self) -> str: ...
-    @property
-    def cause_id(self) -> str: ...
-    @property
-    def cause_kind(self) -> str: ...
-    @property
-    def intent(self) -> str: ...
-    @property
-    def message_kind(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def reason(self) -> str | None: ...
-    @property
-    def channel(self) -> str | None: ...
-    @property
-    def send_at(self) -> datetime | None: ...
-    @property
-    def updated_at(self) -> datetime: ...
-    @property
-    def template_key(self) -> str | None: ...
-    @property
-    def template_version(self) -> int | None: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def failures(self) -> int: ...
-    @property
-    def fallbacks(self) -> list[dict[str, Any]]: ...
-    @property
-    def request(self) -> dict[str, Any]: ...
+    decision_id: str
+    request_id: str
+    customer_id: str
+    order_id: str | None
+    cause_type: str
+    cause_id: str
+    cause_kind: str
+    intent: str
+    message_kind: str
+    status: str
+    reason: str | None
+    channel: str | None
+    send_at: datetime | None
+    updated_at: datetime
+    template_key: str | None
+    template_version: int | None
+    attempts: int
+    failures: int
+    fallbacks: list[dict[str, Any]]
+    request: dict[str, Any]
 
 
 @dataclass(frozen=True)

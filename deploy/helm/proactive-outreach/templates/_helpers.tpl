@@ -78,3 +78,39 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "po.workloadKind" -}}
 {{- if (.persistence).enabled -}}StatefulSet{{- else -}}Deployment{{- end -}}
 {{- end -}}
+
+{{/* The Secret with a component's Kafka credentials: its KafkaUser's (same name) unless
+     kafka.userSecrets names another. Call with (dict "root" $ "component" $name). */}}
+{{- define "po.kafkaUserSecret" -}}
+{{- $default := include "po.componentFullname" . -}}
+{{- default $default (get (.root.Values.kafka.userSecrets | default dict) .component) -}}
+{{- end -}}
+
+{{/* The KAFKA_* settings (docs/configuration.md, "Kafka security") of a component that
+     talks to Kafka, for its ConfigMap; the password is the only one from a Secret
+     (po.kafkaEnv). Call with (dict "root" $ "component" $name). */}}
+{{- define "po.kafkaConfig" -}}
+{{- $kafka := .root.Values.kafka -}}
+KAFKA_SECURITY_PROTOCOL: {{ $kafka.securityProtocol | quote }}
+{{- if $kafka.caSecret }}
+KAFKA_SSL_CAFILE: /etc/kafka/ca/ca.crt
+{{- end }}
+{{- if eq $kafka.authentication "scram-sha-512" }}
+KAFKA_SASL_MECHANISM: SCRAM-SHA-512
+KAFKA_SASL_USERNAME: {{ include "po.componentFullname" . | quote }}
+{{- else if eq $kafka.authentication "tls" }}
+KAFKA_SSL_CERTFILE: /etc/kafka/user/user.crt
+KAFKA_SSL_KEYFILE: /etc/kafka/user/user.key
+{{- end }}
+{{- end -}}
+
+{{/* A component's Kafka password, from its KafkaUser's Secret (SCRAM only). */}}
+{{- define "po.kafkaEnv" -}}
+{{- if eq .root.Values.kafka.authentication "scram-sha-512" -}}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "po.kafkaUserSecret" . }}
+      key: password
+{{- end -}}
+{{- end -}}
