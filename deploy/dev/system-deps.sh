@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
+# the local broker's TLS and SASL_SSL listeners: a CA and certificates of its own
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 { command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || need+=(postgresql)
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || need+=(golang-go)
 if [ "${OUTREACH_BROWSER_TESTS:-1}" = "1" ]; then
