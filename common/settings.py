@@ -92,6 +92,12 @@ class ServiceSettings(BaseSettings):
         None, ge=-1, validation_alias=_env("OUTREACH_TOPIC_RETENTION_MS")
     )
     bulk_recovery: bool = Field(True, validation_alias=_env("OUTREACH_BULK_RECOVERY"))
+    # Stream services: other workers keep a warm copy of each table partition, read from
+    # its changelog as it is written; when its worker goes, the one taking over has the
+    # table already and reads only the last records (faust's standby replicas).
+    table_standby_replicas: int = Field(
+        0, ge=0, le=3, validation_alias=_env("OUTREACH_TABLE_STANDBY_REPLICAS")
+    )
     bulk_recovery_min_records: int = Field(
         5_000, ge=1, validation_alias=_env("OUTREACH_BULK_RECOVERY_MIN_RECORDS")
     )

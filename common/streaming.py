@@ -79,7 +79,7 @@ def create_app(
         broker_commit_every=200,
         broker_commit_interval=1.0,
         stream_wait_empty=False,
-        table_standby_replicas=0,
+        table_standby_replicas=settings.table_standby_replicas,
         autodiscover=False,
         # How soon a dead worker's partitions move to the living (heartbeats at 1/10).
         broker_session_timeout=settings.kafka_session_timeout_s,

@@ -79,6 +79,13 @@ NOTES = {
         "copy changelog partitions straight into RocksDB when a table is recovered, before"
         " faust's own pass (`false`: faust alone)"
     ),
+    "OUTREACH_TABLE_STANDBY_REPLICAS": (
+        "stream services (orders_watcher, risk_detector): how many other workers keep a"
+        " warm copy of each table partition, read from its changelog as it is written; a"
+        " worker taking over a partition then has its table and reads only the last records"
+        " (needs that many more replicas than one; each standby costs the table's disk and"
+        " the changelog's reads)"
+    ),
     "OUTREACH_BULK_RECOVERY_MIN_RECORDS": (
         "a partition with at least this many changelog records to read is copied in bulk"
     ),

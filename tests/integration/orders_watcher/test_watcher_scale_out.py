@@ -140,9 +140,13 @@ def opened(events: list[dict]) -> dict[str, tuple[str, str]]:
     }
 
 
+@pytest.mark.parametrize("standby", [0, 1], ids=["no-standby", "standby-replica"])
 def test_a_worker_joining_then_killed_mid_stream_loses_and_invents_no_incident(
-    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, standby: int
 ) -> None:
+    """With a standby replica (OUTREACH_TABLE_STANDBY_REPLICAS=1) each worker also keeps
+    the other's table partitions from their changelog, and takes them over warm."""
+    settings = SETTINGS | {"OUTREACH_TABLE_STANDBY_REPLICAS": str(standby)}
     base = datetime.now(UTC) + timedelta(seconds=8)  # the publisher starts in ~8 s
     plan: list[Planned] = []
     expected: set[tuple[str, str]] = set()
@@ -158,7 +162,7 @@ def test_a_worker_joining_then_killed_mid_stream_loses_and_invents_no_incident(
     watchers = Watchers(kafka_bootstrap, topic_prefix, tmp_path)
     first_port, second_port = free_port(), free_port()
     try:
-        watchers.start("w1", ORDERS_WATCHER_HTTP_PORT=str(first_port), **SETTINGS)
+        watchers.start("w1", ORDERS_WATCHER_HTTP_PORT=str(first_port), **settings)
         wait_for(lambda: _ready(first_port), timeout=90)
         time.sleep(max(0.0, (base - datetime.now(UTC)).total_seconds()))
         feed = TimedPublisher(kafka_bootstrap, topic_prefix, plan)
@@ -166,7 +170,7 @@ def test_a_worker_joining_then_killed_mid_stream_loses_and_invents_no_incident(
         # A second worker joins mid-stream (once the first has handled the stream's first
         # 30 orders): the group rebalances and splits the partitions.
         wait_for(lambda: events_consumed(first_port) >= 60, timeout=60, interval=0.2)
-        second = watchers.start("w2", ORDERS_WATCHER_HTTP_PORT=str(second_port), **SETTINGS)
+        second = watchers.start("w2", ORDERS_WATCHER_HTTP_PORT=str(second_port), **settings)
         wait_for(lambda: events_consumed(second_port) >= 60, timeout=90, interval=0.2)
         # ... and is killed without warning while the stream and its deadlines run on.
         second.kill()
@@ -198,6 +202,9 @@ def test_a_worker_joining_then_killed_mid_stream_loses_and_invents_no_incident(
     assert not lost, f"lost {len(lost)} incidents {where}: {sorted(lost)[:10]}"
     assert not invented, f"{len(invented)} incidents not in the stream {where}: {invented}"
     assert all(len(ids) == 1 for ids in by_order_kind.values()), "unstable incident ids"
+    # The survivor kept the other's partitions as standbys (faust's recovery says so).
+    standbys = "Starting standby partitions" in (tmp_path / "w1.log").read_text()
+    assert standbys == bool(standby)
     # Re-emissions after the kill are allowed (downstream dedupes by id) but must agree:
     # the same incident id and revision always say the same thing.
     said: dict[tuple[str, int], set[tuple[str, str]]] = defaultdict(set)
