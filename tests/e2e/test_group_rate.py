@@ -102,12 +102,15 @@ def test_two_workers_keep_together_to_the_providers_rate(
             f"+4915112{n:06d}" for n in range(CUSTOMERS)
         )
         # Together no faster than the rate: over the run, and in every 2-second window
-        # (one second's burst of the provider's own bucket at most on top).
+        # (each worker's bucket holds one send of burst on top of its share, so one more
+        # per worker, services/outreach/adapters/providers.py, GuardedSender; and one for
+        # the jitter on the way: the double stamps arrivals, not sends). Two workers each
+        # sending at the full rate would put 32 there.
         accepted = sorted(m["accepted_at"] for m in messages)
         assert (accepted[-1] - accepted[0]) >= (CUSTOMERS - RATE) / RATE * 0.9
         for i, start in enumerate(accepted):
             in_window = sum(1 for t in accepted[i:] if t < start + 2.0)
-            assert in_window <= 2 * RATE + 1, (start, in_window)
+            assert in_window <= 2 * RATE + len(workers) + 1, (start, in_window)
         sent = [SENT.search(stack.metrics(name)) for name in workers]
         assert all(s and float(s.group(1)) > 0 for s in sent), sent  # both took part
     finally:
