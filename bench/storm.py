@@ -22,7 +22,11 @@ It reports the time from the storm's first event until the last affected custome
 provider call; outreach's sustained messages a second (provider calls, first to last);
 p50/p99 from a parcel's storm event to its customer's provider call; the 429s the
 doubles answered; each service's peak memory; orders_watcher's sustained detection rate
-(the incidents' broker timestamps, first to last) and the ratio of the send rate to it.
+(the incidents' broker timestamps, first to last) and the ratio of the send rate to it;
+and where the machine's CPU went from the storm's first event to the last provider call:
+the CPU time of each service (with its child processes), the broker, PostgreSQL and this
+process (the provider doubles and the shop) a message, and the send rate the machine's
+cores would allow at that total.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import cpu_probe_ms, rss_mib  # noqa: E402
+from bench.harness import cpu_probe_ms, rss_mib, tree_cpu_seconds  # noqa: E402
 from bench.outreach_delivery import (  # noqa: E402
     RUN,
     Publisher,
@@ -172,6 +176,16 @@ def incident_times(bootstrap: str, topic: str, expected: int, timeout_s: float) 
     return sorted(times)
 
 
+def cpu_by_part(stack: Stack, broker_pid: int, postgres_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by each part of the run."""
+    parts = {name: tree_cpu_seconds(proc.pid) for name, proc in stack.procs.items()}
+    parts["kafka"] = tree_cpu_seconds(broker_pid)
+    parts["postgresql"] = tree_cpu_seconds(postgres_pid)
+    own = os.times()
+    parts["doubles and shop (this process)"] = own.user + own.system
+    return parts
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--orders", type=int, default=20_000)
@@ -230,6 +244,9 @@ def main() -> int:
             )
             setup_s = time.time() - setup_started
 
+            assert broker.proc is not None
+            postgres_pid = int((postgres.data / "postmaster.pid").read_text().split()[0])
+            cpu_before = cpu_by_part(stack, broker.proc.pid, postgres_pid)
             storm_at: dict[str, float] = {}
             started = time.time()
             for i in range(n):
@@ -243,6 +260,7 @@ def main() -> int:
                 interval=1.0,
                 message=f"{n} messages at the providers",
             )
+            cpu_after = cpu_by_part(stack, broker.proc.pid, postgres_pid)
             arrivals = {**twilio.arrivals, **sendgrid.arrivals}
             per_provider = {"twilio": twilio.arrivals, "sendgrid": sendgrid.arrivals}
             memory = {
@@ -293,6 +311,15 @@ def main() -> int:
     print("  providers: " + ", ".join(used))
     print(f"  detection: {len(incidents)} incidents at {detecting:.0f}/s sustained; "
           f"sending / detection = {sending / detecting:.3f}")  # fmt: skip
+    cpu_ms = {k: (cpu_after[k] - cpu_before.get(k, 0.0)) * 1000 / n for k in cpu_after}
+    total_ms = sum(cpu_ms.values())
+    cores = os.cpu_count() or 1
+    print(
+        f"  CPU a message, storm to last call: {total_ms:.1f} ms in all: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu_ms.items(), key=lambda kv: -kv[1]))
+    )
+    print(f"  at {total_ms:.1f} ms a message, {cores} cores allow at most "
+          f"{cores * 1000 / total_ms:.0f} messages/s")  # fmt: skip
     print("  peak memory (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(memory.items())))
     return 0
 
