@@ -100,6 +100,17 @@ MESSAGES = Counter(
     "Messages by channel and status (scheduled, sent, delivered, failed, suppressed).",
     ["channel", "status"],
 )
+REPLIES = Counter(
+    "outreach_replies_total",
+    "Customers' replies by channel, intent and tone (intent `unknown_sender`: from an "
+    "address no message went to).",
+    ["channel", "intent", "tone"],
+)
+HANDOFFS = Counter(
+    "outreach_handoffs_total",
+    "Hand-offs to a person, by what triggered them (reply, risk_score) and why.",
+    ["trigger", "reason"],
+)
 SUPPRESSIONS = Counter(
     "outreach_suppressions_total",
     "Decisions not sent, by suppression reason.",

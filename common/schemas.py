@@ -458,13 +458,65 @@ class ContactChoice(_Payload):
     address: str | None = None
 
 
+class ConversationTurn(_Payload):
+    """One entry of a conversation: a message we sent (`out`) or a reply (`in`)."""
+
+    at: Moment
+    direction: Literal["out", "in"]
+    channel: str
+    kind: str  # the message kind of a message, the intent of a reply
+    tone: str | None = None
+    text: str = ""
+    ref: str = ""  # the decision id of a message, the reply id of a reply
+
+
+class ReplyLabel(_Payload):
+    """How a reply was read, and the words that decided it."""
+
+    reply_id: str
+    intent: str
+    tone: str
+    evidence: list[str] = Field(default_factory=list)
+    classifier: str = ""
+
+
 class HandoffRequested(_Payload):
     """`support.handoffs` payload (type support.handoff.requested): a customer a person
-    should look at, with why (for the agent)."""
+    should look at, with why (for the agent). `trigger` says what handed them off: a
+    churn-risk score (risk_detector) or a reply (outreach, with the reply's label, the
+    incident it is about and the conversation so far)."""
 
     handoff_id: str
     customer_id: str
     order_ids: list[str] = Field(default_factory=list)
-    risk_score: float
+    risk_score: float | None = None
     reasons: list[Reason] = Field(default_factory=list)
     summary: str = ""
+    trigger: Literal["risk_score", "reply"] = "risk_score"
+    locale: str | None = None
+    summary_local: str = ""  # the summary in the customer's language
+    conversation: list[ConversationTurn] = Field(default_factory=list)
+    reply: ReplyLabel | None = None
+    incident: Cause | None = None
+
+
+class ReplyReceived(_Payload):
+    """`outreach.replies` payload (type outreach.reply.received): a customer's reply,
+    attached to its conversation and read. No text, address or name: those stay in
+    outreach's database (the conversation view and hand-offs carry them)."""
+
+    reply_id: str
+    customer_id: str
+    channel: Literal["email", "sms", "whatsapp"]
+    received_at: Moment
+    decision_id: str | None = None  # the message it answers
+    order_id: str | None = None
+    cause: Cause | None = None
+    command: Literal["stop", "start", "help"] | None = None
+    intent: str
+    tone: str
+    evidence: list[str] = Field(default_factory=list)
+    language: str
+    classifier: str
+    opted_out: bool = False
+    handoff_id: str | None = None

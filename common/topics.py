@@ -18,6 +18,7 @@ INCIDENTS = "outreach.incidents"
 REQUESTS = "outreach.requests"
 MESSAGES = "outreach.messages"
 OPTOUTS = "outreach.optouts"
+REPLIES = "outreach.replies"
 HANDOFFS = "support.handoffs"
 # The event clock's watermarks between services (common/marks.py): one partition, made
 # by the services that use it (on the wall clock no one does).
@@ -28,7 +29,7 @@ DEADLETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 INPUT_TOPICS = (ORDERS, SHIPMENTS, RETURNS, CUSTOMERS, FEEDBACK)
 INTERNAL_TOPICS = (INCIDENTS, REQUESTS, OPTOUTS)
-OUTPUT_TOPICS = (MESSAGES, HANDOFFS)
+OUTPUT_TOPICS = (MESSAGES, REPLIES, HANDOFFS)
 SERVICES = ("orders_watcher", "risk_detector", "outreach", "preferences")
 
 
@@ -78,6 +79,7 @@ class Topics:
         self.requests = prefix + REQUESTS
         self.messages = prefix + MESSAGES
         self.optouts = prefix + OPTOUTS
+        self.replies = prefix + REPLIES
         self.handoffs = prefix + HANDOFFS
         self.watermarks = prefix + WATERMARKS
 

@@ -177,6 +177,31 @@ NOTES = {
     "OUTREACH_RENDER_PROCESSES": "processes that render templates (workers, studio): a template runs there, off the event loop, under the two limits below",
     "OUTREACH_RENDER_TIMEOUT_S": "a render (or a preview, a publish check) taking longer is stopped and fails with a reason; the process is replaced",
     "OUTREACH_RENDER_MEMORY_MB": "address space of a render process: a template needing more fails with a reason",
+    "OUTREACH_REPLY_DOMAIN": (
+        "the domain SendGrid's Inbound Parse receives mail for: emails carry a signed"
+        " reply-to address on it, so a reply reaches its conversation (unset: no reply-to"
+        " of ours; docs/conversations.md)"
+    ),
+    "OUTREACH_REPLY_SECRET": (
+        "signs the reply-to addresses (unset: one generated and kept in the data dir; set"
+        " it, the same for every worker, in production)"
+    ),
+    "OUTREACH_INBOUND_PARSE_USER": (
+        "HTTP Basic user the Inbound Parse URL carries (`https://user:password@host/"
+        "webhooks/sendgrid/inbound`); unset: the endpoint answers 404"
+    ),
+    "OUTREACH_INBOUND_PARSE_PASSWORD": "its password",
+    "OUTREACH_HANDOFF_INTENTS": (
+        "reply intents that go to a person on support.handoffs, comma-separated (opt_out,"
+        " wrong_contact, wants_person, complaint, question, thanks, other)"
+    ),
+    "OUTREACH_HANDOFF_TONES": "reply tones that go to a person, comma-separated (angry, neutral, happy; empty: none)",
+    "OUTREACH_HANDOFF_CRITICAL": "whether every reply to a message about a critical incident (a lost or damaged parcel) goes to a person, whatever it says",
+    "OUTREACH_HANDOFF_HISTORY": "how many turns of the conversation (latest) a hand-off carries",
+    "OUTREACH_REPLY_SWEEP_S": (
+        "how often, and after how long, a reply whose effects were not all handed over"
+        " (Kafka away, a crash) is carried out again"
+    ),
     "OUTREACH_WEBHOOK_MAX_AGE_S": "a signed provider webhook (SendGrid's events) whose timestamp is further than this from now is refused as a replay",
     "OUTREACH_LEDGER_RETENTION_DAYS": "settled messages older than this lose their personal data in the ledger (address, names, bodies); their decisions stay for the audit",
     "OUTREACH_RELAY_LEASE_S": "one worker at a time relays ledger changes to outreach.messages (in order); its lease, renewed while it relays",

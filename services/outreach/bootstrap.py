@@ -3,6 +3,7 @@ providers (or the outbox, without credentials) and the delivery service."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from common.metrics import RENDER_FAILURES, SUPPRESSIONS
 from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - registers tables
 from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
 from services.outreach.adapters.controls import ControlsWatcher, SendingControls
+from services.outreach.adapters.conversations import ReplyStore
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.ledger import Ledger, LedgerPort
 from services.outreach.adapters.optouts import OptOutPublisher, OptOuts
@@ -26,10 +28,12 @@ from services.outreach.adapters.providers import (
 from services.outreach.adapters.render_pool import Renderer
 from services.outreach.adapters.templates import TemplateCache, TemplateStore
 from services.outreach.config import Settings
+from services.outreach.conversations import ConversationService
 from services.outreach.domain.decisions import DeliveryPolicy, Suppression
 from services.outreach.domain.guards import GroupShare
 from services.outreach.domain.lifecycle import SendingPolicy
 from services.outreach.domain.rendering import CHANNELS, MESSAGE_KINDS
+from services.outreach.domain.replies import LexiconClassifier, reply_address
 from services.outreach.runtime import DeliveryService, Links, MessageComposer
 
 
@@ -65,6 +69,7 @@ def build_senders(settings: Settings, share: GroupShare | None = None) -> dict[s
                 settings.sendgrid_from_email,
                 from_name=settings.shop_name,
                 base_url=settings.sendgrid_api_base_url,
+                reply_to=_reply_to(settings),
                 timeout_s=settings.provider_timeout_s,
                 max_in_flight=settings.concurrency,
             )
@@ -107,6 +112,7 @@ class Outreach:
     # This worker's part of the group's limits (provider rates, the resume ramp): the
     # worker counts the live workers in the ledger every second.
     share: GroupShare
+    conversations: ConversationService
 
     async def start(self) -> None:
         await self.renderer.start()
@@ -182,6 +188,9 @@ def bootstrap(
         renderer=renderer,
         producer=producer,
         share=share,
+        conversations=_conversations(
+            settings, ReplyStore(sessions), ledger, producer, optouts, wall
+        ),
     )
 
 
@@ -211,6 +220,28 @@ def _delivery(
     )
 
 
+def _conversations(
+    settings: Settings,
+    store: ReplyStore,
+    ledger: LedgerPort,
+    producer: AiokafkaProducer,
+    optouts: OptOuts,
+    wall: Clock,
+) -> ConversationService:
+    return ConversationService(
+        store=store,
+        ledger=ledger,
+        classifier=LexiconClassifier(),
+        producer=producer,
+        topics=settings.topics,
+        policy=settings.handoff_policy(),
+        optouts=optouts,
+        shop=(settings.shop_name, settings.support_url, settings.support_phone),
+        settle=timedelta(seconds=settings.reply_sweep_s),
+        wall=wall.now,
+    )
+
+
 def _contact_plans(settings: Settings) -> ContactPlans:
     """preferences over gRPC, cached while its change stream is up."""
     token = settings.preferences_token
@@ -233,6 +264,16 @@ def _links(settings: Settings) -> Links:
         support_phone=settings.support_phone,
         unsubscribe_secret=settings.secret(settings.unsubscribe_secret, "unsubscribe"),
     )
+
+
+def _reply_to(settings: Settings) -> Callable[[str], str] | None:
+    """The reply-to address of an email, by its decision: replies come back through
+    SendGrid's Inbound Parse on OUTREACH_REPLY_DOMAIN (unset: no reply-to of ours)."""
+    domain = settings.reply_domain
+    if not domain:
+        return None
+    secret = settings.secret(settings.reply_secret, "replies")
+    return lambda decision_id: reply_address(decision_id, domain, secret)
 
 
 def _sending_policy(settings: Settings) -> SendingPolicy:

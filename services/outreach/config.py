@@ -8,10 +8,15 @@ from pydantic_settings import SettingsConfigDict
 from common.settings import ServiceSettings
 from services.outreach.adapters.contact_plans import PreferencesTls
 from services.outreach.adapters.render_pool import RenderPool
+from services.outreach.domain.conversations import HandoffPolicy
 
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
+
+
+def _names(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 class Settings(ServiceSettings):
@@ -65,6 +70,20 @@ class Settings(ServiceSettings):
     support_email: str = "help@shop.example"
     support_phone: str = "+49 30 1234567"
 
+    # Replies (docs/conversations.md). Email replies reach outreach through SendGrid's
+    # Inbound Parse on reply_domain (unset: emails carry no reply-to of ours); the Parse
+    # webhook's URL carries HTTP Basic credentials, checked against these.
+    reply_domain: str | None = None
+    reply_secret: SecretStr | None = None
+    inbound_parse_user: str | None = None
+    inbound_parse_password: SecretStr | None = None
+    # Which replies go to a person (support.handoffs): intents and tones, comma-separated.
+    handoff_intents: str = "complaint,wants_person,question,other"
+    handoff_tones: str = "angry"
+    handoff_critical: bool = True
+    handoff_history: int = Field(20, ge=1, le=200)
+    reply_sweep_s: float = Field(30.0, gt=0)
+
     # The template studio (python -m services.outreach.studio), see docs/studio.md.
     studio_port: int = 8085
     studio_ops_port: int = 8086
@@ -107,6 +126,31 @@ class Settings(ServiceSettings):
                 "OUTREACH_IN_DOUBT_SETTLE_S must be at least OUTREACH_PROVIDER_TIMEOUT_S"
             )
         return self
+
+    @model_validator(mode="after")
+    def _replies_configured(self) -> Settings:
+        from services.outreach.domain.replies import ReplyIntent, Tone
+
+        for name, value, known in (
+            ("OUTREACH_HANDOFF_INTENTS", self.handoff_intents, {i.value for i in ReplyIntent}),
+            ("OUTREACH_HANDOFF_TONES", self.handoff_tones, {t.value for t in Tone}),
+        ):
+            unknown = set(_names(value)) - known
+            if unknown:
+                raise ValueError(f"{name}: unknown {sorted(unknown)}; known: {sorted(known)}")
+        if (self.inbound_parse_user is None) != (self.inbound_parse_password is None):
+            raise ValueError(
+                "OUTREACH_INBOUND_PARSE_USER and OUTREACH_INBOUND_PARSE_PASSWORD go together"
+            )
+        return self
+
+    def handoff_policy(self) -> HandoffPolicy:
+        return HandoffPolicy(
+            intents=frozenset(_names(self.handoff_intents)),
+            tones=frozenset(_names(self.handoff_tones)),
+            critical=self.handoff_critical,
+            history=self.handoff_history,
+        )
 
     @model_validator(mode="after")
     def _preferences_tls_complete(self) -> Settings:

@@ -284,3 +284,14 @@ async def test_workers_seen_tell_since_when_the_receivers_were_up(ledger):
     await ledger.worker_seen("w-1", T0, now)
     assert await ledger.receivers_up_since(now, timedelta(seconds=5)) == T0
     assert await ledger.live_workers(now, timedelta(seconds=5)) == 2
+
+
+async def test_the_messages_that_went_to_a_customer_oldest_first(ledger):
+    await add(ledger, 1, status=Status.SENT, sent_at=T0 + timedelta(hours=2))
+    await add(ledger, 2, status=Status.DELIVERED, sent_at=T0 + timedelta(hours=1))
+    await add(ledger, 3, status=Status.SCHEDULED)  # not sent: not part of the conversation
+    await add(ledger, 4, customer_id="c-2", status=Status.SENT, sent_at=T0)
+    await add(ledger, 5, status=Status.SENT, sent_at=T0)
+    assert [r.decision_id for r in await ledger.messages_to("c-1", 10)] == ["d-5", "d-2", "d-1"]
+    assert [r.decision_id for r in await ledger.messages_to("c-1", 2)] == ["d-2", "d-1"]
+    assert await ledger.messages_to("c-9", 10) == []

@@ -40,6 +40,20 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float = 5.0)
         return int(exc.code)
 
 
+def post_reading(
+    url: str, body: bytes, headers: dict[str, str], timeout_s: float = 5.0
+) -> tuple[int, str]:
+    """POST `body`; the HTTP status and the body the receiver answered."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with _OPENER.open(request, timeout=timeout_s) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode(errors="replace")
+        exc.close()
+        return int(exc.code), text
+
+
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
     """X-Twilio-Signature for a form POST to `url` (the URL as the receiver knows it)."""
     from twilio.request_validator import RequestValidator

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.doubles.base import Fault, ProviderDouble, Reply
-from tests.doubles.callbacks import Callback, sendgrid_signature
+from tests.doubles.callbacks import Callback, post, sendgrid_signature
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -99,6 +99,56 @@ class SendGridDouble(ProviderDouble):
         )
         self.record({"message_id": message_id, "json": mail, "headers": headers})
         return Reply(202, b"", {"X-Message-Id": message_id})
+
+    # --- Inbound Parse -------------------------------------------------------------
+
+    def inbound_parse(
+        self,
+        url: str,
+        *,
+        from_: str,
+        to: str,
+        text: str,
+        subject: str = "Re: your order",
+        html: str = "",
+        message_id: str | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> int:
+        """An email reply as SendGrid's Inbound Parse posts it to `url` (multipart form
+        data: headers, from, to, subject, text, html, envelope, charsets, SPF, ...), with
+        HTTP Basic `auth` as the Parse URL's user:password@ gives it."""
+        message_id = message_id or f"<{secrets.token_hex(12)}@mail.example>"
+        raw_headers = (
+            f"Received: by mx.sendgrid.net\nFrom: {from_}\nTo: {to}\n"
+            f"Subject: {subject}\nMessage-ID: {message_id}\nMIME-Version: 1.0\n"
+        )
+        fields = {
+            "headers": raw_headers,
+            "dkim": "{@mail.example : pass}",
+            "to": to,
+            "from": from_,
+            "subject": subject,
+            "text": text,
+            "html": html,
+            "sender_ip": "192.0.2.10",
+            "envelope": json.dumps({"to": [to.split("<")[-1].rstrip(">")], "from": from_}),
+            "attachments": "0",
+            "charsets": json.dumps(
+                {"to": "UTF-8", "from": "UTF-8", "subject": "UTF-8", "text": "UTF-8"}
+            ),
+            "SPF": "pass",
+        }
+        boundary = "xYzZY" + secrets.token_hex(8)
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+            for name, value in fields.items()
+        ]
+        body = ("".join(parts) + f"--{boundary}--\r\n").encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        return post(url, body, headers)
 
     # --- event webhook -------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from email.utils import formatdate
 from typing import Any
 
 from tests.doubles.base import Fault, ProviderDouble, Reply
-from tests.doubles.callbacks import Callback, post, twilio_signature
+from tests.doubles.callbacks import Callback, post, post_reading, twilio_signature
 
 E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 MESSAGES = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages(?:/([^/.]+))?\.json")
@@ -232,6 +232,41 @@ class TwilioDouble(ProviderDouble):
         callback = self.status_callback(message, status)
         body, headers = self.encode_callback(callback.url, [callback.payload])
         return post(callback.url, body, headers, timeout_s=5)
+
+    # --- inbound messages ----------------------------------------------------------
+
+    def inbound(
+        self,
+        url: str,
+        from_: str,
+        body: str,
+        *,
+        to: str = "+15005550006",
+        sid: str | None = None,
+        auth_token: str | None = None,
+    ) -> tuple[int, str]:
+        """A customer's SMS (or WhatsApp, `from_` "whatsapp:+…") to our number, posted
+        to our inbound webhook as Twilio does: a signed form (`auth_token` another token
+        to forge it). Returns the status and the TwiML our webhook answered."""
+        params = {
+            "MessageSid": sid or "SM" + secrets.token_hex(16),
+            "SmsSid": sid or "SM" + secrets.token_hex(16),
+            "AccountSid": self.account_sid,
+            "MessagingServiceSid": "",
+            "From": from_,
+            "To": to,
+            "Body": body,
+            "NumMedia": "0",
+            "NumSegments": str(segments(body)),
+            "ApiVersion": "2010-04-01",
+        }
+        params["SmsSid"] = params["MessageSid"]
+        signature = twilio_signature(auth_token or self.auth_token, url, params)
+        return post_reading(
+            url,
+            urllib.parse.urlencode(params).encode(),
+            {"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+        )
 
 
 __all__ = ["TwilioDouble", "segments", "threading"]

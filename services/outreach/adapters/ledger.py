@@ -196,6 +196,7 @@ class LedgerPort(Protocol):
     async def by_request(self, request_id: str) -> Delivery | None: ...
     async def by_provider_id(self, provider_message_id: str) -> Delivery | None: ...
     async def latest_to(self, channel: str, address: str) -> Delivery | None: ...
+    async def messages_to(self, customer_id: str, limit: int) -> list[Delivery]: ...
     async def count_recent(
         self, customer_id: str, since: datetime, *, besides_cause: tuple[str, str] | None = None
     ) -> int: ...
@@ -417,6 +418,18 @@ class Ledger:
                 .limit(1)
             )
             return result.scalar_one_or_none()
+
+    async def messages_to(self, customer_id: str, limit: int) -> list[Delivery]:
+        """The latest `limit` messages that went to the customer (sent or delivered, by a
+        provider or the outbox), oldest first: their side of a conversation."""
+        async with self.sessions() as s:
+            result = await s.scalars(
+                select(Delivery)
+                .where(Delivery.customer_id == customer_id, Delivery.sent_at.is_not(None))
+                .order_by(Delivery.sent_at.desc())
+                .limit(limit)
+            )
+            return list(reversed(result.all()))
 
     async def count_recent(
         self, customer_id: str, since: datetime, *, besides_cause: tuple[str, str] | None = None

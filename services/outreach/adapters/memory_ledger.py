@@ -90,6 +90,11 @@ class InMemoryLedger:
         rows = [r for r in self._find(address=address) if r.channel in channels]
         return _copy(max(rows, key=lambda r: r.decided_at)) if rows else None
 
+    async def messages_to(self, customer_id: str, limit: int) -> list[Delivery]:
+        rows = [r for r in self._find(customer_id=customer_id) if r.sent_at is not None]
+        rows.sort(key=lambda r: r.sent_at or r.decided_at)
+        return [_copy(r) for r in rows[-limit:]]
+
     async def count_recent(
         self, customer_id: str, since: datetime, *, besides_cause: tuple[str, str] | None = None
     ) -> int:

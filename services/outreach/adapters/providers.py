@@ -19,6 +19,7 @@ import contextvars
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -436,6 +437,7 @@ class SendGridEmailSender(BlockingSdkSender):
         from_name: str | None = None,
         base_url: str = "https://api.sendgrid.com",
         unsubscribe_mailto: str | None = None,
+        reply_to: Callable[[str], str] | None = None,
         timeout_s: float = 10.0,
         max_in_flight: int = 16,
     ) -> None:
@@ -449,10 +451,11 @@ class SendGridEmailSender(BlockingSdkSender):
         self.from_email = from_email
         self.from_name = from_name
         self.unsubscribe_mailto = unsubscribe_mailto
+        self.reply_to = reply_to  # the reply-to address of a decision's email
         self.timeout_s = timeout_s
 
     def build(self, message: OutboundMessage) -> Any:
-        from sendgrid.helpers.mail import Category, CustomArg, Header, Mail
+        from sendgrid.helpers.mail import Category, CustomArg, Header, Mail, ReplyTo
 
         mail = Mail(
             from_email=(self.from_email, self.from_name) if self.from_name else self.from_email,
@@ -464,6 +467,8 @@ class SendGridEmailSender(BlockingSdkSender):
         for category in (message.message_kind, message.intent, "test" if message.test else None):
             if category:
                 mail.add_category(Category(category))
+        if self.reply_to is not None:
+            mail.reply_to = ReplyTo(self.reply_to(message.decision_id))
         mail.add_custom_arg(CustomArg("decision_id", message.decision_id))
         mail.add_custom_arg(CustomArg("message_kind", message.message_kind))
         if message.unsubscribe_url:

@@ -64,7 +64,14 @@ def own_topics(settings: Settings, event_clock: bool) -> list[TopicSpec]:
     topics, partitions = settings.topics, settings.topic_partitions
     specs = [
         TopicSpec(t, partitions)
-        for t in (topics.requests, topics.incidents, topics.messages, topics.optouts)
+        for t in (
+            topics.requests,
+            topics.incidents,
+            topics.messages,
+            topics.optouts,
+            topics.replies,
+            topics.handoffs,
+        )
     ]
     specs.append(TopicSpec(topics.customers, partitions, compacted=True))
     specs.append(TopicSpec(topics.deadletter(SERVICE), 1))

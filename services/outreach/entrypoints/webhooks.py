@@ -1,7 +1,8 @@
-"""Provider webhooks: Twilio status callbacks and inbound SMS (X-Twilio-Signature), and
-SendGrid's signed Event Webhook (ECDSA). An unsigned or forged request gets 403 and
-changes nothing; a valid one moves the ledger and, for STOP/unsubscribe/spam reports,
-tells preferences through outreach.optouts."""
+"""Provider webhooks: Twilio status callbacks and inbound SMS/WhatsApp
+(X-Twilio-Signature), SendGrid's signed Event Webhook (ECDSA) and its Inbound Parse
+(email replies, HTTP Basic). An unsigned or forged request changes nothing; a valid one
+moves the ledger, hands a reply to the conversations (services/outreach/conversations.py)
+and, for unsubscribes and spam reports, tells preferences through outreach.optouts."""
 
 from __future__ import annotations
 
@@ -12,16 +13,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from common.logs import get_logger
+from services.outreach.adapters import sendgrid_inbound
+from services.outreach.conversations import Inbound, Received
 
 if TYPE_CHECKING:
     from services.outreach.bootstrap import Outreach
 
 log = get_logger(__name__)
-STOP_WORDS = frozenset(
-    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "STOPP", "ARRET", "ARRÊT"}
-)
-START_WORDS = frozenset({"START", "YES", "UNSTOP"})
-HELP_WORDS = frozenset({"HELP", "INFO", "HILFE", "AIDE"})
 TWILIO_FAILED = frozenset({"failed", "undelivered"})
 SENDGRID_FAILED = frozenset({"bounce", "dropped"})
 SENDGRID_OPT_OUT = frozenset({"unsubscribe", "group_unsubscribe", "spamreport"})
@@ -34,13 +32,6 @@ def _twiml(message: str | None = None) -> web.Response:
 
         body += f"<Message>{escape(message)}</Message>"
     return web.Response(text=body + "</Response>", content_type="application/xml")
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return 0.0
 
 
 class Webhooks:
@@ -94,53 +85,74 @@ class Webhooks:
         return web.Response(status=204)
 
     async def twilio_inbound(self, request: web.Request) -> web.Response:
+        """An SMS or WhatsApp reply: kept with its conversation and read; STOP, START
+        and HELP in every shipped language; HELP answered in the customer's language."""
         params = {k: str(v) for k, v in (await request.post()).items()}
         if not self.twilio_valid(request, params):
             return web.Response(status=403, text="invalid signature")
-        delivery = self.delivery
-        word = params.get("Body", "").strip().upper()
         sender = params.get("From", "")
-        channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
-        address = sender.removeprefix("whatsapp:")
-        customer_id = await delivery.customer_for_address(channel, address)
-        now = self.outreach.wall.now()
-        if word in STOP_WORDS:
-            if customer_id and delivery.optouts is not None:
-                await delivery.optouts.opted_out(customer_id, channel, "sms_stop", now)
-            log.info("inbound_stop", known_customer=bool(customer_id), channel=channel)
-            return _twiml()  # the carrier/Twilio confirms STOP itself
-        if word in START_WORDS:
-            if customer_id and delivery.optouts is not None:
-                await delivery.optouts.opted_in(customer_id, channel, "sms_start", now)
-            return _twiml()
-        if word in HELP_WORDS:
-            links = delivery.links
-            return _twiml(
-                f"{links.shop_name}: help at {links.support_url} or "
-                f"{links.support_phone}. Reply STOP to opt out."
-            )
-        return _twiml()
+        inbound = Inbound(
+            channel="whatsapp" if sender.startswith("whatsapp:") else "sms",
+            address=sender.removeprefix("whatsapp:"),
+            text=params.get("Body", ""),
+            provider_id=params.get("MessageSid", ""),
+            received_at=self.outreach.wall.now(),
+        )
+        received = await self._receive(inbound)
+        if received is None:
+            return web.Response(status=503, text="try again")
+        # The carrier and Twilio confirm STOP themselves; HELP is answered here.
+        return _twiml(received.answer)
+
+    async def _receive(self, inbound: Inbound) -> Received | None:
+        """The reply handed to the conversations; None when not all of it could be
+        carried out (what was kept, the sweep finishes; the provider may retry)."""
+        try:
+            return await self.outreach.conversations.receive(inbound)
+        except Exception as exc:
+            log.warning("reply_not_carried_out", channel=inbound.channel, error=repr(exc))
+            return None
+
+    async def sendgrid_inbound(self, request: web.Request) -> web.Response:
+        """An email reply through SendGrid's Inbound Parse (multipart form: from, to,
+        text, headers, ...). The Parse URL carries HTTP Basic credentials; the reply-to
+        address it was sent to names the message it answers."""
+        user, password = self.settings.inbound_parse_user, self.settings.inbound_parse_password
+        if user is None or password is None:
+            return web.Response(status=404)
+        given = request.headers.get("Authorization", "")
+        if not sendgrid_inbound.basic_auth_ok(given, user, password.get_secret_value()):
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="inbound"'})
+        form = await request.post()
+        secret = self.settings.secret(self.settings.reply_secret, "replies")
+        email = sendgrid_inbound.read({k: v for k, v in form.items() if isinstance(v, str)}, secret)
+        if email is None:
+            log.info("inbound_email_not_ours")
+            return web.Response(status=204)  # acknowledged: retrying would not help
+        inbound = Inbound(
+            channel="email",
+            address=email.sender,
+            text=email.text,
+            provider_id=email.message_id,
+            received_at=self.outreach.wall.now(),
+            decision_id=email.decision_id,
+        )
+        received = await self._receive(inbound)
+        return web.Response(status=503 if received is None else 204)
 
     async def sendgrid_events(self, request: web.Request) -> web.Response:
-        key = self.settings.sendgrid_webhook_public_key
         payload = await request.text()
-        signature = request.headers.get("X-Twilio-Email-Event-Webhook-Signature", "")
-        timestamp = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", "")
-        if key is None or not signature or not timestamp:
-            return web.Response(status=403, text="unsigned")
-        from sendgrid.helpers.eventwebhook import EventWebhook
-
-        try:
-            verifier = EventWebhook(key)
-            valid = verifier.verify_signature(payload, signature, timestamp)
-        except (ValueError, TypeError):
-            valid = False
-        if not valid:
-            return web.Response(status=403, text="invalid signature")
         now = self.outreach.wall.now()
-        # A valid signature over an old timestamp is a replayed request.
-        if abs(now.timestamp() - _number(timestamp)) > self.settings.webhook_max_age_s:
-            return web.Response(status=403, text="stale timestamp")
+        refusal = sendgrid_inbound.event_webhook_refusal(
+            self.settings.sendgrid_webhook_public_key,
+            payload,
+            request.headers.get("X-Twilio-Email-Event-Webhook-Signature", ""),
+            request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", ""),
+            now.timestamp(),
+            self.settings.webhook_max_age_s,
+        )
+        if refusal is not None:
+            return web.Response(status=403, text=refusal)
         try:
             events: Any = json.loads(payload)
         except json.JSONDecodeError:
@@ -178,5 +190,6 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
     return [
         web.post("/webhooks/twilio/status", hooks.twilio_status),
         web.post("/webhooks/twilio/inbound", hooks.twilio_inbound),
+        web.post("/webhooks/sendgrid/inbound", hooks.sendgrid_inbound),
         web.post("/webhooks/sendgrid/events", hooks.sendgrid_events),
     ]

@@ -86,6 +86,7 @@ class OutreachWorker:
             await self.outreach.delivery.on_incident(event, now)
         elif msg.topic == self.topics.customers:
             await self.outreach.delivery.on_customer_event(event)
+            await self.outreach.conversations.on_customer_event(event)
         else:
             await self.outreach.delivery.on_request(event, now)
 
@@ -103,6 +104,7 @@ class OutreachWorker:
 
     async def _scrub(self) -> int:
         retention = timedelta(days=self.settings.ledger_retention_days)
+        await self.outreach.conversations.scrub_due(self.outreach.wall.now() - retention)
         return await self.outreach.delivery.scrub_due(retention)
 
     async def _seen(self) -> None:
@@ -167,6 +169,8 @@ class OutreachWorker:
             (1.0, self._seen, "seen"),
             # Personal data leaves settled rows after the retention, and after an erasure.
             (600.0, self._scrub, "scrub"),
+            # Replies kept but not finished (Kafka away, a crash), once they settled.
+            (settings.reply_sweep_s, outreach.conversations.sweep_settled, "replies"),
             # Published templates stay fresh even while nothing is rendered, so a publish
             # in the studio is served within OUTREACH_TEMPLATE_REFRESH_S.
             (cache.refresh_s, cache.refresh, "template_refresh"),

@@ -128,37 +128,6 @@ async def test_twilio_status_callback_marks_delivered_and_a_forged_one_is_refuse
     assert await status_of(outreach) == "delivered"
 
 
-async def test_inbound_stop_opts_the_number_out_and_help_answers(app, twilio_double):
-    import asyncio
-
-    from twilio.request_validator import RequestValidator
-
-    outreach, base = app
-    await outreach.delivery.on_request(request(), NOON)
-    url = f"{base}/webhooks/twilio/inbound"
-
-    def inbound(body: str, token: str = twilio_double.auth_token) -> int:
-        params = {
-            "From": "+447911123456",
-            "To": "+15005550006",
-            "Body": body,
-            "MessageSid": "SMinbound",
-        }
-        signature = RequestValidator(token).compute_signature(url, params)
-        return post(
-            url,
-            urllib.parse.urlencode(params).encode(),
-            {"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
-        )
-
-    assert await asyncio.to_thread(inbound, "stop ") == 200
-    assert outreach.delivery.optouts.seen == [("out", "c-1", "sms", "sms_stop")]
-    assert await asyncio.to_thread(inbound, "STOP", "wrong-token") == 403
-    assert len(outreach.delivery.optouts.seen) == 1
-    assert await asyncio.to_thread(inbound, "START") == 200
-    assert outreach.delivery.optouts.seen[-1] == ("in", "c-1", "sms", "sms_start")
-
-
 async def test_sendgrid_signed_events_deliver_and_unsubscribe_forgeries_refused(app, signing_key):
     import asyncio
 

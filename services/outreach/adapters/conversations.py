@@ -1,0 +1,107 @@
+"""Customers' replies, in outreach's database beside the ledger: the text (personal
+data: erased with the customer, scrubbed after the ledger's retention), how it was read,
+the message it answers, and whether everything it set in motion has been handed over
+(`done`: its event published, its opt-out and hand-off sent). A reply not done is taken
+up again by the worker's sweep (services/outreach/conversations.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, String, Text, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.outreach.adapters.db import Base, UTCDateTime
+
+
+class ReplyRow(Base):
+    __tablename__ = "replies"
+
+    reply_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    decision_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    locale: Mapped[str | None] = mapped_column(String(35), nullable=True)
+    command: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    intent: Mapped[str] = mapped_column(String(32))
+    tone: Mapped[str] = mapped_column(String(16))
+    evidence: Mapped[list[str]] = mapped_column(JSON, default=list)
+    language: Mapped[str] = mapped_column(String(8))
+    classifier: Mapped[str] = mapped_column(String(64))
+    handoff_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    scrubbed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ReplyStore:
+    """The replies table. Every method is its own transaction."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def record(self, row: ReplyRow) -> ReplyRow:
+        """Keep a reply; a reply already kept (the provider retried its webhook) is
+        returned as it was kept, and nothing changes."""
+        async with self.sessions() as s, s.begin():
+            kept = await s.get(ReplyRow, row.reply_id)
+            if kept is not None:
+                s.expunge(kept)
+                return kept
+            s.add(row)
+        return row
+
+    async def get(self, reply_id: str) -> ReplyRow | None:
+        async with self.sessions() as s:
+            return await s.get(ReplyRow, reply_id)
+
+    async def of_customer(self, customer_id: str, limit: int = 50) -> list[ReplyRow]:
+        """The customer's latest replies, oldest first."""
+        async with self.sessions() as s:
+            rows = await s.scalars(
+                select(ReplyRow)
+                .where(ReplyRow.customer_id == customer_id)
+                .order_by(ReplyRow.received_at.desc())
+                .limit(limit)
+            )
+            return list(reversed(rows.all()))
+
+    async def not_done(self, received_before: datetime, limit: int = 100) -> list[ReplyRow]:
+        async with self.sessions() as s:
+            rows = await s.scalars(
+                select(ReplyRow)
+                .where(ReplyRow.done.is_(False), ReplyRow.received_at < received_before)
+                .order_by(ReplyRow.received_at)
+                .limit(limit)
+            )
+            return list(rows.all())
+
+    async def finish(self, reply_id: str) -> None:
+        async with self.sessions() as s, s.begin():
+            await s.execute(update(ReplyRow).where(ReplyRow.reply_id == reply_id).values(done=True))
+
+    async def erase(self, customer_id: str) -> int:
+        """customer.erased: the customer's replies go, text and all."""
+        async with self.sessions() as s, s.begin():
+            result: Any = await s.execute(
+                delete(ReplyRow).where(ReplyRow.customer_id == customer_id)
+            )
+            return int(result.rowcount or 0)
+
+    async def scrub_before(self, cutoff: datetime) -> int:
+        """The retention: replies received before `cutoff` keep their label, not their
+        text."""
+        async with self.sessions() as s, s.begin():
+            result: Any = await s.execute(
+                update(ReplyRow)
+                .where(
+                    ReplyRow.received_at < cutoff,
+                    ReplyRow.done.is_(True),
+                    ReplyRow.scrubbed.is_(False),
+                )
+                .values(text=None, scrubbed=True)
+            )
+            return int(result.rowcount or 0)
