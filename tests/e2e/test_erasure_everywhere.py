@@ -1,5 +1,6 @@
 """Erasure that reaches everything: a customer goes through a whole journey — known to
-preferences, an order, a failed delivery, an email and an SMS, a dead letter of theirs —
+preferences, an order, a failed delivery, an email and an SMS, a reply to the email
+(through SendGrid's Inbound Parse), a dead letter of theirs —
 and is then erased through preferences' EraseCustomer. Afterwards every store is
 searched for their email address, phone number and name: both databases, the RocksDB
 data of the stream services, every topic of the pipeline (changelogs and dead letters
@@ -29,7 +30,7 @@ from common.proto.outreach.preferences.v1 import preferences_pb2 as pb
 from common.proto.outreach.preferences.v1 import preferences_pb2_grpc as pb_grpc
 from tests.conftest import wait_for
 from tests.doubles.twilio import provider_env
-from tests.e2e.stack import ROOT, WRITE_TOKEN, Shop, Stack
+from tests.e2e.stack import ROOT, WRITE_TOKEN, Shop, Stack, TopicReader
 from tests.e2e.test_walking_skeleton import at, consumed, order, publish_in_time_order, tracking
 from tests.e2e.test_walking_skeleton import shipment as shipped
 
@@ -40,6 +41,7 @@ FIRST, LAST = "Zephyrine", "Quillfeather"
 EMAIL = "zephyrine.quill@example.com"
 PHONE = "+4915112345678"
 PERSONAL = (FIRST, LAST, EMAIL, PHONE.removeprefix("+"))
+PARSE = ("parse", "erasure-test-password")
 
 
 def upserted(event_id: str, **data: object):
@@ -71,6 +73,9 @@ def stack(kafka_bootstrap, topic_prefix, tmp_path, twilio_double, sendgrid_doubl
         tmp_path,
         extra_env={
             **provider_env(twilio_double, sendgrid_double),
+            "OUTREACH_REPLY_DOMAIN": "replies.shop.example",
+            "OUTREACH_INBOUND_PARSE_USER": PARSE[0],
+            "OUTREACH_INBOUND_PARSE_PASSWORD": PARSE[1],
         },
     )
     try:
@@ -173,6 +178,21 @@ def test_an_erased_customer_is_found_nowhere(
         )
         wait_for(lambda: sendgrid_double.messages, timeout=90, message="the email")
         assert EMAIL in str(sendgrid_double.messages[0])  # it really was about them
+        # They answer it, signing with their name: outreach keeps the reply's words.
+        reply_to = sendgrid_double.messages[0]["json"]["reply_to"]["email"]
+        replies = TopicReader(kafka_bootstrap, topic_prefix + "outreach.replies")
+        try:
+            status = sendgrid_double.inbound_parse(
+                f"http://127.0.0.1:{stack.ports['outreach']}/webhooks/sendgrid/inbound",
+                from_=f"{FIRST} {LAST} <{EMAIL}>",
+                to=reply_to,
+                text=f"Thanks so much for letting me know!\n{FIRST} {LAST}",
+                auth=PARSE,
+            )
+            assert status == 204
+            wait_for(replies.poll, timeout=30, message="the reply read")
+        finally:
+            replies.close()
 
         before = personal_data_left(stack, kafka_bootstrap, topic_prefix)
         # The search finds them where they were kept (so that it can find them at all).
