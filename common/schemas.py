@@ -500,6 +500,31 @@ class HandoffRequested(_Payload):
     incident: Cause | None = None
 
 
+class CareAction(StrEnum):
+    """What a message promises the shop will do (docs/events.md, outreach.actions)."""
+
+    CARRIER_INQUIRY = "carrier_inquiry"  # ask the carrier what happened to the parcel
+    REFUND_ESCALATION = "refund_escalation"  # pay a late refund with priority
+    QUALITY_REPORT = "quality_report"  # tell the quality team what went wrong
+    PRIORITY_DISPATCH = "priority_dispatch"  # pack a late order first
+
+
+class CareActionRequested(_Payload):
+    """`outreach.actions` payload (type care.action.requested): something a message told
+    the customer we are doing, for the shop's systems to do — requested when the message
+    is sent, once per message and action."""
+
+    action_id: str
+    action: CareAction
+    customer_id: str
+    order_id: str | None = None
+    decision_id: str
+    message_kind: str
+    channel: str | None = None
+    cause: Cause | None = None
+    requested_at: Moment
+
+
 class ReplyReceived(_Payload):
     """`outreach.replies` payload (type outreach.reply.received): a customer's reply,
     attached to its conversation and read. No text, address or name: those stay in

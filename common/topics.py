@@ -19,6 +19,7 @@ REQUESTS = "outreach.requests"
 MESSAGES = "outreach.messages"
 OPTOUTS = "outreach.optouts"
 REPLIES = "outreach.replies"
+ACTIONS = "outreach.actions"
 HANDOFFS = "support.handoffs"
 # The event clock's watermarks between services (common/marks.py): one partition, made
 # by the services that use it (on the wall clock no one does).
@@ -29,7 +30,7 @@ DEADLETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 INPUT_TOPICS = (ORDERS, SHIPMENTS, RETURNS, CUSTOMERS, FEEDBACK)
 INTERNAL_TOPICS = (INCIDENTS, REQUESTS, OPTOUTS)
-OUTPUT_TOPICS = (MESSAGES, REPLIES, HANDOFFS)
+OUTPUT_TOPICS = (MESSAGES, REPLIES, ACTIONS, HANDOFFS)
 SERVICES = ("orders_watcher", "risk_detector", "outreach", "preferences")
 
 
@@ -80,6 +81,7 @@ class Topics:
         self.messages = prefix + MESSAGES
         self.optouts = prefix + OPTOUTS
         self.replies = prefix + REPLIES
+        self.actions = prefix + ACTIONS
         self.handoffs = prefix + HANDOFFS
         self.watermarks = prefix + WATERMARKS
 

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 from common import schemas, tracing
 from common.envelope import CloudEvent, new_event
+from services.outreach.domain import actions, lifecycle
 from services.outreach.domain import decisions as pipeline
-from services.outreach.domain import lifecycle
 from services.outreach.domain.decisions import ContactPlan, Decision, DeliveryPolicy
 from services.outreach.domain.lifecycle import (
     CauseState,
@@ -199,6 +199,24 @@ def message_event(row: Recorded) -> CloudEvent:
     )
 
 
+def action_events(row: Recorded) -> list[CloudEvent]:
+    """The `outreach.actions` CloudEvents a ledger event requests: what a message just
+    sent promised the shop will do (domain/actions.py)."""
+    return [
+        new_event(
+            type="care.action.requested",
+            source=SOURCE,
+            subject=str(data["decision_id"]),
+            id=str(data["action_id"]),
+            time=row.at,
+            data=schemas.CareActionRequested.model_validate(data).model_dump(
+                mode="json", exclude_none=True
+            ),
+        )
+        for data in actions.requested(row.status, row.payload, row.at)
+    ]
+
+
 def moment(now: datetime, wall: datetime, lease: timedelta) -> Moment:
     """A moment of the handler being run, with the trace of the request in hand."""
     return Moment(now, wall, lease, tracing.current_trace_fields())
@@ -209,6 +227,7 @@ __all__ = [
     "SOURCE",
     "Decided",
     "Seen",
+    "action_events",
     "experience_to_ask",
     "expired",
     "facts_of",

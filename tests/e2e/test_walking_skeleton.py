@@ -146,6 +146,7 @@ def test_late_delivery_reaches_the_customer_once_in_their_language_and_time_zone
 ):
     shop = Shop(kafka_bootstrap, topic_prefix)
     messages = TopicReader(kafka_bootstrap, topic_prefix + "outreach.messages")
+    actions = TopicReader(kafka_bootstrap, topic_prefix + "outreach.actions")
     deadletters = TopicReader(kafka_bootstrap, topic_prefix + "deadletter.orders_watcher")
     try:
         shop.publish(
@@ -245,6 +246,14 @@ def test_late_delivery_reaches_the_customer_once_in_their_language_and_time_zone
         )
         assert [email_to(m) for m in sendgrid_double.messages].count("ada@example.com") == 1
         assert len(twilio_double.messages) == 1
+        # Ada's apology says "we are in touch with the carrier": sending it asked, once.
+        # Bob's and Cem's promise nothing of the kind.
+        requested = [e["data"] for e in actions.events()]
+        assert [(a["action"], a["customer_id"], a["order_id"]) for a in requested] == [
+            ("carrier_inquiry", "c-ada", "o-ada")
+        ]
+        ada_sent = next(e for e in sent if e["data"]["customer_id"] == "c-ada")
+        assert requested[0]["decision_id"] == ada_sent["data"]["decision_id"]
 
         dead = wait_for(lambda: deadletters.poll(), timeout=30, message="a dead letter")
         headers = {k: v.decode() for k, v in dead[0].headers}
@@ -263,6 +272,7 @@ def test_late_delivery_reaches_the_customer_once_in_their_language_and_time_zone
     finally:
         shop.close()
         messages.close()
+        actions.close()
         deadletters.close()
 
 

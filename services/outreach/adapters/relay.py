@@ -19,7 +19,9 @@ PUBLIC_STATUSES = frozenset(s.value for s in PUBLIC)
 
 class MessageRelay:
     """`publish` sends the ledger's unpublished public changes, each as the event
-    `to_event` makes of it (keyed by customer), and marks them published."""
+    `to_event` makes of it (keyed by customer), and what `also` makes of it on
+    `also_topic` (the care actions a sent message promised), and marks them published.
+    A round cut short is sent again whole: every event's id is derived from its change."""
 
     def __init__(
         self,
@@ -30,6 +32,7 @@ class MessageRelay:
         lease: timedelta,
         to_event: Callable[[DeliveryEvent], CloudEvent],
         wall: Callable[[], datetime] = wall_now,
+        also: tuple[str, Callable[[DeliveryEvent], list[CloudEvent]]] | None = None,
     ) -> None:
         self.ledger = ledger
         self.producer = producer
@@ -38,6 +41,7 @@ class MessageRelay:
         self.lease = lease
         self.to_event = to_event
         self.wall = wall
+        self.also = also
         self._held_until = EPOCH  # this worker holds the relay's lease until then
 
     async def publish(self) -> bool:
@@ -53,13 +57,20 @@ class MessageRelay:
         for row in rows:
             if row.status not in PUBLIC_STATUSES:
                 continue
-            with tracing.producing(self.topic, self.to_event(row)) as event:
-                record = Outgoing(self.topic, row.customer_id, event)
-                await self.producer.send(
-                    self.topic, record.key.encode(), event.to_bytes(), record.headers()
-                )
+            await self._send(self.topic, row.customer_id, self.to_event(row))
+            if self.also is not None:
+                topic, make = self.also
+                for extra in make(row):
+                    await self._send(topic, row.customer_id, extra)
         await self.ledger.mark_published([r.id for r in rows])
         return bool(rows)
+
+    async def _send(self, topic: str, key: str, event: CloudEvent) -> None:
+        with tracing.producing(topic, event) as traced:
+            record = Outgoing(topic, key, traced)
+            await self.producer.send(
+                topic, record.key.encode(), traced.to_bytes(), record.headers()
+            )
 
 
 __all__ = ["PUBLIC_STATUSES", "MessageRelay"]

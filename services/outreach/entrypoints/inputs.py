@@ -70,6 +70,7 @@ def own_topics(settings: Settings, event_clock: bool) -> list[TopicSpec]:
             topics.messages,
             topics.optouts,
             topics.replies,
+            topics.actions,
             topics.handoffs,
         )
     ]

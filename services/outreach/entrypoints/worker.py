@@ -34,7 +34,7 @@ from services.outreach.bootstrap import Outreach, bootstrap
 from services.outreach.config import Settings
 from services.outreach.entrypoints.http import routes
 from services.outreach.entrypoints.inputs import SERVICE, input_consumer, own_topics
-from services.outreach.handlers import message_event
+from services.outreach.handlers import action_events, message_event
 
 log = get_logger(__name__)
 
@@ -73,6 +73,7 @@ class OutreachWorker:
             self.worker_id,
             timedelta(seconds=settings.relay_lease_s),
             message_event,
+            also=(self.topics.actions, action_events),
         )
 
     def _now(self, event: CloudEvent | None = None) -> Any:
