@@ -525,6 +525,21 @@ class CareActionRequested(_Payload):
     requested_at: Moment
 
 
+class HandoffResolved(_Payload):
+    """`support.resolutions` payload (type support.handoff.resolved): what the agent did
+    with a hand-off, from the helpdesk. `solved` cancels the automated check-in that
+    waits for the agent; `no_contact` (the agent could not reach the customer) sends it;
+    `escalated` keeps it waiting. Read by risk_detector (the profile, the waiting
+    check-in) and outreach (check-ins not yet sent)."""
+
+    handoff_id: str = Field(min_length=1)
+    customer_id: str = Field(min_length=1)
+    outcome: Literal["solved", "no_contact", "escalated"]
+    resolved_at: Moment
+    agent: str | None = None
+    ticket_id: str | None = None
+
+
 class ReplyReceived(_Payload):
     """`outreach.replies` payload (type outreach.reply.received): a customer's reply,
     attached to its conversation and read. No text, address or name: those stay in

@@ -21,6 +21,7 @@ OPTOUTS = "outreach.optouts"
 REPLIES = "outreach.replies"
 ACTIONS = "outreach.actions"
 HANDOFFS = "support.handoffs"
+RESOLUTIONS = "support.resolutions"
 # The event clock's watermarks between services (common/marks.py): one partition, made
 # by the services that use it (on the wall clock no one does).
 WATERMARKS = "outreach.watermarks"
@@ -30,7 +31,7 @@ DEADLETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 INPUT_TOPICS = (ORDERS, SHIPMENTS, RETURNS, CUSTOMERS, FEEDBACK)
 INTERNAL_TOPICS = (INCIDENTS, REQUESTS, OPTOUTS)
-OUTPUT_TOPICS = (MESSAGES, REPLIES, ACTIONS, HANDOFFS)
+OUTPUT_TOPICS = (MESSAGES, REPLIES, ACTIONS, HANDOFFS, RESOLUTIONS)
 SERVICES = ("orders_watcher", "risk_detector", "outreach", "preferences")
 
 
@@ -83,6 +84,7 @@ class Topics:
         self.replies = prefix + REPLIES
         self.actions = prefix + ACTIONS
         self.handoffs = prefix + HANDOFFS
+        self.resolutions = prefix + RESOLUTIONS
         self.watermarks = prefix + WATERMARKS
 
     def deadletter(self, service: str) -> str:

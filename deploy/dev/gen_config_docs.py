@@ -155,7 +155,6 @@ NOTES = {
     ),
     "RISK_DETECTOR_HANDOFF_SCORE": "hand-off to a human at this score (high-value customers)",
     "RISK_DETECTOR_HIGH_VALUE_SPEND": "365-day spend that makes a customer high-value (besides the top 10 %)",
-    "RISK_DETECTOR_CHECKIN_WAITS_FOR_AGENT": "with a hand-off, the automated check-in waits",
     "RISK_DETECTOR_CHECKIN_QUIET_DAYS": "no new check-in for the same reasons within this",
     "RISK_DETECTOR_TICK_INTERVAL_S": "how often (wall seconds) due rhythm checks (silence since the last order) are looked for",
     "OUTREACH_DATABASE_URL": "ledger and templates: `postgresql://...`; unset → SQLite in the data dir",
@@ -201,6 +200,13 @@ NOTES = {
     "OUTREACH_REPLY_SWEEP_S": (
         "how often, and after how long, a reply whose effects were not all handed over"
         " (Kafka away, a crash) is carried out again"
+    ),
+    "RISK_DETECTOR_CHECKIN_WAITS_FOR_AGENT": (
+        "with a hand-off, the automated check-in waits for the agent's outcome on"
+        " support.resolutions: dropped when solved, sent on no contact"
+    ),
+    "RISK_DETECTOR_AGENT_WAIT_DAYS": (
+        "days a check-in waits for the agent's outcome; then it goes with the customer's next fact"
     ),
     "OUTREACH_WEBHOOK_MAX_AGE_S": "a signed provider webhook (SendGrid's events) whose timestamp is further than this from now is refused as a replay",
     "OUTREACH_LEDGER_RETENTION_DAYS": "settled messages older than this lose their personal data in the ledger (address, names, bodies); their decisions stay for the audit",

@@ -133,6 +133,25 @@ class DeliveryService:
             reason = pipeline.Suppression.ALREADY_RESOLVED
             await self._end(row, lifecycle.suppress(row, reason, rule, at))
 
+    async def on_resolution(self, event: CloudEvent, now: datetime) -> int:
+        """An agent solved a hand-off (support.resolutions): the customer's check-ins not
+        yet sent are not needed any more. Returns how many were suppressed."""
+        if event.type != "support.handoff.resolved":
+            return 0
+        resolved = schemas.parse_payload(event, schemas.HandoffResolved)
+        if resolved.outcome != "solved":
+            return 0
+        at, reason = self._at(now), pipeline.Suppression.RESOLVED_BY_AGENT
+        rule = f"an agent solved the case (hand-off {resolved.handoff_id})"
+        pending = [
+            row
+            for row in await self.ledger.history(customer_id=resolved.customer_id, limit=50)
+            if row.intent == "check_in" and row.status in (Status.SCHEDULED, Status.DECIDED)
+        ]
+        for row in pending:  # the fence: one a worker claimed meanwhile goes its way
+            await self._end(row, lifecycle.suppress(row, reason, rule, at))
+        return len(pending)
+
     async def on_customer_event(self, event: CloudEvent) -> int:
         """commerce.customers: only an erasure matters here — the customer's personal
         data leaves the ledger (ledger.erase_customer). Returns the rows scrubbed."""

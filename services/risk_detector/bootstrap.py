@@ -37,7 +37,9 @@ def bootstrap(
         app,
         {facts_name},
         upstream=frozenset({topics.orders, topics.returns}),
-        also_admit=frozenset({topics.incidents, topics.feedback, topics.customers}),
+        also_admit=frozenset(
+            {topics.incidents, topics.feedback, topics.resolutions, topics.customers}
+        ),
         service=SERVICE,
     )
     schedule = DeadlineSchedule(

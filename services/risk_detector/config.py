@@ -21,6 +21,7 @@ class Settings(ServiceSettings):
     serial_returns_window_days: int = Field(90, ge=1)
     checkin_quiet_days: int = Field(30, ge=1)
     checkin_waits_for_agent: bool = True
+    agent_wait_days: float = Field(3.0, gt=0)
     tick_interval_s: float = Field(1.0, gt=0)
     order_memory_days: float = Field(365, gt=0)
 
@@ -33,4 +34,5 @@ class Settings(ServiceSettings):
             serial_returns_window_days=self.serial_returns_window_days,
             checkin_quiet_days=self.checkin_quiet_days,
             checkin_waits_for_agent=self.checkin_waits_for_agent,
+            agent_wait_days=self.agent_wait_days,
         )

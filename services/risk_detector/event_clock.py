@@ -74,7 +74,13 @@ class EventClockRunner:
         settings, topics = runtime.settings, runtime.topics
         self.order_keyed = frozenset({topics.orders, topics.returns})
         self.customer_keyed = frozenset(
-            {topics.incidents, topics.feedback, topics.customers, runtime.facts_name}
+            {
+                topics.incidents,
+                topics.feedback,
+                topics.resolutions,
+                topics.customers,
+                runtime.facts_name,
+            }
         )
         self.topics = self.order_keyed | self.customer_keyed
         self.progress = InputProgress(

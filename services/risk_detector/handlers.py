@@ -65,6 +65,7 @@ class RiskDetector:
                 "order.cancelled": self._order_cancelled,
                 "return.requested": self._return_requested,
                 "feedback.received": self._feedback,
+                "support.handoff.resolved": self._resolution,
             },
         )
 
@@ -102,8 +103,12 @@ class RiskDetector:
                 records=early,
                 deadline=next_rhythm_check(profile, self.policy.weights),
             )
+        released = rules.release_overdue(profile, now, self.policy)
+        decided += released
         scored = rules.on_score(profile, now, self.policy, spend.value())
         profile.last_score = scored.score.value if scored.score else 0.0
+        if not released:  # a check-in released now is the case's check-in
+            rules.hold_for_agent(profile, scored, now)
         decided += scored.requests
         records = early + self._emit(profile, decided, scored.handoffs, now, scored.score)
         profile.prune(now)
@@ -188,6 +193,12 @@ class RiskDetector:
             FeedbackSeen(kind=fb.kind, score=fb.score, at=event.time, order_id=fb.order_id)
         )
         return [], False
+
+    def _resolution(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
+        resolved = schemas.parse_payload(event, schemas.HandoffResolved)
+        return rules.on_resolution(
+            profile, resolved.handoff_id, resolved.outcome, event.time
+        ), False
 
     def handle_tick(
         self, profile: Profile, now: datetime, quantile: P2Quantile | None = None
@@ -329,6 +340,15 @@ class RiskDetector:
             },
             "requests": [r.model_dump(mode="json") for r in profile.requests],
             "handoffs": [h.model_dump(mode="json") for h in profile.handoffs],
+            "resolutions": [r.model_dump(mode="json") for r in profile.resolutions],
+            "awaiting_agent": [
+                {
+                    "handoff_id": a.handoff_id,
+                    "at": a.at.isoformat(),
+                    "request_id": a.request["request_id"],
+                }
+                for a in profile.awaiting_agent
+            ],
         }
 
 

@@ -88,7 +88,15 @@ class RiskRuntime(StreamWorker):
             PartitionHolds(
                 ports.app,
                 self.clock,
-                {t.orders, t.returns, t.incidents, t.feedback, t.customers, ports.facts_name},
+                {
+                    t.orders,
+                    t.returns,
+                    t.incidents,
+                    t.feedback,
+                    t.resolutions,
+                    t.customers,
+                    ports.facts_name,
+                },
             ),
             ports.progress,
             routes=[

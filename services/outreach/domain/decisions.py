@@ -29,6 +29,7 @@ class Suppression(StrEnum):
     SUPERSEDED = "superseded"
     UNKNOWN_CUSTOMER = "unknown_customer"
     NOT_EXPERIENCED = "not_experienced"
+    RESOLVED_BY_AGENT = "resolved_by_agent"
 
 
 class Category(StrEnum):

@@ -24,11 +24,12 @@ def input_consumer(
     heartbeat: Heartbeat,
     send_due_until: ActOnDue,
 ) -> ConsumerLoop:
-    """The requests, incidents and customer records, in order per partition; on the
+    """The requests, incidents, customer records and agents' outcomes of hand-offs, in
+    order per partition; on the
     event clock in arrival order across partitions (common/aligned.py), the messages
     scheduled before each record sent first (`send_due_until`)."""
     topics = settings.topics
-    inputs = [topics.requests, topics.incidents, topics.customers]
+    inputs = [topics.requests, topics.incidents, topics.customers, topics.resolutions]
     options: dict[str, Any] = dict(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=f"{settings.topic_prefix}{SERVICE}",
@@ -72,6 +73,7 @@ def own_topics(settings: Settings, event_clock: bool) -> list[TopicSpec]:
             topics.replies,
             topics.actions,
             topics.handoffs,
+            topics.resolutions,
         )
     ]
     specs.append(TopicSpec(topics.customers, partitions, compacted=True))

@@ -76,20 +76,19 @@ class OutreachWorker:
             also=(self.topics.actions, action_events),
         )
 
-    def _now(self, event: CloudEvent | None = None) -> Any:
+    async def _handle(self, msg: InputMessage, event: CloudEvent) -> None:
         # On the event clock a decision happens when the record that caused it arrived,
         # as it does live (the records are handled in arrival order: common/aligned.py).
-        return self.clock.now()
-
-    async def _handle(self, msg: InputMessage, event: CloudEvent) -> None:
-        now = self._now(event)
+        now, delivery = self.clock.now(), self.outreach.delivery
         if msg.topic == self.topics.incidents:
-            await self.outreach.delivery.on_incident(event, now)
+            await delivery.on_incident(event, now)
+        elif msg.topic == self.topics.resolutions:
+            await delivery.on_resolution(event, now)
         elif msg.topic == self.topics.customers:
-            await self.outreach.delivery.on_customer_event(event)
+            await delivery.on_customer_event(event)
             await self.outreach.conversations.on_customer_event(event)
         else:
-            await self.outreach.delivery.on_request(event, now)
+            await delivery.on_request(event, now)
 
     async def _send_due(self) -> int:
         self.heartbeat.beat()  # the scheduler's turns prove the worker alive, too

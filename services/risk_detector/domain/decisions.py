@@ -8,12 +8,18 @@ from its cause, so a replay or a redelivery never asks twice.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from common.schemas import IncidentKind
-from services.risk_detector.domain.profile import HandoffMade, Profile, RequestMade
+from services.risk_detector.domain.profile import (
+    AwaitingAgent,
+    HandoffMade,
+    Profile,
+    RequestMade,
+    ResolutionSeen,
+)
 from services.risk_detector.domain.scoring import Score, Weights, score
 
 INCIDENT_INTENTS: dict[str, str] = {
@@ -43,6 +49,7 @@ class Policy:
     serial_returns_window_days: int = 90
     checkin_quiet_days: int = 30
     checkin_waits_for_agent: bool = True
+    agent_wait_days: float = 3.0
     weights: Weights = field(default_factory=Weights)
 
 
@@ -79,6 +86,8 @@ class Decisions:
     requests: list[RequestDecision] = field(default_factory=list)
     handoffs: list[HandoffDecision] = field(default_factory=list)
     score: Score | None = None
+    # Check-ins held back for an agent: (the hand-off's id, the check-in).
+    held: list[tuple[str, RequestDecision]] = field(default_factory=list)
 
 
 def stable_id(prefix: str, *parts: object) -> str:
@@ -195,7 +204,8 @@ def on_score(
         high_value_threshold is not None and spend >= high_value_threshold and spend > 0
     )
     handoff = current.value >= policy.handoff_score and high_value
-    if handoff and not _recent_handoff(profile, now, policy):
+    case = _recent_handoff(profile, now, policy)
+    if handoff and case is None:
         orders = sorted({i.order_id for i in profile.incidents.values()})[-5:]
         decisions.handoffs.append(
             HandoffDecision(
@@ -206,31 +216,79 @@ def on_score(
                 summary=_summary(profile, current, spend, now),
             )
         )
+    case_id = decisions.handoffs[0].handoff_id if decisions.handoffs else case
     wants_checkin = current.value >= policy.checkin_score
-    waits = handoff and policy.checkin_waits_for_agent
-    if wants_checkin and not waits and not _recently_checked_in(profile, "churn_risk", now, policy):
-        decisions.requests.append(
-            RequestDecision(
-                request_id=stable_id(
-                    "req", "churn_risk", profile.customer_id, _period(now, policy), *codes
-                ),
-                intent="check_in",
-                message_kind="churn_risk",
-                cause_type="risk",
-                cause_id=stable_id("risk", profile.customer_id, _period(now, policy)),
-                cause_kind="churn_risk",
-                severity="info",
-                priority=50,
-                order_id=None,
-                reasons=reasons,
-                risk_score=current.value,
-                offer_tier=("high_value" if high_value else "standard")
-                if profile.marketing_opt_in
-                else None,
-                context=_rhythm_context(profile, now, current),
-            )
+    if wants_checkin and not _recently_checked_in(profile, "churn_risk", now, policy):
+        checkin = RequestDecision(
+            request_id=stable_id(
+                "req", "churn_risk", profile.customer_id, _period(now, policy), *codes
+            ),
+            intent="check_in",
+            message_kind="churn_risk",
+            cause_type="risk",
+            cause_id=stable_id("risk", profile.customer_id, _period(now, policy)),
+            cause_kind="churn_risk",
+            severity="info",
+            priority=50,
+            order_id=None,
+            reasons=reasons,
+            risk_score=current.value,
+            offer_tier=("high_value" if high_value else "standard")
+            if profile.marketing_opt_in
+            else None,
+            context=_rhythm_context(profile, now, current),
         )
+        if not (handoff and policy.checkin_waits_for_agent and case_id is not None):
+            decisions.requests.append(checkin)
+        elif _with_the_agent(profile, case_id):
+            decisions.held.append((case_id, checkin))
+        # Otherwise the agent has answered for this case: solved needs no check-in, and
+        # no contact released the one held.
     return decisions
+
+
+def _with_the_agent(profile: Profile, handoff_id: str) -> bool:
+    """Whether the case is still the agent's: no outcome yet, or escalated, and no
+    check-in already held for it."""
+    outcome = next((r.outcome for r in profile.resolutions if r.handoff_id == handoff_id), None)
+    held = any(a.handoff_id == handoff_id for a in profile.awaiting_agent)
+    return outcome in (None, "escalated") and not held
+
+
+def hold_for_agent(profile: Profile, decisions: Decisions, now: datetime) -> None:
+    """Keep the check-ins `decisions` held back for an agent in the profile."""
+    for handoff_id, checkin in decisions.held:
+        request = {**asdict(checkin), "at": None}
+        profile.awaiting_agent.append(AwaitingAgent(handoff_id=handoff_id, at=now, request=request))
+
+
+def on_resolution(
+    profile: Profile, handoff_id: str, outcome: str, at: datetime
+) -> list[RequestDecision]:
+    """The agent's outcome of a hand-off: recorded; the check-in held for it dropped
+    (solved), sent now (no_contact) or kept (escalated)."""
+    if any(r.handoff_id == handoff_id and r.outcome == outcome for r in profile.resolutions):
+        return []
+    profile.resolutions.append(ResolutionSeen(handoff_id=handoff_id, outcome=outcome, at=at))
+    if outcome == "escalated":
+        return []
+    held = [a for a in profile.awaiting_agent if a.handoff_id == handoff_id]
+    profile.awaiting_agent = [a for a in profile.awaiting_agent if a.handoff_id != handoff_id]
+    return [_request(a.request) for a in held] if outcome == "no_contact" else []
+
+
+def release_overdue(profile: Profile, now: datetime, policy: Policy) -> list[RequestDecision]:
+    """Check-ins that waited `agent_wait_days` for an outcome that did not come: sent
+    now."""
+    due = now - timedelta(days=policy.agent_wait_days)
+    overdue = [a for a in profile.awaiting_agent if a.at <= due]
+    profile.awaiting_agent = [a for a in profile.awaiting_agent if a.at > due]
+    return [_request(a.request) for a in overdue]
+
+
+def _request(data: dict[str, Any]) -> RequestDecision:
+    """A held check-in as it goes out: decided as of the moment it is released."""
+    return RequestDecision(**{**data, "at": None})
 
 
 def _rhythm_context(profile: Profile, now: datetime, current: Score) -> dict[str, Any]:
@@ -260,9 +318,11 @@ def _recently_checked_in(profile: Profile, kind: str, now: datetime, policy: Pol
     return any(r.message_kind == kind and now - r.at < quiet for r in profile.requests)
 
 
-def _recent_handoff(profile: Profile, now: datetime, policy: Policy) -> bool:
+def _recent_handoff(profile: Profile, now: datetime, policy: Policy) -> str | None:
+    """The id of a hand-off made within the quiet period (the customer's open case)."""
     quiet = timedelta(days=policy.checkin_quiet_days)
-    return any(now - h.at < quiet for h in profile.handoffs)
+    recent = [h for h in profile.handoffs if now - h.at < quiet]
+    return recent[-1].handoff_id if recent else None
 
 
 def _summary(profile: Profile, current: Score, spend: float, now: datetime) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from itertools import pairwise
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,6 +67,24 @@ class HandoffMade(_M):
     reasons: list[str] = Field(default_factory=list)
 
 
+class AwaitingAgent(_M):
+    """An automated check-in held back while an agent has the customer's case
+    (`RISK_DETECTOR_CHECKIN_WAITS_FOR_AGENT`): released by the agent's `no_contact`, or
+    after `RISK_DETECTOR_AGENT_WAIT_DAYS` without an outcome; dropped by `solved`."""
+
+    handoff_id: str
+    at: datetime
+    request: dict[str, Any]  # the RequestDecision, as it would have gone out
+
+
+class ResolutionSeen(_M):
+    """The agent's outcome of a hand-off (support.resolutions)."""
+
+    handoff_id: str
+    outcome: str
+    at: datetime
+
+
 class Profile(_M):
     customer_id: str
     marketing_opt_in: bool = False
@@ -77,6 +96,8 @@ class Profile(_M):
     feedback: list[FeedbackSeen] = Field(default_factory=list)
     requests: list[RequestMade] = Field(default_factory=list)
     handoffs: list[HandoffMade] = Field(default_factory=list)
+    awaiting_agent: list[AwaitingAgent] = Field(default_factory=list)
+    resolutions: list[ResolutionSeen] = Field(default_factory=list)
     seen_event_ids: list[str] = Field(default_factory=list)
     last_score: float = 0.0
     last_event_at: datetime | None = None
@@ -117,3 +138,4 @@ class Profile(_M):
         self.feedback = [f for f in self.feedback if f.at >= since]
         self.requests = [r for r in self.requests if r.at >= since][-200:]
         self.handoffs = [h for h in self.handoffs if h.at >= since][-50:]
+        self.resolutions = [r for r in self.resolutions if r.at >= since][-50:]

@@ -29,6 +29,7 @@ class Weights:
     nps_detractor: float = 15.0  # 0–6
     nps_strong_detractor: float = 22.0  # 0–3
     csat_low: float = 15.0  # 1–2
+    agent_no_contact: float = 10.0  # an agent could not reach them
     feedback_half_life_days: float = 60.0
     signal_window_days: int = 180
     falling_rhythm: float = 20.0
@@ -144,6 +145,11 @@ def _feedback_parts(profile: Profile, now: datetime, w: Weights) -> Iterator[Con
             weight, code, detail = w.csat_low, "low_csat", f"CSAT {f.score}/5"
         if weight:
             yield Contribution(code, _decay(weight, age, w.feedback_half_life_days), detail, f.at)
+    for r in profile.resolutions:
+        age = now - r.at
+        if r.outcome == "no_contact" and timedelta(0) <= age <= window:
+            points = _decay(w.agent_no_contact, age, w.feedback_half_life_days)
+            yield Contribution("agent_no_contact", points, "an agent could not reach them", r.at)
 
 
 def falling_rhythm(profile: Profile, now: datetime, w: Weights = Weights()) -> Contribution | None:

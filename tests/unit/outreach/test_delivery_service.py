@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.clock import FixedClock
+from common.envelope import new_event
 from services.outreach.adapters.contact_plans import StaticContactPlans
 from services.outreach.adapters.memory_ledger import InMemoryLedger
 from services.outreach.adapters.optouts import RecordingOptOuts
@@ -112,3 +113,34 @@ async def test_a_refused_address_falls_back_to_the_next_channel(world: World) ->
     row = await world.ledger.by_request("req-1")
     assert row is not None and (row.status, row.channel) == ("sent", "sms")
     assert [m.to for m in world.sms.sent] == ["+4915112345678"]
+
+
+def resolution(outcome: str, at: datetime):
+    return new_event(
+        type="support.handoff.resolved",
+        source="/helpdesk",
+        subject="c-1",
+        time=at,
+        id=f"res-{outcome}",
+        data={
+            "handoff_id": "h-1",
+            "customer_id": "c-1",
+            "outcome": outcome,
+            "resolved_at": at.isoformat(),
+        },
+    )
+
+
+async def test_an_agent_solving_the_case_cancels_the_check_ins_not_yet_sent(world: World) -> None:
+    world.plans.plans[("c-1", "*")] = plan(SMS)
+    delivery = world.outreach.delivery
+    checkin = request("req-c", kind="post_incident_checkin", intent="check_in", at=NIGHT)
+    await delivery.on_request(checkin, NIGHT)  # held for the morning
+    await delivery.on_request(request("req-a", cause="inc-2", at=NIGHT), NIGHT)  # an apology
+    assert await delivery.on_resolution(resolution("no_contact", NIGHT), NIGHT) == 0
+    assert (await world.history("req-c"))[0] == "scheduled"
+    assert await delivery.on_resolution(resolution("solved", NIGHT), NIGHT) == 1
+    assert (await world.history("req-c"))[:2] == ("suppressed", "resolved_by_agent")
+    assert (await world.history("req-a"))[0] == "scheduled"  # not a check-in: it goes
+    await delivery.send_due(datetime(2026, 3, 5, 7, 0, tzinfo=UTC))
+    assert len(world.sms.sent) == 1

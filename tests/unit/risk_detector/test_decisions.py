@@ -8,6 +8,7 @@ from common.envelope import new_event
 from common.topics import Topics
 from services.risk_detector.domain.decisions import Policy
 from services.risk_detector.domain.quantile import P2Quantile
+from services.risk_detector.domain.scoring import score
 from services.risk_detector.handlers import RiskDetector
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -123,7 +124,8 @@ def test_three_returns_within_90_days_trigger_one_serial_returns_checkin():
     assert kinds.count("serial_returns") == 1
 
 
-def test_high_score_checks_in_and_high_value_customer_is_handed_off():
+def high_value_trouble():
+    """A 2,500 EUR order, three critical incidents, a complaint and an NPS of 1."""
     events = [
         ev(
             "order.placed",
@@ -148,6 +150,11 @@ def test_high_score_checks_in_and_high_value_customer_is_handed_off():
         ev("feedback.received", {"customer_id": "c-1", "kind": "complaint"}, 5),
         ev("feedback.received", {"customer_id": "c-1", "kind": "nps", "score": 1}, 6),
     ]
+    return events
+
+
+def test_high_score_checks_in_and_high_value_customer_is_handed_off():
+    events = high_value_trouble()
     profile, out = run(*events)
     types = [e.type for e in out]
     assert "support.handoff.requested" in types
@@ -166,6 +173,71 @@ def test_high_score_checks_in_and_high_value_customer_is_handed_off():
         for e in out2
         if e.type == "outreach.request.created"
     )
+
+
+def resolved(handoff_id, outcome, hours):
+    data = {
+        "handoff_id": handoff_id,
+        "customer_id": "c-1",
+        "outcome": outcome,
+        "resolved_at": (T0 + timedelta(hours=hours)).isoformat(),
+    }
+    return ev("support.handoff.resolved", data, hours, id_=f"res:{handoff_id}:{outcome}")
+
+
+def checkins(out):
+    return [
+        e.data["request_id"]
+        for e in out
+        if e.type == "outreach.request.created" and e.data["message_kind"] == "churn_risk"
+    ]
+
+
+#: A check-in wanted at the hand-off's score: it is first wanted when the case opens.
+AT_ONCE = Policy(checkin_score=85)
+
+
+def test_the_check_in_waits_for_the_agents_outcome():
+    events = high_value_trouble()
+    profile, out = run(*events, policy=AT_ONCE)
+    handoff = next(e for e in out if e.type == "support.handoff.requested").data["handoff_id"]
+    assert checkins(out) == [] and [a.handoff_id for a in profile.awaiting_agent] == [handoff]
+    # Solved: the agent took care of it; the check-in is dropped, and no later fact of
+    # the quiet period brings one back.
+    profile, solved = run(
+        *events, resolved(handoff, "solved", 8), incident(iid="later", hours=9), policy=AT_ONCE
+    )
+    assert checkins(solved) == [] and profile.awaiting_agent == []
+    assert [(r.handoff_id, r.outcome) for r in profile.resolutions] == [(handoff, "solved")]
+    # No contact: the held check-in goes now, once; and it raises the score.
+    profile, missed = run(
+        *events,
+        resolved(handoff, "no_contact", 8),
+        resolved(handoff, "no_contact", 9),
+        policy=AT_ONCE,
+    )
+    assert len(checkins(missed)) == 1 and profile.awaiting_agent == []
+    assert "agent_no_contact" in {
+        c.code for c in score(profile, T0 + timedelta(hours=9)).contributions
+    }
+    # Escalated: it keeps waiting.
+    profile, escalated = run(*events, resolved(handoff, "escalated", 8), policy=AT_ONCE)
+    assert checkins(escalated) == [] and len(profile.awaiting_agent) == 1
+
+
+def test_a_check_in_no_outcome_answers_goes_after_the_wait():
+    events = high_value_trouble()
+    wait = Policy().agent_wait_days * 24
+    held_at = 5  # the complaint's hour: the score passes 85
+    _, early = run(*events, incident(iid="soon", hours=held_at + wait - 1), policy=AT_ONCE)
+    assert checkins(early) == []
+    profile, late = run(
+        *events,
+        incident(iid="late", hours=held_at + wait + 1),
+        incident(iid="later", hours=held_at + 2 * wait + 2),
+        policy=AT_ONCE,
+    )
+    assert len(checkins(late)) == 1 and profile.awaiting_agent == []
 
 
 def test_erasure_removes_the_profile():
