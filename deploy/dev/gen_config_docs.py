@@ -208,6 +208,12 @@ NOTES = {
     "RISK_DETECTOR_AGENT_WAIT_DAYS": (
         "days a check-in waits for the agent's outcome; then it goes with the customer's next fact"
     ),
+    "OUTREACH_HELPDESK_PORT": "the helpdesk adapter's HTTP port: /webhooks/zendesk, /metrics, /livez, /readyz",
+    "ZENDESK_SUBDOMAIN": "the Zendesk account (`<subdomain>.zendesk.com`) the helpdesk adapter opens tickets in",
+    "ZENDESK_EMAIL": "the agent or bot account the adapter's API token belongs to",
+    "ZENDESK_API_TOKEN": "its Zendesk API token (Basic `email/token:TOKEN`)",
+    "ZENDESK_API_BASE_URL": "Zendesk's API base instead of `https://<subdomain>.zendesk.com` (a proxy, a test double)",
+    "ZENDESK_WEBHOOK_SECRET": "the signing secret of the Zendesk webhook that reports the agents' outcomes (unset: every webhook is refused)",
     "OUTREACH_WEBHOOK_MAX_AGE_S": "a signed provider webhook (SendGrid's events) whose timestamp is further than this from now is refused as a replay",
     "OUTREACH_LEDGER_RETENTION_DAYS": "settled messages older than this lose their personal data in the ledger (address, names, bodies); their decisions stay for the audit",
     "OUTREACH_RELAY_LEASE_S": "one worker at a time relays ledger changes to outreach.messages (in order); its lease, renewed while it relays",

@@ -84,6 +84,17 @@ class Settings(ServiceSettings):
     handoff_history: int = Field(20, ge=1, le=200)
     reply_sweep_s: float = Field(30.0, gt=0)
 
+    # The helpdesk adapter (python -m services.outreach.helpdesk, docs/conversations.md):
+    # hand-offs become Zendesk tickets; the agents' outcomes come back by webhook.
+    helpdesk_port: int = 8087
+    zendesk_subdomain: str | None = Field(None, validation_alias=_env("ZENDESK_SUBDOMAIN"))
+    zendesk_email: str | None = Field(None, validation_alias=_env("ZENDESK_EMAIL"))
+    zendesk_api_token: SecretStr | None = Field(None, validation_alias=_env("ZENDESK_API_TOKEN"))
+    zendesk_api_base_url: str | None = Field(None, validation_alias=_env("ZENDESK_API_BASE_URL"))
+    zendesk_webhook_secret: SecretStr | None = Field(
+        None, validation_alias=_env("ZENDESK_WEBHOOK_SECRET")
+    )
+
     # The template studio (python -m services.outreach.studio), see docs/studio.md.
     studio_port: int = 8085
     studio_ops_port: int = 8086

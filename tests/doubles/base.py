@@ -118,7 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         self.server.double._serve(self)
 
-    do_GET = do_POST = do_DELETE = _serve
+    do_GET = do_POST = do_PUT = do_DELETE = _serve
 
     def answer(self, reply: Reply) -> None:
         self.send_response(reply.status)

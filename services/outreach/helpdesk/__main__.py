@@ -1,0 +1,3 @@
+from services.outreach.helpdesk.app import main
+
+main()
