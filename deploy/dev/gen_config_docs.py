@@ -182,8 +182,8 @@ NOTES = {
         " of ours; docs/conversations.md)"
     ),
     "OUTREACH_REPLY_SECRET": (
-        "signs the reply-to addresses (unset: one generated and kept in the data dir; set"
-        " it, the same for every worker, in production)"
+        "signs the reply-to addresses; needed with `OUTREACH_REPLY_DOMAIN`, the same for"
+        " every worker"
     ),
     "OUTREACH_INBOUND_PARSE_USER": (
         "HTTP Basic user the Inbound Parse URL carries (`https://user:password@host/"

@@ -149,6 +149,10 @@ class Settings(ServiceSettings):
             unknown = set(_names(value)) - known
             if unknown:
                 raise ValueError(f"{name}: unknown {sorted(unknown)}; known: {sorted(known)}")
+        if self.reply_domain and self.reply_secret is None:
+            # Each worker would sign with a secret of its own, and one worker could not
+            # read the reply-to addresses of another's emails.
+            raise ValueError("OUTREACH_REPLY_DOMAIN needs OUTREACH_REPLY_SECRET")
         if (self.inbound_parse_user is None) != (self.inbound_parse_password is None):
             raise ValueError(
                 "OUTREACH_INBOUND_PARSE_USER and OUTREACH_INBOUND_PARSE_PASSWORD go together"

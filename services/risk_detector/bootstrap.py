@@ -38,7 +38,13 @@ def bootstrap(
         {facts_name},
         upstream=frozenset({topics.orders, topics.returns}),
         also_admit=frozenset(
-            {topics.incidents, topics.feedback, topics.resolutions, topics.customers}
+            {
+                topics.incidents,
+                topics.feedback,
+                topics.resolutions,
+                topics.replies,
+                topics.customers,
+            }
         ),
         service=SERVICE,
     )

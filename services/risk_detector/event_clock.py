@@ -78,6 +78,7 @@ class EventClockRunner:
                 topics.incidents,
                 topics.feedback,
                 topics.resolutions,
+                topics.replies,
                 topics.customers,
                 runtime.facts_name,
             }

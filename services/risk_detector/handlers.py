@@ -66,6 +66,7 @@ class RiskDetector:
                 "return.requested": self._return_requested,
                 "feedback.received": self._feedback,
                 "support.handoff.resolved": self._resolution,
+                "outreach.reply.received": self._reply,
             },
         )
 
@@ -191,6 +192,19 @@ class RiskDetector:
         fb = schemas.parse_payload(event, schemas.FeedbackReceived)
         profile.feedback.append(
             FeedbackSeen(kind=fb.kind, score=fb.score, at=event.time, order_id=fb.order_id)
+        )
+        return [], False
+
+    def _reply(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
+        """A customer's reply (outreach.replies): a complaint, or an angry one, counts as
+        a complaint; any other reply changes nothing here."""
+        reply = schemas.parse_payload(event, schemas.ReplyReceived)
+        if reply.intent != "complaint" and reply.tone != "angry":
+            return None, False
+        profile.feedback.append(
+            FeedbackSeen(
+                kind="complaint", score=None, at=event.time, order_id=reply.order_id, via="reply"
+            )
         )
         return [], False
 

@@ -94,6 +94,7 @@ class RiskRuntime(StreamWorker):
                     t.incidents,
                     t.feedback,
                     t.resolutions,
+                    t.replies,
                     t.customers,
                     ports.facts_name,
                 },

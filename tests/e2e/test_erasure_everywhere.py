@@ -74,6 +74,7 @@ def stack(kafka_bootstrap, topic_prefix, tmp_path, twilio_double, sendgrid_doubl
         extra_env={
             **provider_env(twilio_double, sendgrid_double),
             "OUTREACH_REPLY_DOMAIN": "replies.shop.example",
+            "OUTREACH_REPLY_SECRET": "a-reply-secret-for-the-test",
             "OUTREACH_INBOUND_PARSE_USER": PARSE[0],
             "OUTREACH_INBOUND_PARSE_PASSWORD": PARSE[1],
         },

@@ -43,6 +43,10 @@ SECRET_ENV = {
     "PREFERENCES_PSEUDONYM_SALT",
     "OUTREACH_DATABASE_URL",
     "PREFERENCES_DATABASE_URL",
+    "OUTREACH_REPLY_SECRET",
+    "OUTREACH_INBOUND_PARSE_PASSWORD",
+    "ZENDESK_API_TOKEN",
+    "ZENDESK_WEBHOOK_SECRET",
 }
 OPS_PORTS = {
     "orders-watcher": 8081,
@@ -301,7 +305,7 @@ def test_preferences_tls_mounts_the_secret_and_probes_liveness_over_http() -> No
 
 
 def test_config_and_secrets() -> None:
-    docs = _render()
+    docs = _render("services.helpdesk.enabled=true")
     config_doc = (ROOT / "docs" / "configuration.md").read_text()
     documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", config_doc, re.M))
     config: dict[str, str] = {}
@@ -632,6 +636,39 @@ def test_the_ingress_exposes_only_webhooks_unsubscribe_and_the_studio() -> None:
     assert ingress["spec"]["ingressClassName"] == "nginx"
 
 
+def test_the_helpdesk_adapter_runs_when_enabled_with_its_route_policy_and_kafka_user() -> None:
+    assert not [d for d in _kind(_render(), "Deployment") if _component(d) == "helpdesk"]
+    docs = _render(
+        "services.helpdesk.enabled=true",
+        "ingress.enabled=true",
+        "ingress.outreachHost=outreach.example.com",
+        SCRAM,
+    )
+    (deployment,) = [d for d in _kind(docs, "Deployment") if _component(d) == "helpdesk"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "services.outreach.helpdesk"]
+    secrets = {e["name"] for e in container["env"] if "valueFrom" in e}
+    assert {"ZENDESK_API_TOKEN", "ZENDESK_WEBHOOK_SECRET"} <= secrets
+    (ingress,) = _kind(docs, "Ingress")
+    paths = {
+        p["path"]: (p["pathType"], p["backend"]["service"]["name"])
+        for rule in ingress["spec"]["rules"]
+        for p in rule["http"]["paths"]
+    }
+    assert paths["/webhooks/zendesk"] == ("Exact", "po-proactive-outreach-helpdesk")
+    assert paths["/webhooks/"] == ("Prefix", "po-proactive-outreach-outreach")
+    policies = {p["metadata"]["name"] for p in _kind(docs, "NetworkPolicy")}
+    assert "po-proactive-outreach-helpdesk-allow-webhooks" in policies
+    (user,) = [u for u in _kind(docs, "KafkaUser") if _component(u) == "helpdesk"]
+    acls = {
+        (a["resource"].get("name"), op)
+        for a in user["spec"]["authorization"]["acls"]
+        for op in a["operations"]
+    }
+    assert {("support.handoffs", "Read"), ("support.resolutions", "Write")} <= acls
+    assert ("helpdesk", "Read") in acls  # its consumer group
+
+
 def test_every_component_has_its_own_service_account_without_a_token() -> None:
     docs = _render()
     accounts = {a["metadata"]["name"]: a for a in _kind(docs, "ServiceAccount")}
@@ -715,6 +752,7 @@ def test_manifests_validate_offline_against_kubernetes_schemas(tmp_path: Path) -
     helm = _tool("helm")
     with_ingress = (
         "ingress.enabled=true,ingress.outreachHost=o.example,ingress.studioHost=s.example"
+        ",services.helpdesk.enabled=true"
     )
     stateful = "services.risk-detector.persistence.enabled=true"
     secured = f"{SCRAM},kafka.caSecret=ca"

@@ -48,7 +48,7 @@ class Helpdesk:
         processor = MessageProcessor(COMPONENT, self.on_handoff, deadletters, WallClock())
         self.consumer = ConsumerLoop(
             bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=f"{settings.topic_prefix}{COMPONENT}",
+            group_id=f"{settings.topic_prefix}helpdesk",  # the chart's serviceName: its ACLs
             topics=[topics.handoffs],
             processor=processor,
             heartbeat=self.heartbeat,

@@ -49,6 +49,7 @@ class FeedbackSeen(_M):
     score: int | None
     at: datetime
     order_id: str | None = None
+    via: str = "feedback"  # or "reply": a complaint in a reply to one of our messages
 
 
 class RequestMade(_M):

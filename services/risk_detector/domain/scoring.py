@@ -136,7 +136,8 @@ def _feedback_parts(profile: Profile, now: datetime, w: Weights) -> Iterator[Con
             continue
         weight, code, detail = 0.0, "", ""
         if f.kind == "complaint":
-            weight, code, detail = w.complaint, "complaint", "complaint received"
+            detail = "complaint in a reply" if f.via == "reply" else "complaint received"
+            weight, code = w.complaint, "complaint"
         elif f.kind == "nps" and f.score is not None and f.score <= 6:
             strong = f.score <= 3
             weight = w.nps_strong_detractor if strong else w.nps_detractor

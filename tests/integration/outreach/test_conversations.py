@@ -66,6 +66,7 @@ async def app(tmp_path, twilio_double, sendgrid_double, kafka_bootstrap, topic_p
         twilio_account_sid=twilio_double.account_sid,
         twilio_auth_token=twilio_double.auth_token,
         reply_domain="replies.shop.example",
+        reply_secret="a-reply-secret-for-the-test",
         inbound_parse_user=PARSE[0],
         inbound_parse_password=PARSE[1],
     )

@@ -178,6 +178,8 @@ def test_what_a_reply_sets_in_motion():
 def test_unknown_handoff_intents_are_refused_at_start(tmp_path: Path):
     with pytest.raises(ValueError, match="OUTREACH_HANDOFF_INTENTS"):
         Settings(data_dir=tmp_path, handoff_intents="complaint,shouting")
+    with pytest.raises(ValueError, match="OUTREACH_REPLY_DOMAIN needs OUTREACH_REPLY_SECRET"):
+        Settings(data_dir=tmp_path, reply_domain="replies.shop.example")
     settings = Settings(data_dir=tmp_path, handoff_intents="wants_person", handoff_tones="")
     assert settings.handoff_policy().intents == {"wants_person"}
     assert settings.handoff_policy().tones == frozenset()

@@ -252,3 +252,31 @@ def test_p2_quantile_tracks_the_90th_percentile():
     value = est.value()
     assert value is not None and 8700 < value < 9300
     assert P2Quantile.from_dict(est.to_dict()).value() == value
+
+
+def reply(intent, tone, hours):
+    data = {
+        "reply_id": f"rep-{hours}",
+        "customer_id": "c-1",
+        "channel": "sms",
+        "received_at": (T0 + timedelta(hours=hours)).isoformat(),
+        "order_id": "o-1",
+        "intent": intent,
+        "tone": tone,
+        "language": "en",
+        "classifier": "lexicon-v1",
+    }
+    return ev("outreach.reply.received", data, hours, id_=f"rep-{hours}")
+
+
+def test_a_complaint_or_an_angry_reply_counts_as_a_complaint():
+    profile, _ = run(
+        incident(),
+        reply("thanks", "happy", 1),
+        reply("question", "neutral", 2),
+        reply("question", "angry", 3),
+        reply("complaint", "neutral", 4),
+    )
+    assert [(f.kind, f.via) for f in profile.feedback] == [("complaint", "reply")] * 2
+    reasons = {c.detail for c in score(profile, T0 + timedelta(hours=5)).contributions}
+    assert "complaint in a reply" in reasons
