@@ -262,6 +262,10 @@ async def test_the_latest_message_to_an_address_and_a_customers_history(ledger):
     assert [r.decision_id for r in await ledger.history(customer_id="c-1")] == ["d-2", "d-1"]
     assert [r.decision_id for r in await ledger.history(order_id="o-2")] == ["d-3"]
     assert [r.decision_id for r in await ledger.history(limit=1)] == ["d-3"]
+    # A reply answers the latest message that went out, not a later one held back.
+    await add(ledger, 4, channel="sms", address="+49152", decided_at=T0, sent_at=T0)
+    await add(ledger, 5, channel="sms", address="+49152", decided_at=T0 + timedelta(hours=1))
+    assert (await ledger.latest_to("sms", "+49152")).decision_id == "d-4"
 
 
 async def test_a_lease_is_held_by_one_holder_until_it_runs_out(ledger):

@@ -408,13 +408,15 @@ class Ledger:
             return result.scalar_one_or_none()
 
     async def latest_to(self, channel: str, address: str) -> Delivery | None:
-        """The most recent message to this address (to map an inbound STOP to a customer)."""
+        """The most recent message sent to this address — the one a reply answers — or,
+        when none was sent, the most recent decided for it (to map a STOP to a
+        customer)."""
         channels = ("sms", "whatsapp") if channel in ("sms", "whatsapp") else (channel,)
         async with self.sessions() as s:
             result = await s.execute(
                 select(Delivery)
                 .where(Delivery.address == address, Delivery.channel.in_(channels))
-                .order_by(Delivery.decided_at.desc())
+                .order_by(Delivery.sent_at.is_(None), Delivery.decided_at.desc())
                 .limit(1)
             )
             return result.scalar_one_or_none()

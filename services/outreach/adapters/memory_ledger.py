@@ -88,7 +88,8 @@ class InMemoryLedger:
     async def latest_to(self, channel: str, address: str) -> Delivery | None:
         channels = ("sms", "whatsapp") if channel in ("sms", "whatsapp") else (channel,)
         rows = [r for r in self._find(address=address) if r.channel in channels]
-        return _copy(max(rows, key=lambda r: r.decided_at)) if rows else None
+        latest = max(rows, key=lambda r: (r.sent_at is not None, r.decided_at), default=None)
+        return None if latest is None else _copy(latest)
 
     async def messages_to(self, customer_id: str, limit: int) -> list[Delivery]:
         rows = [r for r in self._find(customer_id=customer_id) if r.sent_at is not None]
