@@ -10,7 +10,7 @@ from typing import Any
 
 from common.clock import Clock, WallClock, WatermarkClock
 from common.kafka import AiokafkaProducer
-from common.metrics import RENDER_FAILURES, SUPPRESSIONS
+from common.metrics import HANDOFFS, RENDER_FAILURES, REPLIES, SUPPRESSIONS
 from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - registers tables
 from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
 from services.outreach.adapters.controls import ControlsWatcher, SendingControls
@@ -45,6 +45,9 @@ def export_zero_series() -> None:
     for kind in MESSAGE_KINDS:
         for channel in CHANNELS:
             RENDER_FAILURES.labels(kind, channel)
+    for channel in CHANNELS:  # the dashboard's conversation panels read these
+        REPLIES.labels(channel, "other", "neutral")
+    HANDOFFS.labels("reply", "intent:complaint")
 
 
 def build_senders(settings: Settings, share: GroupShare | None = None) -> dict[str, MessageSender]:

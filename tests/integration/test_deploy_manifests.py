@@ -168,6 +168,8 @@ def test_dashboard_has_the_panels() -> None:
         "outreach_consumer_lag_messages",
         "outreach_template_render_failures_total",
         "outreach_deadline_lag_seconds",
+        "outreach_replies_total",
+        "outreach_handoffs_total",
     ):
         assert metric in exprs, f"no panel on {metric}"
     assert "histogram_quantile(0.99" in exprs
