@@ -547,7 +547,7 @@ class ReplyReceived(_Payload):
 
     reply_id: str
     customer_id: str
-    channel: Literal["email", "sms", "whatsapp"]
+    channel: Literal["email", "sms", "whatsapp", "web"]  # web: the survey's one-click page
     received_at: Moment
     decision_id: str | None = None  # the message it answers
     order_id: str | None = None
@@ -560,3 +560,4 @@ class ReplyReceived(_Payload):
     classifier: str
     opted_out: bool = False
     handoff_id: str | None = None
+    survey_score: int | None = Field(default=None, ge=1, le=5)  # CSAT, 1 poor … 5 excellent

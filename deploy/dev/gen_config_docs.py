@@ -208,6 +208,15 @@ NOTES = {
     "RISK_DETECTOR_AGENT_WAIT_DAYS": (
         "days a check-in waits for the agent's outcome; then it goes with the customer's next fact"
     ),
+    "OUTREACH_SURVEY_KINDS": (
+        "message kinds that ask how we did (a one-question CSAT survey: reply 1-5 or the"
+        " one-click page), comma-separated; their templates show `survey` when set"
+    ),
+    "OUTREACH_SURVEY_QUIET_DAYS": (
+        "a customer is asked at most once in this many days (a survey kind's message sent"
+        " within them carries no survey)"
+    ),
+    "OUTREACH_HANDOFF_SURVEY_BELOW": "a survey score below this goes to a person (0: none)",
     "OUTREACH_HELPDESK_PORT": "the helpdesk adapter's HTTP port: /webhooks/zendesk, /metrics, /livez, /readyz",
     "ZENDESK_SUBDOMAIN": "the Zendesk account (`<subdomain>.zendesk.com`) the helpdesk adapter opens tickets in",
     "ZENDESK_EMAIL": "the agent or bot account the adapter's API token belongs to",

@@ -10,7 +10,7 @@ from typing import Any
 
 from common.clock import Clock, WallClock, WatermarkClock
 from common.kafka import AiokafkaProducer
-from common.metrics import HANDOFFS, RENDER_FAILURES, REPLIES, SUPPRESSIONS
+from common.metrics import HANDOFFS, RENDER_FAILURES, REPLIES, SUPPRESSIONS, SURVEY_SCORES
 from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - registers tables
 from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
 from services.outreach.adapters.controls import ControlsWatcher, SendingControls
@@ -47,6 +47,7 @@ def export_zero_series() -> None:
             RENDER_FAILURES.labels(kind, channel)
     for channel in CHANNELS:  # the dashboard's conversation panels read these
         REPLIES.labels(channel, "other", "neutral")
+        SURVEY_SCORES.labels("none", channel, "none")
     HANDOFFS.labels("reply", "intent:complaint")
 
 
@@ -220,6 +221,7 @@ def _delivery(
         links=_links(settings),
         optouts=optouts,
         wall=wall.now,
+        surveys=settings.survey_policy(),
     )
 
 
@@ -242,6 +244,7 @@ def _conversations(
         shop=(settings.shop_name, settings.support_url, settings.support_phone),
         settle=timedelta(seconds=settings.reply_sweep_s),
         wall=wall.now,
+        surveys=settings.survey_policy(),
     )
 
 

@@ -9,6 +9,7 @@ from common.settings import ServiceSettings
 from services.outreach.adapters.contact_plans import PreferencesTls
 from services.outreach.adapters.render_pool import RenderPool
 from services.outreach.domain.conversations import HandoffPolicy
+from services.outreach.domain.surveys import SurveyPolicy
 
 
 def _env(name: str) -> AliasChoices:
@@ -83,6 +84,12 @@ class Settings(ServiceSettings):
     handoff_critical: bool = True
     handoff_history: int = Field(20, ge=1, le=200)
     reply_sweep_s: float = Field(30.0, gt=0)
+    # Asking how we did (docs/conversations.md): the kinds that carry the survey, and how
+    # often one customer may be asked.
+    survey_kinds: str = "post_incident_checkin"
+    survey_quiet_days: float = Field(30.0, ge=0)
+    # A survey answer this low goes to a person (0: none does).
+    handoff_survey_below: int = Field(3, ge=0, le=5)
 
     # The helpdesk adapter (python -m services.outreach.helpdesk, docs/conversations.md):
     # hand-offs become Zendesk tickets; the agents' outcomes come back by webhook.
@@ -159,11 +166,17 @@ class Settings(ServiceSettings):
             )
         return self
 
+    def survey_policy(self) -> SurveyPolicy:
+        return SurveyPolicy(
+            kinds=frozenset(_names(self.survey_kinds)), quiet_days=self.survey_quiet_days
+        )
+
     def handoff_policy(self) -> HandoffPolicy:
         return HandoffPolicy(
             intents=frozenset(_names(self.handoff_intents)),
             tones=frozenset(_names(self.handoff_tones)),
             critical=self.handoff_critical,
+            survey_below=self.handoff_survey_below,
             history=self.handoff_history,
         )
 

@@ -23,12 +23,13 @@ from common.clock import wall_now
 from common.envelope import CloudEvent, derived_id, new_event
 from common.kafka import ProducerPort
 from common.logs import get_logger
-from common.metrics import HANDOFFS, REPLIES
+from common.metrics import HANDOFFS, REPLIES, SURVEY_SCORES
 from common.topics import Topics
 from services.outreach.adapters.conversations import ReplyRow, ReplyStore
 from services.outreach.adapters.ledger import Delivery, LedgerPort
 from services.outreach.adapters.optouts import OptOuts
 from services.outreach.domain import conversations as talk
+from services.outreach.domain import surveys
 from services.outreach.domain.replies import (
     Label,
     ReplyClassifier,
@@ -38,6 +39,7 @@ from services.outreach.domain.replies import (
     help_text,
     words,
 )
+from services.outreach.domain.surveys import SurveyPolicy
 
 log = get_logger(__name__)
 CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
@@ -80,7 +82,9 @@ class ConversationService:
         shop: tuple[str, str, str],  # name, support URL, support phone (for HELP)
         settle: timedelta = timedelta(seconds=30),
         wall: Callable[[], datetime] = wall_now,
+        surveys: SurveyPolicy | None = None,
     ) -> None:
+        self.surveys = surveys or SurveyPolicy()
         self.store = store
         self.ledger = ledger
         self.classifier = classifier
@@ -109,7 +113,10 @@ class ConversationService:
             log.info("reply_from_unknown_sender", channel=inbound.channel)
             language = HELP_LANGUAGE.get(words(inbound.text)[0]) if command == "help" else None
             return Received(None, self._help(language) if command == "help" else None)
-        label = self._read(inbound.text, command, answered.locale)
+        score = None
+        if answered.message_kind in self.surveys.kinds and command is None:
+            score = surveys.answer_of(inbound.text)
+        label = self._read(inbound.text, command, answered.locale, score)
         source = (
             inbound.provider_id
             or hashlib.sha256(
@@ -130,6 +137,7 @@ class ConversationService:
             evidence=list(label.evidence),
             language=label.language,
             classifier=label.classifier,
+            survey_score=score,
             done=False,
             scrubbed=False,
         )
@@ -139,13 +147,16 @@ class ConversationService:
             await self._carry_out(kept, reply)
         return Received(reply, self._help(answered.locale) if command == "help" else None)
 
-    def _read(self, text: str, command: str | None, locale: str | None) -> Label:
+    def _read(self, text: str, command: str | None, locale: str | None, score: int | None) -> Label:
+        language = (locale or "en").split("-")[0].lower()
+        if score is not None:  # an answer to our survey, not words to read
+            tone = Tone.HAPPY if score >= 4 else Tone.NEUTRAL
+            return Label(ReplyIntent.SURVEY_ANSWER, tone, (f"{score}/5",), language, "survey")
         if command is None:
             return self.classifier.classify(text, locale)
         intent = {"stop": ReplyIntent.OPT_OUT, "help": ReplyIntent.QUESTION}.get(
             command, ReplyIntent.OTHER
         )
-        language = (locale or "en").split("-")[0].lower()
         return Label(intent, Tone.NEUTRAL, tuple(words(text)[:1]), language, "keyword")
 
     def _help(self, locale: str | None) -> str:
@@ -184,6 +195,11 @@ class ConversationService:
         )
         await self.store.finish(row.reply_id)
         REPLIES.labels(reply.channel, reply.label.intent, reply.label.tone).inc()
+        if reply.survey_score is not None and reply.answered is not None:
+            version = str(reply.answered.template_version or "none")
+            SURVEY_SCORES.labels(reply.answered.cause_kind, reply.channel, version).observe(
+                reply.survey_score
+            )
         log.info(
             "reply",
             customer_id=reply.customer_id,
@@ -285,6 +301,7 @@ def _reply(row: ReplyRow, answered: Delivery | None) -> talk.Reply:
         command=row.command,  # type: ignore[arg-type]
         answered=None if answered is None else _answered(answered),
         locale=row.locale,
+        survey_score=row.survey_score,
     )
 
 
@@ -300,6 +317,7 @@ def _answered(row: Delivery) -> talk.Answered:
         message_kind=row.message_kind,
         locale=row.locale,
         severity=row.severity,
+        template_version=row.template_version,
         risk_score=float(score) if isinstance(score, int | float) else None,
     )
 

@@ -51,7 +51,7 @@ from services.outreach.adapters.providers import (
 from services.outreach.adapters.render_pool import Renderer
 from services.outreach.adapters.templates import TemplateCache
 from services.outreach.domain import decisions as pipeline
-from services.outreach.domain import lifecycle
+from services.outreach.domain import lifecycle, surveys
 from services.outreach.domain.context import build_context
 from services.outreach.domain.decisions import ContactPlan, DeliveryPolicy
 from services.outreach.domain.lifecycle import CauseState, Moment, Move, Rendered, SendingPolicy
@@ -59,6 +59,7 @@ from services.outreach.domain.offers import make_offer
 from services.outreach.domain.ramp import Paused
 from services.outreach.domain.rendering import RenderError, metric_kind
 from services.outreach.domain.states import Report, Status
+from services.outreach.domain.surveys import SurveyPolicy
 from services.outreach.domain.unsubscribe import token_for
 
 log = get_logger(__name__)
@@ -88,7 +89,9 @@ class DeliveryService:
         optouts: OptOuts | None = None,
         paused: Paused | None = None,
         wall: Callable[[], datetime] | None = None,
+        surveys: SurveyPolicy | None = None,
     ) -> None:
+        self.surveys = surveys or SurveyPolicy()
         self.ledger = ledger
         self.plans = plans
         self.senders = senders
@@ -384,7 +387,11 @@ class DeliveryService:
         request = schemas.OutreachRequest.model_validate(row.request)
         try:
             rendered = await self.renderer.render_for(
-                request=request, row=row, links=self.links, now=at.now
+                request=request,
+                row=row,
+                links=self.links,
+                now=at.now,
+                survey=await self._survey(row),
             )
         except RenderError as exc:
             RENDER_FAILURES.labels(metric_kind(row.message_kind), row.channel).inc()
@@ -396,6 +403,22 @@ class DeliveryService:
         if not await self._move(lifecycle.claim(row, rendered, at, address=row.address), row):
             return None
         return self._message(row, rendered.subject, rendered.html, rendered.text)
+
+    async def _survey(self, row: Delivery) -> dict[str, Any] | None:
+        """The survey a message asks (its one-click links), if its kind asks one and the
+        customer was not sent one within the quiet days (domain/surveys.py)."""
+        if row.message_kind not in self.surveys.kinds:
+            return None
+        asked = [
+            m.sent_at
+            for m in await self.ledger.messages_to(row.customer_id, 20)
+            if m.message_kind in self.surveys.kinds and m.sent_at is not None
+        ]
+        if not surveys.asks(self.surveys, row.message_kind, row.decided_at, asked):
+            return None
+        secret = self.links.unsubscribe_secret
+        url = self.links.public_base_url
+        return {"links": surveys.links(url, row.customer_id, row.decision_id, secret)}
 
     async def _sent(self, row: Delivery, result: SendResult, now: datetime) -> None:
         move = lifecycle.sent(
@@ -596,35 +619,19 @@ class MessageComposer:
         self.renderer = renderer
 
     async def render_for(
-        self, *, request: schemas.OutreachRequest, row: Delivery, links: Links, now: datetime
+        self,
+        *,
+        request: schemas.OutreachRequest,
+        row: Delivery,
+        links: Links,
+        now: datetime,
+        survey: dict[str, Any] | None = None,
     ) -> Rendered:
         """The rendered message, its template key, the version that served and the newer
         published versions skipped because they failed."""
         assert row.channel is not None
-        locale = row.locale or "en"
-        timezone = row.time_zone or "UTC"
-        offer = make_offer(
-            row.decision_id,
-            request.offer_tier,
-            request.severity.value,
-            row.decided_at,
-            self.offer_secret,
-        )
-        token = token_for(row.customer_id, row.channel, row.decision_id, links.unsubscribe_secret)
-        context = build_context(
-            row.request,
-            first_name=str(row.request.get("first_name") or ""),
-            locale=locale,
-            timezone=timezone,
-            offer=offer.as_context() if offer else None,
-            unsubscribe_url=f"{links.public_base_url}/unsubscribe?token={token}",
-            support_url=links.support_url,
-            shop={
-                "name": links.shop_name,
-                "support_email": links.support_email,
-                "support_phone": links.support_phone,
-            },
-        )
+        locale, timezone = row.locale or "en", row.time_zone or "UTC"
+        context = self._context(request, row, links, survey)
         good = await self.cache.last_good(
             row.message_kind,
             row.channel,
@@ -652,4 +659,37 @@ class MessageComposer:
             template_key=f"{template.message_kind}.{template.channel}.{template.locale}",
             template_version=template.version,
             skipped=[t.version for t, _ in good.failures],
+        )
+
+    def _context(
+        self,
+        request: schemas.OutreachRequest,
+        row: Delivery,
+        links: Links,
+        survey: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The template context of the row's message (domain/context.py)."""
+        assert row.channel is not None
+        offer = make_offer(
+            row.decision_id,
+            request.offer_tier,
+            request.severity.value,
+            row.decided_at,
+            self.offer_secret,
+        )
+        token = token_for(row.customer_id, row.channel, row.decision_id, links.unsubscribe_secret)
+        return build_context(
+            row.request,
+            first_name=str(row.request.get("first_name") or ""),
+            locale=row.locale or "en",
+            timezone=row.time_zone or "UTC",
+            offer=offer.as_context() if offer else None,
+            unsubscribe_url=f"{links.public_base_url}/unsubscribe?token={token}",
+            support_url=links.support_url,
+            shop={
+                "name": links.shop_name,
+                "support_email": links.support_email,
+                "support_phone": links.support_phone,
+            },
+            survey=survey,
         )

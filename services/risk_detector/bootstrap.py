@@ -11,7 +11,7 @@ from common.clock import Clock, WallClock, WatermarkClock
 from common.deadlines import DeadlineSchedule
 from common.kafka import ProducerPort
 from common.streaming import FaustProducer, InputProgress, create_app
-from services.risk_detector.config import Settings
+from services.risk_detector.config import Settings, customer_topics
 from services.risk_detector.runtime import SERVICE, RiskPorts, RiskRuntime, forget_topic
 
 
@@ -37,15 +37,7 @@ def bootstrap(
         app,
         {facts_name},
         upstream=frozenset({topics.orders, topics.returns}),
-        also_admit=frozenset(
-            {
-                topics.incidents,
-                topics.feedback,
-                topics.resolutions,
-                topics.replies,
-                topics.customers,
-            }
-        ),
+        also_admit=customer_topics(topics),
         service=SERVICE,
     )
     schedule = DeadlineSchedule(

@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
+from common.topics import Topics
 from services.risk_detector.domain.decisions import Policy
 
 
@@ -36,3 +37,12 @@ class Settings(ServiceSettings):
             checkin_waits_for_agent=self.checkin_waits_for_agent,
             agent_wait_days=self.agent_wait_days,
         )
+
+
+def customer_topics(topics: Topics) -> frozenset[str]:
+    """The customer-keyed topics `assess` reads besides its own facts and ticks: the
+    incidents, the shop's feedback and customers, the agents' outcomes of hand-offs and
+    the customers' replies."""
+    return frozenset(
+        {topics.incidents, topics.feedback, topics.resolutions, topics.replies, topics.customers}
+    )

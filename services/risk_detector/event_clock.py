@@ -40,7 +40,7 @@ from common.marks import MarkPublisher, instance_name
 from common.ops_http import Heartbeat
 from common.pipeline import Batch, BatchPipeline, faust_acknowledge
 from common.streaming import InputProgress, at_partition
-from services.risk_detector.config import Settings
+from services.risk_detector.config import Settings, customer_topics
 
 SERVICE = "risk_detector"
 REKEY = "risk_detector.rekey"
@@ -73,16 +73,7 @@ class EventClockRunner:
         self.clock = clock
         settings, topics = runtime.settings, runtime.topics
         self.order_keyed = frozenset({topics.orders, topics.returns})
-        self.customer_keyed = frozenset(
-            {
-                topics.incidents,
-                topics.feedback,
-                topics.resolutions,
-                topics.replies,
-                topics.customers,
-                runtime.facts_name,
-            }
-        )
+        self.customer_keyed = customer_topics(topics) | {runtime.facts_name}
         self.topics = self.order_keyed | self.customer_keyed
         self.progress = InputProgress(
             runtime.app,

@@ -196,9 +196,17 @@ class RiskDetector:
         return [], False
 
     def _reply(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
-        """A customer's reply (outreach.replies): a complaint, or an angry one, counts as
-        a complaint; any other reply changes nothing here."""
+        """A customer's reply (outreach.replies): a survey answer is a CSAT score; a
+        complaint, or an angry reply, counts as a complaint; any other changes nothing."""
         reply = schemas.parse_payload(event, schemas.ReplyReceived)
+        if reply.survey_score is not None:  # an answer to our survey: a CSAT score
+            profile.feedback.append(
+                FeedbackSeen(
+                    kind="csat", score=reply.survey_score, at=event.time,
+                    order_id=reply.order_id, via="reply",
+                )
+            )  # fmt: skip
+            return [], False
         if reply.intent != "complaint" and reply.tone != "angry":
             return None, False
         profile.feedback.append(

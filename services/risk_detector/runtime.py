@@ -45,7 +45,7 @@ from common.streaming import (
     input_message,
     owner_of,
 )
-from services.risk_detector.config import Settings
+from services.risk_detector.config import Settings, customer_topics
 from services.risk_detector.domain.profile import Profile
 from services.risk_detector.domain.quantile import P2Quantile
 from services.risk_detector.event_clock import EventClockRunner
@@ -88,16 +88,7 @@ class RiskRuntime(StreamWorker):
             PartitionHolds(
                 ports.app,
                 self.clock,
-                {
-                    t.orders,
-                    t.returns,
-                    t.incidents,
-                    t.feedback,
-                    t.resolutions,
-                    t.replies,
-                    t.customers,
-                    ports.facts_name,
-                },
+                {t.orders, t.returns, ports.facts_name, *customer_topics(t)},
             ),
             ports.progress,
             routes=[

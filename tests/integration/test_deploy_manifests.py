@@ -170,6 +170,7 @@ def test_dashboard_has_the_panels() -> None:
         "outreach_deadline_lag_seconds",
         "outreach_replies_total",
         "outreach_handoffs_total",
+        "outreach_survey_score_sum",
     ):
         assert metric in exprs, f"no panel on {metric}"
     assert "histogram_quantile(0.99" in exprs
@@ -613,7 +614,7 @@ def test_the_chart_readme_explains_every_value() -> None:
     assert not missing, f"not in deploy/helm/proactive-outreach/README.md: {missing}"
 
 
-def test_the_ingress_exposes_only_webhooks_unsubscribe_and_the_studio() -> None:
+def test_the_ingress_exposes_only_webhooks_unsubscribe_survey_and_the_studio() -> None:
     assert not _kind(_render(), "Ingress")
     docs = _render(
         "ingress.enabled=true",
@@ -633,6 +634,7 @@ def test_the_ingress_exposes_only_webhooks_unsubscribe_and_the_studio() -> None:
     assert routes == {
         ("outreach.example.com", "/webhooks/"): ("po-proactive-outreach-outreach", "http"),
         ("outreach.example.com", "/unsubscribe"): ("po-proactive-outreach-outreach", "http"),
+        ("outreach.example.com", "/survey"): ("po-proactive-outreach-outreach", "http"),
         ("studio.example.com", "/"): ("po-proactive-outreach-studio", "web"),
     }
     assert ingress["spec"]["ingressClassName"] == "nginx"

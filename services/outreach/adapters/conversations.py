@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, String, Text, delete, select, update
+from sqlalchemy import JSON, Boolean, Integer, String, Text, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -33,6 +33,7 @@ class ReplyRow(Base):
     language: Mapped[str] = mapped_column(String(8))
     classifier: Mapped[str] = mapped_column(String(64))
     handoff_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    survey_score: Mapped[int | None] = mapped_column(Integer, nullable=True)
     done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     scrubbed: Mapped[bool] = mapped_column(Boolean, default=False)
 

@@ -126,14 +126,16 @@ def _fill(layout: str, pieces: Mapping[str, str]) -> str:
 
 
 def email_parts(
-    body: str, layout: Mapping[str, str], *, tracking: bool, lang: str
+    body: str, layout: Mapping[str, str], *, tracking: bool, lang: str, survey: bool = False
 ) -> tuple[str, str]:
     """The HTML and text parts of a default email: the kind's paragraphs inside the
     layout files (_layout.html, _layout.txt) with the locale's [_layout] pieces:
-    greeting, tracking button, offer, how to reach a person, signature, footer."""
+    greeting, survey (the kinds that ask how we did), tracking button, offer, how to
+    reach a person, signature, footer."""
     paragraphs = _paragraphs(body)
     pieces = {k: v.strip() for k, v in layout.items()}
     track = {"track": pieces["track"]}
+    asking = {k: pieces[k] for k in ("survey_ask", "survey_scale")}
     html_pieces = {k: v.replace("\n", "<br>\n") for k, v in pieces.items()}
     html = _fill(
         _layout_file("_layout.html"),
@@ -141,6 +143,7 @@ def email_parts(
             "lang": lang,
             "paragraphs": "\n".join(f"<p>{p}</p>" for p in paragraphs),
             "tracking": _fill(_layout_file("_tracking.html"), track) if tracking else "",
+            "survey": _fill(_layout_file("_survey.html"), asking) if survey else "",
             **html_pieces,
         },
     )
@@ -149,6 +152,7 @@ def email_parts(
         {
             "paragraphs": "\n\n".join(paragraphs),
             "tracking": _fill(_layout_file("_tracking.txt"), track) if tracking else "",
+            "survey": _fill(_layout_file("_survey.txt"), asking) if survey else "",
             **pieces,
         },
     )
@@ -168,8 +172,10 @@ def default_templates() -> tuple[DefaultTemplate, ...]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         layout = data.pop("_layout")
         for kind, parts in data.items():
-            tracking = bool(parts.get("tracking"))
-            html, text = email_parts(parts["body"], layout, tracking=tracking, lang=lang)
+            tracking, survey = bool(parts.get("tracking")), bool(parts.get("survey"))
+            html, text = email_parts(
+                parts["body"], layout, tracking=tracking, lang=lang, survey=survey
+            )
             sms = parts["sms"].strip()
             whatsapp = parts.get("whatsapp", sms).strip()
             out.append(DefaultTemplate(kind, "email", lang, parts["subject"].strip(), html, text))

@@ -35,6 +35,7 @@ def build_context(
     unsubscribe_url: str,
     support_url: str,
     shop: dict[str, str],
+    survey: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     ctx = request.get("context") or {}
     incident_raw = ctx.get("incident") or None
@@ -77,6 +78,7 @@ def build_context(
             "tracking_url": tracking_url,
         },
         "shop": dict(shop),
+        "survey": survey,
         "intent": request.get("intent"),
         "message_kind": request.get("message_kind"),
         "reasons": [

@@ -44,6 +44,7 @@ class Answered:
     locale: str | None
     severity: str = "warning"
     risk_score: float | None = None
+    template_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Reply:
     command: Command | None
     answered: Answered | None
     locale: str | None
+    survey_score: int | None = None  # the score, when the reply answers our survey
 
 
 #: Replies that may need an answer: everything but thanks, opt-outs and wrong numbers.
@@ -77,6 +79,8 @@ class HandoffPolicy:
     intents: frozenset[str] = NEEDS_A_PERSON
     tones: frozenset[str] = frozenset({Tone.ANGRY})
     critical: bool = True
+    #: A survey score below this goes to a person (`OUTREACH_HANDOFF_SURVEY_BELOW`).
+    survey_below: int = 3
     #: How many turns of the conversation go with a hand-off (the latest ones).
     history: int = 20
 
@@ -114,6 +118,13 @@ def effects_of(reply: Reply, policy: HandoffPolicy) -> Effects:
         return Effects(opt_in="sms_start" if reply.channel != "email" else "reply_start")
     if reply.command == "help":
         return Effects(answer_help=True)
+    if reply.survey_score is not None:
+        if reply.survey_score >= policy.survey_below:
+            return Effects()
+        return Effects(
+            handoff_reason=f"survey:{reply.survey_score}",
+            handoff_id=derived_id("reply-handoff", reply.customer_id, _answered_id(reply)),
+        )
     opt_out = None
     if reply.label.intent is ReplyIntent.OPT_OUT:
         opt_out = "reply_opt_out"
@@ -124,9 +135,12 @@ def effects_of(reply: Reply, policy: HandoffPolicy) -> Effects:
     if reason is not None:
         # One hand-off per customer and message answered: later replies to the same
         # message update the same case (the helpdesk adds them to its ticket).
-        answered = reply.answered.decision_id if reply.answered else "none"
-        handoff_id = derived_id("reply-handoff", reply.customer_id, answered)
+        handoff_id = derived_id("reply-handoff", reply.customer_id, _answered_id(reply))
     return Effects(opt_out=opt_out, handoff_reason=reason, handoff_id=handoff_id)
+
+
+def _answered_id(reply: Reply) -> str:
+    return reply.answered.decision_id if reply.answered else "none"
 
 
 # --- the agent's summary, in the customer's language and in English ----------------
@@ -139,6 +153,7 @@ INTENT_WORDS = {
         "complaint": "is complaining",
         "question": "has a question",
         "thanks": "says thank you",
+        "survey_answer": "gave us a low rating in our survey",
         "other": "replied",
     },
     "de": {
@@ -148,6 +163,7 @@ INTENT_WORDS = {
         "complaint": "beschwert sich",
         "question": "hat eine Frage",
         "thanks": "bedankt sich",
+        "survey_answer": "hat uns in der Umfrage schlecht bewertet",
         "other": "hat geantwortet",
     },
     "fr": {
@@ -157,6 +173,7 @@ INTENT_WORDS = {
         "complaint": "se plaint",
         "question": "a une question",
         "thanks": "remercie",
+        "survey_answer": "nous a mal notés dans l'enquête",
         "other": "a répondu",
     },
 }
@@ -281,4 +298,5 @@ def reply_event(reply: Reply, effects: Effects) -> dict[str, object]:
         "classifier": reply.label.classifier,
         "opted_out": effects.opt_out is not None,
         "handoff_id": effects.handoff_id,
+        "survey_score": reply.survey_score,
     }

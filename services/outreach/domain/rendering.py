@@ -105,6 +105,7 @@ CONTEXT_FIELDS: dict[str, frozenset[str] | None] = {
     "offer": frozenset({"code", "kind", "value", "currency", "expires_at"}),
     "links": frozenset({"unsubscribe_url", "support_url", "tracking_url"}),
     "shop": frozenset({"name", "support_email", "support_phone"}),
+    "survey": frozenset({"links"}),  # None unless the message asks how we did
     "intent": None,
     "message_kind": None,
     "reasons": None,

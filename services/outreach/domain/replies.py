@@ -30,6 +30,7 @@ class ReplyIntent(StrEnum):
     COMPLAINT = "complaint"
     QUESTION = "question"
     THANKS = "thanks"
+    SURVEY_ANSWER = "survey_answer"  # a score given to our survey (domain/surveys.py)
     OTHER = "other"
 
 

@@ -40,6 +40,7 @@ def _base(first_name: str = "Ada") -> dict[str, Any]:
             "delay_days": 2,
         },
         "offer": None,
+        "survey": None,
         "links": {
             "unsubscribe_url": "https://shop.example/unsubscribe?token=sample",
             "support_url": "https://shop.example/help",
@@ -57,6 +58,8 @@ def _base(first_name: str = "Ada") -> dict[str, Any]:
 
 
 LARGE_ORDER_ITEMS = 100
+#: The kinds whose shipped copy asks how we did (domain/surveys.py).
+SURVEY_KINDS = frozenset({"post_incident_checkin"})
 
 
 def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
@@ -73,6 +76,15 @@ def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
     }
     if message_kind in ("serial_returns", "churn_risk", "merchant_fault_return"):
         cases["serial returner with an offer"] = returner
+    if message_kind in SURVEY_KINDS:
+        asked = _lost(message_kind)
+        asked["survey"] = {
+            "links": [
+                {"score": n, "url": f"https://outreach.example.com/survey?token=sample&score={n}"}
+                for n in range(1, 6)
+            ]
+        }
+        cases["a survey after a lost parcel"] = asked
     return cases
 
 

@@ -1,5 +1,5 @@
 """HTTP routes of the outreach worker: explain and the kill switch (operators),
-unsubscribe (customers)."""
+unsubscribe and the survey's page (customers)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from common.ops_http import operator_only
 from services.outreach.adapters.controls import ControlError
 from services.outreach.domain.ramp import GLOBAL
 from services.outreach.domain.unsubscribe import read_token
+from services.outreach.entrypoints.survey_page import routes as survey_routes
 from services.outreach.entrypoints.webhooks import routes as webhook_routes
 
 if TYPE_CHECKING:
@@ -171,6 +172,7 @@ def routes(outreach: Outreach) -> list[web.RouteDef]:
     handlers = WorkerRoutes(outreach)
     return [
         *webhook_routes(outreach),
+        *survey_routes(outreach),
         # Operators only: who was written to, why, and the kill switch.
         web.get(
             "/customers/{customer_id}/explain", operator_only(token, handlers.explain_customer)

@@ -19,7 +19,7 @@ from common.streaming import (
 )
 from common.topics import TopicSpec
 from services.risk_detector.bootstrap import bootstrap
-from services.risk_detector.config import Settings
+from services.risk_detector.config import Settings, customer_topics
 from services.risk_detector.runtime import SERVICE, RiskRuntime, forget_topic
 
 log = get_logger(__name__)
@@ -53,14 +53,7 @@ def _wire_agents(runtime: RiskRuntime) -> None:
     app, topics = runtime.app, runtime.topics
     order_keyed = raw_topic(app, topics.orders, topics.returns, runtime.forget_name)
     customer_keyed = raw_topic(
-        app,
-        topics.incidents,
-        topics.feedback,
-        topics.resolutions,
-        topics.replies,
-        topics.customers,
-        runtime.facts_name,
-        runtime.ticks_name,
+        app, *sorted(customer_topics(topics)), runtime.facts_name, runtime.ticks_name
     )
 
     @app.agent(order_keyed, name=f"{SERVICE}.rekey")

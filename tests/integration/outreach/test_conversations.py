@@ -292,3 +292,64 @@ async def test_an_email_reply_through_inbound_parse_reaches_the_message_it_answe
     )
     await asyncio.sleep(2)
     assert len(events_of(readers["replies"], 1)) == 1
+
+
+async def checkin_to(outreach, customer: str, rid: str):
+    at = NOON + timedelta(days=2)
+    checkin = request(
+        rid, customer=customer, cause=f"inc-{rid}", at=at,
+        kind="post_incident_checkin", intent="check_in",
+    )  # fmt: skip
+    await outreach.delivery.on_request(checkin, at)
+    row = await outreach.ledger.by_request(rid)
+    assert row.status == "sent" and row.message_kind == "post_incident_checkin"
+    return row
+
+
+async def test_a_survey_answered_by_reply_and_on_its_page(app, twilio_double, sendgrid_double):
+    import urllib.parse
+
+    from tests.doubles.callbacks import post_reading
+
+    outreach, base, readers = app
+    await checkin_to(outreach, "c-de", "s-1")
+    assert "Antworten Sie mit 1 (schlecht) bis 5" in twilio_double.messages[-1]["Body"]
+    url = f"{base}/webhooks/twilio/inbound"
+    assert (await asyncio.to_thread(twilio_double.inbound, url, "+4915100000002", "2"))[0] == 200
+    (event,) = events_of(readers["replies"], 1)
+    assert (event["data"]["intent"], event["data"]["survey_score"]) == ("survey_answer", 2)
+    (handoff,) = events_of(readers["handoffs"], 1)  # a low score goes to a person
+    assert "in der Umfrage schlecht bewertet" in handoff["data"]["summary_local"]
+
+    # The email's one-click links: a page in the customer's language; sending it counts.
+    row = await checkin_to(outreach, "c-mail", "s-2")
+    mail = sendgrid_double.messages[-1]["json"]
+    text = next(c["value"] for c in mail["content"] if c["type"] == "text/plain")
+    link = next(line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("5: "))
+    page = link
+    assert link.startswith(f"{base}/survey?token=")
+    status, body = await asyncio.to_thread(lambda: _get(page))
+    assert status == 200 and "Wie zufrieden sind Sie" in body and "value='5' checked" in body
+    assert len(events_of(readers["replies"], 1)) == 1  # opening the page answers nothing
+    token = urllib.parse.parse_qs(urllib.parse.urlsplit(page).query)["token"][0]
+    form = urllib.parse.urlencode({"token": token, "score": "5"}).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, body = await asyncio.to_thread(post_reading, f"{base}/survey", form, headers)
+    assert status == 200 and "mit 5 von 5 bewertet" in body
+    again = urllib.parse.urlencode({"token": token, "score": "1"}).encode()
+    status, body = await asyncio.to_thread(post_reading, f"{base}/survey", again, headers)
+    assert "mit 5 von 5 bewertet" in body  # one answer per message: the first stands
+    events = events_of(readers["replies"], 2)
+    assert [(e["data"]["channel"], e["data"]["survey_score"]) for e in events[1:]] == [("web", 5)]
+    assert events[1]["data"]["decision_id"] == row.decision_id
+    forged = urllib.parse.urlencode({"token": token[:-2] + "xx", "score": "1"}).encode()
+    status, body = await asyncio.to_thread(post_reading, f"{base}/survey", forged, headers)
+    assert "nicht gültig" in body or "not valid" in body
+    assert len(events_of(readers["replies"], 2)) == 2
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return int(response.status), response.read().decode()

@@ -144,3 +144,18 @@ async def test_an_agent_solving_the_case_cancels_the_check_ins_not_yet_sent(worl
     assert (await world.history("req-a"))[0] == "scheduled"  # not a check-in: it goes
     await delivery.send_due(datetime(2026, 3, 5, 7, 0, tzinfo=UTC))
     assert len(world.sms.sent) == 1
+
+
+async def test_the_check_in_after_an_incident_asks_how_we_did_once_a_month(world: World) -> None:
+    world.plans.plans[("c-1", "*")] = plan(EMAIL)
+    delivery = world.outreach.delivery
+    first = request("req-1", kind="post_incident_checkin", intent="check_in", cause="inc-1")
+    await delivery.on_request(first, NOON)
+    (mail,) = world.email.sent
+    links = [line for line in (mail.text or "").splitlines() if "/survey?token=" in line]
+    assert [line.split(":", 1)[0] for line in links] == ["1", "2", "3", "4", "5"]
+    assert (mail.html or "").count("/survey?token=") == 5
+    later = NOON + timedelta(days=10)
+    second = request("req-2", kind="post_incident_checkin", intent="check_in", cause="inc-2")
+    await delivery.on_request(second, later)
+    assert len(world.email.sent) == 2 and "/survey?token=" not in (world.email.sent[1].text or "")

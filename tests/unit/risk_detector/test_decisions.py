@@ -280,3 +280,12 @@ def test_a_complaint_or_an_angry_reply_counts_as_a_complaint():
     assert [(f.kind, f.via) for f in profile.feedback] == [("complaint", "reply")] * 2
     reasons = {c.detail for c in score(profile, T0 + timedelta(hours=5)).contributions}
     assert "complaint in a reply" in reasons
+
+
+def test_a_survey_answer_is_a_csat_score():
+    answered = reply("survey_answer", "neutral", 2)
+    answered.data["survey_score"] = 1
+    profile, _ = run(incident(), answered)
+    assert [(f.kind, f.score, f.via) for f in profile.feedback] == [("csat", 1, "reply")]
+    codes = {c.code for c in score(profile, T0 + timedelta(hours=3)).contributions}
+    assert "low_csat" in codes
