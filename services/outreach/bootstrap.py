@@ -193,7 +193,7 @@ def bootstrap(
         producer=producer,
         share=share,
         conversations=_conversations(
-            settings, ReplyStore(sessions), ledger, producer, optouts, wall
+            settings, ReplyStore(sessions), delivery, producer, optouts, wall
         ),
     )
 
@@ -228,14 +228,14 @@ def _delivery(
 def _conversations(
     settings: Settings,
     store: ReplyStore,
-    ledger: LedgerPort,
+    delivery: DeliveryService,
     producer: AiokafkaProducer,
     optouts: OptOuts,
     wall: Clock,
 ) -> ConversationService:
     return ConversationService(
         store=store,
-        ledger=ledger,
+        ledger=delivery.ledger,
         classifier=LexiconClassifier(),
         producer=producer,
         topics=settings.topics,
@@ -244,7 +244,7 @@ def _conversations(
         shop=(settings.shop_name, settings.support_url, settings.support_phone),
         settle=timedelta(seconds=settings.reply_sweep_s),
         wall=wall.now,
-        surveys=settings.survey_policy(),
+        survey_asked=delivery.survey_asked,
     )
 
 

@@ -13,7 +13,7 @@ second effect.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 from common import schemas
 from common.clock import wall_now
 from common.envelope import CloudEvent, derived_id, new_event
-from common.kafka import ProducerPort
+from common.kafka import Outgoing, ProducerPort
 from common.logs import get_logger
 from common.metrics import HANDOFFS, REPLIES, SURVEY_SCORES
 from common.topics import Topics
@@ -35,17 +35,14 @@ from services.outreach.domain.replies import (
     ReplyClassifier,
     ReplyIntent,
     Tone,
+    command_language,
     command_of,
     help_text,
     words,
 )
-from services.outreach.domain.surveys import SurveyPolicy
 
 log = get_logger(__name__)
-CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
 SOURCE = "/outreach/outreach"
-#: The language of a HELP keyword, for a sender we cannot place.
-HELP_LANGUAGE = {"hilfe": "de", "aide": "fr"}
 
 
 @dataclass(frozen=True)
@@ -82,9 +79,11 @@ class ConversationService:
         shop: tuple[str, str, str],  # name, support URL, support phone (for HELP)
         settle: timedelta = timedelta(seconds=30),
         wall: Callable[[], datetime] = wall_now,
-        surveys: SurveyPolicy | None = None,
+        survey_asked: Callable[[Delivery], Awaitable[bool]] | None = None,
     ) -> None:
-        self.surveys = surveys or SurveyPolicy()
+        # Whether a message asked how we did (DeliveryService.survey_asked): a bare
+        # score in a reply to it is an answer. None: no message asks.
+        self.survey_asked = survey_asked
         self.store = store
         self.ledger = ledger
         self.classifier = classifier
@@ -111,10 +110,10 @@ class ConversationService:
         if answered is None:
             REPLIES.labels(inbound.channel, "unknown_sender", "neutral").inc()
             log.info("reply_from_unknown_sender", channel=inbound.channel)
-            language = HELP_LANGUAGE.get(words(inbound.text)[0]) if command == "help" else None
+            language = command_language(inbound.text) if command == "help" else None
             return Received(None, self._help(language) if command == "help" else None)
         score = None
-        if answered.message_kind in self.surveys.kinds and command is None:
+        if command is None and self.survey_asked is not None and await self.survey_asked(answered):
             score = surveys.answer_of(inbound.text)
         label = self._read(inbound.text, command, answered.locale, score)
         source = (
@@ -220,7 +219,7 @@ class ConversationService:
             id=event_id,
             data=data.model_dump(mode="json", exclude_none=True),
         )
-        await self.producer.send(topic, key.encode(), event.to_bytes(), [CONTENT_TYPE])
+        await self.producer.emit("outreach", [Outgoing(topic, key, event)])
 
     async def sweep_settled(self) -> int:
         """`sweep` of the replies received more than `settle` ago."""

@@ -404,17 +404,24 @@ class DeliveryService:
             return None
         return self._message(row, rendered.subject, rendered.html, rendered.text)
 
-    async def _survey(self, row: Delivery) -> dict[str, Any] | None:
-        """The survey a message asks (its one-click links), if its kind asks one and the
-        customer was not sent one within the quiet days (domain/surveys.py)."""
+    async def survey_asked(self, row: Delivery) -> bool:
+        """Whether the row's message asks how we did: its kind asks, and no message of a
+        survey kind went to the customer within the quiet days before it was decided
+        (domain/surveys.py). The same answer when it is sent and when it is answered."""
         if row.message_kind not in self.surveys.kinds:
-            return None
-        asked = [
+            return False
+        sent = [
             m.sent_at
             for m in await self.ledger.messages_to(row.customer_id, 20)
-            if m.message_kind in self.surveys.kinds and m.sent_at is not None
+            if m.message_kind in self.surveys.kinds
+            and m.sent_at is not None
+            and m.decision_id != row.decision_id  # itself, once sent, is not an earlier one
         ]
-        if not surveys.asks(self.surveys, row.message_kind, row.decided_at, asked):
+        return surveys.asks(self.surveys, row.message_kind, row.decided_at, sent)
+
+    async def _survey(self, row: Delivery) -> dict[str, Any] | None:
+        """The survey a message asks (its one-click links), or None."""
+        if not await self.survey_asked(row):
             return None
         secret = self.links.unsubscribe_secret
         url = self.links.public_base_url

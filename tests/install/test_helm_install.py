@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from deploy.kubernetes.local_apiserver import LocalApiServer
+from tests.conftest import wait_for
 from tests.integration.test_deploy_manifests import CHART, _tool
 
 pytestmark = [
@@ -95,15 +95,14 @@ def crd(group: str, kind: str, plural: str, versions: list[str]) -> dict[str, An
 
 
 def wait_established(api: LocalApiServer, plural: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        group = next(g for g, _, p, _ in OPERATOR_KINDS if p == plural)
+    group = next(g for g, _, p, _ in OPERATOR_KINDS if p == plural)
+
+    def established() -> bool:
         _, answer = api.request("GET", f"{CRDS}/{plural}.{group}")
         conditions = (answer.get("status") or {}).get("conditions") or []
-        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{plural} not established")
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_for(established, timeout=30, interval=0.2, message=f"{plural} established")
 
 
 def helm(api: LocalApiServer, *args: str) -> str:

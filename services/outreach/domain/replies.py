@@ -87,6 +87,18 @@ def command_of(text: str) -> Command | None:
     return None
 
 
+ONE_LANGUAGE_KEYWORDS = {"hilfe": "de", "aide": "fr", "stopp": "de", "arret": "fr"}
+
+
+def command_language(text: str) -> str | None:
+    """The language a keyword command is in, when only one shipped language has it
+    (HILFE: de, AIDE: fr): the language to answer a sender we cannot place in."""
+    found = words(text)
+    return (
+        {"hilfe": "de", "aide": "fr", "stopp": "de", "arret": "fr"}.get(found[0]) if found else None
+    )
+
+
 @dataclass(frozen=True)
 class Label:
     """What the classifier read: the intent and tone, the words that decided each, the

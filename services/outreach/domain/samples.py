@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from services.outreach.domain import surveys
+
 
 def _base(first_name: str = "Ada") -> dict[str, Any]:
     return {
@@ -58,8 +60,6 @@ def _base(first_name: str = "Ada") -> dict[str, Any]:
 
 
 LARGE_ORDER_ITEMS = 100
-#: The kinds whose shipped copy asks how we did (domain/surveys.py).
-SURVEY_KINDS = frozenset({"post_incident_checkin"})
 
 
 def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
@@ -76,7 +76,7 @@ def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
     }
     if message_kind in ("serial_returns", "churn_risk", "merchant_fault_return"):
         cases["serial returner with an offer"] = returner
-    if message_kind in SURVEY_KINDS:
+    if message_kind in surveys.DEFAULT_KINDS:
         asked = _lost(message_kind)
         asked["survey"] = {
             "links": [

@@ -21,6 +21,8 @@ ANSWER = re.compile(
     re.IGNORECASE,
 )
 STAR = "⭐"
+#: The kinds whose shipped copy asks how we did (their templates show `survey`).
+DEFAULT_KINDS = frozenset({"post_incident_checkin"})
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class SurveyPolicy:
     """Which message kinds ask (`OUTREACH_SURVEY_KINDS`) and how often a customer may
     be asked (`OUTREACH_SURVEY_QUIET_DAYS`)."""
 
-    kinds: frozenset[str] = frozenset({"post_incident_checkin"})
+    kinds: frozenset[str] = DEFAULT_KINDS
     quiet_days: float = 30.0
 
 

@@ -21,6 +21,7 @@ from common.kafka import (
     DeadLetters,
     InputMessage,
     MessageProcessor,
+    Outgoing,
     ProducerPort,
 )
 from common.logs import get_logger
@@ -32,7 +33,6 @@ from services.outreach.domain import helpdesk
 
 SERVICE = "outreach"
 COMPONENT = "outreach-helpdesk"
-CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
 log = get_logger(__name__)
 
 
@@ -123,8 +123,7 @@ class Helpdesk:
             id=derived_id("resolution", handoff_id, outcome),
             data=resolved.model_dump(mode="json", exclude_none=True),
         )
-        topic = self.topics.resolutions
-        await self.producer.send(topic, customer_id.encode(), event.to_bytes(), [CONTENT_TYPE])
+        await self.producer.emit(COMPONENT, [Outgoing(self.topics.resolutions, customer_id, event)])
         log.info("resolution", handoff_id=handoff_id, outcome=outcome)
 
     async def run(self, stop: asyncio.Event) -> None:
