@@ -186,6 +186,22 @@ async def test_a_template_that_needs_too_much_memory_is_stopped_by_the_process_l
         await pool.stop()
 
 
+async def test_the_time_limit_is_the_templates_not_the_workers_start():
+    """A worker's imports take far longer than a render (half a second idle, seconds on a
+    loaded machine): a tight limit still renders a plain template, first and after a
+    replaced worker — the clock starts at the request."""
+    pool = RenderPool(processes=1, timeout_s=0.2)
+    try:
+        fine = await pool.render(sms("ok {{ 1 + 1 }}"), {}, locale="de", timezone="UTC")
+        with pytest.raises(RenderError, match=r"longer than 0\.2 s"):
+            await pool.render(sms(BOMBS["heavy filters in a loop"]), {}, locale="en",
+                              timezone="UTC")  # fmt: skip
+        again = await pool.render(sms("ok {{ 2 + 2 }}"), {}, locale="fr", timezone="UTC")
+        assert (fine.text, again.text) == ("ok 2", "ok 4")
+    finally:
+        await pool.stop()
+
+
 async def test_a_message_whose_newest_template_is_a_bomb_goes_with_the_last_good_one(
     outreach, sendgrid_double
 ):

@@ -5,7 +5,9 @@ A template is code a marketer writes. The sandbox (domain/rendering.py) bounds w
 may build and how often it may loop, but not every way to spend CPU: a render, a
 preview or a publish check runs in a worker process of this pool, with a wall-time limit
 (`timeout_s`: the process is killed and replaced, the render fails with a RenderError)
-and an address-space limit (`memory_mb`: a MemoryError inside, a RenderError outside).
+counted from the request, never from the worker's start (a worker says it is ready once
+its imports are done, and the pool waits for that up to `STARTUP_S`), and an address-space
+limit (`memory_mb`: a MemoryError inside, a RenderError outside).
 The service's event loop only waits on a pipe, so its health endpoints, webhooks and
 consumers stay responsive while a bomb is being defused.
 
@@ -42,6 +44,8 @@ from services.outreach.domain.sms import count
 
 log = get_logger(__name__)
 LINE_LIMIT = 8 * 1024 * 1024  # a rendered message with its parts, as one JSON line
+STARTUP_S = 60.0  # a worker's imports on a loaded machine; not the template's time
+READY = {"ready": True}
 
 
 # --- the wire ------------------------------------------------------------------------
@@ -183,6 +187,15 @@ class RenderPool(Renderer):
         )
         worker = _Worker(proc)
         self._workers.add(worker)
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), STARTUP_S)
+        except TimeoutError:
+            line = b""
+        if not line or decode(line) != READY:
+            worker.kill()
+            self._workers.discard(worker)
+            raise RuntimeError(f"a render worker did not start within {STARTUP_S:g} s")
         return worker
 
     async def _ask(self, request: dict[str, Any], what: str) -> Any:
@@ -271,6 +284,8 @@ def _serve(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr
+    out.write(encode(READY))  # the imports are done: from here on, time is the template's
+    out.flush()
     for line in sys.stdin.buffer:
         request = decode(line)
         try:
