@@ -236,7 +236,7 @@ NOTES = {
     "OUTREACH_STUDIO_LOGIN_ATTEMPTS": "failed sign-ins per user and per address before a pause",
     "OUTREACH_STUDIO_LOGIN_WINDOW_S": "the window (and the pause) of that limit",
     "OUTREACH_STUDIO_TRUSTED_USER_HEADER": "SSO mode: header carrying the signed-in user (e.g. X-Forwarded-User)",
-    "OUTREACH_STUDIO_TRUSTED_ROLE_HEADER": "SSO mode: header carrying the role (viewer, editor, publisher, admin)",
+    "OUTREACH_STUDIO_TRUSTED_ROLE_HEADER": "SSO mode: header carrying the role (viewer, editor, publisher, admin, support)",
     "OUTREACH_STUDIO_TRUSTED_DEFAULT_ROLE": "SSO mode: role of a user whose proxy sends no role",
     "OUTREACH_STUDIO_TRUSTED_PROXIES": "SSO mode: addresses (CIDR) whose headers are believed",
     "OUTREACH_STUDIO_TEST_SENDS_PER_HOUR": "test sends per studio user per hour",

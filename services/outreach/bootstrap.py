@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from common.clock import Clock, WallClock, WatermarkClock
 from common.kafka import AiokafkaProducer
 from common.metrics import HANDOFFS, RENDER_FAILURES, REPLIES, SUPPRESSIONS, SURVEY_SCORES
 from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - registers tables
 from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
 from services.outreach.adapters.controls import ControlsWatcher, SendingControls
-from services.outreach.adapters.conversations import ReplyStore
+from services.outreach.adapters.conversations import HandoffStore, ReplyStore
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.ledger import Ledger, LedgerPort
 from services.outreach.adapters.optouts import OptOutPublisher, OptOuts
@@ -192,9 +194,7 @@ def bootstrap(
         renderer=renderer,
         producer=producer,
         share=share,
-        conversations=_conversations(
-            settings, ReplyStore(sessions), delivery, producer, optouts, wall
-        ),
+        conversations=_conversations(settings, sessions, delivery, producer, optouts, wall),
     )
 
 
@@ -227,14 +227,15 @@ def _delivery(
 
 def _conversations(
     settings: Settings,
-    store: ReplyStore,
+    sessions: async_sessionmaker[AsyncSession],
     delivery: DeliveryService,
     producer: AiokafkaProducer,
     optouts: OptOuts,
     wall: Clock,
 ) -> ConversationService:
     return ConversationService(
-        store=store,
+        store=ReplyStore(sessions),
+        handoffs=HandoffStore(sessions),
         ledger=delivery.ledger,
         classifier=LexiconClassifier(),
         producer=producer,

@@ -25,7 +25,7 @@ from common.kafka import Outgoing, ProducerPort
 from common.logs import get_logger
 from common.metrics import HANDOFFS, REPLIES, SURVEY_SCORES
 from common.topics import Topics
-from services.outreach.adapters.conversations import ReplyRow, ReplyStore
+from services.outreach.adapters.conversations import HandoffStore, ReplyRow, ReplyStore
 from services.outreach.adapters.ledger import Delivery, LedgerPort
 from services.outreach.adapters.optouts import OptOuts
 from services.outreach.domain import conversations as talk
@@ -70,6 +70,7 @@ class ConversationService:
         self,
         *,
         store: ReplyStore,
+        handoffs: HandoffStore,
         ledger: LedgerPort,
         classifier: ReplyClassifier,
         producer: ProducerPort,
@@ -85,6 +86,7 @@ class ConversationService:
         # score in a reply to it is an answer. None: no message asks.
         self.survey_asked = survey_asked
         self.store = store
+        self.handoffs = handoffs
         self.ledger = ledger
         self.classifier = classifier
         self.producer = producer
@@ -270,16 +272,51 @@ class ConversationService:
         return turns[-limit:]
 
     async def erase(self, customer_id: str) -> int:
-        return await self.store.erase(customer_id)
+        return await self.store.erase(customer_id) + await self.handoffs.erase(customer_id)
 
     async def on_customer_event(self, event: CloudEvent) -> int:
-        """commerce.customers: an erasure removes the customer's replies, text and all."""
+        """commerce.customers: an erasure removes the customer's replies (text and all)
+        and hand-offs (summaries and all)."""
         if event.type != "customer.erased":
             return 0
         return await self.erase(schemas.parse_payload(event, schemas.CustomerErased).customer_id)
 
     async def scrub_due(self, cutoff: datetime) -> int:
-        return await self.store.scrub_before(cutoff)
+        return await self.store.scrub_before(cutoff) + await self.handoffs.scrub_before(cutoff)
+
+    async def on_handoff_event(self, event: CloudEvent) -> bool:
+        """support.handoffs and support.resolutions, kept for the conversation view:
+        every hand-off of a customer (from a reply or the churn-risk score) and what the
+        agent did. Either may come first; the same record twice changes nothing."""
+        if event.type == "support.handoff.requested":
+            asked = schemas.parse_payload(event, schemas.HandoffRequested)
+            await self.handoffs.requested(
+                asked.handoff_id,
+                asked.customer_id,
+                requested_at=event.time,
+                trigger=asked.trigger,
+                order_ids=list(asked.order_ids),
+                risk_score=asked.risk_score,
+                reasons=[r.model_dump(mode="json") for r in asked.reasons],
+                summary=asked.summary,
+                summary_local=asked.summary_local or None,
+                locale=asked.locale,
+                incident=asked.incident.model_dump(mode="json") if asked.incident else None,
+                reply_id=asked.reply.reply_id if asked.reply else None,
+            )
+            return True
+        if event.type == "support.handoff.resolved":
+            done = schemas.parse_payload(event, schemas.HandoffResolved)
+            await self.handoffs.resolved(
+                done.handoff_id,
+                done.customer_id,
+                outcome=done.outcome,
+                resolved_at=done.resolved_at,
+                agent=done.agent,
+                ticket_id=done.ticket_id,
+            )
+            return True
+        return False
 
 
 def _reply(row: ReplyRow, answered: Delivery | None) -> talk.Reply:

@@ -1,5 +1,6 @@
-"""The outreach worker: consumes requests and resolutions, runs the scheduler and the
-relay to `outreach.messages`, and serves ops + explain + webhooks over HTTP.
+"""The outreach worker: consumes requests and resolutions (and keeps hand-offs for the
+studio: entrypoints/records.py), runs the scheduler and the relay to `outreach.messages`,
+and serves ops + explain + webhooks over HTTP.
 
     python -m services.outreach
 """
@@ -34,6 +35,7 @@ from services.outreach.bootstrap import Outreach, bootstrap
 from services.outreach.config import Settings
 from services.outreach.entrypoints.http import routes
 from services.outreach.entrypoints.inputs import SERVICE, input_consumer, own_topics
+from services.outreach.entrypoints.records import HandoffRecords
 from services.outreach.handlers import action_events, message_event
 
 log = get_logger(__name__)
@@ -52,6 +54,7 @@ class OutreachWorker:
         self.consumer = input_consumer(
             settings, self.clock, self.processor, self.heartbeat, self._send_due_until
         )
+        self.records = HandoffRecords(settings, outreach, self.heartbeat, self.deadletters)
         self.ops = OpsServer(
             settings.http_host,
             settings.http_port,
@@ -129,6 +132,7 @@ class OutreachWorker:
         await self.outreach.start()
         await self.producer.start()
         await self.consumer.start()
+        await self.records.start()
         await self.ops.start()
         self.started_at = self.outreach.wall.now()
         log.info(
@@ -140,7 +144,7 @@ class OutreachWorker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        tasks = [asyncio.create_task(self.consumer.run())]
+        tasks = [asyncio.create_task(c.run()) for c in (self.consumer, self.records)]
         tasks += [asyncio.create_task(every(self._stop, *job)) for job in self._jobs()]
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -149,6 +153,7 @@ class OutreachWorker:
                 log.error("task_died", error=repr(task.exception()))
         self._stop.set()
         await self.consumer.stop()
+        await self.records.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -179,11 +184,7 @@ class OutreachWorker:
             (settings.ledger_metrics_s, self._ledger_gauge, "ledger_gauge"),
             # Rows whose holder died or stalled, and sends in doubt: taken over, the
             # provider asked.
-            (
-                settings.in_doubt_check_s,
-                lambda: outreach.delivery.sweep(self.clock.now()),
-                "sweep",
-            ),
+            (settings.in_doubt_check_s, lambda: outreach.delivery.sweep(self.clock.now()), "sweep"),
         ]
 
 

@@ -31,12 +31,21 @@ from aiohttp import web
 from common.logs import configure_logging, get_logger
 from common.ops_http import Heartbeat, OpsServer
 from services.outreach.adapters import ledger as _ledger  # noqa: F401 - registers tables
+from services.outreach.adapters.conversations import HandoffStore, ReplyStore
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.ledger import Ledger
 from services.outreach.adapters.templates import TemplateStore
 from services.outreach.bootstrap import build_senders
 from services.outreach.config import Settings
-from services.outreach.studio.accounts import ROLES, AccountError, Accounts, role_at_least
+from services.outreach.studio.accounts import (
+    EDIT,
+    PUBLISH,
+    ROLES,
+    AccountError,
+    Accounts,
+    allowed,
+    roles_with,
+)
 from services.outreach.studio.app import create_app
 from services.outreach.studio.context import Studio
 from services.outreach.studio.security import LoginThrottle
@@ -65,6 +74,8 @@ def build_studio(settings: Settings) -> tuple[Studio, object]:
         ),
         senders=build_senders(settings),
         throttle=LoginThrottle(settings.studio_login_attempts, settings.studio_login_window_s),
+        replies=ReplyStore(sessions),
+        handoffs=HandoffStore(sessions),
     )
     return studio, engine
 
@@ -177,9 +188,10 @@ async def import_templates(
     await studio.renderer.start()
     try:
         user = next((u for u in await studio.accounts.users() if u.username == args.author), None)
-        needed = "publisher" if args.publish else "editor"
-        if user is None or user.disabled or not role_at_least(user.role, needed):
-            raise TransferError(f"--as must name an active studio user with the {needed} role")
+        needed = PUBLISH if args.publish else EDIT
+        if user is None or user.disabled or not allowed(user.role, needed):
+            roles = " or ".join(roles_with(needed))
+            raise TransferError(f"--as must name an active studio user who may {needed} ({roles})")
         return await import_document(
             studio.store,
             studio.accounts,

@@ -25,14 +25,33 @@ from common.clock import wall_now
 from services.outreach.adapters.db import Base, UTCDateTime
 from services.outreach.adapters.templates import TemplateVersion
 
-# Each role can do what the ones before it can.
-ROLES = ("viewer", "editor", "publisher", "admin")
 USERNAME_MAX = 64
 PASSWORD_MIN = 12
 
+# What each role may do. Templates are one ladder (viewer < editor < publisher < admin:
+# each can what the ones before it can); conversations are a second axis: every role
+# sees a customer's timeline, only support leads and admins with the personal data in
+# it (what was written, by whom, to which address) — the others see why and when.
+VIEW, EDIT, PUBLISH, ADMIN = "view", "edit", "publish", "admin"
+CONVERSATIONS, PERSONAL_DATA = "conversations", "personal_data"
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "viewer": frozenset({VIEW, CONVERSATIONS}),
+    "editor": frozenset({VIEW, EDIT, CONVERSATIONS}),
+    "publisher": frozenset({VIEW, EDIT, PUBLISH, CONVERSATIONS}),
+    "admin": frozenset({VIEW, EDIT, PUBLISH, ADMIN, CONVERSATIONS, PERSONAL_DATA}),
+    "support": frozenset({VIEW, CONVERSATIONS, PERSONAL_DATA}),
+}
+ROLES = tuple(PERMISSIONS)
 
-def role_at_least(role: str, needed: str) -> bool:
-    return role in ROLES and ROLES.index(role) >= ROLES.index(needed)
+
+def allowed(role: str, permission: str) -> bool:
+    """May `role` do `permission` (one of VIEW … PERSONAL_DATA)? An unknown role may
+    do nothing."""
+    return permission in PERMISSIONS.get(role, frozenset())
+
+
+def roles_with(permission: str) -> list[str]:
+    return [role for role, granted in PERMISSIONS.items() if permission in granted]
 
 
 class StudioUser(Base):
@@ -102,8 +121,14 @@ class SignedIn:
     csrf_token: str
     token: str | None = None  # only right after sign-in, to set the cookie
 
-    def can(self, needed: str) -> bool:
-        return role_at_least(self.role, needed)
+    def can(self, permission: str) -> bool:
+        return allowed(self.role, permission)
+
+    @property
+    def sees_messages(self) -> bool:
+        """What customers read: editors and publishers check their templates in it,
+        support leads help with it; viewers see only why and when."""
+        return self.can(EDIT) or self.can(PERSONAL_DATA)
 
 
 def _digest(token: str) -> str:

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from common.logs import get_logger
 from services.outreach.adapters.ledger import Delivery
+from services.outreach.studio.accounts import PUBLISH
 from services.outreach.studio.context import mask, require, studio_of
 
 log = get_logger(__name__)
@@ -37,6 +38,6 @@ async def outbox(request: web.Request) -> web.Response:
 async def audit(request: web.Request) -> web.Response:
     studio = studio_of(request)
     accounts = studio.accounts
-    require(request, "publisher")
+    require(request, PUBLISH)
     q = request.query.get("q", "").strip()
     return studio.page(request, "audit.html", entries=await accounts.audit_log(q), q=q)

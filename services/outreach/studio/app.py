@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from common.logs import get_logger
-from services.outreach.studio import activity, sign_in, template_pages
+from services.outreach.studio import activity, conversation_pages, sign_in, template_pages
 from services.outreach.studio.accounts import SignedIn
 from services.outreach.studio.context import (
     HERE,
@@ -126,6 +126,8 @@ def routes() -> list[web.AbstractRouteDef]:
         web.post("/api/preview", template_pages.api_preview),
         web.get("/outbox", activity.outbox),
         web.get("/audit", activity.audit),
+        web.get("/conversations", conversation_pages.conversations),
+        web.get("/conversations/{customer_id}", conversation_pages.conversation),
         web.static("/static", HERE / "static", append_version=True),
     ]
 

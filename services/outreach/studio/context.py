@@ -1,7 +1,7 @@
 """What every studio handler needs of a request: the studio (its stores, settings and
 pages), who is asking and with which role, and the template a URL names. The handlers
 themselves are module-level functions per resource: sign_in.py, template_pages.py,
-activity.py; app.py puts them behind the middlewares."""
+activity.py, conversation_pages.py; app.py puts them behind the middlewares."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import jinja2
 from aiohttp import web
 
 from common.logs import mask_address
+from services.outreach.adapters.conversations import HandoffStore, ReplyStore
 from services.outreach.adapters.ledger import LedgerPort
 from services.outreach.adapters.providers import (
     MessageSender,
@@ -24,7 +25,7 @@ from services.outreach.domain.rendering import (
     CHANNELS,
     MESSAGE_KINDS,
 )
-from services.outreach.studio.accounts import Accounts, SignedIn, role_at_least
+from services.outreach.studio.accounts import Accounts, SignedIn, roles_with
 from services.outreach.studio.security import (
     LoginThrottle,
     parse_networks,
@@ -61,6 +62,8 @@ class Studio:
     senders: dict[str, MessageSender]
     throttle: LoginThrottle
     renderer: Renderer  # previews, test sends and checks render here (the render pool)
+    replies: ReplyStore  # the conversation view reads these two with the ledger
+    handoffs: HandoffStore
 
     def __post_init__(self) -> None:
         self.pages = jinja2.Environment(
@@ -70,9 +73,7 @@ class Studio:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.pages.globals.update(
-            roles_at_least=role_at_least, channels=CHANNELS, kinds=MESSAGE_KINDS
-        )
+        self.pages.globals.update(roles_with=roles_with, channels=CHANNELS, kinds=MESSAGE_KINDS)
         self.proxies = parse_networks(self.settings.studio_trusted_proxies)
         # An address may fail more often than one user (an office behind one NAT), but
         # not endlessly: that is password spraying across users.
@@ -143,11 +144,12 @@ def current_user(request: web.Request) -> SignedIn:
     return user
 
 
-def require(request: web.Request, role: str) -> SignedIn:
+def require(request: web.Request, permission: str) -> SignedIn:
     user = current_user(request)
-    if not user.can(role):
+    if not user.can(permission):
         raise web.HTTPForbidden(
-            text=f"Your role ({user.role}) cannot do this; it needs {role}.",
+            text=f"Your role ({user.role}) cannot do this; it needs one of: "
+            f"{', '.join(roles_with(permission))}.",
         )
     return user
 

@@ -28,7 +28,7 @@ from services.outreach.domain.rendering import (
 )
 from services.outreach.domain.samples import sample_contexts
 from services.outreach.studio import catalog
-from services.outreach.studio.accounts import SignedIn, TestSend
+from services.outreach.studio.accounts import EDIT, PUBLISH, SignedIn, TestSend
 from services.outreach.studio.context import (
     Studio,
     current_user,
@@ -138,7 +138,7 @@ async def save(request: web.Request) -> web.StreamResponse:
     studio = studio_of(request)
     store = studio.store
     accounts = studio.accounts
-    user = require(request, "editor")
+    user = require(request, EDIT)
     kind, channel, locale = template_key(request)
     form = await request.post()
     source = _draft_source(kind, channel, locale, form)
@@ -186,7 +186,7 @@ async def publish(
     studio = studio_of(request)
     store = studio.store
     accounts = studio.accounts
-    if not user.can("publisher"):
+    if not user.can(PUBLISH):
         raise web.HTTPForbidden(text="Publishing needs the publisher role.")
     try:
         await store.publish(
@@ -219,7 +219,7 @@ async def publish(
 async def publish_version(request: web.Request) -> web.StreamResponse:
     studio = studio_of(request)
     store = studio.store
-    user = require(request, "publisher")
+    user = require(request, PUBLISH)
     kind, channel, locale = template_key(request)
     number = int(request.match_info["version"])
     row = next(
@@ -235,7 +235,7 @@ async def rollback(request: web.Request) -> web.StreamResponse:
     studio = studio_of(request)
     store = studio.store
     accounts = studio.accounts
-    user = require(request, "publisher")
+    user = require(request, PUBLISH)
     kind, channel, locale = template_key(request)
     form = await request.post()
     target = str(form.get("to_version", ""))
@@ -310,7 +310,7 @@ async def api_preview(request: web.Request) -> web.Response:
 async def test_send(request: web.Request) -> web.StreamResponse:
     studio = studio_of(request)
     accounts = studio.accounts
-    user = require(request, "editor")
+    user = require(request, EDIT)
     kind, channel, locale = template_key(request)
     form = await request.post()
     source = _draft_source(kind, channel, locale, form)

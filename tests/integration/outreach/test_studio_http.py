@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.outreach.adapters import ledger as _ledger  # noqa: F401 - registers tables
+from services.outreach.adapters.conversations import HandoffStore, ReplyStore
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.ledger import Ledger
 from services.outreach.adapters.providers import RecordingSender
@@ -48,6 +49,8 @@ async def make_client(database_url, tmp_path):
             senders={"email": sender, "sms": sender, "whatsapp": sender},
             throttle=LoginThrottle(5, 300),
             renderer=renderer or InlineRenderer(),
+            replies=ReplyStore(sessions),
+            handoffs=HandoffStore(sessions),
         )
         await studio.store.seed_defaults()
         client = TestClient(TestServer(create_app(studio)))
@@ -98,7 +101,8 @@ async def test_no_route_answers_a_caller_who_has_not_signed_in(make_client):
     to the sign-in page, changes are refused, and nothing is changed or sent."""
     client, studio, sender = await make_client()
     public = {"/login", "/favicon.ico", "/livez", "/readyz", "/healthz"}
-    values = {"kind": "awaiting_pickup", "channel": "sms", "locale": "en", "version": "1"}
+    values = {"kind": "awaiting_pickup", "channel": "sms", "locale": "en", "version": "1",
+              "customer_id": "c-1"}  # fmt: skip
 
     async def versions() -> list[tuple[int, str, str]]:
         found = await studio.store.versions("awaiting_pickup", "sms", "en")

@@ -71,7 +71,7 @@ def test_export_edit_import_publish_and_import_again(monkeypatch, tmp_path, data
 
     args = ("templates", "import", str(edited), "--publish", "--message", "shorter apology")
     assert run(monkeypatch, database_url, tmp_path, *args, "--as", "eve") == 2  # not a publisher
-    assert "publisher role" in capsys.readouterr().err
+    assert "who may publish (publisher or admin)" in capsys.readouterr().err
     assert run(monkeypatch, database_url, tmp_path, *args, "--as", "pia", "--dry-run") == 0
     assert "1 unchanged, 0 would be saved as drafts, 2 would be published" in (
         capsys.readouterr().out

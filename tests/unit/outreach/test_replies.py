@@ -13,7 +13,7 @@ import pytest
 from common.envelope import CloudEvent
 from common.kafka import RecordingProducer
 from common.topics import Topics
-from services.outreach.adapters.conversations import ReplyStore
+from services.outreach.adapters.conversations import HandoffStore, ReplyStore
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.memory_ledger import InMemoryLedger
 from services.outreach.adapters.optouts import RecordingOptOuts
@@ -231,6 +231,7 @@ async def test_a_reply_whose_effects_failed_is_finished_by_the_sweep_once(tmp_pa
     producer, optouts = FlakyProducer(failures=1), RecordingOptOuts()
     service = ConversationService(
         store=ReplyStore(session_factory(engine)),
+        handoffs=HandoffStore(session_factory(engine)),
         ledger=ledger,
         classifier=LexiconClassifier(),
         producer=producer,

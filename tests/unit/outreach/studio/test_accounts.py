@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
-from services.outreach.studio.accounts import AccountError, Accounts, role_at_least
+from services.outreach.studio.accounts import (
+    ADMIN,
+    CONVERSATIONS,
+    EDIT,
+    PERSONAL_DATA,
+    PUBLISH,
+    VIEW,
+    AccountError,
+    Accounts,
+    SignedIn,
+    allowed,
+)
 
 
 @pytest.fixture
@@ -64,8 +76,22 @@ async def test_sso_users_follow_the_role_the_proxy_sends(accounts):
     assert again.role == "viewer"
 
 
-def test_roles_are_ordered():
-    assert role_at_least("admin", "publisher")
-    assert role_at_least("publisher", "editor")
-    assert not role_at_least("editor", "publisher")
-    assert not role_at_least("unknown", "viewer")
+def test_template_roles_are_a_ladder():
+    ladder = ("viewer", "editor", "publisher", "admin")
+    for below, above in itertools.pairwise(ladder):
+        for permission in (VIEW, EDIT, PUBLISH, ADMIN):
+            assert not allowed(below, permission) or allowed(above, permission)
+    assert allowed("publisher", PUBLISH) and not allowed("editor", PUBLISH)
+    assert not any(allowed("unknown", p) for p in (VIEW, CONVERSATIONS, PERSONAL_DATA))
+
+
+def test_a_support_lead_sees_conversations_in_full_and_changes_no_template():
+    """The second axis: everyone sees a timeline, only support leads and admins with
+    the personal data in it; a support lead cannot edit, publish or administer."""
+    assert [r for r in ("viewer", "editor", "publisher", "admin", "support")
+            if allowed(r, PERSONAL_DATA)] == ["admin", "support"]  # fmt: skip
+    assert all(allowed(r, CONVERSATIONS) for r in ("viewer", "editor", "publisher", "support"))
+    assert not any(allowed("support", p) for p in (EDIT, PUBLISH, ADMIN))
+    support, viewer = SignedIn("sam", "support", "t"), SignedIn("vic", "viewer", "t")
+    assert support.sees_messages and not viewer.sees_messages
+    assert SignedIn("eve", "editor", "t").sees_messages
