@@ -109,9 +109,9 @@ REPLIES = Counter(
 SURVEY_SCORES = Histogram(
     "outreach_survey_score",
     "Answers to the one-question survey (CSAT, 1 poor … 5 excellent), by the incident kind "
-    "of the message that asked, the answer's channel (web: the one-click page) and the "
-    "template version that asked.",
-    ["incident_kind", "channel", "template_version"],
+    "and intent of the message that asked, the answer's channel (web: the one-click page) "
+    "and the template version that asked.",
+    ["incident_kind", "intent", "channel", "template_version"],
     buckets=(1, 2, 3, 4, 5),
 )
 HANDOFFS = Counter(

@@ -49,7 +49,7 @@ def export_zero_series() -> None:
             RENDER_FAILURES.labels(kind, channel)
     for channel in CHANNELS:  # the dashboard's conversation panels read these
         REPLIES.labels(channel, "other", "neutral")
-        SURVEY_SCORES.labels("none", channel, "none")
+        SURVEY_SCORES.labels("none", "none", channel, "none")
     HANDOFFS.labels("reply", "intent:complaint")
 
 

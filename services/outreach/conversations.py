@@ -197,10 +197,11 @@ class ConversationService:
         await self.store.finish(row.reply_id)
         REPLIES.labels(reply.channel, reply.label.intent, reply.label.tone).inc()
         if reply.survey_score is not None and reply.answered is not None:
-            version = str(reply.answered.template_version or "none")
-            SURVEY_SCORES.labels(reply.answered.cause_kind, reply.channel, version).observe(
-                reply.survey_score
-            )
+            asked = reply.answered
+            version = str(asked.template_version or "none")
+            SURVEY_SCORES.labels(
+                asked.cause_kind, asked.intent or "none", reply.channel, version
+            ).observe(reply.survey_score)
         log.info(
             "reply",
             customer_id=reply.customer_id,
@@ -355,6 +356,7 @@ def _answered(row: Delivery) -> talk.Answered:
         severity=row.severity,
         template_version=row.template_version,
         risk_score=float(score) if isinstance(score, int | float) else None,
+        intent=row.intent,
     )
 
 

@@ -45,6 +45,7 @@ class Answered:
     severity: str = "warning"
     risk_score: float | None = None
     template_version: int | None = None
+    intent: str = ""  # apology, status_update, check_in
 
 
 @dataclass(frozen=True)

@@ -294,8 +294,8 @@ async def test_an_email_reply_through_inbound_parse_reaches_the_message_it_answe
     assert len(events_of(readers["replies"], 1)) == 1
 
 
-async def checkin_to(outreach, customer: str, rid: str):
-    at = NOON + timedelta(days=2)
+async def checkin_to(outreach, customer: str, rid: str, hours: int = 0):
+    at = NOON + timedelta(days=2, hours=hours)
     checkin = request(
         rid, customer=customer, cause=f"inc-{rid}", at=at,
         kind="post_incident_checkin", intent="check_in",
@@ -312,6 +312,7 @@ async def test_a_survey_answered_by_reply_and_on_its_page(app, twilio_double, se
     from tests.doubles.callbacks import post_reading
 
     outreach, base, readers = app
+    answered = {channel: survey_answers(channel) for channel in ("sms", "web")}
     await checkin_to(outreach, "c-de", "s-1")
     assert "Antworten Sie mit 1 (schlecht) bis 5" in twilio_double.messages[-1]["Body"]
     url = f"{base}/webhooks/twilio/inbound"
@@ -346,6 +347,33 @@ async def test_a_survey_answered_by_reply_and_on_its_page(app, twilio_double, se
     status, body = await asyncio.to_thread(post_reading, f"{base}/survey", forged, headers)
     assert "nicht gültig" in body or "not valid" in body
     assert len(events_of(readers["replies"], 2)) == 2
+    # outreach_survey_score by the intent of the message that asked, and the channel
+    assert {c: survey_answers(c) - n for c, n in answered.items()} == {"sms": 1, "web": 1}
+
+    # Asked once in OUTREACH_SURVEY_QUIET_DAYS: the next check-in does not ask, and a bare
+    # number in reply to it is not an answer.
+    await checkin_to(outreach, "c-de", "s-3", hours=2)
+    assert "Antworten Sie mit 1" not in twilio_double.messages[-1]["Body"]
+    assert (await asyncio.to_thread(twilio_double.inbound, url, "+4915100000002", "4"))[0] == 200
+    latest = events_of(readers["replies"], 3)[-1]["data"]
+    assert latest["intent"] != "survey_answer" and latest.get("survey_score") is None
+    assert {c: survey_answers(c) - n for c, n in answered.items()} == {"sms": 1, "web": 1}
+
+
+def survey_answers(channel: str) -> float:
+    """outreach_survey_score's count over check-ins answered on `channel` (this process's
+    registry: what /metrics serves)."""
+    from prometheus_client import REGISTRY
+
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "outreach_survey_score"
+        for sample in metric.samples
+        if sample.name == "outreach_survey_score_count"
+        and sample.labels.get("intent") == "check_in"
+        and sample.labels.get("channel") == channel
+    )
 
 
 def _get(url: str) -> tuple[int, str]:
