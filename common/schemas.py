@@ -422,7 +422,9 @@ class Reason(_Payload):
 
 
 class Cause(_Payload):
-    type: Literal["incident", "return", "risk", "checkin"]
+    # correction: outreach's own correction of a message about an incident (its id is
+    # the incident's with ":corrected", its kind the incident's)
+    type: Literal["incident", "return", "risk", "checkin", "correction"]
     id: str
     kind: str
 

@@ -217,6 +217,10 @@ NOTES = {
         " within them carries no survey)"
     ),
     "OUTREACH_HANDOFF_SURVEY_BELOW": "a survey score below this goes to a person (0: none)",
+    "OUTREACH_CORRECTIONS": (
+        "incident closings that contradict a message already sent and get one correction: "
+        "kind:resolution, comma-separated, `*` any kind; empty: none (docs/corrections.md)"
+    ),
     "OUTREACH_HELPDESK_PORT": "the helpdesk adapter's HTTP port: /webhooks/zendesk, /metrics, /livez, /readyz",
     "ZENDESK_SUBDOMAIN": "the Zendesk account (`<subdomain>.zendesk.com`) the helpdesk adapter opens tickets in",
     "ZENDESK_EMAIL": "the agent or bot account the adapter's API token belongs to",

@@ -222,6 +222,7 @@ def _delivery(
         optouts=optouts,
         wall=wall.now,
         surveys=settings.survey_policy(),
+        corrections=settings.correction_policy(),
     )
 
 

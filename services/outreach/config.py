@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, FilePath, SecretStr, model_validator
+from pydantic import AliasChoices, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
 from services.outreach.adapters.contact_plans import PreferencesTls
 from services.outreach.adapters.render_pool import RenderPool
 from services.outreach.domain.conversations import HandoffPolicy
+from services.outreach.domain.corrections import DEFAULT as corrections_default
+from services.outreach.domain.corrections import CorrectionPolicy
 from services.outreach.domain.surveys import SurveyPolicy
 
 
@@ -90,6 +92,15 @@ class Settings(ServiceSettings):
     survey_quiet_days: float = Field(30.0, ge=0)
     # A survey answer this low goes to a person (0: none does).
     handoff_survey_below: int = Field(3, ge=0, le=5)
+    # Corrections (docs/corrections.md): the incident closings (kind:resolution, `*` any
+    # kind) that contradict a message already sent and so get one correction.
+    corrections: str = corrections_default
+
+    @field_validator("corrections")
+    @classmethod
+    def _corrections_parse(cls, value: str) -> str:
+        CorrectionPolicy.parse(value)  # a typo fails at start, not at the first closing
+        return value
 
     # The helpdesk adapter (python -m services.outreach.helpdesk, docs/conversations.md):
     # hand-offs become Zendesk tickets; the agents' outcomes come back by webhook.
@@ -165,6 +176,9 @@ class Settings(ServiceSettings):
                 "OUTREACH_INBOUND_PARSE_USER and OUTREACH_INBOUND_PARSE_PASSWORD go together"
             )
         return self
+
+    def correction_policy(self) -> CorrectionPolicy:
+        return CorrectionPolicy.parse(self.corrections)
 
     def survey_policy(self) -> SurveyPolicy:
         return SurveyPolicy(

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from common import schemas, tracing
 from common.envelope import CloudEvent, new_event
-from services.outreach.domain import actions, lifecycle
+from services.outreach.domain import actions, corrections, lifecycle
 from services.outreach.domain import decisions as pipeline
 from services.outreach.domain.decisions import ContactPlan, Decision, DeliveryPolicy
 from services.outreach.domain.lifecycle import (
@@ -41,6 +41,11 @@ def facts_of(request: schemas.OutreachRequest) -> pipeline.RequestFacts:
         severity=request.severity.value,
         cause_id=request.cause.id,
         offer_tier=request.offer_tier,
+        corrects_on=(
+            corrections.channel_of(request.context)
+            if request.cause.type == corrections.CAUSE_TYPE
+            else None
+        ),
     )
 
 

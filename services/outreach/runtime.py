@@ -50,15 +50,17 @@ from services.outreach.adapters.providers import (
 )
 from services.outreach.adapters.render_pool import Renderer
 from services.outreach.adapters.templates import TemplateCache
+from services.outreach.domain import corrections as correcting
 from services.outreach.domain import decisions as pipeline
 from services.outreach.domain import lifecycle, surveys
 from services.outreach.domain.context import build_context
+from services.outreach.domain.corrections import CorrectionPolicy
 from services.outreach.domain.decisions import ContactPlan, DeliveryPolicy
 from services.outreach.domain.lifecycle import CauseState, Moment, Move, Rendered, SendingPolicy
 from services.outreach.domain.offers import make_offer
 from services.outreach.domain.ramp import Paused
 from services.outreach.domain.rendering import RenderError, metric_kind
-from services.outreach.domain.states import Report, Status
+from services.outreach.domain.states import UNDER_WAY, Report, Status
 from services.outreach.domain.surveys import SurveyPolicy
 from services.outreach.domain.unsubscribe import token_for
 
@@ -90,8 +92,10 @@ class DeliveryService:
         paused: Paused | None = None,
         wall: Callable[[], datetime] | None = None,
         surveys: SurveyPolicy | None = None,
+        corrections: CorrectionPolicy | None = None,
     ) -> None:
         self.surveys = surveys or SurveyPolicy()
+        self.corrections = corrections or CorrectionPolicy.parse(correcting.DEFAULT)
         self.ledger = ledger
         self.plans = plans
         self.senders = senders
@@ -123,7 +127,8 @@ class DeliveryService:
     # --- inputs --------------------------------------------------------------------
 
     async def on_incident(self, event: CloudEvent, now: datetime) -> None:
-        """Only resolutions matter here: they stop what has not been sent yet."""
+        """Only resolutions matter here: they stop what has not been sent yet, and a
+        closing that contradicts a message already sent corrects it (domain/corrections)."""
         if event.type != "incident.resolved":
             return
         incident = schemas.parse_payload(event, schemas.Incident)
@@ -135,6 +140,33 @@ class DeliveryService:
         for row in await self.ledger.open_for_cause(incident.incident_id):
             reason = pipeline.Suppression.ALREADY_RESOLVED
             await self._end(row, lifecycle.suppress(row, reason, rule, at))
+        if self.corrections.wants(incident.kind, incident.resolution):
+            await self._correct(incident, event.time, now)
+
+    async def _correct(
+        self, incident: schemas.Incident, resolved_at: datetime, now: datetime
+    ) -> None:
+        """The correction of the latest message that told the customer about `incident`
+        (one per message: its request id is derived from the message's decision)."""
+        rows = await self.ledger.history(customer_id=incident.customer_id, limit=200)
+        told = correcting.to_correct(
+            correcting.Told(
+                decision_id=row.decision_id,
+                customer_id=row.customer_id,
+                order_id=row.order_id,
+                cause_id=row.cause_id,
+                cause_kind=row.cause_kind,
+                channel=row.channel,
+                sent_at=row.sent_at or row.updated_at,
+                request=row.request,
+            )
+            for row in rows
+            if row.cause_id == incident.incident_id and row.status in UNDER_WAY and row.channel
+        )
+        if told is None:
+            return  # nothing reached the customer: nothing to correct
+        data = correcting.correction_request(told, str(incident.resolution), resolved_at)
+        await self.decide(schemas.OutreachRequest.model_validate(data), now)
 
     async def on_resolution(self, event: CloudEvent, now: datetime) -> int:
         """An agent solved a hand-off (support.resolutions): the customer's check-ins not
@@ -173,7 +205,11 @@ class DeliveryService:
     async def on_request(self, event: CloudEvent, now: datetime) -> None:
         if event.type != handlers.REQUEST_CREATED:
             raise InvalidEvent(f"outreach does not handle {event.type!r}", code="unknown_type")
-        request = schemas.parse_payload(event, schemas.OutreachRequest)
+        await self.decide(schemas.parse_payload(event, schemas.OutreachRequest), now)
+
+    async def decide(self, request: schemas.OutreachRequest, now: datetime) -> None:
+        """Decide a request (from risk_detector, or a correction of ours) and carry the
+        decision out; a request decided before is not decided again."""
         revision = pipeline.revision_of(request.context)
         category = pipeline.category_of(handlers.facts_of(request)).value
         plan = await self.plans.get(request.customer_id, category)

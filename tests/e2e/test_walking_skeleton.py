@@ -96,7 +96,13 @@ def shipment(oid: str, hours: float):
     )
 
 
-def tracking(oid: str, hours: float, status: str, estimate: datetime | None = None):
+def tracking(
+    oid: str,
+    hours: float,
+    status: str,
+    estimate: datetime | None = None,
+    substatus: str | None = None,
+):
     data: dict[str, Any] = {
         "shipment_id": f"s-{oid}",
         "order_id": oid,
@@ -104,6 +110,8 @@ def tracking(oid: str, hours: float, status: str, estimate: datetime | None = No
         "checkpoint_at": at(hours).isoformat(),
         "location": "Leipzig",
     }
+    if substatus:
+        data["substatus"] = substatus
     if estimate:
         data["estimated_delivery_at"] = estimate.isoformat()
     return event("shipment.tracking_updated", oid, hours, data)
@@ -246,12 +254,42 @@ def test_late_delivery_reaches_the_customer_once_in_their_language_and_time_zone
         )
         assert [email_to(m) for m in sendgrid_double.messages].count("ada@example.com") == 1
         assert len(twilio_double.messages) == 1
-        # Ada's apology says "we are in touch with the carrier": sending it asked, once.
-        # Bob's and Cem's promise nothing of the kind.
+
+        # Dee: the carrier reports her parcel lost, and hours later it is delivered after
+        # all: one apology, then one correction by the same channel (docs/corrections.md).
+        shop.publish(
+            "commerce.customers",
+            "c-dee",
+            customer("c-dee", "Dee", locale="en-GB", tz="Europe/London", email="dee@example.com"),
+        )
+        publish_in_time_order(
+            shop,
+            [
+                order("o-dee", "c-dee", 75, 200),
+                shipment("o-dee", 77),
+                tracking("o-dee", 95, "exception", substatus="lost"),
+            ],
+        )
+
+        def to_dee(n: int) -> list[Any] | None:
+            found = [m for m in sendgrid_double.messages if email_to(m) == "dee@example.com"]
+            return found if len(found) >= n else None
+
+        wait_for(lambda: to_dee(1), timeout=90, message="Dee's apology for the lost parcel")
+        publish_in_time_order(shop, [tracking("o-dee", 99, "delivered")])
+        apology, correction = wait_for(lambda: to_dee(2), timeout=90, message="the correction")
+        assert "has been lost" in email_text(apology)
+        assert "has been delivered after all" in email_text(correction)
+
+        # Ada's apology says "we are in touch with the carrier": sending it asked, once;
+        # so did Dee's. Bob's, Cem's and the correction promise nothing of the kind.
+        wait_for(lambda: len(actions.events()) >= 2, timeout=30, message="Dee's action")
         requested = [e["data"] for e in actions.events()]
-        assert [(a["action"], a["customer_id"], a["order_id"]) for a in requested] == [
-            ("carrier_inquiry", "c-ada", "o-ada")
+        assert sorted((a["action"], a["customer_id"], a["order_id"]) for a in requested) == [
+            ("carrier_inquiry", "c-ada", "o-ada"),
+            ("carrier_inquiry", "c-dee", "o-dee"),
         ]
+        requested = [a for a in requested if a["customer_id"] == "c-ada"]
         ada_sent = next(e for e in sent if e["data"]["customer_id"] == "c-ada")
         assert requested[0]["decision_id"] == ada_sent["data"]["decision_id"]
 
@@ -269,6 +307,7 @@ def test_late_delivery_reaches_the_customer_once_in_their_language_and_time_zone
             scraped |= sampled_series(stack.metrics(service))
         used = metrics_named(alert_expressions() + dashboard_expressions())
         assert not used - scraped, f"no service exports {sorted(used - scraped)}"
+        assert len(to_dee(1) or []) == 2  # one apology, one correction: nothing more
     finally:
         shop.close()
         messages.close()

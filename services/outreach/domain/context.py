@@ -67,6 +67,7 @@ def build_context(
             "delay_days": facts.get("delay_days"),
         }
     tracking_url = order.get("tracking_url") if order else None
+    reasons = request.get("reasons") or []
     return {
         "customer": {"first_name": first_name, "locale": locale, "timezone": timezone},
         "order": order,
@@ -79,9 +80,19 @@ def build_context(
         },
         "shop": dict(shop),
         "survey": survey,
+        "correction": _correction(ctx.get("correction")),
         "intent": request.get("intent"),
         "message_kind": request.get("message_kind"),
-        "reasons": [
-            {"code": r.get("code"), "detail": r.get("detail")} for r in request.get("reasons") or []
-        ],
+        "reasons": [{"code": r.get("code"), "detail": r.get("detail")} for r in reasons],
+    }
+
+
+def _correction(told: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a correction's template may say of the message it corrects."""
+    if not told:
+        return None
+    return {
+        "kind": told.get("kind"),
+        "resolution": told.get("resolution"),
+        "told_at": _dt(told.get("told_at")),
     }

@@ -78,6 +78,9 @@ class RequestFacts:
     severity: str
     cause_id: str
     offer_tier: str | None
+    # A correction (domain/corrections.py): the channel of the message it corrects, the
+    # only one it may go by; not held by the frequency cap or the holdout.
+    corrects_on: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,9 @@ def decide(
     reach = reachable(category, plan)
     if isinstance(reach, Decision):
         return reach.for_decision(did)
-    usable = reach
+    assert plan is not None
+    if request.corrects_on is not None:
+        return _correction(did, category, reach, request.corrects_on, plan, now, policy)
     if request.severity != "critical" and sent_in_window >= policy.cap_messages:
         return suppress(
             Suppression.FREQUENCY_CAP,
@@ -191,8 +196,30 @@ def decide(
         )
     if in_holdout(did, policy.holdout_share):
         return suppress(Suppression.HOLDOUT, f"holdout: control group ({policy.holdout_share:.0%})")
-    assert plan is not None
-    return _route(did, category, usable[0], tuple(usable[1:]), plan, now, policy, "first usable")
+    return _route(did, category, reach[0], tuple(reach[1:]), plan, now, policy, "first usable")
+
+
+def _correction(
+    did: str,
+    category: Category,
+    reach: list[ChannelOption],
+    channel: str,
+    plan: ContactPlan,
+    now: datetime,
+    policy: DeliveryPolicy,
+) -> Decision:
+    """A correction goes by the corrected message's channel or not at all (no fallback:
+    it answers what the customer read there)."""
+    kept = [c for c in reach if c.channel == channel]
+    if not kept:
+        return Decision(
+            did,
+            "suppress",
+            category,
+            reason=Suppression.NO_CONTACT,
+            rule=f"correction: {channel}, which carried the corrected message, is not usable now",
+        )
+    return _route(did, category, kept[0], (), plan, now, policy, "channel of the corrected message")
 
 
 def reachable(category: Category, plan: ContactPlan | None) -> list[ChannelOption] | Decision:
@@ -299,6 +326,8 @@ def recheck(
     if isinstance(reach, Decision):
         return reach.for_decision(did)
     assert plan is not None
+    if request.corrects_on is not None:
+        return _correction(did, category, reach, request.corrects_on, plan, now, policy)
     kept = [c for c in reach if c.channel == channel]
     if kept:
         rest = tuple(c for c in reach if c.channel != channel)

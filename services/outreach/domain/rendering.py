@@ -55,6 +55,7 @@ MESSAGE_KINDS = (
     "merchant_fault_return",
     "serial_returns",
     "churn_risk",
+    "incident_corrected",  # a correction of a message an incident's closing contradicts
 )
 
 
@@ -106,6 +107,9 @@ CONTEXT_FIELDS: dict[str, frozenset[str] | None] = {
     "links": frozenset({"unsubscribe_url", "support_url", "tracking_url"}),
     "shop": frozenset({"name", "support_email", "support_phone"}),
     "survey": frozenset({"links"}),  # None unless the message asks how we did
+    # None unless the message corrects an earlier one (domain/corrections.py): the kind of
+    # the incident we wrote about, how it closed (delivered, retracted), when we wrote.
+    "correction": frozenset({"kind", "resolution", "told_at"}),
     "intent": None,
     "message_kind": None,
     "reasons": None,

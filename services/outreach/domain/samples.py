@@ -43,6 +43,7 @@ def _base(first_name: str = "Ada") -> dict[str, Any]:
         },
         "offer": None,
         "survey": None,
+        "correction": None,
         "links": {
             "unsubscribe_url": "https://shop.example/unsubscribe?token=sample",
             "support_url": "https://shop.example/help",
@@ -85,7 +86,32 @@ def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
             ]
         }
         cases["a survey after a lost parcel"] = asked
+    if message_kind == "incident_corrected":
+        return _corrections()
     return cases
+
+
+def _corrections() -> dict[str, dict[str, Any]]:
+    """A lost parcel delivered after all; a delay that was not one (later facts)."""
+    told = datetime(2026, 3, 6, 10, 30, tzinfo=UTC)
+    found = _lost("carrier_exception")
+    found.update(message_kind="incident_corrected", intent="status_update", offer=None)
+    found["correction"] = {"kind": "carrier_exception", "resolution": "delivered",
+                           "told_at": told}  # fmt: skip
+    stalled = _base("Marie")
+    stalled.update(message_kind="incident_corrected", intent="status_update")
+    stalled["incident"] = {**stalled["incident"], "kind": "shipment_stalled"}
+    stalled["correction"] = {"kind": "shipment_stalled", "resolution": "delivered",
+                             "told_at": told}  # fmt: skip
+    retracted = _base("Ada")
+    retracted.update(message_kind="incident_corrected", intent="status_update")
+    retracted["correction"] = {"kind": "delivery_late", "resolution": "retracted",
+                               "told_at": told}  # fmt: skip
+    return {
+        "a lost parcel delivered after all": found,
+        "a stalled parcel delivered": stalled,
+        "a delay that was not one": retracted,
+    }
 
 
 def _lost(message_kind: str) -> dict[str, Any]:

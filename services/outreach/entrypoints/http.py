@@ -50,6 +50,10 @@ async def _explain(
                 "decided_at": row.decided_at.isoformat(),
                 "sent_at": row.sent_at.isoformat() if row.sent_at else None,
                 "reasons": row.request.get("reasons", []),
+                # A correction names the message it corrects (docs/corrections.md).
+                "corrects": ((row.request.get("context") or {}).get("correction") or {}).get(
+                    "decision_id"
+                ),
                 "timeline": [
                     {
                         "at": e.at.isoformat(),

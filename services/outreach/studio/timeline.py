@@ -183,6 +183,9 @@ def decision_entries(row: DecisionLike, statuses: Iterable[str], sight: Sight) -
     ]
     if row.rule:
         facts.append(("Rule", row.rule))
+    corrects = ((row.request.get("context") or {}).get("correction") or {}).get("decision_id")
+    if corrects:
+        facts.append(("Corrects", str(corrects)))
     facts.append(("Channel", f"{row.channel or '—'} {address(row.address, sight)}".strip()))
     if row.template_key:
         version = f" v{row.template_version}" if row.template_version else ""

@@ -19,7 +19,7 @@ def test_every_kind_has_every_channel_in_english_german_and_french():
         for channel in ("email", "sms", "whatsapp"):
             for locale in ("en", "de", "fr"):
                 assert (kind, channel, locale) in keys
-    assert len(KINDS) == 13
+    assert len(KINDS) == 14
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda t: f"{t[0]}.{t[1]}.{t[2]}")
