@@ -217,6 +217,11 @@ NOTES = {
         " within them carries no survey)"
     ),
     "OUTREACH_HANDOFF_SURVEY_BELOW": "a survey score below this goes to a person (0: none)",
+    "OUTREACH_CONSOLIDATE_S": (
+        "seconds a message about an incident waits for the customer's other incidents, so "
+        "that one message names each (0: it goes at once; messages released together by "
+        "quiet hours or a resume merge anyway; docs/consolidation.md)"
+    ),
     "OUTREACH_CORRECTIONS": (
         "incident closings that contradict a message already sent and get one correction: "
         "kind:resolution, comma-separated, `*` any kind; empty: none (docs/corrections.md)"

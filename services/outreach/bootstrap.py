@@ -216,6 +216,7 @@ def _delivery(
             cap_messages=settings.cap_messages,
             cap_window=timedelta(days=settings.cap_window_days),
             holdout_share=settings.holdout_share,
+            gather=timedelta(seconds=settings.consolidate_s),
         ),
         sending=_sending_policy(settings),
         links=_links(settings),

@@ -46,6 +46,9 @@ class Settings(ServiceSettings):
     cap_messages: int = Field(3, ge=0)
     cap_window_days: float = Field(7, gt=0)
     holdout_share: float = Field(0.0, ge=0, le=1)
+    # Consolidation (docs/consolidation.md): how long a message about an incident waits
+    # for the customer's other incidents so that one message names each (0: at once).
+    consolidate_s: float = Field(0.0, ge=0, le=3600)
     max_attempts: int = Field(5, ge=1)
     concurrency: int = Field(16, ge=1, le=256)
     in_doubt_after_s: float = Field(600.0, gt=0)

@@ -9,7 +9,7 @@ providers; nothing here touches the ledger, a provider, a clock or Kafka.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from common import schemas, tracing
@@ -46,6 +46,7 @@ def facts_of(request: schemas.OutreachRequest) -> pipeline.RequestFacts:
             if request.cause.type == corrections.CAUSE_TYPE
             else None
         ),
+        cause_type=request.cause.type,
     )
 
 
@@ -135,6 +136,9 @@ def on_held(row: Row, seen: Seen, at: Moment, policy: DeliveryPolicy) -> Move:
     if decision.outcome == "suppress":
         reason = decision.reason or pipeline.Suppression.PAUSED
         return lifecycle.suppress(row, reason, decision.rule, at)
+    if decision.outcome == "send":  # released now, with the rest of the held backlog
+        rule = decision.rule + "; released at the resume (leaves with the customer's others)"
+        decision = replace(decision, outcome="schedule", send_at=at.now, rule=rule)
     return lifecycle.redecided(
         row,
         decision,

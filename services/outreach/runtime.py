@@ -50,9 +50,9 @@ from services.outreach.adapters.providers import (
 )
 from services.outreach.adapters.render_pool import Renderer
 from services.outreach.adapters.templates import TemplateCache
+from services.outreach.domain import consolidation, lifecycle, surveys
 from services.outreach.domain import corrections as correcting
 from services.outreach.domain import decisions as pipeline
-from services.outreach.domain import lifecycle, surveys
 from services.outreach.domain.context import build_context
 from services.outreach.domain.corrections import CorrectionPolicy
 from services.outreach.domain.decisions import ContactPlan, DeliveryPolicy
@@ -275,14 +275,13 @@ class DeliveryService:
         if not self.paused.all:
             rows += [r for r in await self.ledger.held() if not self.paused.applies(r.intent)]
         rows = self._within_ramp(rows, self.wall())
+        rows = [r for r in rows if not self.paused.applies(r.intent)]
+        rows = await self._redecide_held(rows, now)
+        rows = await self._consolidate(rows, self._at(now))
         for row in rows:
-            if self.paused.applies(row.intent):
-                continue
             at = self._at(now)
             if row.expires_at is not None and now > row.expires_at:
                 await self._end(row, handlers.expired(row, at))
-            elif row.channel is None:  # held by a pause before a channel was chosen
-                await self._redecide(row, at)
             elif await self._move(lifecycle.release(row, at), row):
                 try:
                     await self._deliver(row, now)
@@ -291,6 +290,54 @@ class DeliveryService:
                     await self._move(lifecycle.wait_for_preferences(row, at))
                     raise
         return len(rows)
+
+    async def _redecide_held(self, rows: list[Delivery], now: datetime) -> list[Delivery]:
+        """Rows held by a pause before a channel was chosen are decided again now (plan,
+        consent and cap as of now): released for now, they leave with the rest of this
+        round, merged with the customer's other messages."""
+        held = {r.decision_id for r in rows if r.channel is None}
+        if not held:
+            return rows
+        for row in rows:
+            if row.decision_id in held and not (row.expires_at and now > row.expires_at):
+                await self._redecide(row, self._at(now))
+        released = [r for r in await self.ledger.due(now) if r.decision_id in held]
+        return [r for r in rows if r.decision_id not in held] + released
+
+    async def _consolidate(self, rows: list[Delivery], at: Moment) -> list[Delivery]:
+        """What leaves together for one customer leaves as one message
+        (domain/consolidation.py) — with a gathering window, together with what is
+        scheduled for them within it. Returns the rows to send now."""
+        found = {r.decision_id: r for r in rows}
+        if self.policy.gather > timedelta(0):
+            until = at.now + self.policy.gather
+            for customer in {r.customer_id for r in rows if gathers(r)}:
+                for other in await self.ledger.history(customer_id=customer, limit=50):
+                    if (other.status == Status.SCHEDULED and other.send_at is not None
+                            and other.send_at <= until and gathers(other)):  # fmt: skip
+                        found.setdefault(other.decision_id, other)
+        merges = consolidation.plan(pending(r) for r in found.values())
+        if not merges:
+            return rows
+        gone: set[str] = set()
+        out = list(rows)
+        for merge in merges:
+            carrier = found[merge.carrier.decision_id]
+            context = dict(carrier.request.get("context") or {})
+            context["also"] = consolidation.also_items(merge.merged, context.get("also") or ())
+            request = {**carrier.request, "context": context}
+            if not await self._move(lifecycle.carry(carrier, request, at), carrier):
+                continue  # another worker moved it first: it goes its own way
+            carrier.request = request
+            for p in merge.merged:
+                rule = f"consolidated: named in the message {carrier.decision_id}"
+                row = found[p.decision_id]
+                consolidated = pipeline.Suppression.CONSOLIDATED
+                if await self._end(row, lifecycle.suppress(row, consolidated, rule, at)):
+                    gone.add(p.decision_id)
+            if carrier not in out:
+                out.append(carrier)  # gathered before its time: it goes now, for all
+        return [r for r in out if r.decision_id not in gone]
 
     async def send_held(self, now: datetime) -> int:
         """`send_due` only if a pause held something and is over (on the event clock the
@@ -598,10 +645,11 @@ class DeliveryService:
             MESSAGES.labels(row.channel or "none", "failed").inc()
             await self._deliver_again(row.decision_id, now)
 
-    async def _end(self, row: Delivery, move: Move) -> None:
-        """Write a move that may end the message (failed, suppressed), counting it."""
+    async def _end(self, row: Delivery, move: Move) -> bool:
+        """Write a move that may end the message (failed, suppressed), counting it.
+        False: another worker moved the row first."""
         if not await self._move(move):
-            return
+            return False
         channel = row.channel or "none"
         if move.values.get("status") == Status.FAILED:
             reason = move.values.get("last_error") or ""
@@ -610,6 +658,7 @@ class DeliveryService:
         elif move.values.get("status") == Status.SUPPRESSED:
             SUPPRESSIONS.labels(move.values.get("reason") or "unknown").inc()
             MESSAGES.labels(channel, "suppressed").inc()
+        return True
 
     # --- provider feedback (webhooks) -------------------------------------------------
 
@@ -736,3 +785,22 @@ class MessageComposer:
             },
             survey=survey,
         )
+
+
+def pending(row: Delivery) -> consolidation.Pending:
+    return consolidation.Pending(
+        decision_id=row.decision_id,
+        customer_id=row.customer_id,
+        category=row.category,
+        channel=row.channel,
+        cause_type=row.cause_type,
+        cause_kind=row.cause_kind,
+        order_id=row.order_id,
+        severity=row.severity,
+        intent=row.intent,
+        decided_at=row.decided_at,
+    )
+
+
+def gathers(row: Delivery) -> bool:
+    return consolidation.merges(pending(row))

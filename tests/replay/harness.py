@@ -123,7 +123,7 @@ def replay(
     speed: float = 0.0,
     watchers: int = 1,
     join_at: float | None = None,
-    quiet_s: float = 8.0,
+    quiet_s: float = 5.0,
     timeout_s: float = 600.0,
     env: dict[str, str] | None = None,
     services: tuple[str, ...] = PIPELINE,

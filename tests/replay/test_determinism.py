@@ -86,7 +86,7 @@ def test_a_story_gives_the_same_outcomes_fast_and_paced(kafka_bootstrap, tmp_pat
             kafka_bootstrap,
             emissions,
             tmp_path / "paced",
-            speed=span / 30,
+            speed=span / 15,
             watchers=2,
             join_at=0.3,
         )

@@ -130,12 +130,14 @@ def email_parts(
 ) -> tuple[str, str]:
     """The HTML and text parts of a default email: the kind's paragraphs inside the
     layout files (_layout.html, _layout.txt) with the locale's [_layout] pieces:
-    greeting, survey (the kinds that ask how we did), tracking button, offer, how to
-    reach a person, signature, footer."""
+    greeting, the customer's other incidents the message names (consolidation), survey
+    (the kinds that ask how we did), tracking button, offer, how to reach a person,
+    signature, footer."""
     paragraphs = _paragraphs(body)
     pieces = {k: v.strip() for k, v in layout.items()}
     track = {"track": pieces["track"]}
     asking = {k: pieces[k] for k in ("survey_ask", "survey_scale")}
+    also = {"also_intro": pieces["also_intro"]}
     html_pieces = {k: v.replace("\n", "<br>\n") for k, v in pieces.items()}
     html = _fill(
         _layout_file("_layout.html"),
@@ -144,6 +146,7 @@ def email_parts(
             "paragraphs": "\n".join(f"<p>{p}</p>" for p in paragraphs),
             "tracking": _fill(_layout_file("_tracking.html"), track) if tracking else "",
             "survey": _fill(_layout_file("_survey.html"), asking) if survey else "",
+            "also": _fill(_layout_file("_also.html"), also),
             **html_pieces,
         },
     )
@@ -153,10 +156,16 @@ def email_parts(
             "paragraphs": "\n\n".join(paragraphs),
             "tracking": _fill(_layout_file("_tracking.txt"), track) if tracking else "",
             "survey": _fill(_layout_file("_survey.txt"), asking) if survey else "",
+            "also": _fill(_layout_file("_also.txt"), also),
             **pieces,
         },
     )
     return html.strip(), text.strip()
+
+
+SMS_ALSO = (
+    '{% if also %} [[also_sms]] {{ also | map(attribute="summary") | join("; ") }}.{% endif %}'
+)
 
 
 def _layout_file(name: str) -> str:
@@ -176,8 +185,10 @@ def default_templates() -> tuple[DefaultTemplate, ...]:
             html, text = email_parts(
                 parts["body"], layout, tracking=tracking, lang=lang, survey=survey
             )
-            sms = parts["sms"].strip()
-            whatsapp = parts.get("whatsapp", sms).strip()
+            # A message that names the customer's other incidents ends with them.
+            also = _fill(SMS_ALSO, {"also_sms": layout["also_sms"].strip()})
+            sms = parts["sms"].strip() + also
+            whatsapp = parts.get("whatsapp", parts["sms"]).strip() + also
             out.append(DefaultTemplate(kind, "email", lang, parts["subject"].strip(), html, text))
             out.append(DefaultTemplate(kind, "sms", lang, None, None, sms))
             out.append(DefaultTemplate(kind, "whatsapp", lang, None, None, whatsapp))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from services.outreach.domain.consolidation import line
+
 
 def _dt(value: Any) -> datetime | None:
     if isinstance(value, datetime):
@@ -54,18 +56,7 @@ def build_context(
         }
         for key in ORDER_DATES:
             order[key] = _dt(order_raw.get(key))
-    incident: dict[str, Any] | None = None
-    if incident_raw:
-        facts = incident_raw.get("facts") or {}
-        incident = {
-            "kind": incident_raw.get("kind"),
-            "severity": incident_raw.get("severity"),
-            "explanation": incident_raw.get("explanation"),
-            "status": facts.get("status"),
-            "substatus": facts.get("substatus"),
-            "detected_at": _dt(incident_raw.get("detected_at")),
-            "delay_days": facts.get("delay_days"),
-        }
+    incident = _incident(incident_raw)
     tracking_url = order.get("tracking_url") if order else None
     reasons = request.get("reasons") or []
     return {
@@ -81,6 +72,10 @@ def build_context(
         "shop": dict(shop),
         "survey": survey,
         "correction": _correction(ctx.get("correction")),
+        "also": [
+            {**item, "summary": line(str(item.get("kind")), item.get("order_id"), locale)}
+            for item in ctx.get("also") or ()
+        ],
         "intent": request.get("intent"),
         "message_kind": request.get("message_kind"),
         "reasons": [{"code": r.get("code"), "detail": r.get("detail")} for r in reasons],
@@ -95,4 +90,19 @@ def _correction(told: dict[str, Any] | None) -> dict[str, Any] | None:
         "kind": told.get("kind"),
         "resolution": told.get("resolution"),
         "told_at": _dt(told.get("told_at")),
+    }
+
+
+def _incident(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    facts = raw.get("facts") or {}
+    return {
+        "kind": raw.get("kind"),
+        "severity": raw.get("severity"),
+        "explanation": raw.get("explanation"),
+        "status": facts.get("status"),
+        "substatus": facts.get("substatus"),
+        "detected_at": _dt(raw.get("detected_at")),
+        "delay_days": facts.get("delay_days"),
     }

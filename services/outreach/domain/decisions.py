@@ -30,6 +30,7 @@ class Suppression(StrEnum):
     UNKNOWN_CUSTOMER = "unknown_customer"
     NOT_EXPERIENCED = "not_experienced"
     RESOLVED_BY_AGENT = "resolved_by_agent"
+    CONSOLIDATED = "consolidated"  # named in another message (domain/consolidation.py)
 
 
 class Category(StrEnum):
@@ -65,6 +66,9 @@ class DeliveryPolicy:
     holdout_share: float = 0.0
     quiet_applies_to: frozenset[str] = frozenset({"sms", "whatsapp"})
     scheduled_expiry: timedelta = timedelta(days=2)
+    # How long a message about an incident waits for the customer's other incidents, so
+    # that one message names each (domain/consolidation.py); 0: it goes at once.
+    gather: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class RequestFacts:
     # A correction (domain/corrections.py): the channel of the message it corrects, the
     # only one it may go by; not held by the frequency cap or the holdout.
     corrects_on: str | None = None
+    cause_type: str = "incident"
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,9 @@ def quiet_until(moment: datetime, tz_name: str, start: time, end: time) -> datet
     return wake.astimezone(ZoneInfo("UTC"))
 
 
+PAUSED_RULE = "paused: sending is paused; held until resumed"
+
+
 def decide(
     request: RequestFacts,
     *,
@@ -176,13 +184,7 @@ def decide(
             " about it): nothing to ask about",
         )
     if paused:
-        return Decision(
-            did,
-            "schedule",
-            category,
-            send_at=None,
-            rule="paused: sending is paused; held until resumed",
-        )
+        return Decision(did, "schedule", category, rule=PAUSED_RULE)
     reach = reachable(category, plan)
     if isinstance(reach, Decision):
         return reach.for_decision(did)
@@ -196,7 +198,10 @@ def decide(
         )
     if in_holdout(did, policy.holdout_share):
         return suppress(Suppression.HOLDOUT, f"holdout: control group ({policy.holdout_share:.0%})")
-    return _route(did, category, reach[0], tuple(reach[1:]), plan, now, policy, "first usable")
+    gather = policy.gather if request.cause_type == "incident" else timedelta(0)
+    return _route(
+        did, category, reach[0], tuple(reach[1:]), plan, now, policy, "first usable", gather
+    )
 
 
 def _correction(
@@ -253,9 +258,11 @@ def _route(
     now: datetime,
     policy: DeliveryPolicy,
     why: str,
+    gather: timedelta = timedelta(0),
 ) -> Decision:
     """Send by `first` now, or, in the customer's quiet hours for that channel, at their
-    end (SMS and WhatsApp; email is not held)."""
+    end (SMS and WhatsApp; email is not held); with `gather`, after waiting that long for
+    the customer's other messages (the last look does not gather again)."""
     if first.channel in policy.quiet_applies_to:
         wake = quiet_until(now, plan.time_zone, plan.quiet_start, plan.quiet_end)
         if wake is not None:
@@ -270,6 +277,18 @@ def _route(
                 rule=f"quiet hours: {first.channel} held until "
                 f"{plan.quiet_end:%H:%M} {plan.time_zone}",
             )
+    if gather > timedelta(0):
+        return Decision(
+            did,
+            "schedule",
+            category,
+            channel=first.channel,
+            address=first.address,
+            send_at=now + gather,
+            fallbacks=rest,
+            rule=f"gathering: {first.channel} waits {gather.total_seconds():g} s for the "
+            "customer's other messages (one message names each)",
+        )
     return Decision(
         did,
         "send",
@@ -319,9 +338,7 @@ def recheck(
             rule="superseded: a newer revision of this message replaces it",
         )
     if paused:
-        return Decision(
-            did, "schedule", category, rule="paused: sending is paused; held until resumed"
-        )
+        return Decision(did, "schedule", category, rule=PAUSED_RULE)
     reach = reachable(category, plan)
     if isinstance(reach, Decision):
         return reach.for_decision(did)

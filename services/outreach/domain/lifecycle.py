@@ -95,6 +95,7 @@ class RowChanges(TypedDict, total=False):
     claimed_at: datetime | None
     failures: int
     expires_at: datetime | None
+    request: dict[str, Any]
 
 
 class Recorded(Protocol):
@@ -383,6 +384,18 @@ def suppress(row: Row, reason: str, rule: str, at: Moment) -> Move:
             updated_at=at.now,
         ),
         entry(row, Status.SUPPRESSED, at, reason=reason),
+        fence=row.attempts,
+    )
+
+
+def carry(row: Row, request: dict[str, Any], at: Moment) -> Move:
+    """A scheduled message now carries others (domain/consolidation.py): its request
+    names them (`context.also`). No state change, so no event."""
+    return Move(
+        row.decision_id,
+        (Status.SCHEDULED,),
+        RowChanges(request=request, updated_at=at.now),
+        None,
         fence=row.attempts,
     )
 

@@ -110,6 +110,9 @@ CONTEXT_FIELDS: dict[str, frozenset[str] | None] = {
     # None unless the message corrects an earlier one (domain/corrections.py): the kind of
     # the incident we wrote about, how it closed (delivered, retracted), when we wrote.
     "correction": frozenset({"kind", "resolution", "told_at"}),
+    # The customer's other incidents this message names (domain/consolidation.py): a
+    # list of {order_id, kind, summary}, empty when it is about one.
+    "also": None,
     "intent": None,
     "message_kind": None,
     "reasons": None,

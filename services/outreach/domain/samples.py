@@ -44,6 +44,7 @@ def _base(first_name: str = "Ada") -> dict[str, Any]:
         "offer": None,
         "survey": None,
         "correction": None,
+        "also": [],
         "links": {
             "unsubscribe_url": "https://shop.example/unsubscribe?token=sample",
             "support_url": "https://shop.example/help",
@@ -88,7 +89,19 @@ def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
         cases["a survey after a lost parcel"] = asked
     if message_kind == "incident_corrected":
         return _corrections()
+    if message_kind in CONSOLIDATED_SAMPLES:
+        both = _base("Ada")
+        both["message_kind"] = message_kind
+        both["incident"] = {**both["incident"], "kind": message_kind}
+        both["also"] = [{"order_id": "ord-2026-004388", "kind": "delivery_late",
+                         "summary": "order ord-2026-004388 is running late"}]  # fmt: skip
+        cases["two orders at once"] = both
     return cases
+
+
+#: The kinds that most often reach a customer together (a hub outage, a warehouse stop):
+#: their preview shows one message naming a second order (domain/consolidation.py).
+CONSOLIDATED_SAMPLES = frozenset({"dispatch_late", "delivery_at_risk", "delivery_late"})
 
 
 def _corrections() -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@ official SendGrid and Twilio SDKs to the local provider doubles."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -186,11 +187,14 @@ async def test_a_pause_holds_decisions_and_a_resume_with_a_ramp_releases_them_gr
 
     await outreach.controls.pause("all", actor="oncall", reason="provider incident")
     await watcher.refresh()
-    for i in range(3):  # the frequency cap's worth: held rows must not count against it
+    # Three customers (one customer's would leave as one message: consolidation).
+    for i in range(3):
+        customer = f"c-{i}"
+        outreach.plans.plans[(customer, "*")] = replace(plan(EMAIL, SMS), customer_id=customer)
         await outreach.delivery.on_request(
-            request(f"req-{i}", cause=f"inc-{i}"), NOON + timedelta(minutes=i)
+            request(f"req-{i}", cause=f"inc-{i}", customer=customer), NOON + timedelta(minutes=i)
         )
-    rows = await outreach.ledger.history(customer_id="c-1")
+    rows = await outreach.ledger.history()
     assert {r.status for r in rows} == {"scheduled"} and len(rows) == 3
     assert all(r.rule.startswith("paused") and r.send_at is None for r in rows)
     counts = await outreach.ledger.count_by_status()

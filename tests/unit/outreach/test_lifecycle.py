@@ -282,7 +282,9 @@ def test_a_row_held_by_a_pause_is_decided_again_from_the_plan_on() -> None:
     now = lifecycle.Moment(NOON, WALL, AT.lease)
     move = handlers.on_held(held, handlers.Seen(plan(SMS), OPEN), now, POLICY)
     assert_allowed(move)
-    assert (move.values["status"], move.values["channel"]) == (Status.DECIDED, "sms")
+    # Released for now, to leave with the customer's other held messages (consolidation).
+    assert (move.values["status"], move.values["channel"]) == (Status.SCHEDULED, "sms")
+    assert move.values["send_at"] == NOON and "released at the resume" in move.values["rule"]
     assert move.values["expires_at"] == NOON + POLICY.scheduled_expiry
     resolved = handlers.on_held(held, handlers.Seen(plan(SMS), CauseState(True, False)), now,
                                 POLICY)  # fmt: skip
