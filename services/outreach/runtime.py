@@ -65,6 +65,9 @@ from services.outreach.domain.surveys import SurveyPolicy
 from services.outreach.domain.unsubscribe import token_for
 
 log = get_logger(__name__)
+#: How long a message named in another waits for that one to leave before it goes on
+#: its own (domain/consolidation.py).
+CARRY_GRACE = timedelta(minutes=5)
 
 
 @dataclass
@@ -147,25 +150,28 @@ class DeliveryService:
         self, incident: schemas.Incident, resolved_at: datetime, now: datetime
     ) -> None:
         """The correction of the latest message that told the customer about `incident`
-        (one per message: its request id is derived from the message's decision)."""
+        — its own, or one that named it among others (one per decision: the request id
+        is derived from the decision about the incident)."""
         rows = await self.ledger.history(customer_id=incident.customer_id, limit=200)
-        told = correcting.to_correct(
-            correcting.Told(
-                decision_id=row.decision_id,
-                customer_id=row.customer_id,
-                order_id=row.order_id,
-                cause_id=row.cause_id,
-                cause_kind=row.cause_kind,
-                channel=row.channel,
-                sent_at=row.sent_at or row.updated_at,
-                request=row.request,
-            )
-            for row in rows
-            if row.cause_id == incident.incident_id and row.status in UNDER_WAY and row.channel
-        )
-        if told is None:
+        about = {
+            r.decision_id: r
+            for r in rows
+            if r.cause_id == incident.incident_id and r.cause_type == "incident"
+        }
+        told = []
+        for message in rows:
+            if message.status not in UNDER_WAY or not message.channel:
+                continue
+            context = message.request.get("context") or {}
+            named = [str(item.get("decision_id")) for item in context.get("also") or ()]
+            for decision in (message.decision_id, *named):
+                row = about.get(decision)
+                if row is not None:
+                    told.append(told_of(row, message))
+        chosen = correcting.to_correct(told)
+        if chosen is None:
             return  # nothing reached the customer: nothing to correct
-        data = correcting.correction_request(told, str(incident.resolution), resolved_at)
+        data = correcting.correction_request(chosen, str(incident.resolution), resolved_at)
         await self.decide(schemas.OutreachRequest.model_validate(data), now)
 
     async def on_resolution(self, event: CloudEvent, now: datetime) -> int:
@@ -307,37 +313,88 @@ class DeliveryService:
     async def _consolidate(self, rows: list[Delivery], at: Moment) -> list[Delivery]:
         """What leaves together for one customer leaves as one message
         (domain/consolidation.py) — with a gathering window, together with what is
-        scheduled for them within it. Returns the rows to send now."""
-        found = {r.decision_id: r for r in rows}
+        scheduled for them within it. The carriers are sent here; returns the other rows
+        to send now.
+
+        Nothing carried is lost: a carried row waits (`CARRY_GRACE`) named in its carrier
+        and ends `consolidated` only once the carrier has left; if the carrier never
+        does (suppressed at its last look, failed), the row comes due again and goes on
+        its own. The carrier is released and named in one compare-and-set, so a worker
+        holding an older copy of it cannot send it without the others."""
+        rows = await self._settle_carried(rows, at)
+        found = {r.decision_id: r for r in rows if self._may_merge(r, at.now)}
         if self.policy.gather > timedelta(0):
             until = at.now + self.policy.gather
-            for customer in {r.customer_id for r in rows if gathers(r)}:
+            for customer in {r.customer_id for r in found.values()}:
                 for other in await self.ledger.history(customer_id=customer, limit=50):
-                    if (other.status == Status.SCHEDULED and other.send_at is not None
-                            and other.send_at <= until and gathers(other)):  # fmt: skip
+                    due = other.send_at is not None and other.send_at <= until
+                    if other.status == Status.SCHEDULED and due and self._may_merge(other, at.now):
                         found.setdefault(other.decision_id, other)
         merges = consolidation.plan(pending(r) for r in found.values())
-        if not merges:
-            return rows
-        gone: set[str] = set()
-        out = list(rows)
+        done: set[str] = set()
         for merge in merges:
             carrier = found[merge.carrier.decision_id]
-            context = dict(carrier.request.get("context") or {})
-            context["also"] = consolidation.also_items(merge.merged, context.get("also") or ())
-            request = {**carrier.request, "context": context}
-            if not await self._move(lifecycle.carry(carrier, request, at), carrier):
-                continue  # another worker moved it first: it goes its own way
-            carrier.request = request
-            for p in merge.merged:
-                rule = f"consolidated: named in the message {carrier.decision_id}"
-                row = found[p.decision_id]
-                consolidated = pipeline.Suppression.CONSOLIDATED
-                if await self._end(row, lifecycle.suppress(row, consolidated, rule, at)):
-                    gone.add(p.decision_id)
-            if carrier not in out:
-                out.append(carrier)  # gathered before its time: it goes now, for all
-        return [r for r in out if r.decision_id not in gone]
+            carried = [found[p.decision_id] for p in merge.merged]
+            if await self._carry(carrier, carried, at):
+                done |= {carrier.decision_id, *(r.decision_id for r in carried)}
+        return [r for r in rows if r.decision_id not in done]
+
+    def _may_merge(self, row: Delivery, now: datetime) -> bool:
+        """A first attempt, not expired, not paused, about an incident."""
+        expired = row.expires_at is not None and now > row.expires_at
+        return (row.attempts == 0 and not expired and not self.paused.applies(row.intent)
+                and gathers(row))  # fmt: skip
+
+    async def _carry(self, carrier: Delivery, carried: list[Delivery], at: Moment) -> bool:
+        """Send `carrier` naming `carried` (what they carried before included). False
+        when another worker moved the carrier first (the carried ones come due again)."""
+        waiting = []
+        for row in carried:
+            if await self._move(lifecycle.carried(row, carrier.decision_id, at, CARRY_GRACE), row):
+                waiting.append(row)
+        if not waiting:
+            return False
+        before = [
+            i
+            for r in (carrier, *waiting)
+            for i in (r.request.get("context") or {}).get("also") or ()
+        ]
+        context = dict(carrier.request.get("context") or {})
+        context["also"] = consolidation.also_items([pending(r) for r in waiting], before)
+        request = {**carrier.request, "context": context}
+        if not await self._move(lifecycle.carry(carrier, request, at), carrier):
+            return False
+        try:
+            await self._deliver(carrier, at.now)
+        except DependencyUnavailable:
+            await self._move(lifecycle.wait_for_preferences(carrier, at))
+            raise
+        await self._settle(carrier.decision_id, waiting, at)
+        return True
+
+    async def _settle(self, carrier_id: str, carried: list[Delivery], at: Moment) -> list[str]:
+        """The carried rows end `consolidated` once their carrier has left (handed to a
+        provider). Returns the ids ended."""
+        carrier = await self.ledger.get(carrier_id)
+        if carrier is None or carrier.status not in UNDER_WAY:
+            return []
+        ended = []
+        rule = f"consolidated: named in the message {carrier_id}"
+        for row in carried:
+            move = lifecycle.suppress(row, pipeline.Suppression.CONSOLIDATED, rule, at)
+            if await self._end(row, move):
+                ended.append(row.decision_id)
+        return ended
+
+    async def _settle_carried(self, rows: list[Delivery], at: Moment) -> list[Delivery]:
+        """Rows due again while named in a carrier (its send crashed, or is still under
+        way): those whose carrier has left end `consolidated`; the others go on."""
+        ended: set[str] = set()
+        for row in rows:
+            carrier_id = (row.request.get("context") or {}).get("carried_by")
+            if carrier_id and row.status == Status.SCHEDULED:
+                ended.update(await self._settle(str(carrier_id), [row], at))
+        return [r for r in rows if r.decision_id not in ended]
 
     async def send_held(self, now: datetime) -> int:
         """`send_due` only if a pause held something and is over (on the event clock the
@@ -804,3 +861,19 @@ def pending(row: Delivery) -> consolidation.Pending:
 
 def gathers(row: Delivery) -> bool:
     return consolidation.merges(pending(row))
+
+
+def told_of(row: Delivery, message: Delivery) -> correcting.Told:
+    """What a correction needs of the decision `row` about an incident, told to the
+    customer by `message` (the same row, or one that carried it)."""
+    return correcting.Told(
+        decision_id=row.decision_id,
+        customer_id=row.customer_id,
+        order_id=row.order_id,
+        cause_id=row.cause_id,
+        cause_kind=row.cause_kind,
+        channel=str(message.channel),
+        sent_at=message.sent_at or message.updated_at,
+        request=row.request,
+        message_id=message.decision_id,
+    )

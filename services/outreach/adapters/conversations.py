@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.outreach.adapters.db import Base, UTCDateTime
+from services.outreach.adapters.ledger import ErasedCustomer
 
 
 class ReplyRow(Base):
@@ -145,6 +146,10 @@ class HandoffRow(Base):
     scrubbed: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+#: What the retention takes from a hand-off (it quotes the customer's reply).
+SCRUBBED = frozenset({"summary", "summary_local"})
+
+
 class HandoffStore:
     """The handoffs table. Every method is its own transaction; writing the same record
     twice changes nothing."""
@@ -153,13 +158,19 @@ class HandoffStore:
         self.sessions = sessions
 
     async def _merge(self, handoff_id: str, customer_id: str, values: dict[str, Any]) -> None:
+        """Write one half of a hand-off — never for a customer already erased (this
+        consumer may read the topic long after the erasure), and never the summaries
+        back into a row the retention scrubbed."""
         async with self.sessions() as s, s.begin():
+            if await s.get(ErasedCustomer, customer_id) is not None:
+                return
             row = await s.get(HandoffRow, handoff_id, with_for_update=True)
             if row is None:
                 s.add(HandoffRow(handoff_id=handoff_id, customer_id=customer_id, **values))
                 return
             for name, value in values.items():
-                setattr(row, name, value)
+                if not (row.scrubbed and name in SCRUBBED):
+                    setattr(row, name, value)
 
     async def requested(self, handoff_id: str, customer_id: str, **values: Any) -> None:
         """support.handoff.requested: who, when, why, the summaries."""

@@ -68,7 +68,9 @@ def plan(pending: Iterable[Pending]) -> list[Merge]:
         if len(group) < 2:
             continue
         carrier = min(group, key=_rank)
-        rest = sorted((p for p in group if p is not carrier), key=lambda p: p.decided_at)
+        rest = sorted(
+            (p for p in group if p is not carrier), key=lambda p: (p.decided_at, p.decision_id)
+        )
         out.append(Merge(carrier, tuple(rest)))
     return out
 
@@ -77,14 +79,16 @@ def also_items(
     merged: Sequence[Pending], before: Sequence[Mapping[str, Any]] = ()
 ) -> list[dict[str, Any]]:
     """What the carrier's request keeps of the messages it carries (`context.also`),
-    added to what it carried before (a release after a retry): their order, incident
-    kind and decision."""
-    items = [dict(item) for item in before]
-    seen = {item.get("decision_id") for item in items}
-    for p in merged:
-        if p.decision_id not in seen:
-            items.append({"order_id": p.order_id, "kind": p.cause_kind,
-                          "decision_id": p.decision_id})  # fmt: skip
+    added to what it and they carried before (`before`): their order, incident kind and
+    decision, each once."""
+    items: list[dict[str, Any]] = []
+    seen: set[Any] = set()
+    new = [{"order_id": p.order_id, "kind": p.cause_kind, "decision_id": p.decision_id}
+           for p in merged]  # fmt: skip
+    for item in (*before, *new):
+        if item.get("decision_id") not in seen:
+            seen.add(item.get("decision_id"))
+            items.append(dict(item))
     return items
 
 

@@ -59,14 +59,17 @@ class CorrectionPolicy:
 class Told:
     """The message a correction corrects, as the ledger has it."""
 
-    decision_id: str
+    decision_id: str  # the decision about the incident (a correction is one per decision)
     customer_id: str
     order_id: str | None
     cause_id: str
     cause_kind: str
     channel: str
     sent_at: datetime
-    request: Mapping[str, Any]  # the corrected message's request (its context)
+    request: Mapping[str, Any]  # that decision's request (its order and incident)
+    # The message that reached the customer: the decision's own, or the one that named
+    # it among others (domain/consolidation.py).
+    message_id: str = ""
 
 
 def request_id_for(decision_id: str) -> str:
@@ -89,12 +92,17 @@ def correction_request(told: Told, resolution: str, resolved_at: datetime) -> di
     """The `outreach.request.created` data of the correction of `told`
     (common.schemas.OutreachRequest): the corrected message's context (its order and
     incident) with what changed."""
-    context = dict(told.request.get("context") or {})
+    # The order and incident it was about; not what that message carried or asked.
+    context = {
+        k: v
+        for k, v in (told.request.get("context") or {}).items()
+        if k not in ("also", "carried_by", "survey", "correction")
+    }
     context["correction"] = {
         "kind": told.cause_kind,
         "resolution": resolution,
         "told_at": told.sent_at.isoformat(),
-        "decision_id": told.decision_id,
+        "decision_id": told.message_id or told.decision_id,
         "channel": told.channel,
     }
     return {

@@ -389,13 +389,36 @@ def suppress(row: Row, reason: str, rule: str, at: Moment) -> Move:
 
 
 def carry(row: Row, request: dict[str, Any], at: Moment) -> Move:
-    """A scheduled message now carries others (domain/consolidation.py): its request
-    names them (`context.also`). No state change, so no event."""
+    """scheduled → decided, leased to this worker, now naming the messages it carries
+    (`context.also`, domain/consolidation.py): one compare-and-set, so that no copy of
+    the row read before can be released without them."""
     return Move(
         row.decision_id,
         (Status.SCHEDULED,),
-        RowChanges(request=request, updated_at=at.now),
-        None,
+        RowChanges(
+            status=Status.DECIDED,
+            request=request,
+            updated_at=at.now,
+            lease_until=at.lease_until,
+        ),
+        fence=row.attempts,
+    )
+
+
+def carried(row: Row, carrier_id: str, at: Moment, grace: timedelta) -> Move:
+    """A scheduled message named in `carrier_id`: it waits `grace` for that one to leave
+    (then it ends `consolidated`); if it never does, it comes due and goes on its own."""
+    context = dict(row.request.get("context") or {})
+    context["carried_by"] = carrier_id
+    return Move(
+        row.decision_id,
+        (Status.SCHEDULED,),
+        RowChanges(
+            send_at=at.now + grace,
+            rule=f"carried by the message {carrier_id} (ends when it has left)",
+            request={**row.request, "context": context},
+            updated_at=at.now,
+        ),
         fence=row.attempts,
     )
 

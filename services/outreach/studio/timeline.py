@@ -134,6 +134,16 @@ def address(value: str | None, sight: Sight) -> str:
     return value if sight.personal else mask_address(value)
 
 
+def evidence(words: Iterable[str], sight: Sight) -> list[str]:
+    """The words that decided a reply's label: lexicon words for everyone; a quote of
+    the customer (the shouted words) only for those who may read what they wrote."""
+    shown = []
+    for word in words:
+        quoted, sep, _rest = word.partition(": ")
+        shown.append(word if sight.personal or not sep else f"{quoted} (words hidden)")
+    return shown
+
+
 def _words(text: str | None, allowed: bool, scrubbed: bool) -> tuple[str | None, str | None]:
     """(text, why hidden) of something a person wrote."""
     if scrubbed and not text:
@@ -229,7 +239,7 @@ def reply_entry(reply: ReplyLike, sight: Sight) -> Entry:
     facts = [
         ("Channel", reply.channel),
         ("Read as", f"{reply.intent}, {reply.tone}"),
-        ("Because of", ", ".join(reply.evidence) or "—"),
+        ("Because of", ", ".join(evidence(reply.evidence, sight)) or "—"),
         ("Classifier", reply.classifier),
         ("Language", reply.language),
     ]
@@ -256,7 +266,8 @@ def handoff_entries(handoff: HandoffLike, sight: Sight) -> list[Entry]:
     if handoff.requested_at is not None:
         facts = [("Trigger", handoff.trigger or "—")]
         reasons = "; ".join(
-            str(r.get("detail") or r.get("code") or "") for r in handoff.reasons or ()
+            ", ".join(evidence(str(r.get("detail") or r.get("code") or "").split(", "), sight))
+            for r in handoff.reasons or ()
         )
         if reasons:
             facts.append(("Why", reasons))

@@ -114,3 +114,11 @@ def test_the_summary_counts_what_the_timeline_holds():
     )  # fmt: skip
     assert (head.locale, head.messages, head.replies, head.handoffs) == ("de-DE", 1, 1, 2)
     assert (head.open_handoffs, head.last_survey, head.channels) == (1, 2, ["sms"])
+
+
+def test_shouted_words_are_the_customers_own_and_hidden_from_other_roles():
+    shouted = ["frechheit", "SHOUTING: FRECHHEIT SCHON WIEDER"]
+    masked = {e.kind: dict(e.facts) for e in everything(VIEWER, evidence=shouted)}
+    assert masked["reply"]["Because of"] == "frechheit, SHOUTING (words hidden)"
+    full = {e.kind: dict(e.facts) for e in everything(SUPPORT, evidence=shouted)}
+    assert "FRECHHEIT SCHON WIEDER" in full["reply"]["Because of"]
