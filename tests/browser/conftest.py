@@ -31,6 +31,7 @@ PASSWORDS = {
     "ada": ("admin", "ada-correct-horse-1"),
     "eve": ("editor", "eve-correct-horse-2"),
     "vic": ("viewer", "vic-correct-horse-3"),
+    "sam": ("support", "sam-correct-horse-4"),
 }
 
 

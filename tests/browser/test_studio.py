@@ -144,6 +144,67 @@ def test_viewer_cannot_edit(page, studio: StudioProcess):
     assert "viewer was here" not in page.content()
 
 
+def seed_conversation(studio: StudioProcess) -> None:
+    """A customer's angry reply and its hand-off, solved, in the studio's database (as
+    the worker keeps them: services/outreach/adapters/conversations.py)."""
+    import asyncio
+    import concurrent.futures
+    from datetime import UTC, datetime
+
+    from services.outreach.adapters.conversations import HandoffStore, ReplyRow, ReplyStore
+    from services.outreach.adapters.db import create_engine, session_factory
+    from services.outreach.config import Settings
+
+    at = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+
+    async def seed() -> None:
+        engine = create_engine(Settings(data_dir=studio.data_dir).db_url())
+        sessions = session_factory(engine)
+        try:
+            await ReplyStore(sessions).record(ReplyRow(
+                reply_id="rep-1", customer_id="c-kim", channel="sms", received_at=at,
+                text="Wo bleibt mein Paket?! Das ist eine Frechheit", locale="de-DE",
+                intent="complaint", tone="angry", evidence=["frechheit"], language="de",
+                classifier="lexicon-v1", handoff_id="ho-1", done=True, scrubbed=False,
+            ))  # fmt: skip
+            handoffs = HandoffStore(sessions)
+            await handoffs.requested(
+                "ho-1", "c-kim", requested_at=at, trigger="reply", order_ids=["o-7"],
+                reasons=[{"code": "reply_tone_angry", "detail": "frechheit"}],
+                summary="Kim complains (angry) about order o-7.",
+                summary_local="Kim beschwert sich (verärgert) über Bestellung o-7.",
+            )  # fmt: skip
+            await handoffs.resolved("ho-1", "c-kim", outcome="solved", resolved_at=at,
+                                    agent="Alex", ticket_id="42")  # fmt: skip
+        finally:
+            await engine.dispose()
+
+    # Playwright's sync API keeps an event loop running in this thread: seed in another.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, seed()).result(timeout=60)
+
+
+def test_a_support_lead_reads_the_conversation_a_viewer_sees_it_masked(page, studio: StudioProcess):
+    seed_conversation(studio)
+    sign_in(page, studio, "sam", "/conversations")
+    page.get_by_role("link", name="c-kim").click()
+    page.wait_for_url(f"{studio.url}/conversations/c-kim")
+    text = page.locator("main").inner_text()
+    assert "Das ist eine Frechheit" in text and "beschwert sich" in text
+    assert "complaint, angry" in text and "solved" in text
+    assert page.get_by_role("link", name="Conversations").count() == 1
+    assert page.get_by_role("button", name="Save draft").count() == 0  # no template work
+    screenshot(page, "11-conversation-support", full_page=True)
+
+    page.context.clear_cookies()
+    sign_in(page, studio, "vic", "/conversations/c-kim")
+    text = page.locator("main").inner_text()
+    assert "complaint, angry" in text and "solved" in text and "frechheit" in text
+    assert "Das ist eine" not in text and "beschwert sich" not in text
+    assert "hidden for your role" in text
+    screenshot(page, "12-conversation-viewer", full_page=True)
+
+
 def test_a_forged_form_post_without_csrf_token_is_refused(page, studio: StudioProcess):
     sign_in(page, studio, "ada", PICKUP_SMS)
     before = page.locator(".version-list li").count()
