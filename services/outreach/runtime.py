@@ -162,8 +162,7 @@ class DeliveryService:
         for message in rows:
             if message.status not in UNDER_WAY or not message.channel:
                 continue
-            context = message.request.get("context") or {}
-            named = [str(item.get("decision_id")) for item in context.get("also") or ()]
+            named = [str(i.get("decision_id")) for i in consolidation.carried(message.request)]
             for decision in (message.decision_id, *named):
                 row = about.get(decision)
                 if row is not None:
@@ -354,11 +353,7 @@ class DeliveryService:
                 waiting.append(row)
         if not waiting:
             return False
-        before = [
-            i
-            for r in (carrier, *waiting)
-            for i in (r.request.get("context") or {}).get("also") or ()
-        ]
+        before = [i for r in (carrier, *waiting) for i in consolidation.carried(r.request)]
         context = dict(carrier.request.get("context") or {})
         context["also"] = consolidation.also_items([pending(r) for r in waiting], before)
         request = {**carrier.request, "context": context}

@@ -92,6 +92,11 @@ def also_items(
     return items
 
 
+def carried(request: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """What a message's request names besides its own incident (`context.also`)."""
+    return list((request.get("context") or {}).get("also") or ())
+
+
 # One line per carried incident, in the customer's language (the template shows them
 # under [_layout] also_intro, or after also_sms in an SMS).
 LINES = {
@@ -141,4 +146,4 @@ def line(kind: str, order_id: str | None, locale: str) -> str:
     return lines.get(kind, lines["other"]).format(order=order_id or "-")
 
 
-__all__ = ["LINES", "Merge", "Pending", "also_items", "line", "merges", "plan"]
+__all__ = ["LINES", "Merge", "Pending", "also_items", "carried", "line", "merges", "plan"]

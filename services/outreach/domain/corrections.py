@@ -124,6 +124,16 @@ def correction_request(told: Told, resolution: str, resolved_at: datetime) -> di
     }
 
 
+def corrects(request: Mapping[str, Any]) -> str | None:
+    """The decision id of the message a request corrects (None: not a correction)."""
+    found = (request.get("context") or {}).get("correction")
+    return (
+        str(found["decision_id"])
+        if isinstance(found, Mapping) and found.get("decision_id")
+        else None
+    )
+
+
 def channel_of(context: Mapping[str, Any]) -> str | None:
     """The channel a correction must go by, from its request's context (None: the request
     is not a correction)."""
@@ -143,6 +153,7 @@ __all__ = [
     "cause_id_for",
     "channel_of",
     "correction_request",
+    "corrects",
     "request_id_for",
     "to_correct",
 ]

@@ -11,6 +11,7 @@ from aiohttp import web
 from common.logs import mask_address
 from common.ops_http import operator_only
 from services.outreach.adapters.controls import ControlError
+from services.outreach.domain import corrections
 from services.outreach.domain.ramp import GLOBAL
 from services.outreach.domain.unsubscribe import read_token
 from services.outreach.entrypoints.survey_page import routes as survey_routes
@@ -51,9 +52,7 @@ async def _explain(
                 "sent_at": row.sent_at.isoformat() if row.sent_at else None,
                 "reasons": row.request.get("reasons", []),
                 # A correction names the message it corrects (docs/corrections.md).
-                "corrects": ((row.request.get("context") or {}).get("correction") or {}).get(
-                    "decision_id"
-                ),
+                "corrects": corrections.corrects(row.request),
                 "timeline": [
                     {
                         "at": e.at.isoformat(),

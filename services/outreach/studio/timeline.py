@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from common.logs import mask_address
+from services.outreach.domain.corrections import corrects
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,9 @@ def decision_entries(row: DecisionLike, statuses: Iterable[str], sight: Sight) -
     ]
     if row.rule:
         facts.append(("Rule", row.rule))
-    corrects = ((row.request.get("context") or {}).get("correction") or {}).get("decision_id")
-    if corrects:
-        facts.append(("Corrects", str(corrects)))
+    corrected = corrects(row.request)
+    if corrected:
+        facts.append(("Corrects", corrected))
     facts.append(("Channel", f"{row.channel or '—'} {address(row.address, sight)}".strip()))
     if row.template_key:
         version = f" v{row.template_version}" if row.template_version else ""
