@@ -169,6 +169,21 @@ LEDGER_DELIVERIES = Gauge(
     "Decisions in the delivery ledger by state (held: scheduled by a pause, no time yet).",
     ["status"],
 )
+STORMS = Gauge(
+    "outreach_storms",
+    "Storms not over (incidents of one cause still coming, or messages held), by state: "
+    "flowing, awaiting (approval), approved, held, cancelled.",
+    ["state"],
+)
+STORM_HELD = Gauge(
+    "outreach_storm_held_messages",
+    "Messages held with their storm until an operator decides it.",
+)
+STORM_AWAITING = Gauge(
+    "outreach_storm_awaiting_approval_seconds",
+    "How long the storm that has waited longest for an operator's approval has waited "
+    "(0: none waits).",
+)
 IN_DOUBT = Counter(
     "outreach_in_doubt_sends_total",
     "Sends in doubt (a timeout or 5xx after the request left, a crash or stall during the "

@@ -222,6 +222,15 @@ NOTES = {
         "that one message names each (0: it goes at once; messages released together by "
         "quiet hours or a resume merge anyway; docs/consolidation.md)"
     ),
+    "OUTREACH_STORM_RATE": (
+        "`<incidents>/<seconds>`: this many incidents of one cause (a carrier's hub, a carrier,"
+        " the shop's dispatch) detected within this many seconds make a storm (docs/storms.md)"
+    ),
+    "OUTREACH_STORM_APPROVAL_SIZE": (
+        "from this many incidents on, a storm's messages wait for an operator's approval in the"
+        " studio (0: they never wait; the chart sets 200)"
+    ),
+    "OUTREACH_STORM_QUIET_S": "a storm with no new incident for this many seconds is over",
     "OUTREACH_CORRECTIONS": (
         "incident closings that contradict a message already sent and get one correction: "
         "kind:resolution, comma-separated, `*` any kind; empty: none (docs/corrections.md)"

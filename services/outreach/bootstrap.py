@@ -12,7 +12,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.clock import Clock, WallClock, WatermarkClock
 from common.kafka import AiokafkaProducer
-from common.metrics import HANDOFFS, RENDER_FAILURES, REPLIES, SUPPRESSIONS, SURVEY_SCORES
+from common.metrics import (
+    HANDOFFS,
+    LEDGER_DELIVERIES,
+    RENDER_FAILURES,
+    REPLIES,
+    STORM_AWAITING,
+    STORM_HELD,
+    STORMS,
+    SUPPRESSIONS,
+    SURVEY_SCORES,
+)
 from services.outreach.adapters import ledger as _ledger_tables  # noqa: F401 - registers tables
 from services.outreach.adapters.contact_plans import ContactPlans, GrpcContactPlans
 from services.outreach.adapters.controls import ControlsWatcher, SendingControls
@@ -28,6 +38,7 @@ from services.outreach.adapters.providers import (
     TwilioMessageSender,
 )
 from services.outreach.adapters.render_pool import Renderer
+from services.outreach.adapters.storms import StormStore
 from services.outreach.adapters.templates import TemplateCache, TemplateStore
 from services.outreach.config import Settings
 from services.outreach.conversations import ConversationService
@@ -112,6 +123,7 @@ class Outreach:
     senders: dict[str, MessageSender]
     delivery: DeliveryService
     controls: SendingControls
+    storms: StormStore
     controls_watcher: ControlsWatcher
     renderer: Renderer
     producer: AiokafkaProducer  # started and stopped by the worker that runs outreach
@@ -127,6 +139,18 @@ class Outreach:
         await self.template_cache.refresh(force=True)
         await self.controls_watcher.refresh()  # a pause holds from the first message on
         await self.plans.start()
+
+    async def export_gauges(self) -> None:
+        """The ledger's messages by state and the open storms (every worker reads the
+        same database: alerts take the max over workers)."""
+        for status, count in (await self.ledger.count_by_status()).items():
+            LEDGER_DELIVERIES.labels(status).set(count)
+        now = self.wall.now()
+        for state, count in (await self.storms.open_by_state(now)).items():
+            STORMS.labels(state).set(count)
+        STORM_HELD.set(sum((await self.ledger.storm_held()).values()))
+        since = await self.storms.awaiting_since()
+        STORM_AWAITING.set(0 if since is None else max(0.0, (now - since).total_seconds()))
 
     async def stop(self) -> None:
         for sender in {id(s): s for s in self.senders.values()}.values():
@@ -172,12 +196,16 @@ def bootstrap(
     senders = senders or build_senders(settings, share)
     producer = producer or AiokafkaProducer(settings.kafka_bootstrap_servers, "outreach-worker")
     optouts = optouts or OptOutPublisher(producer, settings.topics.optouts)
-    composer = MessageComposer(cache, settings.secret(settings.offer_secret, "offers"), renderer)
+    storms = StormStore(sessions, settings.storm_policy())
+    secret = settings.secret(settings.offer_secret, "offers")
+    composer = MessageComposer(cache, secret, renderer, storms)
     delivery = _delivery(settings, ledger, plans, senders, composer, optouts, wall)
+    delivery.storms = storms
     controls = SendingControls(sessions)
     export_zero_series()
     return Outreach(
         controls=controls,
+        storms=storms,
         controls_watcher=ControlsWatcher(
             controls, delivery.paused, full_rate_per_s=settings.provider_rate_per_s, share=share
         ),

@@ -11,6 +11,7 @@ from services.outreach.adapters.render_pool import RenderPool
 from services.outreach.domain.conversations import HandoffPolicy
 from services.outreach.domain.corrections import DEFAULT as corrections_default
 from services.outreach.domain.corrections import CorrectionPolicy
+from services.outreach.domain.storms import StormPolicy
 from services.outreach.domain.surveys import SurveyPolicy
 
 
@@ -99,6 +100,20 @@ class Settings(ServiceSettings):
     # kind) that contradict a message already sent and so get one correction.
     corrections: str = corrections_default
 
+    # Storms (docs/storms.md): this many incidents of one cause (a carrier's hub, a
+    # carrier, the shop's dispatch) within this many seconds make a storm
+    # ("<incidents>/<seconds>"); from the approval size on, its messages wait for an
+    # operator in the studio (0: they never wait); a storm is over after the quiet time.
+    storm_rate: str = "50/600"
+    storm_approval_size: int = Field(0, ge=0)
+    storm_quiet_s: float = Field(1800.0, gt=0)
+
+    @field_validator("storm_rate")
+    @classmethod
+    def _storm_rate_parse(cls, value: str) -> str:
+        StormPolicy.parse(value, 0, 1.0)
+        return value
+
     @field_validator("corrections")
     @classmethod
     def _corrections_parse(cls, value: str) -> str:
@@ -179,6 +194,9 @@ class Settings(ServiceSettings):
                 "OUTREACH_INBOUND_PARSE_USER and OUTREACH_INBOUND_PARSE_PASSWORD go together"
             )
         return self
+
+    def storm_policy(self) -> StormPolicy:
+        return StormPolicy.parse(self.storm_rate, self.storm_approval_size, self.storm_quiet_s)
 
     def correction_policy(self) -> CorrectionPolicy:
         return CorrectionPolicy.parse(self.corrections)

@@ -16,6 +16,7 @@ the faults they were tested against.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -49,8 +50,9 @@ from services.outreach.adapters.providers import (
     TransientProviderError,
 )
 from services.outreach.adapters.render_pool import Renderer
+from services.outreach.adapters.storms import StormStore
 from services.outreach.adapters.templates import TemplateCache
-from services.outreach.domain import consolidation, lifecycle, surveys
+from services.outreach.domain import consolidation, lifecycle, storms, surveys
 from services.outreach.domain import corrections as correcting
 from services.outreach.domain import decisions as pipeline
 from services.outreach.domain.context import build_context
@@ -68,6 +70,9 @@ log = get_logger(__name__)
 #: How long a message named in another waits for that one to leave before it goes on
 #: its own (domain/consolidation.py).
 CARRY_GRACE = timedelta(minutes=5)
+#: How long a storm's note is used before it is read again (an operator's edit reaches
+#: the messages that leave after it within this long).
+NOTES_FRESH_S = 5.0
 
 
 @dataclass
@@ -96,7 +101,9 @@ class DeliveryService:
         wall: Callable[[], datetime] | None = None,
         surveys: SurveyPolicy | None = None,
         corrections: CorrectionPolicy | None = None,
+        storms: StormStore | None = None,
     ) -> None:
+        self.storms = storms
         self.surveys = surveys or SurveyPolicy()
         self.corrections = corrections or CorrectionPolicy.parse(correcting.DEFAULT)
         self.ledger = ledger
@@ -130,8 +137,11 @@ class DeliveryService:
     # --- inputs --------------------------------------------------------------------
 
     async def on_incident(self, event: CloudEvent, now: datetime) -> None:
-        """Only resolutions matter here: they stop what has not been sent yet, and a
-        closing that contradicts a message already sent corrects it (domain/corrections)."""
+        """A new incident is counted in the scopes of its cause (domain/storms.py). A
+        resolution stops what has not been sent yet, and a closing that contradicts a
+        message already sent corrects it (domain/corrections)."""
+        if event.type == "incident.opened" and self.storms is not None:
+            await self._count(schemas.parse_payload(event, schemas.Incident), event.time)
         if event.type != "incident.resolved":
             return
         incident = schemas.parse_payload(event, schemas.Incident)
@@ -145,6 +155,20 @@ class DeliveryService:
             await self._end(row, lifecycle.suppress(row, reason, rule, at))
         if self.corrections.wants(incident.kind, incident.resolution):
             await self._correct(incident, event.time, now)
+
+    async def _count(self, incident: schemas.Incident, at: datetime) -> None:
+        assert self.storms is not None
+        order = incident.order.model_dump() if incident.order else None
+        scope = storms.scope_of(incident.kind, incident.facts, order)
+        if scope is not None:
+            await self.storms.record(
+                scope,
+                incident_id=incident.incident_id,
+                customer_id=incident.customer_id,
+                order_id=incident.order_id,
+                kind=incident.kind,
+                at=at,
+            )
 
     async def _correct(
         self, incident: schemas.Incident, resolved_at: datetime, now: datetime
@@ -199,12 +223,16 @@ class DeliveryService:
             return 0
         erased = schemas.parse_payload(event, schemas.CustomerErased)
         scrubbed = await self.ledger.erase_customer(erased.customer_id, self.wall())
+        if self.storms is not None:
+            await self.storms.forget_customer(erased.customer_id)
         log.info("customer_erased", customer_id=erased.customer_id, rows_scrubbed=scrubbed)
         return scrubbed
 
     async def scrub_due(self, retention: timedelta) -> int:
         """The ledger's retention: settled rows older than `retention` (and settled rows
-        of erased customers) lose their personal data."""
+        of erased customers) lose their personal data; the storms forget their incidents."""
+        if self.storms is not None:
+            await self.storms.forget_before(self.wall() - retention)
         return await self.ledger.scrub_due(self.wall() - retention)
 
     async def on_request(self, event: CloudEvent, now: datetime) -> None:
@@ -259,7 +287,7 @@ class DeliveryService:
             MESSAGES.labels(row.channel or "none", "scheduled").inc()
         if decided.supersedes:
             await self._supersede_older(row, at)
-        if outcome == "send":
+        if outcome == "send" and await self._admit([row], at):
             # The last look needs nothing new of the ledger: it was read just now.
             await self._deliver(row, at.now, plan=plan, known=known)
 
@@ -278,9 +306,11 @@ class DeliveryService:
         it is sent. Returns how many were handled."""
         rows = await self.ledger.due(now)
         if not self.paused.all:
-            rows += [r for r in await self.ledger.held() if not self.paused.applies(r.intent)]
+            held = await self.ledger.held(excluding=await self._holding())
+            rows += [r for r in held if not self.paused.applies(r.intent)]
         rows = self._within_ramp(rows, self.wall())
         rows = [r for r in rows if not self.paused.applies(r.intent)]
+        rows = await self._admit(rows, self._at(now))
         rows = await self._redecide_held(rows, now)
         rows = await self._consolidate(rows, self._at(now))
         for row in rows:
@@ -296,11 +326,43 @@ class DeliveryService:
                     raise
         return len(rows)
 
+    async def _holding(self) -> list[str]:
+        """The storms whose messages wait for an operator."""
+        return [] if self.storms is None else await self.storms.holding()
+
+    async def _admit(self, rows: list[Delivery], at: Moment) -> list[Delivery]:
+        """Storms (domain/storms.py): a first attempt whose incident belongs to a storm
+        that waits for an operator is held with it, one of a cancelled storm ends; the
+        others go on (named in their storm, for its note and its view)."""
+        first = {r.decision_id for r in rows if r.cause_type == "incident" and r.attempts == 0}
+        if self.storms is None or not first:
+            return rows
+        found = await self.storms.storms_of(r.cause_id for r in rows if r.decision_id in first)
+        going: list[Delivery] = []
+        named: dict[str, list[str]] = {}
+        for row in rows:
+            storm = found.get(row.cause_id) if row.decision_id in first else None
+            verdict = storms.verdict(storm.state) if storm else storms.Verdict.FLOW
+            if storm is None or verdict is storms.Verdict.FLOW:
+                if storm is not None and row.storm_id is None:
+                    named.setdefault(storm.storm_id, []).append(row.decision_id)
+                    row.storm_id = storm.storm_id
+                going.append(row)
+            elif verdict is storms.Verdict.HOLD:
+                await self._move(lifecycle.storm_hold(row, storm.storm_id, at), row)
+            else:
+                rule = f"storm {storm.storm_id} cancelled by {storm.decided_by}"
+                reason = pipeline.Suppression.STORM_CANCELLED
+                await self._end(row, lifecycle.suppress(row, reason, rule, at))
+        for storm_id, ids in named.items():
+            await self.ledger.mark_storm(ids, storm_id)
+        return going
+
     async def _redecide_held(self, rows: list[Delivery], now: datetime) -> list[Delivery]:
-        """Rows held by a pause before a channel was chosen are decided again now (plan,
-        consent and cap as of now): released for now, they leave with the rest of this
-        round, merged with the customer's other messages."""
-        held = {r.decision_id for r in rows if r.channel is None}
+        """Rows held by a pause before a channel was chosen, or by a storm, are decided
+        again now (plan, consent and cap as of now): released for now, they leave with
+        the rest of this round, merged with the customer's other messages."""
+        held = {r.decision_id for r in rows if r.channel is None or r.send_at is None}
         if not held:
             return rows
         for row in rows:
@@ -323,12 +385,15 @@ class DeliveryService:
         rows = await self._settle_carried(rows, at)
         found = {r.decision_id: r for r in rows if self._may_merge(r, at.now)}
         if self.policy.gather > timedelta(0):
-            until = at.now + self.policy.gather
+            until, soon = at.now + self.policy.gather, []
             for customer in {r.customer_id for r in found.values()}:
                 for other in await self.ledger.history(customer_id=customer, limit=50):
                     due = other.send_at is not None and other.send_at <= until
                     if other.status == Status.SCHEDULED and due and self._may_merge(other, at.now):
-                        found.setdefault(other.decision_id, other)
+                        soon.append(other)
+            soon = [r for r in soon if r.decision_id not in found]
+            for other in await self._admit(soon, at):  # a storm's held ones stay
+                found.setdefault(other.decision_id, other)
         merges = consolidation.plan(pending(r) for r in found.values())
         done: set[str] = set()
         for merge in merges:
@@ -394,7 +459,7 @@ class DeliveryService:
     async def send_held(self, now: datetime) -> int:
         """`send_due` only if a pause held something and is over (on the event clock the
         consumer sends the rest in order with its records: `send_due_until`)."""
-        if self.paused.all or not await self.ledger.held(limit=1):
+        if self.paused.all or not await self.ledger.held(limit=1, excluding=await self._holding()):
             return 0
         return await self.send_due(now)
 
@@ -757,10 +822,30 @@ class MessageComposer:
     that does serves (its version is recorded with the decision), and the failure is
     counted and logged; if none renders, RenderError (the message is failed with it)."""
 
-    def __init__(self, cache: TemplateCache, offer_secret: str, renderer: Renderer) -> None:
+    def __init__(
+        self,
+        cache: TemplateCache,
+        offer_secret: str,
+        renderer: Renderer,
+        storms: StormStore | None = None,
+    ) -> None:
         self.cache = cache
         self.offer_secret = offer_secret
         self.renderer = renderer
+        self.storms = storms
+        self._notes: dict[str, tuple[float, dict[str, str]]] = {}
+
+    async def storm_note(self, storm_id: str | None, locale: str) -> str | None:
+        """The note an operator wrote for the storm, in the customer's language (read
+        at most every `NOTES_FRESH_S` per storm)."""
+        if storm_id is None or self.storms is None:
+            return None
+        kept = self._notes.get(storm_id)
+        if kept is None or kept[0] < time.monotonic():
+            storm = await self.storms.get(storm_id)
+            kept = (time.monotonic() + NOTES_FRESH_S, dict(storm.notes) if storm else {})
+            self._notes[storm_id] = kept
+        return storms.note_for(kept[1], locale)
 
     async def render_for(
         self,
@@ -775,7 +860,8 @@ class MessageComposer:
         published versions skipped because they failed."""
         assert row.channel is not None
         locale, timezone = row.locale or "en", row.time_zone or "UTC"
-        context = self._context(request, row, links, survey)
+        note = await self.storm_note(row.storm_id, locale)
+        context = self._context(request, row, links, survey, note)
         good = await self.cache.last_good(
             row.message_kind,
             row.channel,
@@ -811,6 +897,7 @@ class MessageComposer:
         row: Delivery,
         links: Links,
         survey: dict[str, Any] | None,
+        storm_note: str | None = None,
     ) -> dict[str, Any]:
         """The template context of the row's message (domain/context.py)."""
         assert row.channel is not None
@@ -836,6 +923,7 @@ class MessageComposer:
                 "support_phone": links.support_phone,
             },
             survey=survey,
+            storm_note=storm_note,
         )
 
 

@@ -335,6 +335,7 @@ class CarrierException(ShipmentRule):
                 "status": "exception",
                 "substatus": substatus,
                 "raw_substatus": last.substatus,
+                "location": last.location,
                 "checkpoint_at": iso(last.at),
             },
         )
@@ -378,6 +379,8 @@ class ShipmentStalled(ShipmentRule):
                 **parcel.facts(),
                 "last_update_at": iso(scans[-1]),
                 "stalled_since": iso(stalls[-1]),
+                # Where it was last seen: a hub that stopped holds all its parcels there.
+                "location": parcel.seen[-1].location if parcel.seen else None,
             },
         )
 

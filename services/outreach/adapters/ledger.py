@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, Unpack, cast
 
@@ -108,6 +108,9 @@ class Delivery(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Provider calls that failed for a reason other than throttling (429, breaker, rate).
     failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The storm its incident belongs to (domain/storms.py), once it was about to leave;
+    # scheduled with no time and a storm: held until an operator decides the storm.
+    storm_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
     # A message not sent by then (a retry, or held too long) is given up.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Personal data (address, names, bodies) removed: an erasure, or the body retention.
@@ -237,7 +240,9 @@ class LedgerPort(Protocol):
     ) -> bool: ...
     async def due(self, now: datetime, limit: int = 100) -> list[Delivery]: ...
     async def earliest_due(self) -> datetime | None: ...
-    async def held(self, limit: int = 100) -> list[Delivery]: ...
+    async def held(self, limit: int = 100, excluding: Collection[str] = ()) -> list[Delivery]: ...
+    async def mark_storm(self, decision_ids: list[str], storm_id: str) -> None: ...
+    async def storm_held(self) -> dict[str, int]: ...
     async def unpublished(self, limit: int = 500) -> list[DeliveryEvent]: ...
     async def mark_published(self, ids: list[int]) -> None: ...
     async def history(
@@ -733,15 +738,42 @@ class Ledger:
             found = found.replace(tzinfo=UTC)
         return found
 
-    async def held(self, limit: int = 100) -> list[Delivery]:
-        """Scheduled with no time: held by a pause."""
-        async with self.sessions() as s:
-            result = await s.execute(
-                select(Delivery)
-                .where(Delivery.status == "scheduled", Delivery.send_at.is_(None))
-                .limit(limit)
+    async def held(self, limit: int = 100, excluding: Collection[str] = ()) -> list[Delivery]:
+        """Scheduled with no time: held by a pause, or by a storm (those of the storms
+        `excluding` still wait: domain/storms.py)."""
+        query = select(Delivery).where(Delivery.status == "scheduled", Delivery.send_at.is_(None))
+        if excluding:
+            query = query.where(
+                Delivery.storm_id.is_(None) | Delivery.storm_id.not_in(list(excluding))
             )
-            return list(result.scalars())
+        async with self.sessions() as s:
+            return list((await s.execute(query.limit(limit))).scalars())
+
+    async def mark_storm(self, decision_ids: list[str], storm_id: str) -> None:
+        """Name the storm these messages' incidents belong to (for the storm's note and
+        view); a row that names one already keeps it."""
+        if not decision_ids:
+            return
+        async with self._writing() as s:
+            await s.execute(
+                update(Delivery)
+                .where(Delivery.decision_id.in_(decision_ids), Delivery.storm_id.is_(None))
+                .values(storm_id=storm_id)
+            )
+
+    async def storm_held(self) -> dict[str, int]:
+        """Per storm, how many of its messages are held (scheduled with no time)."""
+        async with self.sessions() as s:
+            rows = await s.execute(
+                select(Delivery.storm_id, func.count())
+                .where(
+                    Delivery.status == "scheduled",
+                    Delivery.send_at.is_(None),
+                    Delivery.storm_id.is_not(None),
+                )
+                .group_by(Delivery.storm_id)
+            )
+            return {str(storm): int(n) for storm, n in rows.all()}
 
     async def unpublished(self, limit: int = 500) -> list[DeliveryEvent]:
         async with self.engine.connect() as conn:

@@ -12,6 +12,7 @@ template store), and nothing survives the process.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
@@ -165,8 +166,22 @@ class InMemoryLedger:
         times = [r.send_at for r in self._scheduled() if r.send_at is not None]
         return min(times) if times else None
 
-    async def held(self, limit: int = 100) -> list[Delivery]:
-        return [_copy(r) for r in self._scheduled() if r.send_at is None][:limit]
+    async def held(self, limit: int = 100, excluding: Collection[str] = ()) -> list[Delivery]:
+        rows = [r for r in self._scheduled() if r.send_at is None]
+        return [_copy(r) for r in rows if r.storm_id is None or r.storm_id not in excluding][:limit]
+
+    async def mark_storm(self, decision_ids: list[str], storm_id: str) -> None:
+        for decision_id in decision_ids:
+            row = self.rows.get(decision_id)
+            if row is not None and row.storm_id is None:
+                row.storm_id = storm_id
+
+    async def storm_held(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self._scheduled():
+            if r.send_at is None and r.storm_id is not None:
+                counts[r.storm_id] = counts.get(r.storm_id, 0) + 1
+        return counts
 
     def _scheduled(self) -> list[Delivery]:
         return self._find(status=Status.SCHEDULED)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
-from services.outreach.adapters import controls, conversations, ledger, templates
+from services.outreach.adapters import controls, conversations, ledger, storms, templates
 from services.outreach.adapters.db import Base
 from services.outreach.studio import accounts
 
 #: The modules whose tables make up outreach's schema.
-TABLE_MODULES = (controls, ledger, conversations, templates, accounts)
+TABLE_MODULES = (controls, ledger, conversations, storms, templates, accounts)
 
 
 def all_tables() -> MetaData:

@@ -168,6 +168,10 @@ SMS_ALSO = (
 )
 
 
+# A storm's note (the operator's words: docs/storms.md) opens a short message.
+SMS_STORM = "{% if storm and storm.note %}{{ storm.note }} {% endif %}"
+
+
 def _layout_file(name: str) -> str:
     return (DEFAULTS_DIR / name).read_text(encoding="utf-8").strip()
 
@@ -187,8 +191,8 @@ def default_templates() -> tuple[DefaultTemplate, ...]:
             )
             # A message that names the customer's other incidents ends with them.
             also = _fill(SMS_ALSO, {"also_sms": layout["also_sms"].strip()})
-            sms = parts["sms"].strip() + also
-            whatsapp = parts.get("whatsapp", parts["sms"]).strip() + also
+            sms = SMS_STORM + parts["sms"].strip() + also
+            whatsapp = SMS_STORM + parts.get("whatsapp", parts["sms"]).strip() + also
             out.append(DefaultTemplate(kind, "email", lang, parts["subject"].strip(), html, text))
             out.append(DefaultTemplate(kind, "sms", lang, None, None, sms))
             out.append(DefaultTemplate(kind, "whatsapp", lang, None, None, whatsapp))

@@ -38,6 +38,7 @@ def build_context(
     support_url: str,
     shop: dict[str, str],
     survey: dict[str, Any] | None = None,
+    storm_note: str | None = None,
 ) -> dict[str, Any]:
     ctx = request.get("context") or {}
     incident_raw = ctx.get("incident") or None
@@ -72,6 +73,9 @@ def build_context(
         "shop": dict(shop),
         "survey": survey,
         "correction": _correction(ctx.get("correction")),
+        # The operator's note for the storm the message's incident belongs to, in the
+        # customer's language (docs/storms.md); None without one.
+        "storm": {"note": storm_note} if storm_note else None,
         "also": [
             {**item, "summary": line(str(item.get("kind")), item.get("order_id"), locale)}
             for item in ctx.get("also") or ()

@@ -31,6 +31,7 @@ class Suppression(StrEnum):
     NOT_EXPERIENCED = "not_experienced"
     RESOLVED_BY_AGENT = "resolved_by_agent"
     CONSOLIDATED = "consolidated"  # named in another message (domain/consolidation.py)
+    STORM_CANCELLED = "storm_cancelled"  # an operator cancelled its storm (domain/storms.py)
 
 
 class Category(StrEnum):

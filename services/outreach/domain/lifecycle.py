@@ -96,6 +96,7 @@ class RowChanges(TypedDict, total=False):
     failures: int
     expires_at: datetime | None
     request: dict[str, Any]
+    storm_id: str | None
 
 
 class Recorded(Protocol):
@@ -384,6 +385,26 @@ def suppress(row: Row, reason: str, rule: str, at: Moment) -> Move:
             updated_at=at.now,
         ),
         entry(row, Status.SUPPRESSED, at, reason=reason),
+        fence=row.attempts,
+    )
+
+
+def storm_hold(row: Row, storm_id: str, at: Moment) -> Move:
+    """About to leave, but its storm waits for an operator (domain/storms.py): held with
+    it — scheduled with no time (its channel and language kept, for the storm's view),
+    decided again once released."""
+    return Move(
+        row.decision_id,
+        (Status.SCHEDULED, Status.DECIDED),
+        RowChanges(
+            status=Status.SCHEDULED,
+            send_at=None,
+            storm_id=storm_id,
+            rule=f"storm: held with storm {storm_id} until an operator decides it",
+            lease_until=None,
+            updated_at=at.now,
+        ),
+        entry(row, Status.SCHEDULED, at, mark=f"storm:{storm_id}", send_at=None),
         fence=row.attempts,
     )
 

@@ -113,6 +113,9 @@ CONTEXT_FIELDS: dict[str, frozenset[str] | None] = {
     # The customer's other incidents this message names (domain/consolidation.py): a
     # list of {order_id, kind, summary}, empty when it is about one.
     "also": None,
+    # None unless an operator wrote a note for the storm the message's incident belongs
+    # to, in the customer's language (domain/storms.py): {note}.
+    "storm": frozenset({"note"}),
     "intent": None,
     "message_kind": None,
     "reasons": None,

@@ -44,6 +44,7 @@ def _base(first_name: str = "Ada") -> dict[str, Any]:
         "offer": None,
         "survey": None,
         "correction": None,
+        "storm": None,
         "also": [],
         "links": {
             "unsubscribe_url": "https://shop.example/unsubscribe?token=sample",
@@ -96,7 +97,22 @@ def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
         both["also"] = [{"order_id": "ord-2026-004388", "kind": "delivery_late",
                          "summary": "order ord-2026-004388 is running late"}]  # fmt: skip
         cases["two orders at once"] = both
+    if message_kind in STORM_SAMPLES:
+        storm = _base("Jonas")
+        storm["message_kind"] = message_kind
+        storm["incident"] = {**storm["incident"], "kind": message_kind}
+        storm["storm"] = {"note": STORM_NOTE}
+        cases["a hub outage, with the operator's note"] = storm
     return cases
+
+
+#: The kinds a carrier's hub outage produces by the hundred: their preview shows the note
+#: an operator may add to a storm's messages (domain/storms.py).
+STORM_SAMPLES = frozenset({"delivery_late", "shipment_stalled", "carrier_exception"})
+STORM_NOTE = (
+    "DHL's hub in Leipzig was closed for a day by a power cut; DHL expects to deliver "
+    "every parcel within two working days."
+)
 
 
 #: The kinds that most often reach a customer together (a hub outage, a warehouse stop):

@@ -27,7 +27,7 @@ from common.kafka import (
     MessageProcessor,
 )
 from common.logs import configure_logging, get_logger
-from common.metrics import LEDGER_DELIVERIES, WORKERS_LIVE
+from common.metrics import WORKERS_LIVE
 from common.ops_http import Heartbeat, OpsServer
 from common.periodic import every
 from services.outreach.adapters.relay import MessageRelay
@@ -120,10 +120,6 @@ class OutreachWorker:
         self.outreach.share.workers = max(1, live)
         WORKERS_LIVE.set(self.outreach.share.workers)
 
-    async def _ledger_gauge(self) -> None:
-        for status, count in (await self.outreach.ledger.count_by_status()).items():
-            LEDGER_DELIVERIES.labels(status).set(count)
-
     async def run(self) -> None:
         ensure_topics(
             self.settings.kafka_bootstrap_servers,
@@ -181,7 +177,7 @@ class OutreachWorker:
             (cache.refresh_s, cache.refresh, "template_refresh"),
             # The kill switch: every worker reads it every OUTREACH_CONTROLS_REFRESH_S.
             (settings.controls_refresh_s, outreach.controls_watcher.refresh, "controls_refresh"),
-            (settings.ledger_metrics_s, self._ledger_gauge, "ledger_gauge"),
+            (settings.ledger_metrics_s, outreach.export_gauges, "gauges"),
             # Rows whose holder died or stalled, and sends in doubt: taken over, the
             # provider asked.
             (settings.in_doubt_check_s, lambda: outreach.delivery.sweep(self.clock.now()), "sweep"),
