@@ -32,20 +32,23 @@ PASSWORD_MIN = 12
 # each can what the ones before it can); conversations are a second axis: every role
 # sees a customer's timeline, only support leads and admins with the personal data in
 # it (what was written, by whom, to which address) — the others see why and when.
+# Deciding a storm (approve, hold, cancel its held messages, or change its note) lets
+# hundreds of messages go or stops them: publishers and admins, who answer for what is
+# sent; every role sees the storms.
 VIEW, EDIT, PUBLISH, ADMIN = "view", "edit", "publish", "admin"
-CONVERSATIONS, PERSONAL_DATA = "conversations", "personal_data"
+CONVERSATIONS, PERSONAL_DATA, OPERATE = "conversations", "personal_data", "operate"
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({VIEW, CONVERSATIONS}),
     "editor": frozenset({VIEW, EDIT, CONVERSATIONS}),
-    "publisher": frozenset({VIEW, EDIT, PUBLISH, CONVERSATIONS}),
-    "admin": frozenset({VIEW, EDIT, PUBLISH, ADMIN, CONVERSATIONS, PERSONAL_DATA}),
+    "publisher": frozenset({VIEW, EDIT, PUBLISH, CONVERSATIONS, OPERATE}),
+    "admin": frozenset({VIEW, EDIT, PUBLISH, ADMIN, CONVERSATIONS, PERSONAL_DATA, OPERATE}),
     "support": frozenset({VIEW, CONVERSATIONS, PERSONAL_DATA}),
 }
 ROLES = tuple(PERMISSIONS)
 
 
 def allowed(role: str, permission: str) -> bool:
-    """May `role` do `permission` (one of VIEW … PERSONAL_DATA)? An unknown role may
+    """May `role` do `permission` (one of VIEW … OPERATE)? An unknown role may
     do nothing."""
     return permission in PERMISSIONS.get(role, frozenset())
 

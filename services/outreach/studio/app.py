@@ -15,7 +15,13 @@ from typing import Any
 from aiohttp import web
 
 from common.logs import get_logger
-from services.outreach.studio import activity, conversation_pages, sign_in, template_pages
+from services.outreach.studio import (
+    activity,
+    conversation_pages,
+    sign_in,
+    storm_pages,
+    template_pages,
+)
 from services.outreach.studio.accounts import SignedIn
 from services.outreach.studio.context import (
     HERE,
@@ -128,6 +134,9 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/audit", activity.audit),
         web.get("/conversations", conversation_pages.conversations),
         web.get("/conversations/{customer_id}", conversation_pages.conversation),
+        web.get("/storms", storm_pages.storm_list),
+        web.get("/storms/{storm_id}", storm_pages.storm),
+        web.post("/storms/{storm_id}", storm_pages.act),
         web.static("/static", HERE / "static", append_version=True),
     ]
 

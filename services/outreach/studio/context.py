@@ -1,7 +1,8 @@
 """What every studio handler needs of a request: the studio (its stores, settings and
 pages), who is asking and with which role, and the template a URL names. The handlers
 themselves are module-level functions per resource: sign_in.py, template_pages.py,
-activity.py, conversation_pages.py; app.py puts them behind the middlewares."""
+activity.py, conversation_pages.py, storm_pages.py; app.py puts them behind the
+middlewares."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from services.outreach.adapters.providers import (
     MessageSender,
 )
 from services.outreach.adapters.render_pool import Renderer
+from services.outreach.adapters.storms import StormStore
 from services.outreach.adapters.templates import TemplateStore
 from services.outreach.config import Settings
 from services.outreach.domain.rendering import (
@@ -31,6 +33,7 @@ from services.outreach.studio.security import (
     parse_networks,
     trusted,
 )
+from services.outreach.studio.storm_messages import StormMessages
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "studio_session"
@@ -45,6 +48,11 @@ FLASH = {
     "rolled_back": "Rolled back: the old text is published again as a new version.",
     "test_sent": "Test message sent.",
     "unchanged": "Nothing changed since the last version.",
+    "storm_approved": "Approved: its held messages leave with the workers' next round, "
+    "one per customer.",
+    "storm_held": "Held: its messages wait until someone approves or cancels the storm.",
+    "storm_cancelled": "Cancelled: its held messages, and those still to come, are not sent.",
+    "storm_note": "Note saved: the storm's messages that leave from now on carry it.",
 }
 
 
@@ -80,6 +88,11 @@ class Studio:
         self.address_throttle = LoginThrottle(
             self.throttle.limit * ADDRESS_LIMIT_FACTOR, self.throttle.window_s, self.throttle.clock
         )
+        # Storms are decided here (storm_pages.py). Their tables and the messages they
+        # hold are in the outreach database the accounts are in, read with the policy the
+        # workers count them by (the same OUTREACH_STORM_* settings).
+        self.storms = StormStore(self.accounts.sessions, self.settings.storm_policy())
+        self.storm_messages = StormMessages(self.accounts.sessions)
 
     # -- pages --
 

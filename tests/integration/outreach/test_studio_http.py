@@ -102,7 +102,7 @@ async def test_no_route_answers_a_caller_who_has_not_signed_in(make_client):
     client, studio, sender = await make_client()
     public = {"/login", "/favicon.ico", "/livez", "/readyz", "/healthz"}
     values = {"kind": "awaiting_pickup", "channel": "sms", "locale": "en", "version": "1",
-              "customer_id": "c-1"}  # fmt: skip
+              "customer_id": "c-1", "storm_id": "st-1"}  # fmt: skip
 
     async def versions() -> list[tuple[int, str, str]]:
         found = await studio.store.versions("awaiting_pickup", "sms", "en")
