@@ -104,6 +104,7 @@ class DeliveryService:
         storms: StormStore | None = None,
     ) -> None:
         self.storms = storms
+        self.release_batch = 100  # held messages released per round (whole customers)
         self.surveys = surveys or SurveyPolicy()
         self.corrections = corrections or CorrectionPolicy.parse(correcting.DEFAULT)
         self.ledger = ledger
@@ -306,7 +307,7 @@ class DeliveryService:
         it is sent. Returns how many were handled."""
         rows = await self.ledger.due(now)
         if not self.paused.all:
-            held = await self.ledger.held(excluding=await self._holding())
+            held = await self._held()
             rows += [r for r in held if not self.paused.applies(r.intent)]
         rows = self._within_ramp(rows, self.wall())
         rows = [r for r in rows if not self.paused.applies(r.intent)]
@@ -325,6 +326,21 @@ class DeliveryService:
                     await self._move(lifecycle.wait_for_preferences(row, at))
                     raise
         return len(rows)
+
+    async def _held(self) -> list[Delivery]:
+        """Held messages whose pause or storm is over, by customer: a full round ends
+        with all of its last customer's, so that theirs are released together (and
+        merge) however big the backlog."""
+        holding, limit = await self._holding(), self.release_batch
+        held = await self.ledger.held(limit=limit, excluding=holding)
+        if len(held) < limit:
+            return held
+        last, have = held[-1].customer_id, {r.decision_id for r in held}
+        for row in await self.ledger.history(customer_id=last):
+            waiting = row.status == Status.SCHEDULED and row.send_at is None
+            if waiting and row.decision_id not in have and row.storm_id not in holding:
+                held.append(row)
+        return held
 
     async def _holding(self) -> list[str]:
         """The storms whose messages wait for an operator."""

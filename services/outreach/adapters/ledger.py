@@ -740,8 +740,13 @@ class Ledger:
 
     async def held(self, limit: int = 100, excluding: Collection[str] = ()) -> list[Delivery]:
         """Scheduled with no time: held by a pause, or by a storm (those of the storms
-        `excluding` still wait: domain/storms.py)."""
-        query = select(Delivery).where(Delivery.status == "scheduled", Delivery.send_at.is_(None))
+        `excluding` still wait: domain/storms.py). By customer, so that a customer's
+        held messages are released together (and merge)."""
+        query = (
+            select(Delivery)
+            .where(Delivery.status == "scheduled", Delivery.send_at.is_(None))
+            .order_by(Delivery.customer_id, Delivery.decision_id)
+        )
         if excluding:
             query = query.where(
                 Delivery.storm_id.is_(None) | Delivery.storm_id.not_in(list(excluding))

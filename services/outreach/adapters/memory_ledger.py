@@ -167,7 +167,10 @@ class InMemoryLedger:
         return min(times) if times else None
 
     async def held(self, limit: int = 100, excluding: Collection[str] = ()) -> list[Delivery]:
-        rows = [r for r in self._scheduled() if r.send_at is None]
+        rows = sorted(
+            (r for r in self._scheduled() if r.send_at is None),
+            key=lambda r: (r.customer_id, r.decision_id),
+        )
         return [_copy(r) for r in rows if r.storm_id is None or r.storm_id not in excluding][:limit]
 
     async def mark_storm(self, decision_ids: list[str], storm_id: str) -> None:

@@ -179,3 +179,22 @@ async def test_an_operator_holds_a_small_storm_and_releases_it(
     await outreach.delivery.send_due(NOON + timedelta(minutes=5))
     assert len(texts(sendgrid_double, twilio_double)) == 3
     assert [e.action for e in await outreach.storms.log(storm.storm_id)] == ["hold", "approve"]
+
+
+async def test_a_customers_held_messages_are_released_together_however_long_it_takes(
+    outreach, sendgrid_double, twilio_double
+):
+    """A release of thousands takes many rounds, longer than the gathering window: a
+    customer's messages are still released in one round, and merge."""
+    storms(outreach, approval_size=4)
+    customers(outreach, ("c-01", "email", "en-GB"), ("c-02", "email", "en-GB"),
+              ("c-03", "email", "en-GB"), ("c-04", "email", "en-GB"))  # fmt: skip
+    await outage(outreach, [PARCELS[0], *PARCELS[2:], PARCELS[1]])  # c-01's first and last
+    (storm,) = await outreach.storms.recent()
+    await outreach.delivery.send_due(NOON + timedelta(minutes=2))
+    await outreach.storms.act(storm.storm_id, Action.APPROVE, "oncall", NOON + timedelta(hours=1))
+    outreach.delivery.release_batch = 1  # one customer a round, rounds minutes apart
+    for n in range(8):
+        await outreach.delivery.send_due(NOON + timedelta(hours=1, minutes=2 * n))
+    got = texts(sendgrid_double, twilio_double)
+    assert len(got) == 4 and "o-1" in got["c-01@example.com"] and "o-2" in got["c-01@example.com"]
