@@ -233,7 +233,7 @@ class DeliveryService:
         """The ledger's retention: settled rows older than `retention` (and settled rows
         of erased customers) lose their personal data; the storms forget their incidents."""
         if self.storms is not None:
-            await self.storms.forget_before(self.wall() - retention)
+            await self.storms.forget_before(self.wall(), retention)
         return await self.ledger.scrub_due(self.wall() - retention)
 
     async def on_request(self, event: CloudEvent, now: datetime) -> None:
@@ -266,7 +266,8 @@ class DeliveryService:
             # decision that stands is the first; finish what its delivery started.
             existing = await self.ledger.by_request(request.request_id)
             if existing is not None and existing.status == Status.DECIDED:
-                await self._deliver(existing, now)
+                if await self._admit([existing], self._at(now)):
+                    await self._deliver(existing, now)
             return
         failpoint("outreach.after_decision")
         await self._decided(row, decided, at, plan, known)
@@ -311,6 +312,8 @@ class DeliveryService:
             rows += [r for r in held if not self.paused.applies(r.intent)]
         rows = self._within_ramp(rows, self.wall())
         rows = [r for r in rows if not self.paused.applies(r.intent)]
+        # Named in a message that has left: ended now, before a storm could hold them.
+        rows = await self._settle_carried(rows, self._at(now))
         rows = await self._admit(rows, self._at(now))
         rows = await self._redecide_held(rows, now)
         rows = await self._consolidate(rows, self._at(now))
@@ -358,9 +361,11 @@ class DeliveryService:
         named: dict[str, list[str]] = {}
         for row in rows:
             storm = found.get(row.cause_id) if row.decision_id in first else None
-            verdict = storms.verdict(storm.state) if storm else storms.Verdict.FLOW
-            if storm is None or verdict is storms.Verdict.FLOW:
-                if storm is not None and row.storm_id is None:
+            verdict = storm.verdict_at(at.now) if storm else None
+            if storm is None or verdict is None:
+                going.append(row)
+            elif verdict is storms.Verdict.FLOW:
+                if row.storm_id is None:
                     named.setdefault(storm.storm_id, []).append(row.decision_id)
                     row.storm_id = storm.storm_id
                 going.append(row)
@@ -377,12 +382,18 @@ class DeliveryService:
     async def _redecide_held(self, rows: list[Delivery], now: datetime) -> list[Delivery]:
         """Rows held by a pause before a channel was chosen, or by a storm, are decided
         again now (plan, consent and cap as of now): released for now, they leave with
-        the rest of this round, merged with the customer's other messages."""
-        held = {r.decision_id for r in rows if r.channel is None or r.send_at is None}
+        the rest of this round, merged with the customer's other messages; an expired
+        one stays in the round, to be ended."""
+        held = {
+            r.decision_id
+            for r in rows
+            if (r.channel is None or r.send_at is None)
+            and not (r.expires_at and now > r.expires_at)
+        }
         if not held:
             return rows
         for row in rows:
-            if row.decision_id in held and not (row.expires_at and now > row.expires_at):
+            if row.decision_id in held:
                 await self._redecide(row, self._at(now))
         released = [r for r in await self.ledger.due(now) if r.decision_id in held]
         return [r for r in rows if r.decision_id not in held] + released
@@ -398,7 +409,6 @@ class DeliveryService:
         does (suppressed at its last look, failed), the row comes due again and goes on
         its own. The carrier is released and named in one compare-and-set, so a worker
         holding an older copy of it cannot send it without the others."""
-        rows = await self._settle_carried(rows, at)
         found = {r.decision_id: r for r in rows if self._may_merge(r, at.now)}
         if self.policy.gather > timedelta(0):
             until, soon = at.now + self.policy.gather, []
@@ -690,7 +700,9 @@ class DeliveryService:
         for row in await self.ledger.stale(self.wall()):
             SWEPT.labels(row.status).inc()
             if row.status == Status.DECIDED:
-                await self._deliver(row, now)
+                # Decided, and its holder died before it passed the storms' gate, maybe.
+                if await self._admit([row], self._at(now)):
+                    await self._deliver(row, now)
                 settled += 1
             else:
                 settled += int(await self._reconcile(row, now))

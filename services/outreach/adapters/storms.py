@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Index, Integer, String, Text, delete, func, select, update
@@ -23,11 +23,16 @@ from services.outreach.domain import storms as domain
 from services.outreach.domain.storms import Action, State, Storm, StormPolicy
 
 HOLDING = (State.AWAITING.value, State.HELD.value)
+#: How many of a scope's incidents before a new storm are read to find where it began.
+LOOK_BACK = 10_000
 
 
 class StormMember(Base):
     __tablename__ = "storm_members"
-    __table_args__ = (Index("ix_storm_members_scope_at", "scope", "at"),)
+    __table_args__ = (
+        Index("ix_storm_members_scope_at", "scope", "at"),
+        Index("ix_storm_members_at", "at"),
+    )
 
     scope: Mapped[str] = mapped_column(String(200), primary_key=True)
     incident_id: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
@@ -95,6 +100,8 @@ def _storm(row: StormRow) -> Storm:
         notes=dict(row.notes or {}),
         decided_by=row.decided_by,
         decided_at=row.decided_at,
+        formed_at=row.formed_at,
+        awaiting_since=row.awaiting_since,
     )
 
 
@@ -106,8 +113,8 @@ class StormStore:
         self.policy = policy
         bind = sessions.kw.get("bind")
         assert isinstance(bind, AsyncEngine)
-        sqlite = bind.dialect.name == "sqlite"
-        insert: Any = sqlite_insert if sqlite else postgresql_insert
+        self._sqlite = bind.dialect.name == "sqlite"
+        insert: Any = sqlite_insert if self._sqlite else postgresql_insert
         self._insert_member = insert(StormMember).on_conflict_do_nothing()
         self._insert_storm = insert(StormRow).on_conflict_do_nothing()
 
@@ -124,27 +131,89 @@ class StormStore:
         at: datetime,
     ) -> Storm | None:
         """Count an incident detected at `at` in its `scope` (the same incident again
-        changes nothing) and return the storm it belongs to, as it is now, if any."""
+        changes nothing) and return the storm it belongs to, as it is now, if any.
+
+        One worker at a time counts a scope (on PostgreSQL an advisory lock for the
+        transaction; SQLite has one writer anyway), and the storm's row is locked
+        against an operator's decision: no burst is missed because two workers each
+        counted one short, and no count writes over a cancel."""
         async with self.sessions() as s, s.begin():
+            if not self._sqlite:
+                await s.execute(select(func.pg_advisory_xact_lock(func.hashtext(scope))))
             member = dict(scope=scope, incident_id=incident_id, at=at,
                           customer_id=customer_id, order_id=order_id, kind=kind)  # fmt: skip
-            await s.execute(self._insert_member.values(**member))
-            return await self._count(s, scope, at)
+            added = await s.execute(self._insert_member.values(**member))
+            new = bool(getattr(added, "rowcount", 1))
+            return await self._count(s, scope, at, new)
 
-    async def _count(self, s: AsyncSession, scope: str, at: datetime) -> Storm | None:
-        policy = self.policy
-        current = await s.scalar(
-            select(StormRow).where(StormRow.scope == scope).order_by(StormRow.seq.desc()).limit(1)
+    async def _count(self, s: AsyncSession, scope: str, at: datetime, new: bool) -> Storm | None:
+        """The incident at `at` joins the storm whose time covers it (the newest two
+        are enough: a storm starts after the one before it ended), or its scope's
+        counts around `at` make a new one."""
+        latest = list(
+            (
+                await s.execute(
+                    select(StormRow)
+                    .where(StormRow.scope == scope)
+                    .order_by(StormRow.seq.desc())
+                    .limit(2)
+                    .with_for_update()
+                )
+            ).scalars()
         )
-        if current is not None and current.started_at - policy.quiet <= at <= (
-            current.last_at + policy.quiet
-        ):
-            current.started_at = min(current.started_at, at)
-            current.last_at = max(current.last_at, at)
-            current.size = await self._size(s, scope, current.started_at, current.last_at)
-            self._grown(current, at)
-            return _storm(current)
-        floor = current.last_at + policy.quiet if current is not None else None
+        for n, row in enumerate(latest):
+            floor = latest[n + 1].last_at + self.policy.quiet if n + 1 < len(latest) else None
+            if self._joins(row, at, floor):
+                return await self._join(s, row, at, new, floor)
+        if latest and at <= latest[0].last_at + self.policy.quiet:
+            return None  # between two storms, or before the first one
+        return await self._form(s, scope, at, latest[0] if latest else None)
+
+    def _joins(self, row: StormRow, at: datetime, floor: datetime | None) -> bool:
+        """Does a storm take an incident at `at`: from a quiet time before its start (a
+        late one; not back into the storm before it) to a quiet time after its last
+        moment at the storm's rate."""
+        quiet = self.policy.quiet
+        after_floor = floor is None or at > floor
+        return after_floor and row.started_at - quiet <= at <= row.last_at + quiet
+
+    async def _join(
+        self, s: AsyncSession, row: StormRow, at: datetime, new: bool, floor: datetime | None
+    ) -> Storm:
+        """A storm grows by one incident; it lasts on (`last_at`) only while incidents
+        still come at its rate, so a steady trickle afterwards lets it end."""
+        if new:
+            row.size += 1
+        row.started_at = min(row.started_at, at)
+        if at > row.last_at and await self._hot(s, row.scope, at):
+            row.last_at = at
+        state = domain.state_for_size(State(row.state), row.size, self.policy)
+        if state is not State(row.state):
+            row.state, row.awaiting_since = state.value, at
+        return _storm(row)
+
+    async def _hot(self, s: AsyncSession, scope: str, at: datetime) -> bool:
+        """Did `rate` incidents of the scope come within the window up to `at`?"""
+        recent = (
+            select(StormMember.at)
+            .where(
+                StormMember.scope == scope,
+                StormMember.at > at - self.policy.window,
+                StormMember.at <= at,
+            )
+            .limit(self.policy.rate)
+            .subquery()
+        )
+        return int(await s.scalar(select(func.count()).select_from(recent)) or 0) >= (
+            self.policy.rate
+        )
+
+    async def _form(
+        self, s: AsyncSession, scope: str, at: datetime, before: StormRow | None
+    ) -> Storm | None:
+        """A new storm, if the scope's incidents around `at` came at the rate."""
+        policy = self.policy
+        floor = before.last_at + policy.quiet if before is not None else None
         times = await self._times(s, scope, at - policy.window, at + policy.window, floor)
         formed = domain.formed_at(times, policy)
         if formed is None:
@@ -152,21 +221,16 @@ class StormStore:
         started = domain.started_at(
             await self._times(s, scope, None, formed, floor), formed, policy
         )
-        seq = current.seq + 1 if current is not None else 1
+        seq = before.seq + 1 if before is not None else 1
         last = max(times)
         size = await self._size(s, scope, started, last)
         state = domain.state_for_size(State.FLOWING, size, policy)
         row = dict(storm_id=storm_id_of(scope, seq), scope=scope, seq=seq, started_at=started,
                    formed_at=formed, last_at=last, size=size, state=state.value, notes={},
-                   awaiting_since=at if state is State.AWAITING else None)  # fmt: skip
+                   awaiting_since=formed if state is State.AWAITING else None)  # fmt: skip
         await s.execute(self._insert_storm.values(**row))
         made = await s.scalar(select(StormRow).where(StormRow.scope == scope, StormRow.seq == seq))
         return None if made is None else _storm(made)
-
-    def _grown(self, row: StormRow, at: datetime) -> None:
-        state = domain.state_for_size(State(row.state), row.size, self.policy)
-        if state is not State(row.state):
-            row.state, row.awaiting_since = state.value, at
 
     async def _size(self, s: AsyncSession, scope: str, start: datetime, end: datetime) -> int:
         return int(
@@ -186,13 +250,15 @@ class StormStore:
         end: datetime,
         floor: datetime | None,
     ) -> list[datetime]:
+        """The scope's incident times in (start, end] after `floor`; with no start, the
+        latest ones up to `end` (as far back as a storm's start is looked for)."""
         query = select(StormMember.at).where(StormMember.scope == scope, StormMember.at <= end)
         if start is not None:
             query = query.where(StormMember.at > start)
         if floor is not None:
             query = query.where(StormMember.at > floor)
-        if start is None:  # going back from `end`: as far as the storm could reach
-            query = query.order_by(StormMember.at.desc()).limit(100_000)
+        if start is None:
+            query = query.order_by(StormMember.at.desc()).limit(LOOK_BACK)
         return sorted((await s.execute(query)).scalars())
 
     # --- what a message's incident belongs to ---------------------------------------
@@ -213,7 +279,11 @@ class StormStore:
             if not members:
                 return {}
             scopes = {m.scope for m in members}
-            rows = (await s.execute(select(StormRow).where(StormRow.scope.in_(scopes)))).scalars()
+            rows = (
+                await s.execute(
+                    select(StormRow).where(StormRow.scope.in_(scopes)).order_by(StormRow.seq.desc())
+                )
+            ).scalars()
             by_scope: dict[str, list[Storm]] = {}
             for row in rows:
                 by_scope.setdefault(row.scope, []).append(_storm(row))
@@ -315,9 +385,15 @@ class StormStore:
             )
             return int(getattr(done, "rowcount", 0) or 0)
 
-    async def forget_before(self, before: datetime) -> int:
-        """The retention: incidents counted before `before` leave the counts."""
+    async def forget_before(self, wall_now: datetime, retention: timedelta) -> int:
+        """The retention: incidents detected longer than `retention` ago leave the
+        counts — ago from now, or from the newest incident counted, whichever is
+        earlier (a replay of older days keeps what it counts)."""
         async with self.sessions() as s, s.begin():
+            newest = await s.scalar(select(func.max(StormMember.at)))
+            if newest is None:
+                return 0
+            before = min(wall_now, newest) - retention
             done = await s.execute(delete(StormMember).where(StormMember.at < before))
             return int(getattr(done, "rowcount", 0) or 0)
 

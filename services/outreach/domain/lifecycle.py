@@ -392,13 +392,15 @@ def suppress(row: Row, reason: str, rule: str, at: Moment) -> Move:
 def storm_hold(row: Row, storm_id: str, at: Moment) -> Move:
     """About to leave, but its storm waits for an operator (domain/storms.py): held with
     it — scheduled with no time (its channel and language kept, for the storm's view),
-    decided again once released."""
+    decided again once released, with a fresh expiry (an approval days later still
+    sends it, as a resume does). Only from the state the caller read it in."""
     return Move(
         row.decision_id,
-        (Status.SCHEDULED, Status.DECIDED),
+        (Status(row.status),),
         RowChanges(
             status=Status.SCHEDULED,
             send_at=None,
+            expires_at=None,
             storm_id=storm_id,
             rule=f"storm: held with storm {storm_id} until an operator decides it",
             lease_until=None,

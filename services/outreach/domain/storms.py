@@ -153,13 +153,24 @@ class Storm:
     notes: Mapping[str, str] = field(default_factory=dict)
     decided_by: str | None = None
     decided_at: datetime | None = None
-
-    def over(self, now: datetime, policy: StormPolicy) -> bool:
-        return now - self.last_at > policy.quiet
+    formed_at: datetime | None = None  # when its incidents first came at the rate
+    awaiting_since: datetime | None = None  # when it grew to the approval size
 
     def covers(self, at: datetime, policy: StormPolicy) -> bool:
-        """Would an incident detected at `at` belong to it?"""
+        """Does an incident detected at `at` belong to it? From its first incident to a
+        quiet time after its last moment at the storm's rate (`last_at`)."""
         return self.started_at <= at <= self.last_at + policy.quiet
+
+    def verdict_at(self, now: datetime) -> Verdict | None:
+        """What happens to its message about to leave at `now` (event time on a
+        replay): None if the storm had not formed yet then; a storm that grew to the
+        approval size only later still flows. What an operator decided applies from
+        the moment it was decided, live."""
+        if self.formed_at is not None and self.formed_at > now:
+            return None
+        if self.state is State.AWAITING and self.awaiting_since and self.awaiting_since > now:
+            return Verdict.FLOW
+        return verdict(self.state)
 
 
 def state_for_size(state: State, size: int, policy: StormPolicy) -> State:

@@ -7,6 +7,7 @@ and the storm tables hold are checked."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import timedelta
 
@@ -198,3 +199,59 @@ async def test_a_customers_held_messages_are_released_together_however_long_it_t
         await outreach.delivery.send_due(NOON + timedelta(hours=1, minutes=2 * n))
     got = texts(sendgrid_double, twilio_double)
     assert len(got) == 4 and "o-1" in got["c-01@example.com"] and "o-2" in got["c-01@example.com"]
+
+
+async def test_a_storm_approved_days_later_still_sends_and_a_pause_is_not_starved(
+    outreach, sendgrid_double, twilio_double
+):
+    """Held for days (the expiry starts again at the release, as after a resume); a
+    storm's held messages never crowd out those a pause held."""
+    customers(outreach, *((f"c-0{n}", "email", "en-GB") for n in range(1, 6)))
+    storms(outreach, approval_size=3, gather_s=0)
+    # Sent at once: the first two leave, from the third (a storm by then) they are held.
+    await outage(outreach, [*PARCELS[2:4], PARCELS[0], PARCELS[1], PARCELS[4]])
+    (storm,) = await outreach.storms.recent()
+    sent_before = len(sendgrid_double.messages)
+    assert sent_before == 2 and await outreach.ledger.storm_held() == {storm.storm_id: 3}
+
+    outreach.controls.now = outreach.wall.now
+    await outreach.controls.pause("all", actor="oncall", reason="provider trouble")
+    await outreach.controls_watcher.refresh()
+    later = NOON + timedelta(hours=1)
+    await outreach.delivery.on_request(about("inc-o-9", "c-05", "o-9", later), later)
+    await outreach.controls.resume("all", actor="oncall", ramp_minutes=0)
+    await outreach.controls_watcher.refresh()
+    outreach.delivery.release_batch = 1  # the storm's held would fill every round
+    await outreach.delivery.send_due(later + timedelta(minutes=1))
+    assert [m for m in texts(sendgrid_double, twilio_double) if "c-05" in m] == ["c-05@example.com"]
+
+    days = NOON + timedelta(days=4)
+    await outreach.storms.act(storm.storm_id, Action.APPROVE, "oncall", days)
+    for n in range(4):
+        await outreach.delivery.send_due(days + timedelta(minutes=n))
+    assert len(texts(sendgrid_double, twilio_double)) == 5  # c-01 … c-05, one each
+    assert await outreach.ledger.storm_held() == {}
+
+
+@pytest.mark.postgres
+async def test_two_workers_counting_one_burst_make_one_storm(postgres_database_url):
+    """Two workers count the incidents of one burst at the same time (PostgreSQL): the
+    burst of exactly the rate makes its storm, once, with every incident in it."""
+    from services.outreach.adapters.db import create_engine, create_schema, session_factory
+    from services.outreach.adapters.storms import StormStore
+
+    engine = create_engine(postgres_database_url)
+    await create_schema(engine)
+    policy = StormPolicy(20, timedelta(minutes=10), 0, timedelta(minutes=30))
+    workers = [StormStore(session_factory(engine), policy) for _ in range(2)]
+
+    async def count(n: int) -> None:
+        await workers[n % 2].record(LEIPZIG, incident_id=f"inc-{n}", customer_id=f"c-{n}",
+                                    order_id=f"o-{n}", kind="carrier_exception",
+                                    at=NOON + timedelta(seconds=n))  # fmt: skip
+
+    await asyncio.gather(*(count(n) for n in range(20)))
+    (storm,) = await workers[0].recent()
+    assert (storm.size, storm.started_at) == (20, NOON)
+    assert len(await workers[1].storms_of(f"inc-{n}" for n in range(20))) == 20
+    await engine.dispose()

@@ -101,4 +101,12 @@ def test_a_storm_covers_incidents_until_it_has_been_quiet():
     assert storm.covers(T0 + timedelta(minutes=49), POLICY)
     assert not storm.covers(T0 + timedelta(minutes=51), POLICY)
     assert not storm.covers(T0 - timedelta(minutes=1), POLICY)
-    assert storm.over(T0 + timedelta(minutes=51), POLICY)
+
+
+def test_a_message_meets_the_storm_as_it_was_at_its_moment():
+    storm = storms.Storm("st-1", "dispatch", T0, T0 + timedelta(minutes=20), 9, State.AWAITING,
+                         formed_at=T0 + timedelta(minutes=5),
+                         awaiting_since=T0 + timedelta(minutes=15))  # fmt: skip
+    assert storm.verdict_at(T0 + timedelta(minutes=4)) is None  # not a storm yet
+    assert storm.verdict_at(T0 + timedelta(minutes=10)) is Verdict.FLOW  # still small
+    assert storm.verdict_at(T0 + timedelta(minutes=15)) is Verdict.HOLD

@@ -29,6 +29,7 @@ def upgrade() -> None:
     op.create_index("ix_storm_members_incident_id", "storm_members", ["incident_id"])
     op.create_index("ix_storm_members_customer_id", "storm_members", ["customer_id"])
     op.create_index("ix_storm_members_scope_at", "storm_members", ["scope", "at"])
+    op.create_index("ix_storm_members_at", "storm_members", ["at"])
     op.create_table(
         "storms",
         sa.Column("storm_id", sa.String(length=32), nullable=False),
