@@ -10,6 +10,10 @@ PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 export OUTREACH_CACHE_DIR ?= $(HOME)/.cache/proactive-outreach
 PYTEST_FLAGS ?= -q -p no:cacheprovider
+# `make test` runs the suite in two processes, a test file at a time each (each with its
+# own broker and PostgreSQL): the end-to-end tests mostly wait, so the two cores overlap
+# them with the rest. PYTEST_PARALLEL= runs it in one.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile --durations=25
 
 .PHONY: help
 help: ## list the targets
@@ -50,7 +54,7 @@ simulate: venv ## publish a simulated shop to $$KAFKA_BOOTSTRAP_SERVERS
 test: venv system-deps studio-assets ## every test: lint, unit, integration (real Kafka, PostgreSQL), e2e
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory check-protos
-	$(PYTEST) $(PYTEST_FLAGS) tests
+	$(PYTEST) $(PYTEST_FLAGS) $(PYTEST_PARALLEL) tests
 
 .PHONY: test-unit
 test-unit: venv ## unit tests only (no servers)
