@@ -100,6 +100,11 @@ bench: venv system-deps ## benchmarks on the real local broker (figures in docs/
 	$(PY) -m bench.risk_throughput $(BENCH_RISK_ARGS)
 	$(MAKE) --no-print-directory bench-preferences
 	$(MAKE) --no-print-directory bench-storm
+	$(MAKE) --no-print-directory bench-rehearsal
+
+.PHONY: bench-rehearsal
+bench-rehearsal: venv system-deps ## a rehearsal of a week of 10,000 orders a day (docs/rehearsal.md)
+	$(PY) -m bench.rehearsal $(BENCH_REHEARSAL_ARGS)
 
 .PHONY: bench-storm
 bench-storm: venv system-deps ## a carrier storm through the four services (20,000 parcels; PostgreSQL, rate-limited provider doubles)

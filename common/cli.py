@@ -9,8 +9,10 @@ outreachctl deadletters purge SERVICE [--before-offset N] [--older-than-days D]
 outreachctl templates export|import ...   the studio's templates as one JSON document
 outreachctl sending status|pause|resume   the kill switch
 outreachctl explain CUSTOMER_ID      why did (or didn't) we message this person?
+outreachctl rehearse --from 7d [--rules FILE] [--templates draft]   what other rules or
+                                     templates would have done (nothing live is written)
 
-Every command but templates takes --output text|json (json: one JSON document on
+Every command but templates and rehearse takes --output text|json (json: one JSON document on
 stdout, nothing else). Exit codes: 0 done; 1 failed or refused (a missing topic, nothing at
 that offset, a purge without --yes, a service that did not answer); 2 a usage error;
 3 partly done (explain: one of the two services did not answer).
@@ -356,6 +358,14 @@ def cmd_templates(args: argparse.Namespace) -> int:
     return subprocess.run(command, check=False).returncode
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    """Runs as outreach's own command (its settings: the cluster, the live database)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "services.outreach.rehearsal", *args.rest]
+    return subprocess.run(command, check=False).returncode
+
+
 def _output_option() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
@@ -390,6 +400,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     tpl.add_argument("rest", nargs=argparse.REMAINDER, help="the studio command's arguments")
     tpl.set_defaults(func=cmd_templates)
+    rehearse = sub.add_parser(
+        "rehearse",
+        help="the last days again with other rules or templates (`outreachctl rehearse --help`)",
+        add_help=False,
+    )
+    rehearse.add_argument("rest", nargs=argparse.REMAINDER, help="the rehearsal's arguments")
+    rehearse.set_defaults(func=cmd_rehearse)
     explain = sub.add_parser(
         "explain",
         parents=[out],
@@ -405,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     explain.set_defaults(func=cmd_explain)
     _sending_commands(sub, out)
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["rehearse"]:  # its options are its own (argparse would take them)
+        return cmd_rehearse(argparse.Namespace(rest=given[1:]))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

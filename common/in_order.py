@@ -1,0 +1,75 @@
+"""A producer whose records become visible on the broker in the order they are sent,
+across partitions too: what the services' event clock relies on when a story is
+published into them (the simulator, a rehearsal: docs/architecture.md, "Time").
+
+A producer does not promise that by itself: its I/O thread drains one partition's batch
+after another while `send` keeps appending, and the broker appends a request's
+partitions one after another (tens of milliseconds apart under load, hours of a fast
+replay's story), so a later record of one partition may be read before an earlier one
+of another is on the broker. So the records go in runs of one partition each, and a run
+is acknowledged before the next one is sent (about a millisecond a run on a local
+broker). Partitions are chosen as the shop's producers choose them: murmur2 of the key,
+as Kafka's Java clients and the services' co-partitioning expect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka.partitioner.default import murmur2
+
+CLOUDEVENTS = [("content-type", b"application/cloudevents+json")]
+
+
+class InOrderProducer:
+    def __init__(self, bootstrap_servers: str) -> None:
+        from kafka import KafkaProducer
+
+        from common.kafka_security import client_options
+
+        self.producer: Any = KafkaProducer(
+            bootstrap_servers=bootstrap_servers.split(","),
+            acks="all",
+            linger_ms=5,
+            retries=5,
+            batch_size=256 * 1024,
+            max_in_flight_requests_per_connection=1,
+            **client_options(),
+        )
+        self._partition_counts: dict[str, int] = {}
+        self._run: tuple[str, int] | None = None
+
+    def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        timestamp_ms: int,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        partition = self.partition(topic, key)
+        if self._run is not None and self._run != (topic, partition):
+            self.producer.flush()
+        self._run = (topic, partition)
+        self.producer.send(
+            topic,
+            key=key,
+            partition=partition,
+            value=value,
+            headers=CLOUDEVENTS if headers is None else headers,
+            timestamp_ms=timestamp_ms,
+        )
+
+    def partition(self, topic: str, key: bytes) -> int:
+        count = self._partition_counts.get(topic)
+        if count is None:
+            count = self._partition_counts[topic] = len(self.producer.partitions_for(topic))
+        return int(murmur2(key) & 0x7FFFFFFF) % count
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+__all__ = ["CLOUDEVENTS", "InOrderProducer"]

@@ -1,0 +1,170 @@
+"""One rehearsal (docs/rehearsal.md): the shop's retained input — read from the broker,
+or from an archive — replayed in an isolated namespace (namespace.py) with the rules and
+templates to try, until it is at rest; then the report (report.py) of what it decided
+in the period, against what the live ledger says was sent.
+
+The live database is only read: its templates (to rehearse with them, drafts
+published in the rehearsal's copy if asked) and its decisions of the period."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from services.outreach.adapters.db import create_engine, create_schema, session_factory
+from services.outreach.adapters.ledger import Delivery
+from services.outreach.adapters.storms import StormRow
+from services.outreach.adapters.templates import TemplateVersion
+from services.outreach.rehearsal import archive, report
+from services.outreach.rehearsal.namespace import Namespace
+
+
+@dataclass
+class Options:
+    bootstrap: str
+    since: datetime
+    until: datetime
+    work: Path
+    prefix: str = ""  # the live topics' prefix (read only)
+    archive: Path | None = None  # replay this archive instead of the live topics
+    rules: dict[str, str] = field(default_factory=dict)
+    drafts: str = "none"  # none | all (every key's newest draft) | a version id
+    live_database_url: str | None = None
+    quiet_s: float = 5.0
+    timeout_s: float = 1800.0
+    keep_topics: bool = False
+
+
+def rehearse(options: Options) -> report.Report:
+    started = time.monotonic()
+    until_ms = int(options.until.timestamp() * 1000)
+    if options.archive is not None:
+        records = [r for r in archive.read(options.archive) if r.timestamp_ms <= until_ms]
+        records = archive.in_story_order(records)
+    else:
+        records = archive.read_broker(options.bootstrap, options.prefix, until_ms)
+    namespace = Namespace(options.bootstrap, options.work, options.rules)
+    (options.work / "outreach").mkdir(parents=True, exist_ok=True)
+    rehearsal_db = f"sqlite:///{(options.work / 'outreach' / 'outreach.db').resolve()}"
+    notes = []
+    if options.live_database_url:
+        copied = asyncio.run(
+            copy_templates(options.live_database_url, rehearsal_db, options.drafts)
+        )
+        notes.append(f"templates: {copied} versions of the live studio ({options.drafts} drafts)")
+    try:
+        namespace.start()
+        published = archive.publish(options.bootstrap, namespace.prefix, records)
+        namespace.at_rest(options.quiet_s, options.timeout_s)
+    finally:
+        namespace.stop(delete_topics=not options.keep_topics)
+    rehearsed, storms = asyncio.run(read_rehearsal(rehearsal_db))
+    live = asyncio.run(decisions(options.live_database_url)) if options.live_database_url else None
+    seconds = time.monotonic() - started
+    notes.append(f"{published} input records replayed in {seconds:.1f} s")
+    if options.rules:
+        notes.append("rules: " + ", ".join(f"{k}={v}" for k, v in sorted(options.rules.items())))
+    return report.build(
+        rehearsed, since=options.since, until=options.until, storms=storms, live=live, notes=notes
+    )
+
+
+async def decisions(url: str) -> list[report.Decision]:
+    """Every decision of a ledger (read only)."""
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as s:
+            rows = await s.execute(
+                select(
+                    Delivery.customer_id,
+                    Delivery.intent,
+                    Delivery.message_kind,
+                    Delivery.channel,
+                    Delivery.locale,
+                    Delivery.status,
+                    Delivery.reason,
+                    Delivery.decided_at,
+                    Delivery.subject,
+                    Delivery.body_text,
+                )
+            )
+            return [report.Decision(*row) for row in rows.all()]
+    finally:
+        await engine.dispose()
+
+
+async def read_rehearsal(url: str) -> tuple[list[report.Decision], list[report.StormLine]]:
+    found = await decisions(url)
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as s:
+            rows = await s.execute(
+                select(StormRow.scope, StormRow.size, StormRow.state, StormRow.started_at)
+            )
+            return found, [report.StormLine(*row) for row in rows.all()]
+    finally:
+        await engine.dispose()
+
+
+async def copy_templates(live_url: str, rehearsal_url: str, drafts: str) -> int:
+    """The live studio's template versions into the rehearsal's (new) database; with
+    `drafts` "all", each key's newest draft newer than what is published is published
+    there (the published one archived); with a version id, only that draft is."""
+    live = create_engine(live_url)
+    try:
+        async with session_factory(live)() as s:
+            versions = list((await s.execute(select(TemplateVersion))).scalars())
+            for row in versions:
+                s.expunge(row)
+    finally:
+        await live.dispose()
+    chosen = _drafts_to_publish(versions, drafts)
+    target = create_engine(rehearsal_url)
+    try:
+        await create_schema(target)
+        async with session_factory(target)() as s, s.begin():
+            for row in versions:
+                status = "published" if row.id in chosen else row.status
+                if row.status == "published" and _key(row) in {
+                    _key(v) for v in versions if v.id in chosen
+                }:
+                    status = "archived"
+                s.add(TemplateVersion(**_columns(row), status=status))
+    finally:
+        await target.dispose()
+    return len(versions)
+
+
+def _key(row: TemplateVersion) -> tuple[str, str, str]:
+    return (row.message_kind, row.channel, row.locale)
+
+
+def _columns(row: TemplateVersion) -> dict[str, object]:
+    skip = {"id", "status"}
+    return {
+        c.key: getattr(row, c.key) for c in TemplateVersion.__table__.columns if c.key not in skip
+    }
+
+
+def _drafts_to_publish(versions: list[TemplateVersion], drafts: str) -> set[int]:
+    if drafts == "none":
+        return set()
+    if drafts != "all":
+        wanted = int(drafts)
+        if not any(v.id == wanted and v.status == "draft" for v in versions):
+            raise ValueError(f"no draft template version {wanted}")
+        return {wanted}
+    newest: dict[tuple[str, str, str], TemplateVersion] = {}
+    for v in versions:
+        if v.status == "draft" and (_key(v) not in newest or v.version > newest[_key(v)].version):
+            newest[_key(v)] = v
+    published = {_key(v): v.version for v in versions if v.status == "published"}
+    return {v.id for k, v in newest.items() if v.version > published.get(k, 0)}
+
+
+__all__ = ["Options", "copy_templates", "decisions", "rehearse"]
