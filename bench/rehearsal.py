@@ -14,6 +14,7 @@ services, publishing, until at rest, the report) and the report's totals.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -47,6 +48,9 @@ def main() -> int:
     args = parser.parse_args()
     from deploy.kafka.local_kafka import LocalKafka
 
+    # Stopped, it still stops its broker and the rehearsal's services (their clean-up).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
     started = time.monotonic()
     records = week(args.orders_per_day, args.days, args.customers, args.seed)
     work = Path(tempfile.mkdtemp(prefix="bench-rehearsal-"))
@@ -61,6 +65,7 @@ def main() -> int:
         options = Options(
             bootstrap=broker.bootstrap, work=work / "run", archive=archived,
             since=_at(first), until=_at(last), timeout_s=args.timeout,
+            progress=lambda line: print(f"[bench]   {line}", flush=True),
         )  # fmt: skip
         began = time.monotonic()
         found = rehearse(options)

@@ -8,7 +8,9 @@ partitions one after another (tens of milliseconds apart under load, hours of a 
 replay's story), so a later record of one partition may be read before an earlier one
 of another is on the broker. So the records go in runs of one partition each, and a run
 is acknowledged before the next one is sent (about a millisecond a run on a local
-broker). Partitions are chosen as the shop's producers choose them: murmur2 of the key,
+broker). Into topics nobody reads yet (a rehearsal publishes its whole input before its
+services start), each partition in order is enough: `strict=False` sends in batches.
+Partitions are chosen as the shop's producers choose them: murmur2 of the key,
 as Kafka's Java clients and the services' co-partitioning expect."""
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ CLOUDEVENTS = [("content-type", b"application/cloudevents+json")]
 
 
 class InOrderProducer:
-    def __init__(self, bootstrap_servers: str) -> None:
+    def __init__(self, bootstrap_servers: str, *, strict: bool = True) -> None:
         from kafka import KafkaProducer
 
         from common.kafka_security import client_options
@@ -37,6 +39,7 @@ class InOrderProducer:
         )
         self._partition_counts: dict[str, int] = {}
         self._run: tuple[str, int] | None = None
+        self.strict = strict
 
     def send(
         self,
@@ -47,7 +50,7 @@ class InOrderProducer:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         partition = self.partition(topic, key)
-        if self._run is not None and self._run != (topic, partition):
+        if self.strict and self._run is not None and self._run != (topic, partition):
             self.producer.flush()
         self._run = (topic, partition)
         self.producer.send(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -65,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Stopped (SIGTERM: a pod, the studio), it still stops its services and deletes its
+    # topics: the exit runs the rehearsal's clean-up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parser().parse_args(argv)
     settings = Settings()
     now = datetime.now(UTC)
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap=bootstrap, since=since, until=until, work=work, prefix=prefix,
         archive=args.archive, rules=rules, drafts=drafts, timeout_s=args.timeout,
         live_database_url=None if args.no_live else settings.db_url(),
+        progress=lambda line: print(f"rehearsal: {line}", file=sys.stderr, flush=True),
     )  # fmt: skip
     try:
         found = rehearse(options)

@@ -77,11 +77,15 @@ class Namespace:
         self.ports = {name: _free_port() for name in (*SERVICES, "grpc")}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
+        # Its own: preferences' tokens, offer codes and unsubscribe links.
+        self._secrets = {
+            name: secrets.token_hex(16) for name in ("read", "write", "offer", "unsub")
+        }
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in PASSED_ON}
         env |= {k: v for k, v in os.environ.items() if k.startswith(PASSED_ON_PREFIXES)}
-        token = secrets.token_hex(16)
+        token, own = self._secrets["read"], self._secrets
         grpc = f"127.0.0.1:{self.ports['grpc']}"
         env |= {
             "PYTHONPATH": str(ROOT),
@@ -93,24 +97,26 @@ class Namespace:
             "PREFERENCES_GRPC_PORT": str(self.ports["grpc"]),
             "PREFERENCES_GRPC_TARGET": grpc,
             "PREFERENCES_READ_TOKEN": token,
-            "PREFERENCES_WRITE_TOKEN": secrets.token_hex(16),
+            "PREFERENCES_WRITE_TOKEN": own["write"],
             "OUTREACH_PREFERENCES_TOKEN": token,
             "OUTREACH_PUBLIC_BASE_URL": "https://rehearsal.invalid",
-            # Offer codes and unsubscribe links of the rehearsal are its own.
-            "OUTREACH_OFFER_SECRET": secrets.token_hex(16),
-            "OUTREACH_UNSUBSCRIBE_SECRET": secrets.token_hex(16),
+            "OUTREACH_OFFER_SECRET": own["offer"],
+            "OUTREACH_UNSUBSCRIBE_SECRET": own["unsub"],
         }
         env |= {port: str(self.ports[name]) for name, (_, port) in SERVICES.items()}
         return env | self.rules
 
-    def start(self, timeout_s: float = 120) -> None:
-        env = self.env()
+    def create_topics(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [sys.executable, "-m", "common.cli", "topics", "create"],
-            env=env, cwd=ROOT, check=True, capture_output=True,
+            env=self.env(), cwd=ROOT, check=True, capture_output=True,
         )  # fmt: skip
-        (self.work / "logs").mkdir(exist_ok=True)
+
+    def start(self, timeout_s: float = 120) -> None:
+        """The four services, once the input is in their topics."""
+        env = self.env()
+        (self.work / "logs").mkdir(parents=True, exist_ok=True)
         for name, (module, _) in SERVICES.items():
             log = (self.work / "logs" / f"{name}.log").open("ab")
             self._logs.append(log)

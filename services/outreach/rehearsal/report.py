@@ -6,6 +6,7 @@ rehearsal's ledger rows and the live ledger's."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ REACHING = frozenset({"decided", "scheduled", "sending", "in_doubt", "sent", "de
 SENT = frozenset({"sending", "in_doubt", "sent", "delivered"})
 SAMPLE_TEXT = 600  # characters of a sample's text in the report
 SHOWN_IDS = 10  # customer ids named per side of the difference
+FIRST_NAME = "[first name]"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Decision:
     decided_at: datetime
     subject: str | None = None
     body_text: str | None = None
+    first_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ def segments(rows: Sequence[Decision]) -> list[Segment]:
 
 
 def samples(rows: Sequence[Decision]) -> list[Sample]:
-    """The first rendered message per message kind and language."""
+    """The first rendered message per message kind and language, the customer's first
+    name in it replaced (a report is kept and shown to editors: it names nobody)."""
     found: dict[tuple[str, str], Sample] = {}
     for d in sorted(rows, key=lambda d: (d.decided_at, d.customer_id)):
         key = (d.message_kind, (d.locale or "-").split("-")[0])
@@ -116,7 +120,12 @@ def samples(rows: Sequence[Decision]) -> list[Sample]:
             text = (
                 d.body_text if len(d.body_text) <= SAMPLE_TEXT else d.body_text[:SAMPLE_TEXT] + "…"
             )
-            found[key] = Sample(*key, d.channel or "-", d.subject, text)
+            subject = d.subject
+            if d.first_name.strip():
+                name = re.compile(rf"\b{re.escape(d.first_name.strip())}\b")
+                text = name.sub(FIRST_NAME, text)
+                subject = name.sub(FIRST_NAME, subject) if subject else subject
+            found[key] = Sample(*key, d.channel or "-", subject, text)
     return [found[k] for k in sorted(found)]
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -38,16 +39,18 @@ class Options:
     quiet_s: float = 5.0
     timeout_s: float = 1800.0
     keep_topics: bool = False
+    progress: Callable[[str], None] = field(default=lambda _: None)  # what it is doing now
 
 
 def rehearse(options: Options) -> report.Report:
-    started = time.monotonic()
+    started, say = time.monotonic(), options.progress
     until_ms = int(options.until.timestamp() * 1000)
     if options.archive is not None:
         records = [r for r in archive.read(options.archive) if r.timestamp_ms <= until_ms]
         records = archive.in_story_order(records)
     else:
         records = archive.read_broker(options.bootstrap, options.prefix, until_ms)
+    say(f"{len(records)} input records read in {time.monotonic() - started:.1f} s")
     namespace = Namespace(options.bootstrap, options.work, options.rules)
     (options.work / "outreach").mkdir(parents=True, exist_ok=True)
     rehearsal_db = f"sqlite:///{(options.work / 'outreach' / 'outreach.db').resolve()}"
@@ -58,9 +61,13 @@ def rehearse(options: Options) -> report.Report:
         )
         notes.append(f"templates: {copied} versions of the live studio ({options.drafts} drafts)")
     try:
-        namespace.start()
+        namespace.create_topics()
         published = archive.publish(options.bootstrap, namespace.prefix, records)
+        say(f"{published} records published after {time.monotonic() - started:.1f} s")
+        namespace.start()
+        say(f"namespace {namespace.prefix} up after {time.monotonic() - started:.1f} s")
         namespace.at_rest(options.quiet_s, options.timeout_s)
+        say(f"at rest after {time.monotonic() - started:.1f} s")
     finally:
         namespace.stop(delete_topics=not options.keep_topics)
     rehearsed, storms = asyncio.run(read_rehearsal(rehearsal_db))
@@ -91,9 +98,16 @@ async def decisions(url: str) -> list[report.Decision]:
                     Delivery.decided_at,
                     Delivery.subject,
                     Delivery.body_text,
+                    Delivery.request,
                 )
             )
-            return [report.Decision(*row) for row in rows.all()]
+            return [
+                replace(
+                    report.Decision(*row[:-1]),
+                    first_name=str((row[-1] or {}).get("first_name") or ""),
+                )
+                for row in rows.all()
+            ]
     finally:
         await engine.dispose()
 

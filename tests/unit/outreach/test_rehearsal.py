@@ -41,6 +41,10 @@ def test_the_report_counts_customers_reached_what_was_held_back_and_the_differen
     assert [(s.message_kind, s.locale) for s in found.samples] == [
         ("delivery_late", "de"), ("delivery_late", "en"), ("shipment_stalled", "de"),
     ]  # fmt: skip
+    named = Decision("c-5", "apology", "delivery_late", "sms", "fr-FR", "sent", None, T0,
+                     None, "Bonjour Anne, votre commande… Annecy", first_name="Anne")  # fmt: skip
+    (sample,) = report.samples([named])
+    assert sample.text == "Bonjour [first name], votre commande… Annecy"  # the name only
     text = report.as_text(found)
     assert "customers reached: 2 (3 messages)" in text and "frequency_cap" in text
 
