@@ -8,10 +8,10 @@ from sqlalchemy import MetaData
 
 from services.outreach.adapters import controls, conversations, ledger, storms, templates
 from services.outreach.adapters.db import Base
-from services.outreach.studio import accounts
+from services.outreach.studio import accounts, rehearsals
 
 #: The modules whose tables make up outreach's schema.
-TABLE_MODULES = (controls, ledger, conversations, storms, templates, accounts)
+TABLE_MODULES = (controls, ledger, conversations, storms, templates, accounts, rehearsals)
 
 
 def all_tables() -> MetaData:

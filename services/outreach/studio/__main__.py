@@ -99,6 +99,7 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.studio_port)
     await site.start()
+    await studio.rehearser.start()
     log.info(
         "studio_started",
         url=f"http://{settings.http_host}:{settings.studio_port}/",
@@ -115,6 +116,7 @@ async def serve(settings: Settings) -> None:
                 await asyncio.wait_for(stop.wait(), timeout=5)
     finally:
         await runner.cleanup()
+        await studio.rehearser.stop()  # interrupts a running rehearsal, fails its row
         await ops.stop()
         await studio.renderer.stop()
         await engine.dispose()  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from common.logs import get_logger
 from services.outreach.studio import (
     activity,
     conversation_pages,
+    rehearsal_pages,
     sign_in,
     storm_pages,
     template_pages,
@@ -126,6 +127,7 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get(base, template_pages.editor),
         web.post(base, template_pages.save),
         web.post(base + "/versions/{version:\\d+}/publish", template_pages.publish_version),
+        web.post(base + "/versions/{version:\\d+}/rehearse", rehearsal_pages.rehearse),
         web.post(base + "/rollback", template_pages.rollback),
         web.get(base + "/history", template_pages.history),
         web.post(base + "/test-send", template_pages.test_send),
@@ -137,6 +139,8 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/storms", storm_pages.storm_list),
         web.get("/storms/{storm_id}", storm_pages.storm),
         web.post("/storms/{storm_id}", storm_pages.act),
+        web.get("/rehearsals", rehearsal_pages.rehearsal_list),
+        web.get("/rehearsals/{rehearsal_id:\\d+}", rehearsal_pages.rehearsal),
         web.static("/static", HERE / "static", append_version=True),
     ]
 

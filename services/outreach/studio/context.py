@@ -1,8 +1,8 @@
 """What every studio handler needs of a request: the studio (its stores, settings and
 pages), who is asking and with which role, and the template a URL names. The handlers
 themselves are module-level functions per resource: sign_in.py, template_pages.py,
-activity.py, conversation_pages.py, storm_pages.py; app.py puts them behind the
-middlewares."""
+activity.py, conversation_pages.py, storm_pages.py, rehearsal_pages.py; app.py puts them
+behind the middlewares."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ from services.outreach.domain.rendering import (
     MESSAGE_KINDS,
 )
 from services.outreach.studio.accounts import Accounts, SignedIn, roles_with
+from services.outreach.studio.rehearsals import RehearsalStore
+from services.outreach.studio.rehearser import Rehearser
 from services.outreach.studio.security import (
     LoginThrottle,
     parse_networks,
@@ -53,6 +55,8 @@ FLASH = {
     "storm_held": "Held: its messages wait until someone approves or cancels the storm.",
     "storm_cancelled": "Cancelled: its held messages, and those still to come, are not sent.",
     "storm_note": "Note saved: the storm's messages that leave from now on carry it.",
+    "rehearsal_started": "Rehearsal asked for: it runs in the background, one at a time, "
+    "and this page follows it until its report is ready.",
 }
 
 
@@ -93,6 +97,10 @@ class Studio:
         # workers count them by (the same OUTREACH_STORM_* settings).
         self.storms = StormStore(self.accounts.sessions, self.settings.storm_policy())
         self.storm_messages = StormMessages(self.accounts.sessions)
+        # Rehearsals of drafts (rehearsal_pages.py) are asked for here and kept in the
+        # same database; this process runs them once serve() has started the rehearser.
+        self.rehearsals = RehearsalStore(self.accounts.sessions)
+        self.rehearser = Rehearser(self.rehearsals, self.settings.data_dir / "rehearsals")
 
     # -- pages --
 

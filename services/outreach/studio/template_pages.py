@@ -39,6 +39,7 @@ from services.outreach.studio.context import (
     template_key,
     template_url,
 )
+from services.outreach.studio.rehearsal_view import DAYS_DEFAULT, DAYS_MAX
 
 
 async def template_list(request: web.Request) -> web.Response:
@@ -130,6 +131,8 @@ async def editor(request: web.Request, **override: Any) -> web.Response:
         url=template_url(kind, channel, locale),
         publish_problems=override.pop("publish_problems", None),
         send_error=override.pop("send_error", None),
+        rehearse_error=override.pop("rehearse_error", None),
+        rehearse_days=(DAYS_DEFAULT, DAYS_MAX),
         **override,
     )
 

@@ -102,7 +102,7 @@ async def test_no_route_answers_a_caller_who_has_not_signed_in(make_client):
     client, studio, sender = await make_client()
     public = {"/login", "/favicon.ico", "/livez", "/readyz", "/healthz"}
     values = {"kind": "awaiting_pickup", "channel": "sms", "locale": "en", "version": "1",
-              "customer_id": "c-1", "storm_id": "st-1"}  # fmt: skip
+              "customer_id": "c-1", "storm_id": "st-1", "rehearsal_id": "1"}  # fmt: skip
 
     async def versions() -> list[tuple[int, str, str]]:
         found = await studio.store.versions("awaiting_pickup", "sms", "en")
@@ -214,3 +214,56 @@ async def test_preview_api_needs_the_csrf_header(make_client):
         "/api/preview", json=body, headers={"X-CSRF-Token": csrf_of(await page.text())}
     )
     assert ok.status == 200 and (await ok.json())["text"] == "Hi"
+
+
+async def test_editors_rehearse_a_draft_and_only_roles_that_see_messages_read_its_samples(
+    make_client,
+):
+    client, studio, _ = await make_client()
+    await sign_in(client, studio, "eve", "editor")
+    token = csrf_of(await (await client.get(SMS)).text())
+    form = {
+        "csrf_token": token,
+        "text": "Hi {{ customer.first_name }}, REHEARSED",
+        "action": "save",
+    }
+    assert (await client.post(SMS, data=form, allow_redirects=False)).status == 303
+    published, draft = await studio.store.versions("awaiting_pickup", "sms", "en")
+    page = await (await client.get(f"{SMS}?version={draft.version}")).text()
+    assert "Rehearse this draft on the last N days" in page
+
+    async def rehearse(version: int, days: str) -> tuple[int, str]:
+        answer = await client.post(f"{SMS}/versions/{version}/rehearse", allow_redirects=False,
+                                   data={"csrf_token": token, "days": days})  # fmt: skip
+        return answer.status, answer.headers.get("Location", await answer.text())
+
+    status, said = await rehearse(published.version, "7")
+    assert status == 422 and "only a draft is rehearsed" in said
+    status, said = await rehearse(draft.version, "31")
+    assert status == 422 and "1 to 30 days" in said
+    assert await rehearse(draft.version, "7") == (303, "/rehearsals/1?flash=rehearsal_started")
+    row = await studio.rehearsals.get(1)
+    assert row is not None and row.status == "queued" and row.template_version_id == draft.id
+    assert row.until - row.since == timedelta(days=7)
+    audit = await studio.accounts.audit_log("rehearsal_started")
+    assert [(e.actor, e.target, e.detail["version"]) for e in audit] == [
+        ("eve", "awaiting_pickup/sms/en", draft.version)
+    ]
+    assert 'http-equiv="refresh"' in await (await client.get("/rehearsals/1")).text()
+
+    sample = {"message_kind": "awaiting_pickup", "locale": "en", "channel": "sms",
+              "subject": None, "text": "Hi Ann, REHEARSED"}  # fmt: skip
+    async with studio.accounts.sessions() as s, s.begin():
+        stored = await s.get(type(row), 1)
+        stored.status = "done"
+        stored.report = {"customers_reached": 1, "messages": 1, "samples": [sample]}
+    shown = await (await client.get("/rehearsals/1")).text()
+    assert "Hi Ann, REHEARSED" in shown and 'http-equiv="refresh"' not in shown
+    await sign_in(client, studio, "vic", "viewer")
+    listed = await (await client.get("/rehearsals")).text()
+    assert "awaiting_pickup/sms/en v2" in listed and "1 (1 messages)" in listed
+    seen = await (await client.get("/rehearsals/1")).text()
+    assert "<strong>1</strong> customer," in seen and "Hi Ann, REHEARSED" not in seen
+    refused = await client.post(f"{SMS}/versions/{draft.version}/rehearse",
+                                data={"csrf_token": csrf_of(seen), "days": "7"})  # fmt: skip
+    assert refused.status == 403
