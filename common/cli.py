@@ -359,11 +359,13 @@ def cmd_templates(args: argparse.Namespace) -> int:
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
-    """Runs as outreach's own command (its settings: the cluster, the live database)."""
-    import subprocess
+    """Becomes outreach's own command (its settings: the cluster, the live database):
+    replaced, not a child, so that Ctrl-C reaches the rehearsal itself, which then stops
+    its services and deletes its topics."""
+    import os
 
     command = [sys.executable, "-m", "services.outreach.rehearsal", *args.rest]
-    return subprocess.run(command, check=False).returncode
+    os.execv(sys.executable, command)
 
 
 def _output_option() -> argparse.ArgumentParser:

@@ -48,12 +48,13 @@ class InOrderProducer:
         value: bytes | None,
         timestamp_ms: int,
         headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
+    ) -> Any:
+        """Sends one record; returns the producer's future of it."""
         partition = self.partition(topic, key)
         if self.strict and self._run is not None and self._run != (topic, partition):
             self.producer.flush()
         self._run = (topic, partition)
-        self.producer.send(
+        return self.producer.send(
             topic,
             key=key,
             partition=partition,

@@ -118,14 +118,18 @@ def _event_and_trace_processor(
 
 
 class _Stdout:
-    """Whatever `sys.stdout` is when a line is written, not when logging was set up: a
-    harness that swaps and closes stdout (pytest's capture) must not break later logs."""
+    """Whatever `sys.stdout` (or `sys.stderr`) is when a line is written, not when
+    logging was set up: a harness that swaps and closes stdout (pytest's capture) must
+    not break later logs."""
+
+    def __init__(self, name: str = "stdout") -> None:
+        self.name = name
 
     def write(self, text: str) -> int:
-        return sys.stdout.write(text)
+        return int(getattr(sys, self.name).write(text))
 
     def flush(self) -> None:
-        sys.stdout.flush()
+        getattr(sys, self.name).flush()
 
 
 def _json_line(event_dict: Any, **_: Any) -> str:
@@ -134,7 +138,11 @@ def _json_line(event_dict: Any, **_: Any) -> str:
     return orjson.dumps(event_dict, default=repr).decode()
 
 
-def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
+def configure_logging(
+    service: str, level: str = "INFO", fmt: str = "json", *, stream: str = "stdout"
+) -> None:
+    """Logs as one JSON document a line (or for people: `fmt` console) on `stream`
+    (stdout; a command whose stdout is its result logs on stderr)."""
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_json_line)
         if fmt == "json"
@@ -152,12 +160,12 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     structlog.configure(
         processors=[*shared, *last],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(_Stdout()),  # type: ignore[arg-type]
+        logger_factory=structlog.PrintLoggerFactory(_Stdout(stream)),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
     # Libraries (faust, aiokafka, grpc) log through stdlib logging: render them as JSON too.
-    handler = logging.StreamHandler(_Stdout())
+    handler = logging.StreamHandler(_Stdout(stream))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *last],

@@ -90,9 +90,13 @@ def live_state(stack: Stack, bootstrap: str, doubles: tuple[Any, Any]) -> dict[s
             "reached": {r[0] for r in reached}, "rehearsal topics": rehearsals}  # fmt: skip
 
 
-def rehearse(stack: Stack, bootstrap: str, work: Path, *args: str) -> dict[str, Any]:
+def rehearse(
+    stack: Stack, bootstrap: str, work: Path, providers: dict[str, str], *args: str
+) -> dict[str, Any]:
+    """`outreachctl rehearse` with the live worker's environment: its cluster, prefix,
+    database and provider credentials (which it must not use)."""
     env = {k: v for k, v in os.environ.items() if k.startswith("KAFKA_") or k in ("PATH",)}
-    env |= {
+    env |= providers | {
         "PYTHONPATH": str(ROOT),
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "OUTREACH_TOPIC_PREFIX": stack.prefix,
@@ -105,7 +109,12 @@ def rehearse(stack: Stack, bootstrap: str, work: Path, *args: str) -> dict[str, 
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    return dict(json.loads(done.stdout))
+    try:
+        return dict(json.loads(done.stdout))
+    except ValueError:
+        raise AssertionError(
+            f"not one JSON document:\n{done.stdout[:3000]}\n{done.stderr[-3000:]}"
+        ) from None
 
 
 def test_a_lowered_threshold_reaches_more_customers_and_changes_nothing_live(
@@ -125,7 +134,10 @@ def test_a_lowered_threshold_reaches_more_customers_and_changes_nothing_live(
 
     rules = tmp_path / "stall.env"
     rules.write_text("# stalled after a day without a scan\nORDERS_WATCHER_STALL_HOURS=24\n")
-    lowered = rehearse(live, kafka_bootstrap, tmp_path / "rehearsals", "--rules", str(rules))
+    providers = provider_env(twilio_double, sendgrid_double)
+    lowered = rehearse(
+        live, kafka_bootstrap, tmp_path / "lowered", providers, "--rules", str(rules)
+    )
     assert lowered["customers_reached"] == len(reached_live) + 1, lowered
     assert lowered["live"]["only_rehearsed_ids"] == ["c-ann"]
     assert lowered["live"]["only_live"] == 0
@@ -141,7 +153,7 @@ def test_a_lowered_threshold_reaches_more_customers_and_changes_nothing_live(
     assert after == before  # nothing live moved, no rehearsal topic is left
 
     # The same rules as live: the rehearsal reaches whom the live run reached.
-    same = rehearse(live, kafka_bootstrap, tmp_path / "rehearsals")
+    same = rehearse(live, kafka_bootstrap, tmp_path / "same", providers)
     assert same["customers_reached"] == len(reached_live)
     assert same["live"]["rehearsed"] == same["live"]["live"]
     assert (same["live"]["only_rehearsed"], same["live"]["only_live"]) == (0, 0)

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from common.topics import WATERMARKS
+from services.outreach.rehearsal.rest import wait_at_rest
 from simulator.publisher import Publisher
 from simulator.shop import Config, Emission, Shop
 from tests.chaos.checker import read_topic
@@ -94,27 +95,6 @@ class Replay:
         return found
 
 
-def _group_lag(bootstrap: str, prefix: str, ends: dict[Any, int]) -> dict[str, int]:
-    """Records the pipeline's consumer groups have not committed yet, against `ends`
-    (every partition's end offset), per group and topic that lags."""
-    from kafka import KafkaAdminClient, TopicPartition
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
-    try:
-        lag: Counter[str] = Counter()
-        for listed in admin.list_groups():
-            group = listed["group_id"] if isinstance(listed, dict) else listed[0]
-            if not group.startswith(prefix):
-                continue
-            for tp, meta in admin.list_group_offsets(group)[group].items():
-                end = ends.get(TopicPartition(tp.topic, tp.partition), 0)
-                if end > meta.offset:
-                    lag[f"{group} {tp.topic}"] += end - meta.offset
-        return dict(lag)
-    finally:
-        admin.close()
-
-
 def replay(
     bootstrap: str,
     emissions: list[Emission],
@@ -166,7 +146,7 @@ def replay(
                 for name in joining:
                     wait_for(lambda name=name: stack.ready(name), timeout=90, message=name)
             publisher.producer.flush()
-            _wait_at_rest(bootstrap, prefix, quiet_s, timeout_s)
+            wait_at_rest(bootstrap, prefix, quiet_s, timeout_s, skip=(WATERMARKS,))
             result = _collect(bootstrap, prefix, stack, sendgrid, twilio)
         finally:
             publisher.close()
@@ -185,43 +165,6 @@ def _launch_watchers(stack: Stack, work: Path, names: list[str], *, wait: bool =
         )
         if wait:
             wait_for(lambda name=name: stack.ready(name), timeout=90, message=name)
-
-
-def _wait_at_rest(bootstrap: str, prefix: str, quiet_s: float, timeout_s: float) -> None:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None)
-    deadline = time.monotonic() + timeout_s
-    try:
-        last: dict[Any, int] = {}
-        still_since = time.monotonic()
-        moving: list[str] = []
-        lagging: dict[str, int] = {}
-        while time.monotonic() < deadline:
-            # The services' marks keep coming while they are idle (each republishes now
-            # and then): not a sign of work.
-            topics = [
-                t for t in consumer.topics() if t.startswith(prefix) and not t.endswith(WATERMARKS)
-            ]
-            from kafka import TopicPartition
-
-            tps = [
-                TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
-            ]
-            ends = consumer.end_offsets(tps)
-            if ends != last:
-                moving = sorted({tp.topic for tp in ends if ends[tp] != last.get(tp)})
-                last, still_since = ends, time.monotonic()
-            elif time.monotonic() - still_since > quiet_s:
-                lagging = _group_lag(bootstrap, prefix, ends)
-                if not lagging:
-                    return
-            time.sleep(1.0)
-        raise TimeoutError(
-            f"the pipeline did not come to rest: last moved {moving}, lagging {lagging}"
-        )
-    finally:
-        consumer.close()
 
 
 def _collect(

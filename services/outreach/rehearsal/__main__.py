@@ -23,6 +23,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from common.logs import configure_logging
 from services.outreach.config import Settings
 from services.outreach.rehearsal import archive, report
 from services.outreach.rehearsal.namespace import RulesError, read_rules
@@ -42,6 +43,15 @@ def moment(value: str, now: datetime) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a moment: {value!r} (7d, 36h or ISO 8601)") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def templates_wanted(value: str, *, live: bool) -> str:
+    """--templates as run.Options takes it: none, all, or one draft's version id."""
+    if value not in ("published", "draft") and not value.isdigit():
+        raise ValueError(f"--templates takes published, draft or a version id, not {value!r}")
+    if value != "published" and not live:
+        raise ValueError("--templates needs the live studio's templates: not with --no-live")
+    return {"published": "none", "draft": "all"}.get(value, value)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,12 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parser().parse_args(argv)
     settings = Settings()
+    # Its result is stdout (a report, or one JSON document); what it logs goes to stderr.
+    configure_logging("rehearsal", "WARNING", "console", stream="stderr")
     now = datetime.now(UTC)
     try:
         since = moment(args.since, now)
         until = moment(args.until, now) if args.until else now
         rules = read_rules(args.rules) if args.rules else {}
-    except (argparse.ArgumentTypeError, RulesError, OSError) as exc:
+        drafts = templates_wanted(args.templates, live=not args.no_live)
+        if args.work_dir and args.work_dir.exists() and any(args.work_dir.iterdir()):
+            raise ValueError(f"{args.work_dir} is not empty: a rehearsal starts from nothing")
+    except (argparse.ArgumentTypeError, RulesError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bootstrap, prefix = settings.kafka_bootstrap_servers, settings.topic_prefix
@@ -86,17 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"archived {n} input records to {args.export}", file=sys.stderr)
         return 0
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="rehearsal-", dir=_runs(settings)))
-    drafts = {"published": "none", "draft": "all"}.get(args.templates, args.templates)
     options = Options(
         bootstrap=bootstrap, since=since, until=until, work=work, prefix=prefix,
         archive=args.archive, rules=rules, drafts=drafts, timeout_s=args.timeout,
         live_database_url=None if args.no_live else settings.db_url(),
+        partitions=settings.topic_partitions,
         progress=lambda line: print(f"rehearsal: {line}", file=sys.stderr, flush=True),
     )  # fmt: skip
     try:
         found = rehearse(options)
-    except (ValueError, TimeoutError, RuntimeError) as exc:
-        print(f"error: the rehearsal failed: {exc}", file=sys.stderr)
+    except Exception as exc:  # said plainly, whatever it was: Kafka, a database, a service
+        print(f"error: the rehearsal failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     if args.output == "json":
         print(json.dumps(found.as_json(), indent=2, default=str))

@@ -16,7 +16,11 @@ from typing import IO, Any
 import orjson
 
 from common.in_order import InOrderProducer
-from common.topics import INPUT_TOPICS
+from common.topics import INPUT_TOPICS, OPTOUTS
+
+#: What a rehearsal replays: the shop's input, and the customers' opt-outs as they came
+#: (unsubscribe links, STOP, bounces: preferences applies them at their moment).
+REPLAYED = (*INPUT_TOPICS, OPTOUTS)
 
 POLL_MS = 500
 
@@ -42,8 +46,8 @@ class Record:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
-        if data.get("topic") not in INPUT_TOPICS:
-            raise ValueError(f"not an input topic of the shop: {data.get('topic')!r}")
+        if data.get("topic") not in REPLAYED:
+            raise ValueError(f"not a topic a rehearsal replays: {data.get('topic')!r}")
         value = data.get("value")
         return cls(
             topic=data["topic"],
@@ -60,8 +64,9 @@ def in_story_order(records: Iterable[Record]) -> list[Record]:
 
 
 def read_broker(bootstrap: str, prefix: str, until_ms: int, timeout_s: float = 600) -> list[Record]:
-    """Every retained record of the shop's input topics (under `prefix`) stamped up to
-    `until_ms`, up to the end each partition had when the reading began."""
+    """Every retained record of the shop's input topics and of the opt-outs (under
+    `prefix`) stamped up to `until_ms`, up to the end each partition had when the
+    reading began."""
     from kafka import KafkaConsumer, TopicPartition
 
     from common.kafka_security import client_options
@@ -75,7 +80,7 @@ def read_broker(bootstrap: str, prefix: str, until_ms: int, timeout_s: float = 6
     try:
         partitions = [
             TopicPartition(prefix + topic, p)
-            for topic in INPUT_TOPICS
+            for topic in REPLAYED
             for p in sorted(consumer.partitions_for_topic(prefix + topic) or ())
         ]
         consumer.assign(partitions)
@@ -130,16 +135,20 @@ def publish(bootstrap: str, prefix: str, records: Iterable[Record]) -> int:
     service reads: then each partition in order is enough, and it goes in batches."""
     producer = InOrderProducer(bootstrap, strict=False)
     stamp, n = 0, 0
+    failures: list[BaseException] = []
     try:
         for record in records:
             stamp = max(stamp + 1, record.timestamp_ms)
-            producer.send(
+            sent = producer.send(
                 prefix + record.topic, record.key, record.value, stamp, list(record.headers) or None
             )
+            sent.add_errback(failures.append)
             n += 1
         producer.flush()
     finally:
         producer.close()
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {n} input records not published: {failures[0]!r}")
     return n
 
 

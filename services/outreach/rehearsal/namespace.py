@@ -17,10 +17,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from common.topics import WATERMARKS
+from common.topics import WATERMARKS, all_topics
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVICES = {
@@ -33,11 +34,23 @@ SERVICES = {
 # cluster, and nothing else.
 PASSED_ON = ("PATH", "HOME", "LANG", "TZ")
 PASSED_ON_PREFIXES = ("KAFKA_SECURITY_", "KAFKA_SSL_", "KAFKA_SASL_")
-# Rule settings a rules file may change (detection, scoring, decisions); never where
-# things are, who may do what or how to reach a provider.
+# Rule settings (detection, scoring, decisions, what the messages say): the live ones
+# are the rehearsal's starting point, a rules file may change them. Never where things
+# are, who may do what, how to reach a provider or where telemetry goes.
 RULE_PREFIXES = ("ORDERS_WATCHER_", "RISK_", "OUTREACH_")
 NOT_RULES = ("_URL", "_PORT", "_HOST", "_TOKEN", "_SECRET", "_KEY", "_PASSWORD", "_PREFIX",
-             "_DIR", "_CLOCK", "_TARGET", "_SERVERS", "_FORMAT")  # fmt: skip
+             "_DIR", "_CLOCK", "_TARGET", "_SERVERS", "_FORMAT", "_SID", "_STORE", "_FILE",
+             "_RETENTION_MS")  # fmt: skip
+NOT_RULES_ANYWHERE = ("TWILIO", "SENDGRID", "ZENDESK", "TRACING", "OTEL", "STUDIO", "HELPDESK")
+
+
+def is_rule(key: str) -> bool:
+    """May a rehearsal take this setting (from the live environment, or a rules file)?"""
+    return (
+        key.startswith(RULE_PREFIXES)
+        and not key.endswith(NOT_RULES)
+        and not any(part in key for part in NOT_RULES_ANYWHERE)
+    )
 
 
 class RulesError(ValueError):
@@ -56,7 +69,7 @@ def read_rules(path: Path) -> dict[str, str]:
         key = key.strip()
         if not sep or not key.isupper():
             raise RulesError(f"{path}:{n}: not KEY=VALUE")
-        if not key.startswith(RULE_PREFIXES) or key.endswith(NOT_RULES):
+        if not is_rule(key):
             raise RulesError(f"{path}:{n}: {key} is not a rule setting a rehearsal may change")
         rules[key] = value.strip()
     return rules
@@ -69,9 +82,12 @@ def _free_port() -> int:
 
 
 class Namespace:
+    """One rehearsal's topics, databases and processes (`rules`: the settings to try,
+    over the live ones)."""
+
     def __init__(self, bootstrap: str, work: Path, rules: dict[str, str] | None = None) -> None:
         self.bootstrap = bootstrap
-        self.work = work
+        self.work = work.resolve()
         self.prefix = f"rehearsal-{secrets.token_hex(4)}."
         self.rules = dict(rules or {})
         self.ports = {name: _free_port() for name in (*SERVICES, "grpc")}
@@ -82,9 +98,16 @@ class Namespace:
             name: secrets.token_hex(16) for name in ("read", "write", "offer", "unsub")
         }
 
+    def live_rules(self) -> dict[str, str]:
+        """The rule settings of the environment it was started in (the live ones)."""
+        return {k: v for k, v in os.environ.items() if is_rule(k)}
+
     def env(self) -> dict[str, str]:
+        """The services' environment: the cluster, the live rules, the rules to try,
+        and the rehearsal's own everything else."""
         env = {k: v for k, v in os.environ.items() if k in PASSED_ON}
         env |= {k: v for k, v in os.environ.items() if k.startswith(PASSED_ON_PREFIXES)}
+        env |= self.live_rules()
         token, own = self._secrets["read"], self._secrets
         grpc = f"127.0.0.1:{self.ports['grpc']}"
         env |= {
@@ -106,12 +129,14 @@ class Namespace:
         env |= {port: str(self.ports[name]) for name, (_, port) in SERVICES.items()}
         return env | self.rules
 
-    def create_topics(self) -> None:
+    def create_topics(self, partitions: int) -> None:
+        """Its topics, kept whatever the records' age (a replay of an older archive must
+        not lose its input to retention; they are deleted at the end)."""
+        from common.admin import ensure_topics
+
         self.work.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "common.cli", "topics", "create"],
-            env=self.env(), cwd=ROOT, check=True, capture_output=True,
-        )  # fmt: skip
+        specs = [replace(t, retention_ms=-1) for t in all_topics(self.prefix, partitions)]
+        ensure_topics(self.bootstrap, specs)
 
     def start(self, timeout_s: float = 120) -> None:
         """The four services, once the input is in their topics."""

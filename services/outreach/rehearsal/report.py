@@ -14,9 +14,8 @@ from datetime import datetime
 from typing import Any
 
 # A decision that reaches the customer: sent, or on its way (scheduled to leave, in the
-# provider's hands). The live side counts what left (`SENT`).
+# provider's hands) — on both sides of the comparison.
 REACHING = frozenset({"decided", "scheduled", "sending", "in_doubt", "sent", "delivered"})
-SENT = frozenset({"sending", "in_doubt", "sent", "delivered"})
 SAMPLE_TEXT = 600  # characters of a sample's text in the report
 SHOWN_IDS = 10  # customer ids named per side of the difference
 FIRST_NAME = "[first name]"
@@ -86,6 +85,7 @@ class Report:
     messages: int
     segments: list[Segment]
     suppressed: dict[str, int]
+    failed: dict[str, int]  # could not be sent (a template that does not render, …)
     storms: list[StormLine]
     samples: list[Sample]
     live: Difference | None = None
@@ -162,6 +162,7 @@ def build(
     rows = _in(rehearsed, since, until)
     reaching = [d for d in rows if d.status in REACHING]
     suppressed = Counter(d.reason or "unknown" for d in rows if d.status == "suppressed")
+    failed = Counter(d.reason or "unknown" for d in rows if d.status == "failed")
     return Report(
         since=since,
         until=until,
@@ -169,11 +170,12 @@ def build(
         messages=len(reaching),
         segments=segments(reaching),
         suppressed=dict(sorted(suppressed.items(), key=lambda kv: (-kv[1], kv[0]))),
+        failed=dict(sorted(failed.items(), key=lambda kv: (-kv[1], kv[0]))),
         storms=[s for s in storms if since <= s.started_at <= until],
         samples=samples(reaching),
         live=None
         if live is None
-        else difference(reaching, [d for d in _in(live, since, until) if d.status in SENT]),
+        else difference(reaching, [d for d in _in(live, since, until) if d.status in REACHING]),
         notes=list(notes),
     )
 
@@ -192,13 +194,15 @@ def as_text(report: Report) -> str:
         ),
         "held back, by reason:",
         *(f"  {reason:<24} {n:>7}" for reason, n in report.suppressed.items()),
+        "failed, by reason:",
+        *(f"  {reason:<24} {n:>7}" for reason, n in report.failed.items()),
         "storms:",
         *(f"  {s.scope:<40} {s.size:>6} incidents  {s.state}" for s in report.storms),
     ]
     if report.live is not None:
         live = report.live
         lines += [
-            "against what was really sent (customers per intent, rehearsed / live):",
+            "against what was really sent or on its way (customers per intent, rehearsed / live):",
             *(
                 f"  {intent:<14} {live.rehearsed.get(intent, 0):>7} / {live.live.get(intent, 0)}"
                 for intent in sorted({*live.rehearsed, *live.live})

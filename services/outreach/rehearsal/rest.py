@@ -11,18 +11,21 @@ from typing import Any
 
 def group_lag(admin: Any, prefix: str, ends: dict[Any, int]) -> dict[str, int]:
     """Records the consumer groups under `prefix` have not committed yet, against
-    `ends` (every partition's end offset), per group and topic that lags."""
-    from kafka import TopicPartition
-
+    `ends` (every partition's end offset), per group and topic that lags: on every
+    partition of a topic a group has committed on (one it has not committed on yet
+    lags by all it holds)."""
     lag: Counter[str] = Counter()
     for listed in admin.list_groups():
         group = listed["group_id"] if isinstance(listed, dict) else listed[0]
         if not group.startswith(prefix):
             continue
-        for tp, meta in admin.list_group_offsets(group)[group].items():
-            end = ends.get(TopicPartition(tp.topic, tp.partition), 0)
-            if end > meta.offset:
-                lag[f"{group} {tp.topic}"] += end - meta.offset
+        committed = {(tp.topic, tp.partition): meta.offset
+                     for tp, meta in admin.list_group_offsets(group)[group].items()}  # fmt: skip
+        topics = {topic for topic, _ in committed}
+        for tp, end in ends.items():
+            behind = end - committed.get((tp.topic, tp.partition), 0)
+            if tp.topic in topics and behind > 0:
+                lag[f"{group} {tp.topic}"] += behind
     return dict(lag)
 
 

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -39,11 +39,15 @@ class Options:
     quiet_s: float = 5.0
     timeout_s: float = 1800.0
     keep_topics: bool = False
+    partitions: int = 4  # of each of its topics
     progress: Callable[[str], None] = field(default=lambda _: None)  # what it is doing now
 
 
 def rehearse(options: Options) -> report.Report:
+    """Replays, waits for rest, reports; the namespace is stopped (its topics deleted)
+    whatever happens."""
     started, say = time.monotonic(), options.progress
+    options.work = options.work.resolve()
     until_ms = int(options.until.timestamp() * 1000)
     if options.archive is not None:
         records = [r for r in archive.read(options.archive) if r.timestamp_ms <= until_ms]
@@ -61,7 +65,7 @@ def rehearse(options: Options) -> report.Report:
         )
         notes.append(f"templates: {copied} versions of the live studio ({options.drafts} drafts)")
     try:
-        namespace.create_topics()
+        namespace.create_topics(options.partitions)
         published = archive.publish(options.bootstrap, namespace.prefix, records)
         say(f"{published} records published after {time.monotonic() - started:.1f} s")
         namespace.start()
@@ -71,18 +75,27 @@ def rehearse(options: Options) -> report.Report:
     finally:
         namespace.stop(delete_topics=not options.keep_topics)
     rehearsed, storms = asyncio.run(read_rehearsal(rehearsal_db))
-    live = asyncio.run(decisions(options.live_database_url)) if options.live_database_url else None
+    live = None
+    if options.live_database_url:
+        live = asyncio.run(decisions(options.live_database_url, options.since, options.until))
     seconds = time.monotonic() - started
     notes.append(f"{published} input records replayed in {seconds:.1f} s")
+    live_rules = namespace.live_rules()
+    if live_rules:
+        notes.append("live rules: " + ", ".join(f"{k}={v}" for k, v in sorted(live_rules.items())))
     if options.rules:
-        notes.append("rules: " + ", ".join(f"{k}={v}" for k, v in sorted(options.rules.items())))
+        notes.append(
+            "rules tried: " + ", ".join(f"{k}={v}" for k, v in sorted(options.rules.items()))
+        )
     return report.build(
         rehearsed, since=options.since, until=options.until, storms=storms, live=live, notes=notes
     )
 
 
-async def decisions(url: str) -> list[report.Decision]:
-    """Every decision of a ledger (read only)."""
+async def decisions(
+    url: str, since: datetime | None = None, until: datetime | None = None
+) -> list[report.Decision]:
+    """The decisions of a ledger (read only), of the period if given."""
     engine = create_engine(url)
     try:
         async with session_factory(engine)() as s:
@@ -99,6 +112,9 @@ async def decisions(url: str) -> list[report.Decision]:
                     Delivery.subject,
                     Delivery.body_text,
                     Delivery.request,
+                ).where(
+                    Delivery.decided_at >= (since or datetime.min.replace(tzinfo=UTC)),
+                    Delivery.decided_at <= (until or datetime.max.replace(tzinfo=UTC)),
                 )
             )
             return [
@@ -113,6 +129,7 @@ async def decisions(url: str) -> list[report.Decision]:
 
 
 async def read_rehearsal(url: str) -> tuple[list[report.Decision], list[report.StormLine]]:
+    """The rehearsal's decisions and storms."""
     found = await decisions(url)
     engine = create_engine(url)
     try:

@@ -57,6 +57,8 @@ def test_a_rules_file_may_change_rules_and_nothing_else(tmp_path):
     }  # fmt: skip
     for line in ("OUTREACH_DATABASE_URL=postgresql://live", "TWILIO_AUTH_TOKEN=x",
                  "OUTREACH_TOPIC_PREFIX=", "KAFKA_BOOTSTRAP_SERVERS=x", "OUTREACH_CLOCK=wall",
+                 "OUTREACH_TWILIO_ACCOUNT_SID=AC1", "OUTREACH_TRACING_ENABLED=true",
+                 "ORDERS_WATCHER_STORE=rocksdb://", "OUTREACH_ZENDESK_SUBDOMAIN=shop",
                  "just words"):  # fmt: skip
         rules.write_text(line + "\n")
         with pytest.raises(RulesError):
@@ -69,7 +71,12 @@ def test_the_namespace_passes_on_the_cluster_and_nothing_live(tmp_path, monkeypa
     monkeypatch.setenv("SENDGRID_API_KEY", "SG.live")
     monkeypatch.setenv("OUTREACH_TOPIC_PREFIX", "prod.")
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "cluster-secret")
+    # The live rules are where it starts from; the rules to try go over them.
+    monkeypatch.setenv("OUTREACH_CONSOLIDATE_S", "60")
+    monkeypatch.setenv("ORDERS_WATCHER_STALL_HOURS", "72")
+    monkeypatch.setenv("OUTREACH_SENDGRID_FROM_EMAIL", "care@shop.example")
     env = Namespace("broker:9093", tmp_path, {"ORDERS_WATCHER_STALL_HOURS": "24"}).env()
+    assert env["OUTREACH_CONSOLIDATE_S"] == "60" and "OUTREACH_SENDGRID_FROM_EMAIL" not in env
     assert "OUTREACH_DATABASE_URL" not in env and "TWILIO_AUTH_TOKEN" not in env
     assert "SENDGRID_API_KEY" not in env
     assert env["OUTREACH_TOPIC_PREFIX"].startswith("rehearsal-")
