@@ -84,6 +84,11 @@ class Links:
     support_phone: str = "+49 30 1234567"
     unsubscribe_secret: str = ""
 
+    def shop(self) -> dict[str, str]:
+        """What a template may say of the shop (`shop` in its context)."""
+        return {"name": self.shop_name, "support_email": self.support_email,
+                "support_phone": self.support_phone}  # fmt: skip
+
 
 class DeliveryService:
     def __init__(
@@ -945,11 +950,7 @@ class MessageComposer:
             offer=offer.as_context() if offer else None,
             unsubscribe_url=f"{links.public_base_url}/unsubscribe?token={token}",
             support_url=links.support_url,
-            shop={
-                "name": links.shop_name,
-                "support_email": links.support_email,
-                "support_phone": links.support_phone,
-            },
+            shop=links.shop(),
             survey=survey,
             storm_note=storm_note,
         )

@@ -340,8 +340,9 @@ def test_a_hub_outage_is_one_storm_approved_and_each_customer_reached_once(
         # One storm, of the hub (not one of the carrier beside it), every parcel in it.
         assert [(r.scope, r.size) for r in db.storms()] == [(SCOPE, PARCELS)]
         assert (gauge(stack, "outreach_storms", 'state="awaiting"') or 0) >= 1
-        # Nothing leaves while it waits.
-        time.sleep(2)
+        # Nothing leaves while it waits: a message decided before the storm held it would
+        # have left once its gathering window (CONSOLIDATE_S) was over; wait that long.
+        time.sleep(CONSOLIDATE_S + 1)
         assert accepted() == [], "a message left while its storm awaited approval"
         assert db.held(storm.storm_id) == PARCELS
         phase("waited")
@@ -355,7 +356,8 @@ def test_a_hub_outage_is_one_storm_approved_and_each_customer_reached_once(
 
         wait_for(everyone_reached, timeout=60, interval=0.5, message="every customer reached")
         phase("everyone reached")
-        time.sleep(3)  # a second message would come within the gathering window
+        # A second message to anyone would be due within a gathering window of the first.
+        time.sleep(CONSOLIDATE_S + 1)
         got = accepted()
         counts = Counter(to for to, _ in got)
         twice = {to: n for to, n in counts.items() if n != 1}

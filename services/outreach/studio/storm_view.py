@@ -230,11 +230,7 @@ def sample_context(
         offer={**offer.as_context(), "code": OFFER_CODE} if offer else None,
         unsubscribe_url=f"{links.public_base_url}/unsubscribe?token=sample",
         support_url=links.support_url,
-        shop={
-            "name": links.shop_name,
-            "support_email": links.support_email,
-            "support_phone": links.support_phone,
-        },
+        shop=links.shop(),
         survey=None,
         storm_note=note,
     )
