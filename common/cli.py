@@ -11,8 +11,10 @@ outreachctl sending status|pause|resume   the kill switch
 outreachctl explain CUSTOMER_ID      why did (or didn't) we message this person?
 outreachctl rehearse --from 7d [--rules FILE] [--templates draft]   what other rules or
                                      templates would have done (nothing live is written)
+outreachctl outcomes [--since 90d] [--experiment NAME]   what each experiment's arms did
+                                     for their customers (orders, returns, contacts, ...)
 
-Every command but templates and rehearse takes --output text|json (json: one JSON document on
+Every command but templates takes --output text|json (json: one JSON document on
 stdout, nothing else). Exit codes: 0 done; 1 failed or refused (a missing topic, nothing at
 that offset, a purge without --yes, a service that did not answer); 2 a usage error;
 3 partly done (explain: one of the two services did not answer).
@@ -358,6 +360,14 @@ def cmd_templates(args: argparse.Namespace) -> int:
     return subprocess.run(command, check=False).returncode
 
 
+def cmd_outcomes(args: argparse.Namespace) -> int:
+    """Runs in outreach's own command (its settings, its database)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "services.outreach.outcome_report", *args.rest]
+    return subprocess.run(command, check=False).returncode
+
+
 def cmd_rehearse(args: argparse.Namespace) -> int:
     """Becomes outreach's own command (its settings: the cluster, the live database):
     replaced, not a child, so that Ctrl-C reaches the rehearsal itself, which then stops
@@ -395,20 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         help="create every topic that is missing (partitions, retention, dead letters)",
     ).set_defaults(func=cmd_topics_create)
     _deadletter_commands(sub, out)
-    tpl = sub.add_parser(
-        "templates",
-        help="export/import templates (see `outreachctl templates export|import --help`)",
-        add_help=False,
-    )
-    tpl.add_argument("rest", nargs=argparse.REMAINDER, help="the studio command's arguments")
-    tpl.set_defaults(func=cmd_templates)
-    rehearse = sub.add_parser(
-        "rehearse",
-        help="the last days again with other rules or templates (`outreachctl rehearse --help`)",
-        add_help=False,
-    )
-    rehearse.add_argument("rest", nargs=argparse.REMAINDER, help="the rehearsal's arguments")
-    rehearse.set_defaults(func=cmd_rehearse)
+    _forwarding_commands(sub)
     explain = sub.add_parser(
         "explain",
         parents=[out],
@@ -425,14 +422,31 @@ def main(argv: list[str] | None = None) -> int:
     explain.set_defaults(func=cmd_explain)
     _sending_commands(sub, out)
     given = sys.argv[1:] if argv is None else argv
-    if given[:1] == ["rehearse"]:  # its options are its own (argparse would take them)
-        return cmd_rehearse(argparse.Namespace(rest=given[1:]))
+    forwarded = {"rehearse": cmd_rehearse, "outcomes": cmd_outcomes}
+    if given[:1] and given[0] in forwarded:  # its options are its own (argparse takes them)
+        return forwarded[given[0]](argparse.Namespace(rest=given[1:]))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except kafka_security.KafkaAccessDenied as exc:
         print(f"outreachctl: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _forwarding_commands(sub: Any) -> None:
+    """The commands that run one of outreach's own (its settings, its database): their
+    options are theirs (`outreachctl <command> --help`)."""
+    forwarded = (
+        ("templates", cmd_templates, "export/import templates", "the studio command's"),
+        ("rehearse", cmd_rehearse, "the last days again with other rules or templates",
+         "the rehearsal's"),
+        ("outcomes", cmd_outcomes, "each experiment's control and treatment compared on what"
+         " became of their customers", "the report's"),
+    )  # fmt: skip
+    for name, func, text, whose in forwarded:
+        cmd = sub.add_parser(name, help=f"{text} (`outreachctl {name} --help`)", add_help=False)
+        cmd.add_argument("rest", nargs=argparse.REMAINDER, help=f"{whose} arguments")
+        cmd.set_defaults(func=func)
 
 
 def _deadletter_commands(sub: Any, out: argparse.ArgumentParser) -> None:

@@ -184,6 +184,25 @@ STORM_AWAITING = Gauge(
     "How long the storm that has waited longest for an operator's approval has waited "
     "(0: none waits).",
 )
+EXPERIMENT_CUSTOMERS = Gauge(
+    "outreach_experiment_customers",
+    "Customers in each arm (control, treatment) of an experiment, by their first decision "
+    "it covered in the last 90 days (docs/outcomes.md; the studio exports the outcome "
+    "gauges every OUTREACH_OUTCOMES_REFRESH_S).",
+    ["experiment", "arm"],
+)
+EXPERIMENT_OUTCOME = Gauge(
+    "outreach_experiment_outcome",
+    "An outcome in an arm of an experiment: a rate (0-1) or a mean (spend, CSAT, NPS), of "
+    "the customers whose window has passed.",
+    ["experiment", "arm", "outcome"],
+)
+EXPERIMENT_DIFFERENCE = Gauge(
+    "outreach_experiment_difference",
+    "Treatment minus control for an outcome of an experiment: the estimate and the low and "
+    "high bounds of its 95 % confidence interval.",
+    ["experiment", "outcome", "bound"],
+)
 IN_DOUBT = Counter(
     "outreach_in_doubt_sends_total",
     "Sends in doubt (a timeout or 5xx after the request left, a crash or stall during the "

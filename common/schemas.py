@@ -141,6 +141,8 @@ class OrderPlaced(_Input, frozen=True, kw_only=True):
     promised_ship_by: Instant
     promised_delivery_by: Instant
     shipping_address: ShippingAddress
+    # Codes the customer redeemed with the order (a remedy's, docs/outcomes.md): optional.
+    discount_codes: tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], ...] = ()
 
 
 class OrderCancelled(_Input, frozen=True, kw_only=True):
@@ -289,6 +291,19 @@ class FeedbackReceived(_Input, frozen=True, kw_only=True):
             raise ValueError("score: csat score must be 1-5")
 
 
+class SupportTicketOpened(_Input, frozen=True, kw_only=True):
+    """A customer contacted the shop's support (its helpdesk's ticket): an outcome the
+    experiments measure ("where is my order" contacts above all, docs/outcomes.md)."""
+
+    ticket_id: Identifier
+    customer_id: Identifier
+    order_id: Identifier | None = None
+    topic: Literal[
+        "where_is_my_order", "delivery_problem", "return", "refund", "product", "billing", "other"
+    ]
+    channel: Literal["email", "phone", "chat", "web", "social", "other"] = "other"
+
+
 INPUT_TYPES: dict[str, tuple[str, type[_Input]]] = {
     "order.placed": ("commerce.orders", OrderPlaced),
     "order.cancelled": ("commerce.orders", OrderCancelled),
@@ -300,6 +315,7 @@ INPUT_TYPES: dict[str, tuple[str, type[_Input]]] = {
     "customer.upserted": ("commerce.customers", CustomerUpserted),
     "customer.erased": ("commerce.customers", CustomerErased),
     "feedback.received": ("commerce.feedback", FeedbackReceived),
+    "support.ticket.opened": ("commerce.feedback", SupportTicketOpened),
 }
 
 

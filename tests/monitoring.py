@@ -10,8 +10,16 @@ from typing import Any
 MONITORING = Path(__file__).resolve().parents[1] / "deploy" / "monitoring"
 
 
-def dashboard_expressions() -> list[str]:
-    dash = json.loads((MONITORING / "dashboard.json").read_text())
+def dashboard_expressions(name: str = "dashboard.json") -> list[str]:
+    """The queries of a dashboard (`name`: "*" for every dashboard there is)."""
+    paths = sorted(MONITORING.glob("*dashboard.json")) if name == "*" else [MONITORING / name]
+    exprs: list[str] = []
+    for path in paths:
+        exprs += _expressions(json.loads(path.read_text()))
+    return exprs
+
+
+def _expressions(dash: Any) -> list[str]:
     exprs: list[str] = []
 
     def walk(node: Any) -> None:

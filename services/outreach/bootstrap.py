@@ -30,6 +30,7 @@ from services.outreach.adapters.conversations import HandoffStore, ReplyStore
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.ledger import Ledger, LedgerPort
 from services.outreach.adapters.optouts import OptOutPublisher, OptOuts
+from services.outreach.adapters.outcomes import OutcomeStore
 from services.outreach.adapters.providers import (
     GuardedSender,
     MessageSender,
@@ -124,6 +125,7 @@ class Outreach:
     delivery: DeliveryService
     controls: SendingControls
     storms: StormStore
+    outcomes: OutcomeStore  # what became of customers after decisions (docs/outcomes.md)
     controls_watcher: ControlsWatcher
     renderer: Renderer
     producer: AiokafkaProducer  # started and stopped by the worker that runs outreach
@@ -133,6 +135,7 @@ class Outreach:
     conversations: ConversationService
 
     async def start(self) -> None:
+        export_zero_series()
         await self.renderer.start()
         await create_schema(self.engine)
         await self.templates.seed_defaults()
@@ -199,13 +202,14 @@ def bootstrap(
     storms = StormStore(sessions, settings.storm_policy())
     secret = settings.secret(settings.offer_secret, "offers")
     composer = MessageComposer(cache, secret, renderer, storms)
+    outcomes = OutcomeStore(sessions)
     delivery = _delivery(settings, ledger, plans, senders, composer, optouts, wall)
-    delivery.storms = storms
+    delivery.storms, delivery.outcomes = storms, outcomes
     controls = SendingControls(sessions)
-    export_zero_series()
     return Outreach(
         controls=controls,
         storms=storms,
+        outcomes=outcomes,
         controls_watcher=ControlsWatcher(
             controls, delivery.paused, full_rate_per_s=settings.provider_rate_per_s, share=share
         ),
@@ -244,6 +248,7 @@ def _delivery(
             cap_messages=settings.cap_messages,
             cap_window=timedelta(days=settings.cap_window_days),
             holdout_share=settings.holdout_share,
+            experiments=settings.experiment_list(),
             gather=timedelta(seconds=settings.consolidate_s),
         ),
         sending=_sending_policy(settings),

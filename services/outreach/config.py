@@ -8,6 +8,7 @@ from pydantic_settings import SettingsConfigDict
 from common.settings import ServiceSettings
 from services.outreach.adapters.contact_plans import PreferencesTls
 from services.outreach.adapters.render_pool import RenderPool
+from services.outreach.domain import experiments as trials
 from services.outreach.domain.conversations import HandoffPolicy
 from services.outreach.domain.corrections import DEFAULT as corrections_default
 from services.outreach.domain.corrections import CorrectionPolicy
@@ -47,6 +48,11 @@ class Settings(ServiceSettings):
     cap_messages: int = Field(3, ge=0)
     cap_window_days: float = Field(7, gt=0)
     holdout_share: float = Field(0.0, ge=0, le=1)
+    # Experiments (docs/outcomes.md): `<name> <subject> <control share>` entries,
+    # separated by `;` — `apology-effect intent:apology 10%; offers remedy:* 50%`.
+    experiments: str = ""
+    # How often the studio exports the outcome report's gauges (the business dashboard).
+    outcomes_refresh_s: float = Field(300.0, gt=0)
     # Consolidation (docs/consolidation.md): how long a message about an incident waits
     # for the customer's other incidents so that one message names each (0: at once).
     consolidate_s: float = Field(0.0, ge=0, le=3600)
@@ -112,6 +118,12 @@ class Settings(ServiceSettings):
     @classmethod
     def _storm_rate_parse(cls, value: str) -> str:
         StormPolicy.parse(value, 0, 1.0)
+        return value
+
+    @field_validator("experiments")
+    @classmethod
+    def _experiments_parse(cls, value: str) -> str:
+        trials.parse(value)
         return value
 
     @field_validator("corrections")
@@ -197,6 +209,10 @@ class Settings(ServiceSettings):
 
     def storm_policy(self) -> StormPolicy:
         return StormPolicy.parse(self.storm_rate, self.storm_approval_size, self.storm_quiet_s)
+
+    def experiment_list(self) -> tuple[trials.Experiment, ...]:
+        """The experiments configured (without the holdout, which the policy adds)."""
+        return trials.parse(self.experiments)
 
     def correction_policy(self) -> CorrectionPolicy:
         return CorrectionPolicy.parse(self.corrections)

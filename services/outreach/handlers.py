@@ -9,7 +9,8 @@ providers; nothing here touches the ledger, a provider, a clock or Kafka.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from common import schemas, tracing
@@ -67,12 +68,14 @@ def experience_to_ask(request: schemas.OutreachRequest) -> list[str] | None:
 class Seen:
     """What the runtime read for a decision: the customer's contact plan as of now, what
     the ledger says of the cause, whether a check-in's incident reached the customer,
-    and whether sending the request's intent is paused."""
+    and whether sending the request's intent is paused; for experiments on a template
+    version, the version that would serve the message on each channel."""
 
     plan: ContactPlan | None
     cause: CauseState
     experienced: bool = True
     paused: bool = False
+    templates: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ def on_request(
         sent_in_window=seen.cause.sent_in_window,
         now=at.now,
         policy=policy,
+        templates=seen.templates,
     )
     row = lifecycle.new_row(
         request.model_dump(mode="json"),
@@ -132,10 +136,12 @@ def on_held(row: Row, seen: Seen, at: Moment, policy: DeliveryPolicy) -> Move:
         sent_in_window=seen.cause.sent_in_window,
         now=at.now,
         policy=policy,
+        templates=seen.templates,
     )
     if decision.outcome == "suppress":
         reason = decision.reason or pipeline.Suppression.PAUSED
-        return lifecycle.suppress(row, reason, decision.rule, at)
+        arms = [a.as_record() for a in decision.arms]
+        return lifecycle.suppress(row, reason, decision.rule, at, experiments=arms)
     if decision.outcome == "send":  # released now, with the rest of the held backlog
         rule = decision.rule + "; released at the resume (leaves with the customer's others)"
         decision = replace(decision, outcome="schedule", send_at=at.now, rule=rule)

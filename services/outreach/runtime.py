@@ -40,6 +40,7 @@ from services.outreach import handlers
 from services.outreach.adapters.contact_plans import ContactPlans
 from services.outreach.adapters.ledger import Delivery, DeliveryEvent, LedgerPort
 from services.outreach.adapters.optouts import OptOuts
+from services.outreach.adapters.outcomes import OutcomeStore
 from services.outreach.adapters.providers import (
     ABSENT,
     RETRY,
@@ -52,9 +53,10 @@ from services.outreach.adapters.providers import (
 from services.outreach.adapters.render_pool import Renderer
 from services.outreach.adapters.storms import StormStore
 from services.outreach.adapters.templates import TemplateCache
-from services.outreach.domain import consolidation, lifecycle, storms, surveys
+from services.outreach.domain import consolidation, lifecycle, outcomes, storms, surveys
 from services.outreach.domain import corrections as correcting
 from services.outreach.domain import decisions as pipeline
+from services.outreach.domain import experiments as trials
 from services.outreach.domain.context import build_context
 from services.outreach.domain.corrections import CorrectionPolicy
 from services.outreach.domain.decisions import ContactPlan, DeliveryPolicy
@@ -109,6 +111,7 @@ class DeliveryService:
         storms: StormStore | None = None,
     ) -> None:
         self.storms = storms
+        self.outcomes: OutcomeStore | None = None  # forgets with erasure and retention
         self.release_batch = 100  # held messages released per round (whole customers)
         self.surveys = surveys or SurveyPolicy()
         self.corrections = corrections or CorrectionPolicy.parse(correcting.DEFAULT)
@@ -231,6 +234,8 @@ class DeliveryService:
         scrubbed = await self.ledger.erase_customer(erased.customer_id, self.wall())
         if self.storms is not None:
             await self.storms.forget_customer(erased.customer_id)
+        if self.outcomes is not None:
+            await self.outcomes.forget_customer(erased.customer_id)
         log.info("customer_erased", customer_id=erased.customer_id, rows_scrubbed=scrubbed)
         return scrubbed
 
@@ -239,6 +244,9 @@ class DeliveryService:
         of erased customers) lose their personal data; the storms forget their incidents."""
         if self.storms is not None:
             await self.storms.forget_before(self.wall(), retention)
+        if self.outcomes is not None:
+            # Kept while a decision they follow is: the longest window after it.
+            await self.outcomes.forget_before(self.wall(), retention + outcomes.LONGEST)
         return await self.ledger.scrub_due(self.wall() - retention)
 
     async def on_request(self, event: CloudEvent, now: datetime) -> None:
@@ -262,7 +270,9 @@ class DeliveryService:
         experienced = (
             True if asked is None else await self.ledger.reached_about(request.customer_id, asked)
         )
-        seen = handlers.Seen(plan, known, experienced, self.paused.applies(request.intent.value))
+        templates = await self._templates(request.message_kind, plan)
+        paused = self.paused.applies(request.intent.value)
+        seen = handlers.Seen(plan, known, experienced, paused, templates)
         at = self._at(now)
         decided = handlers.on_request(request, seen, at, self.policy)
         row = Delivery(**vars(decided.row))
@@ -535,7 +545,25 @@ class DeliveryService:
         known = await self.ledger.cause_state(
             row.cause_type, row.cause_id, row.revision, recent=window
         )
-        return handlers.Seen(plan, known, paused=self.paused.applies(row.intent))
+        templates = await self._templates(row.message_kind, plan)
+        return handlers.Seen(
+            plan, known, paused=self.paused.applies(row.intent), templates=templates
+        )
+
+    async def _templates(self, message_kind: str, plan: ContactPlan | None) -> dict[str, str]:
+        """For experiments on a template version: the version that would serve the
+        message on each of the customer's channels (none asked when no experiment is)."""
+        if plan is None or not any(e.kind == "template" for e in self.policy.experiments):
+            return {}
+        found = {}
+        for option in plan.channels:
+            source = await self.renderer.cache.latest_published(
+                message_kind, option.channel, plan.locale
+            )
+            if source is not None:
+                key = f"{source.message_kind}.{source.channel}.{source.locale}"
+                found[option.channel] = f"{key}@{source.version}"
+        return found
 
     async def _redecide(self, row: Delivery, at: Moment) -> None:
         """A decision held by a pause is decided now, from the contact plan on."""
@@ -934,9 +962,11 @@ class MessageComposer:
     ) -> dict[str, Any]:
         """The template context of the row's message (domain/context.py)."""
         assert row.channel is not None
+        # The control arm of a remedy experiment gets the message without its remedy.
+        tier = trials.remedy_tier(request.offer_tier, row.experiments)
         offer = make_offer(
             row.decision_id,
-            request.offer_tier,
+            tier,
             request.severity.value,
             row.decided_at,
             self.offer_secret,

@@ -65,6 +65,8 @@ class RiskDetector:
                 "order.cancelled": self._order_cancelled,
                 "return.requested": self._return_requested,
                 "feedback.received": self._feedback,
+                # A support contact: measured by outreach's experiments, no risk signal.
+                "support.ticket.opened": self._no_signal,
                 "support.handoff.resolved": self._resolution,
                 "outreach.reply.received": self._reply,
             },
@@ -187,6 +189,10 @@ class RiskDetector:
             self.policy,
         )
         return decided, False
+
+    def _no_signal(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
+        schemas.parse_input(event)  # bad data is refused (dead-lettered)
+        return None, False
 
     def _feedback(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
         fb = schemas.parse_payload(event, schemas.FeedbackReceived)

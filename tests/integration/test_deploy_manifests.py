@@ -123,7 +123,7 @@ def _known_series() -> set[str]:
 
 @pytest.mark.parametrize("source", ["alerts", "dashboard"])
 def test_rules_and_dashboard_use_only_exported_metrics(source: str) -> None:
-    exprs = alert_expressions() if source == "alerts" else dashboard_expressions()
+    exprs = alert_expressions() if source == "alerts" else dashboard_expressions("*")
     assert exprs, f"no expressions found in {source}"
     known = _known_series()
     used = metrics_named(exprs)
@@ -152,6 +152,18 @@ def test_alerts_have_severity_summary_description_runbook() -> None:
         "outreach_suppressions_total",
     ):
         assert metric in text, f"no alert on {metric}"
+
+
+def test_the_business_dashboard_shows_the_experiments() -> None:
+    exprs = " ".join(dashboard_expressions("business-dashboard.json"))
+    for metric in (
+        "outreach_experiment_customers",
+        "outreach_experiment_outcome",
+        "outreach_experiment_difference",
+    ):
+        assert metric in exprs, f"no panel on {metric}"
+    for outcome in ("repeat_30", "wismo_30", "spend_90", "unsubscribe_30", "csat_90"):
+        assert outcome in exprs, f"no panel on {outcome}"
 
 
 def test_dashboard_has_the_panels() -> None:
@@ -446,6 +458,9 @@ def test_each_service_connects_as_its_own_kafka_user_limited_to_its_topics() -> 
     # (its group outreach-handoff-records is within the outreach prefix).
     for topic in (*read, "support.handoffs"):
         assert (topic, "Read") in outreach
+    # The outcomes of decisions (group outreach-outcomes, docs/outcomes.md).
+    for topic in ("commerce.orders", "commerce.returns", "commerce.feedback", "outreach.optouts"):
+        assert (topic, "Read") in outreach
     for topic in ("outreach.messages", "outreach.optouts"):
         assert (topic, "Write") in outreach
     assert ("outreach.requests", "Write") not in outreach
@@ -509,8 +524,12 @@ def test_monitoring_objects_carry_the_one_source() -> None:
         if c["metadata"]["labels"].get("grafana_dashboard") == "1"
     ]
     assert len(dashboards) == 1
-    (content,) = dashboards[0]["data"].values()
-    assert json.loads(content) == json.loads((MONITORING / "dashboard.json").read_text())
+    data = dashboards[0]["data"]
+    for key, name in (
+        ("proactive-outreach.json", "dashboard.json"),
+        ("proactive-outreach-business.json", "business-dashboard.json"),
+    ):
+        assert json.loads(data[key]) == json.loads((MONITORING / name).read_text())
 
 
 def _checksums(*sets: str) -> dict[str, str]:

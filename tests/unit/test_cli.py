@@ -52,7 +52,8 @@ def test_every_command_and_option_has_help() -> None:
 
 
 def test_every_command_but_templates_and_rehearse_takes_output_json() -> None:
-    """The two that run another module's command take it there (rehearse: --output)."""
+    """The three that run another module's command take it there (rehearse and
+    outcomes: --output)."""
     leaves = [
         (path, parser)
         for path, parser in _parsers(_root())
@@ -61,7 +62,7 @@ def test_every_command_but_templates_and_rehearse_takes_output_json() -> None:
     assert len(leaves) >= 9
     for path, parser in leaves:
         options = {o for a in parser._actions for o in a.option_strings}
-        assert "--output" in options or path.endswith(("templates", "rehearse")), path
+        assert "--output" in options or path.endswith(("templates", "rehearse", "outcomes")), path
 
 
 @pytest.fixture

@@ -111,6 +111,10 @@ class Delivery(Base):
     # The storm its incident belongs to (domain/storms.py), once it was about to leave;
     # scheduled with no time and a storm: held until an operator decides the storm.
     storm_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    # The arm of each experiment covering the decision (domain/experiments.py).
+    experiments: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON, default=list, nullable=True
+    )
     # A message not sent by then (a retry, or held too long) is given up.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Personal data (address, names, bodies) removed: an erasure, or the body retention.

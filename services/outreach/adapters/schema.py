@@ -6,12 +6,28 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
-from services.outreach.adapters import controls, conversations, ledger, storms, templates
+from services.outreach.adapters import (
+    controls,
+    conversations,
+    ledger,
+    outcomes,
+    storms,
+    templates,
+)
 from services.outreach.adapters.db import Base
 from services.outreach.studio import accounts, rehearsals
 
 #: The modules whose tables make up outreach's schema.
-TABLE_MODULES = (controls, ledger, conversations, storms, templates, accounts, rehearsals)
+TABLE_MODULES = (
+    controls,
+    ledger,
+    conversations,
+    outcomes,
+    storms,
+    templates,
+    accounts,
+    rehearsals,
+)
 
 
 def all_tables() -> MetaData:

@@ -10,10 +10,13 @@ Rendering and sending follow in the handler, and their failures are recorded the
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from services.outreach.domain import experiments as trials
 
 
 class Suppression(StrEnum):
@@ -64,7 +67,8 @@ class ContactPlan:
 class DeliveryPolicy:
     cap_messages: int = 3
     cap_window: timedelta = timedelta(days=7)
-    holdout_share: float = 0.0
+    holdout_share: float = 0.0  # the experiment `holdout`, covering every message
+    experiments: tuple[trials.Experiment, ...] = ()  # domain/experiments.py
     quiet_applies_to: frozenset[str] = frozenset({"sms", "whatsapp"})
     scheduled_expiry: timedelta = timedelta(days=2)
     # How long a message about an incident waits for the customer's other incidents, so
@@ -100,6 +104,8 @@ class Decision:
     send_at: datetime | None = None
     fallbacks: tuple[ChannelOption, ...] = field(default_factory=tuple)
     rule: str = ""
+    # The arm of each experiment covering it (domain/experiments.py).
+    arms: tuple[trials.Arm, ...] = ()
 
     def for_decision(self, decision_id: str) -> Decision:
         return replace(self, decision_id=decision_id)
@@ -117,12 +123,20 @@ def category_of(request: RequestFacts) -> Category:
     return Category.SERVICE
 
 
-def in_holdout(decision_id: str, share: float) -> bool:
-    """Deterministic: the same decision is always in or out of the control group."""
-    if share <= 0:
-        return False
-    bucket = int(hashlib.sha256(f"holdout:{decision_id}".encode()).hexdigest()[:8], 16)
-    return bucket / 0xFFFFFFFF < share
+def experiment_arms(
+    request: RequestFacts, channel: str, templates: Mapping[str, str], policy: DeliveryPolicy
+) -> tuple[trials.Arm, ...]:
+    """The customer's arms of the experiments covering the request, sent by `channel`
+    (`templates`: channel → the template version that would serve it)."""
+    facts = trials.Facts(
+        message_kind=request.message_kind,
+        intent=request.intent,
+        severity=request.severity,
+        offer_tier=request.offer_tier,
+        template=templates.get(channel),
+    )
+    experiments = trials.with_holdout(policy.experiments, policy.holdout_share)
+    return trials.assign(experiments, request.customer_id, facts)
 
 
 def quiet_until(moment: datetime, tz_name: str, start: time, end: time) -> datetime | None:
@@ -158,9 +172,11 @@ def decide(
     policy: DeliveryPolicy,
     superseded: bool = False,
     experienced: bool = True,
+    templates: Mapping[str, str] | None = None,
 ) -> Decision:
     """`experienced`: for a check-in after an incident, whether the customer lived through
-    it (a message about it was sent, or its promise was broken)."""
+    it (a message about it was sent, or its promise was broken). `templates`: for each
+    channel, the template version that would serve the message (for experiments on one)."""
     did = decision_id_for(request.request_id)
     category = category_of(request)
 
@@ -197,12 +213,32 @@ def decide(
             Suppression.FREQUENCY_CAP,
             f"frequency cap: {sent_in_window} messages in {policy.cap_window.days} days",
         )
-    if in_holdout(did, policy.holdout_share):
-        return suppress(Suppression.HOLDOUT, f"holdout: control group ({policy.holdout_share:.0%})")
+    return _tried(did, category, request, reach, plan, now, policy, templates or {})
+
+
+def _tried(
+    did: str,
+    category: Category,
+    request: RequestFacts,
+    reach: list[ChannelOption],
+    plan: ContactPlan,
+    now: datetime,
+    policy: DeliveryPolicy,
+    templates: Mapping[str, str],
+) -> Decision:
+    """The experiments' step (domain/experiments.py), then the route: withheld in the
+    control arm of one, else sent by the first usable channel; the arms recorded."""
+    arms = experiment_arms(request, reach[0].channel, templates, policy)
+    held = trials.withholding(arms)
+    if held is not None:
+        rule = f"holdout: control arm of experiment {held.experiment} ({held.subject}, "
+        rule += f"{held.control_share:.0%} of customers)"
+        return Decision(did, "suppress", category, Suppression.HOLDOUT, rule=rule, arms=arms)
     gather = policy.gather if request.cause_type == "incident" else timedelta(0)
-    return _route(
+    routed = _route(
         did, category, reach[0], tuple(reach[1:]), plan, now, policy, "first usable", gather
     )
+    return replace(routed, arms=arms)
 
 
 def _correction(

@@ -97,6 +97,7 @@ class RowChanges(TypedDict, total=False):
     expires_at: datetime | None
     request: dict[str, Any]
     storm_id: str | None
+    experiments: list[dict[str, Any]] | None
 
 
 class Recorded(Protocol):
@@ -132,6 +133,7 @@ class Row(Protocol):
     failures: int
     fallbacks: list[dict[str, Any]]
     request: dict[str, Any]
+    experiments: list[dict[str, Any]] | None
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,9 @@ def entry(row: Row, status: str, at: Moment, *, mark: Any = None, **detail: Any)
         "template": detail.pop("template", row.template_key),
         "template_version": detail.pop("template_version", row.template_version),
     }
+    arms = detail.pop("experiments", row.experiments)
+    if arms:
+        data["experiments"] = arms
     if status == Status.SCHEDULED:
         data["send_at"] = send_at.isoformat() if send_at else None
         mark = mark or data["send_at"] or "held"
@@ -253,6 +258,7 @@ class NewRow:
     outbox: bool = False
     template_key: str | None = None
     template_version: int | None = None
+    experiments: list[dict[str, Any]] | None = field(default_factory=list)
 
 
 def new_row(
@@ -299,6 +305,7 @@ def new_row(
             else held_until + scheduled_expiry
         ),
         fallbacks=[f.__dict__ for f in decision.fallbacks],
+        experiments=[a.as_record() for a in decision.arms],
         request={
             **request,
             "first_name": plan.first_name if plan else "",
@@ -334,6 +341,7 @@ def redecided(
             locale=fresh.locale,
             time_zone=fresh.time_zone,
             fallbacks=fresh.fallbacks,
+            experiments=fresh.experiments,
             rule=decision.rule,
             send_at=decision.send_at,
             expires_at=fresh.expires_at,
@@ -341,7 +349,14 @@ def redecided(
             status=target,
             lease_until=None if scheduled else at.lease_until,
         ),
-        entry(row, target, at, channel=fresh.channel, send_at=decision.send_at)
+        entry(
+            row,
+            target,
+            at,
+            channel=fresh.channel,
+            send_at=decision.send_at,
+            experiments=fresh.experiments,
+        )
         if scheduled
         else None,
         fence=row.attempts,
@@ -372,19 +387,22 @@ def wait_for_preferences(row: Row, at: Moment) -> Move:
 # --- ends: suppressed, failed -----------------------------------------------------------
 
 
-def suppress(row: Row, reason: str, rule: str, at: Moment) -> Move:
-    """Not to be sent after all (a resolution, a newer revision, the last look)."""
+def suppress(
+    row: Row, reason: str, rule: str, at: Moment, experiments: list[dict[str, Any]] | None = None
+) -> Move:
+    """Not to be sent after all (a resolution, a newer revision, the last look; a
+    decision held by a pause, with the arms it was decided in: `experiments`)."""
+    changes = RowChanges(
+        status=Status.SUPPRESSED, reason=str(reason), rule=rule, lease_until=None, updated_at=at.now
+    )
+    if experiments is not None:
+        changes["experiments"] = experiments
+    detail = {} if experiments is None else {"experiments": experiments}
     return Move(
         row.decision_id,
         (Status.SCHEDULED, Status.DECIDED),
-        RowChanges(
-            status=Status.SUPPRESSED,
-            reason=str(reason),
-            rule=rule,
-            lease_until=None,
-            updated_at=at.now,
-        ),
-        entry(row, Status.SUPPRESSED, at, reason=reason),
+        changes,
+        entry(row, Status.SUPPRESSED, at, reason=reason, **detail),
         fence=row.attempts,
     )
 

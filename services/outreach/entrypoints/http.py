@@ -41,6 +41,8 @@ async def _explain(
                 "status": row.status,
                 "reason": row.reason,
                 "rule": row.rule,
+                # The arm of each experiment covering it (docs/outcomes.md).
+                "experiments": row.experiments or [],
                 "channel": row.channel,
                 "address": mask_address(row.address) if row.address else row.address,
                 "template": row.template_key,

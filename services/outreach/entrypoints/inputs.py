@@ -74,6 +74,10 @@ def own_topics(settings: Settings, event_clock: bool) -> list[TopicSpec]:
             topics.actions,
             topics.handoffs,
             topics.resolutions,
+            # The shop's, read for the outcomes of decisions (entrypoints/records.py).
+            topics.orders,
+            topics.returns,
+            topics.feedback,
         )
     ]
     specs.append(TopicSpec(topics.customers, partitions, compacted=True))

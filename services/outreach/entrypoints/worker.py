@@ -21,11 +21,7 @@ from aiohttp import web
 from common.admin import ensure_topics
 from common.clock import WatermarkClock
 from common.envelope import CloudEvent
-from common.kafka import (
-    DeadLetters,
-    InputMessage,
-    MessageProcessor,
-)
+from common.kafka import DeadLetters, InputMessage, MessageProcessor
 from common.logs import configure_logging, get_logger
 from common.metrics import WORKERS_LIVE
 from common.ops_http import Heartbeat, OpsServer
@@ -35,7 +31,7 @@ from services.outreach.bootstrap import Outreach, bootstrap
 from services.outreach.config import Settings
 from services.outreach.entrypoints.http import routes
 from services.outreach.entrypoints.inputs import SERVICE, input_consumer, own_topics
-from services.outreach.entrypoints.records import HandoffRecords
+from services.outreach.entrypoints.records import handoff_records, outcome_records
 from services.outreach.handlers import action_events, message_event
 
 log = get_logger(__name__)
@@ -54,7 +50,10 @@ class OutreachWorker:
         self.consumer = input_consumer(
             settings, self.clock, self.processor, self.heartbeat, self._send_due_until
         )
-        self.records = HandoffRecords(settings, outreach, self.heartbeat, self.deadletters)
+        self.records = [
+            kept(settings, outreach, self.heartbeat, self.deadletters)
+            for kept in (handoff_records, outcome_records)
+        ]
         self.ops = OpsServer(
             settings.http_host,
             settings.http_port,
@@ -128,7 +127,8 @@ class OutreachWorker:
         await self.outreach.start()
         await self.producer.start()
         await self.consumer.start()
-        await self.records.start()
+        for records in self.records:
+            await records.start()
         await self.ops.start()
         self.started_at = self.outreach.wall.now()
         log.info(
@@ -140,7 +140,8 @@ class OutreachWorker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        tasks = [asyncio.create_task(c.run()) for c in (self.consumer, self.records)]
+        runs = [self.consumer.run(), *(records.run() for records in self.records)]
+        tasks = [asyncio.create_task(run) for run in runs]
         tasks += [asyncio.create_task(every(self._stop, *job)) for job in self._jobs()]
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -149,7 +150,8 @@ class OutreachWorker:
                 log.error("task_died", error=repr(task.exception()))
         self._stop.set()
         await self.consumer.stop()
-        await self.records.stop()
+        for records in self.records:
+            await records.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -22,21 +22,26 @@ import getpass
 import json
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from common.clock import wall_now
 from common.logs import configure_logging, get_logger
 from common.ops_http import Heartbeat, OpsServer
+from common.periodic import every
 from services.outreach.adapters import ledger as _ledger  # noqa: F401 - registers tables
 from services.outreach.adapters.conversations import HandoffStore, ReplyStore
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.ledger import Ledger
+from services.outreach.adapters.outcomes import OutcomeStore
 from services.outreach.adapters.templates import TemplateStore
 from services.outreach.bootstrap import build_senders
 from services.outreach.config import Settings
+from services.outreach.outcome_report import build as outcome_report
 from services.outreach.studio.accounts import (
     EDIT,
     PUBLISH,
@@ -80,6 +85,18 @@ def build_studio(settings: Settings) -> tuple[Studio, object]:
     return studio, engine
 
 
+def outcome_gauges(studio: Studio) -> Callable[[], Awaitable[None]]:
+    """The business dashboard's gauges: the outcome report of the last 90 days."""
+
+    async def export_now() -> None:
+        now = wall_now()
+        store = OutcomeStore(studio.accounts.sessions)
+        since = now - timedelta(days=90)
+        outcome_report.export(await outcome_report.build(store, since=since, until=now, now=now))
+
+    return export_now
+
+
 async def serve(settings: Settings) -> None:
     studio, engine = build_studio(settings)
     await create_schema(engine)  # type: ignore[arg-type]
@@ -100,12 +117,15 @@ async def serve(settings: Settings) -> None:
     site = web.TCPSite(runner, settings.http_host, settings.studio_port)
     await site.start()
     await studio.rehearser.start()
+    stop = asyncio.Event()
+    gauges = asyncio.create_task(
+        every(stop, settings.outcomes_refresh_s, outcome_gauges(studio), "outcome_gauges")
+    )
     log.info(
         "studio_started",
         url=f"http://{settings.http_host}:{settings.studio_port}/",
         users=len(await studio.accounts.users()),
     )
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -115,6 +135,8 @@ async def serve(settings: Settings) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=5)
     finally:
+        stop.set()
+        gauges.cancel()
         await runner.cleanup()
         await studio.rehearser.stop()  # interrupts a running rehearsal, fails its row
         await ops.stop()

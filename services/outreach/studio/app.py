@@ -18,6 +18,7 @@ from common.logs import get_logger
 from services.outreach.studio import (
     activity,
     conversation_pages,
+    outcome_pages,
     rehearsal_pages,
     sign_in,
     storm_pages,
@@ -140,6 +141,7 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/storms/{storm_id}", storm_pages.storm),
         web.post("/storms/{storm_id}", storm_pages.act),
         web.get("/rehearsals", rehearsal_pages.rehearsal_list),
+        web.get("/outcomes", outcome_pages.outcomes),
         web.get("/rehearsals/{rehearsal_id:\\d+}", rehearsal_pages.rehearsal),
         web.static("/static", HERE / "static", append_version=True),
     ]

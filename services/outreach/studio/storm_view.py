@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 from services.outreach.adapters.ledger import Delivery
 from services.outreach.adapters.storms import StormMember
 from services.outreach.domain import consolidation
+from services.outreach.domain import experiments as trials
 from services.outreach.domain.context import build_context
 from services.outreach.domain.offers import make_offer
 from services.outreach.domain.states import Status
@@ -218,7 +219,7 @@ def sample_context(
         before = [i for r in (carrier, *merged) for i in consolidation.carried(r.request)]
         context["also"] = consolidation.also_items([pending(r) for r in merged], before)
     name = str(carrier.request.get("first_name") or "")
-    tier = carrier.request.get("offer_tier")
+    tier = trials.remedy_tier(carrier.request.get("offer_tier"), carrier.experiments)
     offer = make_offer(
         carrier.decision_id, tier, carrier.severity, carrier.decided_at, SAMPLE_SECRET
     )

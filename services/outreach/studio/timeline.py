@@ -85,6 +85,7 @@ class DecisionLike(Protocol):
     outbox: bool
     request: dict[str, Any]
     scrubbed: bool
+    experiments: list[dict[str, Any]] | None
 
 
 class ReplyLike(Protocol):
@@ -185,6 +186,15 @@ def incident_entries(rows: Sequence[DecisionLike]) -> list[Entry]:
     ]
 
 
+def arm_line(arm: dict[str, Any]) -> str:
+    """`apology-effect (intent:apology): control, withheld`."""
+    effect = {"withheld": "withheld", "without_remedy": "sent without its remedy"}.get(
+        str(arm.get("effect")), "protected: sent anyway" if arm.get("effect") else ""
+    )
+    line = f"{arm.get('experiment')} ({arm.get('subject')}): {arm.get('arm')}"
+    return line + (f", {effect}" if effect else "")
+
+
 def decision_entries(row: DecisionLike, statuses: Iterable[str], sight: Sight) -> list[Entry]:
     """The decision (why, to whom, by which rule) and, once sent, the message."""
     why = f"{row.cause_kind} → {row.intent}"
@@ -197,6 +207,8 @@ def decision_entries(row: DecisionLike, statuses: Iterable[str], sight: Sight) -
     corrected = corrects(row.request)
     if corrected:
         facts.append(("Corrects", corrected))
+    if row.experiments:
+        facts.append(("Experiments", "; ".join(arm_line(a) for a in row.experiments)))
     facts.append(("Channel", f"{row.channel or '—'} {address(row.address, sight)}".strip()))
     if row.template_key:
         version = f" v{row.template_version}" if row.template_version else ""

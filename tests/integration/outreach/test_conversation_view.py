@@ -29,7 +29,7 @@ from services.outreach.config import Settings
 from services.outreach.domain.decisions import ChannelOption, ContactPlan
 from services.outreach.entrypoints.http import routes
 from services.outreach.entrypoints.inputs import own_topics
-from services.outreach.entrypoints.records import HandoffRecords
+from services.outreach.entrypoints.records import handoff_records
 from services.outreach.studio.accounts import Accounts
 from services.outreach.studio.app import create_app
 from services.outreach.studio.context import Studio
@@ -72,7 +72,7 @@ async def world(database_url, tmp_path, twilio_double, kafka_bootstrap, topic_pr
     await outreach.start()
     await outreach.producer.start()
     deadletters = DeadLetters(outreach.producer, settings.topics.deadletter("outreach"), "outreach")
-    records = HandoffRecords(settings, outreach, Heartbeat(), deadletters)
+    records = handoff_records(settings, outreach, Heartbeat(), deadletters)
     await records.start()
     consuming = asyncio.create_task(records.run())
     hooks = web.Application()

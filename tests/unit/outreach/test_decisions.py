@@ -6,8 +6,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, time
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from services.outreach.domain.decisions import (
     ChannelOption,
@@ -15,7 +13,6 @@ from services.outreach.domain.decisions import (
     DeliveryPolicy,
     RequestFacts,
     decide,
-    in_holdout,
     quiet_until,
     recheck,
     revision_of,
@@ -128,18 +125,6 @@ def test_quiet_hours_follow_dst():
         quiet_until(datetime(2026, 3, 29, 10, 0, tzinfo=UTC), "Europe/Berlin", time(21), time(8))
         is None
     )
-
-
-@given(st.text(min_size=1, max_size=30))
-def test_holdout_is_deterministic_per_decision(decision_id):
-    assert in_holdout(decision_id, 0.3) == in_holdout(decision_id, 0.3)
-    assert not in_holdout(decision_id, 0.0)
-    assert in_holdout(decision_id, 1.0)
-
-
-def test_holdout_share_is_roughly_respected():
-    inside = sum(in_holdout(f"dec-{i}", 0.1) for i in range(10_000))
-    assert 850 < inside < 1150
 
 
 def last_look(p=None, *, channel="sms", now=NOON_BERLIN, req=None, **flags):

@@ -22,7 +22,7 @@ def decision(**changes):
         template_key="delay_apology.sms.de", template_version=3, subject=None,
         body_text="Hallo Kim, Ihr Paket ist spät.", provider_message_id="SM1",
         outbox=False, request={"reasons": [{"code": "late", "detail": "2 days late"}]},
-        scrubbed=False,
+        scrubbed=False, experiments=[],
     )  # fmt: skip
     return SimpleNamespace(**(row | changes))
 
@@ -122,3 +122,22 @@ def test_shouted_words_are_the_customers_own_and_hidden_from_other_roles():
     assert masked["reply"]["Because of"] == "frechheit, SHOUTING (words hidden)"
     full = {e.kind: dict(e.facts) for e in everything(SUPPORT, evidence=shouted)}
     assert "FRECHHEIT SCHON WIEDER" in full["reply"]["Because of"]
+
+
+def test_a_decision_names_the_arms_of_its_experiments():
+    from services.outreach.studio.timeline import decision_entries
+
+    arms = [
+        {"experiment": "apology-effect", "subject": "intent:apology", "arm": "control",
+         "effect": "withheld"},
+        {"experiment": "offers", "subject": "remedy:*", "arm": "control",
+         "effect": "without_remedy"},
+        {"experiment": "holdout", "subject": "all", "arm": "control", "effect": "protected"},
+    ]  # fmt: skip
+    (entry, *_) = decision_entries(decision(experiments=arms), ["sent"], VIEWER)
+    facts = dict(entry.facts)
+    assert facts["Experiments"] == (
+        "apology-effect (intent:apology): control, withheld; "
+        "offers (remedy:*): control, sent without its remedy; "
+        "holdout (all): control, protected: sent anyway"
+    )
