@@ -11,7 +11,7 @@ outreachctl sending status|pause|resume   the kill switch
 outreachctl explain CUSTOMER_ID      why did (or didn't) we message this person?
 outreachctl rehearse --from 7d [--rules FILE] [--templates draft]   what other rules or
                                      templates would have done (nothing live is written)
-outreachctl outcomes [--since 90d] [--experiment NAME]   what each experiment's arms did
+outreachctl outcomes [--since 180d] [--experiment NAME]   what each experiment's arms did
                                      for their customers (orders, returns, contacts, ...)
 
 Every command but templates takes --output text|json (json: one JSON document on

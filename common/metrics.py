@@ -187,7 +187,7 @@ STORM_AWAITING = Gauge(
 EXPERIMENT_CUSTOMERS = Gauge(
     "outreach_experiment_customers",
     "Customers in each arm (control, treatment) of an experiment, by their first decision "
-    "it covered in the last 90 days (docs/outcomes.md; the studio exports the outcome "
+    "it covered in the last 180 days (docs/outcomes.md; the studio exports the outcome "
     "gauges every OUTREACH_OUTCOMES_REFRESH_S).",
     ["experiment", "arm"],
 )
@@ -202,6 +202,36 @@ EXPERIMENT_DIFFERENCE = Gauge(
     "Treatment minus control for an outcome of an experiment: the estimate and the low and "
     "high bounds of its 95 % confidence interval.",
     ["experiment", "outcome", "bound"],
+)
+OUTCOME_FACTS = Counter(
+    "outreach_outcome_facts_total",
+    "Outcome facts read (docs/outcomes.md) by kind and what became of them: kept, "
+    "duplicate (its event seen before), unknown_customer (a refund or cancellation of an "
+    "order neither recorded nor written about: not kept).",
+    ["kind", "outcome"],
+)
+REMEDIES = Counter(
+    "outreach_remedies_total",
+    "Remedies tried for messages (docs/remedies.md), by kind and outcome: granted, "
+    "over_budget (the period's cap would be exceeded: the next one is tried), unpriced "
+    "(an order in a currency without a rate).",
+    ["kind", "outcome"],
+)
+REMEDY_REDEMPTIONS = Counter(
+    "outreach_remedy_redemptions_total",
+    "Remedy codes used with an order, by kind: first (the redemption) or again (a code "
+    "used more than once).",
+    ["kind", "use"],
+)
+REMEDY_BUDGET_SPENT = Gauge(
+    "outreach_remedy_budget_spent",
+    "What the remedies granted in the current budget period cost, in the policy's currency.",
+    ["currency"],
+)
+REMEDY_BUDGET_CAP = Gauge(
+    "outreach_remedy_budget_cap",
+    "The remedy budget's cap per period, in the policy's currency (absent: no cap).",
+    ["currency"],
 )
 IN_DOUBT = Counter(
     "outreach_in_doubt_sends_total",

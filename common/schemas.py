@@ -457,6 +457,8 @@ class OutreachRequest(_Payload):
     severity: Severity = Severity.WARNING
     priority: int = Field(default=50, ge=0, le=100)
     offer_tier: str | None = None
+    # The customer's value when asked (high: SPEC §6's high-value rule), for remedies.
+    customer_value: Literal["high", "standard"] | None = None
     risk_score: float | None = None
     reasons: list[Reason] = Field(default_factory=list)
     context: dict[str, Any] = Field(default_factory=dict)
@@ -525,6 +527,10 @@ class CareAction(StrEnum):
     REFUND_ESCALATION = "refund_escalation"  # pay a late refund with priority
     QUALITY_REPORT = "quality_report"  # tell the quality team what went wrong
     PRIORITY_DISPATCH = "priority_dispatch"  # pack a late order first
+    # Remedies a message carried (docs/remedies.md): `remedy` says which.
+    DISCOUNT_CODE = "discount_code"  # accept this single-use code (percent, amount, shipping)
+    EXPEDITED_RESHIP = "expedited_reship"  # send a replacement by express
+    STORE_CREDIT = "store_credit"  # book this credit to the customer's account
 
 
 class CareActionRequested(_Payload):
@@ -541,6 +547,9 @@ class CareActionRequested(_Payload):
     channel: str | None = None
     cause: Cause | None = None
     requested_at: Moment
+    # For a remedy: kind (percent, amount, free_shipping, expedited_reship, credit), value,
+    # currency, code (a discount code, single use) and expires_at.
+    remedy: dict[str, Any] | None = None
 
 
 class HandoffResolved(_Payload):

@@ -15,6 +15,8 @@ from common.kafka import AiokafkaProducer
 from common.metrics import (
     HANDOFFS,
     LEDGER_DELIVERIES,
+    REMEDY_BUDGET_CAP,
+    REMEDY_BUDGET_SPENT,
     RENDER_FAILURES,
     REPLIES,
     STORM_AWAITING,
@@ -38,6 +40,7 @@ from services.outreach.adapters.providers import (
     SendGridEmailSender,
     TwilioMessageSender,
 )
+from services.outreach.adapters.remedies import RemedyStore
 from services.outreach.adapters.render_pool import Renderer
 from services.outreach.adapters.storms import StormStore
 from services.outreach.adapters.templates import TemplateCache, TemplateStore
@@ -126,6 +129,7 @@ class Outreach:
     controls: SendingControls
     storms: StormStore
     outcomes: OutcomeStore  # what became of customers after decisions (docs/outcomes.md)
+    remedies: RemedyStore  # the remedy policy, its budget and grants (docs/remedies.md)
     controls_watcher: ControlsWatcher
     renderer: Renderer
     producer: AiokafkaProducer  # started and stopped by the worker that runs outreach
@@ -154,6 +158,13 @@ class Outreach:
         STORM_HELD.set(sum((await self.ledger.storm_held()).values()))
         since = await self.storms.awaiting_since()
         STORM_AWAITING.set(0 if since is None else max(0.0, (now - since).total_seconds()))
+        _, policy = await self.remedies.policy()
+        spent = await self.remedies.spent(policy.period_of(self.clock.now()))
+        REMEDY_BUDGET_SPENT.clear()
+        REMEDY_BUDGET_CAP.clear()
+        REMEDY_BUDGET_SPENT.labels(policy.currency).set(float(spent))
+        if policy.cap is not None:
+            REMEDY_BUDGET_CAP.labels(policy.currency).set(float(policy.cap))
 
     async def stop(self) -> None:
         for sender in {id(s): s for s in self.senders.values()}.values():
@@ -185,11 +196,10 @@ def bootstrap(
     `renderer` renders templates (the render pool's processes unless a test passes
     another); `producer` publishes outreach's events (the worker starts it); `optouts`
     tells preferences of opt-outs (by default on `outreach.optouts` through it);
-    `ledger` keeps the decisions (by default on the database: tests may pass the
-    in-memory one)."""
+    `ledger` keeps the decisions (by default on the database: tests may pass the in-memory
+    one)."""
     wall = wall or WallClock()
-    engine = create_engine(settings.db_url())
-    sessions = session_factory(engine)
+    sessions = session_factory(engine := create_engine(settings.db_url()))
     ledger = ledger or Ledger(sessions)
     renderer = renderer or settings.render_pool()
     store = TemplateStore(sessions, renderer=renderer)
@@ -202,14 +212,15 @@ def bootstrap(
     storms = StormStore(sessions, settings.storm_policy())
     secret = settings.secret(settings.offer_secret, "offers")
     composer = MessageComposer(cache, secret, renderer, storms)
-    outcomes = OutcomeStore(sessions)
+    outcomes, remedies = OutcomeStore(sessions), RemedyStore(sessions)
     delivery = _delivery(settings, ledger, plans, senders, composer, optouts, wall)
-    delivery.storms, delivery.outcomes = storms, outcomes
+    delivery.storms, delivery.outcomes, delivery.remedies = storms, outcomes, remedies
     controls = SendingControls(sessions)
     return Outreach(
         controls=controls,
         storms=storms,
         outcomes=outcomes,
+        remedies=remedies,
         controls_watcher=ControlsWatcher(
             controls, delivery.paused, full_rate_per_s=settings.provider_rate_per_s, share=share
         ),

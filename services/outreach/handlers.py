@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 
 from common import schemas, tracing
 from common.envelope import CloudEvent, new_event
-from services.outreach.domain import actions, corrections, lifecycle
+from services.outreach.domain import actions, corrections, lifecycle, remedies
 from services.outreach.domain import decisions as pipeline
 from services.outreach.domain.decisions import ContactPlan, Decision, DeliveryPolicy
 from services.outreach.domain.lifecycle import (
@@ -33,7 +34,8 @@ SOURCE = "/outreach/outreach"
 REQUEST_CREATED = "outreach.request.created"
 
 
-def facts_of(request: schemas.OutreachRequest) -> pipeline.RequestFacts:
+def facts_of(request: schemas.OutreachRequest, remedy: str | None = None) -> pipeline.RequestFacts:
+    """`remedy`: the kind of remedy the remedy policy would offer first (experiments)."""
     return pipeline.RequestFacts(
         request_id=request.request_id,
         customer_id=request.customer_id,
@@ -48,6 +50,26 @@ def facts_of(request: schemas.OutreachRequest) -> pipeline.RequestFacts:
             else None
         ),
         cause_type=request.cause.type,
+        remedy=remedy,
+    )
+
+
+def remedy_facts(request: schemas.OutreachRequest, offer_tier: str | None) -> remedies.Facts:
+    """What the remedy policy matches and prices a message by (`offer_tier`: the
+    request's, unless an experiment took the remedy away)."""
+    order = (request.context or {}).get("order") or {}
+    try:
+        total = None if order.get("total") is None else Decimal(str(order["total"]))
+    except InvalidOperation:
+        total = None
+    return remedies.Facts(
+        message_kind=request.message_kind,
+        intent=request.intent.value,
+        severity=request.severity.value,
+        customer_value=request.customer_value,
+        offer_tier=offer_tier,
+        order_total=total,
+        order_currency=order.get("currency") if isinstance(order.get("currency"), str) else None,
     )
 
 
@@ -76,6 +98,7 @@ class Seen:
     experienced: bool = True
     paused: bool = False
     templates: Mapping[str, str] = field(default_factory=dict)
+    remedy: str | None = None  # the kind of remedy the policy would offer first
 
 
 @dataclass(frozen=True)
@@ -95,7 +118,7 @@ def on_request(
     """outreach.request.created → one decision: suppress, schedule or send (SPEC §6)."""
     revision = pipeline.revision_of(request.context)
     decision = pipeline.decide(
-        facts_of(request),
+        facts_of(request, seen.remedy),
         plan=seen.plan,
         already_decided=False,
         resolved=seen.cause.resolved,
@@ -127,7 +150,7 @@ def on_held(row: Row, seen: Seen, at: Moment, policy: DeliveryPolicy) -> Move:
     contact plan on (the cap counts from now; it did not count while it was held)."""
     request = schemas.OutreachRequest.model_validate(row.request)
     decision = pipeline.decide(
-        facts_of(request),
+        facts_of(request, seen.remedy),
         plan=seen.plan,
         already_decided=False,
         resolved=seen.cause.resolved,
@@ -140,7 +163,9 @@ def on_held(row: Row, seen: Seen, at: Moment, policy: DeliveryPolicy) -> Move:
     )
     if decision.outcome == "suppress":
         reason = decision.reason or pipeline.Suppression.PAUSED
-        arms = [a.as_record() for a in decision.arms]
+        # Arms only when the experiments were asked (a suppression before them keeps
+        # what the row had).
+        arms = [a.as_record() for a in decision.arms] or None
         return lifecycle.suppress(row, reason, decision.rule, at, experiments=arms)
     if decision.outcome == "send":  # released now, with the rest of the held backlog
         rule = decision.rule + "; released at the resume (leaves with the customer's others)"
@@ -199,6 +224,8 @@ def message_event(row: Recorded) -> CloudEvent:
     """The `outreach.messages` CloudEvent for one ledger event (SPEC §4); with tracing on
     it carries the trace of the request that caused the change."""
     data = dict(row.payload)
+    if isinstance(data.get("remedy"), dict):  # its code goes to the shop's systems only
+        data["remedy"] = {k: v for k, v in data["remedy"].items() if k != "code"}
     trace_fields = data.pop(lifecycle.TRACE_KEY, None)
     extensions: dict[str, str] = {}
     if isinstance(trace_fields, dict) and tracing.enabled():

@@ -50,6 +50,7 @@ from services.outreach.adapters.providers import (
     SendResult,
     TransientProviderError,
 )
+from services.outreach.adapters.remedies import Grant, RemedyStore
 from services.outreach.adapters.render_pool import Renderer
 from services.outreach.adapters.storms import StormStore
 from services.outreach.adapters.templates import TemplateCache
@@ -61,7 +62,6 @@ from services.outreach.domain.context import build_context
 from services.outreach.domain.corrections import CorrectionPolicy
 from services.outreach.domain.decisions import ContactPlan, DeliveryPolicy
 from services.outreach.domain.lifecycle import CauseState, Moment, Move, Rendered, SendingPolicy
-from services.outreach.domain.offers import make_offer
 from services.outreach.domain.ramp import Paused
 from services.outreach.domain.rendering import RenderError, metric_kind
 from services.outreach.domain.states import UNDER_WAY, Report, Status
@@ -112,6 +112,7 @@ class DeliveryService:
     ) -> None:
         self.storms = storms
         self.outcomes: OutcomeStore | None = None  # forgets with erasure and retention
+        self.remedies: RemedyStore | None = None  # what a message offers (docs/remedies.md)
         self.release_batch = 100  # held messages released per round (whole customers)
         self.surveys = surveys or SurveyPolicy()
         self.corrections = corrections or CorrectionPolicy.parse(correcting.DEFAULT)
@@ -236,6 +237,8 @@ class DeliveryService:
             await self.storms.forget_customer(erased.customer_id)
         if self.outcomes is not None:
             await self.outcomes.forget_customer(erased.customer_id)
+        if self.remedies is not None:
+            await self.remedies.forget_customer(erased.customer_id)
         log.info("customer_erased", customer_id=erased.customer_id, rows_scrubbed=scrubbed)
         return scrubbed
 
@@ -246,7 +249,7 @@ class DeliveryService:
             await self.storms.forget_before(self.wall(), retention)
         if self.outcomes is not None:
             # Kept while a decision they follow is: the longest window after it.
-            await self.outcomes.forget_before(self.wall(), retention + outcomes.LONGEST)
+            await self.outcomes.forget_before(self.wall() - retention - outcomes.LONGEST)
         return await self.ledger.scrub_due(self.wall() - retention)
 
     async def on_request(self, event: CloudEvent, now: datetime) -> None:
@@ -272,7 +275,8 @@ class DeliveryService:
         )
         templates = await self._templates(request.message_kind, plan)
         paused = self.paused.applies(request.intent.value)
-        seen = handlers.Seen(plan, known, experienced, paused, templates)
+        remedy = await self._offered(request)
+        seen = handlers.Seen(plan, known, experienced, paused, templates, remedy)
         at = self._at(now)
         decided = handlers.on_request(request, seen, at, self.policy)
         row = Delivery(**vars(decided.row))
@@ -285,6 +289,7 @@ class DeliveryService:
                     await self._deliver(existing, now)
             return
         failpoint("outreach.after_decision")
+        await self._expose(row)
         await self._decided(row, decided, at, plan, known)
 
     async def _decided(
@@ -546,9 +551,36 @@ class DeliveryService:
             row.cause_type, row.cause_id, row.revision, recent=window
         )
         templates = await self._templates(row.message_kind, plan)
-        return handlers.Seen(
-            plan, known, paused=self.paused.applies(row.intent), templates=templates
-        )
+        remedy = await self._offered(schemas.OutreachRequest.model_validate(row.request))
+        paused = self.paused.applies(row.intent)
+        return handlers.Seen(plan, known, paused=paused, templates=templates, remedy=remedy)
+
+    async def _offered(self, request: schemas.OutreachRequest) -> str | None:
+        """The kind of remedy the remedy policy would offer the message first (for
+        experiments on remedies); the budget decides when it is sent."""
+        if self.remedies is None:
+            return None
+        _, policy = await self.remedies.policy()
+        offers = policy.offers(handlers.remedy_facts(request, request.offer_tier))
+        return offers[0].kind if offers else None
+
+    async def _grant(self, row: Delivery, request: schemas.OutreachRequest) -> Grant | None:
+        """The message's remedy, granted within the budget once per decision (none in a
+        remedy experiment's control arm)."""
+        if self.remedies is None or trials.without_remedy(row.experiments):
+            return None
+        facts = handlers.remedy_facts(request, request.offer_tier)
+        return await self.remedies.grant(
+            row.decision_id, row.customer_id, row.order_id, facts, row.decided_at,
+            self.renderer.offer_secret,
+        )  # fmt: skip
+
+    async def _remedy_record(self, row: Delivery) -> dict[str, Any] | None:
+        """What the sent message carried, for its ledger event (and the shop's systems)."""
+        if self.remedies is None:
+            return None
+        grant = await self.remedies.get(row.decision_id)
+        return grant.record() if grant is not None and grant.kind is not None else None
 
     async def _templates(self, message_kind: str, plan: ContactPlan | None) -> dict[str, str]:
         """For experiments on a template version: the version that would serve the
@@ -568,7 +600,27 @@ class DeliveryService:
     async def _redecide(self, row: Delivery, at: Moment) -> None:
         """A decision held by a pause is decided now, from the contact plan on."""
         seen = await self._seen(row, at.now, recent=True)
-        await self._redecided(row, handlers.on_held(row, seen, at, self.policy), at, seen.plan)
+        move = handlers.on_held(row, seen, at, self.policy)
+        await self._redecided(row, move, at, seen.plan)
+        if move.values.get("experiments"):  # the experiments were asked now
+            await self._expose(row, move.values["experiments"])
+
+    async def _expose(self, row: Delivery, arms: list[dict[str, Any]] | None = None) -> None:
+        """The decision's exposures to experiments (docs/outcomes.md), for the report."""
+        arms = row.experiments if arms is None else arms
+        if self.outcomes is not None and arms:
+            await self.outcomes.expose(
+                outcomes.Decided(
+                    row.decision_id,
+                    row.customer_id,
+                    row.order_id,
+                    row.decided_at,
+                    row.message_kind,
+                    row.intent,
+                    row.status,
+                    arms,
+                )
+            )
 
     async def _redecided(
         self, row: Delivery, move: Move, at: Moment, plan: ContactPlan | None
@@ -644,6 +696,7 @@ class DeliveryService:
         render (the message is failed) or another worker claimed it first."""
         assert row.channel is not None and row.address is not None
         request = schemas.OutreachRequest.model_validate(row.request)
+        remedy = await self._grant(row, request)
         try:
             rendered = await self.renderer.render_for(
                 request=request,
@@ -651,6 +704,7 @@ class DeliveryService:
                 links=self.links,
                 now=at.now,
                 survey=await self._survey(row),
+                remedy=remedy,
             )
         except RenderError as exc:
             RENDER_FAILURES.labels(metric_kind(row.message_kind), row.channel).inc()
@@ -693,6 +747,7 @@ class DeliveryService:
             provider=result.provider,
             provider_message_id=result.provider_message_id,
             outbox=result.outbox,
+            remedy=await self._remedy_record(row),
         )
         if await self._move(move):
             MESSAGES.labels(row.channel, "sent").inc()
@@ -768,6 +823,7 @@ class DeliveryService:
                 provider_message_id=lookup.provider_message_id,
                 outbox=False,
                 reconciled=True,
+                remedy=await self._remedy_record(row),
             )
             if moved := await self._move(found):
                 MESSAGES.labels(row.channel, "sent").inc()
@@ -916,13 +972,14 @@ class MessageComposer:
         links: Links,
         now: datetime,
         survey: dict[str, Any] | None = None,
+        remedy: Grant | None = None,
     ) -> Rendered:
         """The rendered message, its template key, the version that served and the newer
         published versions skipped because they failed."""
         assert row.channel is not None
         locale, timezone = row.locale or "en", row.time_zone or "UTC"
         note = await self.storm_note(row.storm_id, locale)
-        context = self._context(request, row, links, survey, note)
+        context = self._context(row, links, survey, note, remedy)
         good = await self.cache.last_good(
             row.message_kind,
             row.channel,
@@ -954,30 +1011,22 @@ class MessageComposer:
 
     def _context(
         self,
-        request: schemas.OutreachRequest,
         row: Delivery,
         links: Links,
         survey: dict[str, Any] | None,
         storm_note: str | None = None,
+        remedy: Grant | None = None,
     ) -> dict[str, Any]:
         """The template context of the row's message (domain/context.py)."""
         assert row.channel is not None
-        # The control arm of a remedy experiment gets the message without its remedy.
-        tier = trials.remedy_tier(request.offer_tier, row.experiments)
-        offer = make_offer(
-            row.decision_id,
-            tier,
-            request.severity.value,
-            row.decided_at,
-            self.offer_secret,
-        )
+        offer = remedy.offer() if remedy is not None else None
         token = token_for(row.customer_id, row.channel, row.decision_id, links.unsubscribe_secret)
         return build_context(
             row.request,
             first_name=str(row.request.get("first_name") or ""),
             locale=row.locale or "en",
             timezone=row.time_zone or "UTC",
-            offer=offer.as_context() if offer else None,
+            offer=offer,
             unsubscribe_url=f"{links.public_base_url}/unsubscribe?token={token}",
             support_url=links.support_url,
             shop=links.shop(),

@@ -113,7 +113,9 @@ class RiskDetector:
         if not released:  # a check-in released now is the case's check-in
             rules.hold_for_agent(profile, scored, now)
         decided += scored.requests
-        records = early + self._emit(profile, decided, scored.handoffs, now, scored.score)
+        records = early + self._emit(
+            profile, decided, scored.handoffs, now, scored.score, spend.value()
+        )
         profile.prune(now)
         return Outcome(
             state=profile,
@@ -249,7 +251,9 @@ class RiskDetector:
         for at in due_rhythm_checks(profile, until, self.policy.weights):
             scored = rules.on_score(profile, at, self.policy, spend.value())
             profile.last_score = scored.score.value if scored.score else 0.0
-            out += self._emit(profile, scored.requests, scored.handoffs, at, scored.score)
+            out += self._emit(
+                profile, scored.requests, scored.handoffs, at, scored.score, spend.value()
+            )
             profile.rhythm_checked_at = at
         return out
 
@@ -260,22 +264,25 @@ class RiskDetector:
         handoffs: list[rules.HandoffDecision],
         now: datetime,
         current: Any,
+        high_value_threshold: float | None = None,
     ) -> list[Outgoing]:
-        """The requests not made before (each recorded in the profile) and the hand-offs."""
+        """The requests not made before (each recorded in the profile) and the hand-offs;
+        each request says the customer's value (the high-value rule of SPEC §6)."""
         out: list[Outgoing] = []
         made = {r.request_id for r in profile.requests}
         for d in decided:
             if d.request_id in made:
                 continue
             made.add(d.request_id)
-            out.append(self._request(profile, d, now, current))
+            high = rules.high_value(profile, d.at or now, self.policy, high_value_threshold)
+            out.append(self._request(profile, d, now, current, "high" if high else "standard"))
         for h in handoffs:
             rules.record_handoff(profile, h, now)
             out.append(self._handoff(profile, h, now))
         return out
 
     def _request(
-        self, profile: Profile, d: rules.RequestDecision, now: datetime, current: Any
+        self, profile: Profile, d: rules.RequestDecision, now: datetime, current: Any, value: str
     ) -> Outgoing:
         at = d.at or now
         request = schemas.OutreachRequest(
@@ -288,6 +295,7 @@ class RiskDetector:
             severity=schemas.Severity(d.severity),
             priority=d.priority,
             offer_tier=d.offer_tier,
+            customer_value=value,
             risk_score=self._risk_score(profile, d, current),
             reasons=[
                 schemas.Reason(

@@ -11,6 +11,7 @@ from services.outreach.adapters import (
     conversations,
     ledger,
     outcomes,
+    remedies,
     storms,
     templates,
 )
@@ -23,6 +24,7 @@ TABLE_MODULES = (
     ledger,
     conversations,
     outcomes,
+    remedies,
     storms,
     templates,
     accounts,

@@ -23,6 +23,17 @@ PROMISES: Mapping[str, tuple[CareAction, ...]] = {
 }
 
 
+# A remedy the message carried (docs/remedies.md), for the shop's systems to honour: a
+# code to accept once, a replacement to send by express, credit to book.
+REMEDY_ACTIONS: Mapping[str, CareAction] = {
+    "percent": CareAction.DISCOUNT_CODE,
+    "amount": CareAction.DISCOUNT_CODE,
+    "free_shipping": CareAction.DISCOUNT_CODE,
+    "expedited_reship": CareAction.EXPEDITED_RESHIP,
+    "credit": CareAction.STORE_CREDIT,
+}
+
+
 def requested(status: str, payload: Mapping[str, Any], at: datetime) -> list[dict[str, Any]]:
     """The actions a message's change requests (common.schemas.CareActionRequested
     data): those its kind promises, once it is sent (by a provider or to the outbox)."""
@@ -30,6 +41,12 @@ def requested(status: str, payload: Mapping[str, Any], at: datetime) -> list[dic
         return []
     kind = str(payload.get("message_kind", ""))
     decision_id = str(payload.get("decision_id", ""))
+    remedy = payload.get("remedy")
+    wanted: list[tuple[CareAction, Mapping[str, Any] | None]] = [
+        (action, None) for action in PROMISES.get(kind, ())
+    ]
+    if isinstance(remedy, Mapping) and remedy.get("kind") in REMEDY_ACTIONS:
+        wanted.append((REMEDY_ACTIONS[str(remedy["kind"])], remedy))
     return [
         {
             "action_id": derived_id("care-action", decision_id, action),
@@ -41,6 +58,7 @@ def requested(status: str, payload: Mapping[str, Any], at: datetime) -> list[dic
             "channel": payload.get("channel"),
             "cause": payload.get("cause"),
             "requested_at": at,
+            **({"remedy": dict(granted)} if granted is not None else {}),
         }
-        for action in PROMISES.get(kind, ())
+        for action, granted in wanted
     ]

@@ -91,6 +91,8 @@ class RequestFacts:
     # only one it may go by; not held by the frequency cap or the holdout.
     corrects_on: str | None = None
     cause_type: str = "incident"
+    # The kind of remedy the remedy policy would offer it first (docs/remedies.md).
+    remedy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def experiment_arms(
         message_kind=request.message_kind,
         intent=request.intent,
         severity=request.severity,
-        offer_tier=request.offer_tier,
+        remedy=request.remedy,
         template=templates.get(channel),
     )
     experiments = trials.with_holdout(policy.experiments, policy.holdout_share)
@@ -228,8 +230,7 @@ def _tried(
 ) -> Decision:
     """The experiments' step (domain/experiments.py), then the route: withheld in the
     control arm of one, else sent by the first usable channel; the arms recorded."""
-    arms = experiment_arms(request, reach[0].channel, templates, policy)
-    held = trials.withholding(arms)
+    held, arms = trials.withholding(experiment_arms(request, reach[0].channel, templates, policy))
     if held is not None:
         rule = f"holdout: control arm of experiment {held.experiment} ({held.subject}, "
         rule += f"{held.control_share:.0%} of customers)"

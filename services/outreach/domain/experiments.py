@@ -4,7 +4,8 @@ against customers who did not get it.
 An experiment covers messages by its subject: every message (`all`), a rule (the
 message kind that made it: `rule:delivery_late`), an intent (`intent:apology`), a
 template version (`template:delivery_late.email.en@3`, the version that would serve
-the message) or a remedy (`remedy:standard`, an offer tier; `remedy:*`, any offer). It
+the message) or a remedy (`remedy:percent`, the kind of remedy the remedy policy would
+offer first, docs/remedies.md; `remedy:*`, any). It
 puts a share of the customers in its control arm by a hash of the experiment's name and
 the customer id, so a customer is in the same arm on every worker, after every restart
 and for every message the experiment covers, and the experiments' arms are independent
@@ -26,14 +27,17 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
+
+from services.outreach.domain.remedies import KINDS as REMEDY_KINDS
 
 SubjectKind = Literal["all", "rule", "intent", "template", "remedy"]
 SUBJECT_KINDS: tuple[SubjectKind, ...] = ("all", "rule", "intent", "template", "remedy")
 CONTROL, TREATMENT = "control", "treatment"
 # What the control arm did to the decision.
 WITHHELD, WITHOUT_REMEDY, PROTECTED = "withheld", "without_remedy", "protected"
+NOT_REACHED = "not_reached"  # another experiment withheld the message
 # Messages that ask the customer to act: never withheld, whatever their severity.
 ACTION_NEEDED = frozenset({"delivery_failed", "awaiting_pickup", "carrier_exception"})
 GLOBAL_HOLDOUT = "holdout"  # the experiment OUTREACH_HOLDOUT_SHARE makes
@@ -66,7 +70,7 @@ class Experiment:
             return facts.intent == self.value
         if self.kind == "template":
             return facts.template == self.value
-        return bool(facts.offer_tier) and self.value in ("*", facts.offer_tier)
+        return bool(facts.remedy) and self.value in ("*", facts.remedy)
 
     def arm_of(self, customer_id: str) -> str:
         return CONTROL if bucket(self.name, customer_id) < self.control_share else TREATMENT
@@ -79,7 +83,7 @@ class Facts:
     message_kind: str
     intent: str
     severity: str
-    offer_tier: str | None
+    remedy: str | None  # the kind of remedy the policy would offer first, if any
     template: str | None  # "kind.channel.locale@version" that would serve it, if known
 
     @property
@@ -128,17 +132,21 @@ def assign(experiments: Iterable[Experiment], customer_id: str, facts: Facts) ->
     return tuple(arms)
 
 
-def withholding(arms: Iterable[Arm]) -> Arm | None:
-    """The first experiment whose control arm withholds the message, if one does."""
-    return next((a for a in arms if a.effect == WITHHELD), None)
+def withholding(arms: tuple[Arm, ...]) -> tuple[Arm | None, tuple[Arm, ...]]:
+    """The first experiment whose control arm withholds the message, if one does, and
+    the arms as they stand then: a control arm that withholds is what its experiment
+    meant either way; the others (a treatment, a message without its remedy) did not
+    reach the customer (`not_reached`: no evidence for their experiments)."""
+    held = next((a for a in arms if a.effect == WITHHELD), None)
+    if held is None:
+        return None, arms
+    return held, tuple(a if a.effect == WITHHELD else replace(a, effect=NOT_REACHED) for a in arms)
 
 
-def remedy_tier(tier: str | None, records: Iterable[Mapping[str, Any]] | None) -> str | None:
-    """The offer tier a message carries: the request's, unless the decision's recorded
-    arms (a row's `experiments`) put it in a remedy experiment's control arm."""
-    if any(r.get("effect") == WITHOUT_REMEDY for r in records or ()):
-        return None
-    return tier
+def without_remedy(records: Iterable[Mapping[str, Any]] | None) -> bool:
+    """Whether a decision's recorded arms (a row's `experiments`) put it in a remedy
+    experiment's control arm: the message goes without its remedy."""
+    return any(r.get("effect") == WITHOUT_REMEDY for r in records or ())
 
 
 def with_holdout(experiments: tuple[Experiment, ...], share: float) -> tuple[Experiment, ...]:
@@ -180,8 +188,10 @@ def _entry(entry: str) -> Experiment:
     if kind not in SUBJECT_KINDS or (kind == "all") != (value == ""):
         raise ValueError(
             f"experiment {entry!r}: the subject is all, rule:<kind>, intent:<intent>, "
-            "template:<kind>.<channel>.<locale>@<version> or remedy:<tier>|*"
+            "template:<kind>.<channel>.<locale>@<version> or remedy:<kind>|*"
         )
+    if kind == "remedy" and value not in (*REMEDY_KINDS, "*"):
+        raise ValueError(f"experiment {entry!r}: a remedy is * or one of {', '.join(REMEDY_KINDS)}")
     if kind == "template" and not _TEMPLATE.match(value):
         raise ValueError(
             f"experiment {entry!r}: a template version is <kind>.<channel>.<locale>@<version>,"

@@ -330,6 +330,9 @@ def redecided(
     """A held row decided again (after a pause, or at its last look): scheduled for later,
     or decided now (to be delivered)."""
     fresh = new_row(row.request, decision, plan, 1, at, scheduled_expiry=scheduled_expiry)
+    # The arms stand as assigned; only a decision taken from the start (at a resume) has
+    # them anew — the last look does not ask the experiments again.
+    arms = fresh.experiments if decision.arms else row.experiments
     target = Status.SCHEDULED if decision.outcome == "schedule" else Status.DECIDED
     scheduled = target is Status.SCHEDULED
     return Move(
@@ -341,7 +344,7 @@ def redecided(
             locale=fresh.locale,
             time_zone=fresh.time_zone,
             fallbacks=fresh.fallbacks,
-            experiments=fresh.experiments,
+            experiments=arms,
             rule=decision.rule,
             send_at=decision.send_at,
             expires_at=fresh.expires_at,
@@ -355,7 +358,7 @@ def redecided(
             at,
             channel=fresh.channel,
             send_at=decision.send_at,
-            experiments=fresh.experiments,
+            experiments=arms,
         )
         if scheduled
         else None,
@@ -536,9 +539,11 @@ def sent(
     provider_message_id: str | None,
     outbox: bool,
     reconciled: bool = False,
+    remedy: dict[str, Any] | None = None,
 ) -> Move:
-    """sending → sent (the provider took it), or in doubt → sent (found at the provider)."""
-    detail: dict[str, Any] = dict(provider_message_id=provider_message_id)
+    """sending → sent (the provider took it), or in doubt → sent (found at the provider);
+    `remedy`: what the message carried (the shop's systems are asked to honour it)."""
+    detail: dict[str, Any] = dict(provider_message_id=provider_message_id, remedy=remedy)
     values = RowChanges(
         status=Status.SENT,
         provider=provider,

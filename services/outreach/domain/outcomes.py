@@ -23,12 +23,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from services.outreach.domain.experiments import CONTROL, PROTECTED, TREATMENT
+from services.outreach.domain.experiments import CONTROL, NOT_REACHED, PROTECTED, TREATMENT
 
 ORDER, CANCELLATION, RETURN, REFUND = "order", "cancellation", "return", "refund"
 COMPLAINT, NPS, CSAT, TICKET, UNSUBSCRIBE = "complaint", "nps", "csat", "ticket", "unsubscribe"
 WISMO = "where_is_my_order"
 Z_95, Z_80 = 1.959964, 0.841621  # two-sided 95 % confidence; 80 % power
+MIN_GROUP = 5  # customers per arm before a comparison is made (or its figures shown)
+TOO_FEW = "too few customers"
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,10 @@ def exposures(decisions: Iterable[Decided]) -> dict[str, list[Exposure]]:
     first: dict[tuple[str, str], Exposure] = {}
     for d in sorted(decisions, key=lambda d: (d.decided_at, d.decision_id)):
         for arm in d.arms:
-            if arm.get("effect") == PROTECTED or arm.get("arm") not in (CONTROL, TREATMENT):
+            if arm.get("effect") in (PROTECTED, NOT_REACHED) or arm.get("arm") not in (
+                CONTROL,
+                TREATMENT,
+            ):
                 continue
             key = (str(arm["experiment"]), d.customer_id)
             if key not in first:
@@ -223,31 +228,53 @@ def compare(
 ) -> Comparison:
     """Rates: the difference of proportions with the Agresti–Caffo interval (a success
     and a failure added to each arm: sound at small counts and at 0 %). Means: Welch's
-    difference with a normal interval. `min_effect`: the smallest difference worth
-    telling, for the customers needed (else the difference seen)."""
+    difference with Student's t on the Welch–Satterthwaite degrees of freedom. Below
+    `MIN_GROUP` customers in an arm nothing is said (nor shown: it would be a person's).
+    `min_effect`: the smallest difference worth telling, for the customers needed (else
+    the difference seen)."""
     nc, nt = len(control), len(treatment)
-    if nc < 2 or nt < 2:
-        mc = sum(control) / nc if nc else None
-        mt = sum(treatment) / nt if nt else None
-        diff = None if mc is None or mt is None else mt - mc
-        return Comparison(metric.name, nc, nt, mc, mt, diff, None, None, None, "too few customers")
+    if nc < MIN_GROUP or nt < MIN_GROUP:
+        return Comparison(metric.name, nc, nt, None, None, None, None, None, None, TOO_FEW)
     mc, mt = sum(control) / nc, sum(treatment) / nt
     if metric.kind == "rate":
         pc, pt = (sum(control) + 1) / (nc + 2), (sum(treatment) + 1) / (nt + 2)
         se = math.sqrt(pc * (1 - pc) / (nc + 2) + pt * (1 - pt) / (nt + 2))
-        centre, spread = pt - pc, mc * (1 - mc) + mt * (1 - mt)
+        centre, spread, quantile = pt - pc, mc * (1 - mc) + mt * (1 - mt), Z_95
     else:
         vc, vt = _variance(control, mc), _variance(treatment, mt)
         se = math.sqrt(vc / nc + vt / nt)
         centre, spread = mt - mc, vc + vt
-    low, high = centre - Z_95 * se, centre + Z_95 * se
+        quantile = t_975(_welch_df(vc / nc, vt / nt, nc, nt)) if se > 0 else Z_95
+    if se == 0:  # every customer alike in both arms: no spread to judge a difference by
+        return Comparison(metric.name, nc, nt, mc, mt, mt - mc, None, None, None, "cannot tell")
+    low, high = centre - quantile * se, centre + quantile * se
     effect = abs(min_effect) if min_effect else abs(mt - mc)
     if min_effect and metric.kind == "rate":  # the spread of a difference that size
-        other = min(1.0, max(0.0, mc + effect))
+        other = mc + effect if metric.better == "higher" else mc - effect
+        other = min(1.0, max(0.0, other))
         spread = mc * (1 - mc) + other * (1 - other)
     needed = math.ceil((Z_95 + Z_80) ** 2 * spread / effect**2) if effect > 0 else None
     return Comparison(
         metric.name, nc, nt, mc, mt, mt - mc, low, high, needed, _verdict(metric, low, high)
+    )
+
+
+def _welch_df(a: float, b: float, nc: int, nt: int) -> float:
+    """Welch–Satterthwaite degrees of freedom (a, b: each arm's variance over its n)."""
+    denominator = a * a / (nc - 1) + b * b / (nt - 1)
+    return (a + b) ** 2 / denominator if denominator > 0 else float(nc + nt - 2)
+
+
+def t_975(df: float) -> float:
+    """Student's t 97.5 % quantile (a two-sided 95 % interval), by the Cornish–Fisher
+    expansion around the normal one: within 1 % of the tables at 3 degrees of freedom,
+    0.1 % from 5."""
+    z = Z_95
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
     )
 
 

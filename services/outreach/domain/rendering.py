@@ -295,6 +295,46 @@ def f_discount(offer: Any) -> str:
     return f_money(value, offer.get("currency"))
 
 
+# `{{ offer | remedy }}`, the short form of a remedy for an SMS, by the customer's language
+# (English when the language has none): {d} the discount, {m} the amount, {c} the code.
+REMEDY_PHRASES: dict[str, dict[str, str]] = {
+    "en": {
+        "discount": "{d} off: {c}",
+        "free_shipping": "Free shipping on your next order: {c}",
+        "expedited_reship": "We're sending a replacement by express.",
+        "credit": "{m} credit added to your account.",
+    },
+    "de": {
+        "discount": "{d} Rabatt: {c}",
+        "free_shipping": "Versandkostenfrei bei Ihrer nächsten Bestellung: {c}",
+        "expedited_reship": "Wir schicken Ihnen Ersatz per Express.",
+        "credit": "{m} Guthaben auf Ihrem Kundenkonto.",
+    },
+    "fr": {
+        "discount": "{d} de réduction : {c}",
+        "free_shipping": "Livraison offerte sur votre prochaine commande : {c}",
+        "expedited_reship": "Nous vous envoyons un remplacement en express.",
+        "credit": "{m} de crédit ajoutés à votre compte.",
+    },
+}
+
+
+def f_remedy(offer: Any) -> str:
+    """`{{ offer | remedy }}` → 15% off: SORRY-7KQ2-MX9P / We're sending a replacement by
+    express. / €15.00 credit added to your account. (docs/remedies.md)"""
+    if not isinstance(offer, Mapping):
+        raise TypeError(f"remedy needs an offer, got {_describe(offer)}")
+    phrases = REMEDY_PHRASES.get(_current().locale.language, REMEDY_PHRASES["en"])
+    kind = str(offer.get("kind"))
+    if kind in ("percent", "amount"):
+        return phrases["discount"].format(d=f_discount(offer), c=offer.get("code"))
+    if kind == "credit":
+        return phrases["credit"].format(m=f_money(offer.get("value"), offer.get("currency")))
+    if kind not in phrases:
+        raise TypeError(f"remedy: unknown kind {kind!r}")
+    return phrases[kind].format(c=offer.get("code"))
+
+
 SAFE_URL = re.compile(r"^(https?://|mailto:|tel:)", re.IGNORECASE)
 
 
@@ -325,6 +365,7 @@ FILTERS: dict[str, Any] = {
     "number": _per_message(f_number),
     "days": _per_message(f_days),
     "discount": _per_message(f_discount),
+    "remedy": _per_message(f_remedy),
     "safe_url": f_safe_url,
 }
 

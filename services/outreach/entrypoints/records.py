@@ -99,8 +99,11 @@ def outcome_records(
             schemas.parse_input(event, t.unprefixed(msg.topic))
             data = event.data
         fact = outcomes.fact_of(event.type, event.id, event.time, data)
-        if fact is not None:
-            await outreach.outcomes.record(fact)
+        if fact is None or not await outreach.outcomes.record(fact):
+            return
+        codes = data.get("discount_codes") if event.type == "order.placed" else None
+        if codes:  # a remedy's code redeemed (docs/remedies.md)
+            await outreach.remedies.redeem(codes, fact.order_id, event.time)
 
     return Records(
         settings, outreach, heartbeat, deadletters,

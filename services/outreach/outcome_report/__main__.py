@@ -1,7 +1,7 @@
 """`outreachctl outcomes` (docs/outcomes.md): the outcome report from outreach's
 database (OUTREACH_DATABASE_URL, as the worker and the studio use it).
 
-    python -m services.outreach.outcome_report --since 90d [--until ...] [--now ...]
+    python -m services.outreach.outcome_report [--since 180d] [--until ...] [--now ...]
         [--currency EUR] [--experiment NAME] [--min-effect repeat_30=0.02] [--output json]
 """
 
@@ -38,8 +38,11 @@ def effect(text: str) -> tuple[str, float]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="outreachctl outcomes", description=__doc__)
-    p.add_argument("--since", type=moment, default="90d", help="decisions from (default 90d)")
-    p.add_argument("--until", type=moment, default=None, help="decisions until (default now)")
+    p.add_argument(
+        "--since", type=moment, default="180d",
+        help="customers first exposed from (default 180d: 90-day outcomes need 90 days)",
+    )  # fmt: skip
+    p.add_argument("--until", type=moment, default=None, help="... until (default now)")
     p.add_argument("--now", type=moment, default=None, help="outcomes as of (default now)")
     p.add_argument("--currency", default=None, help="spend in (default the most common)")
     p.add_argument("--experiment", default=None, help="only this experiment")

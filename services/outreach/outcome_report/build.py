@@ -3,6 +3,7 @@ each experiment's arms (domain/outcomes.py); as a JSON document or text."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -25,24 +26,24 @@ async def build(
     min_effect: Mapping[str, float] | None = None,
     slices: bool = True,
 ) -> dict[str, Any]:
-    """The report of the decisions taken between `since` and `until`, their outcomes as
-    of `now` (a window not yet over by then is not counted)."""
-    decided = await store.decisions(since, until)
-    exposed = outcomes.exposures(decided)
+    """The report of the customers first exposed to an experiment between `since` and
+    `until`, their outcomes as of `now` (a window not yet over by then is not counted)."""
+    exposed = await store.exposures(since, until)
     if experiment is not None:
         exposed = {k: v for k, v in exposed.items() if k == experiment}
     customers = {e.customer_id for rows in exposed.values() for e in rows}
     facts = await store.facts(customers, since)
     currency = currency or _main_currency(facts)
-    groups = outcomes.report(
-        exposed, facts, now, currency=currency, min_effect=min_effect, slices=slices
-    )
+    groups = await asyncio.to_thread(  # the statistics off the event loop
+        outcomes.report, exposed, facts, now, currency=currency, min_effect=min_effect,
+        slices=slices,
+    )  # fmt: skip
     return {
         "since": since.isoformat(),
         "until": until.isoformat(),
         "now": now.isoformat(),
         "currency": currency,
-        "decisions": len(decided),
+        "customers": len(customers),
         "experiments": [_group(g) for g in groups],
     }
 
@@ -69,9 +70,9 @@ def _group(group: outcomes.Group) -> dict[str, Any]:
 def as_text(report: Mapping[str, Any]) -> str:
     """For people: one block per experiment (and slice), one line per outcome."""
     lines = [
-        f"decisions {report['since']} … {report['until']}, outcomes as of {report['now']}"
-        f" (spend in {report['currency'] or 'every currency'}); {report['decisions']}"
-        " decisions in experiments",
+        f"first exposed {report['since']} … {report['until']}, outcomes as of {report['now']}"
+        f" (spend in {report['currency'] or 'every currency'}); {report['customers']}"
+        " customers in experiments",
     ]
     if not report["experiments"]:
         lines.append("no experiment covered a decision in the period")

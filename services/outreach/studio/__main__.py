@@ -86,12 +86,13 @@ def build_studio(settings: Settings) -> tuple[Studio, object]:
 
 
 def outcome_gauges(studio: Studio) -> Callable[[], Awaitable[None]]:
-    """The business dashboard's gauges: the outcome report of the last 90 days."""
+    """The business dashboard's gauges: the outcome report of the customers exposed in
+    the last 180 days (their 90-day outcomes once 90 days have passed)."""
 
     async def export_now() -> None:
         now = wall_now()
         store = OutcomeStore(studio.accounts.sessions)
-        since = now - timedelta(days=90)
+        since = now - timedelta(days=180)
         outcome_report.export(await outcome_report.build(store, since=since, until=now, now=now))
 
     return export_now

@@ -20,6 +20,7 @@ from services.outreach.studio import (
     conversation_pages,
     outcome_pages,
     rehearsal_pages,
+    remedy_pages,
     sign_in,
     storm_pages,
     template_pages,
@@ -142,6 +143,9 @@ def routes() -> list[web.AbstractRouteDef]:
         web.post("/storms/{storm_id}", storm_pages.act),
         web.get("/rehearsals", rehearsal_pages.rehearsal_list),
         web.get("/outcomes", outcome_pages.outcomes),
+        web.get("/remedies", remedy_pages.remedy_page),
+        web.post("/remedies", remedy_pages.save),
+        web.post("/remedies/versions/{version:\\d+}/publish", remedy_pages.publish),
         web.get("/rehearsals/{rehearsal_id:\\d+}", rehearsal_pages.rehearsal),
         web.static("/static", HERE / "static", append_version=True),
     ]

@@ -19,6 +19,7 @@ from services.outreach.adapters.ledger import LedgerPort
 from services.outreach.adapters.providers import (
     MessageSender,
 )
+from services.outreach.adapters.remedies import RemedyStore
 from services.outreach.adapters.render_pool import Renderer
 from services.outreach.adapters.storms import StormStore
 from services.outreach.adapters.templates import TemplateStore
@@ -97,6 +98,10 @@ class Studio:
         # workers count them by (the same OUTREACH_STORM_* settings).
         self.storms = StormStore(self.accounts.sessions, self.settings.storm_policy())
         self.storm_messages = StormMessages(self.accounts.sessions)
+        # The remedy policy is edited here (remedy_pages.py), in the same database.
+        self.remedies = RemedyStore(self.accounts.sessions)
+        # Outcome reports by period, each with when it goes stale (outcome_pages.py).
+        self.outcome_reports: dict[int, tuple[float, dict[str, Any]]] = {}
         # Rehearsals of drafts (rehearsal_pages.py) are asked for here and kept in the
         # same database; this process runs them once serve() has started the rehearser.
         self.rehearsals = RehearsalStore(self.accounts.sessions)

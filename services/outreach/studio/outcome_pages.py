@@ -3,8 +3,8 @@ became of their customers — orders, spend, returns, contacts, feedback, opt-ou
 the difference, its 95 % confidence interval and how many customers it takes to tell.
 
 Every role may look: the page shows counts and rates, never a customer. The report is
-built from the ledger and the outcome events (outcome_report/build.py) at most once a
-minute per period and experiment."""
+built from the exposures and the outcome events (outcome_report/build.py) at most once a
+minute per period; an arm with fewer than five customers shows no figures."""
 
 from __future__ import annotations
 
@@ -19,36 +19,47 @@ from services.outreach.adapters.outcomes import OutcomeStore
 from services.outreach.domain.outcomes import BY_NAME
 from services.outreach.outcome_report.build import build
 from services.outreach.studio.accounts import VIEW
-from services.outreach.studio.context import require, studio_of
+from services.outreach.studio.context import Studio, require, studio_of
 
-PERIODS = (30, 90, 180, 365)  # days of decisions the page may look back over
+# Days back the customers' first exposure may be: 90-day outcomes need exposures at
+# least 90 days old, so the default looks back twice that.
+PERIODS = (90, 180, 365)
+DEFAULT_DAYS = 180
 FRESH_S = 60.0
-_kept: dict[tuple[int, str], tuple[float, dict[str, Any]]] = {}
+
+
+async def report_of(studio: Studio, days: int) -> dict[str, Any]:
+    """The report of the period, built at most once a minute."""
+    kept = studio.outcome_reports.get(days)
+    if kept is None or kept[0] < time.monotonic():
+        now = wall_now()
+        report = await build(
+            OutcomeStore(studio.accounts.sessions),
+            since=now - timedelta(days=days), until=now, now=now,
+        )  # fmt: skip
+        kept = studio.outcome_reports[days] = (time.monotonic() + FRESH_S, report)
+    return kept[1]
 
 
 async def outcomes(request: web.Request) -> web.Response:
     require(request, VIEW)
     studio = studio_of(request)
     try:
-        days = int(request.query.get("days", "90"))
+        days = int(request.query.get("days", str(DEFAULT_DAYS)))
     except ValueError:
         days = 0
     if days not in PERIODS:
         allowed = ", ".join(map(str, PERIODS))
         return studio.error(request, 400, "No such period", f"Look back {allowed} days.")
-    experiment = request.query.get("experiment", "")[:64]
-    key = (days, experiment)
-    kept = _kept.get(key)
-    if kept is None or kept[0] < time.monotonic():
-        now = wall_now()
-        report = await build(
-            OutcomeStore(studio.accounts.sessions),
-            since=now - timedelta(days=days), until=now, now=now,
-            experiment=experiment or None,
-        )  # fmt: skip
-        kept = (time.monotonic() + FRESH_S, report)
-        _kept[key] = kept
-    report = kept[1]
+    report = await report_of(studio, days)
+    names = sorted({g["experiment"] for g in report["experiments"]})
+    experiment = request.query.get("experiment", "")
+    if experiment and experiment not in names:
+        detail = f"No experiment of that name has customers in the last {days} days."
+        return studio.error(request, 404, "No such experiment", detail)
+    if experiment:
+        chosen = [g for g in report["experiments"] if g["experiment"] == experiment]
+        report = {**report, "experiments": chosen}
     return studio.page(
         request,
         "outcomes.html",
@@ -56,5 +67,6 @@ async def outcomes(request: web.Request) -> web.Response:
         days=days,
         periods=PERIODS,
         experiment=experiment,
+        names=names,
         kinds={name: m.kind for name, m in BY_NAME.items()},
     )

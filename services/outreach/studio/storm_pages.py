@@ -80,7 +80,10 @@ async def storm(
     rows = await studio.storm_messages.of_storm(found.storm_id)
     held = [r for r in rows if is_held(r)]
     personal = user.can(PERSONAL_DATA)
-    cases = sample_cases(held, found.notes, personal=personal, links=_links(studio))
+    _, policy = await studio.remedies.policy()
+    cases = sample_cases(
+        held, found.notes, personal=personal, links=_links(studio), remedy_policy=policy
+    )
     samples = [await _render(studio, case) for case in cases]
     if any(case.named for case in cases):  # customers' names were shown: who saw them
         await studio.accounts.audit(user.username, "viewed_storm", found.storm_id)

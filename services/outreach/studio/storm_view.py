@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from common import schemas
 from services.outreach.adapters.ledger import Delivery
 from services.outreach.adapters.storms import StormMember
-from services.outreach.domain import consolidation
+from services.outreach.domain import consolidation, remedies
 from services.outreach.domain import experiments as trials
 from services.outreach.domain.context import build_context
-from services.outreach.domain.offers import make_offer
 from services.outreach.domain.states import Status
 from services.outreach.domain.storms import (
     Action,
@@ -39,11 +39,11 @@ from services.outreach.domain.storms import (
     note_for,
     segments,
 )
+from services.outreach.handlers import remedy_facts
 from services.outreach.runtime import Links, pending
 
 MASKED_NAME = "[first name]"  # in a sample, for roles without personal data
 OFFER_CODE = "[offer code]"
-SAMPLE_SECRET = "studio-sample"  # makes an offer to show; its code is replaced
 REASON_MAX = 500
 # What the studio's audit calls each decision (its target is the storm's id).
 AUDITED = {
@@ -210,25 +210,28 @@ def sample_context(
     note: str | None,
     personal: bool,
     links: Links,
+    remedy_policy: remedies.Policy = remedies.DEFAULT,
 ) -> dict[str, Any]:
     """The carrier's template context as the worker builds it when it carries `merged`
     (runtime.py: `_carry`, `MessageComposer._context`), with the first name masked for
-    roles without personal data and no real unsubscribe link or offer code."""
+    roles without personal data and no real unsubscribe link or offer code (the remedy
+    the policy would offer first, whatever the budget)."""
     context = dict(carrier.request.get("context") or {})
     if merged:
         before = [i for r in (carrier, *merged) for i in consolidation.carried(r.request)]
         context["also"] = consolidation.also_items([pending(r) for r in merged], before)
     name = str(carrier.request.get("first_name") or "")
-    tier = trials.remedy_tier(carrier.request.get("offer_tier"), carrier.experiments)
-    offer = make_offer(
-        carrier.decision_id, tier, carrier.severity, carrier.decided_at, SAMPLE_SECRET
-    )
+    offer = None
+    if not trials.without_remedy(carrier.experiments):
+        request = schemas.OutreachRequest.model_validate(carrier.request)
+        facts = remedy_facts(request, request.offer_tier)
+        offer = remedies.preview(remedy_policy, facts, carrier.decided_at, OFFER_CODE)
     return build_context(
         {**carrier.request, "context": context},
         first_name=name if personal or not name else MASKED_NAME,
         locale=carrier.locale or "en",
         timezone=carrier.time_zone or "UTC",
-        offer={**offer.as_context(), "code": OFFER_CODE} if offer else None,
+        offer=offer,
         unsubscribe_url=f"{links.public_base_url}/unsubscribe?token=sample",
         support_url=links.support_url,
         shop=links.shop(),
@@ -238,7 +241,12 @@ def sample_context(
 
 
 def sample_cases(
-    held: Sequence[Delivery], notes: Mapping[str, str], *, personal: bool, links: Links
+    held: Sequence[Delivery],
+    notes: Mapping[str, str],
+    *,
+    personal: bool,
+    links: Links,
+    remedy_policy: remedies.Policy = remedies.DEFAULT,
 ) -> list[SampleCase]:
     """Per segment of the held messages (domain/storms.py `segments`: one language,
     channel and kind), the message of its customer with the most held messages — the
@@ -257,6 +265,7 @@ def sample_cases(
             note=note_for(notes, carrier.locale or "en"),
             personal=personal,
             links=links,
+            remedy_policy=remedy_policy,
         )
         orders = (carrier.order_id, *(item.get("order_id") for item in context["also"]))
         named = personal and bool(carrier.request.get("first_name"))

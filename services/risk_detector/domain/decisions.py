@@ -191,6 +191,17 @@ def on_return(
     return out
 
 
+def high_value(
+    profile: Profile, now: datetime, policy: Policy, high_value_threshold: float | None
+) -> bool:
+    """A high-value customer: 365-day spend over the configured amount, or in the top
+    share of customers (`high_value_threshold`, the running quantile of spend)."""
+    spend = profile.spend(now)
+    return spend >= policy.high_value_spend or (
+        high_value_threshold is not None and spend >= high_value_threshold and spend > 0
+    )
+
+
 def on_score(
     profile: Profile, now: datetime, policy: Policy, high_value_threshold: float | None
 ) -> Decisions:
@@ -200,10 +211,8 @@ def on_score(
     reasons = current.reasons()
     codes = sorted(str(r["code"]) for r in reasons)
     spend = profile.spend(now)
-    high_value = spend >= policy.high_value_spend or (
-        high_value_threshold is not None and spend >= high_value_threshold and spend > 0
-    )
-    handoff = current.value >= policy.handoff_score and high_value
+    high = high_value(profile, now, policy, high_value_threshold)
+    handoff = current.value >= policy.handoff_score and high
     case = _recent_handoff(profile, now, policy)
     if handoff and case is None:
         orders = sorted({i.order_id for i in profile.incidents.values()})[-5:]
@@ -233,9 +242,7 @@ def on_score(
             order_id=None,
             reasons=reasons,
             risk_score=current.value,
-            offer_tier=("high_value" if high_value else "standard")
-            if profile.marketing_opt_in
-            else None,
+            offer_tier=("high_value" if high else "standard") if profile.marketing_opt_in else None,
             context=_rhythm_context(profile, now, current),
         )
         if not (handoff and policy.checkin_waits_for_agent and case_id is not None):

@@ -1,6 +1,6 @@
 """The outcome report where people read it — the studio's Outcomes page over HTTP and
-`outreachctl outcomes` — on SQLite and PostgreSQL: forty customers decided forty days
-ago, half of them held out, the treated ones ordering again more often. Only what the
+`outreachctl outcomes` — on SQLite and PostgreSQL: forty customers decided a hundred
+days ago, half of them held out, the treated ones ordering again more often. Only what the
 page and the command show is checked."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from services.outreach.adapters.outcomes import OutcomeStore
 from services.outreach.adapters.render_pool import InlineRenderer
 from services.outreach.adapters.templates import TemplateStore
 from services.outreach.config import Settings
-from services.outreach.domain.outcomes import Fact
+from services.outreach.domain.outcomes import Decided, Fact
 from services.outreach.studio.accounts import Accounts
 from services.outreach.studio.context import Studio
 from services.outreach.studio.security import LoginThrottle
@@ -51,10 +51,16 @@ async def world(database_url, tmp_path):
     engine = create_engine(database_url)
     await create_schema(engine)
     sessions = session_factory(engine)
-    at = wall_now() - timedelta(days=40)
+    at = wall_now() - timedelta(days=100)
+    rows = [decision(n, n % 2 == 0, at) for n in range(40)]
     async with sessions() as s, s.begin():
-        s.add_all(decision(n, n % 2 == 0, at) for n in range(40))
+        s.add_all(rows)
     store = OutcomeStore(sessions)
+    for row in rows:  # as the worker records them when it decides
+        await store.expose(
+            Decided(row.decision_id, row.customer_id, row.order_id, row.decided_at,
+                    row.message_kind, row.intent, row.status, row.experiments)
+        )  # fmt: skip
     for n in range(40):  # 15 of 20 treated customers order again, 5 of 20 held out
         if (n % 2 == 1 and n < 30) or (n % 2 == 0 and n < 10):
             await store.record(
@@ -76,14 +82,17 @@ async def test_the_page_compares_the_arms_for_every_role(world):
     studio, _ = world
     viewer = await as_role(studio, "viewer")
     try:
-        html = await page(viewer, "/outcomes?days=90")
+        html = await page(viewer, "/outcomes?days=180")
         assert "apology-effect" in html and "intent:apology" in html
         assert "20 customers in control, 20 in treatment" in html
         assert "75.0 %" in html and "25.0 %" in html  # ordered again within 30 days
         assert "+50.0 pt" in html and "better" in html
         assert "c-01" not in html  # counts, never a customer
         assert (await viewer.get("/outcomes?days=7")).status == 400
-        empty = await page(viewer, "/outcomes?days=30")  # decided 40 days ago: not in it
+        assert (await viewer.get("/outcomes?experiment=nope")).status == 404
+        one = await page(viewer, "/outcomes?experiment=apology-effect")
+        assert "apology-effect" in one
+        empty = await page(viewer, "/outcomes?days=90")  # decided 100 days ago: not in it
         assert "No experiment covered a decision" in empty
     finally:
         await viewer.close()
@@ -93,7 +102,7 @@ def test_outreachctl_outcomes_prints_the_same_report(world):
     _, database_url = world
     env = {**os.environ, "OUTREACH_DATABASE_URL": database_url}
     done = subprocess.run(
-        [sys.executable, "-m", "common.cli", "outcomes", "--since", "90d", "--output", "json"],
+        [sys.executable, "-m", "common.cli", "outcomes", "--output", "json"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -81,8 +81,9 @@ def test_one_customer_is_in_the_same_arm_for_every_message():
         ("rule:dispatch_late", facts(), False),
         ("intent:apology", facts(), True),
         ("intent:check_in", facts(), False),
-        ("remedy:standard", facts(offer_tier="standard"), True),
-        ("remedy:*", facts(offer_tier="high_value"), True),
+        ("remedy:percent", facts(remedy="percent"), True),
+        ("remedy:credit", facts(remedy="percent"), False),
+        ("remedy:*", facts(remedy="expedited_reship"), True),
         ("remedy:*", facts(), False),
     ],
 )
@@ -117,9 +118,11 @@ def test_critical_and_action_needed_messages_are_never_withheld(request_facts):
 
 
 def test_a_remedy_experiment_keeps_the_message_and_takes_the_remedy():
-    d = decided(facts(intent="check_in", offer_tier="standard"), everyone("remedy:*"))
+    d = decided(
+        facts(intent="check_in", offer_tier="standard", remedy="percent"), everyone("remedy:*")
+    )
     assert d.outcome == "send"
-    assert trials.remedy_tier("standard", [a.as_record() for a in d.arms]) is None
+    assert trials.without_remedy([a.as_record() for a in d.arms])
     assert d.category == "marketing"  # consent as for the offer: the arms stay comparable
 
 
@@ -128,6 +131,16 @@ def test_a_template_version_experiment_follows_the_channel_the_message_takes():
     three = {"email": "delivery_late.email.en@3", "sms": "delivery_late.sms.en@1"}
     assert decided(facts(), policy, three).reason == "holdout"
     assert decided(facts(), policy, {"email": "delivery_late.email.en@4"}).outcome == "send"
+
+
+def test_an_arm_a_withheld_message_never_reached_is_no_evidence():
+    experiments = trials.parse("a intent:apology 0.9999999; b all 0.0000001; c all 0.9999999")
+    d = decided(facts(), DeliveryPolicy(experiments=experiments))
+    assert d.reason == "holdout" and "experiment a" in d.rule
+    # b's treatment did not reach the customer; c's control withholds, as meant.
+    assert [(a.experiment, a.effect) for a in d.arms] == [
+        ("a", "withheld"), ("b", "not_reached"), ("c", "withheld"),
+    ]  # fmt: skip
 
 
 def test_treatment_arms_are_recorded_without_an_effect():
@@ -144,6 +157,7 @@ def test_treatment_arms_are_recorded_without_an_effect():
         ("x kind:foo 10%", "the subject is"),
         ("x all:foo 10%", "the subject is"),
         ("x template:delivery_late 10%", "delivery_late.email.en@3"),
+        ("x remedy:standard 10%", "a remedy is * or one of"),
         ("x all 0", "above 0 and below 1"),
         ("x all 100%", "above 0 and below 1"),
         ("x all ten", "10% or 0.1"),

@@ -109,13 +109,26 @@ def test_lower_is_better_for_contacts_and_no_difference_says_so():
     assert less.verdict == "better"
     same = outcomes.compare(BY_NAME["repeat_30"], [1.0, 0.0] * 50, [0.0, 1.0] * 50)
     assert same.verdict == "no difference yet" and same.needed_per_arm is None
-    few = outcomes.compare(BY_NAME["repeat_30"], [1.0], [0.0, 1.0])
+    few = outcomes.compare(BY_NAME["repeat_30"], [1.0] * 4, [0.0, 1.0] * 10)
     assert few.verdict == "too few customers" and few.low is None
+    assert few.control is None  # four customers' figures would be theirs: not shown
+    alike = outcomes.compare(BY_NAME["csat_90"], [5.0] * 6, [4.0] * 6)
+    assert alike.verdict == "cannot tell" and alike.low is None
 
 
 def test_a_minimum_effect_sets_the_customers_needed():
     c = outcomes.compare(BY_NAME["repeat_30"], [1.0, 0.0] * 50, [0.0, 1.0] * 50, min_effect=0.1)
     assert c.needed_per_arm == 385  # 50 % against 60 %: (z95 + z80)² × (0.25 + 0.24) / 0.01
+
+
+def test_student_t_for_small_samples():
+    assert outcomes.t_975(10) == pytest.approx(2.228, abs=0.002)
+    assert outcomes.t_975(5) == pytest.approx(2.571, abs=0.005)
+
+
+def test_fewer_contacts_need_as_many_customers_as_more_orders():
+    lower = outcomes.compare(BY_NAME["wismo_30"], [1.0, 0.0] * 50, [0.0, 1.0] * 50, 0.1)
+    assert lower.needed_per_arm == 385  # 50 % against 40 %: the spread below, not above
 
 
 def test_means_compare_with_welch():

@@ -93,6 +93,20 @@ def test_money_discount_and_days_are_localised():
     assert text_of("{{ n | days }}", "fr", n=1) == "1 jour"
 
 
+def test_a_remedy_in_a_few_words_in_the_customers_language():
+    code = {"kind": "percent", "value": "10", "code": "SORRY-AAAA-BBBB"}
+    assert text_of("{{ o | remedy }}", "en", o=code) == "10% off: SORRY-AAAA-BBBB"
+    assert text_of("{{ o | remedy }}", "de", o=code) == "10 % Rabatt: SORRY-AAAA-BBBB"
+    shipping = {"kind": "free_shipping", "code": "SORRY-CCCC-DDDD"}
+    assert text_of("{{ o | remedy }}", "fr", o=shipping) == (
+        "Livraison offerte sur votre prochaine commande : SORRY-CCCC-DDDD"
+    )
+    credit = {"kind": "credit", "value": "15.00", "currency": "EUR"}
+    assert text_of("{{ o | remedy }}", "en", o=credit) == "€15.00 credit added to your account."
+    reship = {"kind": "expedited_reship"}
+    assert text_of("{{ o | remedy }}", "nl", o=reship) == "We're sending a replacement by express."
+
+
 def test_unknown_locale_and_time_zone_fall_back_instead_of_failing():
     assert text_of("{{ d | date }}", "xx-YY", "Not/AZone", d=THURSDAY_NOON) == (
         "Thursday, March 12, 2026"

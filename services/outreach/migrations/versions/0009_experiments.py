@@ -1,6 +1,7 @@
 """Experiments and outcomes (docs/outcomes.md): each decision records the arm of every
-experiment that covers it, and what happened to customers afterwards is kept
-(outcome_events) for the outcome report.
+experiment that covers it, each customer's first exposure to an experiment is kept
+(experiment_exposures), and what happened to customers afterwards (outcome_events), for
+the outcome report.
 
 Revision ID: 0009
 Revises: 0008
@@ -34,9 +35,25 @@ def upgrade() -> None:
     op.create_index("ix_outcome_events_customer_id", "outcome_events", ["customer_id"])
     op.create_index("ix_outcome_events_order_id", "outcome_events", ["order_id"])
     op.create_index("ix_outcome_events_at", "outcome_events", ["at"])
+    op.create_table(
+        "experiment_exposures",
+        sa.Column("experiment", sa.String(length=64), nullable=False),
+        sa.Column("customer_id", sa.String(length=200), nullable=False),
+        sa.Column("subject", sa.String(length=200), nullable=False),
+        sa.Column("arm", sa.String(length=16), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("decision_id", sa.String(length=64), nullable=False),
+        sa.Column("order_id", sa.String(length=200), nullable=True),
+        sa.Column("message_kind", sa.String(length=64), nullable=False),
+        sa.Column("intent", sa.String(length=32), nullable=False),
+        sa.PrimaryKeyConstraint("experiment", "customer_id"),
+    )
+    op.create_index("ix_experiment_exposures_customer_id", "experiment_exposures", ["customer_id"])
+    op.create_index("ix_experiment_exposures_at", "experiment_exposures", ["at"])
 
 
 def downgrade() -> None:
+    op.drop_table("experiment_exposures")
     op.drop_table("outcome_events")
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_column("experiments")
