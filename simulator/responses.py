@@ -24,7 +24,8 @@ WINDOW = timedelta(days=30)
 
 @dataclass(frozen=True)
 class Truth:
-    """The hidden effects: chances within 30 days of a customer's incident."""
+    """The hidden effects: chances within the window (30 days unless the customers are
+    told otherwise) of a customer's incident."""
 
     repeat: float = 0.20  # ordering again, had we said nothing
     message: float = 0.10  # what a message adds to it
@@ -45,9 +46,10 @@ class Truth:
 class Customers:
     """Draws each customer's answer to what they got (or did not)."""
 
-    def __init__(self, truth: Truth, seed: int = 7) -> None:
+    def __init__(self, truth: Truth, seed: int = 7, window: timedelta = WINDOW) -> None:
         self.truth = truth
         self.rnd = random.Random(seed)
+        self.window = window  # within which a repeat order comes, if it does
         self._ids = 0
 
     def answer(
@@ -66,7 +68,7 @@ class Customers:
         rnd, found = self.rnd, []
         repeat, wismo = rnd.random(), rnd.random()
         if repeat < self.truth.repeat_chance(messaged, remedy):
-            when = at + timedelta(seconds=rnd.uniform(3600, WINDOW.total_seconds() - 3600))
+            when = at + timedelta(seconds=rnd.uniform(3600, self.window.total_seconds() - 3600))
             found.append(self._order(customer_id, when, code if messaged else None, currency))
         if wismo < self.truth.wismo_chance(messaged):
             when = at + timedelta(hours=rnd.uniform(1, 72))

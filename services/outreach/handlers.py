@@ -62,6 +62,8 @@ def remedy_facts(request: schemas.OutreachRequest, offer_tier: str | None) -> re
         total = None if order.get("total") is None else Decimal(str(order["total"]))
     except InvalidOperation:
         total = None
+    if total is not None and (not total.is_finite() or total < 0):
+        total = None  # priced as a message about no order
     return remedies.Facts(
         message_kind=request.message_kind,
         intent=request.intent.value,

@@ -238,7 +238,7 @@ class DeliveryService:
         if self.outcomes is not None:
             await self.outcomes.forget_customer(erased.customer_id)
         if self.remedies is not None:
-            await self.remedies.forget_customer(erased.customer_id)
+            await self.remedies.forget_customer(erased.customer_id, self.renderer.offer_secret)
         log.info("customer_erased", customer_id=erased.customer_id, rows_scrubbed=scrubbed)
         return scrubbed
 
@@ -284,6 +284,8 @@ class DeliveryService:
             # Decided before (a redelivery after a crash, or another worker first): the
             # decision that stands is the first; finish what its delivery started.
             existing = await self.ledger.by_request(request.request_id)
+            if existing is not None:
+                await self._expose(existing)  # (again: the first time may have crashed)
             if existing is not None and existing.status == Status.DECIDED:
                 if await self._admit([existing], self._at(now)):
                     await self._deliver(existing, now)
@@ -558,20 +560,25 @@ class DeliveryService:
     async def _offered(self, request: schemas.OutreachRequest) -> str | None:
         """The kind of remedy the remedy policy would offer the message first (for
         experiments on remedies); the budget decides when it is sent."""
-        if self.remedies is None:
-            return None
+        if self.remedies is None or request.cause.type == correcting.CAUSE_TYPE:
+            return None  # a correction carries no remedy: it answers what we wrote
         _, policy = await self.remedies.policy()
         offers = policy.offers(handlers.remedy_facts(request, request.offer_tier))
         return offers[0].kind if offers else None
 
-    async def _grant(self, row: Delivery, request: schemas.OutreachRequest) -> Grant | None:
-        """The message's remedy, granted within the budget once per decision (none in a
-        remedy experiment's control arm)."""
+    async def _grant(
+        self, row: Delivery, request: schemas.OutreachRequest, now: datetime
+    ) -> Grant | None:
+        """The message's remedy, granted within the budget once per decision, in the
+        period it leaves in (none in a remedy experiment's control arm, nor for a
+        correction)."""
         if self.remedies is None or trials.without_remedy(row.experiments):
+            return None
+        if request.cause.type == correcting.CAUSE_TYPE:
             return None
         facts = handlers.remedy_facts(request, request.offer_tier)
         return await self.remedies.grant(
-            row.decision_id, row.customer_id, row.order_id, facts, row.decided_at,
+            row.decision_id, row.customer_id, row.order_id, facts, now,
             self.renderer.offer_secret,
         )  # fmt: skip
 
@@ -580,7 +587,7 @@ class DeliveryService:
         if self.remedies is None:
             return None
         grant = await self.remedies.get(row.decision_id)
-        return grant.record() if grant is not None and grant.kind is not None else None
+        return grant.record() if grant is not None else None
 
     async def _templates(self, message_kind: str, plan: ContactPlan | None) -> dict[str, str]:
         """For experiments on a template version: the version that would serve the
@@ -603,10 +610,13 @@ class DeliveryService:
         move = handlers.on_held(row, seen, at, self.policy)
         await self._redecided(row, move, at, seen.plan)
         if move.values.get("experiments"):  # the experiments were asked now
-            await self._expose(row, move.values["experiments"])
+            await self._expose(row, move.values["experiments"], at.now)
 
-    async def _expose(self, row: Delivery, arms: list[dict[str, Any]] | None = None) -> None:
-        """The decision's exposures to experiments (docs/outcomes.md), for the report."""
+    async def _expose(
+        self, row: Delivery, arms: list[dict[str, Any]] | None = None, at: datetime | None = None
+    ) -> None:
+        """The decision's exposures to experiments (docs/outcomes.md), for the report (at
+        its decision, or `at`: when a held one was decided again)."""
         arms = row.experiments if arms is None else arms
         if self.outcomes is not None and arms:
             await self.outcomes.expose(
@@ -614,7 +624,7 @@ class DeliveryService:
                     row.decision_id,
                     row.customer_id,
                     row.order_id,
-                    row.decided_at,
+                    at or row.decided_at,
                     row.message_kind,
                     row.intent,
                     row.status,
@@ -696,7 +706,7 @@ class DeliveryService:
         render (the message is failed) or another worker claimed it first."""
         assert row.channel is not None and row.address is not None
         request = schemas.OutreachRequest.model_validate(row.request)
-        remedy = await self._grant(row, request)
+        remedy = await self._grant(row, request, at.now)
         try:
             rendered = await self.renderer.render_for(
                 request=request,

@@ -71,7 +71,9 @@ class OutcomeStore:
         bind = sessions.kw.get("bind")
         assert isinstance(bind, AsyncEngine)
         insert: Any = sqlite_insert if bind.dialect.name == "sqlite" else postgresql_insert
-        self._insert = insert(OutcomeEvent).on_conflict_do_nothing()
+        # On the table, one row at a time: a Core insert, whose rowcount says whether the
+        # row was new (the ORM's bulk form has none).
+        self._insert = insert(OutcomeEvent.__table__).on_conflict_do_nothing()
         self._insert_exposure = insert(ExperimentExposure).on_conflict_do_nothing()
 
     async def record(self, fact: Fact) -> bool:
@@ -88,22 +90,19 @@ class OutcomeStore:
                 OUTCOME_FACTS.labels(fact.kind, "erased").inc()
                 return False  # from before an erasure, read after it
             added = await s.execute(
-                self._insert,
-                [
-                    {
-                        "event_id": fact.event_id,
-                        "customer_id": customer,
-                        "order_id": fact.order_id,
-                        "at": fact.at,
-                        "kind": fact.kind,
-                        "amount": None if fact.amount is None else str(fact.amount),
-                        "currency": fact.currency,
-                        "score": fact.score,
-                        "detail": (fact.detail or None) and fact.detail[:64],
-                    }
-                ],
+                self._insert.values(
+                    event_id=fact.event_id,
+                    customer_id=customer,
+                    order_id=fact.order_id,
+                    at=fact.at,
+                    kind=fact.kind,
+                    amount=None if fact.amount is None else str(fact.amount),
+                    currency=fact.currency,
+                    score=fact.score,
+                    detail=(fact.detail or None) and fact.detail[:64],
+                )
             )
-        new = bool(getattr(added, "rowcount", 0))
+        new = bool(added.rowcount == 1)  # type: ignore[attr-defined]
         OUTCOME_FACTS.labels(fact.kind, "kept" if new else "duplicate").inc()
         return new
 

@@ -16,21 +16,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Integer, String, Text, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from common.metrics import REMEDIES, REMEDY_REDEMPTIONS
 from services.outreach.adapters.db import Base, UTCDateTime
+from services.outreach.adapters.outcomes import OutcomeEvent
+from services.outreach.domain import learning
 from services.outreach.domain import remedies as domain
 from services.outreach.domain.offers import offer_code
 from services.outreach.domain.remedies import CODED, Facts, Policy, PolicyError
@@ -77,6 +81,10 @@ class RemedyGrant(Base):
     uses: Mapped[int] = mapped_column(Integer, default=0)
     redeemed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     redeemed_order_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # A learned choice (domain/learning.py): the message kind and customer value it was
+    # learned for, and the arm taken ("percent:10", …, or "none").
+    context: Mapped[str | None] = mapped_column(String(120), index=True, nullable=True)
+    arm: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
 @dataclass(frozen=True)
@@ -102,12 +110,21 @@ class Grant:
             "code": self.code, "expires_at": self.expires_at,
         }  # fmt: skip
 
+    def explained(self) -> dict[str, Any]:
+        """For explain: what it was, what it cost, why (no code: that is the customer's)."""
+        return {
+            "kind": self.kind, "value": self.value, "currency": self.currency,
+            "cost": str(self.cost), "why": self.why,
+        }  # fmt: skip
+
     def record(self) -> dict[str, Any]:
-        """For the message's ledger event (the code is dropped from outreach.messages and
-        given to the shop's systems on outreach.actions)."""
-        return {k: v for k, v in (self.offer() or {}).items() if v is not None} | {
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
-        }
+        """For the message's ledger event: the remedy and why (or why none); the code is
+        dropped from outreach.messages and given to the shop's systems on
+        outreach.actions."""
+        kept = {k: v for k, v in (self.offer() or {}).items() if v is not None}
+        if self.expires_at is not None and self.kind is not None:
+            kept["expires_at"] = self.expires_at.isoformat()
+        return kept | {"why": self.why}
 
 
 def _cents(amount: Decimal) -> int:
@@ -122,10 +139,12 @@ class RemedyStore:
         self._sqlite = bind.dialect.name == "sqlite"
         insert: Any = sqlite_insert if self._sqlite else postgresql_insert
         self._insert_budget = insert(RemedyBudget).on_conflict_do_nothing()
-        self._insert_grant = insert(RemedyGrant).on_conflict_do_nothing()
+        # On the table, one row: a Core insert, whose rowcount says whether it was new.
+        self._insert_grant = insert(RemedyGrant.__table__).on_conflict_do_nothing()
         self._one_writer = asyncio.Lock()  # SQLite: this process's writers queue here
         self.refresh_s = refresh_s
         self._policy: tuple[float, int, Policy] | None = None
+        self._learned: dict[tuple[str, timedelta, datetime], dict[str, learning.ArmStats]] = {}
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncSession]:
@@ -146,7 +165,10 @@ class RemedyStore:
             async with self.sessions() as s:
                 row = (
                     await s.execute(
-                        select(RemedyPolicyVersion).where(RemedyPolicyVersion.status == PUBLISHED)
+                        select(RemedyPolicyVersion)
+                        .where(RemedyPolicyVersion.status == PUBLISHED)
+                        .order_by(RemedyPolicyVersion.published_at.desc())
+                        .limit(1)  # two admins publishing at once: the later one serves
                     )
                 ).scalar_one_or_none()
             version, policy = (
@@ -165,14 +187,20 @@ class RemedyStore:
     ) -> int:
         """A new version (a draft); PolicyError when the document cannot be used."""
         domain.parse(document)
-        async with self._writing() as s:
-            newest = (await s.execute(select(func.max(RemedyPolicyVersion.version)))).scalar()
-            version = int(newest or 0) + 1
-            s.add(RemedyPolicyVersion(
-                version=version, status=DRAFT, document=document, note=note[:2000],
-                author=author, created_at=at,
-            ))  # fmt: skip
-        return version
+        for attempt in range(3):  # two admins saving at once: the second takes the next
+            try:
+                async with self._writing() as s:
+                    newest = await s.execute(select(func.max(RemedyPolicyVersion.version)))
+                    version = int(newest.scalar() or 0) + 1
+                    s.add(RemedyPolicyVersion(
+                        version=version, status=DRAFT, document=document, note=note[:2000],
+                        author=author, created_at=at,
+                    ))  # fmt: skip
+                return version
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def publish(self, version: int, actor: str, at: datetime) -> None:
         """`version` serves from now on (the one before it archived); an older version
@@ -205,28 +233,110 @@ class RemedyStore:
         the policy's remedies that fits the budget, or none with the reasons. None when
         no rule of the policy covers the message."""
         version, policy = await self.policy()
-        candidates = domain.priced(policy, facts)
-        if not candidates:
-            return None
         existing = await self.get(decision_id, policy.currency)
         if existing is not None:
-            return existing
+            return existing  # granted before (a retry, another worker), whatever the policy
+        rule = policy.rule_for(facts)
+        if rule is None:
+            return None
+        candidates = domain.priced(policy, facts)
+        context = ranked = None
+        if rule.learn is not None:
+            context = f"{facts.message_kind}|{facts.customer_value or 'standard'}"
+            ranked = await self._rank(decision_id, context, rule, policy, facts, at)
+            candidates = _in_order(candidates, ranked.order)
         period = policy.period_of(at)
         async with self._writing() as s:
             fresh = RemedyGrant(
                 decision_id=decision_id, customer_id=customer_id, order_id=order_id,
                 period=period, granted_at=at, policy_version=version, cost_cents=0, uses=0,
-                why="",
+                why="", context=context,
             )  # fmt: skip
-            inserted = await s.execute(self._insert_grant, [_columns(fresh)])
-            if getattr(inserted, "rowcount", 1):  # else another worker granted it first
+            inserted = await s.execute(self._insert_grant.values(**_columns(fresh)))
+            if inserted.rowcount == 1:  # type: ignore[attr-defined]  # else another's first
                 chosen = await self._choose(s, policy, candidates, period)
+                values = _granted(chosen, decision_id, policy, facts, at, secret)
+                if ranked is not None:
+                    picked = chosen[0]
+                    values["arm"] = learning.NONE if picked is None else str(picked.remedy)
+                    values["why"] = f"{ranked.why}; {values['why']}"
                 await s.execute(
                     update(RemedyGrant)
                     .where(RemedyGrant.decision_id == decision_id)
-                    .values(**_granted(chosen, decision_id, policy, facts, at, secret))
+                    .values(**values)
                 )
         return await self.get(decision_id, policy.currency)
+
+    async def _rank(
+        self, decision_id: str, context: str, rule: domain.Rule, policy: Policy,
+        facts: Facts, at: datetime,
+    ) -> learning.Ranked:  # fmt: skip
+        assert rule.learn is not None
+        stats = await self.learned(context, rule.learn.window, at)
+        arms = [str(r) for r in rule.offer]
+        costs = {str(r): policy.cost(r, facts) for r in rule.offer}
+        return learning.rank(
+            arms, costs, stats, learning.rng_for(decision_id), rule.learn.exploration
+        )
+
+    async def learned(
+        self, context: str, window: timedelta, at: datetime
+    ) -> dict[str, learning.ArmStats]:
+        """What each arm did in `context`: the learned grants whose window had passed by
+        `at`, and how many of their customers ordered again within it (not the order the
+        message was about). Read at most once an hour of `at` per context."""
+        key = (context, window, at.replace(minute=0, second=0, microsecond=0))
+        if key in self._learned:
+            return self._learned[key]
+        async with self.sessions() as s:
+            grants = (
+                await s.execute(
+                    select(
+                        RemedyGrant.customer_id,
+                        RemedyGrant.order_id,
+                        RemedyGrant.granted_at,
+                        RemedyGrant.arm,
+                    ).where(
+                        RemedyGrant.context == context,
+                        RemedyGrant.arm.is_not(None),
+                        RemedyGrant.granted_at <= at - window,
+                    )
+                )
+            ).all()
+            orders = await self._orders_after(s, grants, window)
+        found: dict[str, tuple[int, int]] = {}
+        for customer, order_id, granted_at, arm in grants:
+            again = any(
+                granted_at < placed <= granted_at + window and other != order_id
+                for placed, other in orders.get(customer, ())
+            )
+            trials, successes = found.get(str(arm), (0, 0))
+            found[str(arm)] = (trials + 1, successes + int(again))
+        stats = {arm: learning.ArmStats(t, n) for arm, (t, n) in found.items()}
+        self._learned = {k: v for k, v in self._learned.items() if k[0] != context}
+        self._learned[key] = stats
+        return stats
+
+    @staticmethod
+    async def _orders_after(
+        s: AsyncSession, grants: Sequence[Any], window: timedelta
+    ) -> dict[str, list[tuple[datetime, str | None]]]:
+        """The orders of the grants' customers placed in their windows."""
+        found: dict[str, list[tuple[datetime, str | None]]] = {}
+        if not grants:
+            return found
+        customers = sorted({g[0] for g in grants})
+        since, until = min(g[2] for g in grants), max(g[2] for g in grants) + window
+        for start in range(0, len(customers), 500):
+            query = select(OutcomeEvent.customer_id, OutcomeEvent.at, OutcomeEvent.order_id).where(
+                OutcomeEvent.customer_id.in_(customers[start : start + 500]),
+                OutcomeEvent.kind == "order",
+                OutcomeEvent.at > since,
+                OutcomeEvent.at <= until,
+            )
+            for customer, placed, order_id in (await s.execute(query)).all():
+                found.setdefault(customer, []).append((placed, order_id))
+        return found
 
     async def _choose(
         self, s: AsyncSession, policy: Policy, candidates: list[domain.Priced], period: str
@@ -258,29 +368,39 @@ class RemedyStore:
     # --- redemptions, erasure, the studio's figures -------------------------------------
 
     async def redeem(self, codes: Iterable[str], order_id: str | None, at: datetime) -> int:
-        """Codes used with an order (order.placed `discount_codes`): each use counted, the
-        first one kept as the redemption. Returns how many codes were ours."""
+        """Codes used with an order (order.placed `discount_codes`, read once: the outcome
+        recorder calls this only for a new order): each use counted, the first one kept
+        as the redemption, in one statement per code. Returns how many were ours."""
         found = 0
         async with self._writing() as s:
-            for code in {c.strip().upper() for c in codes if c}:
-                row = (
-                    await s.execute(select(RemedyGrant).where(RemedyGrant.code == code))
+            for code in sorted({c.strip().upper() for c in codes if c and c.strip()}):
+                kind = (
+                    await s.execute(select(RemedyGrant.kind).where(RemedyGrant.code == code))
                 ).scalar_one_or_none()
-                if row is None:
+                if kind is None:
                     continue
+                await s.execute(
+                    update(RemedyGrant)
+                    .where(RemedyGrant.code == code)
+                    .values(
+                        uses=RemedyGrant.uses + 1,
+                        redeemed_at=func.coalesce(RemedyGrant.redeemed_at, at),
+                        redeemed_order_id=func.coalesce(RemedyGrant.redeemed_order_id, order_id),
+                    )
+                )
+                uses = (
+                    await s.execute(select(RemedyGrant.uses).where(RemedyGrant.code == code))
+                ).scalar_one()
+                REMEDY_REDEMPTIONS.labels(kind, "first" if uses == 1 else "again").inc()
                 found += 1
-                row.uses += 1
-                if row.redeemed_at is None:
-                    row.redeemed_at, row.redeemed_order_id = at, order_id
-                    REMEDY_REDEMPTIONS.labels(row.kind or "none", "first").inc()
-                else:
-                    REMEDY_REDEMPTIONS.labels(row.kind or "none", "again").inc()
         return found
 
-    async def forget_customer(self, customer_id: str) -> int:
+    async def forget_customer(self, customer_id: str, secret: str) -> int:
         """An erasure: grants are the shop's spending records, kept with the customer id
-        replaced by a pseudonym (the same for all of theirs)."""
-        pseudonym = "erased-" + hashlib.sha256(customer_id.encode()).hexdigest()[:16]
+        replaced by a pseudonym (keyed by `secret`: not re-linkable from customer ids
+        alone; the same for all of theirs)."""
+        digest = hmac.new(secret.encode(), customer_id.encode(), hashlib.sha256).hexdigest()
+        pseudonym = "erased-" + digest[:16]
         async with self._writing() as s:
             done = await s.execute(
                 update(RemedyGrant)
@@ -313,6 +433,17 @@ class RemedyStore:
                  "redeemed": redeemed, "uses": int(uses or 0)}
                 for kind, n, cost, redeemed, uses in rows.all()
             ]  # fmt: skip
+
+
+def _in_order(candidates: list[domain.Priced], order: Sequence[str]) -> list[domain.Priced]:
+    """The candidates in the learned order, up to "none" (chosen first: none tried)."""
+    by_name = {str(p.remedy): p for p in candidates}
+    ranked = []
+    for name in order:
+        if name == learning.NONE:
+            break
+        ranked.append(by_name[name])
+    return ranked
 
 
 def _columns(row: RemedyGrant) -> dict[str, Any]:

@@ -90,6 +90,16 @@ class Facts:
 
 
 @dataclass(frozen=True)
+class Learn:
+    """A rule whose remedies are ranked by what they do (domain/learning.py): by the
+    customers who ordered again within `window` of their message, with `exploration`
+    the share of messages that try an arm at random."""
+
+    window: timedelta = timedelta(days=30)
+    exploration: float = 0.1
+
+
+@dataclass(frozen=True)
 class Rule:
     offer: tuple[Remedy, ...]
     kinds: frozenset[str] | None = None
@@ -97,6 +107,7 @@ class Rule:
     severities: frozenset[str] | None = None
     values: frozenset[str] | None = None
     tiers: frozenset[str] | None = None
+    learn: Learn | None = None
 
     def matches(self, f: Facts) -> bool:
         if f.intent == "check_in" and not f.offer_tier:
@@ -129,9 +140,14 @@ class Policy:
     def valid_for(self) -> timedelta:
         return timedelta(days=self.valid_days)
 
+    def rule_for(self, f: Facts) -> Rule | None:
+        """The first rule that matches a message."""
+        return next((r for r in self.rules if r.matches(f)), None)
+
     def offers(self, f: Facts) -> tuple[Remedy, ...]:
         """The remedies to try for a message, best first (none: no rule matches)."""
-        return next((r.offer for r in self.rules if r.matches(f)), ())
+        rule = self.rule_for(f)
+        return () if rule is None else rule.offer
 
     def cost(self, remedy: Remedy, f: Facts) -> Decimal | None:
         """What `remedy` costs the budget, in its currency; None when it cannot be priced
@@ -176,6 +192,8 @@ def parse(document: Mapping[str, Any]) -> Policy:
     if not _CURRENCY.match(currency):
         raise PolicyError(f"currency {currency!r}: three capital letters, e.g. EUR")
     budget = document.get("budget") or {}
+    if not isinstance(budget, Mapping):
+        raise PolicyError("budget: an object, {period, cap}")
     period = str(budget.get("period", "month"))
     if period not in PERIODS:
         raise PolicyError(f"budget.period {period!r}: one of {', '.join(PERIODS)}")
@@ -205,7 +223,7 @@ def _rule(raw: Any, n: int) -> Rule:
     where = f"rules[{n}]"
     if not isinstance(raw, Mapping):
         raise PolicyError(f"{where}: a rule is an object")
-    unknown = set(raw) - {"kinds", "intents", "severities", "values", "tiers", "offer"}
+    unknown = set(raw) - {"kinds", "intents", "severities", "values", "tiers", "offer", "learn"}
     if unknown:
         raise PolicyError(f"{where}: unknown keys: {', '.join(sorted(unknown))}")
     offer = raw.get("offer")
@@ -226,15 +244,37 @@ def _rule(raw: Any, n: int) -> Rule:
 
     return Rule(
         remedies, names("kinds"), names("intents"), names("severities"), names("values"),
-        names("tiers"),
+        names("tiers"), _learn(raw.get("learn"), where),
     )  # fmt: skip
 
 
+def _learn(raw: Any, where: str) -> Learn | None:
+    """`"learn": true`, or `{"window_days": 30, "exploration": 0.1}`."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return Learn()
+    if not isinstance(raw, Mapping) or set(raw) - {"window_days", "exploration"}:
+        raise PolicyError(f"{where}.learn: true, or {{window_days, exploration}}")
+    days, share = raw.get("window_days", 30), raw.get("exploration", 0.1)
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 180:
+        raise PolicyError(f"{where}.learn.window_days: a whole number of days, 1 to 180")
+    if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
+        raise PolicyError(f"{where}.learn.exploration: a share from 0 to 1")
+    return Learn(timedelta(days=days), float(share))
+
+
 def _decimal(raw: Any, where: str) -> Decimal:
+    """A finite number, not below 0 (JSON numbers or strings)."""
+    if isinstance(raw, bool) or raw is None:
+        raise PolicyError(f"{where}: not a number: {raw!r}")
     try:
-        return Decimal(str(raw).strip())
+        value = Decimal(str(raw).strip())
     except InvalidOperation:
         raise PolicyError(f"{where}: not a number: {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise PolicyError(f"{where}: a finite number, not below 0: {raw!r}")
+    return value
 
 
 def _amounts(raw: Any, where: str, keys: Sequence[str] | None) -> dict[str, Decimal]:
@@ -254,7 +294,7 @@ def _amounts(raw: Any, where: str, keys: Sequence[str] | None) -> dict[str, Deci
 
 
 def _days(raw: Any) -> int:
-    if not isinstance(raw, int) or not 1 <= raw <= 365:
+    if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= 365:
         raise PolicyError("valid_days: a whole number of days, 1 to 365")
     return raw
 

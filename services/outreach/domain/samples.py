@@ -63,11 +63,20 @@ def _base(first_name: str = "Ada") -> dict[str, Any]:
 
 
 LARGE_ORDER_ITEMS = 100
+_UNTIL = datetime(2026, 4, 5, tzinfo=UTC)
+REMEDY_SAMPLES: dict[str, dict[str, Any]] = {
+    "free shipping": {"code": "SORRY-4FRE-E5HP", "kind": "free_shipping", "value": None,
+                      "currency": None, "expires_at": _UNTIL},
+    "a replacement by express": {"code": None, "kind": "expedited_reship", "value": None,
+                                 "currency": None, "expires_at": _UNTIL},
+    "store credit": {"code": None, "kind": "credit", "value": "15.00", "currency": "EUR",
+                     "expires_at": _UNTIL},
+}  # fmt: skip
 
 
 def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
-    """Named cases: a delay of 2 days, a lost parcel, an order of 100 items, a serial
-    returner with an offer."""
+    """Named cases: a delay of 2 days, a lost parcel, an order of 100 items, a delay with
+    each kind of remedy but codes, a serial returner with an offer."""
     delay = _base()
     delay["message_kind"] = message_kind
     delay["incident"] = {**delay["incident"], "kind": message_kind}
@@ -77,6 +86,9 @@ def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:
         "lost parcel with an offer": lost,
         f"order of {LARGE_ORDER_ITEMS} items": large,
     }
+    # Every kind of remedy a policy may give (docs/remedies.md): a template must say each.
+    for name, remedy in REMEDY_SAMPLES.items():
+        cases[f"delay with {name}"] = {**delay, "offer": remedy}
     if message_kind in ("serial_returns", "churn_risk", "merchant_fault_return"):
         cases["serial returner with an offer"] = returner
     if message_kind in surveys.DEFAULT_KINDS:

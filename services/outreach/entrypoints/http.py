@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from services.outreach.bootstrap import Outreach
 
 
+async def _remedy(outreach: Outreach, decision_id: str) -> dict[str, Any] | None:
+    """The decision's remedy and why (docs/remedies.md); the code is the customer's."""
+    grant = await outreach.remedies.get(decision_id)
+    return grant.explained() if grant is not None else None
+
+
 async def _explain(
     outreach: Outreach, *, customer_id: str | None = None, order_id: str | None = None
 ) -> list[dict[str, Any]]:
@@ -43,6 +49,7 @@ async def _explain(
                 "rule": row.rule,
                 # The arm of each experiment covering it (docs/outcomes.md).
                 "experiments": row.experiments or [],
+                "remedy": await _remedy(outreach, row.decision_id),
                 "channel": row.channel,
                 "address": mask_address(row.address) if row.address else row.address,
                 "template": row.template_key,

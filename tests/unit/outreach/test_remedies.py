@@ -85,6 +85,12 @@ def test_periods():
         ({"valid_days": 0}, "valid_days"),
         ({"prefix": "sorry"}, "prefix"),
         ({"colour": "red"}, "unknown keys: colour"),
+        ({"budget": {"cap": "NaN"}}, "a finite number"),
+        ({"budget": {"cap": "Infinity"}}, "a finite number"),
+        ({"budget": ["month"]}, "budget: an object"),
+        ({"typical_order": "-5"}, "not below 0"),
+        ({"valid_days": True}, "valid_days"),
+        ({"rules": [{"offer": ["percent:NaN"]}]}, "a finite number"),
     ],
 )
 def test_a_policy_that_cannot_be_used_says_where(change, error):

@@ -52,12 +52,15 @@ def upgrade() -> None:
         sa.Column("uses", sa.Integer(), nullable=False),
         sa.Column("redeemed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("redeemed_order_id", sa.String(length=200), nullable=True),
+        sa.Column("context", sa.String(length=120), nullable=True),
+        sa.Column("arm", sa.String(length=40), nullable=True),
         sa.PrimaryKeyConstraint("decision_id"),
         sa.UniqueConstraint("code"),
     )
     op.create_index("ix_remedy_grants_customer_id", "remedy_grants", ["customer_id"])
     op.create_index("ix_remedy_grants_period", "remedy_grants", ["period"])
     op.create_index("ix_remedy_grants_granted_at", "remedy_grants", ["granted_at"])
+    op.create_index("ix_remedy_grants_context", "remedy_grants", ["context"])
 
 
 def downgrade() -> None:
