@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -113,6 +114,10 @@ class DeliveryService:
         self.storms = storms
         self.outcomes: OutcomeStore | None = None  # forgets with erasure and retention
         self.remedies: RemedyStore | None = None  # what a message offers (docs/remedies.md)
+        # The remedy each row in hand was rendered with, for its sent event.
+        self._carried: weakref.WeakKeyDictionary[Delivery, Grant | None] = (
+            weakref.WeakKeyDictionary()
+        )
         self.release_batch = 100  # held messages released per round (whole customers)
         self.surveys = surveys or SurveyPolicy()
         self.corrections = corrections or CorrectionPolicy.parse(correcting.DEFAULT)
@@ -563,8 +568,10 @@ class DeliveryService:
         if self.remedies is None or request.cause.type == correcting.CAUSE_TYPE:
             return None  # a correction carries no remedy: it answers what we wrote
         _, policy = await self.remedies.policy()
-        offers = policy.offers(handlers.remedy_facts(request, request.offer_tier))
-        return offers[0].kind if offers else None
+        rule = policy.rule_for(handlers.remedy_facts(request, request.offer_tier))
+        if rule is None:
+            return None
+        return "learned" if rule.learn is not None else rule.offer[0].kind
 
     async def _grant(
         self, row: Delivery, request: schemas.OutreachRequest, now: datetime
@@ -577,16 +584,22 @@ class DeliveryService:
         if request.cause.type == correcting.CAUSE_TYPE:
             return None
         facts = handlers.remedy_facts(request, request.offer_tier)
-        return await self.remedies.grant(
+        grant = await self.remedies.grant(
             row.decision_id, row.customer_id, row.order_id, facts, now,
-            self.renderer.offer_secret,
+            self.renderer.offer_secret, retry=row.attempts > 0,
         )  # fmt: skip
+        self._carried[row] = grant
+        return grant
 
     async def _remedy_record(self, row: Delivery) -> dict[str, Any] | None:
-        """What the sent message carried, for its ledger event (and the shop's systems)."""
+        """What the sent message carried, for its ledger event (and the shop's systems):
+        what this worker rendered it with, else (a send settled later) the grant."""
         if self.remedies is None:
             return None
-        grant = await self.remedies.get(row.decision_id)
+        if row in self._carried:
+            grant = self._carried.pop(row)
+        else:
+            grant = await self.remedies.get(row.decision_id)
         return grant.record() if grant is not None else None
 
     async def _templates(self, message_kind: str, plan: ContactPlan | None) -> dict[str, str]:

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Text, func, select, update
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -40,6 +40,9 @@ from services.outreach.domain.offers import offer_code
 from services.outreach.domain.remedies import CODED, Facts, Policy, PolicyError
 
 DRAFT, PUBLISHED, ARCHIVED = "draft", "published", "archived"
+# How far back (before the window) a learner counts its grants: within the outcome
+# facts' retention, and recent enough to follow a shop that changes.
+LEARN_HORIZON = timedelta(days=90)
 
 
 class RemedyPolicyVersion(Base):
@@ -64,6 +67,7 @@ class RemedyBudget(Base):
 
 class RemedyGrant(Base):
     __tablename__ = "remedy_grants"
+    __table_args__ = (Index("ix_remedy_grants_context_granted_at", "context", "granted_at"),)
 
     decision_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
@@ -83,7 +87,7 @@ class RemedyGrant(Base):
     redeemed_order_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # A learned choice (domain/learning.py): the message kind and customer value it was
     # learned for, and the arm taken ("percent:10", …, or "none").
-    context: Mapped[str | None] = mapped_column(String(120), index=True, nullable=True)
+    context: Mapped[str | None] = mapped_column(String(120), nullable=True)
     arm: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
@@ -145,6 +149,7 @@ class RemedyStore:
         self.refresh_s = refresh_s
         self._policy: tuple[float, int, Policy] | None = None
         self._learned: dict[tuple[str, timedelta, datetime], dict[str, learning.ArmStats]] = {}
+        self._learning = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncSession]:
@@ -227,22 +232,25 @@ class RemedyStore:
 
     async def grant(
         self, decision_id: str, customer_id: str, order_id: str | None, facts: Facts,
-        at: datetime, secret: str,
+        at: datetime, secret: str, *, retry: bool = True,
     ) -> Grant | None:  # fmt: skip
-        """The decision's remedy: granted once (later calls get the same), the first of
-        the policy's remedies that fits the budget, or none with the reasons. None when
-        no rule of the policy covers the message."""
+        """The decision's remedy: granted once (later calls get the same, whatever the
+        policy says by then), the first of the policy's remedies that fits the budget, or
+        none with the reasons. None when no rule of the policy covers the message (for a
+        first attempt, `retry` False, without asking for an earlier grant)."""
         version, policy = await self.policy()
+        rule = policy.rule_for(facts)
+        if rule is None and not retry:
+            return None
         existing = await self.get(decision_id, policy.currency)
         if existing is not None:
-            return existing  # granted before (a retry, another worker), whatever the policy
-        rule = policy.rule_for(facts)
+            return existing  # granted before (a retry, another worker)
         if rule is None:
             return None
         candidates = domain.priced(policy, facts)
         context = ranked = None
         if rule.learn is not None:
-            context = f"{facts.message_kind}|{facts.customer_value or 'standard'}"
+            context = f"{rule.key}|{facts.message_kind}|{facts.customer_value or 'unknown'}"
             ranked = await self._rank(decision_id, context, rule, policy, facts, at)
             candidates = _in_order(candidates, ranked.order)
         period = policy.period_of(at)
@@ -256,9 +264,9 @@ class RemedyStore:
             if inserted.rowcount == 1:  # type: ignore[attr-defined]  # else another's first
                 chosen = await self._choose(s, policy, candidates, period)
                 values = _granted(chosen, decision_id, policy, facts, at, secret)
-                if ranked is not None:
-                    picked = chosen[0]
-                    values["arm"] = learning.NONE if picked is None else str(picked.remedy)
+                if ranked is not None:  # evidence only of what the learner chose first
+                    picked = learning.NONE if chosen[0] is None else str(chosen[0].remedy)
+                    values["arm"] = picked if picked == ranked.order[0] else None
                     values["why"] = f"{ranked.why}; {values['why']}"
                 await s.execute(
                     update(RemedyGrant)
@@ -288,22 +296,28 @@ class RemedyStore:
         key = (context, window, at.replace(minute=0, second=0, microsecond=0))
         if key in self._learned:
             return self._learned[key]
-        async with self.sessions() as s:
-            grants = (
-                await s.execute(
-                    select(
-                        RemedyGrant.customer_id,
-                        RemedyGrant.order_id,
-                        RemedyGrant.granted_at,
-                        RemedyGrant.arm,
-                    ).where(
-                        RemedyGrant.context == context,
-                        RemedyGrant.arm.is_not(None),
-                        RemedyGrant.granted_at <= at - window,
+        async with self._learning:  # one reading at a time: the others wait for it
+            if key in self._learned:
+                return self._learned[key]
+            async with self.sessions() as s:
+                grants = (
+                    await s.execute(
+                        select(
+                            RemedyGrant.customer_id,
+                            RemedyGrant.order_id,
+                            RemedyGrant.granted_at,
+                            RemedyGrant.arm,
+                        ).where(
+                            RemedyGrant.context == context,
+                            RemedyGrant.arm.is_not(None),
+                            # The facts of older ones may be gone (docs/outcomes.md).
+                            RemedyGrant.granted_at >= at - window - LEARN_HORIZON,
+                            RemedyGrant.granted_at <= at - window,
+                            RemedyGrant.customer_id.not_like("erased-%"),
+                        )
                     )
-                )
-            ).all()
-            orders = await self._orders_after(s, grants, window)
+                ).all()
+                orders = await self._orders_after(s, grants, window)
         found: dict[str, tuple[int, int]] = {}
         for customer, order_id, granted_at, arm in grants:
             again = any(

@@ -58,7 +58,8 @@ def requested(status: str, payload: Mapping[str, Any], at: datetime) -> list[dic
             "channel": payload.get("channel"),
             "cause": payload.get("cause"),
             "requested_at": at,
-            **({"remedy": dict(granted)} if granted is not None else {}),
+            # What to honour (the reasons are ours: not the shop's systems' business).
+            **({"remedy": {k: v for k, v in granted.items() if k != "why"}} if granted else {}),
         }
         for action, granted in wanted
     ]

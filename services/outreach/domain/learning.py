@@ -4,8 +4,11 @@ per unit of cost, by Thompson sampling — each arm's chance that the customer o
 within the window is drawn from its Beta posterior (1 + orders again, 1 + not), the
 uplift is the draw less the draw of going without a remedy, and the arms are ranked by
 uplift per unit of the budget's currency. With the exploration share, an arm chosen
-uniformly goes first instead, so no arm is ever starved of evidence. The ranking is the
-order the grant tries the arms in: the budget still decides (the best arm that fits).
+uniformly goes first instead, so every arm keeps being tried (the budget may still refuse
+an expensive one). The ranking is the order the grant tries the arms in: the budget
+still decides (the best arm that fits). Only an arm granted as the learner's first
+choice counts as evidence for it (a fallback the budget forced would be chosen by the
+time of the period, not at random).
 
 Deterministic for a decision: the draws come from a generator seeded by the decision id,
 so a retry ranks alike. Pure.
@@ -71,28 +74,28 @@ def rank(
     if explored:
         pick = rnd.choice(everyone)
         order = [pick, *(a for a in order if a != pick)]
-    why = _why(order[0], draws, baseline, costs, stats, explored)
+    why = _why(order[0], costs, stats, explored)
     return Ranked(tuple(order), explored, why)
 
 
 def _why(
-    first: str,
-    draws: Mapping[str, float],
-    baseline: float,
-    costs: Mapping[str, Decimal | None],
-    stats: Mapping[str, ArmStats],
-    explored: bool,
+    first: str, costs: Mapping[str, Decimal | None], stats: Mapping[str, ArmStats], explored: bool
 ) -> str:
+    """The reason, with each arm's measured rate (the posterior mean), not the draw."""
+
     def seen(arm: str) -> str:
         s = stats.get(arm, ArmStats())
         return f"{s.successes}/{s.trials} ordered again"
+
+    def mean(arm: str) -> float:
+        s = stats.get(arm, ArmStats())
+        return (s.successes + 1) / (s.trials + 2)
 
     if explored:
         return f"learning: {first} tried to learn more ({seen(first)})"
     if first == NONE:
         return f"learning: no remedy pays for itself yet (without one: {seen(NONE)})"
-    uplift = draws[first] - baseline
     return (
-        f"learning: {first} ranked first, uplift {uplift:+.3f} for {costs.get(first)} "
-        f"({seen(first)}; without a remedy {seen(NONE)})"
+        f"learning: {first} ranked first, measured uplift {mean(first) - mean(NONE):+.3f} for "
+        f"{costs.get(first)} ({seen(first)}; without a remedy {seen(NONE)})"
     )

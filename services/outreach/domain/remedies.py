@@ -34,6 +34,7 @@ remedy). Pure.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ VALUED = ("percent", "amount", "credit")
 CODED = ("percent", "amount", "free_shipping")  # carried as a discount code
 PERIODS = ("day", "week", "month")
 CENT = Decimal("0.01")
+SELF_PRICED = ("free_shipping", "expedited_reship")  # priced by the policy's costs
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -108,6 +110,19 @@ class Rule:
     values: frozenset[str] | None = None
     tiers: frozenset[str] | None = None
     learn: Learn | None = None
+
+    @property
+    def key(self) -> str:
+        """The rule's identity (what it matches and offers, and its window): a learner's
+        figures are its own, whatever its place in the policy."""
+        parts = [
+            ",".join(map(str, self.offer)),
+            *(",".join(sorted(m)) if m is not None else "*" for m in (
+                self.kinds, self.intents, self.severities, self.values, self.tiers,
+            )),
+            str(self.learn.window.days if self.learn else 0),
+        ]  # fmt: skip
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
     def matches(self, f: Facts) -> bool:
         if f.intent == "check_in" and not f.offer_tier:
@@ -206,12 +221,21 @@ def parse(document: Mapping[str, Any]) -> Policy:
     rules = document.get("rules")
     if not isinstance(rules, list):
         raise PolicyError("rules: a list of rules")
+    costs = _amounts(document.get("costs") or {}, "costs", ("free_shipping", "expedited_reship"))
+    parsed = tuple(_rule(r, n) for n, r in enumerate(rules, 1))
+    for n, rule in enumerate(parsed, 1):
+        free = [str(r) for r in rule.offer if r.kind in SELF_PRICED and not costs.get(r.kind)]
+        if rule.learn is not None and free:
+            raise PolicyError(
+                f"rules[{n}].learn: {', '.join(free)} cost nothing by this policy; a learner "
+                "ranks by uplift per unit of cost: set its cost under costs"
+            )
     return Policy(
-        rules=tuple(_rule(r, n) for n, r in enumerate(rules, 1)),
+        rules=parsed,
         currency=currency,
         cap=cap,
         period=period,
-        costs=_amounts(document.get("costs") or {}, "costs", ("free_shipping", "expedited_reship")),
+        costs=costs,
         rates=_amounts(document.get("rates") or {}, "rates", None),
         typical_order=_decimal(document.get("typical_order", "50"), "typical_order"),
         valid_days=_days(document.get("valid_days", 30)),

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.ledger import Delivery
+from services.outreach.adapters.remedies import RemedyPolicyVersion
 from services.outreach.adapters.storms import StormRow
 from services.outreach.adapters.templates import TemplateVersion
 from services.outreach.rehearsal import archive, report
@@ -143,14 +144,16 @@ async def read_rehearsal(url: str) -> tuple[list[report.Decision], list[report.S
 
 
 async def copy_templates(live_url: str, rehearsal_url: str, drafts: str) -> int:
-    """The live studio's template versions into the rehearsal's (new) database; with
-    `drafts` "all", each key's newest draft newer than what is published is published
-    there (the published one archived); with a version id, only that draft is."""
+    """The live studio's template versions (and the remedy policy's) into the rehearsal's
+    (new) database; with `drafts` "all", each key's newest draft newer than what is
+    published is published there (the published one archived); with a version id, only
+    that draft is."""
     live = create_engine(live_url)
     try:
         async with session_factory(live)() as s:
             versions = list((await s.execute(select(TemplateVersion))).scalars())
-            for row in versions:
+            policies = list((await s.execute(select(RemedyPolicyVersion))).scalars())
+            for row in (*versions, *policies):
                 s.expunge(row)
     finally:
         await live.dispose()
@@ -159,6 +162,11 @@ async def copy_templates(live_url: str, rehearsal_url: str, drafts: str) -> int:
     try:
         await create_schema(target)
         async with session_factory(target)() as s, s.begin():
+            # The remedy policy as live has it (its budget starts the period unspent).
+            s.add_all(
+                RemedyPolicyVersion(**{c.key: getattr(p, c.key) for c in _POLICY_COLUMNS})
+                for p in policies
+            )
             for row in versions:
                 status = "published" if row.id in chosen else row.status
                 if row.status == "published" and _key(row) in {
@@ -169,6 +177,9 @@ async def copy_templates(live_url: str, rehearsal_url: str, drafts: str) -> int:
     finally:
         await target.dispose()
     return len(versions)
+
+
+_POLICY_COLUMNS = tuple(RemedyPolicyVersion.__table__.columns)
 
 
 def _key(row: TemplateVersion) -> tuple[str, str, str]:

@@ -68,16 +68,20 @@ async def test_the_learner_finds_the_best_remedy_per_euro_within_the_budget(data
                         await facts_store.record(fact)
         async with sessions() as s:
             last = (
-                await s.execute(
-                    select(RemedyGrant.why).where(
-                        RemedyGrant.granted_at >= T0 + timedelta(days=DAYS - 10)
+                (
+                    await s.execute(
+                        select(RemedyGrant.why).where(
+                            RemedyGrant.granted_at >= T0 + timedelta(days=DAYS - 10)
+                        )
                     )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             budgets = (await s.execute(select(RemedyBudget.spent_cents))).scalars().all()
-        stats = await remedies.learned(
-            "delivery_late|standard", timedelta(days=14), T0 + timedelta(days=DAYS)
-        )
+        _, policy = await remedies.policy()
+        context = f"{policy.rules[0].key}|delivery_late|standard"
+        stats = await remedies.learned(context, timedelta(days=14), T0 + timedelta(days=DAYS))
     finally:
         await engine.dispose()
     best_first = sum(w.startswith("learning: percent:10 ranked first") for w in last)

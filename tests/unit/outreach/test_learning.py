@@ -60,7 +60,7 @@ def test_the_same_decision_ranks_alike_and_says_why():
     one = learning.rank(ARMS, COSTS, KNOWN, learning.rng_for("dec-7"), 0.1)
     two = learning.rank(ARMS, COSTS, KNOWN, learning.rng_for("dec-7"), 0.1)
     assert one == two
-    assert one.why.startswith("learning: percent:10 ranked first, uplift +0.")
+    assert one.why.startswith("learning: percent:10 ranked first, measured uplift +0.199")
     assert "160/400 ordered again; without a remedy 80/400" in one.why
 
 
@@ -77,6 +77,13 @@ def test_a_learning_rule_is_checked(learn, error):
     rule = {"intents": ["apology"], "offer": ["percent:10"], "learn": learn}
     with pytest.raises(PolicyError, match=error):
         remedies.parse({"rules": [rule]})
+
+
+def test_a_learner_needs_every_remedy_to_cost_something():
+    rule = {"offer": ["percent:10", "free_shipping"], "learn": True}
+    with pytest.raises(PolicyError, match="free_shipping cost nothing"):
+        remedies.parse({"rules": [rule]})
+    remedies.parse({"costs": {"free_shipping": "4.90"}, "rules": [rule]})
 
 
 def test_learn_true_takes_the_defaults():

@@ -60,7 +60,9 @@ def upgrade() -> None:
     op.create_index("ix_remedy_grants_customer_id", "remedy_grants", ["customer_id"])
     op.create_index("ix_remedy_grants_period", "remedy_grants", ["period"])
     op.create_index("ix_remedy_grants_granted_at", "remedy_grants", ["granted_at"])
-    op.create_index("ix_remedy_grants_context", "remedy_grants", ["context"])
+    op.create_index(
+        "ix_remedy_grants_context_granted_at", "remedy_grants", ["context", "granted_at"]
+    )
 
 
 def downgrade() -> None:
