@@ -68,6 +68,11 @@ async def conversation(request: web.Request) -> web.Response:
     decisions = [
         (row, [e.status for e in await studio.ledger.events_of(row.decision_id)]) for row in rows
     ]
+    remedies = {
+        row.decision_id: grant.explained()
+        for row in rows
+        if (grant := await studio.remedies.get(row.decision_id)) is not None
+    }
     replies = await studio.replies.of_customer(customer_id, TIMELINE_LIMIT)
     handoffs = await studio.handoffs.of_customer(customer_id, TIMELINE_LIMIT)
     if not (rows or replies or handoffs):
@@ -81,6 +86,6 @@ async def conversation(request: web.Request) -> web.Response:
         request,
         "conversation.html",
         head=summary(customer_id, rows, replies, handoffs),
-        entries=timeline(decisions, replies, handoffs, sight),
+        entries=timeline(decisions, replies, handoffs, sight, remedies),
         sight=sight,
     )

@@ -195,7 +195,18 @@ def arm_line(arm: dict[str, Any]) -> str:
     return line + (f", {effect}" if effect else "")
 
 
-def decision_entries(row: DecisionLike, statuses: Iterable[str], sight: Sight) -> list[Entry]:
+def remedy_line(remedy: Mapping[str, Any]) -> str:
+    """`amount 10.00 EUR (cost 10.00): credit:20: … would exceed the budget; …`."""
+    what = " ".join(str(remedy[k]) for k in ("kind", "value", "currency") if remedy.get(k))
+    return f"{what or 'none'} (cost {remedy.get('cost')}): {remedy.get('why')}"
+
+
+def decision_entries(
+    row: DecisionLike,
+    statuses: Iterable[str],
+    sight: Sight,
+    remedy: Mapping[str, Any] | None = None,
+) -> list[Entry]:
     """The decision (why, to whom, by which rule) and, once sent, the message."""
     why = f"{row.cause_kind} → {row.intent}"
     facts = [
@@ -209,6 +220,8 @@ def decision_entries(row: DecisionLike, statuses: Iterable[str], sight: Sight) -
         facts.append(("Corrects", corrected))
     if row.experiments:
         facts.append(("Experiments", "; ".join(arm_line(a) for a in row.experiments)))
+    if remedy is not None:  # what it offered and why (never the code: docs/remedies.md)
+        facts.append(("Remedy", remedy_line(remedy)))
     facts.append(("Channel", f"{row.channel or '—'} {address(row.address, sight)}".strip()))
     if row.template_key:
         version = f" v{row.template_version}" if row.template_version else ""
@@ -330,12 +343,13 @@ def timeline(
     replies: Sequence[ReplyLike],
     handoffs: Sequence[HandoffLike],
     sight: Sight,
+    remedies: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Entry]:
     """Every entry, oldest first (at the same moment: the incident before the decision
-    before the message before the reply)."""
+    before the message before the reply); `remedies` by decision id."""
     entries = incident_entries([row for row, _ in decisions])
     for row, statuses in decisions:
-        entries += decision_entries(row, statuses, sight)
+        entries += decision_entries(row, statuses, sight, (remedies or {}).get(row.decision_id))
     entries += [reply_entry(r, sight) for r in replies]
     for handoff in handoffs:
         entries += handoff_entries(handoff, sight)

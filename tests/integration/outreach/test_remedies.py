@@ -26,6 +26,7 @@ from services.outreach.bootstrap import bootstrap
 from services.outreach.config import Settings
 from services.outreach.domain.decisions import ChannelOption
 from services.outreach.domain.remedies import Facts
+from services.outreach.entrypoints.http import _explain
 from services.outreach.handlers import action_events, message_event
 from tests.outreach_requests import NOON, plan, request
 
@@ -89,6 +90,10 @@ async def test_remedies_within_the_budget_fall_back_and_say_why(outreach, sendgr
     assert third.kind is None and "SORRY-" not in got["c-3"]
     assert third.why.count("would exceed the budget") == 3 and third.why.endswith("no remedy")
     assert await outreach.remedies.spent("2026-03") == Decimal("30")  # never past the cap
+    (explained,) = await _explain(outreach, customer_id="c-3")  # what explain answers
+    assert explained["remedy"]["kind"] is None and "no remedy" in explained["remedy"]["why"]
+    (second_explained,) = await _explain(outreach, customer_id="c-2")
+    assert "code" not in second_explained["remedy"]  # the code is the customer's
 
     sent = [e for e in await outreach.ledger.events_of(second.decision_id) if e.status == "sent"]
     (event,) = sent

@@ -141,3 +141,15 @@ def test_a_decision_names_the_arms_of_its_experiments():
         "offers (remedy:*): control, sent without its remedy; "
         "holdout (all): control, protected: sent anyway"
     )
+
+
+def test_a_decision_says_its_remedy_and_why_never_the_code():
+    from services.outreach.studio.timeline import decision_entries
+
+    why = "credit:20: 20.00 EUR would exceed the budget; amount:10: granted"
+    remedy = {"kind": "amount", "value": "10.00", "currency": "EUR", "cost": "10.00", "why": why}
+    (entry, *_) = decision_entries(decision(), ["sent"], VIEWER, remedy)
+    assert dict(entry.facts)["Remedy"] == (
+        "amount 10.00 EUR (cost 10.00): credit:20: 20.00 EUR would exceed the budget; "
+        "amount:10: granted"
+    )
