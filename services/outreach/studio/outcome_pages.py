@@ -16,7 +16,7 @@ from aiohttp import web
 
 from common.clock import wall_now
 from services.outreach.adapters.outcomes import OutcomeStore
-from services.outreach.domain.outcomes import BY_NAME
+from services.outreach.domain.outcomes import BY_NAME, LONGEST
 from services.outreach.outcome_report.build import build
 from services.outreach.studio.accounts import VIEW
 from services.outreach.studio.context import Studio, require, studio_of
@@ -60,9 +60,11 @@ async def outcomes(request: web.Request) -> web.Response:
     if experiment:
         chosen = [g for g in report["experiments"] if g["experiment"] == experiment]
         report = {**report, "experiments": chosen}
+    kept = studio.settings.ledger_retention_days + LONGEST.days  # outcome facts' life
     return studio.page(
         request,
         "outcomes.html",
+        facts_kept_days=int(kept) if days > kept else None,
         report=report,
         days=days,
         periods=PERIODS,

@@ -93,6 +93,8 @@ async def test_the_page_compares_the_arms_for_every_role(world):
         one = await page(viewer, "/outcomes?experiment=apology-effect")
         assert "apology-effect" in one
         empty = await page(viewer, "/outcomes?days=90")  # decided 100 days ago: not in it
+        assert "Outcome facts are kept" not in empty
+        assert "Outcome facts are kept 180 days" in await page(viewer, "/outcomes?days=365")
         assert "No experiment covered a decision" in empty
     finally:
         await viewer.close()
