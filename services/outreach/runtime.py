@@ -579,9 +579,10 @@ class DeliveryService:
         """The message's remedy, granted within the budget once per decision, in the
         period it leaves in (none in a remedy experiment's control arm, nor for a
         correction)."""
-        if self.remedies is None or trials.without_remedy(row.experiments):
+        if self.remedies is None:
             return None
-        if request.cause.type == correcting.CAUSE_TYPE:
+        if trials.without_remedy(row.experiments) or request.cause.type == correcting.CAUSE_TYPE:
+            self._carried[row] = None  # rendered without one, whatever is stored
             return None
         facts = handlers.remedy_facts(request, request.offer_tier)
         grant = await self.remedies.grant(
@@ -621,9 +622,9 @@ class DeliveryService:
         """A decision held by a pause is decided now, from the contact plan on."""
         seen = await self._seen(row, at.now, recent=True)
         move = handlers.on_held(row, seen, at, self.policy)
+        if move.values.get("experiments"):  # the experiments were asked now (written
+            await self._expose(row, move.values["experiments"], at.now)  # first: idempotent)
         await self._redecided(row, move, at, seen.plan)
-        if move.values.get("experiments"):  # the experiments were asked now
-            await self._expose(row, move.values["experiments"], at.now)
 
     async def _expose(
         self, row: Delivery, arms: list[dict[str, Any]] | None = None, at: datetime | None = None
@@ -935,6 +936,8 @@ class DeliveryService:
         if row is None:
             return False
         provider = self.senders[row.channel].provider if row.channel else None
+        if row.status in (Status.SENDING, Status.IN_DOUBT):  # the report settles the send
+            detail = {**detail, "remedy": await self._remedy_record(row)}
         move = lifecycle.report(row, said, self._at(now), provider=provider, detail=detail)
         if move is None:
             STALE_REPORTS.labels(said.value, row.status).inc()

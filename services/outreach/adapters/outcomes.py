@@ -13,7 +13,7 @@ ledger's retention and the longest outcome window after it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -76,10 +76,13 @@ class OutcomeStore:
         self._insert = insert(OutcomeEvent.__table__).on_conflict_do_nothing()
         self._insert_exposure = insert(ExperimentExposure).on_conflict_do_nothing()
 
-    async def record(self, fact: Fact) -> bool:
+    async def record(
+        self, fact: Fact, then: Callable[[AsyncSession], Awaitable[Any]] | None = None
+    ) -> bool:
         """Keep a fact; True when it is new (a second copy of its event changes nothing).
         False too when whose it is is not known (a refund of an order neither recorded
-        nor ever written about)."""
+        nor ever written about). `then` runs in the same transaction when it is new (the
+        redemption of the codes an order carried: both, or neither)."""
         async with self.sessions() as s, s.begin():
             customer = fact.customer_id or await self._customer_of(s, fact.order_id)
             if customer is None:
@@ -102,7 +105,9 @@ class OutcomeStore:
                     detail=(fact.detail or None) and fact.detail[:64],
                 )
             )
-        new = bool(added.rowcount == 1)  # type: ignore[attr-defined]
+            new = bool(added.rowcount == 1)  # type: ignore[attr-defined]
+            if new and then is not None:
+                await then(s)
         OUTCOME_FACTS.labels(fact.kind, "kept" if new else "duplicate").inc()
         return new
 

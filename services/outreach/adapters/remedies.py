@@ -24,7 +24,18 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, func, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -382,31 +393,39 @@ class RemedyStore:
     # --- redemptions, erasure, the studio's figures -------------------------------------
 
     async def redeem(self, codes: Iterable[str], order_id: str | None, at: datetime) -> int:
-        """Codes used with an order (order.placed `discount_codes`, read once: the outcome
-        recorder calls this only for a new order): each use counted, the first one kept
-        as the redemption, in one statement per code. Returns how many were ours."""
-        found = 0
+        """Codes used with an order: each use counted, the first one kept as the
+        redemption. Returns how many were ours."""
         async with self._writing() as s:
-            for code in sorted({c.strip().upper() for c in codes if c and c.strip()}):
-                kind = (
-                    await s.execute(select(RemedyGrant.kind).where(RemedyGrant.code == code))
-                ).scalar_one_or_none()
-                if kind is None:
-                    continue
-                await s.execute(
-                    update(RemedyGrant)
-                    .where(RemedyGrant.code == code)
-                    .values(
-                        uses=RemedyGrant.uses + 1,
-                        redeemed_at=func.coalesce(RemedyGrant.redeemed_at, at),
-                        redeemed_order_id=func.coalesce(RemedyGrant.redeemed_order_id, order_id),
-                    )
+            return await self.redeem_in(s, codes, order_id, at)
+
+    @staticmethod
+    async def redeem_in(
+        s: AsyncSession, codes: Iterable[str], order_id: str | None, at: datetime
+    ) -> int:
+        """`redeem` in the caller's transaction (the outcome recorder's: the order is kept
+        and its codes counted together, or neither), one statement per code."""
+        found = 0
+        for code in sorted({c.strip().upper() for c in codes if c and c.strip()}):
+            kind = (
+                await s.execute(select(RemedyGrant.kind).where(RemedyGrant.code == code))
+            ).scalar_one_or_none()
+            if kind is None:
+                continue
+            first_at = literal(at, UTCDateTime())
+            await s.execute(
+                update(RemedyGrant)
+                .where(RemedyGrant.code == code)
+                .values(
+                    uses=RemedyGrant.uses + 1,
+                    redeemed_at=func.coalesce(RemedyGrant.redeemed_at, first_at),
+                    redeemed_order_id=func.coalesce(RemedyGrant.redeemed_order_id, order_id),
                 )
-                uses = (
-                    await s.execute(select(RemedyGrant.uses).where(RemedyGrant.code == code))
-                ).scalar_one()
-                REMEDY_REDEMPTIONS.labels(kind, "first" if uses == 1 else "again").inc()
-                found += 1
+            )
+            uses = (
+                await s.execute(select(RemedyGrant.uses).where(RemedyGrant.code == code))
+            ).scalar_one()
+            REMEDY_REDEMPTIONS.labels(kind, "first" if uses == 1 else "again").inc()
+            found += 1
         return found
 
     async def forget_customer(self, customer_id: str, secret: str) -> int:

@@ -37,7 +37,9 @@ REMEDY_ACTIONS: Mapping[str, CareAction] = {
 def requested(status: str, payload: Mapping[str, Any], at: datetime) -> list[dict[str, Any]]:
     """The actions a message's change requests (common.schemas.CareActionRequested
     data): those its kind promises, once it is sent (by a provider or to the outbox)."""
-    if status != "sent":
+    # Sent; or delivered straight from sending or in doubt (a provider's report settled
+    # the send: `taken`, so no `sent` event came before it).
+    if status != "sent" and not (status == "delivered" and payload.get("taken")):
         return []
     kind = str(payload.get("message_kind", ""))
     decision_id = str(payload.get("decision_id", ""))

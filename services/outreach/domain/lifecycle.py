@@ -710,6 +710,8 @@ def report(
             provider=provider,
             lease_until=None,
         )
+        # The provider took it: what the message promised is owed (domain/actions.py).
+        detail = {**detail, "taken": True}
     return Move(row.decision_id, tuple(sources), values, entry(row, target, at, **detail))
 
 

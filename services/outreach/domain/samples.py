@@ -72,6 +72,15 @@ REMEDY_SAMPLES: dict[str, dict[str, Any]] = {
     "store credit": {"code": None, "kind": "credit", "value": "15.00", "currency": "EUR",
                      "expires_at": _UNTIL},
 }  # fmt: skip
+# One offer of every kind a remedy policy may give (docs/remedies.md): what a policy's
+# publish renders the serving templates with.
+REMEDY_OFFERS: dict[str, dict[str, Any]] = {
+    "percent": {"code": "SORRY-7KQ2-MX9P", "kind": "percent", "value": "10", "currency": None,
+                "expires_at": _UNTIL},
+    "amount": {"code": "SORRY-3HQ8-PL2D", "kind": "amount", "value": "10.00", "currency": "EUR",
+               "expires_at": _UNTIL},
+    **{offer["kind"]: offer for offer in REMEDY_SAMPLES.values()},
+}  # fmt: skip
 
 
 def sample_contexts(message_kind: str) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,7 @@ decisions run on the event clock, and a replay is not held up by them."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common import schemas
 from common.envelope import CloudEvent
@@ -99,11 +99,14 @@ def outcome_records(
             schemas.parse_input(event, t.unprefixed(msg.topic))
             data = event.data
         fact = outcomes.fact_of(event.type, event.id, event.time, data)
-        if fact is None or not await outreach.outcomes.record(fact):
+        if fact is None:
             return
         codes = data.get("discount_codes") if event.type == "order.placed" else None
-        if codes:  # a remedy's code redeemed (docs/remedies.md)
-            await outreach.remedies.redeem(codes, fact.order_id, event.time)
+
+        async def redeemed(s: Any) -> None:  # a remedy's codes (docs/remedies.md)
+            await outreach.remedies.redeem_in(s, codes or (), fact.order_id, event.time)
+
+        await outreach.outcomes.record(fact, redeemed if codes else None)
 
     return Records(
         settings, outreach, heartbeat, deadletters,

@@ -188,9 +188,12 @@ def incident_entries(rows: Sequence[DecisionLike]) -> list[Entry]:
 
 def arm_line(arm: dict[str, Any]) -> str:
     """`apology-effect (intent:apology): control, withheld`."""
-    effect = {"withheld": "withheld", "without_remedy": "sent without its remedy"}.get(
-        str(arm.get("effect")), "protected: sent anyway" if arm.get("effect") else ""
-    )
+    effect = {
+        "withheld": "withheld",
+        "without_remedy": "sent without its remedy",
+        "protected": "protected: sent anyway",
+        "not_reached": "not reached: another experiment withheld the message",
+    }.get(str(arm.get("effect")), "")
     line = f"{arm.get('experiment')} ({arm.get('subject')}): {arm.get('arm')}"
     return line + (f", {effect}" if effect else "")
 

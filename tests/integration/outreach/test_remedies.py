@@ -159,3 +159,26 @@ async def test_the_cap_holds_for_workers_granting_at_once(database_url, tmp_path
     assert len(granted) == 10 and spent == Decimal("100")
     assert len({g.code for g in granted}) == 10  # one single-use code each
     assert again == grants[0]  # a decision is granted once
+
+
+async def test_a_send_a_providers_report_settles_still_asks_for_its_remedy(
+    outreach, sendgrid_double
+):
+    """The provider took the message but its answer was lost (in doubt); its delivery
+    report settles it: the shop's systems are asked to honour the remedy all the same."""
+    from tests.doubles.base import Fault
+
+    sendgrid_double.inject(Fault(kind="accept_then_status", status=500))
+    await outreach.delivery.on_request(request("r-c-1", customer="c-1", cause="i-1"), NOON)
+    row = await outreach.ledger.by_request("r-c-1")
+    assert row.status == "in_doubt"
+    assert await outreach.delivery.on_delivery_status(
+        row.decision_id, "delivered", NOON, provider_message_id="sg-1"
+    )
+    (delivered,) = [e for e in await outreach.ledger.events_of(row.decision_id)
+                    if e.status == "delivered"]  # fmt: skip
+    assert delivered.payload["remedy"]["kind"] == "credit"
+    assert [a.data["action"] for a in action_events(delivered)] == [
+        "carrier_inquiry",
+        "store_credit",
+    ]

@@ -74,7 +74,7 @@ async def test_an_admin_saves_publishes_and_rolls_back_the_policy(studio):
                 f"/remedies/versions/{version}/publish", data={"csrf_token": token},
                 allow_redirects=False,
             )  # fmt: skip
-            assert done.status == 303
+            assert done.status == 303, re.findall(r"Not published[^<]*", await done.text())
         html = await page(admin, "/remedies")
         assert "(version 1)" in html and "250" in html
         audit = [(e.action, e.target) for e in await studio.accounts.audit_log()]
@@ -95,3 +95,48 @@ async def test_an_admin_saves_publishes_and_rolls_back_the_policy(studio):
     finally:
         await admin.close()
         await publisher.close()
+
+
+async def test_a_policy_whose_remedy_a_serving_template_cannot_say_is_not_published(studio):
+    """An SMS a person edited before remedies could be anything but codes: a policy that
+    gives a replacement by express is refused until that template says it."""
+    await studio.store.seed_defaults()
+    old = (
+        "{{ shop.name }}: order {{ order.order_id }} is late."
+        "{% if offer %} {{ offer | discount }} off: {{ offer.code }}{% endif %}"
+    )
+    draft = await studio.store.save_draft(
+        "delivery_late", "sms", "en", subject=None, html=None, text=old, author="editor-1"
+    )
+    await studio.store.publish(draft.id, author="editor-1", message="our own words")
+    reship = {"costs": {"expedited_reship": "12"},
+              "rules": [{"kinds": ["delivery_late"], "offer": ["expedited_reship"]}]}  # fmt: skip
+    version = await studio.remedies.save_draft(reship, "admin-1", "", wall_now())
+    admin = await as_role(studio, "admin")
+    try:
+        token = csrf_of(await page(admin, "/remedies"))
+        refused = await admin.post(
+            f"/remedies/versions/{version}/publish", data={"csrf_token": token}
+        )
+        text = await refused.text()
+        assert (
+            refused.status == 409 and "delivery_late.sms.en v2 cannot say expedited_reship" in text
+        )
+        missing = await admin.post(
+            "/remedies/versions/99999999999/publish", data={"csrf_token": token}
+        )
+        assert missing.status == 404
+        says_it = old.replace(
+            "{{ offer | discount }} off: {{ offer.code }}", "{{ offer | remedy }}"
+        )
+        fixed = await studio.store.save_draft(
+            "delivery_late", "sms", "en", subject=None, html=None, text=says_it, author="editor-1"
+        )
+        await studio.store.publish(fixed.id, author="editor-1", message="says every remedy")
+        done = await admin.post(
+            f"/remedies/versions/{version}/publish", data={"csrf_token": token},
+            allow_redirects=False,
+        )  # fmt: skip
+        assert done.status == 303, re.findall(r"Not published[^<]*", await done.text())
+    finally:
+        await admin.close()

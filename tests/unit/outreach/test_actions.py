@@ -89,3 +89,20 @@ def test_every_shipped_promise_of_an_action_is_backed(lang):
         and kind not in PROMISES
     }
     assert unbacked == {}
+
+
+def test_a_remedy_is_asked_for_when_sent_or_when_a_report_settles_the_send():
+    remedy = {"kind": "percent", "value": "10", "code": "SORRY-AAAA-BBBB", "why": "budget…"}
+    sent = requested("sent", {**payload("delivery_late"), "remedy": remedy}, AT)
+    (code,) = [a for a in sent if a["action"] == "discount_code"]
+    assert code["remedy"] == {"kind": "percent", "value": "10", "code": "SORRY-AAAA-BBBB"}
+    settled = {**payload("delivery_late"), "remedy": remedy, "taken": True}
+    assert {a["action"] for a in requested("delivered", settled, AT)} == {
+        "carrier_inquiry",
+        "discount_code",
+    }
+    assert requested("delivered", {**payload("delivery_late"), "remedy": remedy}, AT) == []
+    credit = {"kind": "credit", "value": "15.00", "currency": "EUR"}
+    (booked,) = requested("sent", {**payload("churn_risk"), "remedy": credit}, AT)
+    assert booked["action"] == "store_credit"
+    CareActionRequested.model_validate(booked)

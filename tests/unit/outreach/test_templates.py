@@ -13,6 +13,7 @@ from services.outreach.adapters.templates import default_templates
 from services.outreach.domain.rendering import (
     CHANNELS,
     MESSAGE_KINDS,
+    REMEDY_PHRASES,
     TemplateSource,
     render,
     validate_template,
@@ -72,6 +73,26 @@ def test_sms_and_whatsapp_fit_two_segments_for_the_sample_cases(template):
         assert rendered.segments is not None
         assert rendered.segments.segments <= 2, (name, rendered.segments, rendered.text)
         assert context["customer"]["first_name"] in rendered.text
+
+
+@pytest.mark.parametrize(
+    "template", [t for t in TEMPLATES if t.channel != "email"], ids=lambda t: ".".join(t[:3])
+)
+def test_sms_and_whatsapp_say_every_remedy_they_carry(template):
+    """Whatever kind of message carries it, a remedy reaches the customer: a code is in
+    the text, a credit its amount (docs/remedies.md)."""
+    for name, context in sample_contexts(template.message_kind).items():
+        offer = context["offer"]
+        if not offer:
+            continue
+        rendered = render(source(template), context, locale=template.locale, timezone="UTC")
+        if offer["code"]:
+            assert offer["code"] in rendered.text, (name, rendered.text)
+        elif offer["kind"] == "credit":
+            assert "15" in rendered.text, (name, rendered.text)
+        else:  # a replacement by express, said in the template's language
+            said = REMEDY_PHRASES[template.locale.split("-")[0]][offer["kind"]]
+            assert said in rendered.text, (name, rendered.text)
 
 
 @pytest.mark.parametrize(
