@@ -32,7 +32,7 @@ from simulator.responses import Customers, Truth
 from tests.outreach_requests import NOON, plan, request
 
 pytestmark = pytest.mark.integration
-CUSTOMERS = [f"cust-{n:04d}" for n in range(1200)]
+CUSTOMERS = [f"cust-{n:04d}" for n in range(800)]
 TRUTH = Truth(repeat=0.20, message=0.10, wismo=0.30, wismo_message=-0.20)
 
 
@@ -145,7 +145,7 @@ async def test_the_report_finds_the_true_effect_of_messages_within_its_intervals
         await app.stop()
 
     (whole,) = [g for g in report["experiments"] if g["experiment"] == "holdout"]
-    assert 500 < whole["control_customers"] < 700 and 500 < whole["treatment_customers"] < 700
+    assert 320 < whole["control_customers"] < 480 and 320 < whole["treatment_customers"] < 480
     found = {o["metric"]: o for o in whole["outcomes"]}
     repeat, wismo = found["repeat_30"], found["wismo_30"]
     assert repeat["low"] <= TRUTH.message <= repeat["high"] and repeat["verdict"] == "better"
