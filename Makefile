@@ -76,7 +76,7 @@ chaos: venv system-deps ## the whole fault matrix (docs/reliability.md): four se
 lint: venv ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy common services simulator bench
+	$(VENV)/bin/mypy common services simulator bench replay
 
 .PHONY: format
 format: venv

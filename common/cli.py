@@ -371,10 +371,10 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
 def cmd_rehearse(args: argparse.Namespace) -> int:
     """Becomes outreach's own command (its settings: the cluster, the live database):
     replaced, not a child, so that Ctrl-C reaches the rehearsal itself, which then stops
-    its services and deletes its topics."""
+    what it started."""
     import os
 
-    command = [sys.executable, "-m", "services.outreach.rehearsal", *args.rest]
+    command = [sys.executable, "-m", "replay", *args.rest]
     os.execv(sys.executable, command)
 
 

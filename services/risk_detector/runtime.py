@@ -315,7 +315,7 @@ class RiskRuntime(StreamWorker):
     async def _on_customer_fact(self, msg: InputMessage, event: CloudEvent) -> None:
         if msg.topic == self.facts_name:
             self.facts_in_flight.set(event.id, 0, None)
-        customer_id = _customer_of(msg, event)
+        customer_id = customer_of(msg, event)
         raw = self.profiles.get(customer_id)
         profile = Profile.model_validate(raw) if raw else None
         quantile = self._quantile(msg.partition)
@@ -377,7 +377,7 @@ class RiskRuntime(StreamWorker):
         return web.json_response(self.detector.explain(profile, now))
 
 
-def _customer_of(msg: InputMessage, event: CloudEvent) -> str:
+def customer_of(msg: InputMessage, event: CloudEvent) -> str:
     for key, value in msg.headers:
         if key == CUSTOMER_HEADER:
             return value.decode()
@@ -408,4 +408,11 @@ def forget_topic(app: faust.App) -> str:
     return f"{app.conf.id}-order-forget"
 
 
-__all__ = ["SERVICE", "RiskPorts", "RiskRuntime", "customer_partition", "forget_topic"]
+__all__ = [
+    "SERVICE",
+    "RiskPorts",
+    "RiskRuntime",
+    "customer_of",
+    "customer_partition",
+    "forget_topic",
+]

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def modules() -> dict[str, Path]:
     found = {}
-    for folder in ("services", "common"):
+    for folder in ("services", "common", "replay"):
         for path in (ROOT / folder).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
             if "proto" in parts or "migrations" in parts:

@@ -12,6 +12,7 @@ template store), and nothing survives the process.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
@@ -32,18 +33,34 @@ from services.outreach.domain.states import LEASED, UNDER_WAY, Status, check_mov
 
 Row = TypeVar("Row", Delivery, DeliveryEvent)
 _PENDING = (Status.SCHEDULED, Status.DECIDED)
+_INDEXED = ("request_id", "customer_id", "cause_id", "provider_message_id", "address", "order_id")
 
 
 def _duplicate(what: str) -> IntegrityError:
     return IntegrityError(f"duplicate {what}", None, ValueError(what))
 
 
+#: Values a copy may share with the original: nothing can change them in place.
+_IMMUTABLE = (str, int, float, datetime, type(None))
+
+
 def _copy(row: Row) -> Row:
-    """A detached copy, as a query returns: the caller's changes stay its own."""
+    """A detached copy, as a query returns: the caller's changes stay its own. Its
+    values are put in as the ORM puts a loaded row's (no change events: nothing tracks
+    a detached object)."""
     fresh = type(row)()
-    for column in type(row).__table__.columns:
-        setattr(fresh, column.key, copy.deepcopy(getattr(row, column.key)))
+    values = row.__dict__
+    fresh.__dict__.update(
+        (key, value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value))
+        for key in _column_keys(type(row))
+        for value in (values.get(key),)
+    )
     return fresh
+
+
+@functools.cache
+def _column_keys(model: type) -> tuple[str, ...]:
+    return tuple(column.key for column in model.__table__.columns)  # type: ignore[attr-defined]
 
 
 def _with_defaults(row: Row) -> Row:
@@ -65,15 +82,43 @@ class InMemoryLedger:
         self.leases: dict[str, tuple[str, datetime]] = {}
         self.workers: dict[str, tuple[datetime, datetime]] = {}  # id → (started, seen)
         self.erased: dict[str, datetime] = {}
+        # Indexes, as the database's: column → value → the decision ids that had it (a
+        # superset: a lookup checks the row), the scheduled rows, the events' ids.
+        self._index: dict[str, dict[Any, set[str]]] = {key: {} for key in _INDEXED}
+        self._scheduled_ids: set[str] = set()
+        self._event_ids: set[str] = set()
+        self._seen: set[str] = set()  # the rows indexed (a test may put rows in directly)
 
     # --- reading -------------------------------------------------------------------------
 
     def _find(self, **equal: Any) -> list[Delivery]:
+        if len(self._seen) != len(self.rows):
+            for row in self.rows.values():
+                if row.decision_id not in self._seen:
+                    self._indexed(row)
+        indexed = next((key for key in _INDEXED if key in equal), None)
+        if indexed is not None:
+            ids = self._index[indexed].get(equal[indexed], ())
+            candidates = [self.rows[i] for i in sorted(ids)]
+        elif equal.get("status") == Status.SCHEDULED:
+            candidates = [self.rows[i] for i in sorted(self._scheduled_ids)]
+        else:
+            candidates = list(self.rows.values())
         return [
             row
-            for row in self.rows.values()
+            for row in candidates
             if all(getattr(row, key) == value for key, value in equal.items())
         ]
+
+    def _indexed(self, row: Delivery) -> None:
+        """Record the row's current indexed values (after it was written)."""
+        self._seen.add(row.decision_id)
+        for key in _INDEXED:
+            self._index[key].setdefault(getattr(row, key), set()).add(row.decision_id)
+        if row.status == Status.SCHEDULED:
+            self._scheduled_ids.add(row.decision_id)
+        else:
+            self._scheduled_ids.discard(row.decision_id)
 
     async def get(self, decision_id: str) -> Delivery | None:
         row = self.rows.get(decision_id)
@@ -222,9 +267,10 @@ class InMemoryLedger:
     async def create(self, row: Delivery, event: DeliveryEvent) -> bool:
         if row.decision_id in self.rows or self._find(request_id=row.request_id):
             return False
-        if any(e.event_id == event.event_id for e in self.events):
+        if event.event_id in self._event_ids:
             return False
-        self.rows[row.decision_id] = _with_defaults(row)
+        self.rows[row.decision_id] = stored = _with_defaults(row)
+        self._indexed(stored)
         self._append(event)
         return True
 
@@ -246,10 +292,11 @@ class InMemoryLedger:
             return False
         if fence is not None and row.attempts != fence:
             return False
-        if event is not None and any(e.event_id == event.event_id for e in self.events):
+        if event is not None and event.event_id in self._event_ids:
             raise _duplicate("event_id")
         for key, value in values.items():
             setattr(row, key, copy.deepcopy(value))
+        self._indexed(row)
         if event is not None:
             self._append(event)
         return True
@@ -258,6 +305,7 @@ class InMemoryLedger:
         stored = _with_defaults(event)
         stored.id = len(self.events) + 1
         self.events.append(stored)
+        self._event_ids.add(stored.event_id)
 
     async def mark_published(self, ids: list[int]) -> None:
         wanted = set(ids)
@@ -278,6 +326,7 @@ class InMemoryLedger:
         rows = [r for r in self.rows.values() if which(r) and not r.scrubbed and settled(r)]
         for row in rows:
             scrub_row(row)
+            self._indexed(row)
         return len(rows)
 
     async def worker_seen(self, worker_id: str, started_at: datetime, wall_now: datetime) -> None:

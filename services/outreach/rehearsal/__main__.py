@@ -27,7 +27,7 @@ from common.logs import configure_logging
 from services.outreach.config import Settings
 from services.outreach.rehearsal import archive, report
 from services.outreach.rehearsal.namespace import RulesError, read_rules
-from services.outreach.rehearsal.run import Options, rehearse
+from services.outreach.rehearsal.run import Options, Replayer, rehearse
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -71,11 +71,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-live", action="store_true", help="no live ledger to compare with")
     p.add_argument("--work-dir", type=Path, help="where its databases and logs go")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds it may take")
+    p.add_argument(
+        "--through-services", action="store_true",
+        help="replay through the four services on the broker, not in one process",
+    )  # fmt: skip
     p.add_argument("--output", choices=("text", "json"), default="text")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, replayer: Replayer | None = None) -> int:
+    """The command; `replayer`: how to replay unless --through-services (None: through
+    the services always)."""
     # Stopped (SIGTERM: a pod, the studio), it still stops its services and deletes its
     # topics: the exit runs the rehearsal's clean-up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         archive=args.archive, rules=rules, drafts=drafts, timeout_s=args.timeout,
         live_database_url=None if args.no_live else settings.db_url(),
         partitions=settings.topic_partitions,
+        replayer=None if args.through_services else replayer,
         progress=lambda line: print(f"rehearsal: {line}", file=sys.stderr, flush=True),
     )  # fmt: skip
     try:

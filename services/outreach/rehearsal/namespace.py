@@ -98,7 +98,8 @@ class Namespace:
             name: secrets.token_hex(16) for name in ("read", "write", "offer", "unsub")
         }
 
-    def live_rules(self) -> dict[str, str]:
+    @staticmethod
+    def live_rules() -> dict[str, str]:
         """The rule settings of the environment it was started in (the live ones)."""
         return {k: v for k, v in os.environ.items() if is_rule(k)}
 

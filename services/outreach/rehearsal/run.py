@@ -25,6 +25,12 @@ from services.outreach.adapters.templates import TemplateVersion
 from services.outreach.rehearsal import archive, report
 from services.outreach.rehearsal.namespace import Namespace
 
+#: What a replay decided: the rehearsal ledger's decisions and storms, and its notes.
+Replayed = tuple[list[report.Decision], list[report.StormLine], list[str]]
+#: A way to replay: the records, the options, the rehearsal's database (its templates
+#: and remedy policy copied in) → what it decided.
+Replayer = Callable[[list[archive.Record], "Options", str], Replayed]
+
 
 @dataclass
 class Options:
@@ -42,11 +48,13 @@ class Options:
     keep_topics: bool = False
     partitions: int = 4  # of each of its topics
     progress: Callable[[str], None] = field(default=lambda _: None)  # what it is doing now
+    # How to replay: through the four services on the broker (`through_services`), or
+    # another way that decides alike (the in-process engine, replay/).
+    replayer: Replayer | None = None
 
 
 def rehearse(options: Options) -> report.Report:
-    """Replays, waits for rest, reports; the namespace is stopped (its topics deleted)
-    whatever happens."""
+    """Reads the input, replays it, reports against the live ledger."""
     started, say = time.monotonic(), options.progress
     options.work = options.work.resolve()
     until_ms = int(options.until.timestamp() * 1000)
@@ -56,7 +64,6 @@ def rehearse(options: Options) -> report.Report:
     else:
         records = archive.read_broker(options.bootstrap, options.prefix, until_ms)
     say(f"{len(records)} input records read in {time.monotonic() - started:.1f} s")
-    namespace = Namespace(options.bootstrap, options.work, options.rules)
     (options.work / "outreach").mkdir(parents=True, exist_ok=True)
     rehearsal_db = f"sqlite:///{(options.work / 'outreach' / 'outreach.db').resolve()}"
     notes = []
@@ -65,6 +72,30 @@ def rehearse(options: Options) -> report.Report:
             copy_templates(options.live_database_url, rehearsal_db, options.drafts)
         )
         notes.append(f"templates: {copied} versions of the live studio ({options.drafts} drafts)")
+    rehearsed, storms, more = (options.replayer or through_services)(records, options, rehearsal_db)
+    notes += more
+    live = None
+    if options.live_database_url:
+        live = asyncio.run(decisions(options.live_database_url, options.since, options.until))
+    seconds = time.monotonic() - started
+    notes.append(f"{len(records)} input records replayed in {seconds:.1f} s")
+    live_rules = Namespace.live_rules()
+    if live_rules:
+        notes.append("live rules: " + ", ".join(f"{k}={v}" for k, v in sorted(live_rules.items())))
+    if options.rules:
+        notes.append(
+            "rules tried: " + ", ".join(f"{k}={v}" for k, v in sorted(options.rules.items()))
+        )
+    return report.build(
+        rehearsed, since=options.since, until=options.until, storms=storms, live=live, notes=notes
+    )
+
+
+def through_services(records: list[archive.Record], options: Options, db: str) -> Replayed:
+    """The four services as processes on the event clock, in a namespace of their own
+    on the broker (namespace.py), until the pipeline is at rest."""
+    started, say = time.monotonic(), options.progress
+    namespace = Namespace(options.bootstrap, options.work, options.rules)
     try:
         namespace.create_topics(options.partitions)
         published = archive.publish(options.bootstrap, namespace.prefix, records)
@@ -75,22 +106,8 @@ def rehearse(options: Options) -> report.Report:
         say(f"at rest after {time.monotonic() - started:.1f} s")
     finally:
         namespace.stop(delete_topics=not options.keep_topics)
-    rehearsed, storms = asyncio.run(read_rehearsal(rehearsal_db))
-    live = None
-    if options.live_database_url:
-        live = asyncio.run(decisions(options.live_database_url, options.since, options.until))
-    seconds = time.monotonic() - started
-    notes.append(f"{published} input records replayed in {seconds:.1f} s")
-    live_rules = namespace.live_rules()
-    if live_rules:
-        notes.append("live rules: " + ", ".join(f"{k}={v}" for k, v in sorted(live_rules.items())))
-    if options.rules:
-        notes.append(
-            "rules tried: " + ", ".join(f"{k}={v}" for k, v in sorted(options.rules.items()))
-        )
-    return report.build(
-        rehearsed, since=options.since, until=options.until, storms=storms, live=live, notes=notes
-    )
+    rehearsed, storms = asyncio.run(read_rehearsal(db))
+    return rehearsed, storms, ["replayed through the four services on the broker"]
 
 
 async def decisions(
@@ -209,4 +226,12 @@ def _drafts_to_publish(versions: list[TemplateVersion], drafts: str) -> set[int]
     return {v.id for k, v in newest.items() if v.version > published.get(k, 0)}
 
 
-__all__ = ["Options", "copy_templates", "decisions", "rehearse"]
+__all__ = [
+    "Options",
+    "Replayed",
+    "Replayer",
+    "copy_templates",
+    "decisions",
+    "rehearse",
+    "through_services",
+]

@@ -63,7 +63,7 @@ def command(
     """`outreachctl rehearse` for one draft (its template version's id), its report as
     JSON on standard output."""
     return [
-        python, "-m", "services.outreach.rehearsal",
+        python, "-m", "replay",
         "--from", since.isoformat(), "--until", until.isoformat(),
         "--templates", str(version_id), "--output", "json",
         "--work-dir", str(work), "--timeout", f"{timeout_s:g}",

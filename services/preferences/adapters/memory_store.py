@@ -23,7 +23,8 @@ class InMemoryPreferencesStore:
     def __init__(self, pseudonym_salt: str) -> None:
         self.salt = pseudonym_salt
         self.customers: dict[str, Customer] = {}  # without their consents
-        self.consents: list[tuple[str, ConsentRecord]] = []  # (customer or pseudonym, record)
+        # Customer id (or pseudonym, after an erasure) → their consent records, in order.
+        self.consents: dict[str, list[ConsentRecord]] = {}
         self.tombstones: set[str] = set()
         self.processed: set[str] = set()
         self.changes: list[Change] = []
@@ -41,7 +42,7 @@ class InMemoryPreferencesStore:
         stored = self.customers.get(customer_id)
         if stored is None:
             return None
-        history = [copy.copy(c) for owner, c in self.consents if owner == customer_id]
+        history = [copy.copy(c) for c in self.consents.get(customer_id, ())]
         return replace(copy.deepcopy(stored), consents=history)
 
     async def is_erased(self, customer_id: str) -> bool:
@@ -70,7 +71,8 @@ class InMemoryPreferencesStore:
         for record in new_consents:
             at = record.occurred_at
             aware = at if at.tzinfo else at.replace(tzinfo=UTC)
-            self.consents.append((customer.customer_id, replace(record, occurred_at=aware)))
+            kept = replace(record, occurred_at=aware)
+            self.consents.setdefault(customer.customer_id, []).append(kept)
         if event_id is not None:
             self.processed.add(event_id)
         change = Change(customer.customer_id, version, kind)
@@ -85,10 +87,9 @@ class InMemoryPreferencesStore:
         existed = self.customers.pop(customer_id, None) is not None
         alias = self.pseudonym(customer_id)
         # The consent history is the legal record: kept, under the pseudonym only.
-        self.consents = [
-            (alias, replace(c, evidence="")) if owner == customer_id else (owner, c)
-            for owner, c in self.consents
-        ]
+        moved = [replace(c, evidence="") for c in self.consents.pop(customer_id, ())]
+        if moved:
+            self.consents.setdefault(alias, []).extend(moved)
         self.tombstones.add(alias)
         if event_id is not None:
             self.processed.add(event_id)
@@ -97,7 +98,7 @@ class InMemoryPreferencesStore:
 
     def history_of(self, owner: str) -> list[ConsentRecord]:
         """The consent records kept under a customer id or a pseudonym."""
-        return [c for o, c in self.consents if o == owner]
+        return list(self.consents.get(owner, ()))
 
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from services.outreach.studio.rehearser import Rehearser
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
 
-# The stand-in: `python -m services.outreach.rehearsal --templates N ...` with N saying
+# The stand-in: `python -m replay --templates N ...` with N saying
 # what to do (1: a report after a moment, 2: fail naming a secret, 3: run until stopped).
 FAKE = """
 import json, os, sys, time

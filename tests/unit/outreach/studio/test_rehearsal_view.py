@@ -67,7 +67,7 @@ def test_the_period_is_fixed_when_asked_and_the_command_rehearses_that_draft_alo
     since, until = period(7, NOW)
     assert (since, until) == (NOW - timedelta(days=7), NOW)
     args = command("/py", 42, since, until, Path("/data/rehearsals/5"), 1800)
-    assert args[:3] == ["/py", "-m", "services.outreach.rehearsal"]
+    assert args[:3] == ["/py", "-m", "replay"]
     options = dict(zip(args[3::2], args[4::2], strict=True))
     assert options == {
         "--from": "2026-03-02T12:00:00+00:00",

@@ -1,0 +1,233 @@
+"""A replay in one process: the archive's records, the four services' handlers
+(stages.py, outreach.py) and the timeline (timeline.py) that puts everything in the
+event clock's order.
+
+Each record goes to the services that read its topic, in the order a record's readers
+depend on one another at one moment: preferences first (outreach waits for it),
+orders_watcher, risk_detector, outreach. What a service decides goes on the timeline at
+the moment it was decided, to the services that read that topic; deadlines come at
+their own moments. The settings of each service are read from the environment a
+rehearsal's namespace would give its processes (its rules, nothing of production)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from common.envelope import CloudEvent, InvalidEvent
+from common.kafka import Outgoing
+from common.logs import get_logger
+from common.records import InputMessage
+from replay.outreach import OutreachStage
+from replay.stages import DeadLetters, PreferencesStage, RiskStage, WatcherStage
+from replay.timeline import DEADLINE, Timeline
+from services.orders_watcher.config import Settings as WatcherSettings
+from services.outreach.adapters.db import session_factory
+from services.outreach.adapters.storms import StormRow
+from services.outreach.config import Settings as OutreachSettings
+from services.outreach.rehearsal import report, run
+from services.outreach.rehearsal.archive import Record
+from services.outreach.rehearsal.namespace import Namespace
+from services.outreach.rehearsal.run import Options
+from services.preferences.config import Settings as PreferencesSettings
+from services.risk_detector.config import Settings as RiskSettings
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Replayed:
+    """What a replay decided: the ledger's decisions, the storms, what it would have
+    dead-lettered, how many records it replayed and decided."""
+
+    decisions: list[report.Decision]
+    storms: list[report.StormLine]
+    dead: DeadLetters
+    records: int
+    decided: int
+    seconds: dict[str, float] = field(default_factory=dict)  # CPU of each service
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """os.environ is `env` while the services' settings are read."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class Engine:
+    def __init__(self, env: dict[str, str], partitions: int) -> None:
+        with environment({**env, "OUTREACH_TOPIC_PREFIX": "", "OUTREACH_CLOCK": "event"}):
+            watcher, risk = WatcherSettings(), RiskSettings()
+            preferences, outreach = PreferencesSettings(), OutreachSettings()
+        self.database_url = outreach.db_url()
+        self.timeline = Timeline()
+        self.dead = DeadLetters()
+        self.decided = 0
+        self.seconds: dict[str, float] = {}
+        self.preferences = PreferencesStage(
+            tuple(preferences.default_channel_order.split(",")), self.dead
+        )
+        self.watcher = WatcherStage(watcher, self.timeline, self._emit, self.dead)
+        self.risk = RiskStage(risk, self.timeline, self._emit, self.dead, partitions)
+        self.outreach = OutreachStage(outreach, self.preferences.preferences, self.dead)
+        t = outreach.topics
+        # Who reads each topic, in the order they go at one moment.
+        self.readers: dict[str, tuple[str, ...]] = {
+            t.orders: ("orders_watcher", "risk_detector"),
+            t.shipments: ("orders_watcher",),
+            t.returns: ("orders_watcher", "risk_detector"),
+            t.customers: ("preferences", "risk_detector", "outreach"),
+            t.feedback: ("risk_detector",),
+            t.optouts: ("preferences",),
+            t.incidents: ("risk_detector", "outreach"),
+            t.requests: ("outreach",),
+        }
+        self.customers, self.optouts = t.customers, t.optouts
+
+    def _emit(self, at: float, record: Outgoing) -> None:
+        self.decided += 1
+        if record.topic in self.readers:
+            msg = InputMessage(record.topic, 0, 0, record.key.encode(), None)
+            self.timeline.record(at, record.topic, (msg, record.event))
+
+    async def run(self, records: Sequence[Record], say: Callable[[str], None]) -> Replayed:
+        inputs = self._inputs(records)
+        self.timeline.load(inputs)
+        await self.outreach.start()
+        try:
+            handled = 0
+            for at, kind, _, whose, what in self.timeline:
+                if kind == DEADLINE:
+                    await self._deadline(whose, what, at)
+                    continue
+                await self._record(at, whose, what)
+                handled += 1
+                if handled % 100_000 == 0:
+                    say(f"{handled} records handled")
+            if inputs:
+                await self.outreach.finish(inputs[-1][0])
+            return Replayed(
+                decisions=self._decisions(),
+                storms=await self._storms(),
+                dead=self.dead,
+                records=len(inputs),
+                decided=self.decided,
+                seconds=self.seconds,
+            )
+        finally:
+            await self.outreach.stop()
+
+    def _inputs(self, records: Sequence[Record]) -> list[tuple[float, Any, Any]]:
+        """Each record decoded once, in story order; the undecodable ones counted as the
+        services that read them would dead-letter them."""
+        inputs = []
+        for n, r in enumerate(sorted(records, key=lambda r: r.timestamp_ms)):
+            readers = self.readers.get(r.topic)
+            if readers is None:
+                continue
+            try:
+                event = CloudEvent.from_bytes(r.value)
+            except InvalidEvent as exc:
+                for reader in readers:
+                    self.dead[reader, exc.code] += 1
+                continue
+            msg = InputMessage(r.topic, 0, n, r.key, r.value, list(r.headers), r.timestamp_ms)
+            inputs.append((r.timestamp_ms / 1000, r.topic, (msg, event)))
+        return inputs
+
+    async def _record(self, at: float, topic: str, what: tuple[InputMessage, CloudEvent]) -> None:
+        msg, event = what
+        for reader in self.readers[topic]:
+            started = time.process_time()
+            if reader == "preferences":
+                await self.preferences.on_record(topic == self.customers, event)
+            elif reader == "orders_watcher":
+                self.watcher.on_record(at, msg, event)
+            elif reader == "risk_detector":
+                self.risk.on_record(at, msg, event)
+            else:
+                await self.outreach.on_record(at, topic, event)
+            self._count(reader, started)
+
+    async def _deadline(self, stage: Any, key: str, at: float) -> None:
+        if not stage.deadlines.is_current(key, at):
+            return  # rescheduled since
+        del stage.deadlines.current[key]
+        started = time.process_time()
+        stage.on_deadline(key, at)
+        self._count("orders_watcher" if stage is self.watcher else "risk_detector", started)
+
+    def _count(self, service: str, started: float) -> None:
+        self.seconds[service] = self.seconds.get(service, 0.0) + time.process_time() - started
+
+    def _decisions(self) -> list[report.Decision]:
+        return [
+            report.Decision(
+                customer_id=row.customer_id,
+                intent=row.intent,
+                message_kind=row.message_kind,
+                channel=row.channel,
+                locale=row.locale,
+                status=row.status,
+                reason=row.reason,
+                decided_at=row.decided_at,
+                subject=row.subject,
+                body_text=row.body_text,
+                first_name=str((row.request or {}).get("first_name") or ""),
+            )
+            for row in self.outreach.ledger.rows.values()
+        ]
+
+    async def _storms(self) -> list[report.StormLine]:
+        async with session_factory(self.outreach.app.engine)() as s:
+            rows = await s.execute(
+                select(StormRow.scope, StormRow.size, StormRow.state, StormRow.started_at)
+            )
+            return [report.StormLine(*row) for row in rows.all()]
+
+
+async def replay(
+    records: Sequence[Record],
+    env: dict[str, str],
+    partitions: int,
+    say: Callable[[str], None] = lambda _: None,
+) -> Replayed:
+    """Replays `records` with the services' settings of `env`."""
+    return await Engine(env, partitions).run(records, say)
+
+
+def in_process(records: list[Record], options: Options, db: str) -> run.Replayed:
+    """A rehearsal's replay (services/outreach/rehearsal/run.py) in this process, with
+    the environment its namespace would give the services (the rules and nothing of
+    production) and the rehearsal's database (`db`: where the namespace's outreach
+    would have it, under the work directory)."""
+    started = time.monotonic()
+    env = Namespace(options.bootstrap, options.work, options.rules).env()
+    engine = Engine(env, options.partitions)
+    if engine.database_url != db:
+        raise RuntimeError(f"the replay's database is {engine.database_url}, not {db}")
+    done = asyncio.run(engine.run(records, options.progress))
+    seconds = time.monotonic() - started
+    cpu = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(done.seconds.items()))
+    notes = [f"replayed in one process in {seconds:.1f} s ({cpu}); {done.decided} records decided"]
+    if done.dead:
+        counted = ", ".join(f"{svc} {code}: {n}" for (svc, code), n in sorted(done.dead.items()))
+        notes.append(f"would have been dead-lettered: {counted}")
+    return done.decisions, done.storms, notes
+
+
+__all__ = ["Engine", "Replayed", "environment", "in_process", "replay"]
