@@ -4,16 +4,18 @@
     python -m bench.rehearsal [--orders-per-day 10000] [--days 7] [--customers 20000]
 
 The simulator writes the week as an archive (its own mix: late, stalled, lost and
-returned parcels, duplicates, events out of order); the rehearsal replays it on the
-real local broker (started and stopped here) in its own namespace — the four services
-as processes on the event clock, outbox senders — until the pipeline is at rest, and
-reports. Printed: the records, how long each stage took (archive, start of the
-services, publishing, until at rest, the report) and the report's totals.
+returned parcels, duplicates, events out of order); the rehearsal replays it in one
+process (replay/: the four services' handlers on one event clock, no broker), or with
+`--through-services` on the real local broker (started and stopped here) in its own
+namespace — the four services as processes on the event clock — until the pipeline is
+at rest, and reports. Printed: the records, how long each stage took, the CPU each
+service took in one process, the peak memory, and the report's totals.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import signal
 import sys
 import tempfile
@@ -45,9 +47,11 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--through-services", action="store_true")
     args = parser.parse_args()
-    from deploy.kafka.local_kafka import LocalKafka
+    from common.logs import configure_logging
 
+    configure_logging("bench", "WARNING", "console", stream="stderr")
     # Stopped, it still stops its broker and the rehearsal's services (their clean-up).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -59,20 +63,30 @@ def main() -> int:
     made = time.monotonic() - started
     print(f"[bench] {len(records)} records of {args.days:g} days archived in {made:.1f} s",
           flush=True)  # fmt: skip
-    broker = LocalKafka(port=0, data_dir=str(work / "kafka")).start()
+    first, last = records[0].timestamp_ms, max(r.timestamp_ms for r in records)
+    options = Options(
+        bootstrap="", work=work / "run", archive=archived, since=_at(first), until=_at(last),
+        timeout_s=args.timeout, progress=lambda line: print(f"[bench]   {line}", flush=True),
+    )  # fmt: skip
+    broker = None
+    if args.through_services:
+        from deploy.kafka.local_kafka import LocalKafka
+
+        broker = LocalKafka(port=0, data_dir=str(work / "kafka")).start()
+        options.bootstrap = broker.bootstrap
+    else:
+        from replay.engine import in_process
+
+        options.replayer = in_process
     try:
-        first, last = records[0].timestamp_ms, max(r.timestamp_ms for r in records)
-        options = Options(
-            bootstrap=broker.bootstrap, work=work / "run", archive=archived,
-            since=_at(first), until=_at(last), timeout_s=args.timeout,
-            progress=lambda line: print(f"[bench]   {line}", flush=True),
-        )  # fmt: skip
         began = time.monotonic()
         found = rehearse(options)
         took = time.monotonic() - began
     finally:
-        broker.stop()
-    print(f"[bench] rehearsal: {took:.1f} s (target < 60 s)")
+        if broker is not None:
+            broker.stop()
+    print(f"[bench] rehearsal: {took:.1f} s (target < 60 s); peak memory "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")  # fmt: skip
     for note in found.notes:
         print(f"[bench]   {note}")
     print(f"[bench] customers reached {found.customers_reached}, messages {found.messages}, "

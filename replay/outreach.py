@@ -11,7 +11,6 @@ from datetime import time as dtime
 
 from common.clock import WatermarkClock
 from common.envelope import CloudEvent, InvalidEvent
-from common.logs import get_logger
 from replay.stages import DeadLetters, moment
 from services.outreach.adapters.contact_plans import ContactPlans
 from services.outreach.adapters.memory_ledger import InMemoryLedger
@@ -23,8 +22,6 @@ from services.outreach.config import Settings
 from services.outreach.domain.decisions import ChannelOption, ContactPlan
 from services.outreach.domain.rendering import CHANNELS
 from services.preferences.handlers import Preferences
-
-log = get_logger(__name__)
 
 
 class PlansFromPreferences(ContactPlans):
@@ -61,6 +58,8 @@ class OutreachStage:
         self.ledger = InMemoryLedger()
         self.topics = settings.topics
         self.dead = dead
+        # (the ledger's version, the moment of the next scheduled message then)
+        self._due: tuple[int, float | None] | None = None
         outbox = OutboxSender()
         self.app: Outreach = bootstrap(
             settings,
@@ -78,9 +77,21 @@ class OutreachStage:
     async def stop(self) -> None:
         await self.app.stop()
 
+    async def send_due(self, at: float, *, inclusive: bool = False) -> None:
+        """Send what is scheduled before `at` (or at it), each at its own moment. The
+        ledger is asked only when it changed since it last said when the next one is."""
+        version = self.ledger.version
+        if self._due is not None and self._due[0] == version:
+            earliest = self._due[1]
+            if earliest is None or earliest > at or (earliest == at and not inclusive):
+                return
+        await self.app.delivery.send_due_until(self.clock, at, inclusive=inclusive)
+        due = await self.ledger.earliest_due()
+        self._due = (self.ledger.version, None if due is None else due.timestamp())
+
     async def on_record(self, at: float, topic: str, event: CloudEvent) -> None:
         delivery = self.app.delivery
-        await delivery.send_due_until(self.clock, at, inclusive=False)
+        await self.send_due(at)
         self.clock.advance_to(moment(at))
         now = self.clock.now()
         try:
@@ -94,15 +105,10 @@ class OutreachStage:
                 await delivery.on_request(event, now)
         except InvalidEvent as exc:
             self.dead["outreach", exc.code] += 1
-        except Exception:
-            # As the worker's processor does after its retries: dead-lettered, named in
-            # the log (a bug of ours, or of a draft's template).
-            log.exception("handler_failed", topic=topic, event_id=event.id)
-            self.dead["outreach", "handler_error"] += 1
 
     async def finish(self, at: float) -> None:
         """The last input's moment: what is due by it is sent."""
-        await self.app.delivery.send_due_until(self.clock, at, inclusive=True)
+        await self.send_due(at, inclusive=True)
 
 
 __all__ = ["OutreachStage", "PlansFromPreferences"]

@@ -61,8 +61,12 @@ class Timeline:
         heapq.heappush(self._heap, (at, DEADLINE, next(self._order), whose, key))
 
     def __iter__(self) -> Iterator[Entry]:
+        """Until the last input's moment (what is decided or due at it included): time
+        ends with the input, as it does for the services, whose clocks stop at their
+        last record."""
         inputs, heap, pop = self._inputs, self._heap, heapq.heappop
         n = len(inputs)
+        end = inputs[-1][0] if inputs else float("-inf")
         while True:
             if self._next_input < n:
                 at, whose, what = inputs[self._next_input]
@@ -71,7 +75,7 @@ class Timeline:
                     self._next_input += 1
                     yield head
                     continue
-            if not heap:
+            if not heap or heap[0][0] > end:
                 return
             yield pop(heap)
 

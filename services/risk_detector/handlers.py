@@ -46,6 +46,14 @@ class Outcome(handling.Outcome[Profile]):
 #: What a fact did: the requests it decided (None: none, and the score is not looked at
 #: again), and whether it fed the spend estimate.
 Applied = tuple[list[rules.RequestDecision] | None, bool]
+#: A fact's payload, parsed (InvalidEvent if it is not what its type carries).
+Parse = Callable[[CloudEvent], Any]
+#: What a fact changes in the profile, given its parsed payload.
+Apply = Callable[[Profile, CloudEvent, Any, P2Quantile], Applied]
+
+
+def _payload(schema: type[Any]) -> Parse:
+    return lambda event: schemas.parse_payload(event, schema)
 
 
 class RiskDetector:
@@ -55,20 +63,24 @@ class RiskDetector:
         # Used when the caller keeps no estimate of its own (the stream keeps one per
         # partition, in a changelogged table).
         self.spend_quantile = self.new_quantile()
-        self.facts: handling.Dispatch[Callable[[Profile, CloudEvent, P2Quantile], Applied]]
-        self.facts = handling.Dispatch(
+        # Each fact's payload is parsed before anything of the profile changes: a fact
+        # that is refused (dead-lettered) leaves no trace, whoever keeps the profile.
+        self.facts: handling.Dispatch[tuple[Parse, Apply]] = handling.Dispatch(
             "risk_detector",
             {
-                **{f"incident.{change}": self._incident for change in INCIDENT_CHANGES},
-                "customer.upserted": self._customer,
-                "order.placed": self._order_placed,
-                "order.cancelled": self._order_cancelled,
-                "return.requested": self._return_requested,
-                "feedback.received": self._feedback,
+                **{
+                    f"incident.{change}": (_payload(schemas.Incident), self._incident)
+                    for change in INCIDENT_CHANGES
+                },
+                "customer.upserted": (_payload(schemas.CustomerUpserted), self._customer),
+                "order.placed": (_payload(schemas.OrderPlaced), self._order_placed),
+                "order.cancelled": (_payload(schemas.OrderCancelled), self._order_cancelled),
+                "return.requested": (_payload(schemas.ReturnRequested), self._return_requested),
+                "feedback.received": (_payload(schemas.FeedbackReceived), self._feedback),
                 # A support contact: measured by outreach's experiments, no risk signal.
-                "support.ticket.opened": self._no_signal,
-                "support.handoff.resolved": self._resolution,
-                "outreach.reply.received": self._reply,
+                "support.ticket.opened": (schemas.parse_input, self._no_signal),
+                "support.handoff.resolved": (_payload(schemas.HandoffResolved), self._resolution),
+                "outreach.reply.received": (_payload(schemas.ReplyReceived), self._reply),
             },
         )
 
@@ -92,14 +104,15 @@ class RiskDetector:
         kind = event.type
         if kind == "customer.erased":
             return Outcome(state=None, erased=True)
-        apply = self.facts(kind)
+        parse, apply = self.facts(kind)
+        payload = parse(event)
         # Silence that had already passed before this fact is judged first, each rhythm
         # check as of its own moment: the same decisions whether or not a tick came first.
         early = self.check_rhythm(profile, now, spend)
         profile.remember(event.id)
         if profile.last_event_at is None or now > profile.last_event_at:
             profile.last_event_at = now
-        decided, sampled = apply(profile, event, spend)
+        decided, sampled = apply(profile, event, payload, spend)
         if decided is None:  # a fact that changes no score (the customer's record)
             return Outcome(
                 state=profile,
@@ -127,8 +140,9 @@ class RiskDetector:
     # --- one function per fact: what it changes in the profile, and the requests it
     # --- decides (None: none, and no scoring), and whether it fed the spend estimate.
 
-    def _incident(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
-        incident = schemas.parse_payload(event, schemas.Incident)
+    def _incident(
+        self, profile: Profile, event: CloudEvent, incident: schemas.Incident, spend: P2Quantile
+    ) -> Applied:
         change = event.type.split(".", 1)[1]
         if change != "checkin_due":
             profile.incidents[incident.incident_id] = IncidentSeen(
@@ -142,14 +156,20 @@ class RiskDetector:
             )
         return rules.on_incident(profile, incident.model_dump(mode="json"), change), False
 
-    def _customer(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
-        upsert = schemas.parse_payload(event, schemas.CustomerUpserted)
+    def _customer(
+        self,
+        profile: Profile,
+        event: CloudEvent,
+        upsert: schemas.CustomerUpserted,
+        spend: P2Quantile,
+    ) -> Applied:
         profile.known = True
         profile.marketing_opt_in = upsert.marketing_opt_in
         return None, False
 
-    def _order_placed(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
-        placed = schemas.parse_payload(event, schemas.OrderPlaced)
+    def _order_placed(
+        self, profile: Profile, event: CloudEvent, placed: schemas.OrderPlaced, spend: P2Quantile
+    ) -> Applied:
         if any(o.order_id == placed.order_id for o in profile.orders):
             return [], False
         profile.orders.append(
@@ -163,15 +183,17 @@ class RiskDetector:
         spend.add(profile.spend(event.time))
         return [], True
 
-    def _order_cancelled(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
-        cancel = schemas.parse_payload(event, schemas.OrderCancelled)
+    def _order_cancelled(
+        self, profile: Profile, event: CloudEvent, cancel: schemas.OrderCancelled, spend: P2Quantile
+    ) -> Applied:
         profile.cancellations.append(
             CancellationSeen(order_id=cancel.order_id, at=event.time, by=cancel.cancelled_by)
         )
         return [], False
 
-    def _return_requested(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
-        ret = schemas.parse_payload(event, schemas.ReturnRequested)
+    def _return_requested(
+        self, profile: Profile, event: CloudEvent, ret: schemas.ReturnRequested, spend: P2Quantile
+    ) -> Applied:
         fault = ret.reason in schemas.MERCHANT_FAULT_REASONS
         if all(r.return_id != ret.return_id for r in profile.returns):
             profile.returns.append(
@@ -192,21 +214,24 @@ class RiskDetector:
         )
         return decided, False
 
-    def _no_signal(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
-        schemas.parse_input(event)  # bad data is refused (dead-lettered)
-        return None, False
+    def _no_signal(
+        self, profile: Profile, event: CloudEvent, payload: Any, spend: P2Quantile
+    ) -> Applied:
+        return None, False  # (its data was checked: bad data is refused)
 
-    def _feedback(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
-        fb = schemas.parse_payload(event, schemas.FeedbackReceived)
+    def _feedback(
+        self, profile: Profile, event: CloudEvent, fb: schemas.FeedbackReceived, spend: P2Quantile
+    ) -> Applied:
         profile.feedback.append(
             FeedbackSeen(kind=fb.kind, score=fb.score, at=event.time, order_id=fb.order_id)
         )
         return [], False
 
-    def _reply(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
+    def _reply(
+        self, profile: Profile, event: CloudEvent, reply: schemas.ReplyReceived, spend: P2Quantile
+    ) -> Applied:
         """A customer's reply (outreach.replies): a survey answer is a CSAT score; a
         complaint, or an angry reply, counts as a complaint; any other changes nothing."""
-        reply = schemas.parse_payload(event, schemas.ReplyReceived)
         if reply.survey_score is not None:  # an answer to our survey: a CSAT score
             profile.feedback.append(
                 FeedbackSeen(
@@ -224,8 +249,13 @@ class RiskDetector:
         )
         return [], False
 
-    def _resolution(self, profile: Profile, event: CloudEvent, spend: P2Quantile) -> Applied:
-        resolved = schemas.parse_payload(event, schemas.HandoffResolved)
+    def _resolution(
+        self,
+        profile: Profile,
+        event: CloudEvent,
+        resolved: schemas.HandoffResolved,
+        spend: P2Quantile,
+    ) -> Applied:
         return rules.on_resolution(
             profile, resolved.handoff_id, resolved.outcome, event.time
         ), False

@@ -87,7 +87,8 @@ class InMemoryLedger:
         self._index: dict[str, dict[Any, set[str]]] = {key: {} for key in _INDEXED}
         self._scheduled_ids: set[str] = set()
         self._event_ids: set[str] = set()
-        self._seen: set[str] = set()  # the rows indexed (a test may put rows in directly)
+        self._seen: dict[str, int] = {}  # the rows indexed, in the order they came
+        self.version = 0  # moves with every change of a row
 
     # --- reading -------------------------------------------------------------------------
 
@@ -99,9 +100,10 @@ class InMemoryLedger:
         indexed = next((key for key in _INDEXED if key in equal), None)
         if indexed is not None:
             ids = self._index[indexed].get(equal[indexed], ())
-            candidates = [self.rows[i] for i in sorted(ids)]
+            candidates = [self.rows[i] for i in sorted(ids, key=self._seen.__getitem__)]
         elif equal.get("status") == Status.SCHEDULED:
-            candidates = [self.rows[i] for i in sorted(self._scheduled_ids)]
+            ordered = sorted(self._scheduled_ids, key=self._seen.__getitem__)
+            candidates = [self.rows[i] for i in ordered]
         else:
             candidates = list(self.rows.values())
         return [
@@ -112,7 +114,8 @@ class InMemoryLedger:
 
     def _indexed(self, row: Delivery) -> None:
         """Record the row's current indexed values (after it was written)."""
-        self._seen.add(row.decision_id)
+        self._seen.setdefault(row.decision_id, len(self._seen))
+        self.version += 1
         for key in _INDEXED:
             self._index[key].setdefault(getattr(row, key), set()).add(row.decision_id)
         if row.status == Status.SCHEDULED:
@@ -223,6 +226,7 @@ class InMemoryLedger:
             row = self.rows.get(decision_id)
             if row is not None and row.storm_id is None:
                 row.storm_id = storm_id
+                self.version += 1
 
     async def storm_held(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -240,12 +244,8 @@ class InMemoryLedger:
     async def history(
         self, customer_id: str | None = None, order_id: str | None = None, limit: int = 200
     ) -> list[Delivery]:
-        rows = [
-            r
-            for r in self.rows.values()
-            if (not customer_id or r.customer_id == customer_id)
-            and (not order_id or r.order_id == order_id)
-        ]
+        equal = {k: v for k, v in (("customer_id", customer_id), ("order_id", order_id)) if v}
+        rows = self._find(**equal)
         rows.sort(key=lambda r: r.decided_at, reverse=True)
         return [_copy(r) for r in rows[:limit]]
 

@@ -5,8 +5,9 @@ other rules or templates? (docs/rehearsal.md)
                          [--archive FILE] [--output text|json]
     outreachctl rehearse --export FILE [--until ISO]     the input, archived
 
-The shop's retained input (commerce.*) is replayed in an isolated namespace — its own
-topics, databases and processes on the event clock, outbox senders — and the report
+The shop's retained input (commerce.*) is replayed on the event clock — in one process
+(replay/, which `outreachctl rehearse` runs), or with --through-services by the four
+services in an isolated namespace on the broker — with outbox senders, and the report
 says whom it would have reached, what it would have held back, the storms, how that
 differs from what was really sent, and sample messages. Nothing live is written.
 Exit codes: 0 done; 1 failed; 2 a usage error.

@@ -129,16 +129,25 @@ def read(path: Path) -> Iterator[Record]:
                     raise ValueError(f"{path}:{n}: not an archived record ({exc})") from None
 
 
+def stamped(records: Iterable[Record]) -> Iterator[tuple[int, Record]]:
+    """The records in story order, each with its stamp in a replay: at least a
+    millisecond after the one before (the event clock follows the stamps, and records
+    stamped alike would have no order)."""
+    stamp = 0
+    for record in records:
+        stamp = max(stamp + 1, record.timestamp_ms)
+        yield stamp, record
+
+
 def publish(bootstrap: str, prefix: str, records: Iterable[Record]) -> int:
     """Into the rehearsal's topics, in story order, each stamped at least a millisecond
     after the one before (the event clock follows the stamps). All of it before any
     service reads: then each partition in order is enough, and it goes in batches."""
     producer = InOrderProducer(bootstrap, strict=False)
-    stamp, n = 0, 0
+    n = 0
     failures: list[BaseException] = []
     try:
-        for record in records:
-            stamp = max(stamp + 1, record.timestamp_ms)
+        for stamp, record in stamped(records):
             sent = producer.send(
                 prefix + record.topic, record.key, record.value, stamp, list(record.headers) or None
             )
@@ -152,4 +161,4 @@ def publish(bootstrap: str, prefix: str, records: Iterable[Record]) -> int:
     return n
 
 
-__all__ = ["Record", "in_story_order", "publish", "read", "read_broker", "write"]
+__all__ = ["Record", "in_story_order", "publish", "read", "read_broker", "stamped", "write"]
