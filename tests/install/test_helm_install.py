@@ -197,7 +197,7 @@ def test_install_upgrade_and_uninstall_on_a_real_api_server(
          *[arg for s in secured for arg in ("--set", s)])  # fmt: skip
     upgraded = documents(helm(server, "get", "manifest", "po"))
     users = [d for d in upgraded if d["kind"] == "KafkaUser"]
-    assert len(users) == 4
+    assert len(users) == 5  # the four services and the studio (its rehearsals read)
     for doc in users:
         status, _ = server.request("GET", f"{where.path(doc)}/{doc['metadata']['name']}")
         assert status == 200

@@ -92,11 +92,15 @@ class InMemoryLedger:
 
     # --- reading -------------------------------------------------------------------------
 
-    def _find(self, **equal: Any) -> list[Delivery]:
+    def _catch_up(self) -> None:
+        """Index the rows a test put in directly."""
         if len(self._seen) != len(self.rows):
             for row in self.rows.values():
                 if row.decision_id not in self._seen:
                     self._indexed(row)
+
+    def _find(self, **equal: Any) -> list[Delivery]:
+        self._catch_up()
         indexed = next((key for key in _INDEXED if key in equal), None)
         if indexed is not None:
             ids = self._index[indexed].get(equal[indexed], ())
@@ -211,7 +215,9 @@ class InMemoryLedger:
         return [_copy(r) for r in sorted(rows, key=lambda r: r.send_at or now)[:limit]]
 
     async def earliest_due(self) -> datetime | None:
-        times = [r.send_at for r in self._scheduled() if r.send_at is not None]
+        self._catch_up()
+        rows = self.rows
+        times = [t for i in self._scheduled_ids if (t := rows[i].send_at) is not None]
         return min(times) if times else None
 
     async def held(self, limit: int = 100, excluding: Collection[str] = ()) -> list[Delivery]:
