@@ -52,7 +52,7 @@ class Replayed:
     dead: DeadLetters
     records: int
     decided: int
-    seconds: dict[str, float] = field(default_factory=dict)  # CPU of each service
+    seconds: dict[str, float] = field(default_factory=dict)  # time spent in each service
 
 
 @contextlib.contextmanager
@@ -155,13 +155,13 @@ class Engine:
 
     async def _record(self, at: float, topic: str, what: tuple[InputMessage, CloudEvent]) -> None:
         msg, event = what
-        started = time.process_time()
+        started = time.perf_counter()
         # What outreach scheduled before this moment leaves at its own (before an opt-out
         # or a customer's change that comes later could stop it).
         await self.outreach.send_due(at)
         self._count("outreach", started)
         for reader in self.readers[topic]:
-            started = time.process_time()
+            started = time.perf_counter()
             try:
                 if reader == "preferences":
                     await self.preferences.on_record(topic == self.customers, event)
@@ -182,7 +182,7 @@ class Engine:
         if not stage.deadlines.is_current(key, at):
             return  # rescheduled since
         del stage.deadlines.current[key]
-        started = time.process_time()
+        started = time.perf_counter()
         service = "orders_watcher" if stage is self.watcher else "risk_detector"
         try:
             stage.on_deadline(key, at)
@@ -192,7 +192,7 @@ class Engine:
         self._count(service, started)
 
     def _count(self, service: str, started: float) -> None:
-        self.seconds[service] = self.seconds.get(service, 0.0) + time.process_time() - started
+        self.seconds[service] = self.seconds.get(service, 0.0) + time.perf_counter() - started
 
     def _decisions(self) -> list[report.Decision]:
         return [
@@ -242,8 +242,10 @@ def in_process(records: list[Record], options: Options, db: str) -> run.Replayed
         raise RuntimeError(f"the replay's database is {engine.database_url}, not {db}")
     done = asyncio.run(engine.run(records, options.progress))
     seconds = time.monotonic() - started
-    cpu = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(done.seconds.items()))
-    notes = [f"replayed in one process in {seconds:.1f} s ({cpu}); {done.decided} records decided"]
+    spent = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(done.seconds.items()))
+    notes = [
+        f"replayed in one process in {seconds:.1f} s ({spent}); {done.decided} records decided"
+    ]
     if done.dead:
         counted = ", ".join(f"{svc} {code}: {n}" for (svc, code), n in sorted(done.dead.items()))
         notes.append(f"would have been dead-lettered: {counted}")
