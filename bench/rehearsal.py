@@ -8,7 +8,7 @@ returned parcels, duplicates, events out of order); the rehearsal replays it in 
 process (replay/: the four services' handlers on one event clock, no broker), or with
 `--through-services` on the real local broker (started and stopped here) in its own
 namespace — the four services as processes on the event clock — until the pipeline is
-at rest, and reports. Printed: the records, how long each stage took, the CPU each
+at rest, and reports. Printed: the records, how long each stage took, the time each
 service took in one process, the peak memory, and the report's totals.
 """
 

@@ -80,6 +80,7 @@ class Engine:
         self.timeline = Timeline()
         self.dead = DeadLetters()
         self.decided = 0
+        self.failed_sends = 0  # rounds of sending what was due that failed (a bug)
         self.seconds: dict[str, float] = {}
         self.preferences = PreferencesStage(
             tuple(preferences.default_channel_order.split(",")), self.dead
@@ -122,7 +123,7 @@ class Engine:
                 if handled % 100_000 == 0:
                     say(f"{handled} records handled")
             if inputs:
-                await self.outreach.finish(inputs[-1][0])
+                await self._send_due(inputs[-1][0], inclusive=True)
             return Replayed(
                 decisions=self._decisions(),
                 storms=await self._storms(),
@@ -155,11 +156,9 @@ class Engine:
 
     async def _record(self, at: float, topic: str, what: tuple[InputMessage, CloudEvent]) -> None:
         msg, event = what
-        started = time.perf_counter()
         # What outreach scheduled before this moment leaves at its own (before an opt-out
         # or a customer's change that comes later could stop it).
-        await self.outreach.send_due(at)
-        self._count("outreach", started)
+        await self._send_due(at)
         for reader in self.readers[topic]:
             started = time.perf_counter()
             try:
@@ -177,6 +176,17 @@ class Engine:
                 log.exception("handler_failed", service=reader, topic=topic, event_id=event.id)
                 self.dead[reader, "handler_error"] += 1
             self._count(reader, started)
+
+    async def _send_due(self, at: float, *, inclusive: bool = False) -> None:
+        started = time.perf_counter()
+        try:
+            await self.outreach.send_due(at, inclusive=inclusive)
+        except Exception:
+            # The worker's scheduler logs it and tries again at its next turn: so does
+            # the next record here (what failed stays due).
+            log.exception("send_due_failed")
+            self.failed_sends += 1
+        self._count("outreach", started)
 
     async def _deadline(self, stage: Any, key: str, at: float) -> None:
         if not stage.deadlines.is_current(key, at):
@@ -246,6 +256,8 @@ def in_process(records: list[Record], options: Options, db: str) -> run.Replayed
     notes = [
         f"replayed in one process in {seconds:.1f} s ({spent}); {done.decided} records decided"
     ]
+    if engine.failed_sends:
+        notes.append(f"sending what was due failed {engine.failed_sends} times (see the log)")
     if done.dead:
         counted = ", ".join(f"{svc} {code}: {n}" for (svc, code), n in sorted(done.dead.items()))
         notes.append(f"would have been dead-lettered: {counted}")

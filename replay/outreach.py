@@ -106,9 +106,5 @@ class OutreachStage:
         except InvalidEvent as exc:
             self.dead["outreach", exc.code] += 1
 
-    async def finish(self, at: float) -> None:
-        """The last input's moment: what is due by it is sent."""
-        await self.send_due(at, inclusive=True)
-
 
 __all__ = ["OutreachStage", "PlansFromPreferences"]

@@ -293,6 +293,7 @@ class InMemoryLedger:
         if target is not None:
             for source in expected:
                 check_move(Status(source), Status(target))
+        self._catch_up()
         row = self.rows.get(decision_id)
         if row is None or row.status not in expected:
             return False
@@ -329,6 +330,7 @@ class InMemoryLedger:
         )
 
     def _scrub(self, which: Any) -> int:
+        self._catch_up()
         rows = [r for r in self.rows.values() if which(r) and not r.scrubbed and settled(r)]
         for row in rows:
             scrub_row(row)

@@ -48,3 +48,18 @@ def test_a_rescheduled_deadline_comes_once_at_its_new_moment():
         if kind == DEADLINE and deadlines.is_current(what, at)
     ]
     assert current == [(30.0, "k")]
+
+
+def test_time_ends_with_the_last_input_what_is_due_at_its_moment_included():
+    timeline = Timeline()
+    timeline.load([(10.0, "w", "a"), (20.0, "w", "last")])
+    deadlines = Deadlines()
+    timeline.schedule(deadlines, "at the end", 20.0, "w")
+    timeline.schedule(deadlines, "after it", 20.001, "w")
+    seen = []
+    for at, _, _, _, what in timeline:
+        seen.append(what)
+        if what == "last":
+            timeline.record(at, "r", "decided at the end")
+            timeline.record(at + 60, "r", "decided for later")
+    assert seen == ["a", "last", "decided at the end", "at the end"]
