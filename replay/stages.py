@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
+from common import handling
 from common.clock import WatermarkClock
 from common.envelope import CloudEvent, InvalidEvent
 from common.kafka import Outgoing
@@ -24,7 +26,7 @@ from common.records import InputMessage
 from replay.timeline import Deadlines, Timeline
 from services.orders_watcher.config import Settings as WatcherSettings
 from services.orders_watcher.domain.model import OrderState
-from services.orders_watcher.handlers import OrdersWatcher, Outcome
+from services.orders_watcher.handlers import OrdersWatcher
 from services.preferences.adapters.change_feed import ChangeFeed
 from services.preferences.adapters.memory_store import InMemoryPreferencesStore
 from services.preferences.domain.validation import FieldViolation
@@ -32,12 +34,12 @@ from services.preferences.handlers import Preferences
 from services.risk_detector.config import Settings as RiskSettings
 from services.risk_detector.domain.profile import Profile
 from services.risk_detector.domain.quantile import P2Quantile
-from services.risk_detector.handlers import Outcome as RiskOutcome
 from services.risk_detector.handlers import RiskDetector
 from services.risk_detector.runtime import FORWARDED, customer_of, customer_partition
 
 #: Hands a decided record on: (its moment in seconds, the record).
 Emit = Callable[[float, Outgoing], None]
+S = TypeVar("S")
 
 
 def moment(at: float) -> datetime:
@@ -48,17 +50,45 @@ class DeadLetters(Counter[tuple[str, str]]):
     """What a replay would have dead-lettered: (service, code) → how many."""
 
 
-class WatcherStage:
+class KeyedStage(Generic[S]):
+    """A service whose state is kept per key (an order, a customer) with each key's next
+    deadline on the timeline, on a clock of its own."""
+
+    service = ""
+
+    def __init__(self, timeline: Timeline, emit: Emit, dead: DeadLetters) -> None:
+        self.timeline, self.emit, self.dead = timeline, emit, dead
+        self.states: dict[str, S] = {}
+        self.deadlines = Deadlines()
+        self.clock = WatermarkClock()
+
+    def keep(self, key: str, outcome: handling.Outcome[S]) -> None:
+        """What a handler decided: its records handed on (stamped now), what it refused
+        counted, the key's state and next deadline kept (or forgotten)."""
+        now = self.clock.now().timestamp()
+        for record in outcome.records:
+            self.emit(now, record)
+        for rejected in outcome.dead_letters:
+            self.dead[self.service, rejected.code] += 1
+        if outcome.state is None:
+            self.states.pop(key, None)
+            self.timeline.schedule(self.deadlines, key, None, self)
+            return
+        self.states[key] = outcome.state
+        at = outcome.deadline.timestamp() if outcome.deadline else None
+        self.timeline.schedule(self.deadlines, key, at, self)
+
+
+class WatcherStage(KeyedStage[OrderState]):
     """orders_watcher: each order's state, its next deadline, its incidents."""
+
+    service = "orders_watcher"
 
     def __init__(
         self, settings: WatcherSettings, timeline: Timeline, emit: Emit, dead: DeadLetters
     ) -> None:
+        super().__init__(timeline, emit, dead)
         self.handler = OrdersWatcher(settings.detection(), settings.topics)
-        self.timeline, self.emit, self.dead = timeline, emit, dead
-        self.states: dict[str, OrderState] = {}
-        self.deadlines = Deadlines()
-        self.clock = WatermarkClock()
 
     def on_record(self, at: float, msg: InputMessage, event: CloudEvent) -> None:
         self.clock.advance_to(moment(at))
@@ -71,33 +101,21 @@ class WatcherStage:
             self.dead["orders_watcher", exc.code] += 1
             return
         if not outcome.duplicate:
-            self._keep(order_id, outcome)
+            self.keep(order_id, outcome)
 
     def on_deadline(self, order_id: str, at: float) -> None:
         state = self.states.get(order_id)
         if state is None:
             return
         self.clock.advance_to(moment(at))
-        self._keep(order_id, self.handler.handle_tick(state, self.clock.now()))
-
-    def _keep(self, order_id: str, outcome: Outcome) -> None:
-        now = self.clock.now().timestamp()
-        for record in outcome.records:
-            self.emit(now, record)
-        for rejected in outcome.dead_letters:
-            self.dead["orders_watcher", rejected.code] += 1
-        if outcome.state is None:
-            self.states.pop(order_id, None)
-            self.timeline.schedule(self.deadlines, order_id, None, self)
-            return
-        self.states[order_id] = outcome.state
-        at = outcome.deadline.timestamp() if outcome.deadline else None
-        self.timeline.schedule(self.deadlines, order_id, at, self)
+        self.keep(order_id, self.handler.handle_tick(state, self.clock.now()))
 
 
-class RiskStage:
+class RiskStage(KeyedStage[Profile]):
     """risk_detector: the order → customer memory (its `rekey`), each customer's profile
     and rhythm check (its `assess`), one spend estimate per customer partition."""
+
+    service = "risk_detector"
 
     def __init__(
         self,
@@ -107,17 +125,14 @@ class RiskStage:
         dead: DeadLetters,
         partitions: int,
     ) -> None:
+        super().__init__(timeline, emit, dead)
         self.detector = RiskDetector(settings.policy(), settings.topics)
         self.order_keyed = frozenset({settings.topics.orders, settings.topics.returns})
-        self.timeline, self.emit, self.dead = timeline, emit, dead
         self.partitions = partitions
         self.memory_s = settings.order_memory_days * 86400
         self.orders: dict[str, tuple[str, float]] = {}  # order → (customer, its latest fact)
-        self.profiles: dict[str, Profile] = {}
         self.quantiles: dict[int, P2Quantile] = {}
         self._partition: dict[str, int] = {}
-        self.deadlines = Deadlines()
-        self.clock = WatermarkClock()
 
     def on_record(self, at: float, msg: InputMessage, event: CloudEvent) -> None:
         self.clock.advance_to(moment(at))
@@ -148,34 +163,22 @@ class RiskStage:
             self._assess(customer_id, event)
 
     def _assess(self, customer_id: str, event: CloudEvent) -> None:
-        profile = self.profiles.get(customer_id)
+        profile = self.states.get(customer_id)
         outcome = self.detector.handle(profile, customer_id, event, self._quantile(customer_id))
         if outcome.duplicate:
             return
         if outcome.erased and profile is not None:
             for order in profile.orders:
                 self.orders.pop(order.order_id, None)
-        self._keep(customer_id, outcome)
+        self.keep(customer_id, outcome)
 
     def on_deadline(self, customer_id: str, at: float) -> None:
-        profile = self.profiles.get(customer_id)
+        profile = self.states.get(customer_id)
         if profile is None:
             return
         self.clock.advance_to(moment(at))
         outcome = self.detector.handle_tick(profile, self.clock.now(), self._quantile(customer_id))
-        self._keep(customer_id, outcome)
-
-    def _keep(self, customer_id: str, outcome: RiskOutcome) -> None:
-        now = self.clock.now().timestamp()
-        for record in outcome.records:
-            self.emit(now, record)
-        if outcome.state is None:
-            self.profiles.pop(customer_id, None)
-            self.timeline.schedule(self.deadlines, customer_id, None, self)
-            return
-        self.profiles[customer_id] = outcome.state
-        at = outcome.deadline.timestamp() if outcome.deadline else None
-        self.timeline.schedule(self.deadlines, customer_id, at, self)
+        self.keep(customer_id, outcome)
 
     def _quantile(self, customer_id: str) -> P2Quantile:
         partition = self._partition.get(customer_id)
@@ -209,4 +212,11 @@ class PreferencesStage:
             self.dead["preferences", "bad_data"] += 1
 
 
-__all__ = ["DeadLetters", "PreferencesStage", "RiskStage", "WatcherStage", "moment"]
+__all__ = [
+    "DeadLetters",
+    "KeyedStage",
+    "PreferencesStage",
+    "RiskStage",
+    "WatcherStage",
+    "moment",
+]
