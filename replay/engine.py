@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from common.envelope import CloudEvent, InvalidEvent
 from common.kafka import Outgoing
 from common.logs import get_logger
@@ -29,8 +27,6 @@ from replay.outreach import OutreachStage
 from replay.stages import DeadLetters, PreferencesStage, RiskStage, WatcherStage
 from replay.timeline import DEADLINE, Timeline
 from services.orders_watcher.config import Settings as WatcherSettings
-from services.outreach.adapters.db import session_factory
-from services.outreach.adapters.storms import StormRow
 from services.outreach.config import Settings as OutreachSettings
 from services.outreach.rehearsal import archive, report, run
 from services.outreach.rehearsal.archive import Record
@@ -223,11 +219,8 @@ class Engine:
         ]
 
     async def _storms(self) -> list[report.StormLine]:
-        async with session_factory(self.outreach.app.engine)() as s:
-            rows = await s.execute(
-                select(StormRow.scope, StormRow.size, StormRow.state, StormRow.started_at)
-            )
-            return [report.StormLine(*row) for row in rows.all()]
+        found = await self.outreach.app.storms.recent(limit=1_000_000)
+        return [report.StormLine(s.scope, s.size, s.state.value, s.started_at) for s in found]
 
 
 async def replay(

@@ -1,9 +1,9 @@
 """outreach in one process: its delivery service as the worker wires it (bootstrap), on
 its own event clock, with the ledger in memory, its contact plans read from the
 in-process preferences (stages.py) instead of over gRPC, the outbox for every channel
-(rendered and recorded, nothing leaves) and rendering in this process (sandboxed as
-ever). Its templates, storms, remedies and outcomes are in the rehearsal's own SQLite
-database under its work directory."""
+(rendered and recorded, nothing leaves), rendering in this process (sandboxed as ever)
+and the storms counted in memory. Its templates, remedies and outcomes are in the
+rehearsal's own SQLite database under its work directory."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from common.envelope import CloudEvent, InvalidEvent
 from replay.stages import DeadLetters, moment
 from services.outreach.adapters.contact_plans import ContactPlans
 from services.outreach.adapters.memory_ledger import InMemoryLedger
+from services.outreach.adapters.memory_storms import InMemoryStormStore
 from services.outreach.adapters.optouts import RecordingOptOuts
 from services.outreach.adapters.providers import OutboxSender
 from services.outreach.adapters.render_pool import InlineRenderer
@@ -69,6 +70,7 @@ class OutreachStage:
             renderer=InlineRenderer(),
             optouts=RecordingOptOuts(),
             ledger=self.ledger,
+            storms=InMemoryStormStore(settings.storm_policy()),
         )
 
     async def start(self) -> None:

@@ -42,7 +42,7 @@ from services.outreach.adapters.providers import (
 )
 from services.outreach.adapters.remedies import RemedyStore
 from services.outreach.adapters.render_pool import Renderer
-from services.outreach.adapters.storms import StormStore
+from services.outreach.adapters.storms import StormsPort, StormStore
 from services.outreach.adapters.templates import TemplateCache, TemplateStore
 from services.outreach.config import Settings
 from services.outreach.conversations import ConversationService
@@ -127,7 +127,7 @@ class Outreach:
     senders: dict[str, MessageSender]
     delivery: DeliveryService
     controls: SendingControls
-    storms: StormStore
+    storms: StormsPort
     outcomes: OutcomeStore  # what became of customers after decisions (docs/outcomes.md)
     remedies: RemedyStore  # the remedy policy, its budget and grants (docs/remedies.md)
     controls_watcher: ControlsWatcher
@@ -190,14 +190,15 @@ def bootstrap(
     producer: AiokafkaProducer | None = None,
     optouts: OptOuts | None = None,
     ledger: LedgerPort | None = None,
+    storms: StormsPort | None = None,
 ) -> Outreach:
     """Wire outreach. `clock` decides (wall or event time, OUTREACH_CLOCK); `wall` runs
     leases, claims and operators' pauses in real time (tests pass a clock they move);
     `renderer` renders templates (the render pool's processes unless a test passes
     another); `producer` publishes outreach's events (the worker starts it); `optouts`
     tells preferences of opt-outs (by default on `outreach.optouts` through it);
-    `ledger` keeps the decisions (by default on the database: tests may pass the in-memory
-    one)."""
+    `ledger` keeps the decisions and `storms` counts the incidents (by default on the
+    database: tests and the rehearsal's replay may pass the in-memory ones)."""
     wall = wall or WallClock()
     sessions = session_factory(engine := create_engine(settings.db_url()))
     ledger = ledger or Ledger(sessions)
@@ -209,15 +210,14 @@ def bootstrap(
     senders = senders or build_senders(settings, share)
     producer = producer or AiokafkaProducer(settings.kafka_bootstrap_servers, "outreach-worker")
     optouts = optouts or OptOutPublisher(producer, settings.topics.optouts)
-    storms = StormStore(sessions, settings.storm_policy())
+    storms = storms or StormStore(sessions, settings.storm_policy())
     secret = settings.secret(settings.offer_secret, "offers")
     composer = MessageComposer(cache, secret, renderer, storms)
     outcomes, remedies = OutcomeStore(sessions), RemedyStore(sessions)
     delivery = _delivery(settings, ledger, plans, senders, composer, optouts, wall)
     delivery.storms, delivery.outcomes, delivery.remedies = storms, outcomes, remedies
-    controls = SendingControls(sessions)
     return Outreach(
-        controls=controls,
+        controls=(controls := SendingControls(sessions)),
         storms=storms,
         outcomes=outcomes,
         remedies=remedies,

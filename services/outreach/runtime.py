@@ -53,7 +53,7 @@ from services.outreach.adapters.providers import (
 )
 from services.outreach.adapters.remedies import Grant, RemedyStore
 from services.outreach.adapters.render_pool import Renderer
-from services.outreach.adapters.storms import StormStore
+from services.outreach.adapters.storms import StormsPort
 from services.outreach.adapters.templates import TemplateCache
 from services.outreach.domain import consolidation, lifecycle, outcomes, storms, surveys
 from services.outreach.domain import corrections as correcting
@@ -109,7 +109,7 @@ class DeliveryService:
         wall: Callable[[], datetime] | None = None,
         surveys: SurveyPolicy | None = None,
         corrections: CorrectionPolicy | None = None,
-        storms: StormStore | None = None,
+        storms: StormsPort | None = None,
     ) -> None:
         self.storms = storms
         self.outcomes: OutcomeStore | None = None  # forgets with erasure and retention
@@ -970,7 +970,7 @@ class MessageComposer:
         cache: TemplateCache,
         offer_secret: str,
         renderer: Renderer,
-        storms: StormStore | None = None,
+        storms: StormsPort | None = None,
     ) -> None:
         self.cache = cache
         self.offer_secret = offer_secret

@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, Index, Integer, String, Text, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -89,7 +89,8 @@ def storm_id_of(scope: str, seq: int) -> str:
     return "st-" + hashlib.sha256(f"{scope}#{seq}".encode()).hexdigest()[:16]
 
 
-def _storm(row: StormRow) -> Storm:
+def as_storm(row: StormRow) -> Storm:
+    """A storm's row as the domain's Storm."""
     return Storm(
         storm_id=row.storm_id,
         scope=row.scope,
@@ -103,6 +104,40 @@ def _storm(row: StormRow) -> Storm:
         formed_at=row.formed_at,
         awaiting_since=row.awaiting_since,
     )
+
+
+class StormsPort(Protocol):
+    """What outreach's delivery needs of the storms: `StormStore` (these tables), or
+    `InMemoryStormStore` (adapters/memory_storms.py: a replay in one process)."""
+
+    policy: StormPolicy
+
+    async def record(
+        self,
+        scope: str,
+        *,
+        incident_id: str,
+        customer_id: str,
+        order_id: str | None,
+        kind: str,
+        at: datetime,
+    ) -> Storm | None: ...
+
+    async def storms_of(self, incident_ids: Iterable[str]) -> dict[str, Storm]: ...
+
+    async def holding(self) -> list[str]: ...
+
+    async def get(self, storm_id: str) -> Storm | None: ...
+
+    async def recent(self, limit: int = 100) -> list[Storm]: ...
+
+    async def forget_customer(self, customer_id: str) -> int: ...
+
+    async def forget_before(self, wall_now: datetime, retention: timedelta) -> int: ...
+
+    async def awaiting_since(self) -> datetime | None: ...
+
+    async def open_by_state(self, now: datetime) -> dict[str, int]: ...
 
 
 class StormStore:
@@ -190,7 +225,7 @@ class StormStore:
         state = domain.state_for_size(State(row.state), row.size, self.policy)
         if state is not State(row.state):
             row.state, row.awaiting_since = state.value, at
-        return _storm(row)
+        return as_storm(row)
 
     async def _hot(self, s: AsyncSession, scope: str, at: datetime) -> bool:
         """Did `rate` incidents of the scope come within the window up to `at`?"""
@@ -230,7 +265,7 @@ class StormStore:
                    awaiting_since=formed if state is State.AWAITING else None)  # fmt: skip
         await s.execute(self._insert_storm.values(**row))
         made = await s.scalar(select(StormRow).where(StormRow.scope == scope, StormRow.seq == seq))
-        return None if made is None else _storm(made)
+        return None if made is None else as_storm(made)
 
     async def _size(self, s: AsyncSession, scope: str, start: datetime, end: datetime) -> int:
         return int(
@@ -286,7 +321,7 @@ class StormStore:
             ).scalars()
             by_scope: dict[str, list[Storm]] = {}
             for row in rows:
-                by_scope.setdefault(row.scope, []).append(_storm(row))
+                by_scope.setdefault(row.scope, []).append(as_storm(row))
         found: dict[str, Storm] = {}
         for m in members:
             for storm in by_scope.get(m.scope, ()):
@@ -309,13 +344,13 @@ class StormStore:
     async def get(self, storm_id: str) -> Storm | None:
         async with self.sessions() as s:
             row = await s.get(StormRow, storm_id)
-            return None if row is None else _storm(row)
+            return None if row is None else as_storm(row)
 
     async def recent(self, limit: int = 100) -> list[Storm]:
         """The storms, the latest first."""
         async with self.sessions() as s:
             rows = await s.execute(select(StormRow).order_by(StormRow.last_at.desc()).limit(limit))
-            return [_storm(r) for r in rows.scalars()]
+            return [as_storm(r) for r in rows.scalars()]
 
     async def act(
         self,
@@ -421,4 +456,13 @@ class StormStore:
             return counts
 
 
-__all__ = ["HOLDING", "LogEntry", "StormLogRow", "StormMember", "StormRow", "StormStore"]
+__all__ = [
+    "HOLDING",
+    "LogEntry",
+    "StormLogRow",
+    "StormMember",
+    "StormRow",
+    "StormStore",
+    "StormsPort",
+    "as_storm",
+]
