@@ -78,6 +78,39 @@ def ensure_topics(
             time.sleep(0.5)
 
 
+def wait_for_leaders(bootstrap_servers: str, names: Iterable[str], timeout_s: float = 30.0) -> None:
+    """Until every partition of the topics `names` has a leader: a topic just created
+    refuses records (NotLeaderForPartition) while its partitions' leaders are elected."""
+    from kafka.admin import KafkaAdminClient
+
+    wanted = sorted(set(names))
+    deadline = time.monotonic() + timeout_s
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers.split(","),
+        client_id="outreach-admin",
+        request_timeout_ms=10_000,
+        **kafka_security.client_options(),
+    )
+    try:
+        while True:
+            described = admin.describe_topics(wanted) if wanted else []
+            led = {
+                t.get("name", t.get("topic"))
+                for t in described
+                if not t.get("error_code")
+                and t.get("partitions")
+                and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in t["partitions"])
+            }
+            if led >= set(wanted):
+                return
+            if time.monotonic() > deadline:
+                waiting = sorted(set(wanted) - led)
+                raise RuntimeError(f"no leader yet for the partitions of {waiting}")
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
 def _create(admin: Any, specs: list[TopicSpec], replication: int, extra: dict[str, str]) -> None:
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
