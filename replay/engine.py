@@ -96,7 +96,7 @@ class Engine:
             t.incidents: ("risk_detector", "outreach"),
             t.requests: ("outreach",),
         }
-        self.customers, self.optouts = t.customers, t.optouts
+        self.customers = t.customers
 
     def _emit(self, at: float, record: Outgoing) -> None:
         self.decided += 1
@@ -223,16 +223,6 @@ class Engine:
         return [report.StormLine(s.scope, s.size, s.state.value, s.started_at) for s in found]
 
 
-async def replay(
-    records: Sequence[Record],
-    env: dict[str, str],
-    partitions: int,
-    say: Callable[[str], None] = lambda _: None,
-) -> Replayed:
-    """Replays `records` with the services' settings of `env`."""
-    return await Engine(env, partitions).run(records, say)
-
-
 def in_process(records: list[Record], options: Options, db: str) -> run.Replayed:
     """A rehearsal's replay (services/outreach/rehearsal/run.py) in this process, with
     the environment its namespace would give the services (the rules and nothing of
@@ -257,4 +247,4 @@ def in_process(records: list[Record], options: Options, db: str) -> run.Replayed
     return done.decisions, done.storms, notes
 
 
-__all__ = ["Engine", "Replayed", "environment", "in_process", "replay"]
+__all__ = ["Engine", "Replayed", "environment", "in_process"]
