@@ -36,7 +36,8 @@ def _retention_ms(spec: TopicSpec) -> int:
 def ensure_topics(
     bootstrap_servers: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created.
+    """Create the topics that do not exist yet; returns the names created, once every
+    partition of theirs has a leader.
 
     Retries while the cluster is still electing a controller (fresh brokers), up to
     `timeout_s`. Replication factor is min(3, number of brokers).
@@ -61,21 +62,27 @@ def ensure_topics(
                 brokers = len(admin.describe_cluster().get("brokers", [])) or 1
                 replication = min(3, brokers)
                 missing = [s for s in specs if s.name not in existing]
+                created = [s.name for s in missing]
                 if missing:
                     try:
                         _create(admin, missing, replication, _ACCEPT_ANY_STAMP)
                     except InvalidConfigurationError:
                         _create(admin, missing, replication, {})
                     log.info("topics_created", topics=[s.name for s in missing])
-                return [s.name for s in missing]
             finally:
                 admin.close()
+            break
         except KafkaError as exc:
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"could not create topics on {bootstrap_servers}: {exc}"
                 ) from exc
             time.sleep(0.5)
+    # A consumer subscribing to a topic its broker does not list yet is assigned the
+    # others and hears of it only at its next metadata refresh (minutes later); a
+    # producer meets NotLeaderForPartition. Created means led, here.
+    wait_for_leaders(bootstrap_servers, created, max(5.0, deadline - time.monotonic()))
+    return created
 
 
 def wait_for_leaders(bootstrap_servers: str, names: Iterable[str], timeout_s: float = 30.0) -> None:
@@ -84,6 +91,8 @@ def wait_for_leaders(bootstrap_servers: str, names: Iterable[str], timeout_s: fl
     from kafka.admin import KafkaAdminClient
 
     wanted = sorted(set(names))
+    if not wanted:
+        return
     deadline = time.monotonic() + timeout_s
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap_servers.split(","),
@@ -93,7 +102,7 @@ def wait_for_leaders(bootstrap_servers: str, names: Iterable[str], timeout_s: fl
     )
     try:
         while True:
-            described = admin.describe_topics(wanted) if wanted else []
+            described = admin.describe_topics(wanted)
             led = {
                 t.get("name", t.get("topic"))
                 for t in described

@@ -176,7 +176,7 @@ class Shop:
             self.stamp = int(event.time.timestamp() * 1000)
         if stamp_ms is not None:
             self.stamp = stamp_ms
-        self.producer.send(
+        sent = self.producer.send(
             self.prefix + topic,
             key=key.encode(),
             value=value,
@@ -184,6 +184,7 @@ class Shop:
             timestamp_ms=self.stamp,
         )
         self.producer.flush()
+        sent.get(timeout=0)  # a refused record fails here, not silently after flush()
 
     def close(self) -> None:
         self.producer.close()

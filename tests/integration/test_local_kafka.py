@@ -201,6 +201,7 @@ def test_faust_agent_with_changelog_table_consumes_and_commits(
 
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
     from kafka.admin import NewTopic
+    from kafka.errors import CoordinatorNotAvailableError
 
     app_id, topic = unique("faustapp"), unique("faust-in")
     changelog = f"{app_id}-totals-changelog"
@@ -241,7 +242,10 @@ def test_faust_agent_with_changelog_table_consumes_and_commits(
 
         def committed() -> bool:
             assert worker.poll() is None, log_path.read_text()[-4000:]
-            offsets = admin.list_group_offsets(app_id).get(app_id, {})
+            try:
+                offsets = admin.list_group_offsets(app_id).get(app_id, {})
+            except CoordinatorNotAvailableError:  # a fresh broker's offsets topic
+                return False
             return bool(sum(o.offset for tp, o in offsets.items() if tp.topic == topic) == 40)
 
         wait_until(committed, 45, "the faust worker to commit all 40 source offsets")
@@ -301,3 +305,36 @@ def test_our_topics_keep_the_timestamps_their_producers_give(kafka_bootstrap: st
             found += [r.timestamp for r in records]
     consumer.close()
     assert found == stamps
+
+
+def test_a_consumer_subscribing_right_after_ensure_topics_is_assigned_every_topic(
+    kafka_bootstrap: str,
+) -> None:
+    """A service makes its topics, then joins its group at once. A topic the broker does
+    not list yet would be left out of the assignment until the consumer's next metadata
+    refresh (five minutes) and its records unread meanwhile: ensure_topics returns when
+    every partition it made has a leader."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    from common.admin import ensure_topics
+    from common.topics import TopicSpec
+
+    async def first_assignment(topics: list[str]) -> set[str]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka_bootstrap, group_id=f"g-{uuid.uuid4().hex[:8]}"
+        )
+        await consumer.start()
+        try:
+            consumer.subscribe(topics)
+            deadline = time.monotonic() + 30
+            while not consumer.assignment() and time.monotonic() < deadline:
+                await consumer.getmany(timeout_ms=200)
+            return {tp.topic for tp in consumer.assignment()}
+        finally:
+            await consumer.stop()
+
+    topics = [f"fresh-{uuid.uuid4().hex[:8]}" for _ in range(16)]
+    assert ensure_topics(kafka_bootstrap, [TopicSpec(t, 3) for t in topics]) == topics
+    assert asyncio.run(first_assignment(topics)) == set(topics)

@@ -133,13 +133,11 @@ class Namespace:
     def create_topics(self, partitions: int) -> None:
         """Its topics, kept whatever the records' age (a replay of an older archive must
         not lose its input to retention; they are deleted at the end)."""
-        from common.admin import ensure_topics, wait_for_leaders
+        from common.admin import ensure_topics
 
         self.work.mkdir(parents=True, exist_ok=True)
         specs = [replace(t, retention_ms=-1) for t in all_topics(self.prefix, partitions)]
-        ensure_topics(self.bootstrap, specs)
-        # Published into at once: not before every partition has its leader.
-        wait_for_leaders(self.bootstrap, [s.name for s in specs])
+        ensure_topics(self.bootstrap, specs)  # returns once every partition has a leader
 
     def start(self, timeout_s: float = 120) -> None:
         """The four services, once the input is in their topics."""

@@ -289,6 +289,20 @@ def customer_id(plaintext_server: Stack, kafka_bootstrap: str) -> str:
         )
     finally:
         shop.close()
+    try:
+        wait_for(lambda: contact_plan(plaintext_server, cid).get("known"), timeout=60)
+    except AssertionError as slow:  # what preferences saw and did, for the failure's reader
+        counters = [
+            line
+            for line in plaintext_server.metrics("preferences").splitlines()
+            if not line.startswith("#") and ("consum" in line or "lag" in line)
+        ]
+        raise AssertionError(
+            f"{slow}: customer.upserted not applied\n"
+            + "\n".join(counters)
+            + "\n"
+            + plaintext_server.logs("preferences")[-4000:]
+        ) from None
     return cid
 
 
@@ -369,12 +383,7 @@ def test_grpcurl_health_check_says_serving(plaintext_server):
 def test_grpcurl_gets_the_contact_plan_of_a_customer_the_shop_announced(
     plaintext_server, customer_id
 ):
-    plan = wait_for(
-        lambda: (p := contact_plan(plaintext_server, customer_id)).get("known") and p,
-        timeout=20,
-        message="customer.upserted applied",
-    )
-    assert isinstance(plan, dict)
+    plan = contact_plan(plaintext_server, customer_id)
     # grpcurl prints proto field names; fields at their default (false, "") are left out
     assert plan["customer_id"] == customer_id
     assert plan["first_name"] == "Ada"
@@ -419,7 +428,6 @@ def test_grpcurl_reads_need_the_read_token_too(plaintext_server, customer_id):
 
 @needs_grpcurl
 def test_grpcurl_writes_need_the_token_in_the_metadata(plaintext_server, customer_id):
-    wait_for(lambda: contact_plan(plaintext_server, customer_id).get("known"), timeout=20)
     consent = json.dumps(
         {
             "customer_id": customer_id,
