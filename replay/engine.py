@@ -105,10 +105,12 @@ class Engine:
             self.timeline.record(at, record.topic, (msg, record.event))
 
     async def run(self, records: Sequence[Record], say: Callable[[str], None]) -> Replayed:
-        inputs = self._inputs(records)
-        self.timeline.load(inputs)
         await self.outreach.start()
         try:
+            if await self.outreach.learns():
+                self._read_outcomes()
+            inputs = self._inputs(records)
+            self.timeline.load(inputs)
             handled = 0
             for at, kind, _, whose, what in self.timeline:
                 if kind == DEADLINE:
@@ -131,6 +133,14 @@ class Engine:
         finally:
             await self.outreach.stop()
 
+    def _read_outcomes(self) -> None:
+        """outreach's outcome recorder reads the shop's orders, returns and feedback and
+        the opt-outs: after every other reader of the record (it decides nothing; its
+        facts are there for the decisions that come later)."""
+        t = self.outreach.topics
+        for topic in (t.orders, t.returns, t.feedback, t.optouts):
+            self.readers[topic] = (*self.readers[topic], "outcomes")
+
     def _inputs(self, records: Sequence[Record]) -> list[tuple[float, Any, Any]]:
         """Each record decoded once, in story order; the undecodable ones counted as the
         services that read them would dead-letter them."""
@@ -144,7 +154,7 @@ class Engine:
                 event = CloudEvent.from_bytes(r.value)
             except InvalidEvent as exc:
                 for reader in readers:
-                    self.dead[reader, exc.code] += 1
+                    self.dead["outreach" if reader == "outcomes" else reader, exc.code] += 1
                 continue
             msg = InputMessage(r.topic, 0, n, r.key, r.value, list(r.headers), stamp)
             inputs.append((stamp / 1000, r.topic, (msg, event)))
@@ -156,6 +166,7 @@ class Engine:
         # or a customer's change that comes later could stop it).
         await self._send_due(at)
         for reader in self.readers[topic]:
+            service = "outreach" if reader == "outcomes" else reader
             started = time.perf_counter()
             try:
                 if reader == "preferences":
@@ -164,14 +175,16 @@ class Engine:
                     self.watcher.on_record(at, msg, event)
                 elif reader == "risk_detector":
                     self.risk.on_record(at, msg, event)
+                elif reader == "outcomes":
+                    await self.outreach.on_outcome(at, topic, event)
                 else:
                     await self.outreach.on_record(at, topic, event)
             except Exception:
                 # As each service's processor does (after its retries): dead-lettered,
                 # named in the log — a bug of ours, or of a draft's template.
-                log.exception("handler_failed", service=reader, topic=topic, event_id=event.id)
-                self.dead[reader, "handler_error"] += 1
-            self._count(reader, started)
+                log.exception("handler_failed", service=service, topic=topic, event_id=event.id)
+                self.dead[service, "handler_error"] += 1
+            self._count(service, started)
 
     async def _send_due(self, at: float, *, inclusive: bool = False) -> None:
         started = time.perf_counter()

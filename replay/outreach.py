@@ -3,7 +3,8 @@ its own event clock, with the ledger in memory, its contact plans read from the
 in-process preferences (stages.py) instead of over gRPC, the outbox for every channel
 (rendered and recorded, nothing leaves), rendering in this process (sandboxed as ever)
 and the storms counted in memory. Its templates, remedies and outcomes are in the
-rehearsal's own SQLite database under its work directory."""
+rehearsal's own SQLite database under its work directory; outcomes are kept when a
+remedy rule learns from them (the only decisions they change)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from services.outreach.bootstrap import Outreach, bootstrap
 from services.outreach.config import Settings
 from services.outreach.domain.decisions import ChannelOption, ContactPlan
 from services.outreach.domain.rendering import CHANNELS
+from services.outreach.entrypoints.records import record_outcome
 from services.preferences.handlers import Preferences
 
 
@@ -90,6 +92,20 @@ class OutreachStage:
         await self.app.delivery.send_due_until(self.clock, at, inclusive=inclusive)
         due = await self.ledger.earliest_due()
         self._due = (self.ledger.version, None if due is None else due.timestamp())
+
+    async def learns(self) -> bool:
+        """Whether the remedy policy has a rule that learns from outcomes."""
+        _version, policy = await self.app.remedies.policy()
+        return any(rule.learn is not None for rule in policy.rules)
+
+    async def on_outcome(self, at: float, topic: str, event: CloudEvent) -> None:
+        """What became of a customer (an order, a return, feedback, an opt-out) kept at
+        its moment, as the outcome recorder keeps it when it arrives."""
+        self.clock.advance_to(moment(at))
+        try:
+            await record_outcome(self.app, topic, event)
+        except InvalidEvent as exc:
+            self.dead["outreach", exc.code] += 1
 
     async def on_record(self, at: float, topic: str, event: CloudEvent) -> None:
         delivery = self.app.delivery

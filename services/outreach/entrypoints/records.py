@@ -83,30 +83,38 @@ def handoff_records(
     )
 
 
+async def record_outcome(outreach: Outreach, topic: str, event: CloudEvent) -> None:
+    """An outcome fact (domain/outcomes.py) of a shop's event or an opt-out into
+    `outcome_events`, with the redemption of the remedy codes an order carried; an event
+    that fails its schema raises InvalidEvent (the caller dead-letters it)."""
+    t = outreach.settings.topics
+    if event.type in NOT_OUTCOMES:
+        return
+    if topic == t.optouts:
+        data = schemas.parse_payload(event, schemas.ContactChoice).model_dump(mode="json")
+    else:
+        schemas.parse_input(event, t.unprefixed(topic))
+        data = event.data
+    fact = outcomes.fact_of(event.type, event.id, event.time, data)
+    if fact is None:
+        return
+    codes = data.get("discount_codes") if event.type == "order.placed" else None
+
+    async def redeemed(s: Any) -> None:  # a remedy's codes (docs/remedies.md)
+        await outreach.remedies.redeem_in(s, codes or (), fact.order_id, event.time)
+
+    await outreach.outcomes.record(fact, redeemed if codes else None)
+
+
 def outcome_records(
     settings: Settings, outreach: Outreach, heartbeat: Heartbeat, deadletters: DeadLetters
 ) -> Records:
-    """The outcome facts (domain/outcomes.py) into `outcome_events`: a shop's event that
-    fails its schema is dead-lettered with the reason."""
+    """The outcome facts into `outcome_events` (record_outcome), each from its own
+    consumer group on the wall clock."""
     t = settings.topics
 
     async def handle(msg: InputMessage, event: CloudEvent) -> None:
-        if event.type in NOT_OUTCOMES:
-            return
-        if msg.topic == t.optouts:
-            data = schemas.parse_payload(event, schemas.ContactChoice).model_dump(mode="json")
-        else:
-            schemas.parse_input(event, t.unprefixed(msg.topic))
-            data = event.data
-        fact = outcomes.fact_of(event.type, event.id, event.time, data)
-        if fact is None:
-            return
-        codes = data.get("discount_codes") if event.type == "order.placed" else None
-
-        async def redeemed(s: Any) -> None:  # a remedy's codes (docs/remedies.md)
-            await outreach.remedies.redeem_in(s, codes or (), fact.order_id, event.time)
-
-        await outreach.outcomes.record(fact, redeemed if codes else None)
+        await record_outcome(outreach, msg.topic, event)
 
     return Records(
         settings, outreach, heartbeat, deadletters,
@@ -114,4 +122,11 @@ def outcome_records(
     )  # fmt: skip
 
 
-__all__ = ["GROUP", "OUTCOMES_GROUP", "Records", "handoff_records", "outcome_records"]
+__all__ = [
+    "GROUP",
+    "OUTCOMES_GROUP",
+    "Records",
+    "handoff_records",
+    "outcome_records",
+    "record_outcome",
+]
