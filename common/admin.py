@@ -80,44 +80,53 @@ def ensure_topics(
             time.sleep(0.5)
     # A consumer subscribing to a topic its broker does not list yet is assigned the
     # others and hears of it only at its next metadata refresh (minutes later); a
-    # producer meets NotLeaderForPartition. Created means led, here.
-    wait_for_leaders(bootstrap_servers, created, max(5.0, deadline - time.monotonic()))
+    # producer meets NotLeaderForPartition. So: every topic asked for is led on return,
+    # whoever made it (a service starting beside this one, an earlier attempt here).
+    wait_for_leaders(bootstrap_servers, [s.name for s in specs], timeout_s)
     return created
 
 
 def wait_for_leaders(bootstrap_servers: str, names: Iterable[str], timeout_s: float = 30.0) -> None:
     """Until every partition of the topics `names` has a leader: a topic just created
-    refuses records (NotLeaderForPartition) while its partitions' leaders are elected."""
+    refuses records (NotLeaderForPartition) while its partitions' leaders are elected.
+    After `timeout_s` it says which have none, and returns: a partition led again later
+    is taken up by the clients' own retries, and a service had better start without it
+    than not at all."""
     from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
 
-    wanted = sorted(set(names))
-    if not wanted:
-        return
+    wanted = set(names)
     deadline = time.monotonic() + timeout_s
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap_servers.split(","),
-        client_id="outreach-admin",
-        request_timeout_ms=10_000,
-        **kafka_security.client_options(),
-    )
-    try:
-        while True:
-            described = admin.describe_topics(wanted)
-            led = {
-                t.get("name", t.get("topic"))
-                for t in described
-                if not t.get("error_code")
-                and t.get("partitions")
-                and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in t["partitions"])
-            }
-            if led >= set(wanted):
-                return
-            if time.monotonic() > deadline:
-                waiting = sorted(set(wanted) - led)
-                raise RuntimeError(f"no leader yet for the partitions of {waiting}")
-            time.sleep(0.2)
-    finally:
-        admin.close()
+    led: set[str] = set()
+    while wanted - led:
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap_servers.split(","),
+                client_id="outreach-admin",
+                request_timeout_ms=10_000,
+                **kafka_security.client_options(),
+            )
+            try:
+                while wanted - led and time.monotonic() <= deadline:
+                    led |= {
+                        t.get("name", t.get("topic"))
+                        for t in admin.describe_topics(sorted(wanted - led))
+                        if not t.get("error_code")
+                        and t.get("partitions")
+                        and all(
+                            p.get("leader_id", p.get("leader", -1)) >= 0 for p in t["partitions"]
+                        )
+                    }
+                    if wanted - led:
+                        time.sleep(0.2)
+            finally:
+                admin.close()
+        except KafkaError as exc:  # a broker still starting, or busy: ask again
+            log.info("leaders_unknown", error=type(exc).__name__)
+            time.sleep(0.5)
+        if wanted - led and time.monotonic() > deadline:
+            log.warning("topics_without_leader", topics=sorted(wanted - led))
+            return
 
 
 def _create(admin: Any, specs: list[TopicSpec], replication: int, extra: dict[str, str]) -> None:

@@ -4,7 +4,8 @@ event clock's order.
 
 Each record goes to the services that read its topic, in the order a record's readers
 depend on one another at one moment: preferences first (outreach waits for it),
-orders_watcher, risk_detector, outreach. What a service decides goes on the timeline at
+orders_watcher, risk_detector, outreach, and — when a remedy rule learns from them —
+outreach's outcome recorder last. What a service decides goes on the timeline at
 the moment it was decided, to the services that read that topic; deadlines come at
 their own moments. The settings of each service are read from the environment a
 rehearsal's namespace would give its processes (its rules, nothing of production)."""
@@ -139,7 +140,8 @@ class Engine:
         facts are there for the decisions that come later)."""
         t = self.outreach.topics
         for topic in (t.orders, t.returns, t.feedback, t.optouts):
-            self.readers[topic] = (*self.readers[topic], "outcomes")
+            if "outcomes" not in self.readers[topic]:
+                self.readers[topic] = (*self.readers[topic], "outcomes")
 
     def _inputs(self, records: Sequence[Record]) -> list[tuple[float, Any, Any]]:
         """Each record decoded once, in story order; the undecodable ones counted as the

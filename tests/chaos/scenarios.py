@@ -275,7 +275,7 @@ def matrix(infra: Infra) -> list[Scenario]:
 # The representative subset `make test` runs: smaller storms, no held customers (the
 # last look of held messages is tested in tests/integration/outreach/test_last_look.py);
 # the kills at the two failpoints tests/e2e/test_outreach_crash.py does not cover (it
-# kills at the other three, on SQLite); preferences down for 15 s (long enough for the
+# kills at the other three, on SQLite); preferences down for 8 s (long enough for the
 # input to be held and the plans' cache to be dropped). `make chaos` runs them all whole.
 SUBSET: dict[str, dict[str, Any]] = {
     "accept_then_timeout": dict(size=24, held=False),
@@ -290,7 +290,7 @@ SUBSET: dict[str, dict[str, Any]] = {
             ]
         },
     ),
-    "preferences_down": dict(size=18, held=False, inject=preferences_down_for(15.0)),
+    "preferences_down": dict(size=18, held=False, inject=preferences_down_for(8.0)),
 }
 
 

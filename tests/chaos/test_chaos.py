@@ -1,7 +1,7 @@
 """A representative subset of the fault matrix, in `make test`: answers lost after the
 provider took the message, three sweepers racing for every row in doubt, a SIGKILL at
 two failpoints of the send path (tests/e2e/test_outreach_crash.py kills at the other
-three), and preferences down for 15 s. Each runs the whole
+three), and preferences down for 8 s. Each runs the whole
 system (four services as processes, the real broker, PostgreSQL) and is judged by the
 checker from outside effects only. `make chaos` runs the whole matrix."""
 
