@@ -17,6 +17,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+import orjson
 from sqlalchemy.exc import IntegrityError
 
 from services.outreach.adapters.ledger import (
@@ -51,11 +52,23 @@ def _copy(row: Row) -> Row:
     fresh = type(row)()
     values = row.__dict__
     fresh.__dict__.update(
-        (key, value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value))
+        (key, value if isinstance(value, _IMMUTABLE) else _detached(value))
         for key in _column_keys(type(row))
         for value in (values.get(key),)
     )
     return fresh
+
+
+def _detached(value: Any) -> Any:
+    """A copy of a column's value. A JSON column's (a dict, a list) goes through JSON as
+    the database would store and load it — and an order of magnitude faster than
+    deepcopy (the replay copies a request with every row it reads)."""
+    if isinstance(value, dict | list):
+        try:
+            return orjson.loads(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+        except TypeError:  # nothing a JSON column could hold: copied as it is
+            pass
+    return copy.deepcopy(value)
 
 
 @functools.cache
@@ -302,7 +315,7 @@ class InMemoryLedger:
         if event is not None and event.event_id in self._event_ids:
             raise _duplicate("event_id")
         for key, value in values.items():
-            setattr(row, key, copy.deepcopy(value))
+            setattr(row, key, value if isinstance(value, _IMMUTABLE) else _detached(value))
         self._indexed(row)
         if event is not None:
             self._append(event)
