@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -31,6 +32,7 @@ import urllib.request
 from typing import Any
 
 from common import kafka_security
+from common.logs import configure_logging
 from common.settings import ServiceSettings
 from common.topics import SERVICES, all_topics
 
@@ -521,5 +523,14 @@ def _sending_commands(sub: Any, out: argparse.ArgumentParser) -> None:
         cmd.set_defaults(func=cmd_sending)
 
 
+def run() -> int:
+    """The `outreachctl` command. Its stdout is its result (a table, JSON): what the
+    code it runs logs goes to stderr, for people (LOG_LEVEL; warnings by default). The
+    forwarded commands set up their own."""
+    configure_logging("outreachctl", os.environ.get("LOG_LEVEL", "WARNING"), "console",
+                      stream="stderr")  # fmt: skip
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

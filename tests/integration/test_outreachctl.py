@@ -4,6 +4,10 @@ topic, purge (only with --yes, only what was asked)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -13,6 +17,7 @@ from common.cli import main as outreachctl
 from common.topics import TopicSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def dead_letter(producer: KafkaProducer, topic: str, original: str, n: int) -> None:
@@ -153,3 +158,18 @@ def test_purge_one_customers_dead_letters_keeps_the_others_in_order(
     assert [(r.key, r.value) for r in left] == [letters[1], letters[3]]
     assert dict(left[0].headers)["dlq.reason.code"] == b"bad_data"
     assert b"ada@example.com" not in b"".join(r.value for r in left)
+
+
+def test_the_result_alone_is_on_stdout_and_the_logs_on_stderr(kafka_bootstrap, topic_prefix):
+    """`outreachctl … --output json | jq` works: what the code it runs logs (here the
+    topics it made) goes to stderr."""
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+               OUTREACH_TOPIC_PREFIX=topic_prefix, LOG_LEVEL="INFO")  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "common.cli", "topics", "create", "--output", "json"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)["created"]
+    assert topic_prefix + "commerce.orders" in created
+    assert "topics_created" in done.stderr
