@@ -33,6 +33,17 @@ def _retention_ms(spec: TopicSpec) -> int:
     return int(override) if override else spec.retention_ms
 
 
+def _admin(bootstrap_servers: str) -> Any:
+    from kafka.admin import KafkaAdminClient
+
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers.split(","),
+        client_id="outreach-admin",
+        request_timeout_ms=10_000,
+        **kafka_security.client_options(),
+    )
+
+
 def ensure_topics(
     bootstrap_servers: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0
 ) -> list[str]:
@@ -42,7 +53,6 @@ def ensure_topics(
     Retries while the cluster is still electing a controller (fresh brokers), up to
     `timeout_s`. Replication factor is min(3, number of brokers).
     """
-    from kafka.admin import KafkaAdminClient
     from kafka.errors import InvalidConfigurationError, KafkaError
 
     deadline = time.monotonic() + timeout_s
@@ -51,12 +61,7 @@ def ensure_topics(
     kafka_security.check(bootstrap_servers)
     while True:
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap_servers.split(","),
-                client_id="outreach-admin",
-                request_timeout_ms=10_000,
-                **kafka_security.client_options(),
-            )
+            admin = _admin(bootstrap_servers)
             try:
                 existing = set(admin.list_topics())
                 brokers = len(admin.describe_cluster().get("brokers", [])) or 1
@@ -92,7 +97,6 @@ def wait_for_leaders(bootstrap_servers: str, names: Iterable[str], timeout_s: fl
     After `timeout_s` it says which have none, and returns: a partition led again later
     is taken up by the clients' own retries, and a service had better start without it
     than not at all."""
-    from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
     wanted = set(names)
@@ -100,12 +104,7 @@ def wait_for_leaders(bootstrap_servers: str, names: Iterable[str], timeout_s: fl
     led: set[str] = set()
     while wanted - led:
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap_servers.split(","),
-                client_id="outreach-admin",
-                request_timeout_ms=10_000,
-                **kafka_security.client_options(),
-            )
+            admin = _admin(bootstrap_servers)
             try:
                 while wanted - led and time.monotonic() <= deadline:
                     led |= {
