@@ -27,6 +27,7 @@ from common.records import InputMessage
 from replay.outreach import OutreachStage
 from replay.stages import DeadLetters, PreferencesStage, RiskStage, WatcherStage
 from replay.timeline import DEADLINE, Timeline
+from replay.watcher_process import RemoteWatcher, WatcherLost, forkable
 from services.orders_watcher.config import Settings as WatcherSettings
 from services.outreach.config import Settings as OutreachSettings
 from services.outreach.rehearsal import archive, report, run
@@ -66,7 +67,11 @@ def environment(env: dict[str, str]) -> Iterator[None]:
 
 
 class Engine:
-    def __init__(self, env: dict[str, str], partitions: int) -> None:
+    def __init__(
+        self, env: dict[str, str], partitions: int, *, watcher_process: bool | None = None
+    ) -> None:
+        """`watcher_process`: orders_watcher in a child process (watcher_process.py);
+        by default when the machine has a second core."""
         # No broker: nothing of a replay connects to one (a name that cannot resolve).
         own = {"OUTREACH_TOPIC_PREFIX": "", "OUTREACH_CLOCK": "event",
                "KAFKA_BOOTSTRAP_SERVERS": "no-broker.invalid:9092"}  # fmt: skip
@@ -82,7 +87,13 @@ class Engine:
         self.preferences = PreferencesStage(
             tuple(preferences.default_channel_order.split(",")), self.dead
         )
-        self.watcher = WatcherStage(watcher, self.timeline, self._emit, self.dead)
+        self.watcher_settings = watcher
+        self.watcher: WatcherStage | RemoteWatcher = WatcherStage(
+            watcher, self.timeline, self._emit, self.dead
+        )
+        self.watcher_process = (
+            (os.cpu_count() or 1) > 1 if watcher_process is None else watcher_process
+        )
         self.risk = RiskStage(risk, self.timeline, self._emit, self.dead, partitions)
         self.outreach = OutreachStage(outreach, self.preferences.preferences, self.dead)
         t = outreach.topics
@@ -106,33 +117,72 @@ class Engine:
             self.timeline.record(at, record.topic, (msg, record.event))
 
     async def run(self, records: Sequence[Record], say: Callable[[str], None]) -> Replayed:
-        await self.outreach.start()
+        inputs, undecodable = self._inputs(records)
+        apart = self.watcher_process and inputs and forkable()
+        remote = self._watcher_apart(inputs) if apart else None
+        completed = False
         try:
-            if await self.outreach.learns():
-                self._read_outcomes()
-            inputs = self._inputs(records)
-            self.timeline.load(inputs)
-            handled = 0
-            for at, kind, _, whose, what in self.timeline:
-                if kind == DEADLINE:
-                    await self._deadline(whose, what, at)
-                    continue
-                await self._record(at, whose, what)
-                handled += 1
-                if handled % 100_000 == 0:
-                    say(f"{handled} records handled")
-            if inputs:
-                await self._send_due(inputs[-1][0], inclusive=True)
-            return Replayed(
-                decisions=self._decisions(),
-                storms=await self._storms(),
-                dead=self.dead,
-                records=len(inputs),
-                decided=self.decided,
-                seconds=self.seconds,
-            )
+            await self.outreach.start()
+            try:
+                replayed = await self._replay(inputs, undecodable, say)
+                completed = True
+            finally:
+                await self.outreach.stop()
         finally:
-            await self.outreach.stop()
+            if remote is not None:
+                remote.close(completed=completed)
+                # The handler's time is the child's; the replay's own is its waiting.
+                waited = self.seconds.pop("orders_watcher", 0.0)
+                self.seconds["orders_watcher"] = remote.child_seconds
+                self.seconds["waiting for orders_watcher"] = waited
+        return replayed
+
+    async def _replay(
+        self,
+        inputs: list[tuple[float, Any, Any]],
+        undecodable: list[tuple[str, str]],
+        say: Callable[[str], None],
+    ) -> Replayed:
+        if await self.outreach.learns():
+            self._read_outcomes()
+        for topic, code in undecodable:  # as the services that read them would count
+            for reader in self.readers[topic]:
+                self.dead["outreach" if reader == "outcomes" else reader, code] += 1
+        self.timeline.load(inputs)
+        handled = 0
+        for at, kind, _, whose, what in self.timeline:
+            if kind == DEADLINE:
+                await self._deadline(whose, what, at)
+                continue
+            await self._record(at, whose, what)
+            handled += 1
+            if handled % 100_000 == 0:
+                say(f"{handled} records handled")
+        if inputs:
+            await self._send_due(inputs[-1][0], inclusive=True)
+        return Replayed(
+            decisions=self._decisions(),
+            storms=await self._storms(),
+            dead=self.dead,
+            records=len(inputs),
+            decided=self.decided,
+            seconds=self.seconds,
+        )
+
+    def _watcher_apart(self, inputs: list[tuple[float, Any, Any]]) -> RemoteWatcher:
+        """orders_watcher in a child process, started on its part of the input before
+        anything else (no thread yet to fork with)."""
+        reads = {t for t, readers in self.readers.items() if "orders_watcher" in readers}
+        remote = RemoteWatcher(
+            self.watcher_settings,
+            [entry for entry in inputs if entry[1] in reads],
+            inputs[-1][0],
+            self.timeline,
+            self._emit,
+            self.dead,
+        )
+        self.watcher = remote
+        return remote
 
     def _read_outcomes(self) -> None:
         """outreach's outcome recorder reads the shop's orders, returns and feedback and
@@ -143,24 +193,24 @@ class Engine:
             if "outcomes" not in self.readers[topic]:
                 self.readers[topic] = (*self.readers[topic], "outcomes")
 
-    def _inputs(self, records: Sequence[Record]) -> list[tuple[float, Any, Any]]:
-        """Each record decoded once, in story order; the undecodable ones counted as the
-        services that read them would dead-letter them."""
-        inputs = []
+    def _inputs(
+        self, records: Sequence[Record]
+    ) -> tuple[list[tuple[float, Any, Any]], list[tuple[str, str]]]:
+        """Each record decoded once, in story order; and the topic and reason of each
+        that cannot be (its readers dead-letter it)."""
+        inputs, undecodable = [], []
         story = archive.stamped(sorted(records, key=lambda r: r.timestamp_ms))
         for n, (stamp, r) in enumerate(story):
-            readers = self.readers.get(r.topic)
-            if readers is None:
+            if r.topic not in self.readers:
                 continue
             try:
                 event = CloudEvent.from_bytes(r.value)
             except InvalidEvent as exc:
-                for reader in readers:
-                    self.dead["outreach" if reader == "outcomes" else reader, exc.code] += 1
+                undecodable.append((r.topic, exc.code))
                 continue
             msg = InputMessage(r.topic, 0, n, r.key, r.value, list(r.headers), stamp)
             inputs.append((stamp / 1000, r.topic, (msg, event)))
-        return inputs
+        return inputs, undecodable
 
     async def _record(self, at: float, topic: str, what: tuple[InputMessage, CloudEvent]) -> None:
         msg, event = what
@@ -181,6 +231,8 @@ class Engine:
                     await self.outreach.on_outcome(at, topic, event)
                 else:
                     await self.outreach.on_record(at, topic, event)
+            except WatcherLost:
+                raise
             except Exception:
                 # As each service's processor does (after its retries): dead-lettered,
                 # named in the log — a bug of ours, or of a draft's template.
@@ -207,6 +259,8 @@ class Engine:
         service = "orders_watcher" if stage is self.watcher else "risk_detector"
         try:
             stage.on_deadline(key, at)
+        except WatcherLost:
+            raise
         except Exception:
             log.exception("deadline_failed", service=service, key=key)
             self.dead[service, "handler_error"] += 1
@@ -251,8 +305,10 @@ def in_process(records: list[Record], options: Options, db: str) -> run.Replayed
     done = asyncio.run(engine.run(records, options.progress))
     seconds = time.monotonic() - started
     spent = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(done.seconds.items()))
+    beside = " (orders_watcher in a second)" if "waiting for orders_watcher" in done.seconds else ""
     notes = [
-        f"replayed in one process in {seconds:.1f} s ({spent}); {done.decided} records decided"
+        f"replayed in one process{beside} in {seconds:.1f} s ({spent}); "
+        f"{done.decided} records decided"
     ]
     if engine.failed_sends:
         notes.append(f"sending what was due failed {engine.failed_sends} times (see the log)")

@@ -38,13 +38,16 @@ class Timeline:
         self._next_input = 0
         self._heap: list[Entry] = []
         self._order = itertools.count()
+        self._until: float | None = None
 
-    def load(self, inputs: Sequence[tuple[float, Any, Any]]) -> None:
+    def load(self, inputs: Sequence[tuple[float, Any, Any]], *, until: float | None = None) -> None:
         """The input: (moment, whose, what) each, in the order they are to go (stamp,
-        then the order read), before anything is decided."""
+        then the order read), before anything is decided. Time ends at `until` (a part
+        of a replay's input: the whole's last moment), or with the last input."""
         assert not self._heap and self._next_input == 0
         self._inputs = inputs
         self._order = itertools.count(len(inputs))  # decided after every input of a moment
+        self._until = until
 
     def record(self, at: float, whose: Any, what: Any) -> None:
         """A record decided at `at` for `whose` to handle."""
@@ -66,7 +69,9 @@ class Timeline:
         last record."""
         inputs, heap, pop = self._inputs, self._heap, heapq.heappop
         n = len(inputs)
-        end = inputs[-1][0] if inputs else float("-inf")
+        end = self._until if self._until is not None else self.last_input
+        if end is None:
+            end = float("-inf")
         while True:
             if self._next_input < n:
                 at, whose, what = inputs[self._next_input]

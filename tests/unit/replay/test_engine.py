@@ -17,7 +17,11 @@ import pytest
 from sqlalchemy import func, select
 
 from common.envelope import CloudEvent
+from replay import watcher_process
 from replay.engine import Engine
+from replay.stages import WatcherStage
+from replay.timeline import DEADLINE, Timeline
+from replay.watcher_process import RemoteWatcher
 from services.outreach.adapters.db import create_engine, create_schema, session_factory
 from services.outreach.adapters.outcomes import OutcomeEvent
 from services.outreach.adapters.remedies import RemedyGrant, RemedyStore
@@ -38,8 +42,12 @@ def days_of_a_shop(malformed: float = 0.0) -> list[archive.Record]:
     ]
 
 
-async def decided(records: list[archive.Record], work: Path) -> tuple[list[tuple], Engine]:
-    engine = Engine(Namespace("127.0.0.1:9", work).env(), partitions=4)
+async def decided(
+    records: list[archive.Record], work: Path, *, watcher_process: bool = False
+) -> tuple[list[tuple], Engine]:
+    engine = Engine(
+        Namespace("127.0.0.1:9", work).env(), partitions=4, watcher_process=watcher_process
+    )
     done = await engine.run(records, lambda _: None)
     rows = sorted(
         (d.customer_id, d.message_kind, d.status, d.reason or "", d.channel or "", d.decided_at)
@@ -49,10 +57,15 @@ async def decided(records: list[archive.Record], work: Path) -> tuple[list[tuple
 
 
 async def test_the_same_days_are_decided_alike_and_bad_input_is_counted(tmp_path):
+    """Twice, and with orders_watcher in a process of its own the second time: the same
+    decisions at the same moments, the same input refused."""
     records = days_of_a_shop(malformed=0.02)
     first, engine = await decided(records, tmp_path / "one")
-    again, _ = await decided(records, tmp_path / "two")
+    again, apart = await decided(records, tmp_path / "two", watcher_process=True)
     assert first == again
+    assert engine.dead == apart.dead
+    assert engine.decided == apart.decided
+    assert isinstance(apart.watcher, RemoteWatcher) and apart.watcher.child_seconds > 0
     sent = [row for row in first if row[2] == "sent"]
     assert len(sent) >= 10 and {row[1] for row in sent} >= {"delivery_late"}
     assert sum(engine.dead.values()) > 0
@@ -128,3 +141,76 @@ def test_a_rehearsal_of_an_archive_needs_no_broker(tmp_path):
 @pytest.fixture(autouse=True)
 def _quiet(monkeypatch):
     monkeypatch.setenv("LOG_LEVEL", "WARNING")
+
+
+async def test_a_failing_watcher_handler_is_counted_alike_in_its_own_process(tmp_path, monkeypatch):
+    from services.orders_watcher.handlers import OrdersWatcher
+
+    handle = OrdersWatcher.handle_event
+
+    def failing(self, state, msg, event, now):
+        if event.data.get("order_id", "").endswith("7"):
+            raise RuntimeError("a bug of ours")
+        return handle(self, state, msg, event, now)
+
+    monkeypatch.setattr(OrdersWatcher, "handle_event", failing)
+    records = days_of_a_shop()
+    here, engine = await decided(records, tmp_path / "one")
+    apart_rows, apart = await decided(records, tmp_path / "two", watcher_process=True)
+    assert engine.dead["orders_watcher", "handler_error"] > 10
+    assert apart.dead == engine.dead and apart_rows == here
+
+
+class Traced(Timeline):
+    """The replay's timeline, noting every entry it gives out."""
+
+    trace: list[tuple]
+
+    def __iter__(self):
+        for at, kind, seq, whose, what in super().__iter__():
+            if kind == DEADLINE:
+                name = "watcher" if isinstance(whose, WatcherStage | RemoteWatcher) else "risk"
+                self.trace.append((at, kind, seq, name, what))
+            else:
+                self.trace.append((at, kind, seq, whose, what[1].id))
+            yield at, kind, seq, whose, what
+
+
+async def traced(records, work: Path, watcher_process: bool) -> list[tuple]:
+    engine = Engine(
+        Namespace("127.0.0.1:9", work).env(), partitions=4, watcher_process=watcher_process
+    )
+    engine.timeline.__class__ = Traced
+    engine.timeline.trace = []
+    await engine.run(records, lambda _: None)
+    return engine.timeline.trace
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+async def test_the_watcher_apart_leaves_every_entry_of_the_timeline_where_it_was(
+    tmp_path, monkeypatch, chunk
+):
+    """Entry by entry — each record (by event id) and each deadline, with the sequence
+    number that breaks its ties — the timeline is the same with the watcher in its own
+    process, however its steps are chunked."""
+    records = days_of_a_shop(malformed=0.01)
+    here = await traced(records, tmp_path / "here", watcher_process=False)
+    monkeypatch.setattr(watcher_process, "CHUNK", chunk)
+    apart = await traced(records, tmp_path / "apart", watcher_process=True)
+    assert len(here) > 3_000
+    assert apart == here
+
+
+async def test_a_watcher_process_that_dies_stops_the_replay(tmp_path, monkeypatch):
+    """Not counted as the handler's failures, nor decided without it."""
+    handle = WatcherStage.on_record
+    calls = iter(range(300))
+
+    def dying(self, at, msg, event):
+        if next(calls, None) is None:  # its 301st record
+            os._exit(3)
+        handle(self, at, msg, event)
+
+    monkeypatch.setattr(WatcherStage, "on_record", dying)
+    with pytest.raises(watcher_process.WatcherLost):
+        await decided(days_of_a_shop(), tmp_path, watcher_process=True)
