@@ -66,6 +66,11 @@ def environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def service_of(reader: str) -> str:
+    """The service a reader of a topic is part of (the outcome recorder: outreach's)."""
+    return "outreach" if reader == "outcomes" else reader
+
+
 class Engine:
     def __init__(
         self, env: dict[str, str], partitions: int, *, watcher_process: bool | None = None
@@ -147,7 +152,7 @@ class Engine:
             self._read_outcomes()
         for topic, code in undecodable:  # as the services that read them would count
             for reader in self.readers[topic]:
-                self.dead["outreach" if reader == "outcomes" else reader, code] += 1
+                self.dead[service_of(reader), code] += 1
         self.timeline.load(inputs)
         handled = 0
         for at, kind, _, whose, what in self.timeline:
@@ -218,7 +223,7 @@ class Engine:
         # or a customer's change that comes later could stop it).
         await self._send_due(at)
         for reader in self.readers[topic]:
-            service = "outreach" if reader == "outcomes" else reader
+            service = service_of(reader)
             started = time.perf_counter()
             try:
                 if reader == "preferences":
