@@ -31,6 +31,14 @@ def as_outage(exc: BaseException) -> DependencyUnavailable | None:
     return None if dependency is None else DependencyUnavailable(dependency, type(exc).__name__)
 
 
+# Errors that mean "the broker could not be reached in time" but that aiokafka does not
+# mark retriable (kafka-python marks its KafkaTimeoutError so): a send whose batch
+# expired, a metadata wait that timed out, no broker answering at all.
+_KAFKA_UNREACHABLE = frozenset(
+    {"KafkaTimeoutError", "KafkaUnavailableError", "BrokerNotAvailableError"}
+)
+
+
 def outage_of(exc: BaseException) -> str | None:
     """The dependency an exception says is unreachable, or None if it is no outage."""
     if isinstance(exc, DependencyUnavailable):
@@ -60,5 +68,6 @@ def outage_of(exc: BaseException) -> str | None:
         return "database" if isinstance(exc, connection_errors) else None
     if name in ("aiokafka", "kafka"):
         retriable = getattr(exc, "retriable", False)
-        return "kafka" if retriable or "Connection" in type(exc).__name__ else None
+        unreachable = type(exc).__name__ in _KAFKA_UNREACHABLE or "Connection" in type(exc).__name__
+        return "kafka" if retriable or unreachable else None
     return None

@@ -8,9 +8,14 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+from aiokafka import errors as aiokafka_errors
+from kafka import errors as kafka_errors
+
 from common.clock import FixedClock
 from common.envelope import CloudEvent, InvalidEvent, new_event
 from common.kafka import DeadLetters, Headers, InputMessage, MessageProcessor, ProducerPort
+from common.outages import DependencyUnavailable
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
@@ -127,3 +132,53 @@ async def test_the_processor_collects_the_dead_letters_of_a_run_of_bad_records()
     ]
     producer.acknowledge()
     await asyncio.gather(*acks)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        aiokafka_errors.KafkaTimeoutError(),  # a send or metadata wait that timed out
+        aiokafka_errors.KafkaUnavailableError(),
+        aiokafka_errors.RequestTimedOutError(),
+        kafka_errors.KafkaTimeoutError(),
+        ConnectionRefusedError(),
+    ],
+    ids=lambda e: f"{type(e).__module__.split('.')[0]}.{type(e).__name__}",
+)
+async def test_a_broker_out_of_reach_holds_the_record_instead_of_dead_lettering_it(error):
+    producer = PipelinedProducer()
+    calls = 0
+
+    async def handle(msg: InputMessage, event: CloudEvent) -> None:
+        nonlocal calls
+        calls += 1
+        raise error
+
+    deadletters = DeadLetters(producer, "deadletter.orders_watcher", "orders_watcher")
+    process = MessageProcessor("orders_watcher", handle, deadletters, FixedClock(T0)).process
+
+    with pytest.raises(DependencyUnavailable) as held:
+        await process(message(shipment().to_bytes()))
+
+    assert held.value.dependency in ("kafka", "network")
+    assert calls == 1 and producer.handed == []  # not retried as a bug, not dead-lettered
+
+
+@pytest.mark.parametrize(
+    "error",
+    [aiokafka_errors.ProducerClosed(), aiokafka_errors.RecordTooLargeError(), ValueError()],
+    ids=lambda e: type(e).__name__,
+)
+async def test_a_fault_that_is_no_outage_is_retried_then_dead_lettered(error):
+    producer = PipelinedProducer()
+
+    async def handle(msg: InputMessage, event: CloudEvent) -> None:
+        raise error
+
+    deadletters = DeadLetters(producer, "deadletter.orders_watcher", "orders_watcher")
+    processor = MessageProcessor(
+        "orders_watcher", handle, deadletters, FixedClock(T0), backoff_s=0.001
+    )
+
+    assert await processor.process(message(shipment().to_bytes())) == "dead_lettered"
+    assert [dict(h)["dlq.reason.code"] for _t, _k, _v, h in producer.handed] == [b"handler_error"]
