@@ -101,7 +101,7 @@ class Observed:
     messages: list[dict[str, Any]]  # accepted by the doubles: decision_id, to, at, channel
     requests: list[dict[str, Any]]
     events: list[dict[str, Any]]
-    dead_letters: int
+    dead_letters: list[str]
     lag: int
 
 
@@ -198,7 +198,8 @@ def group_lag(bootstrap: str, prefix: str) -> dict[str, int]:
         admin.close()
 
 
-def dead_letter_count(bootstrap: str, prefix: str) -> int:
+def dead_letters(bootstrap: str, prefix: str) -> list[str]:
+    """Every dead letter of the run, as "service: original topic [code] reason"."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","))
@@ -206,7 +207,14 @@ def dead_letter_count(bootstrap: str, prefix: str) -> int:
         topics = [t for t in consumer.topics() if t.startswith(prefix + "deadletter.")]
     finally:
         consumer.close()
-    return sum(len(read_topic(bootstrap, t)) for t in topics)
+    found = []
+    for record in (r for t in topics for r in read_topic(bootstrap, t)):
+        head = {k: v.decode(errors="replace") for k, v in record.headers or []}
+        found.append(
+            f"{head.get('dlq.service', record.topic)}: {head.get('dlq.original.topic')}"
+            f" [{head.get('dlq.reason.code')}] {head.get('dlq.reason', '')[:300]}"
+        )
+    return found
 
 
 def observe(world: Any, storm: Storm) -> Observed:
@@ -222,7 +230,7 @@ def observe(world: Any, storm: Storm) -> Observed:
         messages=[m for m in accepted_messages(world) if m["decision_id"]],
         requests=[r for r in requests if r["data"]["customer_id"].startswith(run)],
         events=[e for e in events if e["data"]["customer_id"].startswith(run)],
-        dead_letters=dead_letter_count(bootstrap, prefix),
+        dead_letters=dead_letters(bootstrap, prefix),
         lag=sum(group_lag(bootstrap, prefix).values()),
     )
 
@@ -270,7 +278,8 @@ def judge(scenario: str, observed: Observed, storm: Storm, opt_outs: list[OptOut
     _quiet_hours_kept(verdict, observed, storm)
     _never_outdated(verdict, observed)
     _forward_only(verdict, observed)
-    verdict.dead_letters = observed.dead_letters
+    for letter in observed.dead_letters:
+        verdict.note("dead_letters", letter)
     verdict.lag = observed.lag
     return verdict
 
