@@ -8,6 +8,7 @@ import re
 import sys
 from datetime import UTC, datetime, timedelta
 
+from common.in_order import RecordsRefused
 from simulator.publisher import Publisher
 from simulator.shop import DEFAULT_START, Config, Shop
 
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[simulator] done: {sum(counts.values())} events", file=sys.stderr)
     except KeyboardInterrupt:
         pass
+    except RecordsRefused as exc:  # the story has a hole: say so, do not go on quietly
+        print(f"[simulator] stopped: {exc}", file=sys.stderr)
+        return 1
     finally:
         publisher.close()
     return 0
