@@ -83,9 +83,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, replayer: Replayer | None = None) -> int:
     """The command; `replayer`: how to replay unless --through-services (None: through
     the services always)."""
-    # Stopped (SIGTERM: a pod, the studio), it still stops its services and deletes its
-    # topics: the exit runs the rehearsal's clean-up.
+    # Stopped (SIGTERM: a pod; SIGINT: Ctrl-C, the studio's interrupt), it still stops
+    # its services and deletes its topics: the exit runs the rehearsal's clean-up. SIGINT
+    # is set here because Python keeps an inherited SIG_IGN (a shell's background job, a
+    # test runner's worker): the interrupt would go unheard.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser().parse_args(argv)
     settings = Settings()
     # Its result is stdout (a report, or one JSON document); what it logs goes to stderr.
@@ -118,6 +121,9 @@ def main(argv: list[str] | None = None, replayer: Replayer | None = None) -> int
     )  # fmt: skip
     try:
         found = rehearse(options)
+    except KeyboardInterrupt:  # its clean-up has run (the finally clauses on the way)
+        print("error: the rehearsal was interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:  # said plainly, whatever it was: Kafka, a database, a service
         print(f"error: the rehearsal failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -26,8 +26,11 @@ T = TypeVar("T")
 
 # The stand-in: `python -m replay --templates N ...` with N saying
 # what to do (1: a report after a moment, 2: fail naming a secret, 3: run until stopped).
+# It hears SIGINT as the real command does, whatever it inherited (a test runner's worker
+# ignores it): tests/integration/outreach/test_rehearse_interrupt.py.
 FAKE = """
-import json, os, sys, time
+import json, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 args = dict(zip(sys.argv[3::2], sys.argv[4::2]))
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(f"start {args['--templates']} {time.monotonic()}\\n")
