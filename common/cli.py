@@ -73,8 +73,13 @@ def _deadletter_topic(service: str) -> str:
     return _settings().topics.deadletter(service)
 
 
+READ_TIMEOUT_S = 60.0  # to read a dead-letter topic to its end
+
+
 def _read_deadletters(service: str, limit: int) -> list[Any] | None:
-    """The first `limit` dead letters of `service`; None if its topic does not exist."""
+    """The first `limit` dead letters of `service`, read up to the topic's end as it is
+    when asked (not until the topic falls silent for a while); None if its topic does
+    not exist. Raises TimeoutError if the end is not reached within READ_TIMEOUT_S."""
     from kafka import KafkaConsumer, TopicPartition
 
     settings = _settings()
@@ -82,23 +87,27 @@ def _read_deadletters(service: str, limit: int) -> list[Any] | None:
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
         enable_auto_commit=False,
-        consumer_timeout_ms=2000,
         **kafka_security.client_options(),
     )
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        records: list[Any] = []
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while len(records) < limit and any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic} not read to its end in {READ_TIMEOUT_S:g} s")
+            polled = consumer.poll(timeout_ms=500, max_records=limit - len(records))
+            for tp in tps:  # partition by partition, each in offset order
+                records += [r for r in polled.get(tp, []) if r.offset < end[tp]]
+        return records[:limit]
+    finally:
         consumer.close()
-        return None
-    tps = [TopicPartition(topic, p) for p in partitions]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    records = []
-    for record in consumer:
-        records.append(record)
-        if len(records) >= limit:
-            break
-    consumer.close()
-    return records
 
 
 def _described(record: Any) -> dict[str, Any]:
@@ -430,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except kafka_security.KafkaAccessDenied as exc:
+    except (kafka_security.KafkaAccessDenied, TimeoutError) as exc:
         print(f"outreachctl: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
