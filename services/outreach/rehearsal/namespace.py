@@ -14,12 +14,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from common.topics import WATERMARKS, all_topics
 
@@ -144,13 +147,14 @@ class Namespace:
         env = self.env()
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
         for name, (module, _) in SERVICES.items():
-            log = (self.work / "logs" / f"{name}.log").open("ab")
-            self._logs.append(log)
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", module],
-                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+            with uninterrupted():  # a service started is a service known, to be stopped
+                log = (self.work / "logs" / f"{name}.log").open("ab")
+                self._logs.append(log)
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", module],
+                    env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while not all(self.ready(name) for name in SERVICES):
             if time.monotonic() > deadline:
@@ -181,7 +185,12 @@ class Namespace:
             consumer.close()
 
     def stop(self, *, delete_topics: bool = True) -> None:
-        """The services stopped (by pid, those it started), its topics deleted."""
+        """The services stopped (by pid, those it started), its topics deleted; a second
+        Ctrl-C or SIGTERM meanwhile waits until that is done."""
+        with uninterrupted():
+            self._stop(delete_topics)
+
+    def _stop(self, delete_topics: bool) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -217,6 +226,28 @@ class Namespace:
         from services.outreach.rehearsal.rest import wait_at_rest
 
         wait_at_rest(self.bootstrap, self.prefix, quiet_s, timeout_s, skip=(WATERMARKS,))
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """SIGINT and SIGTERM that come during the block take effect after it (the clean-up
+    or the start of a service is not cut in half). Python runs signal handlers in the
+    main thread only, so elsewhere the block is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous: dict[int, Any] = {
+        sig: signal.signal(sig, lambda n, _: caught.append(n)) for sig in held
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():  # (None: one set outside Python)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 __all__ = ["Namespace", "RulesError", "read_rules"]

@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,11 +38,12 @@ def topics(bootstrap: str, prefix: str) -> list[str]:
         consumer.close()
 
 
-def processes_using(path: Path) -> list[int]:
-    """Processes (other than this one) whose environment or command line names `path`."""
+def processes_using(path: Path, besides: int = 0) -> list[int]:
+    """Processes (other than this one and `besides`) whose environment or command line
+    names `path`."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in (os.getpid(), besides):
             continue
         try:
             seen = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
@@ -70,14 +70,15 @@ def test_an_interrupted_rehearsal_stops_its_services_and_deletes_its_topics(
             "OUTREACH_DATA_DIR": str(tmp_path / "data"), "LOG_LEVEL": "WARNING"}  # fmt: skip
     stderr = tmp_path / "stderr.log"
     with stderr.open("wb") as err:
+        # Started as a shell's background job (or a test runner's worker) starts it:
+        # with SIGINT ignored.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "replay", "--through-services", "--archive", str(kept),
+            ["sh", "-c", 'trap "" INT; exec "$@"', "sh",
+             sys.executable, "-m", "replay", "--through-services", "--archive", str(kept),
              "--no-live", "--from", START.isoformat(),
              "--until", (START + timedelta(days=9)).isoformat(),
              "--work-dir", str(work), "--output", "json"],
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-            # As a shell's background job, or a test runner's worker, starts it.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )  # fmt: skip
     try:
 
@@ -87,17 +88,15 @@ def test_an_interrupted_rehearsal_stops_its_services_and_deletes_its_topics(
             return found.group(1) if found else None
 
         prefix = str(wait_for(namespace_up, 120, message="the rehearsal's namespace up"))
-        assert topics(kafka_bootstrap, prefix) and processes_using(work)
-        interrupted = time.monotonic()
+        assert topics(kafka_bootstrap, prefix) and processes_using(work, besides=proc.pid)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
-        stopped_in = time.monotonic() - interrupted
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, stderr.read_text()[-2000:]  # interrupted, not finished
+    # Interrupted, not finished (unheard, it would run to the end and exit 0).
+    assert proc.returncode == 130, stderr.read_text()[-2000:]
     assert "the rehearsal was interrupted" in stderr.read_text()
-    assert stopped_in < 20, f"took {stopped_in:.1f} s: the interrupt was not heard"
     assert processes_using(work) == []
-    assert topics(kafka_bootstrap, prefix) == []
+    wait_for(lambda: not topics(kafka_bootstrap, prefix), 15, message="its topics deleted")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.outreach.rehearsal import archive, report
 from services.outreach.rehearsal.__main__ import moment
-from services.outreach.rehearsal.namespace import Namespace, RulesError, read_rules
+from services.outreach.rehearsal.namespace import Namespace, RulesError, read_rules, uninterrupted
 from services.outreach.rehearsal.report import Decision
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
@@ -104,3 +106,27 @@ def test_the_period_reads_days_ago_or_a_moment():
     assert moment("7d", now) == datetime(2026, 3, 2, 12, tzinfo=UTC)
     assert moment("36h", now) == datetime(2026, 3, 8, 0, tzinfo=UTC)
     assert moment("2026-03-01T00:00:00", now) == datetime(2026, 3, 1, tzinfo=UTC)
+
+
+class Stopped(Exception):
+    pass
+
+
+def test_a_signal_during_the_clean_up_takes_effect_after_it():
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    done = []
+    try:
+        with pytest.raises(Stopped), uninterrupted():
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("after the signal")  # not cut short
+            os.kill(os.getpid(), signal.SIGTERM)  # twice: still once after the block
+        assert done == ["after the signal"]
+        assert signal.getsignal(signal.SIGTERM) is stop  # the handler is back
+        with uninterrupted():  # nothing came: nothing raised
+            done.append("quiet")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert done == ["after the signal", "quiet"]
