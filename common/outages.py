@@ -32,8 +32,8 @@ def as_outage(exc: BaseException) -> DependencyUnavailable | None:
 
 
 # Errors that mean "the broker could not be reached in time" but that aiokafka does not
-# mark retriable (kafka-python marks its KafkaTimeoutError so): a send whose batch
-# expired, a metadata wait that timed out, no broker answering at all.
+# mark retriable (kafka-python marks its KafkaTimeoutError so): a producer whose buffer
+# stayed full, an offset or metadata lookup that timed out, no broker answering at all.
 _KAFKA_UNREACHABLE = frozenset(
     {"KafkaTimeoutError", "KafkaUnavailableError", "BrokerNotAvailableError"}
 )

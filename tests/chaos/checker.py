@@ -209,7 +209,7 @@ def dead_letters(bootstrap: str, prefix: str) -> list[str]:
         consumer.close()
     found = []
     for record in (r for t in topics for r in read_topic(bootstrap, t)):
-        head = {k: v.decode(errors="replace") for k, v in record.headers or []}
+        head = {k: (v or b"").decode(errors="replace") for k, v in record.headers or []}
         found.append(
             f"{head.get('dlq.service', record.topic)}: {head.get('dlq.original.topic')}"
             f" [{head.get('dlq.reason.code')}] {head.get('dlq.reason', '')[:300]}"

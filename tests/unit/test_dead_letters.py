@@ -139,6 +139,7 @@ async def test_the_processor_collects_the_dead_letters_of_a_run_of_bad_records()
     [
         aiokafka_errors.KafkaTimeoutError(),  # a send or metadata wait that timed out
         aiokafka_errors.KafkaUnavailableError(),
+        aiokafka_errors.BrokerNotAvailableError(),
         aiokafka_errors.RequestTimedOutError(),
         kafka_errors.KafkaTimeoutError(),
         ConnectionRefusedError(),
