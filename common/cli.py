@@ -23,6 +23,7 @@ that offset, a purge without --yes, a service that did not answer); 2 a usage er
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -34,6 +35,7 @@ from typing import Any
 from common import kafka_security
 from common.logs import configure_logging
 from common.settings import ServiceSettings
+from common.topic_reader import records_to_end
 from common.topics import SERVICES, all_topics
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -78,8 +80,8 @@ READ_TIMEOUT_S = 60.0  # to read a dead-letter topic to its end
 
 def _read_deadletters(service: str, limit: int) -> list[Any] | None:
     """The first `limit` dead letters of `service`, read up to the topic's end as it is
-    when asked (not until the topic falls silent for a while); None if its topic does
-    not exist. Raises TimeoutError if the end is not reached within READ_TIMEOUT_S."""
+    when asked (common/topic_reader.py); None if its topic does not exist. Raises
+    TimeoutError if the end is not reached within READ_TIMEOUT_S."""
     from kafka import KafkaConsumer, TopicPartition
 
     settings = _settings()
@@ -94,18 +96,7 @@ def _read_deadletters(service: str, limit: int) -> list[Any] | None:
         if not partitions:
             return None
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        records: list[Any] = []
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while len(records) < limit and any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic} not read to its end in {READ_TIMEOUT_S:g} s")
-            polled = consumer.poll(timeout_ms=500, max_records=limit - len(records))
-            for tp in tps:  # partition by partition, each in offset order
-                records += [r for r in polled.get(tp, []) if r.offset < end[tp]]
-        return records[:limit]
+        return list(itertools.islice(records_to_end(consumer, tps, READ_TIMEOUT_S), limit))
     finally:
         consumer.close()
 
@@ -253,14 +244,9 @@ def _purge_customer(args: argparse.Namespace) -> int:
         tp = TopicPartition(topic, 0)
         if not consumer.partitions_for_topic(topic):
             return _failed(f"no topic {topic}")
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        records: list[Any] = []
-        deadline = time.monotonic() + 120
-        while consumer.position(tp) < end and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(r for r in batch if r.offset < end)
+        # All of it, or TimeoutError: what is deleted up to `end` must have been read.
+        records = list(records_to_end(consumer, [tp], 120))
+        end = records[-1].offset + 1 if records else 0
     finally:
         consumer.close()
     theirs = [r for r in records if r.key == needle or needle in (r.value or b"")]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import IO, Any
 import orjson
 
 from common.in_order import InOrderProducer
+from common.topic_reader import records_to_end
 from common.topics import INPUT_TOPICS, OPTOUTS
 
 #: What a rehearsal replays: the shop's input, and the customers' opt-outs as they came
@@ -83,22 +83,12 @@ def read_broker(bootstrap: str, prefix: str, until_ms: int, timeout_s: float = 6
             for topic in REPLAYED
             for p in sorted(consumer.partitions_for_topic(prefix + topic) or ())
         ]
-        consumer.assign(partitions)
-        ends = {tp: end for tp, end in consumer.end_offsets(partitions).items() if end > 0}
-        consumer.seek_to_beginning(*partitions)
-        found: list[Record] = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the input topics could not be read in time")
-            for tp, batch in consumer.poll(timeout_ms=POLL_MS).items():
-                end = ends.get(tp, 0)
-                topic = tp.topic.removeprefix(prefix)
-                found += [
-                    Record(topic, m.key or b"", m.value, m.timestamp, tuple(m.headers or ()))
-                    for m in batch
-                    if m.offset < end and m.timestamp <= until_ms
-                ]
+        found = [
+            Record(m.topic.removeprefix(prefix), m.key or b"", m.value, m.timestamp,
+                   tuple(m.headers or ()))
+            for m in records_to_end(consumer, partitions, timeout_s, POLL_MS)
+            if m.timestamp <= until_ms
+        ]  # fmt: skip
         return in_story_order(found)
     finally:
         consumer.close()
