@@ -99,33 +99,37 @@ def wait_for_leaders(bootstrap_servers: str, names: Iterable[str], timeout_s: fl
     than not at all."""
     from kafka.errors import KafkaError
 
-    wanted = set(names)
+    wanted, led = set(names), set[str]()
     deadline = time.monotonic() + timeout_s
-    led: set[str] = set()
-    while wanted - led:
-        try:
-            admin = _admin(bootstrap_servers)
+    admin = None
+    try:
+        while wanted - led:
+            pause = 0.2  # Kafka announces no election: ask again shortly
             try:
-                while wanted - led and time.monotonic() <= deadline:
-                    led |= {
-                        t.get("name", t.get("topic"))
-                        for t in admin.describe_topics(sorted(wanted - led))
-                        if not t.get("error_code")
-                        and t.get("partitions")
-                        and all(
-                            p.get("leader_id", p.get("leader", -1)) >= 0 for p in t["partitions"]
-                        )
-                    }
-                    if wanted - led:
-                        time.sleep(0.2)
-            finally:
-                admin.close()
-        except KafkaError as exc:  # a broker still starting, or busy: ask again
-            log.info("leaders_unknown", error=type(exc).__name__)
-            time.sleep(0.5)
-        if wanted - led and time.monotonic() > deadline:
-            log.warning("topics_without_leader", topics=sorted(wanted - led))
-            return
+                admin = admin or _admin(bootstrap_servers)
+                led |= _led(admin, wanted - led)
+            except KafkaError as exc:  # a broker still starting, or busy: ask again
+                log.info("leaders_unknown", error=type(exc).__name__)
+                pause = 0.5
+            if wanted - led and time.monotonic() > deadline:
+                log.warning("topics_without_leader", topics=sorted(wanted - led))
+                return
+            if wanted - led:
+                time.sleep(pause)
+    finally:
+        if admin is not None:
+            admin.close()
+
+
+def _led(admin: Any, names: set[str]) -> set[str]:
+    """Those of the topics `names` every partition of which has a leader."""
+    return {
+        t.get("name", t.get("topic"))
+        for t in admin.describe_topics(sorted(names))
+        if not t.get("error_code")
+        and t.get("partitions")
+        and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in t["partitions"])
+    }
 
 
 def _create(admin: Any, specs: list[TopicSpec], replication: int, extra: dict[str, str]) -> None:
