@@ -45,8 +45,17 @@ class OrdersWatcher:
         return order_id
 
     def handle_event(
-        self, state: OrderState | None, msg: InputMessage, event: CloudEvent, now: datetime
+        self,
+        state: OrderState | None,
+        msg: InputMessage,
+        event: CloudEvent,
+        now: datetime,
+        arrived: datetime | None = None,
     ) -> Outcome:
+        """The record judged at `now`. `arrived`: when it was read, on the service's clock
+        (default `now`): a shipment or return waits for its order `orphan_hold` from then
+        — on the wall clock a backlog record is judged at its partition's (earlier) time,
+        but its order, on another topic, can only come after it was read."""
         apply = self.facts(event.type, msg.topic)
         payload = schemas.parse_input(event, self.topics.unprefixed(msg.topic))
         order_id = self.order_id_of(msg, event)
@@ -68,7 +77,7 @@ class OrdersWatcher:
                     offset=msg.offset,
                     key=msg.key.decode(errors="replace") if msg.key else None,
                     value=(msg.value or b"").decode("latin-1"),
-                    release_at=max(now, event.time) + self.config.orphan_hold,
+                    release_at=max(arrived or now, event.time) + self.config.orphan_hold,
                 ),
             )
         if isinstance(payload, schemas.OrderPlaced):

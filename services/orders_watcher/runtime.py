@@ -266,7 +266,7 @@ class WatcherRuntime(StreamWorker):
     async def _on_event(self, msg: InputMessage, event: CloudEvent) -> None:
         order_id = self.handler.order_id_of(msg, event)
         state = self._load(order_id, msg.partition)
-        now = self.clock.now()
+        now = arrived = self.clock.now()
         if self.wall_clock:
             # A record read late (a backlog after a rebalance or a restart) is judged at
             # its own partition's time (its successors may still be unread), not at a
@@ -281,7 +281,7 @@ class WatcherRuntime(StreamWorker):
                 # this record's own time passes comes after it, as ever.
                 await self._act_on_deadline(order_id, msg.partition, state, now)
                 state = self._load(order_id, msg.partition)
-        outcome = self.handler.handle_event(state, msg, event, now)
+        outcome = self.handler.handle_event(state, msg, event, now, arrived)
         if outcome.duplicate:
             child(EVENTS_CONSUMED, SERVICE, msg.topic, "duplicate").inc()
             return
